@@ -1,0 +1,432 @@
+"""The architecture of a decoder-only LLM, read from its Hugging Face ``config.json``.
+
+``Arch`` is pure data with exact parameter counts; it imports no torch. Its module list mirrors the
+modules transformers 5.x instantiates for each supported ``model_type`` (source files named per family
+below), so that "which modules does bitsandbytes quantize" and "which modules does peft's
+``all-linear`` reach" are answered from the same list the frameworks walk.
+
+Supported ``model_type`` values and the transformers files they mirror:
+
+- ``llama``, ``mistral``: ``models/llama/modeling_llama.py``, ``models/mistral/modeling_mistral.py``
+- ``qwen2``: ``models/qwen2/modeling_qwen2.py`` (q/k/v carry a bias, o_proj does not)
+- ``qwen3``: ``models/qwen3/modeling_qwen3.py`` (per-head RMSNorm on q and k)
+- ``qwen3_moe``, ``qwen2_moe``, ``mixtral``: the MoE files; experts are fused 3-D parameters in 5.x
+- ``gemma2``, ``gemma3_text`` (also ``gemma3`` with ``text_config``): four norms per layer
+- ``phi3`` (Phi-3, Phi-3.5, Phi-4): fused ``qkv_proj`` and ``gate_up_proj``
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from vramplan.errors import VramplanError
+
+
+class ArchError(VramplanError):
+    """A config.json that vramplan cannot turn into an architecture (missing field, unsupported type)."""
+
+
+#: model_type -> family traits. ``qkv_bias``: q/k/v carry a bias regardless of ``attention_bias``
+#: (Qwen2 family hard-codes it). ``qk_norm``: per-head RMSNorm on q and k. ``norms``: RMSNorms per
+#: decoder layer. ``fused_qkv`` / ``fused_gate_up``: Phi-3 layout. ``tie``: the config class's default
+#: for ``tie_word_embeddings`` when config.json omits it.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False),
+    "mistral": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False),
+    "mixtral": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False, moe=True),
+    "qwen2": dict(qkv_bias=True, qk_norm=False, norms=2, tie=False),
+    "qwen2_moe": dict(qkv_bias=True, qk_norm=False, norms=2, tie=False, moe=True),
+    "qwen3": dict(qkv_bias=False, qk_norm=True, norms=2, tie=False),
+    "qwen3_moe": dict(qkv_bias=False, qk_norm=True, norms=2, tie=False, moe=True),
+    "gemma2": dict(qkv_bias=False, qk_norm=False, norms=4, tie=True),
+    "gemma3_text": dict(qkv_bias=False, qk_norm=True, norms=4, tie=True),
+    "phi3": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False, fused=True),
+}
+
+#: Fields that a family's transformers config class fills in when config.json omits them, and that
+#: published configs rely on (e.g. google/gemma-3-4b-pt's text_config omits the head counts).
+#: Source: ``Gemma3TextConfig.__init__`` defaults in transformers 5.x.
+CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gemma3_text": dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208),
+    "gemma2": dict(head_dim=256),
+}
+
+#: Known model_types that are deliberately not modelled yet, with the reason shown to users.
+UNSUPPORTED: dict[str, str] = {
+    "qwen3_next": "hybrid linear attention (Gated DeltaNet) is not modelled yet",
+    "jamba": "hybrid Mamba/attention layers are not modelled yet",
+    "falcon_h1": "hybrid Mamba/attention layers are not modelled yet",
+    "mamba": "state-space models are not modelled",
+    "mamba2": "state-space models are not modelled",
+    "rwkv": "RWKV is not modelled",
+    "deepseek_v3": "multi-head latent attention is not modelled yet",
+    "deepseek_v2": "multi-head latent attention is not modelled yet",
+    "lfm2": "hybrid convolution/attention layers are not modelled yet",
+    "gpt_oss": "gpt-oss MXFP4 experts are not modelled yet",
+}
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One ``nn.Linear`` kind of the model (e.g. every layer's ``q_proj``)."""
+
+    name: str
+    """Module leaf name as transformers names it (``q_proj``, ``gate_up_proj``, ``lm_head``...)."""
+    group: str
+    """``attention``, ``mlp``, ``shared_expert`` or ``lm_head``."""
+    in_features: int
+    out_features: int
+    bias: bool
+    count: int
+    """How many instances the whole model holds (usually one per decoder layer)."""
+
+    @property
+    def weight_params(self) -> int:
+        """Elements of one instance's weight."""
+        return self.in_features * self.out_features
+
+    @property
+    def params(self) -> int:
+        """Elements of all instances, weights and biases."""
+        return self.count * (self.weight_params + (self.out_features if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class ExpertTensor:
+    """A fused MoE expert parameter of shape ``(num_experts, out, in)`` (transformers 5.x).
+
+    It is an ``nn.Parameter``, not an ``nn.Linear``: bitsandbytes' linear replacement and peft's
+    ``all-linear`` do not reach it.
+    """
+
+    name: str
+    """``gate_up_proj`` (out = 2 * moe_intermediate) or ``down_proj`` (out = hidden)."""
+    num_experts: int
+    out_features: int
+    in_features: int
+    count: int
+    """Number of MoE layers."""
+
+    @property
+    def params(self) -> int:
+        return self.count * self.num_experts * self.out_features * self.in_features
+
+
+def _get(cfg: Mapping[str, Any], key: str, model_type: str, default: Any = ...) -> Any:
+    if key in cfg and cfg[key] is not None:
+        return cfg[key]
+    if key in CLASS_DEFAULTS.get(model_type, {}):
+        return CLASS_DEFAULTS[model_type][key]
+    if default is not ...:
+        return default
+    raise ArchError(f"config.json is missing required field '{key}' (model_type '{model_type}')")
+
+
+def _int(cfg: Mapping[str, Any], key: str, model_type: str, default: Any = ...) -> int:
+    value = _get(cfg, key, model_type, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ArchError(f"config.json field '{key}' must be a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A decoder-only transformer, with exact module shapes. All sizes are element counts."""
+
+    name: str
+    """Display name (registry name, hub id or path)."""
+    model_type: str
+    """config.json ``model_type`` (the text model's, for nested configs)."""
+    hidden_size: int
+    """Residual width H."""
+    intermediate_size: int
+    """Dense MLP width I (0 when every layer is MoE and the config gives none)."""
+    num_layers: int
+    """Decoder layers L."""
+    num_heads: int
+    """Query heads."""
+    num_kv_heads: int
+    """Key/value heads (GQA when fewer than ``num_heads``)."""
+    head_dim: int
+    """Per-head width d."""
+    vocab_size: int
+    """Vocabulary V (rows of the embedding and of lm_head)."""
+    tie_embeddings: bool
+    """lm_head shares the embedding's weight."""
+    qkv_bias: bool
+    """q/k/v projections carry a bias."""
+    o_bias: bool
+    """o_proj carries a bias."""
+    mlp_bias: bool
+    """MLP projections carry a bias."""
+    qk_norm: bool
+    """Per-head RMSNorm on q and k (Qwen3, Gemma 3)."""
+    norms_per_layer: int
+    """RMSNorms per decoder layer, each of width H."""
+    fused: bool = False
+    """Phi-3 layout: ``qkv_proj`` and ``gate_up_proj``."""
+    num_experts: int = 0
+    """Routed experts per MoE layer (0 = dense)."""
+    experts_per_token: int = 0
+    """Top-k routing."""
+    moe_intermediate_size: int = 0
+    """Width of one routed expert."""
+    shared_expert_intermediate_size: int = 0
+    """Width of the always-on shared expert (Qwen2-MoE), 0 if none."""
+    moe_layers: tuple[int, ...] = ()
+    """Indices of the decoder layers whose MLP is a sparse MoE block."""
+    max_position_embeddings: int = 0
+    """Context length from config.json (informational)."""
+    sliding_window: int | None = None
+    """Sliding-window size, where the family uses one (informational)."""
+    final_logit_softcapping: float | None = None
+    """Gemma 2 tanh soft-capping of the logits (adds logits-sized temporaries)."""
+    attn_logit_softcapping: float | None = None
+    """Gemma 2 soft-capping of attention scores (forces the eager path)."""
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """The config dict this was built from (the text part for nested configs)."""
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ArchError(
+                f"num_attention_heads ({self.num_heads}) is not a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})"
+            )
+        if self.num_experts and not (0 < self.experts_per_token <= self.num_experts):
+            raise ArchError("num_experts_per_tok must be between 1 and the number of experts")
+
+    # ----------------------------------------------------------------------------------- build
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], name: str | None = None) -> "Arch":
+        """Build from a config.json dict; nested ``text_config`` is used when present."""
+        if not isinstance(config, Mapping):
+            raise ArchError("config.json must hold a JSON object")
+        cfg: Mapping[str, Any] = config
+        if isinstance(config.get("text_config"), Mapping):
+            cfg = dict(config["text_config"])
+            if "model_type" not in cfg and config.get("model_type") == "gemma3":
+                cfg["model_type"] = "gemma3_text"
+        model_type = cfg.get("model_type")
+        if not model_type:
+            raise ArchError("config.json is missing required field 'model_type'")
+        if model_type == "gemma3":  # flat gemma3 config without text_config
+            model_type = "gemma3_text"
+        if model_type in UNSUPPORTED:
+            raise ArchError(f"model_type '{model_type}' is not supported: {UNSUPPORTED[model_type]}")
+        if model_type not in FAMILIES:
+            raise ArchError(
+                f"model_type '{model_type}' is not supported (supported: {', '.join(sorted(FAMILIES))})"
+            )
+        fam = FAMILIES[model_type]
+        H = _int(cfg, "hidden_size", model_type)
+        L = _int(cfg, "num_hidden_layers", model_type)
+        nh = _int(cfg, "num_attention_heads", model_type)
+        nkv = _int(cfg, "num_key_value_heads", model_type, nh)
+        head_dim = _int(cfg, "head_dim", model_type, H // nh)
+        V = _int(cfg, "vocab_size", model_type)
+        tie = bool(_get(cfg, "tie_word_embeddings", model_type, fam["tie"]))
+        attn_bias = bool(_get(cfg, "attention_bias", model_type, False))
+        mlp_bias = bool(_get(cfg, "mlp_bias", model_type, False))
+
+        moe: dict[str, Any] = {}
+        if fam.get("moe"):
+            moe = _moe_fields(cfg, model_type, L)
+            if len(moe["moe_layers"]) < L:  # some layers keep a dense MLP
+                inter = _int(cfg, "intermediate_size", model_type)
+            else:
+                inter = int(cfg.get("intermediate_size") or 0)
+        else:
+            inter = _int(cfg, "intermediate_size", model_type)
+        softcap = cfg.get("final_logit_softcapping") if model_type == "gemma2" else None
+        attn_softcap = cfg.get("attn_logit_softcapping") if model_type == "gemma2" else None
+        return cls(
+            name=name or cfg.get("_name_or_path") or model_type,
+            model_type=model_type,
+            hidden_size=H,
+            intermediate_size=inter,
+            num_layers=L,
+            num_heads=nh,
+            num_kv_heads=nkv,
+            head_dim=head_dim,
+            vocab_size=V,
+            tie_embeddings=tie,
+            qkv_bias=attn_bias or fam["qkv_bias"],
+            o_bias=attn_bias,
+            mlp_bias=mlp_bias,
+            qk_norm=fam["qk_norm"],
+            norms_per_layer=fam["norms"],
+            fused=bool(fam.get("fused")),
+            max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
+            sliding_window=cfg.get("sliding_window"),
+            final_logit_softcapping=softcap,
+            attn_logit_softcapping=attn_softcap,
+            config=dict(cfg),
+            **moe,
+        )
+
+    # ------------------------------------------------------------------------------- modules
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def q_out(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_out(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def dense_layers(self) -> int:
+        return self.num_layers - len(self.moe_layers)
+
+    def linears(self) -> tuple[Linear, ...]:
+        """Every ``nn.Linear`` kind in the model, lm_head last (tied or not, it is a Linear)."""
+        H, L = self.hidden_size, self.num_layers
+        out: list[Linear] = []
+        if self.fused:
+            out.append(Linear("qkv_proj", "attention", H, self.q_out + 2 * self.kv_out, self.qkv_bias, L))
+        else:
+            out.append(Linear("q_proj", "attention", H, self.q_out, self.qkv_bias, L))
+            out.append(Linear("k_proj", "attention", H, self.kv_out, self.qkv_bias, L))
+            out.append(Linear("v_proj", "attention", H, self.kv_out, self.qkv_bias, L))
+        out.append(Linear("o_proj", "attention", self.q_out, H, self.o_bias, L))
+        nd = self.dense_layers
+        if nd:
+            I = self.intermediate_size
+            if self.fused:
+                out.append(Linear("gate_up_proj", "mlp", H, 2 * I, self.mlp_bias, nd))
+            else:
+                out.append(Linear("gate_proj", "mlp", H, I, self.mlp_bias, nd))
+                out.append(Linear("up_proj", "mlp", H, I, self.mlp_bias, nd))
+            out.append(Linear("down_proj", "mlp", I, H, self.mlp_bias, nd))
+        nm = len(self.moe_layers)
+        if nm:
+            S = self.shared_expert_intermediate_size
+            if S:
+                out.append(Linear("shared_expert.gate_proj", "shared_expert", H, S, False, nm))
+                out.append(Linear("shared_expert.up_proj", "shared_expert", H, S, False, nm))
+                out.append(Linear("shared_expert.down_proj", "shared_expert", S, H, False, nm))
+                out.append(Linear("shared_expert_gate", "shared_expert", H, 1, False, nm))
+        out.append(Linear("lm_head", "lm_head", H, self.vocab_size, False, 1))
+        return tuple(out)
+
+    def layer_linears(self, layer: int) -> tuple[Linear, ...]:
+        """The linears of decoder layer ``layer`` (count = 1 each)."""
+        moe = layer in self.moe_layers
+        keep = []
+        for lin in self.linears():
+            if lin.group == "lm_head":
+                continue
+            if lin.group == "mlp" and moe:
+                continue
+            if lin.group == "shared_expert" and not moe:
+                continue
+            keep.append(Linear(lin.name, lin.group, lin.in_features, lin.out_features, lin.bias, 1))
+        return tuple(keep)
+
+    @property
+    def router_params(self) -> int:
+        """Router weights (``mlp.gate``, shape E × H per MoE layer). In transformers 5.x the router
+        is a ``*TopKRouter`` module holding a bare parameter, not an ``nn.Linear``: bitsandbytes
+        leaves it unquantized and peft's ``all-linear`` does not adapt it."""
+        return len(self.moe_layers) * self.num_experts * self.hidden_size
+
+    def expert_tensors(self) -> tuple[ExpertTensor, ...]:
+        """Fused 3-D expert parameters (empty for dense models)."""
+        nm = len(self.moe_layers)
+        if not nm:
+            return ()
+        E, H, M = self.num_experts, self.hidden_size, self.moe_intermediate_size
+        return (
+            ExpertTensor("gate_up_proj", E, 2 * M, H, nm),
+            ExpertTensor("down_proj", E, H, M, nm),
+        )
+
+    # -------------------------------------------------------------------------------- counts
+    @property
+    def embed_params(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    @property
+    def lm_head_params(self) -> int:
+        """0 when tied: the weight is the embedding's and counted once."""
+        return 0 if self.tie_embeddings else self.vocab_size * self.hidden_size
+
+    @property
+    def norm_params(self) -> int:
+        """Decoder-layer norms, q/k norms and the final norm."""
+        per_layer = self.norms_per_layer * self.hidden_size
+        if self.qk_norm:
+            per_layer += 2 * self.head_dim
+        return self.num_layers * per_layer + self.hidden_size
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters per module kind; values sum to ``total_params``."""
+        counts: dict[str, int] = {"embed_tokens": self.embed_params}
+        for lin in self.linears():
+            if lin.group == "lm_head":
+                continue
+            counts[lin.name] = counts.get(lin.name, 0) + lin.params
+        for t in self.expert_tensors():
+            counts[f"experts.{t.name}"] = t.params
+        if self.router_params:
+            counts["router"] = self.router_params
+        counts["norms"] = self.norm_params
+        counts["lm_head"] = self.lm_head_params
+        return counts
+
+    @property
+    def total_params(self) -> int:
+        """Every parameter, tied weights counted once (= ``sum(p.numel())`` in transformers)."""
+        return sum(self.param_counts().values())
+
+    def quantizable_linears(self) -> tuple[Linear, ...]:
+        """The linears bitsandbytes replaces: every ``nn.Linear`` except lm_head."""
+        return tuple(lin for lin in self.linears() if lin.group != "lm_head")
+
+    @property
+    def quantized_params(self) -> int:
+        """Weight elements in quantizable linears (biases stay unquantized)."""
+        return sum(lin.count * lin.weight_params for lin in self.quantizable_linears())
+
+    @property
+    def unquantized_params(self) -> int:
+        """Parameters bitsandbytes leaves in floating point: embeddings, norms, biases, lm_head,
+        routers and fused experts."""
+        return self.total_params - self.quantized_params
+
+    @property
+    def expert_params(self) -> int:
+        return sum(t.params for t in self.expert_tensors())
+
+    def linear_names(self) -> tuple[str, ...]:
+        """Leaf names peft can target (lm_head excluded)."""
+        return tuple(lin.name.split(".")[-1] for lin in self.quantizable_linears())
+
+
+def _moe_fields(cfg: Mapping[str, Any], model_type: str, L: int) -> dict[str, Any]:
+    """Expert counts and which layers are sparse, per family.
+
+    - Mixtral: every layer is sparse; ``num_local_experts`` experts of width ``intermediate_size``.
+    - Qwen2-MoE / Qwen3-MoE: layer i is sparse when i is not in ``mlp_only_layers`` and
+      ``(i + 1) % decoder_sparse_step == 0`` (``Qwen3MoeDecoderLayer.__init__``).
+    """
+    if model_type == "mixtral":
+        E = _int(cfg, "num_local_experts", model_type)
+        k = _int(cfg, "num_experts_per_tok", model_type)
+        M = _int(cfg, "intermediate_size", model_type)
+        return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M, moe_layers=tuple(range(L)))
+    E = _int(cfg, "num_experts", model_type)
+    k = _int(cfg, "num_experts_per_tok", model_type)
+    M = _int(cfg, "moe_intermediate_size", model_type)
+    step = _int(cfg, "decoder_sparse_step", model_type, 1)
+    only = set(cfg.get("mlp_only_layers") or [])
+    layers = tuple(i for i in range(L) if i not in only and (i + 1) % step == 0)
+    shared = 0
+    if model_type == "qwen2_moe":
+        shared = _int(cfg, "shared_expert_intermediate_size", model_type)
+    return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M,
+                shared_expert_intermediate_size=shared, moe_layers=layers)

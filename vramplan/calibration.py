@@ -1,0 +1,111 @@
+"""Runtime constants that only a real CUDA run shows, and the file format that carries them.
+
+The analytic engine prices CUDA context, cuBLAS workspace, allocator reserve and bitsandbytes'
+fused-kernel temporaries from a ``Calibration``. ``vramplan calibrate`` fits these from profiles and
+reference measurements and writes them as JSON; ``--calibration FILE`` loads one. The default shipped
+with the package lives in ``vramplan/data/calibration.json`` (see its ``fitted_on`` field).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vramplan.errors import VramplanError
+
+MiB = 1024**2
+
+
+class CalibrationError(VramplanError):
+    """A calibration file that does not parse or holds impossible values."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Free constants of the analytic runtime terms. Bytes are ints; fractions are ratios."""
+
+    cuda_context_bytes: int = 512 * MiB
+    """CUDA context + kernels' module images + cuBLAS/cuDNN handles: outside PyTorch's allocator,
+    visible only to nvidia-smi/NVML."""
+    cublas_workspace_bytes: int = 32 * MiB
+    """cuBLAS workspace; PyTorch ≥ 2.1 takes it from the caching allocator, so it counts as allocated."""
+    allocator_reserve_fraction: float = 0.06
+    """Caching-allocator reserve over the allocated peak (block rounding, fragmentation), as a
+    fraction of the allocated peak."""
+    allocator_reserve_bytes: int = 0
+    """Fixed part of the reserve on top of the fraction."""
+    fused_dequant_factor: float = 1.0
+    """How many dequantized copies of the largest 4-bit weight the fused bitsandbytes kernel keeps
+    alive at once at the peak (1 = one transient copy)."""
+    upper_bound_fraction: float = 0.05
+    """Conservative bound: point estimate × (1 + this), from validation residuals."""
+    fitted_on: str = "defaults (not fitted)"
+    """What these numbers were fitted on: profiles, reference rows, device kinds."""
+    device: str = "any"
+    """Device kind these constants apply to (e.g. 'H100', 'A100'); 'any' = global fallback."""
+    uncertainty: dict[str, float] = field(default_factory=dict, compare=False)
+    """One-sigma uncertainty per fitted constant (same units as the constant)."""
+    per_device: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    """Overrides per device kind, each a partial dict of the fields above."""
+
+    def __post_init__(self) -> None:
+        for f in ("cuda_context_bytes", "cublas_workspace_bytes", "allocator_reserve_bytes"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise CalibrationError(f"calibration field '{f}' must be a non-negative int, got {v!r}")
+        for f in ("allocator_reserve_fraction", "fused_dequant_factor", "upper_bound_fraction"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 10:
+                raise CalibrationError(f"calibration field '{f}' must be a number in [0, 10), got {v!r}")
+
+    def for_device(self, device: str | None) -> "Calibration":
+        """The constants for a device kind (matched case-insensitively as a substring), else self."""
+        if device:
+            key = device.lower()
+            for kind, over in self.per_device.items():
+                if kind.lower() in key or key in kind.lower():
+                    return replace(self, device=kind, per_device={}, **over)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "Calibration":
+        if not isinstance(d, dict):
+            raise CalibrationError("calibration must be a JSON object")
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names - {"schema", "residuals", "constants_before"}
+        if unknown:
+            raise CalibrationError(f"unknown calibration field(s): {', '.join(sorted(unknown))}")
+        kw = {k: v for k, v in d.items() if k in names}
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise CalibrationError(f"bad calibration: {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as e:
+            raise CalibrationError(f"cannot read calibration file {p}: {e.strerror}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CalibrationError(f"calibration file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        return cls.from_dict(data)
+
+
+@lru_cache(maxsize=1)
+def default_calibration() -> Calibration:
+    """The calibration shipped with the package (falls back to the dataclass defaults)."""
+    res = resources.files("vramplan") / "data" / "calibration.json"
+    if not res.is_file():
+        return Calibration()
+    return Calibration.from_dict(json.loads(res.read_text(encoding="utf-8")))
