@@ -76,13 +76,13 @@ def find_entry(name: str) -> RegistryEntry | None:
 
 
 def suggestions(name: str, n: int = 3) -> list[str]:
-    """Close registry names for an unknown one."""
-    names = {_norm(e.name): e.name for e in registry()}
-    names.update({_norm(e.hub_id): e.hub_id for e in registry()})
-    key = _norm(name).split("/")[-1]
-    short = {k.split("/")[-1]: v for k, v in names.items()}
-    hits = difflib.get_close_matches(key, list(short), n=n, cutoff=0.5)
-    return list(dict.fromkeys(short[h] for h in hits))
+    """Close registry names for an unknown one (matched on names, aliases and hub-id tails)."""
+    keys: dict[str, str] = {}
+    for e in registry():
+        for key in (e.name, e.hub_id.split("/")[-1], *e.aliases):
+            keys.setdefault(_norm(key), e.name)
+    hits = difflib.get_close_matches(_norm(name).split("/")[-1], list(keys), n=2 * n, cutoff=0.5)
+    return list(dict.fromkeys(keys[h] for h in hits))[:n]
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

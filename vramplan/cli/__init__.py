@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(e))
     except click.exceptions.Abort:
         fail("aborted")
+    except click.exceptions.NoArgsIsHelpError as e:  # bare `vramplan`: the help, not an error
+        click.echo(e.format_message())
+        sys.exit(0)
     except click.ClickException as e:  # usage errors: one line, exit 2
         fail(e.format_message().replace("\n", " "))
     except KeyboardInterrupt:

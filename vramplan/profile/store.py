@@ -1,0 +1,345 @@
+"""Profiles on disk: the JSON schema, validation, atomic never-overwriting writes, tolerant reads.
+
+One file holds one run (one scenario on one device). The schema is documented in ``docs/profiles.md``;
+``SCHEMA`` names its version and any change to the layout bumps it. This module imports no torch.
+
+Reading is tolerant: ``load_profiles`` skips a corrupt or unknown-schema file, reports why (in the
+``problems`` list it is given, and through ``logging``) and goes on. Writing is strict: a record that
+does not validate is never written, a file is written to a temporary name and linked into place, and
+an existing profile is never replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from vramplan.breakdown import Breakdown
+from vramplan.errors import VramplanError
+from vramplan.scenario import Scenario
+
+log = logging.getLogger(__name__)
+
+#: Version tag of the profile layout. Readers accept only the versions in ``READABLE``.
+SCHEMA = "vramplan.profile/1"
+READABLE = (SCHEMA,)
+
+#: Keys of ``measured``; each is an int of bytes, a float, or None where the device has no such figure.
+MEASURED_KEYS = (
+    "allocated_peak_bytes",   # steady-state step: torch.cuda.max_memory_allocated / CPU tracker peak
+    "reserved_peak_bytes",    # steady-state step: max_memory_reserved (CPU: = allocated)
+    "active_peak_bytes",      # steady-state step: memory_stats()['active_bytes.all.peak'] (CPU: = allocated)
+    "process_peak_bytes",     # NVML: this process's device memory at the end of the run (CPU: None)
+    "managed_bytes",          # paged optimizer state in CUDA managed memory (0 if not paged)
+    "phases",                 # per-phase figures, see PHASES
+    "step_seconds",           # median wall time of the steady-state steps
+    "tokens_per_second",      # batch * seq / step_seconds
+    "oom",                    # None, or {"phase", "allocated_bytes", "message"}
+)
+#: Keys of ``measured['phases']``: ``load`` and ``adapters`` are allocated bytes after the phase;
+#: the others are peaks during the phase (steady-state steps, max over them).
+PHASES = ("load", "adapters", "forward", "backward", "optimizer", "steady_step")
+#: Where an out-of-memory error can strike.
+OOM_PHASES = ("load", "adapters", "warmup", "forward", "backward", "optimizer")
+#: Totals that ``Profile.ratio`` compares: (prediction key, measured key).
+TOTALS = {
+    "allocated": ("allocated_peak_bytes", "allocated_peak_bytes"),
+    "reserved": ("reserved_peak_bytes", "reserved_peak_bytes"),
+    "total": ("total_bytes", "process_peak_bytes"),
+}
+
+
+class ProfileError(VramplanError):
+    """A profile that does not validate, or a profile folder that cannot be written."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One stored run: what ran, where, what it measured and what vramplan predicted at the time."""
+
+    model: str
+    """``--model`` as given (registry name, hub id or path)."""
+    arch_config: dict[str, Any]
+    """The config.json dict the architecture was built from."""
+    scenario: Scenario
+    device: dict[str, Any]
+    """``kind`` (cuda|cpu), ``name``, ``total_memory_bytes``; CUDA: ``driver``, ``cuda``, ``capability``;
+    CPU: ``cores``."""
+    versions: dict[str, Any]
+    """torch, transformers, peft, bitsandbytes, vramplan, python."""
+    timestamp: str
+    """ISO 8601, UTC, when the run finished."""
+    measured: dict[str, Any]
+    predictions: dict[str, Any]
+    """``analytic`` and ``trace``: ``Breakdown.to_dict()`` made before the run, or None."""
+    run: dict[str, Any] = field(default_factory=dict)
+    """How it ran: ``steps``, ``warmup_steps``, ``weights`` (``random-init`` or a path), ``seed``."""
+    schema: str = SCHEMA
+    path: Path | None = field(default=None, compare=False)
+    """The file it was read from or written to."""
+
+    # ---------------------------------------------------------------------------- figures
+    @property
+    def oom(self) -> dict[str, Any] | None:
+        return self.measured.get("oom")
+
+    def prediction(self, engine: str) -> Breakdown | None:
+        """The stored ``analytic`` or ``trace`` prediction as a Breakdown (None if not made)."""
+        d = self.predictions.get(engine)
+        return None if d is None else Breakdown.from_dict(d)
+
+    def ratio(self, engine: str = "analytic", total: str = "allocated") -> float | None:
+        """Estimate ÷ measured for one total (``allocated``, ``reserved`` or ``total``).
+
+        None when the engine made no prediction, the run hit OOM, or the device has no such figure
+        (the process total on CPU).
+        """
+        if total not in TOTALS:
+            raise ProfileError(f"unknown total '{total}' (choose from: {', '.join(TOTALS)})")
+        pred = self.predictions.get(engine)
+        if pred is None or self.oom is not None:
+            return None
+        pkey, mkey = TOTALS[total]
+        measured = self.measured.get(mkey)
+        if not measured:
+            return None
+        return int(pred[pkey]) / int(measured)
+
+    def error(self, engine: str = "analytic", total: str = "allocated") -> float | None:
+        """Relative error of the estimate (0.05 = 5 % high), or None as for ``ratio``."""
+        r = self.ratio(engine, total)
+        return None if r is None else r - 1.0
+
+    # ------------------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema,
+            "model": self.model,
+            "arch_config": self.arch_config,
+            "scenario": self.scenario.to_dict(),
+            "device": self.device,
+            "versions": self.versions,
+            "timestamp": self.timestamp,
+            "run": self.run,
+            "measured": self.measured,
+            "predictions": self.predictions,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, path: Path | None = None) -> "Profile":
+        """Validate and build; any problem raises ProfileError with one line saying what."""
+        validate(d)
+        try:
+            scenario = Scenario.from_dict(d["scenario"])
+        except (VramplanError, TypeError) as e:
+            raise ProfileError(f"bad scenario: {e}") from None
+        return cls(model=d["model"], arch_config=d["arch_config"], scenario=scenario,
+                   device=d["device"], versions=d["versions"], timestamp=d["timestamp"],
+                   measured=d["measured"], predictions=d["predictions"], run=d.get("run", {}),
+                   schema=d["schema"], path=path)
+
+
+# ------------------------------------------------------------------------------ validation
+def _need(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise ProfileError(f"missing field '{where}{key}'")
+    v = d[key]
+    if not isinstance(v, types) or (isinstance(v, bool) and bool not in _tuple(types)):
+        raise ProfileError(f"field '{where}{key}' has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _bytes_or_none(d: dict[str, Any], key: str, where: str) -> None:
+    v = _need(d, key, (int, type(None)), where)
+    if v is not None and v < 0:
+        raise ProfileError(f"field '{where}{key}' is negative")
+
+
+def validate(d: Any) -> None:
+    """Check a profile dict against ``SCHEMA``; raise ProfileError naming the first problem."""
+    if not isinstance(d, dict):
+        raise ProfileError("a profile must be a JSON object")
+    schema = d.get("schema")
+    if schema not in READABLE:
+        raise ProfileError(f"unknown schema {schema!r} (this vramplan reads {', '.join(READABLE)})")
+    _need(d, "model", str, "")
+    _need(d, "arch_config", dict, "")
+    _need(d, "scenario", dict, "")
+    _need(d, "timestamp", str, "")
+    _need(d, "versions", dict, "")
+    dev = _need(d, "device", dict, "")
+    if dev.get("kind") not in ("cuda", "cpu"):
+        raise ProfileError(f"field 'device.kind' must be 'cuda' or 'cpu', got {dev.get('kind')!r}")
+    _need(dev, "name", str, "device.")
+    _bytes_or_none(dev, "total_memory_bytes", "device.")
+    m = _need(d, "measured", dict, "")
+    for key in ("allocated_peak_bytes", "reserved_peak_bytes", "active_peak_bytes",
+                "process_peak_bytes", "managed_bytes"):
+        _bytes_or_none(m, key, "measured.")
+    phases = _need(m, "phases", dict, "measured.")
+    for key in PHASES:
+        _bytes_or_none(phases, key, "measured.phases.")
+    for key in ("step_seconds", "tokens_per_second"):
+        _need(m, key, (int, float, type(None)), "measured.")
+    oom = _need(m, "oom", (dict, type(None)), "measured.")
+    if oom is None:
+        if m["allocated_peak_bytes"] is None:
+            raise ProfileError("field 'measured.allocated_peak_bytes' is null but no OOM is recorded")
+    else:
+        if oom.get("phase") not in OOM_PHASES:
+            raise ProfileError(f"field 'measured.oom.phase' must be one of {', '.join(OOM_PHASES)}")
+        _bytes_or_none(oom, "allocated_bytes", "measured.oom.")
+        _need(oom, "message", str, "measured.oom.")
+    preds = _need(d, "predictions", dict, "")
+    for engine in ("analytic", "trace"):
+        p = _need(preds, engine, (dict, type(None)), "predictions.")
+        if p is not None:
+            try:
+                Breakdown.from_dict(p)
+            except (KeyError, TypeError, ValueError) as e:
+                raise ProfileError(f"field 'predictions.{engine}' is not a breakdown: {e}") from None
+            for key in ("allocated_peak_bytes", "reserved_peak_bytes", "total_bytes"):
+                _need(p, key, int, f"predictions.{engine}.")
+    run = d.get("run", {})
+    if not isinstance(run, dict):
+        raise ProfileError("field 'run' must be an object")
+
+
+# ------------------------------------------------------------------------------------ IO
+def now_utc() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9.]+", "-", text.split("/")[-1] if "/" in text else text).strip("-.")
+    return s[:60] or "model"
+
+
+def file_name(p: Profile) -> str:
+    """``<model>_<device>_s<seq>_b<batch>_r<rank>_<UTC stamp>.json``."""
+    s = p.scenario
+    stamp = re.sub(r"[^0-9T]", "", p.timestamp)[:15]
+    dev = _slug(p.device.get("name", p.device["kind"]))[:24]
+    return f"{_slug(p.model)}_{p.device['kind']}-{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
+
+
+def check_writable(folder: str | Path) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there, before any long run."""
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".vramplan-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ProfileError(f"output directory {path} is not writable: {e.strerror or e}") from None
+    return path
+
+
+def save_profile(profile: Profile, folder: str | Path) -> Path:
+    """Write atomically (temporary file, then a hard link that fails if the name exists) and never
+    replace an existing file: a clash gets a ``-2``, ``-3``... suffix. Returns the path written."""
+    d = profile.to_dict()
+    validate(d)
+    folder = check_writable(folder)
+    text = json.dumps(d, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".vramplan-", suffix=".json.tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        base = file_name(profile)[: -len(".json")]
+        for n in range(1, 1000):
+            target = folder / (f"{base}.json" if n == 1 else f"{base}-{n}.json")
+            try:
+                _place(tmp, target)
+                return target
+            except FileExistsError:
+                continue
+        raise ProfileError(f"too many profiles named {base}*.json in {folder}")
+    except OSError as e:
+        raise ProfileError(f"cannot write profile to {folder}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _place(tmp: str, target: Path) -> None:
+    """Put ``tmp`` at ``target`` atomically, failing with FileExistsError if ``target`` exists."""
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        raise
+    except OSError:  # file systems without hard links: exclusive create, then atomic replace
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        os.replace(tmp, target)
+
+
+def read_profile(path: str | Path) -> Profile:
+    """One profile file; ProfileError (one line) if it cannot be read or does not validate."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        return Profile.from_dict(data, path=p)
+    except ProfileError as e:
+        raise ProfileError(f"{p}: {e}") from None
+
+
+def iter_profile_files(folder: str | Path) -> list[Path]:
+    """``*.json`` under ``folder`` (recursively), sorted; a single file is returned as itself."""
+    root = Path(folder).expanduser()
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise ProfileError(f"no profile directory {root}")
+    return sorted(p for p in root.rglob("*.json") if not p.name.startswith("."))
+
+
+def load_profiles(folder: str | Path, problems: list[str] | None = None) -> list[Profile]:
+    """Every valid profile under ``folder`` (recursively), oldest first.
+
+    A file that is corrupt or has an unknown schema is skipped: its one-line reason is appended to
+    ``problems`` (when given) and logged as a warning. Only a missing folder is an error.
+    """
+    out: list[Profile] = []
+    for p in iter_profile_files(folder):
+        try:
+            out.append(read_profile(p))
+        except ProfileError as e:
+            log.warning("skipping profile: %s", e)
+            if problems is not None:
+                problems.append(str(e))
+    out.sort(key=lambda pr: (pr.timestamp, str(pr.path)))
+    return out
+
+
+def select(profiles: Iterable[Profile], model: str | None = None, device: str | None = None) -> list[Profile]:
+    """Filter by model and device substrings (case-insensitive)."""
+    out = []
+    for p in profiles:
+        if model and model.lower() not in p.model.lower():
+            continue
+        if device and device.lower() not in f"{p.device['kind']} {p.device['name']}".lower():
+            continue
+        out.append(p)
+    return out
