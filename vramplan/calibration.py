@@ -11,13 +11,22 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vramplan.errors import VramplanError
 
 MiB = 1024**2
+
+
+#: Runtime constants on a CPU device: no CUDA context, no cuBLAS workspace, no caching allocator.
+CPU_RUNTIME: dict[str, Any] = dict(cuda_context_bytes=0, cublas_workspace_bytes=0, allocator_reserve_fraction=0.0,
+                                   allocator_reserve_bytes=0)
+
+
+#: The fitted constants (a ``per_device`` entry may override any of them).
+CONSTANTS = ("cuda_context_bytes", "cublas_workspace_bytes", "allocator_reserve_fraction", "allocator_reserve_bytes",
+             "fused_dequant_factor", "upper_bound_fraction")
 
 
 class CalibrationError(VramplanError):
@@ -61,9 +70,27 @@ class Calibration:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 10:
                 raise CalibrationError(f"calibration field '{f}' must be a number in [0, 10), got {v!r}")
+        if not isinstance(self.uncertainty, dict):
+            raise CalibrationError("calibration field 'uncertainty' must be an object")
+        if not isinstance(self.per_device, dict):
+            raise CalibrationError("calibration field 'per_device' must be an object")
+        for kind, over in self.per_device.items():
+            if not isinstance(over, dict):
+                raise CalibrationError(f"per_device['{kind}'] must be an object")
+            unknown = set(over) - set(CONSTANTS)
+            if unknown:
+                raise CalibrationError(f"per_device['{kind}']: unknown constant(s) {', '.join(sorted(unknown))}")
+            replace(self, per_device={}, **over)  # validates the values
 
     def for_device(self, device: str | None) -> "Calibration":
-        """The constants for a device kind (matched case-insensitively as a substring), else self."""
+        """The constants for a device kind (matched case-insensitively as a substring), else self.
+
+        ``cpu`` has no CUDA runtime: context, workspace and allocator reserve are zero there (a
+        ``per_device['cpu']`` entry may still override them).
+        """
+        if device and device.strip().lower() == "cpu":
+            over = {**CPU_RUNTIME, **self.per_device.get("cpu", {})}
+            return replace(self, device="cpu", per_device={}, **over)
         if device:
             key = device.lower()
             for kind, over in self.per_device.items():
@@ -105,7 +132,7 @@ class Calibration:
 @lru_cache(maxsize=1)
 def default_calibration() -> Calibration:
     """The calibration shipped with the package (falls back to the dataclass defaults)."""
-    res = resources.files("vramplan") / "data" / "calibration.json"
+    res = Path(__file__).resolve().parent / "data" / "calibration.json"
     if not res.is_file():
         return Calibration()
     return Calibration.from_dict(json.loads(res.read_text(encoding="utf-8")))

@@ -96,8 +96,10 @@ class Linear:
 class ExpertTensor:
     """A fused MoE expert parameter of shape ``(num_experts, out, in)`` (transformers 5.x).
 
-    It is an ``nn.Parameter``, not an ``nn.Linear``: bitsandbytes' linear replacement and peft's
-    ``all-linear`` do not reach it.
+    It is an ``nn.Parameter``, not an ``nn.Linear``: bitsandbytes' linear replacement does not reach
+    it, so it stays in the load dtype (and ``prepare_model_for_kbit_training`` upcasts it to fp32).
+    peft 0.21 does adapt it for qwen3_moe and mixtral, by remapping the v4 expert names onto the
+    fused parameter (see ``vramplan.analytic.adapters.expert_lora_tensors``).
     """
 
     name: str
@@ -331,7 +333,8 @@ class Arch:
     def router_params(self) -> int:
         """Router weights (``mlp.gate``, shape E × H per MoE layer). In transformers 5.x the router
         is a ``*TopKRouter`` module holding a bare parameter, not an ``nn.Linear``: bitsandbytes
-        leaves it unquantized and peft's ``all-linear`` does not adapt it."""
+        leaves it unquantized. (peft 0.21 still adapts it for qwen3_moe and mixtral under
+        ``all-linear``, through its v4-name remapping.)"""
         return len(self.moe_layers) * self.num_experts * self.hidden_size
 
     def expert_tensors(self) -> tuple[ExpertTensor, ...]:

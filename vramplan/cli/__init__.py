@@ -7,11 +7,15 @@ never pays for (or imports) torch. Every user error becomes one line on stderr a
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
 
 from vramplan.errors import VramplanError
+
+#: Table width when output is piped rather than shown on a terminal.
+WIDE_COLUMNS = 140
 
 #: command name -> (module, attribute, one-line help). Modules load lazily.
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -57,6 +61,9 @@ def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F82
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: exit 0/1 from commands, 2 for any user error, never a traceback."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        # rich wraps tables at 80 columns when piped; logs and CI read better unwrapped.
+        os.environ["COLUMNS"] = str(WIDE_COLUMNS)
     try:
         rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
     except VramplanError as e:

@@ -86,6 +86,12 @@ class Profile:
     """The file it was read from or written to."""
 
     # ---------------------------------------------------------------------------- figures
+    def arch(self) -> Any:
+        """The architecture the run used, rebuilt from the stored config.json dict."""
+        from vramplan.arch import Arch
+
+        return Arch.from_config(self.arch_config, name=self.model)
+
     @property
     def oom(self) -> dict[str, Any] | None:
         return self.measured.get("oom")
@@ -227,11 +233,12 @@ def _slug(text: str) -> str:
 
 
 def file_name(p: Profile) -> str:
-    """``<model>_<device>_s<seq>_b<batch>_r<rank>_<UTC stamp>.json``."""
+    """``<model>_<device>_s<seq>_b<batch>_r<rank>_<UTC stamp>.json``; the device is ``cpu`` or the
+    GPU's name (``H100-80GB-HBM3``)."""
     s = p.scenario
     stamp = re.sub(r"[^0-9T]", "", p.timestamp)[:15]
-    dev = _slug(p.device.get("name", p.device["kind"]))[:24]
-    return f"{_slug(p.model)}_{p.device['kind']}-{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
+    dev = "cpu" if p.device["kind"] == "cpu" else _slug(re.sub(r"(?i)^nvidia\s*", "", p.device["name"]))[:24]
+    return f"{_slug(p.model)}_{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
 
 
 def check_writable(folder: str | Path) -> Path:
@@ -319,16 +326,17 @@ def load_profiles(folder: str | Path, problems: list[str] | None = None) -> list
     """Every valid profile under ``folder`` (recursively), oldest first.
 
     A file that is corrupt or has an unknown schema is skipped: its one-line reason is appended to
-    ``problems`` (when given) and logged as a warning. Only a missing folder is an error.
+    ``problems`` when given, else logged as a warning. Only a missing folder is an error.
     """
     out: list[Profile] = []
     for p in iter_profile_files(folder):
         try:
             out.append(read_profile(p))
         except ProfileError as e:
-            log.warning("skipping profile: %s", e)
             if problems is not None:
                 problems.append(str(e))
+            else:
+                log.warning("skipping profile: %s", e)
     out.sort(key=lambda pr: (pr.timestamp, str(pr.path)))
     return out
 

@@ -1,0 +1,126 @@
+"""Analytic allocated peak vs the fake-tensor trace, over the issue-4 grid.
+
+Usage: python benchmarks/analytic_vs_trace.py [--cache FILE] [--only SUBSTR] [--limit N] [--refresh]
+
+Each row builds a real-shaped architecture with a reduced decoder-layer count (hidden sizes, heads,
+vocabularies and expert counts are the published ones), traces two training steps on fake tensors
+(``vramplan.trace.trace(..., extrapolate=False)``), prices the same scenario with
+``vramplan.analytic.estimate(..., semantics="cpu")`` and prints the relative error of the
+allocated peak, plus the category-level errors. Traces are cached (JSON) so the table can be
+re-printed instantly after an analytic change (``--cache FILE``; ``--refresh`` re-traces).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+#: (registry model, decoder layers kept, scenario fields). Families: qwen3 (Qwen3-14B), llama
+#: (Llama-2-7b, untied, V=32000), tied embeddings (Llama-3.2-1B), MoE (Qwen3-30B-A3B, 128 experts).
+_BASE: list[tuple[str, int]] = [("Qwen3-14B", 2), ("Llama-2-7b", 2), ("Llama-3.2-1B", 2), ("Qwen3-30B-A3B", 2)]
+
+
+def grid() -> list[tuple[str, int, dict[str, Any]]]:
+    rows: list[tuple[str, int, dict[str, Any]]] = []
+    for model, layers in _BASE:
+        moe = "A3B" in model
+        drop = {"lora_dropout": 0.0} if moe else {}
+        seqs = [(256, 1), (1024, 2), (2048, 1), (4096, 1), (8192, 1), (512, 4)]
+        if moe:
+            seqs = [(256, 1), (1024, 2), (2048, 1), (512, 4)]
+        for seq, batch in seqs:
+            rows.append((model, layers, dict(seq=seq, batch=batch, **drop)))
+        for recipe in ("plain", "trl"):
+            for gc in (True, False):
+                rows.append((model, layers, dict(seq=1024, recipe=recipe, grad_checkpointing=gc, **drop)))
+        rows.append((model, layers, dict(seq=1024, grad_checkpointing=False, **drop)))
+        rows.append((model, layers, dict(seq=1024, rank=64, **drop)))
+        rows.append((model, layers, dict(seq=1024, rank=64, targets=("q_proj", "v_proj"), grad_checkpointing=False)))
+        rows.append((model, layers, dict(seq=2048, targets=("q_proj", "v_proj"), **drop)))
+        rows.append((model, layers, dict(seq=1024, optimizer="adamw8bit", **drop)))
+        rows.append((model, layers, dict(seq=1024, optimizer="adamw8bit", rank=64, recipe="trl", **drop)))
+        if not moe:
+            rows.append((model, layers, dict(seq=1024, attn="eager", grad_checkpointing=False)))
+            rows.append((model, layers, dict(seq=1024, targets=("q_proj", "v_proj", "lm_head"))))
+            rows.append((model, layers, dict(seq=1024, quant="none")))
+            rows.append((model, layers, dict(seq=512, quant="none", full=True)))
+            rows.append((model, layers, dict(seq=1024, lora_dropout=0.0)))
+    return rows
+
+
+def key(model: str, layers: int, kw: dict[str, Any]) -> str:
+    return json.dumps([model, layers, sorted((k, list(v) if isinstance(v, tuple) else v) for k, v in kw.items())])
+
+
+def reduced_arch(model: str, layers: int) -> Any:
+    from vramplan.arch import resolve
+    from vramplan.arch.spec import Arch
+
+    a = resolve(model)
+    cfg = dict(a.config)
+    cfg["num_hidden_layers"] = layers
+    for k in ("layer_types", "mlp_only_layers"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = cfg[k][:layers] if k == "layer_types" else [i for i in cfg[k] if i < layers]
+    return Arch.from_config(cfg, name=f"{model}[{layers}L]")
+
+
+def run_trace(model: str, layers: int, kw: dict[str, Any]) -> dict[str, Any]:
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    t0 = time.perf_counter()
+    tb = trace(reduced_arch(model, layers), Scenario(**kw), extrapolate=False)
+    return {"allocated": tb.allocated_peak_bytes, "by_category": tb.by_category(),
+            "phase": tb.extra.get("peak_phase"), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def compare(model: str, layers: int, kw: dict[str, Any], traced: dict[str, Any]) -> dict[str, Any]:
+    from vramplan.analytic import estimate
+    from vramplan.scenario import Scenario
+
+    eb = estimate(reduced_arch(model, layers), Scenario(**kw), semantics="cpu")
+    ours = eb.allocated_peak_bytes
+    return {"ours": ours, "theirs": traced["allocated"], "error": ours / traced["allocated"] - 1,
+            "phase": eb.extra["peak_phase"], "trace_phase": traced["phase"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", default=None, help="JSON file caching traces between runs (off by default)")
+    ap.add_argument("--only", default="")
+    ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--refresh", action="store_true", help="re-trace even if cached")
+    args = ap.parse_args(argv)
+    cache_path = Path(args.cache) if args.cache else None
+    cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
+    rows = [r for r in grid() if args.only in key(*r)]
+    if args.limit:
+        rows = rows[: args.limit]
+    errs = []
+    print(f"{'model':18s} {'L':>2s} {'scenario':62s} {'trace GiB':>10s} {'analytic':>9s} {'error':>8s}  phase")
+    for model, layers, kw in rows:
+        k = key(model, layers, kw)
+        if k not in cache or args.refresh:
+            cache[k] = run_trace(model, layers, kw)
+            if cache_path:
+                cache_path.write_text(json.dumps(cache, indent=1))
+        r = compare(model, layers, kw, cache[k])
+        errs.append(abs(r["error"]))
+        desc = ",".join(f"{a}={b if not isinstance(b, tuple) else '+'.join(b)}" for a, b in kw.items())
+        print(f"{model:18s} {layers:2d} {desc:62s} {r['theirs'] / 2**30:10.3f} {r['ours'] / 2**30:9.3f} "
+              f"{100 * r['error']:+7.2f}%  {r['phase']}")
+        sys.stdout.flush()
+    if errs:
+        print(f"\n{len(errs)} configurations: max |error| {100 * max(errs):.2f} %, "
+              f"median {100 * statistics.median(errs):.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Fitting the runtime constants: recovery on synthetic data, too-little-data errors, the CLI contract."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from _stub_engine import stub_estimate
+from vramplan.arch import resolve
+from vramplan.calibrate import CalibrateError, fit, upper_bound_fraction
+from vramplan.calibration import Calibration, CalibrationError
+from vramplan.scenario import Scenario
+from vramplan.validate import Point
+
+MiB = 1024**2
+TRUE = Calibration(cuda_context_bytes=700 * MiB, cublas_workspace_bytes=8 * MiB, allocator_reserve_fraction=0.09,
+                   allocator_reserve_bytes=100 * MiB, fused_dequant_factor=2.0)
+KEYS = {"allocated": "allocated_peak_bytes", "reserved": "reserved_peak_bytes", "process": "total_bytes"}
+
+
+def _points(kinds=("allocated", "reserved", "process"), device="A10G", n_seq=(256, 1024, 4096)):
+    """Figures the stub engine predicts under TRUE: a fit from other constants must find TRUE."""
+    arch = resolve("Qwen2.5-0.5B")
+    pts = []
+    for quant in ("nf4", "none"):
+        for seq in n_seq:
+            sc = Scenario(quant=quant, seq=seq)
+            b = stub_estimate(arch, sc, TRUE, device)
+            for kind in kinds:
+                pts.append(Point(id=f"{quant}-{seq}-{kind}", origin="profile", model="q", arch=arch, scenario=sc,
+                                 device=device, device_kind="cuda", measurement=kind, total_key=KEYS[kind],
+                                 measured_bytes=getattr(b, KEYS[kind]), status="in"))
+    return pts
+
+
+def test_fit_recovers_the_constants_that_made_the_data():
+    res = fit(_points(), Calibration(), estimator=stub_estimate)
+    fitted = [c for c in res.constants if c.fitted]
+    assert len(fitted) == 5
+    for c in fitted:  # each constant within three of its stated sigmas of the truth
+        assert abs(c.after - getattr(TRUE, c.name)) <= 3 * c.sigma, c
+    assert res.calibration.cuda_context_bytes == pytest.approx(TRUE.cuda_context_bytes, rel=0.1)
+    assert max(abs(r.error_after) for r in res.residuals) < 0.01
+    assert max(abs(r.error_before) for r in res.residuals) > 0.1  # the defaults really were off
+
+
+def test_constant_without_data_keeps_its_prior_and_says_why():
+    res = fit(_points(kinds=("allocated",)), Calibration(), estimator=stub_estimate)
+    ctx = next(c for c in res.constants if c.name == "cuda_context_bytes")
+    assert not ctx.fitted and ctx.after == Calibration().cuda_context_bytes
+    assert "process-total" in ctx.note
+
+
+def test_asking_for_a_constant_without_data_is_an_error():
+    with pytest.raises(CalibrateError, match="cuda_context_bytes.*0 sensitive"):
+        fit(_points(kinds=("allocated",)), Calibration(), estimator=stub_estimate, only=["cuda_context_bytes"])
+
+
+def test_no_usable_figures_is_an_error():
+    pts = [replace(p, status="verdict") for p in _points()]
+    with pytest.raises(CalibrateError, match="no measured figures"):
+        fit(pts, Calibration(), estimator=stub_estimate)
+
+
+def test_unknown_constant():
+    with pytest.raises(CalibrateError, match="unknown constant"):
+        fit(_points(), Calibration(), estimator=stub_estimate, only=["warp_drive"])
+
+
+def test_per_device_constants_with_global_fallback():
+    a = _points(device="A10G")
+    b = [replace(p, id="h-" + p.id, device="H100",
+                 measured_bytes=int(p.measured_bytes + (300 * MiB if p.measurement == "process" else 0)))
+         for p in _points(device="H100")]
+    res = fit(a + b, Calibration(), estimator=stub_estimate)
+    per = res.calibration.per_device
+    assert set(per) == {"A10G", "H100"}
+    assert per["H100"]["cuda_context_bytes"] - per["A10G"]["cuda_context_bytes"] == pytest.approx(300 * MiB, rel=0.1)
+    assert res.calibration.for_device("NVIDIA H100 80GB HBM3").cuda_context_bytes == per["H100"]["cuda_context_bytes"]
+    assert res.calibration.for_device("MI300X") == res.calibration  # unknown device: global constants
+
+
+def test_upper_bound_covers_the_worst_under_prediction():
+    # -9 % error means measured = predicted / 0.91: the bound needs +9.9 %.
+    assert upper_bound_fraction([0.02, -0.09, -0.01]) == pytest.approx(0.1)
+    assert upper_bound_fraction([0.05, 0.01]) == pytest.approx(0.02)  # floor
+    for errs in ([-0.3], [-0.0449], [0.2, -0.12]):
+        f = upper_bound_fraction(errs)
+        assert all((1 + e) * (1 + f) >= 1 for e in errs)
+
+
+# ----------------------------------------------------------------------------------- files
+def test_calibration_file_roundtrip(tmp_path):
+    res = fit(_points(), Calibration(), estimator=stub_estimate)
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"schema": "vramplan.calibration/1", **res.to_dict()}))
+    back = Calibration.load(path)
+    assert back == res.calibration and back.uncertainty == res.calibration.uncertainty
+
+
+@pytest.mark.parametrize("text, msg", [("{not json", "not valid JSON"), ("[1, 2]", "JSON object"),
+                                       ('{"cuda_context_bytes": -5}', "non-negative"),
+                                       ('{"warp": 1}', "unknown calibration field"),
+                                       ('{"per_device": {"A100": {"warp": 1}}}', "unknown constant"),
+                                       ('{"per_device": {"A100": {"allocator_reserve_fraction": -1}}}',
+                                        "number in"),
+                                       ('{"per_device": [1]}', "must be an object")])
+def test_bad_calibration_file(tmp_path, text, msg):
+    p = tmp_path / "c.json"
+    p.write_text(text)
+    with pytest.raises(CalibrationError, match=msg):
+        Calibration.load(p)
+
+
+def test_shipped_default_states_what_it_was_fitted_on():
+    from vramplan.calibration import default_calibration
+
+    cal = default_calibration()
+    assert "reference" in cal.fitted_on and cal.uncertainty
+    assert 0 < cal.upper_bound_fraction < 0.5
+
+
+# ------------------------------------------------------------------------------------- CLI
+def _one_line_exit2(cli_run, *args):
+    code, out, err = cli_run(*args)
+    assert code == 2, (code, out, err)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err + out
+    return lines[0]
+
+
+def test_cli_bad_calibration_file_exits_2(cli_run, tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text("{oops")
+    line = _one_line_exit2(cli_run, "validate", "--calibration", str(p), "--no-reference")
+    assert "not valid JSON" in line
+
+
+def test_cli_nothing_to_fit_exits_2(cli_run, tmp_path):
+    line = _one_line_exit2(cli_run, "calibrate", "--no-reference", "-o", str(tmp_path / "c.json"))
+    assert "no measured figures" in line
+
+
+def test_cli_other_schema_profile_exits_2_with_explanation(cli_run, tmp_path):
+    p = tmp_path / "old.json"
+    p.write_text(json.dumps({"schema": "vramplan.profile/0", "model": "x"}))
+    line = _one_line_exit2(cli_run, "calibrate", str(p), "-o", str(tmp_path / "c.json"))
+    assert "vramplan.profile/0" in line and "re-record" in line
+
+
+def test_cli_missing_profile_path_exits_2(cli_run, tmp_path):
+    line = _one_line_exit2(cli_run, "calibrate", str(tmp_path / "nope"), "-o", str(tmp_path / "c.json"))
+    assert "no such profile" in line
+
+
+def test_cli_too_few_for_requested_constant_exits_2(cli_run, tmp_path):
+    line = _one_line_exit2(cli_run, "calibrate", "--fit", "cuda_context_bytes", "-o", str(tmp_path / "c.json"))
+    assert "cuda_context_bytes" in line and "process-total" in line
+
+
+def test_cpu_device_has_no_cuda_runtime():
+    cal = Calibration(cuda_context_bytes=700 * MiB, cublas_workspace_bytes=32 * MiB, allocator_reserve_fraction=0.1,
+                      fused_dequant_factor=2.0)
+    cpu = cal.for_device("cpu")
+    assert (cpu.cuda_context_bytes, cpu.cublas_workspace_bytes, cpu.allocator_reserve_fraction,
+            cpu.allocator_reserve_bytes) == (0, 0, 0.0, 0)
+    assert cpu.fused_dequant_factor == 2.0  # a kernel property, not a CUDA-runtime one
+
+
+def test_cpu_figures_only_inform_device_independent_constants():
+    pts = [replace(p, device="cpu", device_kind="cpu") for p in _points(kinds=("allocated",))]
+    res = fit(pts, Calibration(), estimator=stub_estimate)
+    by = {c.name: c for c in res.constants}
+    assert not by["cublas_workspace_bytes"].fitted and by["cublas_workspace_bytes"].points == 0
+    assert by["fused_dequant_factor"].fitted
+
+
+def test_cli_calibrate_writes_a_loadable_file(cli_run, tmp_path):
+    out = tmp_path / "c.json"
+    code, stdout, err = cli_run("calibrate", "--base", "defaults", "-o", str(out))
+    assert code == 0, err
+    cal = Calibration.load(out)
+    assert "pm-24" in cal.fitted_on and cal.allocator_reserve_fraction > 0
+    assert "residuals" in stdout and "before" in stdout and "after" in stdout
+    assert "cuda_context_bytes" in stdout and "process-total" in stdout  # kept, and why
+
+
+def test_cli_folder_of_other_schema_profiles_exits_2(cli_run, tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"schema": "vramplan.profile/0", "model": "x"}))
+    line = _one_line_exit2(cli_run, "calibrate", str(tmp_path), "-o", str(tmp_path / "c.json"))
+    assert "no readable profile" in line and "vramplan.profile/0" in line

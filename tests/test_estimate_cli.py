@@ -1,0 +1,92 @@
+"""`vramplan estimate`: table, --json contract, --gpu headroom, errors (exit 2), no torch import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_table(cli_run):
+    code, out, err = cli_run("estimate", "-m", "Qwen3-14B")
+    assert code == 0, err
+    for word in ("weights/nf4", "logits/loss", "allocated peak", "reserved peak", "process total",
+                 "runtime/cuda_context", "%"):
+        assert word in out
+
+
+def test_json_contract(cli_run):
+    code, out, _ = cli_run("estimate", "-m", "Qwen3-14B", "--json", "--rank", "16", "--seq", "1024")
+    assert code == 0
+    d = json.loads(out)
+    assert d["model"] == {"name": "Qwen3-14B", "params": 14_768_307_200, "quantized_params": 13_212_057_600}
+    assert d["config"]["rank"] == 16 and d["config"]["seq"] == 1024 and d["config"]["targets"] == ["all-linear"]
+    assert sum(c["bytes"] for c in d["components"]) == d["allocated_peak_bytes"]
+    assert set(d["components"][0]) == {"name", "category", "bytes"}
+    reserved = d["allocated_peak_bytes"] + sum(c["bytes"] for c in d["runtime"] if c["category"] == "allocator")
+    assert d["reserved_peak_bytes"] == reserved
+    assert d["total_bytes"] == reserved + sum(c["bytes"] for c in d["runtime"] if c["category"] != "allocator")
+    assert d["upper_bound_total_bytes"] >= d["total_bytes"]
+
+
+def test_json_equals_api(cli_run):
+    import vramplan
+
+    code, out, _ = cli_run("estimate", "-m", "Llama-2-7b", "--json", "--recipe", "trl", "--optimizer", "adamw8bit")
+    b = vramplan.estimate("Llama-2-7b", recipe="trl", optimizer="adamw8bit")
+    assert json.loads(out)["allocated_peak_bytes"] == b.allocated_peak_bytes
+
+
+def test_gpu_headroom(cli_run):
+    pytest.importorskip("vramplan.gpus")
+    code, out, _ = cli_run("estimate", "-m", "Qwen3-14B", "--gpu", "RTX 4090", "--json")
+    assert code == 0
+    g = json.loads(out)["gpu"]
+    assert g["headroom_bytes"] == g["usable_bytes"] - g["needed_bytes"]
+    code, out, _ = cli_run("estimate", "-m", "Qwen3-14B", "--gpu", "RTX 4090")
+    assert "headroom" in out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--rank", "0"], "rank must be a positive integer"),
+    (["--seq", "0"], "seq must be a positive integer"),
+    (["--batch", "-1"], "batch must be a positive integer"),
+    (["--rank", "99999"], "rank 99999 is larger than"),
+    (["--targets", "q_proj,nope"], "unknown target module 'nope'"),
+    (["--full"], "--full fine-tunes every weight"),
+    (["--optimizer", "lion"], "lion"),
+    (["--gpu", "Voodoo 5"], "unknown GPU"),
+    (["--seq", "10000001"], "exceeds the supported"),
+    (["--calibration", "/nonexistent.json"], "calibration"),
+])
+def test_bad_input_one_line_exit_2(cli_run, args, msg):
+    code, out, err = cli_run("estimate", "-m", "Qwen3-14B", *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert msg in err
+
+
+def test_unknown_model_exit_2(cli_run):
+    code, _, err = cli_run("estimate", "-m", "NoSuchModel-7B")
+    assert code == 2 and err.startswith("error: ")
+
+
+def test_estimate_never_imports_torch():
+    """The whole `vramplan estimate` path, run in a fresh interpreter, leaves torch unimported."""
+    code = (
+        "import sys\n"
+        "from vramplan.cli import main\n"
+        "try:\n"
+        "    main(['estimate', '-m', 'Qwen3-14B', '--json'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'bitsandbytes') if m in sys.modules]\n"
+        "sys.stderr.write('HEAVY=' + ','.join(heavy))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY=" in r.stderr and r.stderr.strip().endswith("HEAVY="), r.stderr

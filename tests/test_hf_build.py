@@ -1,0 +1,184 @@
+"""vramplan.hf.build: the real-framework model, held to the frameworks' own behaviour."""
+
+import warnings
+
+import pytest
+
+torch = pytest.importorskip("torch")
+bnb = pytest.importorskip("bitsandbytes")
+pytest.importorskip("peft")
+pytestmark = pytest.mark.torch
+
+from vramplan.arch import resolve  # noqa: E402
+from vramplan.hf import build as B  # noqa: E402
+from vramplan.scenario import Scenario  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning)
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+DEBUG = resolve("vramplan-debug")
+MOE = resolve("vramplan-debug-moe")
+
+
+def _dtypes(model):
+    return {n: p.dtype for n, p in model.named_parameters()}
+
+
+def test_bnb_config_sets_every_field():
+    q = B.bnb_config(Scenario(quant="nf4", double_quant=True, dtype="bf16"))
+    assert q.load_in_4bit and not q.load_in_8bit
+    assert q.bnb_4bit_quant_type == "nf4"
+    assert q.bnb_4bit_use_double_quant is True
+    assert q.bnb_4bit_compute_dtype == torch.bfloat16
+    assert q.bnb_4bit_quant_storage == torch.uint8
+    f = B.bnb_config(Scenario(quant="fp4", double_quant=False, dtype="fp16"))
+    assert (f.bnb_4bit_quant_type, f.bnb_4bit_use_double_quant) == ("fp4", False)
+    assert f.bnb_4bit_compute_dtype == torch.float16
+    assert B.bnb_config(Scenario(quant="none")) is None
+
+
+def test_hf_config_and_truncation():
+    cfg = B.hf_config(DEBUG)
+    assert type(cfg).__name__ == "LlamaConfig"
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size, cfg.use_cache) == (64, 2, 512, False)
+    assert B.hf_config(DEBUG, layers=1).num_hidden_layers == 1
+    g = B.hf_config(resolve("gemma-3-4b-pt"), layers=7)
+    assert type(g).__name__ == "Gemma3TextConfig" and len(g.layer_types) == 7
+
+
+def test_meta_model_replaces_exactly_the_quantizable_linears():
+    m = B.meta_model(DEBUG, Scenario())
+    n4 = sum(isinstance(x, bnb.nn.Linear4bit) for x in m.modules())
+    assert n4 == sum(lin.count for lin in DEBUG.quantizable_linears())
+    assert not isinstance(m.lm_head, bnb.nn.Linear4bit)
+    assert m.is_loaded_in_4bit
+
+
+def test_recipe_dtypes_are_pinned():
+    """hf-peft upcasts every non-4-bit parameter to fp32; trl puts embeddings and lm_head back to bf16
+    (norms stay fp32); plain leaves everything in bf16. LoRA adapters are fp32 (peft's autocast)."""
+    for recipe, emb, norm in (("hf-peft", torch.float32, torch.float32),
+                              ("trl", torch.bfloat16, torch.float32),
+                              ("plain", torch.bfloat16, torch.bfloat16)):
+        m = B.build_model(DEBUG, Scenario(recipe=recipe))
+        d = _dtypes(m)
+        assert d["base_model.model.model.embed_tokens.weight"] == emb, recipe
+        assert d["base_model.model.lm_head.weight"] == emb, recipe
+        assert d["base_model.model.model.norm.weight"] == norm, recipe
+        assert d["base_model.model.model.layers.0.input_layernorm.weight"] == norm, recipe
+        assert d["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == torch.float32
+
+
+def test_trl_equivalent_matches_trl():
+    """Our fallback for installs without trl does exactly what TRL's function does."""
+    trl_utils = pytest.importorskip("trl.experimental.utils")
+    sc = Scenario(recipe="hf-peft")
+    theirs = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
+    trl_utils.peft_module_casting_to_bf16(theirs)
+    ours = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
+    B.trl_module_casting(ours)
+    assert _dtypes(ours) == _dtypes(theirs)
+
+
+def test_lora_trainable_parameters_match_the_arch():
+    sc = Scenario(rank=4)
+    m = B.build_model(DEBUG, sc)
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    expected = sum(lin.count * sc.rank * (lin.in_features + lin.out_features) for lin in DEBUG.quantizable_linears())
+    assert trainable == expected
+    full = B.build_model(DEBUG, Scenario(quant="none", full=True))
+    assert sum(p.numel() for p in full.parameters() if p.requires_grad) == DEBUG.total_params
+
+
+def test_materialize_real_quantizes_like_bitsandbytes():
+    sc = Scenario(blocksize=128)
+    m = B.build_model(DEBUG, sc)
+    B.materialize(m, sc)
+    layer = m.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+    w = layer.weight
+    assert isinstance(w, bnb.nn.Params4bit) and w.dtype == torch.uint8
+    assert w.numel() == 64 * 64 // 2
+    qs = w.quant_state
+    assert qs.blocksize == 128 and qs.quant_type == "nf4" and qs.nested
+    assert qs.absmax.numel() == 64 * 64 // 128 and qs.absmax.dtype == torch.uint8  # double-quantized
+    assert all(p.device.type == "cpu" for p in m.parameters())
+    assert m.base_model.model.lm_head.weight is not None
+
+
+def test_moe_experts_stay_unquantized_and_get_upcast():
+    """transformers 5 fuses experts into 3-D parameters and the router is a TopKRouter: bitsandbytes
+    quantizes neither, hf-peft's prepare_model_for_kbit_training upcasts them to fp32, and peft 0.21
+    maps all-linear onto them (ParamWrapper), which refuses LoRA dropout."""
+    sc = Scenario(lora_dropout=0.0)
+    meta = B.meta_model(MOE, sc)
+    mlp = meta.model.layers[0].mlp
+    assert type(mlp.gate).__name__.endswith("TopKRouter")
+    assert mlp.experts.gate_up_proj.dim() == 3 and mlp.experts.gate_up_proj.dtype == torch.bfloat16
+    m = B.build_model(MOE, sc)
+    d = _dtypes(m)
+    experts = [n for n in d if n.endswith("gate_up_proj") or n.endswith("experts.base_layer.base_layer.down_proj")]
+    assert experts and all(d[n] == torch.float32 for n in experts)
+    assert any(".mlp.experts." in n and "lora_A" in n for n in d)
+    assert any(".mlp.gate.lora_A" in n for n in d)
+    with pytest.raises(B.TraceUnsupported, match="lora-dropout 0"):
+        B.build_model(MOE, Scenario(lora_dropout=0.05))
+
+
+def test_unpacked_sequences_patch_is_scoped():
+    import transformers.masking_utils as mu
+
+    orig = mu.find_packed_sequence_indices
+    with B.unpacked_sequences():
+        assert mu.find_packed_sequence_indices(torch.tensor([[0, 1, 0, 1]])) is None
+    assert mu.find_packed_sequence_indices is orig
+
+
+def test_synthetic_batch():
+    b = B.synthetic_batch(DEBUG, Scenario(seq=16, batch=3))
+    assert b["input_ids"].shape == (3, 16) and b["input_ids"].dtype == torch.long
+    assert torch.equal(b["input_ids"], b["labels"]) and b["labels"].data_ptr() != b["input_ids"].data_ptr()
+    assert "attention_mask" not in b
+
+
+def test_train_step_phases_and_real_update():
+    sc = Scenario(seq=16, batch=1, optimizer="adamw")
+    m = B.build_model(DEBUG, sc)
+    B.materialize(m, sc)
+    opt = B.make_optimizer(m, sc)
+    lora_b = m.base_model.model.model.layers[0].self_attn.q_proj.lora_B.default.weight
+    before = lora_b.detach().clone()
+    phases = []
+    B.train_step(m, opt, B.synthetic_batch(DEBUG, sc), sc, on_phase=phases.append)
+    assert phases == ["forward", "backward", "optimizer"]
+    assert not torch.equal(before, lora_b.detach())
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_optimizers():
+    m = B.build_model(DEBUG, Scenario())
+    B.materialize(m, Scenario())
+    assert type(B.make_optimizer(m, Scenario(optimizer="adamw"))).__name__ == "AdamW"
+    assert type(B.make_optimizer(m, Scenario(optimizer="adamw8bit"))).__name__ == "AdamW8bit"
+    assert type(B.make_optimizer(m, Scenario(optimizer="paged_adamw8bit"))).__name__ == "PagedAdamW8bit"
+    assert type(B.make_optimizer(m, Scenario(optimizer="sgd"))).__name__ == "SGD"
+
+
+def test_flash2_standin_casts_fp32_qkv():
+    """Without autocast, sdpa on fp32 q/k/v returns fp32; the stand-in casts them to the model dtype
+    first, as transformers' flash-attention-2 wrapper does."""
+    B.attn_implementation(Scenario(attn="flash2"))
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    class Mod(torch.nn.Module):
+        num_key_value_groups = 1
+        is_causal = True
+
+        class config:  # noqa: N801
+            dtype = torch.bfloat16
+
+    q = torch.randn(1, 2, 8, 16)
+    out, _ = AttentionInterface()[B.FLASH2_STANDIN](Mod(), q, q.clone(), q.clone(), None)
+    assert out.dtype == torch.bfloat16
+    ref, _ = sdpa_attention_forward(Mod(), q, q.clone(), q.clone(), None)
+    assert ref.dtype == torch.float32

@@ -1,0 +1,308 @@
+"""Tensors autograd saves in one decoder layer, per token, dtype by dtype.
+
+The layer is walked in the order transformers 5.24 runs it (``modeling_llama.py`` /
+``modeling_qwen3.py`` / ``modeling_gemma2.py`` / the MoE files), tracking each tensor's dtype,
+because the recipe and autocast decide whether a saved tensor is 2 or 4 bytes. What each op saves
+follows PyTorch's ``tools/autograd/derivatives.yaml`` (torch 2.x): ``mul`` saves the *other*
+operand only when this one needs a gradient, so ``frozen_weight * x`` saves nothing of x;
+``mm``/``linear`` saves its input only when the weight is trainable and the weight (or its autocast
+copy) only when the input needs a gradient; ``silu``/``gelu``/``pow`` save their input;
+``rsqrt``/``softmax``/``log_softmax``/``tanh`` save their output; ``native_dropout`` saves a bool mask
+(1 B/elem); flash / memory-efficient attention saves q, k, v, the output and an fp32 log-sum-exp per
+head and token. Korthikanti et al. (arXiv 2205.05198, §4.1) count the same per-layer tensors for a
+GPT layer in 16-bit; this walk differs where QLoRA does (frozen 4-bit base layers save no input:
+bitsandbytes 0.50.2 ``MatMul4Bit.forward`` keeps only the packed weight, ``ctx.tensors = (None, B)``).
+
+Symbols (per token): H hidden, I intermediate, q = heads·head_dim, kv = kv_heads·head_dim, nh heads,
+s sequence length, r rank, c compute-dtype bytes (2 for bf16/fp16), E experts, k top-k, M expert width.
+Results are (bytes per token, bytes per token per token of sequence [eager scores], fixed bytes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vramplan.arch.spec import Arch, Linear
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    """Byte widths that decide every saved tensor's size."""
+
+    c: int
+    """Compute dtype bytes (bnb_4bit_compute_dtype / autocast dtype)."""
+    autocast: bool
+    """Forward runs under torch.autocast(c) (only meaningful when c == 2)."""
+    resid: int
+    """Residual-stream bytes from layer 1 on (4 when the recipe upcasts the norms/embeddings)."""
+    resid0: int
+    """Layer 0 input bytes (the embedding output: the embedding's dtype)."""
+    norm_w: int
+    """RMSNorm weight bytes."""
+    base_w: int
+    """Bytes of unquantized base linear weights (quant none)."""
+    other_w: int
+    """Bytes of routers and fused experts."""
+    lora: int
+    """Bytes of the LoRA matmul operands: c under autocast, else the adapter dtype (fp32)."""
+    quantized: bool
+    """Base linears are bitsandbytes layers (save no activations, output in the input's dtype)."""
+    dropout: bool
+    """lora_dropout > 0 (peft inserts nn.Dropout, else nn.Identity)."""
+    full: bool
+    """Every weight trainable (no LoRA)."""
+    cuda: bool = True
+    """CUDA semantics (default). ``False`` reproduces what the CPU fake-tensor trace runs: peft's
+    ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
+    fp32 adapter dtype before dropout; and CPU ``F.dropout`` is the composite ``x * mask`` whose mask
+    has x's dtype (CUDA's fused ``native_dropout`` keeps a bool mask)."""
+
+
+def _promote(a: int, b: int) -> int:
+    return a if a >= b else b
+
+
+class _Walk:
+    """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
+
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const")
+
+    def __init__(self, d: Dtypes, rank: int, targets: frozenset[str]):
+        self.d, self.r, self.targets = d, rank, targets
+        self.tok = 0
+        self.quad = 0
+        self.const = 0
+
+    def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
+        """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
+        else an fp32 copy: ``hidden_states.to(torch.float32)``) and rsqrt(var) per row (fp32).
+        The ``weight * x`` product saves nothing of x while the weight is frozen. Nothing is saved
+        when the input needs no gradient."""
+        if live:
+            self.tok += 4 * width * rows + 4 * rows
+        if self.d.full:  # trainable weight: the product also saves the normalised input
+            self.tok += 4 * width * rows
+
+    def linears(self, group: tuple[Linear, ...], xd: int, x_saved: bool, live: bool) -> tuple[int, bool]:
+        """Linears reading one input x of dtype ``xd`` (q/k/v, or gate/up).
+
+        Returns (output dtype, whether the output needs a gradient). Per LoRA target (peft
+        ``lora/bnb.py::Linear4bit.forward``):
+        1. dropout > 0: a mask (bool on CUDA) while x needs a gradient, + the dropout output fed to
+           lora_A, saved in the LoRA operand dtype lb (autocast casts it to c; without autocast peft
+           casts x to the fp32 adapter dtype): lb·i.
+        2. dropout = 0: lora_A saves x itself when x already has dtype lb (shared by the group),
+           else its own cast copy lb·i.
+        3. lora_B saves lora_A's output: lb·r.
+        Base layer: bitsandbytes saves nothing and returns x's dtype. An unquantized frozen base under
+        autocast saves the bf16 copy of a fp32 weight (fixed bytes) and returns c; a trainable
+        base (full) also saves its input (cast copy, or x itself).
+        """
+        d, lb = self.d, self.d.lora
+        convert = not d.autocast or not d.cuda  # peft's requires_conversion
+        shared_x = False
+        out = xd
+        out_live = live
+        for lin in group:
+            i = lin.in_features
+            if not d.quantized:
+                if d.autocast:
+                    out = d.c
+                    if d.base_w != d.c and live:
+                        self.const += d.c * i * lin.out_features
+                    if d.full:
+                        if xd == d.c:
+                            shared_x = True
+                        else:
+                            self.tok += d.c * i
+                else:
+                    out = d.base_w
+                    if d.full:
+                        shared_x = True
+            if d.full:
+                out_live = True
+                continue
+            if lin.name not in self.targets:
+                continue
+            out_live = True
+            xin = 4 if convert else xd  # dtype entering dropout / lora_A
+            if d.dropout:
+                if live:
+                    self.tok += i * (1 if d.cuda else xin)
+                self.tok += lb * i
+            elif xin == lb and (d.cuda or not d.autocast):
+                shared_x = True
+            else:
+                self.tok += lb * i
+            self.tok += lb * self.r
+            if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
+                self.const += d.c * self.r * (i + lin.out_features)
+        if shared_x and not x_saved:
+            self.tok += (4 if (convert and not d.full) else xd) * group[0].in_features
+        return out, out_live
+
+
+def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
+                live_in: bool = True) -> tuple[int, int, int]:
+    """Bytes autograd holds for one decoder layer, excluding the layer's input tensor itself.
+
+    Returns (per token, per token·s, fixed). ``live_in``: whether the layer input needs a gradient
+    (False for layer 0 without checkpointing: peft enables input gradients only with checkpointing,
+    so nothing before the first LoRA module is saved). A MoE layer's autocast copies of its fp32
+    experts are priced by the caller (they depend on how many experts the batch touches).
+    """
+    w = _Walk(d, rank, targets)
+    H, nh, nkv, hd = arch.hidden_size, arch.num_heads, arch.num_kv_heads, arch.head_dim
+    q, kv = nh * hd, nkv * hd
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    c = d.c
+    live = live_in
+    # 1. input_layernorm on the residual x (bytes resid): fp32 x + rsqrt. When x is fp32 it is the
+    #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
+    if live:
+        w.tok += 4 + (4 * H if d.resid != 4 else 0)
+    n1 = _promote(d.norm_w, d.resid)
+    # 2. q/k/v projections (fused qkv_proj on Phi-3) read the normalised x.
+    if "qkv_proj" in lins:
+        qd, lq = w.linears((lins["qkv_proj"],), n1, False, live)
+        lk = lv = lq
+    else:
+        qd, lq = w.linears((lins["q_proj"], lins["k_proj"], lins["v_proj"]), n1, False, live)
+        # per-projection liveness (a frozen, non-target projection of a frozen input needs no grad)
+        lk = live or d.full or "k_proj" in targets
+        lv = live or d.full or "v_proj" in targets
+        lq = live or d.full or "q_proj" in targets
+    # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head.
+    if arch.qk_norm:
+        w.norm(hd, nh, lq)
+        w.norm(hd, nkv, lk)
+        qd = _promote(d.norm_w, qd)
+    # 4. RoPE saves cos/sin only (shared by all layers, b·s·head_dim: negligible).
+    # 5. attention core: saves only if q, k or v needs a gradient.
+    la = lq or lk or lv
+    if attn == "eager":
+        ad = c if d.autocast else qd
+        if la:
+            # q, repeat_kv(k), repeat_kv(v) as the matmuls save them (cast copies under autocast).
+            w.tok += ad * (q + q + q)
+            # softmax(dtype=fp32) saves its fp32 output; the matmul with v saves the probabilities
+            # in its operand dtype (a second copy unless everything is fp32).
+            w.quad += 4 * nh + (ad * nh if (ad != 4 or qd != 4) else 0)
+            if arch.attn_logit_softcapping:
+                w.quad += ad * nh  # tanh output
+        x_o_saved = False  # attn_output.transpose(1, 2).contiguous() is a fresh copy
+    else:
+        # sdpa (flash / memory-efficient kernel) and flash-attention-2: q, k, v in the kernel dtype
+        # (flash2 casts fp32 to c; autocast casts for sdpa), output, fp32 logsumexp per head.
+        ad = c if (d.autocast or attn == "flash2") else qd
+        if la:
+            w.tok += ad * (q + 2 * kv) + ad * q + 4 * nh
+        x_o_saved = la  # o_proj reads the saved attention output (same storage)
+    od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
+    if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
+        w.norm(H, 1, lo)
+        od = _promote(d.norm_w, od)
+    # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
+    live = live or lo
+    hd1 = _promote(d.resid, od)
+    w.norm(H, 1, live)
+    n2 = _promote(d.norm_w, hd1)
+    # 7. MLP.
+    if not moe:
+        I = arch.intermediate_size
+        if "gate_up_proj" in lins:
+            gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
+            lu = lg
+        else:
+            gd, _ = w.linears((lins["gate_proj"], lins["up_proj"]), n2, False, live)
+            lg = live or d.full or "gate_proj" in targets
+            lu = live or d.full or "up_proj" in targets
+        # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).
+        w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
+        w.linears((lins["down_proj"],), gd, False, lg or lu)
+    else:
+        E, k, M = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+        ed = c if d.autocast else _promote(d.other_w, n2)
+        if live:
+            # router: fp32 softmax output (E) + top-k indices (int64) and weights.
+            w.tok += 4 * E + 12 * k
+            if d.autocast and d.other_w != c:
+                w.const += c * E * H  # router weight's bf16 copy, saved for the input gradient
+            # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
+            # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
+            # weight, gather index (int64).
+            w.tok += k * (ed * (3 * M + H) + 8)
+            if "experts" in targets or not d.cuda:
+                # grouped_mm saves its inputs (gathered x: H, and the act product: M) when the expert
+                # weights are trainable (LoRA-wrapped by peft's ParamWrapper); transformers' CPU
+                # fallback kernel (the trace) saves them always.
+                w.tok += k * ed * (H + M)
+            if "experts" in targets:
+                # the effective weight stacks W + B·A (``baddbmm``, E·(2M·H + H·M) in the experts'
+                # dtype) are saved for the input gradient.
+                w.const += d.other_w * E * 3 * M * H
+        S = arch.shared_expert_intermediate_size
+        if S:
+            sd, ls = w.linears((lins["shared_expert.gate_proj"], lins["shared_expert.up_proj"]), n2, False, live)
+            w.tok += 3 * sd * S if ls else 0
+            w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
+            w.linears((lins["shared_expert_gate"],), n2, True, live)
+            w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+    if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
+        w.norm(H)
+    return w.tok, w.quad, w.const
+
+
+def _dense_index(arch: Arch) -> int:
+    moe = set(arch.moe_layers)
+    return next(i for i in range(arch.num_layers) if i not in moe)
+
+
+def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
+                     rank: int) -> tuple[int, int, int, int]:
+    """Gradient buffers alive at the busiest point of one decoder layer's backward.
+
+    Returns (a, a_fixed, b, b_fixed): the working set is max(a·T + a_fixed, b·T + b_fixed) bytes on
+    top of the layer's saved tensors; b_fixed is the transient dequantized weight, a_fixed the
+    gradient of a LoRA-wrapped fused expert stack (E·M·H in its dtype, peft ``ParamWrapper``). The busiest point is in the MLP's
+    down projection, the first module backward meets (autograd runs the LoRA branch, created last,
+    before the base branch):
+    1. LoRA branch with dropout: dropout's gradient in and out coexist: 2·x·I (x = dtype entering
+       dropout); without dropout, lora_A's input gradient (lb·I) and its cast (x·I).
+    2. base branch: bitsandbytes dequantizes the whole weight (c·I·H, bitsandbytes 0.50.2
+       ``MatMul4Bit.backward``) and produces grad_A (c·I) while the LoRA branch's gradient (x·I) waits
+       in autograd's input buffer; the branch's saved tensors (mask, lora_A input) are freed by now.
+    3. ``act(gate) * up`` backward: the product's gradient and both factor gradients, 3·g·I.
+    In every case the gradient of the layer output and the LoRA output's gradient and its scaled copy
+    (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
+    """
+    H, c = arch.hidden_size, d.c
+    n2 = _promote(d.norm_w, _promote(d.resid, c))
+    gd = n2 if d.quantized else (c if d.autocast else d.base_w)
+    if moe:
+        I = arch.shared_expert_intermediate_size or arch.experts_per_token * arch.moe_intermediate_size
+        down = "shared_expert.down_proj"
+    else:
+        I = arch.intermediate_size
+        down = "down_proj"
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    w_down = lins[down].weight_params if down in lins else 0
+    targeted = (down in targets) and not d.full
+    convert = not d.autocast or not d.cuda
+    xin = 4 if convert else gd
+    lb = d.lora
+    hpart = 3 * gd * H
+    if convert and gd != 4 and not d.full:
+        hpart += 2 * 4 * H  # peft's fp32 casts around a 16-bit module make two fp32 H-sized gradients
+    if targeted:
+        saves = (I * (1 if d.cuda else xin) if d.dropout else 0) + lb * I
+        a_lora = (2 * xin * I) if d.dropout else (lb + xin) * I
+        b = c * I + xin * I - saves
+    else:
+        saves, a_lora, b = 0, 0, c * I
+    a = max(a_lora, 3 * gd * I - saves) + hpart
+    deq = c * w_down if d.quantized else 0
+    a_fixed = 0
+    if moe and "experts" in targets:
+        a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
+    return a, a_fixed, b + hpart, deq

@@ -1,0 +1,121 @@
+"""LoRA adapters: which linears peft adapts, and the bytes of A and B.
+
+Symbols: r = rank, (i, o) = a target linear's in/out features, c = its instance count.
+Source: peft 0.21.2 ``tuners/lora/layer.py::LoraLayer.update_layer`` (A: r × i, B: o × r, no bias)
+and ``tuners/tuners_utils.py`` (``all-linear`` = every ``nn.Linear`` except the output layer).
+peft keeps adapter weights in fp32 (``autocast_adapter_dtype=True`` upcasts bf16/fp16 adapters).
+"""
+
+from __future__ import annotations
+
+from vramplan.arch.spec import Arch, Linear
+from vramplan.errors import VramplanError
+
+#: peft stores LoRA weights in fp32.
+LORA_BYTES = 4
+
+
+def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Linear, ...]:
+    """The linear kinds peft wraps with LoRA, validated.
+
+    ``all-linear`` -> every linear but lm_head (``lm_head`` is adapted only when named). Names match a linear's leaf name (``q_proj`` matches
+    ``q_proj`` and ``shared_expert.q_proj``-style names end to end), as peft's suffix match does.
+    Errors (``VramplanError``): a name that matches no linear of this architecture; a rank larger
+    than min(in, out) of a target (for ``all-linear``, linears with a dimension of 1, such as
+    Qwen2-MoE's ``shared_expert_gate``, are exempt: peft adapts them, at any rank).
+    """
+    lins = arch.quantizable_linears()
+    if targets == ("all-linear",):
+        chosen = lins
+        for lin in chosen:
+            small = min(lin.in_features, lin.out_features)
+            if small > 1 and rank > small:
+                raise VramplanError(
+                    f"rank {rank} is larger than {lin.name}'s smaller dimension ({small}) "
+                    f"in {arch.name}")
+        return chosen
+    chosen_list: list[Linear] = []
+    expert_names = EXPERT_TARGETS.get(arch.model_type, {}) if arch.is_moe else {}
+    head = arch.linears()[-1]
+    for t in targets:
+        hit = [lin for lin in lins if lin.name == t or lin.name.endswith("." + t)]
+        if t == "lm_head":  # peft adapts the output layer only when it is named
+            hit = [head]
+        if not hit and t in expert_names:
+            continue  # adapts a fused expert / router parameter (see expert_lora_tensors)
+        if not hit:
+            names = ", ".join(dict.fromkeys(lin.name.split(".")[-1] for lin in lins))
+            raise VramplanError(f"unknown target module '{t}' for {arch.name} (linears: {names})")
+        for lin in hit:
+            small = min(lin.in_features, lin.out_features)
+            if rank > small:
+                raise VramplanError(
+                    f"rank {rank} is larger than {lin.name}'s smaller dimension ({small}) in {arch.name}")
+            if lin not in chosen_list:
+                chosen_list.append(lin)
+    return tuple(chosen_list)
+
+
+#: Families whose v4 expert/router linears peft 0.21 remaps onto transformers 5's fused parameters
+#: (``utils/transformers_weight_conversion.py``: ``_MODEL_TO_CONVERSION_PATTERN`` and
+#: ``_MOE_TARGET_MODULE_MAPPING``; qwen2_moe maps to None there, so its experts are never adapted).
+#: v4 name -> the part it adapts.
+EXPERT_TARGETS: dict[str, dict[str, str]] = {
+    "qwen3_moe": {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"},
+    "mixtral": {"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"},
+}
+
+
+def expert_parts(arch: Arch, targets: tuple[str, ...]) -> frozenset[str]:
+    """Which of router / gate_up / down peft wraps with ``ParamWrapper`` LoRA for these targets."""
+    table = EXPERT_TARGETS.get(arch.model_type)
+    if not table or not arch.is_moe:
+        return frozenset()
+    if targets == ("all-linear",):
+        return frozenset(table.values())
+    parts = {table[t] for t in targets if t in table}
+    fused = [t for t, part in table.items() if part == "gate_up"]
+    named = [t for t in fused if t in targets]
+    if named and len(named) < len(fused):
+        raise VramplanError(f"peft cannot adapt {named[0]} without {', '.join(set(fused) - set(named))} on "
+                            f"{arch.name}: they are fused into gate_up_proj in transformers 5")
+    return frozenset(parts)
+
+
+def expert_lora_tensors(arch: Arch, targets: tuple[str, ...], rank: int) -> list[tuple[int, int]]:
+    """LoRA tensors peft 0.21 adds to MoE routers and fused experts, as (elements, instances).
+
+    peft remaps the v4 expert and router names (all of them under ``all-linear``) onto transformers 5's
+    router parameter and fused 3-D expert parameters, which it wraps in ``ParamWrapper``
+    (``tuners/lora/layer.py``): one rank-r factor pair per expert, stacked. Per MoE layer:
+    1. router (E × H): A r × H, B E × r;
+    2. ``gate_up_proj`` (E, 2M, H), rank doubled to 2r (gate and up fused, ``rank_pattern``):
+       A 2r·E × H, B 2M × 2r·E;
+    3. ``down_proj`` (E, H, M): A r·E × M, B H × r·E.
+    Verified against peft's trainable parameter count in tests/test_analytic_theirs.py.
+    """
+    parts = expert_parts(arch, targets)
+    nm, E, H, M = len(arch.moe_layers), arch.num_experts, arch.hidden_size, arch.moe_intermediate_size
+    r = rank
+    out: list[tuple[int, int]] = []
+    if "router" in parts:
+        out += [(r * H, nm), (E * r, nm)]
+    if "gate_up" in parts:
+        out += [(2 * r * E * H, nm), (2 * M * 2 * r * E, nm)]
+    if "down" in parts:
+        out += [(r * E * M, nm), (H * r * E, nm)]
+    return out
+
+
+def lora_params(targets: tuple[Linear, ...], rank: int) -> int:
+    """Elements of every LoRA A and B: sum over targets of c · r · (i + o)."""
+    return sum(lin.count * rank * (lin.in_features + lin.out_features) for lin in targets)
+
+
+def lora_tensor_sizes(targets: tuple[Linear, ...], rank: int) -> list[tuple[int, int]]:
+    """(elements, instances) of each adapter tensor kind: A = r·i and B = o·r per target."""
+    out: list[tuple[int, int]] = []
+    for lin in targets:
+        out.append((rank * lin.in_features, lin.count))
+        out.append((rank * lin.out_features, lin.count))
+    return out

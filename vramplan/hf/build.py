@@ -1,0 +1,439 @@
+"""Build the real transformers + peft + bitsandbytes training step from an (Arch, Scenario).
+
+One code path for two callers: the trace (``vramplan.trace``, fake tensors on CPU) and the profiler
+(real tensors on CPU or CUDA). The model is first built on the ``meta`` device exactly as
+``from_pretrained(..., quantization_config=bnb_config(scenario))`` builds it before loading weights
+(transformers' own ``replace_with_bnb_linear`` with its own skip list), then the recipe and peft are
+applied on meta, and only then are the tensors made concrete by ``materialize``: real random weights
+quantized by bitsandbytes, or fake ones under ``FakeTensorMode``.
+
+Torch, transformers, peft and bitsandbytes are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from vramplan.arch.spec import Arch
+from vramplan.errors import VramplanError
+from vramplan.scenario import Attn, Optim, Quant, Recipe, Scenario
+
+INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
+
+#: Name under which the flash-attention-2 stand-in is registered with transformers' AttentionInterface.
+FLASH2_STANDIN = "vramplan_fa2_on_sdpa"
+
+
+class TraceUnsupported(VramplanError):
+    """A scenario or architecture the real-framework build cannot honour."""
+
+
+def require_torch() -> None:
+    """Raise a one-line install hint when the heavy stack is missing."""
+    try:
+        import bitsandbytes  # noqa: F401
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise VramplanError(f"{INSTALL_HINT} (missing: {e.name})") from None
+
+
+def torch_dtype(scenario: Scenario) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[scenario.dtype.value]
+
+
+# --------------------------------------------------------------------------------- configs
+def hf_config(arch: Arch, layers: int | None = None) -> Any:
+    """The transformers config of ``arch`` (its real config.json dict; for gemma3 the text part).
+
+    ``layers`` truncates the decoder to its first ``layers`` layers, cutting per-layer lists
+    (``layer_types``, ``mlp_only_layers``) to match. ``use_cache`` is off, as the Trainer runs it."""
+    require_torch()
+    from transformers import AutoConfig
+
+    cfg = dict(arch.config)
+    model_type = arch.model_type
+    cfg.pop("model_type", None)
+    for key in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype"):
+        cfg.pop(key, None)
+    if layers is not None:
+        if not 1 <= layers <= arch.num_layers:
+            raise TraceUnsupported(f"layers must be between 1 and {arch.num_layers}, got {layers}")
+        cfg["num_hidden_layers"] = layers
+        if isinstance(cfg.get("layer_types"), list):
+            cfg["layer_types"] = cfg["layer_types"][:layers]
+        if isinstance(cfg.get("mlp_only_layers"), list):
+            cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
+    cfg["use_cache"] = False
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, KeyError) as e:
+        raise TraceUnsupported(f"transformers cannot build model_type '{model_type}': {e}") from None
+    return config
+
+
+def bnb_config(scenario: Scenario) -> Any:
+    """``BitsAndBytesConfig`` with every field explicit (transformers' defaults are fp4, no double
+    quantization, fp32 compute). ``None`` when the scenario does not quantize.
+
+    The 4-bit block size is not a config field (transformers always gets bitsandbytes' default of
+    64); ``materialize`` passes ``scenario.blocksize`` to ``quantize_4bit`` directly."""
+    if scenario.quant is Quant.NONE:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    four = scenario.quantized_4bit
+    return BitsAndBytesConfig(
+        load_in_4bit=four,
+        load_in_8bit=not four,
+        llm_int8_threshold=6.0,
+        llm_int8_skip_modules=None,
+        llm_int8_enable_fp32_cpu_offload=False,
+        llm_int8_has_fp16_weight=False,
+        bnb_4bit_compute_dtype=torch_dtype(scenario),
+        bnb_4bit_quant_type=scenario.quant.value if four else "nf4",
+        bnb_4bit_use_double_quant=scenario.double_quant,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def attn_implementation(scenario: Scenario) -> str:
+    """The ``attn_implementation`` the model is built with (flash2 -> the sdpa stand-in)."""
+    if scenario.attn is Attn.FLASH2:
+        _register_flash2_standin()
+        return FLASH2_STANDIN
+    return scenario.attn.value
+
+
+def _register_flash2_standin() -> None:
+    """flash-attention-2 cannot run on CPU. Its transformers wrapper casts fp32 q/k/v to the target
+    dtype (the autocast dtype, else the weights' dtype) before calling the kernel; the kernel's own
+    saved state (output + fp32 log-sum-exp) matches SDPA's flash kernel. So: cast, then SDPA."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def flash2_standin(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001
+        import torch
+
+        if query.dtype == torch.float32:
+            dev = query.device.type
+            if torch.is_autocast_enabled(dev):
+                target = torch.get_autocast_dtype(dev)
+            else:
+                target = getattr(module.config, "dtype", None) or torch.bfloat16
+                if target == torch.float32:
+                    target = torch.bfloat16
+            query, key, value = query.to(target), key.to(target), value.to(target)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register(FLASH2_STANDIN, flash2_standin)
+
+
+# ------------------------------------------------------------------------------ the model
+def _check_supported(arch: Arch, scenario: Scenario) -> None:
+    if scenario.attn is Attn.SDPA and arch.attn_logit_softcapping:
+        raise TraceUnsupported(
+            f"{arch.name} soft-caps attention scores, which sdpa cannot do; use --attn eager"
+        )
+    if scenario.quant is Quant.INT8:
+        raise TraceUnsupported("int8 (LLM.int8) layers are not supported by the trace yet; use nf4, fp4 or none")
+
+
+def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any:
+    """The bare causal-LM on the meta device, its linears replaced by bitsandbytes layers as
+    ``from_pretrained(quantization_config=...)`` does, floating parameters in the load dtype."""
+    require_torch()
+    _check_supported(arch, scenario)
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = hf_config(arch, layers)
+    dtype = torch_dtype(scenario)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, attn_implementation=attn_implementation(scenario)
+        )
+    qcfg = bnb_config(scenario)
+    if qcfg is not None:
+        from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+        from transformers.quantizers.base import get_keys_to_not_convert
+
+        keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
+        skip = list(set(get_keys_to_not_convert(model)) | set(keep_fp32))
+        model = replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=qcfg)
+        # from_pretrained loads every non-quantized tensor in ``dtype`` (biases of the new bnb layers
+        # were created in the default fp32 on meta).
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and p.dtype != dtype and type(p).__name__ not in ("Params4bit", "Int8Params"):
+                if not any(k in name for k in keep_fp32):
+                    p.data = p.data.to(dtype)
+        model.is_loaded_in_4bit = scenario.quantized_4bit
+        model.is_loaded_in_8bit = scenario.quant is Quant.INT8
+        model.config.quantization_config = qcfg
+    return model
+
+
+def apply_recipe(model: Any, scenario: Scenario) -> Any:
+    """The framework's preparation of a quantized model.
+
+    - ``hf-peft``: peft's ``prepare_model_for_kbit_training`` (freezes everything, upcasts every
+      fp16/bf16 parameter that is not ``Params4bit`` to fp32, enables checkpointing as asked).
+      Without quantization there is no k-bit preparation: only checkpointing is enabled.
+    - ``trl``: the same, then TRL's ``peft_module_casting_to_bf16`` (norms fp32; embeddings and
+      lm_head back to bf16), called from trl when installed, else ``trl_module_casting`` below.
+    - ``plain``: nothing (checkpointing is enabled by ``enable_checkpointing``).
+    """
+    if scenario.recipe is Recipe.PLAIN or scenario.quant is Quant.NONE:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=scenario.grad_checkpointing)
+    if scenario.recipe is Recipe.TRL:
+        try:
+            from trl.experimental.utils import peft_module_casting_to_bf16 as trl_cast
+        except ImportError:  # pragma: no cover - depends on the installed trl
+            trl_cast = trl_module_casting
+        trl_cast(model)
+    return model
+
+
+def trl_module_casting(model: Any) -> None:
+    """Exact equivalent of TRL's ``peft_module_casting_to_bf16`` (trl/experimental/utils.py), for
+    installs without trl: modules named like a norm go to fp32; ``lm_head``/``embed_tokens``/
+    ``wte``/``wpe`` modules whose weight is fp32 go to bf16."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm) or "norm" in name:
+            module.to(torch.float32)
+        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
+            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
+
+
+def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
+    """``get_peft_model`` with the scenario's LoRA (alpha = 2r); full fine-tuning trains every
+    parameter and returns the model itself."""
+    if scenario.full:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
+    cfg = LoraConfig(
+        r=scenario.rank,
+        lora_alpha=2 * scenario.rank,
+        lora_dropout=scenario.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:
+        msg = str(e).splitlines()[0]
+        if "ParamWrapper" in msg and "dropout" in msg:
+            msg += (" (peft maps all-linear onto the fused MoE expert and router parameters of transformers 5,"
+                    " whose LoRA wrapper has no dropout: use --lora-dropout 0)")
+        raise TraceUnsupported(f"peft cannot apply LoRA to {arch.name}: {msg}") from None
+
+
+def enable_checkpointing(model: Any, scenario: Scenario) -> None:
+    """Gradient checkpointing as the HF Trainer (``TrainingArguments(gradient_checkpointing=True)``)
+    enables it: non-reentrant, which replaces the reentrant default that peft's
+    ``prepare_model_for_kbit_training`` set (it passes empty kwargs, so torch falls back to reentrant);
+    and inputs require grad for peft models. Then ``train()`` mode."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if scenario.grad_checkpointing:
+        enable = getattr(base, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:  # pragma: no cover - transformers < 5
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if not scenario.full:
+            base.enable_input_require_grads()
+    model.train()
+
+
+def build_model(arch: Arch, scenario: Scenario, *, layers: int | None = None) -> Any:
+    """Meta model -> recipe -> LoRA -> checkpointing: the full module tree, all tensors on meta."""
+    model = meta_model(arch, scenario, layers)
+    model = apply_recipe(model, scenario)
+    model = apply_lora(model, arch, scenario)
+    enable_checkpointing(model, scenario)
+    return model
+
+
+# ---------------------------------------------------------------------------- materialize
+def warm_bitsandbytes() -> None:
+    """bitsandbytes builds its NF4/FP4/dynamic code tables with data-dependent ``.tolist()``;
+    one real tiny quantization fills its caches so that fake tensors never hit that path."""
+    import bitsandbytes.functional as F
+    import torch
+
+    for qt in ("nf4", "fp4"):
+        w = torch.ones(64, 64, dtype=torch.float32)
+        F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type=qt)
+    F.create_dynamic_map(signed=True)
+    F.create_dynamic_map(signed=False)
+
+
+def materialize(model: Any, scenario: Scenario, device: str = "cpu", *, fake: bool = False,
+                seed: int = 0) -> None:
+    """Replace every meta tensor of ``model`` with a concrete one on ``device``.
+
+    Real: random weights (values are irrelevant to memory), 4-bit layers quantized by
+    ``bitsandbytes.functional.quantize_4bit`` into a real ``Params4bit``. Fake (call inside
+    ``FakeTensorMode``): empty fake tensors; ``Params4bit`` cannot wrap a fake tensor, so the packed
+    weight is a plain ``nn.Parameter`` carrying the same attributes (``quant_state``,
+    ``blocksize``, ``quant_type``...). Ties (tied lm_head) are preserved."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+    import torch
+
+    gen = None if fake else torch.Generator(device="cpu").manual_seed(seed)
+    memo: dict[int, Any] = {}
+
+    def concrete(t: Any) -> Any:
+        if fake:
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
+        if t.is_floating_point():
+            x = torch.randn(t.shape, generator=gen, dtype=torch.float32) * 0.02
+            return x.to(dtype=t.dtype, device=device)
+        return torch.zeros(t.shape, dtype=t.dtype, device=device)
+
+    for module in list(model.modules()):
+        if isinstance(module, bnb.nn.Linear4bit):
+            w = module.weight
+            if w.device.type != "meta":
+                continue
+            if id(w) in memo:
+                module.weight = memo[id(w)]
+                continue
+            dense = concrete(torch.empty(w.shape, dtype=torch_dtype(scenario), device="meta"))
+            packed, qs = F.quantize_4bit(
+                dense, blocksize=scenario.blocksize, compress_statistics=scenario.double_quant,
+                quant_type=scenario.quant.value, quant_storage=torch.uint8,
+            )
+            del dense
+            if fake:
+                p = torch.nn.Parameter(packed, requires_grad=False)
+                p.quant_state, p.blocksize, p.quant_type = qs, scenario.blocksize, scenario.quant.value
+                p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, torch.uint8, True
+                p.module = module
+            else:
+                p = bnb.nn.Params4bit(
+                    packed, requires_grad=False, quant_state=qs, blocksize=scenario.blocksize,
+                    compress_statistics=scenario.double_quant, quant_type=scenario.quant.value,
+                    quant_storage=torch.uint8, module=module, bnb_quantized=True,
+                )
+            module.weight = p
+            module.quant_state = qs
+            memo[id(w)] = p
+        for name, p in list(module._parameters.items()):
+            if p is None or p.device.type != "meta":
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = torch.nn.Parameter(concrete(p), requires_grad=p.requires_grad)
+            module._parameters[name] = memo[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is None or b.device.type != "meta":
+                continue
+            if id(b) not in memo:
+                memo[id(b)] = concrete(b) if fake else torch.ones(b.shape, dtype=b.dtype, device=device)
+            module._buffers[name] = memo[id(b)]
+
+
+# ------------------------------------------------------------------------------- training
+def make_optimizer(model: Any, scenario: Scenario) -> Any:
+    """The optimizer over trainable parameters. torch AdamW is the fused kernel, as the HF Trainer's
+    default ``adamw_torch_fused``. Build 8-bit optimizers outside fake mode (bitsandbytes fills its
+    quantization maps from Python lists)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TraceUnsupported("the scenario leaves no trainable parameter")
+    opt = scenario.optimizer
+    lr = 1e-4
+    if opt is Optim.ADAMW:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
+    if opt is Optim.SGD:
+        return torch.optim.SGD(params, lr=lr, momentum=0.0)
+    import bitsandbytes as bnb
+
+    if opt is Optim.ADAMW8BIT:
+        return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=0.0)
+    if opt is Optim.PAGED_ADAMW:
+        return bnb.optim.PagedAdamW(params, lr=lr, weight_decay=0.0)
+    if opt is Optim.PAGED_ADAMW8BIT:
+        return bnb.optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
+    raise TraceUnsupported(f"optimizer {opt.value} is not supported")  # pragma: no cover
+
+
+def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed: int = 0) -> dict[str, Any]:
+    """``input_ids`` (batch × seq, int64), ``labels`` a copy, no attention mask (an all-ones mask is
+    equivalent: transformers then skips the mask and runs SDPA with ``is_causal``)."""
+    import torch
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, arch.vocab_size, (scenario.batch, scenario.seq), generator=g)
+    ids = ids.to(device)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+@contextlib.contextmanager
+def unpacked_sequences() -> Iterator[None]:
+    """Tell transformers the batch holds one sequence per row.
+
+    ``masking_utils.find_packed_sequence_indices`` reads the position ids' values; under fake
+    tensors it cannot, and answers "packed", which builds a 4-D mask and makes SDPA repeat K/V. Our
+    synthetic batch is never packed, so the answer is ``None``, as a real run computes."""
+    import transformers.masking_utils as mu
+
+    orig = mu.find_packed_sequence_indices
+    mu.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        mu.find_packed_sequence_indices = orig
+
+
+def autocast_context(scenario: Scenario, device_type: str) -> Any:
+    import torch
+
+    if scenario.autocast and scenario.dtype.value != "fp32":
+        return torch.autocast(device_type=device_type, dtype=torch_dtype(scenario))
+    return contextlib.nullcontext()
+
+
+def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
+               on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0) -> None:
+    """One HF-Trainer-like step: forward with labels (under autocast when asked; the outputs and
+    their logits are dropped before backward, as ``Trainer.compute_loss`` returns only the loss),
+    backward, gradient clipping to ``max_grad_norm`` (``TrainingArguments`` default 1.0; ``None``
+    skips it), ``optimizer.step()``, ``zero_grad(set_to_none=True)``."""
+    import torch
+
+    device_type = batch["input_ids"].device.type
+    with unpacked_sequences(), autocast_context(scenario, device_type):
+        loss = model(**batch, use_cache=False).loss
+    if on_phase:
+        on_phase("forward")
+    loss.backward()
+    del loss
+    if on_phase:
+        on_phase("backward")
+    if max_grad_norm is not None:
+        params = [p for p in model.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    if on_phase:
+        on_phase("optimizer")
+    optimizer.zero_grad(set_to_none=True)

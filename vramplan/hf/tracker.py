@@ -1,0 +1,178 @@
+"""Live-tensor tracker: the bytes PyTorch holds in tensor storages, as the CUDA caching allocator counts them.
+
+A ``TorchDispatchMode`` sees every tensor an operator returns. Each new storage is recorded once (keyed
+weakly on the storage object, so views and aliases are not double counted) with its size rounded up to
+the caching allocator's 512-byte granularity, and a finaliser subtracts it when the storage dies. The
+running total is what ``torch.cuda.memory_allocated`` would report for the same program; its maximum is
+the allocated peak.
+
+Works on real CPU tensors and on ``FakeTensorMode`` tensors alike (fake storages are real Python
+objects with sizes), which is what lets the trace and the CPU profiler share one reader.
+
+Each storage carries a *category* (``weights``, ``activations``, ...): the tracker's current ``label``
+when it was allocated, or the one given to ``register``/``retag``. At every new peak the per-category
+totals are snapshotted, so ``peak_by_category`` sums exactly to ``peak_bytes``.
+
+Torch is imported lazily: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable
+
+#: CUDA caching allocator: every block is a multiple of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
+#: ``kMinBlockSize``). Storages of zero bytes take no block.
+ALLOCATOR_ROUND = 512
+
+
+def round_up(nbytes: int, granule: int = ALLOCATOR_ROUND) -> int:
+    """Bytes the caching allocator hands out for a request of ``nbytes``."""
+    if nbytes <= 0:
+        return 0
+    return -(-nbytes // granule) * granule
+
+
+class LiveTensorTracker:
+    """Context manager tracking live storage bytes, the peak, and per-category bytes at the peak.
+
+    Usage::
+
+        with LiveTensorTracker() as tr:
+            tr.register(model.parameters(), "weights")
+            tr.label = "activations"
+            loss = model(**batch).loss
+        tr.peak_bytes, tr.peak_by_category
+    """
+
+    def __init__(self, label: str = "temporary", granule: int = ALLOCATOR_ROUND,
+                 uncounted: tuple[str, ...] = ("managed",)) -> None:
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        self.label = label
+        """Category given to storages allocated from now on."""
+        self.granule = granule
+        self.uncounted = uncounted
+        """Category prefixes kept out of ``current_bytes`` (e.g. CUDA managed memory of paged
+        optimizers, which the caching allocator never sees); still listed in ``by_category``."""
+        self._live = WeakIdKeyDictionary()  # storage -> [bytes, category]
+        self.current_bytes = 0
+        self.by_category: dict[str, int] = {}
+        self.peak_bytes = 0
+        self.peak_by_category: dict[str, int] = {}
+        self._mode: Any = None
+        self.transient: Any = None
+        """Optional ``f(func, args, kwargs) -> (category, bytes)`` for memory an operator allocates and
+        frees inside itself (invisible at the op boundary), e.g. a CUDA kernel's scratch buffers. It
+        is counted from before the op until its outputs exist, then released."""
+
+    # ----------------------------------------------------------------------------- bookkeeping
+    def _add(self, storage: Any, category: str) -> None:
+        if storage in self._live:
+            return
+        nbytes = round_up(int(storage.nbytes()), self.granule)
+        entry = [nbytes, category]
+        self._live[storage] = entry
+        self._count(category, nbytes)
+        weakref.finalize(storage, self._free, entry)
+
+    def _counted(self, category: str) -> bool:
+        return category.split("/", 1)[0] not in self.uncounted
+
+    def _count(self, category: str, nbytes: int) -> None:
+        self.by_category[category] = self.by_category.get(category, 0) + nbytes
+        if self._counted(category):
+            self.current_bytes += nbytes
+            if self.current_bytes > self.peak_bytes:
+                self._snapshot()
+
+    def _free(self, entry: list) -> None:
+        nbytes, category = entry
+        self.by_category[category] -= nbytes
+        if self._counted(category):
+            self.current_bytes -= nbytes
+
+    def _snapshot(self) -> None:
+        self.peak_bytes = self.current_bytes
+        self.peak_by_category = {k: v for k, v in self.by_category.items() if v and self._counted(k)}
+
+    def track_output(self, out: Any) -> None:
+        """Record every tensor storage in ``out`` (a tensor or a pytree of them)."""
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self._add(t.untyped_storage(), self.label)
+
+    def register(self, tensors: Iterable[Any] | Any, category: str) -> None:
+        """Count already-existing tensors (parameters, quantization state) under ``category``.
+
+        A storage already tracked keeps its first category; use ``retag`` to move it."""
+        import torch
+
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
+                self._add(t.untyped_storage(), category)
+
+    def retag(self, tensors: Iterable[Any] | Any, category: str) -> None:
+        """Move live tensors to ``category`` (e.g. a gradient once it lands in ``.grad``).
+
+        Untracked tensors are registered. The peak snapshot is not rewritten."""
+        import torch
+
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        for t in tensors:
+            if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+                continue
+            s = t.untyped_storage()
+            entry = self._live.get(s)
+            if entry is None:
+                self._add(s, category)
+                continue
+            old = entry[1]
+            if old != category:
+                self._free(entry)
+                entry[1] = category
+                self._count(category, entry[0])
+
+    def reset_peak(self) -> None:
+        """Start a new peak measurement from the current live bytes."""
+        self._snapshot()
+
+    def live_by_category(self) -> dict[str, int]:
+        return {k: v for k, v in self.by_category.items() if v}
+
+    # ------------------------------------------------------------------------- context manager
+    def __enter__(self) -> "LiveTensorTracker":
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                kwargs = kwargs or {}
+                extra = tracker.transient(func, args, kwargs) if tracker.transient else None
+                if extra:
+                    tracker._count(extra[0], extra[1])
+                try:
+                    out = func(*args, **kwargs)
+                    tracker.track_output(out)
+                finally:
+                    if extra:
+                        tracker.by_category[extra[0]] -= extra[1]
+                        if tracker._counted(extra[0]):
+                            tracker.current_bytes -= extra[1]
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        mode, self._mode = self._mode, None
+        if mode is not None:
+            mode.__exit__(*exc)

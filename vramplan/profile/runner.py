@@ -1,0 +1,525 @@
+"""Run real QLoRA training steps and measure them: the ``profile`` engine.
+
+The model is built by ``vramplan.hf.build`` (the code the trace engine uses), on real tensors: a
+checkpoint is loaded through ``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))``,
+then the recipe, LoRA, checkpointing and optimizer are applied exactly as the trace applies them. For
+``random-init`` the real architecture is first built with random weights and saved as safetensors to
+a temporary directory, so the quantization path is the one a user's checkpoint takes.
+
+Protocol (see docs/profiles.md):
+
+1. prepare the checkpoint (random-init: outside the measurement);
+2. start the reader; load → ``phases.load`` = allocated after load;
+3. recipe + LoRA + checkpointing → ``phases.adapters``; build optimizer and batch;
+4. warm-up step (cuBLAS workspace, optimizer state, autotuning): its peak is ``first_step_peak_bytes``;
+5. ``steps - 1`` steady-state steps: reset the peak before each; after each phase read and reset it
+   (``phases.forward`` / ``backward`` / ``optimizer``); the step peak is their max; time each step.
+
+An out-of-memory error in any phase is recorded, not raised.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from vramplan.arch import Arch
+from vramplan.breakdown import Breakdown, fmt_bytes
+from vramplan.errors import VramplanError
+from vramplan.profile.readers import MemoryReader, make_reader, paged_state_bytes
+from vramplan.profile.store import SCHEMA, Profile, now_utc
+from vramplan.scenario import Attn, Dtype, Quant, Scenario
+
+#: How close to the device's memory an analytic estimate may come before we refuse to load
+#: (without --force): the estimate is a point value and the device also hosts other processes.
+FIT_MARGIN = 1.0
+
+
+class ProfileRunError(VramplanError):
+    """A run that cannot start (weights without a config, a model too large for the device...)."""
+
+
+@dataclass
+class RunOptions:
+    """How to run, beyond the scenario."""
+
+    device: str | None = None
+    """``cpu``, ``cuda`` or ``cuda:N``; None = cuda if available."""
+    steps: int = 3
+    """Training steps including the warm-up step (≥ 1; ≥ 2 for a steady-state measurement)."""
+    weights: str | None = None
+    """Local checkpoint directory (config.json + *.safetensors); None = random-init."""
+    seed: int = 0
+    force: bool = False
+    """Skip the fits-the-device check."""
+    predict: tuple[str, ...] = ("analytic", "trace")
+    """Engines whose predictions are stored with the profile."""
+    loader: str = "auto"
+    """random-init: ``pretrained`` (save random safetensors, then from_pretrained), ``materialize``
+    (the trace's meta build with real random weights, quantized layer by layer; also used for block
+    sizes other than 64), or ``auto``: pretrained when the unquantized random model fits in half the
+    available host memory, else materialize."""
+
+
+@dataclass
+class _State:
+    phase: str = "load"
+    process: list[int] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------- weights
+def weights_config(path: str | Path) -> dict[str, Any]:
+    """The config.json of a local checkpoint directory, checking that safetensors weights exist."""
+    from vramplan.arch.lookup import load_config_file
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise ProfileRunError(f"--weights {p}: not a directory (give a checkpoint directory with config.json)")
+    if not (p / "config.json").is_file():
+        raise ProfileRunError(f"--weights {p}: no config.json in that directory")
+    if not any(p.glob("*.safetensors")):
+        hint = " (only pickle .bin files, which vramplan does not load)" if any(p.glob("*.bin")) else ""
+        raise ProfileRunError(f"--weights {p}: no *.safetensors weights{hint}")
+    return load_config_file(p)
+
+
+def _torch_dtype(dtype: Dtype) -> Any:
+    import torch
+
+    return {Dtype.BF16: torch.bfloat16, Dtype.FP16: torch.float16, Dtype.FP32: torch.float32}[dtype]
+
+
+def save_random_checkpoint(arch: Arch, scenario: Scenario, folder: str | Path, seed: int = 0) -> Path:
+    """Build ``arch`` with random weights in the compute dtype and save it as safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vramplan.hf.build import hf_config
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(hf_config(arch), dtype=_torch_dtype(scenario.dtype))
+    model.save_pretrained(str(folder))
+    del model
+    gc.collect()
+    return Path(folder)
+
+
+def attn_for(scenario: Scenario, device: str) -> str:
+    """``attn_implementation`` for a real run: flash-attention-2 itself on CUDA; on CPU the trace's
+    stand-in (cast q/k/v, then SDPA), since the kernel does not run there."""
+    from vramplan.hf.build import attn_implementation
+
+    if scenario.attn is Attn.FLASH2 and device.startswith("cuda"):
+        return "flash_attention_2"
+    return attn_implementation(scenario)
+
+
+def load_pretrained(path: str | Path, arch: Arch, scenario: Scenario, device: str) -> Any:
+    """``from_pretrained`` with the scenario's BitsAndBytesConfig, straight onto ``device``.
+
+    transformers always quantizes with bitsandbytes' default block size (64): other block sizes
+    go through ``load_materialized``."""
+    from transformers import AutoModelForCausalLM
+
+    from vramplan.hf.build import bnb_config, hf_config
+
+    kwargs: dict[str, Any] = dict(dtype=_torch_dtype(scenario.dtype), device_map={"": device},
+                                  use_safetensors=True, config=hf_config(arch),
+                                  attn_implementation=attn_for(scenario, device))
+    if scenario.quant is not Quant.NONE:
+        kwargs["quantization_config"] = bnb_config(scenario)
+    return AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+
+
+def load_materialized(arch: Arch, scenario: Scenario, device: str, seed: int = 0) -> Any:
+    """The trace's own build on real tensors: the meta model as from_pretrained lays it out, random
+    weights quantized by ``bitsandbytes.functional.quantize_4bit`` at ``scenario.blocksize``."""
+    from vramplan.hf import build
+
+    model = build.meta_model(arch, scenario)
+    build.materialize(model, scenario, device, seed=seed)
+    if scenario.attn is Attn.FLASH2 and device.startswith("cuda"):
+        model.config._attn_implementation = "flash_attention_2"
+    return model
+
+
+# ------------------------------------------------------------------------------ preflight
+def prediction_calibration(device_kind: str, gpu_name: str | None) -> Any:
+    """The runtime constants predictions for this device are made with: on CUDA the shipped
+    calibration for that GPU; on CPU the same with the CUDA-only terms (context, cuBLAS workspace,
+    allocator reserve) set to zero, since a CPU run has none of them."""
+    from dataclasses import replace
+
+    from vramplan.calibration import default_calibration
+
+    cal = default_calibration()
+    if device_kind == "cuda":
+        return cal.for_device(gpu_name)
+    return replace(cal, cuda_context_bytes=0, cublas_workspace_bytes=0, allocator_reserve_fraction=0.0,
+                   allocator_reserve_bytes=0, device="cpu", per_device={},
+                   fitted_on=f"{cal.fitted_on}; CUDA-only runtime terms zeroed for a CPU run")
+
+
+def predict(arch: Arch, scenario: Scenario, engines: tuple[str, ...], device_kind: str,
+            gpu_name: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """Predictions to store with the run, made for this device; an engine that fails is stored as
+    None with a note."""
+    out: dict[str, Any] = {"analytic": None, "trace": None}
+    notes: list[str] = []
+    cal = prediction_calibration(device_kind, gpu_name)
+    for engine in engines:
+        try:
+            if engine == "analytic":
+                from vramplan.analytic import estimate
+
+                b: Breakdown = estimate(arch, scenario, calibration=cal)
+            elif engine == "trace":
+                from vramplan.trace import trace
+
+                b = trace(arch, scenario, calibration=cal)
+            else:
+                raise VramplanError(f"unknown engine '{engine}'")
+        except ImportError as e:
+            notes.append(f"{engine}: not available ({e})")
+            continue
+        except VramplanError as e:
+            notes.append(f"{engine}: {e}")
+            continue
+        out[engine] = b.to_dict()
+    return out, notes
+
+
+def weights_lower_bound(arch: Arch, scenario: Scenario) -> int:
+    """Bytes of the frozen weights alone (4-bit: half a byte per quantized element; everything else
+    in the load dtype): a floor for any run, used when no analytic estimate is at hand."""
+    if scenario.quantized_4bit:
+        return arch.quantized_params // 2 + arch.unquantized_params * scenario.dtype.nbytes
+    if scenario.quant is Quant.INT8:
+        return arch.quantized_params + arch.unquantized_params * scenario.dtype.nbytes
+    return arch.total_params * scenario.dtype.nbytes
+
+
+def check_fits(model: str, arch: Arch, scenario: Scenario, analytic: dict[str, Any] | None,
+               device: dict[str, Any]) -> None:
+    """Refuse before loading when the analytic estimate exceeds the device (CUDA: the estimate's
+    process total vs device memory; CPU: its allocated peak vs available host memory). Without an
+    analytic estimate the weights alone are checked."""
+    if analytic is not None:
+        key = "total_bytes" if device["kind"] == "cuda" else "allocated_peak_bytes"
+        need, source = int(analytic[key]), "analytic estimate"
+    else:
+        need, source = weights_lower_bound(arch, scenario), "weights alone"
+    if device["kind"] == "cuda":
+        have, what = device.get("total_memory_bytes"), "device memory"
+    else:
+        have = device.get("available_memory_bytes") or device.get("total_memory_bytes")
+        what = "available host memory"
+    if have and need > have * FIT_MARGIN:
+        raise ProfileRunError(
+            f"{model} at seq {scenario.seq}, batch {scenario.batch}, rank {scenario.rank} needs about "
+            f"{fmt_bytes(need)} ({source}) but {device['name']} has {fmt_bytes(have)} of {what}; "
+            "pass --force to try anyway")
+
+
+# ----------------------------------------------------------------------------------- run
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(e, oom)
+
+
+def _versions() -> dict[str, Any]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"python": platform.python_version()}
+    # ``kernels``: when installed, bitsandbytes' CPU backend may use a fused 4-bit GEMM
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "kernels", "flash-attn",
+                "vramplan"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _free_device(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: MemoryReader, steps: int,
+            device: str) -> dict[str, Any]:
+    """Load, adapt and train inside ``reader``; return the ``measured`` dict (OOM recorded)."""
+    from vramplan.hf import build
+
+    st = _State()
+    phases: dict[str, int | None] = {k: None for k in
+                                     ("load", "adapters", "forward", "backward", "optimizer", "steady_step")}
+    phase_peaks: dict[str, list[int]] = {"forward": [], "backward": [], "optimizer": []}
+    steady: list[Any] = []
+    times: list[float] = []
+    first_peak: int | None = None
+    managed = 0
+    oom: dict[str, Any] | None = None
+    nxt = {"forward": "backward", "backward": "optimizer", "optimizer": "forward"}
+    model = optimizer = batch = None
+
+    def sample() -> None:
+        v = reader.sample_process()
+        if v is not None:
+            st.process.append(v)
+
+    def on_phase(name: str) -> None:
+        if st.phase == "warmup":
+            return
+        peak = reader.peak()
+        phase_peaks[name].append(peak.allocated)
+        steady.append(peak)
+        reader.reset_peak()
+        st.phase = nxt[name]
+
+    def advance(name: str) -> None:
+        st.phase = nxt[name]
+
+    reader.start()
+    try:
+        model = load()
+        _register(reader, model)
+        phases["load"] = reader.current()
+        sample()
+        st.phase = "adapters"
+        build.apply_recipe(model, scenario)
+        model = build.apply_lora(model, arch, scenario)
+        build.enable_checkpointing(model, scenario)
+        _register(reader, model)
+        phases["adapters"] = reader.current()
+        sample()
+        optimizer = build.make_optimizer(model, scenario)
+        batch = build.synthetic_batch(arch, scenario, device)
+        model.train()
+
+        st.phase = "warmup"
+        reader.reset_peak()
+        build.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
+        first_peak = reader.peak().allocated
+        managed = paged_state_bytes(optimizer.state.values())
+        sample()
+        for _ in range(max(0, steps - 1)):
+            st.phase = "forward"
+            reader.reset_peak()
+            t0 = time.perf_counter()
+            build.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
+            reader.sync()
+            times.append(time.perf_counter() - t0)
+            sample()
+        if reader.intrusive and steps > 1:
+            # The CPU tracker runs Python on every op: time the same number of steady steps again
+            # with it stopped, so step time and tokens/s are the model's, not the tracker's.
+            reader.stop()
+            times = []
+            for _ in range(steps - 1):
+                st.phase = "forward"
+                t0 = time.perf_counter()
+                build.train_step(model, optimizer, batch, scenario, on_phase=advance)
+                times.append(time.perf_counter() - t0)
+    except BaseException as e:  # noqa: BLE001 - OOM is a result; everything else propagates
+        if not _is_oom(e):
+            raise
+        oom = {"phase": st.phase, "allocated_bytes": _safe_current(reader), "peak_bytes": _safe_peak(reader),
+               "message": (str(e).strip().splitlines() or [type(e).__name__])[0][:500]}
+    finally:
+        reader.stop()
+        del model, optimizer, batch
+        _free_device(device)
+
+    if oom is not None:  # no complete step: keep the phases that finished, no step figures
+        phases.update({k: max(v) if v else None for k, v in phase_peaks.items()})
+        alloc = reserved = active = None
+    elif steady:
+        phases.update({k: max(v) if v else None for k, v in phase_peaks.items()})
+        alloc = max(p.allocated for p in steady)
+        reserved = max(p.reserved for p in steady)
+        active = max(p.active for p in steady)
+        phases["steady_step"] = alloc
+    elif first_peak is not None:  # steps == 1: only the warm-up step ran
+        alloc = reserved = active = first_peak
+        phases["steady_step"] = None
+    else:
+        alloc = reserved = active = None
+    step_s = statistics.median(times) if times else None
+    return {
+        "allocated_peak_bytes": alloc,
+        "reserved_peak_bytes": reserved,
+        "active_peak_bytes": active,
+        "process_peak_bytes": max(st.process) if st.process else None,
+        "managed_bytes": managed,
+        "first_step_peak_bytes": first_peak,
+        "phases": phases,
+        "step_seconds": step_s,
+        "step_seconds_all": times,
+        "tokens_per_second": scenario.tokens / step_s if step_s else None,
+        "oom": oom,
+    }
+
+
+def _safe_current(reader: MemoryReader) -> int | None:
+    try:
+        return reader.current()
+    except Exception:  # noqa: BLE001 - a reader that cannot answer after an OOM leaves the figure empty
+        return None
+
+
+def _safe_peak(reader: MemoryReader) -> int | None:
+    try:
+        return reader.peak().allocated
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _register(reader: MemoryReader, model: Any) -> None:
+    """Count model tensors created outside the tracker's view (e.g. by loader threads)."""
+    register = getattr(reader, "register_model", None)
+    if register is not None:
+        register(model)
+
+
+def check_options(arch: Arch, scenario: Scenario, opts: RunOptions) -> None:
+    """Reject option combinations before anything is loaded."""
+    if opts.steps < 1:
+        raise ProfileRunError(f"--steps must be at least 1, got {opts.steps}")
+    if opts.loader not in LOADERS:
+        raise ProfileRunError(f"unknown loader '{opts.loader}' (choose from: {', '.join(LOADERS)})")
+    if opts.weights and scenario.blocksize != 64 and scenario.quantized_4bit:
+        raise ProfileRunError("--weights loads through from_pretrained, which quantizes with "
+                              f"block size 64; --blocksize {scenario.blocksize} needs --random-init")
+
+
+LOADERS = ("auto", "pretrained", "materialize")
+
+
+def random_checkpoint_bytes(arch: Arch, scenario: Scenario) -> int:
+    """Host memory (and disk) a random-init checkpoint takes: every parameter in the load dtype."""
+    return arch.total_params * scenario.dtype.nbytes
+
+
+def uses_checkpoint(arch: Arch, scenario: Scenario, opts: RunOptions) -> bool:
+    """Whether a random-init run goes through a saved safetensors checkpoint and from_pretrained."""
+    if opts.weights or opts.loader == "materialize":
+        return False
+    if scenario.quantized_4bit and scenario.blocksize != 64:
+        return False  # from_pretrained cannot quantize at another block size
+    if opts.loader == "pretrained":
+        return True
+    from vramplan.profile.readers import host_available_bytes
+
+    avail = host_available_bytes()
+    return avail is None or random_checkpoint_bytes(arch, scenario) <= avail // 2
+
+
+def _loader(arch: Arch, scenario: Scenario, opts: RunOptions, device: str,
+            checkpoint: str | Path | None) -> tuple[Callable[[], Any], str]:
+    if opts.weights:
+        return (lambda: load_pretrained(opts.weights, arch, scenario, device)), "from_pretrained"
+    if checkpoint is not None and uses_checkpoint(arch, scenario, opts):
+        return (lambda: load_pretrained(checkpoint, arch, scenario, device)), "from_pretrained"
+    return (lambda: load_materialized(arch, scenario, device, opts.seed)), "materialize"
+
+
+def preflight(model_name: str, arch: Arch, scenarios: list[Scenario], opts: RunOptions) -> dict[str, Any]:
+    """Every check that can fail before loading anything, for every point of a sweep: options,
+    the device, and (unless ``force``) the analytic estimate against the device's memory.
+    Returns the device info."""
+    from vramplan.profile.readers import default_device, device_info_for
+
+    device = opts.device or default_device()
+    info = device_info_for(device)
+    for sc in scenarios:
+        check_options(arch, sc, opts)
+        if sc.attn is Attn.FLASH2 and info["kind"] == "cuda":
+            import importlib.util
+
+            if importlib.util.find_spec("flash_attn") is None:
+                raise ProfileRunError("--attn flash2 on CUDA needs the flash-attn package (pip install flash-attn)")
+        if not opts.force:
+            pred, _ = predict(arch, sc, ("analytic",), info["kind"], info["name"])
+            check_fits(model_name, arch, sc, pred["analytic"], info)
+    return info
+
+
+def profile_one(model_name: str, arch: Arch, scenario: Scenario, opts: RunOptions,
+                checkpoint: str | Path | None = None) -> Profile:
+    """Predict, run and return the (unsaved) Profile. ``checkpoint``: a random-init safetensors
+    directory already written (sweeps reuse one); None writes a fresh one when needed.
+    Call ``preflight`` first: this does not check the fit."""
+    from vramplan.profile.readers import default_device
+
+    check_options(arch, scenario, opts)
+    device = opts.device or default_device()
+    reader = make_reader(device)
+    device_info = reader.device_info()
+    predictions, notes = predict(arch, scenario, opts.predict, device_info["kind"], device_info["name"])
+    need_ckpt = checkpoint is None and uses_checkpoint(arch, scenario, opts)
+    with (tempfile.TemporaryDirectory(prefix="vramplan-random-") if need_ckpt else nullcontext(None)) as tmp:
+        if tmp is not None:
+            checkpoint = save_random_checkpoint(arch, scenario, tmp, opts.seed)
+        load, how = _loader(arch, scenario, opts, _torch_device(reader), checkpoint)
+        measured = measure(arch, scenario, load, reader, opts.steps, _torch_device(reader))
+    device_info.pop("available_memory_bytes", None)
+    run: dict[str, Any] = {
+        "steps": opts.steps, "warmup_steps": 1, "weights": opts.weights or "random-init", "loader": how,
+        "seed": opts.seed, "prediction_notes": notes,
+        "prediction_calibration": prediction_calibration(device_info["kind"], device_info["name"]).fitted_on,
+    }
+    if device_info["kind"] == "cuda":
+        run["process_source"] = getattr(reader, "process_source", None)
+    if device_info["kind"] == "cpu":
+        import os
+
+        import torch
+
+        device_info["torch_threads"] = torch.get_num_threads()
+        run["timing"] = "steady steps re-run with the tracker stopped"
+        if hasattr(os, "getloadavg"):
+            run["load_average_1m"] = round(os.getloadavg()[0], 2)  # timings are only as quiet as the host
+    return Profile(
+        schema=SCHEMA, model=model_name, arch_config=dict(arch.config), scenario=scenario,
+        device=device_info, versions=_versions(), timestamp=now_utc(), measured=measured,
+        predictions=predictions, run=run,
+    )
+
+
+def _torch_device(reader: MemoryReader) -> str:
+    return f"cuda:{reader.index}" if reader.kind == "cuda" else "cpu"  # type: ignore[attr-defined]
+
+
+def sweep(model_name: str, arch: Arch, scenarios: list[Scenario], opts: RunOptions) -> Iterator[Profile]:
+    """Profile each scenario in turn (call ``preflight`` first); OOM points are results and the
+    sweep goes on. A random-init checkpoint is written once per dtype and reused across the grid."""
+    cache: dict[Dtype, tempfile.TemporaryDirectory] = {}
+    try:
+        for sc in scenarios:
+            ckpt: str | None = None
+            if uses_checkpoint(arch, sc, opts):
+                if sc.dtype not in cache:
+                    cache[sc.dtype] = tempfile.TemporaryDirectory(prefix="vramplan-random-")
+                    save_random_checkpoint(arch, sc, cache[sc.dtype].name, opts.seed)
+                ckpt = cache[sc.dtype].name
+            yield profile_one(model_name, arch, sc, opts, checkpoint=ckpt)
+    finally:
+        for t in cache.values():
+            t.cleanup()

@@ -1,0 +1,28 @@
+"""Rendering of computed results: rich tables and matplotlib charts. Formats only; computes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def estimate_json(arch: Any, scenario: Any, bd: Any, headroom: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``vramplan estimate --json`` object (issue 3's contract; extra keys allowed)."""
+    d = bd.to_dict()
+    out: dict[str, Any] = {
+        "model": {"name": arch.name, "params": arch.total_params, "quantized_params": arch.quantized_params},
+        "config": scenario.to_dict(),
+        "engine": bd.engine,
+        "components": [{k: c[k] for k in ("name", "category", "bytes")} for c in d["components"]],
+        "allocated_peak_bytes": bd.allocated_peak_bytes,
+        "reserved_peak_bytes": bd.reserved_peak_bytes,
+        "total_bytes": bd.total_bytes,
+        "runtime": [{k: c[k] for k in ("name", "category", "bytes")} for c in d["runtime"]],
+        "notes": list(bd.notes),
+    }
+    for k in ("upper_bound_allocated_bytes", "upper_bound_reserved_bytes", "upper_bound_total_bytes",
+              "peak_phase"):
+        if k in bd.extra:
+            out[k] = bd.extra[k]
+    if headroom:
+        out["gpu"] = headroom
+    return out

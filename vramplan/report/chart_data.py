@@ -1,0 +1,227 @@
+"""Gathering what the charts draw: calls the library's public functions and packs the results into the
+chart dataclasses of ``vramplan.report.chart``. No memory formula lives here, and no matplotlib.
+
+- ``gpu_limit``: a catalog GPU (``vramplan.gpus``) or a memory size -> ``Limit``;
+- ``parse_vary`` + ``seq_sweep``: peak memory over sequence lengths for several variants of a scenario;
+- ``validation_points``: rows of ``vramplan.validate`` -> ``ValidationPoint``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Iterable, Sequence
+
+from vramplan.arch import Arch, resolve
+from vramplan.breakdown import Breakdown
+from vramplan.errors import VramplanError
+from vramplan.report.chart import ChartError, Curve, Limit, Sweep, ValidationPoint
+from vramplan.scenario import Scenario, ScenarioError
+
+#: Which total of a Breakdown a sweep plots, by CLI name.
+TOTALS: dict[str, str] = {
+    "allocated": "allocated_peak_bytes",  # torch.cuda.max_memory_allocated
+    "reserved": "reserved_peak_bytes",    # torch.cuda.max_memory_reserved
+    "total": "total_bytes",               # what nvidia-smi shows for the process: what must fit
+}
+TOTAL_LABELS = {"allocated": "allocated peak", "reserved": "reserved peak", "total": "process total"}
+#: The analytic engine's conservative bound of each total (``Breakdown.extra``), when it gives one.
+UPPER_KEYS = {"allocated": "upper_bound_allocated_bytes", "reserved": "upper_bound_reserved_bytes",
+              "total": "upper_bound_total_bytes"}
+
+DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+# ------------------------------------------------------------------------------------ GPU
+def gpu_limit(gpu: str | None = None, memory: str | None = None) -> tuple[Limit, Any]:
+    """The line a budget must stay under on a card, and the card (``vramplan.gpus.resolve_gpu``: a
+    catalog name, or ``memory`` given as a size).
+
+    The line is the memory a process can hold in total, as nvidia-smi counts it: the device total
+    less the driver's reserve. Charts stack the *process total* (which includes the CUDA context)
+    against it; that is the same test as the planner's "reserved + managed <= usable", where usable
+    already has the context taken off. On unified memory (Apple) it is the Metal working-set limit.
+    """
+    from vramplan.breakdown import fmt_bytes
+    from vramplan.gpus import resolve_gpu
+
+    g = resolve_gpu(gpu=gpu, memory=memory)
+    if g.kind == "custom":
+        return Limit(int(g.memory_bytes), f"{str(memory).strip()} card"), g
+    if g.unified:
+        return Limit(int(g.usable_bytes), f"{g.name} working-set limit"), g
+    line = int(g.memory_bytes - g.driver_reserved_bytes)
+    if g.driver_reserved_bytes:
+        return Limit(line, g.name, f"({fmt_bytes(g.memory_bytes)} less {fmt_bytes(g.driver_reserved_bytes, 0)} "
+                                   "driver reserve)"), g
+    return Limit(line, g.name), g
+
+
+# ------------------------------------------------------------------------------------ engines
+def breakdown(arch: "Arch | str", scenario: Scenario, *, method: str = "analytic", calibration: Any = None,
+              device: str | None = None) -> Breakdown:
+    """One breakdown from the analytic engine (with the device's calibration) or the trace."""
+    a = arch if isinstance(arch, Arch) else resolve(arch)
+    if method == "analytic":
+        from vramplan.analytic import estimate
+
+        return estimate(a, scenario, calibration=calibration, device=device)
+    if method == "trace":
+        from vramplan.trace import trace
+
+        return trace(a, scenario)
+    raise VramplanError(f"unknown method '{method}' (choose analytic or trace)")
+
+
+# ------------------------------------------------------------------------------------ sweeps
+_BOOL_FIELDS = {"grad_checkpointing", "double_quant", "autocast", "full"}
+_INT_FIELDS = {"rank", "batch", "blocksize"}
+_ALIASES = {"gc": "grad_checkpointing", "r": "rank", "optim": "optimizer", "dq": "double_quant"}
+_SHORT = {"grad_checkpointing": "GC", "double_quant": "double quant", "autocast": "autocast"}
+
+
+def _parse_bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("on", "true", "yes", "1"):
+        return True
+    if v in ("off", "false", "no", "0"):
+        return False
+    raise VramplanError(f"--vary {name}: '{value}' is not on/off")
+
+
+def vary_key(spec: str | None) -> str | None:
+    """The field a ``--vary`` spec varies (``grad_checkpointing``, ``rank``, ``model``...), or None."""
+    if not spec or not spec.strip():
+        return None
+    key = spec.strip().partition("=")[0].strip().lower().replace("-", "_")
+    return _ALIASES.get(key, key)
+
+
+def parse_vary(spec: str | None, arch: Arch, scenario: Scenario) -> list[tuple[str, Arch, Scenario]]:
+    """Variants of ``(arch, scenario)`` from a ``--vary`` spec.
+
+    ``gc`` (GC on and off), ``FIELD=v1,v2,...`` for a scenario field (``rank=8,16,64``,
+    ``recipe=hf-peft,trl,plain``, ``gc=on,off``), or ``model=A,B`` (other architectures, same
+    scenario). ``None`` or ``''`` is the scenario alone.
+    """
+    if not spec:
+        return [(arch.name, arch, scenario)]
+    spec = spec.strip()
+    if "=" not in spec:
+        if vary_key(spec) == "grad_checkpointing":
+            spec = "grad_checkpointing=on,off"
+        else:
+            raise VramplanError(f"--vary '{spec}': expected gc or FIELD=v1,v2 (e.g. rank=8,16,64)")
+    key, _, raw = spec.partition("=")
+    key = key.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    values = [v.strip() for v in raw.split(",") if v.strip()]
+    if not values:
+        raise VramplanError(f"--vary {key}: no values given")
+    if key == "model":
+        return [(a.name, a, scenario) for a in (resolve(v) for v in values)]
+    names = {f.name for f in fields(Scenario)} - {"seq", "targets", "lora_dropout"}
+    if key not in names:
+        raise VramplanError(f"--vary: cannot vary '{key}' (choose gc, model or one of: {', '.join(sorted(names))})")
+    out = []
+    for v in values:
+        if key in _BOOL_FIELDS:
+            value: Any = _parse_bool(v, key)
+            label = f"{_SHORT.get(key, key)} {'on' if value else 'off'}"
+        elif key in _INT_FIELDS:
+            try:
+                value = int(v)
+            except ValueError:
+                raise VramplanError(f"--vary {key}: '{v}' is not an integer") from None
+            label = f"{'r' if key == 'rank' else key}={value}"
+        else:
+            value, label = v, f"{key} {v}"
+        out.append((label, arch, scenario.replace(**{key: value})))
+    return out
+
+
+def parse_seqs(text: str) -> tuple[int, ...]:
+    """'512,1024,2048' -> (512, 1024, 2048), sorted and de-duplicated."""
+    try:
+        seqs = sorted({int(s) for s in text.split(",") if s.strip()})
+    except ValueError:
+        raise VramplanError(f"--seqs '{text}': expected comma-separated integers, e.g. 1024,2048,4096") from None
+    if not seqs or seqs[0] <= 0:
+        raise VramplanError(f"--seqs '{text}': give at least one positive sequence length")
+    return tuple(seqs)
+
+
+def seq_sweep(variants: Sequence[tuple[str, Arch, Scenario]], seqs: Iterable[int] = DEFAULT_SEQS, *,
+              total: str = "total", calibration: Any = None, device: str | None = None,
+              limit: Limit | None = None, title: str = "", upper: bool = True) -> Sweep:
+    """Analytic ``total`` (see ``TOTALS``) at each sequence length, one curve per variant.
+
+    With ``upper`` (default) each curve also carries the engine's conservative bound, when the
+    breakdowns give one, and the chart judges the fit on it, as ``vramplan plan`` does by default."""
+    if total not in TOTALS:
+        raise VramplanError(f"unknown total '{total}' (choose from: {', '.join(TOTALS)})")
+    seqs = tuple(seqs)
+    curves = []
+    for label, arch, scenario in variants:
+        ys, ups = [], []
+        for s in seqs:
+            try:
+                sc = scenario.replace(seq=s)
+            except ScenarioError as e:
+                raise VramplanError(f"seq {s}: {e}") from None
+            b = breakdown(arch, sc, calibration=calibration, device=device)
+            ys.append(getattr(b, TOTALS[total]))
+            ups.append(b.extra.get(UPPER_KEYS[total]) if upper else None)
+        has_upper = upper and all(u is not None for u in ups)
+        curves.append(Curve(label, seqs, tuple(ys), tuple(int(u) for u in ups) if has_upper else None))
+    # Only the process total is bounded by the card's memory line; other totals are drawn against it
+    # for reference, without a verdict.
+    return Sweep(tuple(curves), ylabel=TOTAL_LABELS[total], title=title, limit=limit, judge_fit=total == "total")
+
+
+# ------------------------------------------------------------------------------------ validation
+def _field(row: Any, *names: str) -> Any:
+    for n in names:
+        if isinstance(row, dict) and n in row:
+            return row[n]
+        if hasattr(row, n):
+            return getattr(row, n)
+    return None
+
+
+def validation_rows(data: str | None = None, calibration: Any = None, profiles: str | None = None) -> list[Any]:
+    """``vramplan.validate`` over the reference data (``data``: another reference CSV) and, optionally,
+    a folder of stored profiles; returns its rows."""
+    from vramplan.reference import load_reference
+    from vramplan.validate import load_profile_folder, validate
+
+    problems: list[str] = []
+    profs = load_profile_folder(profiles, problems) if profiles else []
+    report = validate(profiles=profs, reference=load_reference(data) if data else None,
+                      calibration=calibration, problems=problems)
+    return list(report.rows)
+
+
+def validation_points(rows: Iterable[Any], group_by: str = "measurement") -> list[ValidationPoint]:
+    """Chart points from validate rows (objects or dicts with predicted and measured bytes).
+
+    Only rows in scope with a comparable figure are kept (``status == 'in'``): rows the estimate cannot
+    price (model not in the registry), capacity claims and unknown statistics are left out.
+    """
+    pts = []
+    for row in rows:
+        pred = _field(row, "predicted_bytes", "predicted")
+        meas = _field(row, "measured_bytes", "measured")
+        status = _field(row, "status")
+        if pred is None or not meas or (status is not None and status != "in"):
+            continue
+        if _field(row, "measurement") in ("capacity", "unknown"):
+            continue
+        label = _field(row, "id", "label", "name") or ""
+        model = _field(row, "registry_model", "model")
+        if model and str(model) not in str(label):
+            label = f"{label} {str(model).split('/')[-1]}".strip()
+        group = _field(row, group_by)
+        pts.append(ValidationPoint(str(label), int(pred), int(meas), str(group) if group is not None else ""))
+    if not pts:
+        raise ChartError("no validated rows with both a prediction and a measurement")
+    return pts
