@@ -35,10 +35,13 @@ def test_qwen3_14b_default_golden(q14):
     assert b.get("weights/nf4") == 13_212_057_600 // 2
     # absmax per tensor: nb + 4·ceil(nb/256) + 4 (offset) + 64 (NF4 code); nb = n/64
     #   q,o: 409,600 + 6,400 + 68 = 416,068; k,v: 81,920 + 1,280 + 68 = 83,268;
-    #   gate/up/down: 1,392,640 + 21,760 + 68 = 1,414,468 -> per layer 5,242,076; ×40 + 1,024 shared code
-    assert b.get("quant_state/absmax") == 5_242_076 * 40 + 1024
+    #   gate/up/down: 1,392,640 + 21,760 + 68 = 1,414,468 -> per layer 5,242,076; + the 1,024 B nested
+    #   code each of the 7 weights holds a copy of -> 5,249,244; ×40
+    assert b.get("quant_state/absmax") == 5_249_244 * 40
     assert b.get("weights/embeddings") == 151_936 * 5120 * 4 == b.get("weights/lm_head")
     assert b.get("weights/norms") == (40 * (2 * 5120 + 2 * 128) + 5120) * 4
+    # rotary inv_freq + original_inv_freq: 64 fp32 each = 256 B -> one 512 B block each
+    assert b.get("weights/buffers") == 2 * 512
     # LoRA: 8 · (10240 + 6144 + 6144 + 10240 + 3 · 22528) = 802,816 per layer, fp32
     assert b.get("adapter/lora") == 802_816 * 40 * 4
     assert b.get("optimizer/adamw") == 802_816 * 40 * 8
@@ -49,7 +52,7 @@ def test_qwen3_14b_default_golden(q14):
     assert b.get("temporary/lm_head_autocast_copy") == 2 * 151_936 * 5120
     assert b.get("logits/loss") == 12 * 151_936 * 2048  # 3 fp32 b·s·V tensors
     assert b.allocated_peak_bytes == (
-        6_606_028_800 + 209_684_064 + 2 * 3_111_649_280 + 1_699_840 + 128_450_560 + 256_901_120
+        6_606_028_800 + 209_969_760 + 2 * 3_111_649_280 + 1_699_840 + 1_024 + 128_450_560 + 256_901_120
         + 1_677_721_600 + 41_951_232 + 1_555_824_640 + 3_733_979_136 + 32 * 2**20)
     assert b.reserved_peak_bytes == b.allocated_peak_bytes + int(b.allocated_peak_bytes * 0.1)
     assert b.total_bytes == b.reserved_peak_bytes + 512 * 2**20
@@ -133,6 +136,40 @@ def test_scenario_errors(kw):
         Scenario(**kw)
 
 
+@pytest.mark.parametrize("model,expected", [
+    ("Qwen3-14B", 2 * 512),          # head_dim 128: 2 x 64 fp32
+    ("gemma-2-2b", 2 * 512 + 512),   # one rotary pair + the scalar embed_scale
+    ("gemma-3-1b-pt", 4 * 512 + 512),  # sliding and full attention each keep a pair (layer_types)
+])
+def test_model_buffers(model, expected):
+    """Buffers the transformers 5.24 model registers (checked against ``named_buffers()`` of the
+    built model in tests/test_analytic_vs_trace.py via the weights category)."""
+    assert estimate(resolve(model), Scenario(attn="eager")).get("weights/buffers") == expected
+
+
+def test_static_cache_is_per_instance():
+    """Two Arch objects with equal fields but different configs (here: a layer_types list that
+    changes Gemma 3's rotary buffers) never share cached terms, and a dropped Arch's cache dies with
+    it (the old ``id(arch)`` key could be reused after garbage collection)."""
+    import gc
+
+    from vramplan.arch.spec import Arch
+
+    cfg = dict(resolve("gemma-3-1b-pt").config)
+    results = []
+    for types in (["sliding_attention"] * 26, None):
+        c = dict(cfg)
+        if types is None:
+            c.pop("layer_types", None)
+        else:
+            c["layer_types"] = types
+        a = Arch.from_config(c, name="g3")
+        results.append(estimate(a, Scenario()).get("weights/buffers"))
+        del a
+        gc.collect()
+    assert results == [2 * 512 + 512, 4 * 512 + 512]
+
+
 def test_speed(q14):
     """≤ 50 µs per call target (benchmarks/estimate_speed.py prints the figure); loose bound here."""
     scs = [Scenario(seq=s, rank=r) for s in (512, 1024, 2048, 4096) for r in (8, 16, 32, 64)]
@@ -175,6 +212,18 @@ def _fit(a, kw: dict) -> dict:
     return kw
 
 
+def test_gemma2_sdpa_priced_as_transformers_runs_it():
+    """transformers 5.24: Gemma2's ``_supports_sdpa = False``; with no attn_implementation named it
+    falls back to eager. vramplan's default sdpa is priced as eager, with a note (the trace does the
+    same, tests/test_trace.py)."""
+    g = resolve("gemma-2-2b")
+    sdpa, eager = estimate(g, Scenario()), estimate(g, Scenario(attn="eager"))
+    assert sdpa.allocated_peak_bytes == eager.allocated_peak_bytes
+    assert any("does not support sdpa" in n for n in sdpa.notes) and not eager.notes
+    nogc = Scenario(attn="eager", grad_checkpointing=False)
+    assert estimate(g, nogc.replace(attn="flash2")).allocated_peak_bytes < estimate(g, nogc).allocated_peak_bytes
+
+
 @settings(max_examples=150, deadline=None)
 @given(kw=scenarios, m=st.integers(0, 100))
 def test_property_no_negative_nan_or_float(kw, m):
@@ -206,3 +255,29 @@ def test_property_monotone(kw, m, field):
         # larger rank can lower the allocated (not the total) figure, as bitsandbytes really does.
         assert b_hi.allocated_peak_bytes >= b_lo.allocated_peak_bytes
         assert b_hi.reserved_peak_bytes >= b_lo.reserved_peak_bytes
+
+
+@pytest.mark.parametrize("model,sliding", [("gemma-3-1b-pt", 22), ("gemma-2-2b", 13), ("Mistral-7B-v0.1", 32),
+                                           ("Qwen2-7B", 0), ("Qwen3-14B", 0), ("Mixtral-8x7B-v0.1", 0)])
+def test_sliding_layers_as_transformers_counts_them(model, sliding):
+    """Sliding-window layers per transformers 5.24's config classes (layer_types: 22 of Gemma 3 1B's 26,
+    Gemma 2's even layers, every Mistral-v0.1 layer; Qwen2's use_sliding_window is off)."""
+    from vramplan.analytic.activations import sliding_attention_layers
+
+    a = resolve(model)
+    assert len(sliding_attention_layers(a.model_type, a.config, a.num_layers)) == sliding
+
+
+def test_sliding_window_mask_priced_from_the_window_on():
+    """Gemma 3 1B (window 512, 22 sliding layers, 4 heads / 1 KV head of 256) under sdpa without
+    checkpointing: below the window the mask is skipped (is_causal) and sdpa prices as flash2; from 512
+    tokens on each sliding layer also saves K/V repeated to 4 heads and an additive s x s bf16 mask:
+    per layer 512 tok x 2 B x 2 x (1024 - 256) + 512 x 512 x 2 B = 2,097,152 B; x 22 = 46,137,344 B."""
+    g = resolve("gemma-3-1b-pt")
+
+    def act(seq, attn):
+        sc = Scenario(seq=seq, grad_checkpointing=False, recipe="plain", attn=attn)
+        return estimate(g, sc).get("activations/layers")
+
+    assert act(511, "sdpa") == act(511, "flash2")
+    assert act(512, "sdpa") - act(512, "flash2") == 46_137_344

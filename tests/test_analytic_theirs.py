@@ -16,7 +16,7 @@ pytestmark = pytest.mark.torch
 
 
 def _qs_bytes(qs) -> tuple[int, int]:
-    """(per-tensor bytes, shared nested code bytes) of a bitsandbytes QuantState."""
+    """(per-tensor bytes excluding the nested code, nested code bytes) of a bitsandbytes QuantState."""
     own = qs.absmax.nbytes + qs.code.nbytes
     shared = 0
     if qs.nested:
@@ -36,10 +36,12 @@ def test_4bit_bytes_match_bitsandbytes(shape, dq, blocksize, qt):
     packed, qs = F.quantize_4bit(w, blocksize=blocksize, compress_statistics=dq, quant_type=qt)
     n = w.numel()
     assert packed.nbytes == wt.packed_4bit_bytes(n)
-    own, shared = _qs_bytes(qs)
+    own, nested_code = _qs_bytes(qs)
     assert own == wt.quant_state_4bit_bytes(n, blocksize, dq)
-    if dq:
-        assert shared == wt.NESTED_CODE_BYTES
+    assert nested_code == wt.nested_code_bytes(1, dq)
+    if dq:  # every QuantState holds its own copy of the nested code (quantize_blockwise: copy=True)
+        _, qs2 = F.quantize_4bit(w, blocksize=blocksize, compress_statistics=True, quant_type=qt)
+        assert qs2.state2.code.data_ptr() != qs.state2.code.data_ptr()
 
 
 def test_bits_per_param():

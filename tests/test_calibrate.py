@@ -190,3 +190,13 @@ def test_cli_folder_of_other_schema_profiles_exits_2(cli_run, tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"schema": "vramplan.profile/0", "model": "x"}))
     line = _one_line_exit2(cli_run, "calibrate", str(tmp_path), "-o", str(tmp_path / "c.json"))
     assert "no readable profile" in line and "vramplan.profile/0" in line
+
+
+def test_figures_no_constant_moves_do_not_change_the_fit():
+    a = _points()
+    noise = [replace(p, id="cpu-" + p.id, device="cpu", device_kind="cpu", measured_bytes=int(p.measured_bytes * 0.7))
+             for p in _points(kinds=("allocated",)) if p.scenario.quant.value == "none"]
+    r1 = fit(a, Calibration(), estimator=stub_estimate).calibration
+    r2 = fit(a + noise, Calibration(), estimator=stub_estimate).calibration
+    for name in ("cuda_context_bytes", "allocator_reserve_fraction", "cublas_workspace_bytes"):
+        assert getattr(r2, name) == pytest.approx(getattr(r1, name), rel=1e-6), name

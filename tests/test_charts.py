@@ -12,6 +12,7 @@ import pytest
 
 from vramplan.breakdown import Breakdown, Component
 from vramplan.report import chart
+from clihelp import one_line_exit2 as _one_line_exit2
 
 GiB = 1024**3
 MiB = 1024**2
@@ -183,13 +184,6 @@ def test_lazy_matplotlib_no_pyplot_no_display(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _one_line_exit2(cli_run, *args):
-    code, out, err = cli_run(*args)
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    return lines[0]
 
 
 def test_cli_unknown_chart_kind(cli_run, tmp_path):

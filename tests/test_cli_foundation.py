@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from clihelp import one_line_exit2 as _one_line_exit2
 
 
 def test_models_lists_registry(cli_run):
@@ -25,13 +26,6 @@ def test_models_table(cli_run):
     assert code == 0 and "Qwen3-14B" in out and "14.77 B" in out
 
 
-def _one_line_exit2(cli_run, *args):
-    code, out, err = cli_run(*args)
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    return lines[0]
 
 
 def test_unknown_model(cli_run):

@@ -52,8 +52,8 @@ def test_fake_peak_equals_real_peak(case):
     arch = small_llama()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True)
-        real = trace_run(arch, sc, steps=2, fake=False)
+        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
+        real = trace_run(arch, sc, steps=2, fake=False, semantics="cpu")
     for f, r in zip(fake.steps, real.steps):
         assert r.peak_bytes > 0
         err = abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes
@@ -68,8 +68,8 @@ def test_fake_equals_real_moe(recipe):
     arch = resolve("vramplan-debug-moe")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True)
-        real = trace_run(arch, sc, steps=2, fake=False)
+        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
+        real = trace_run(arch, sc, steps=2, fake=False, semantics="cpu")
     for f, r in zip(fake.steps, real.steps):
         assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (f.peak_bytes, r.peak_bytes)
 
@@ -86,7 +86,24 @@ def test_without_the_unpacked_hint_fake_tensors_overcount(monkeypatch):
     arch = small_llama()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        real = trace_run(arch, sc, steps=1, fake=False)
+        real = trace_run(arch, sc, steps=1, fake=False, semantics="cpu")
         monkeypatch.setattr(B, "unpacked_sequences", contextlib.nullcontext)
-        fake = trace_run(arch, sc, steps=1, fake=True)
+        fake = trace_run(arch, sc, steps=1, fake=True, semantics="cpu")
     assert fake.steps[0].phases["forward"][0] > real.steps[0].phases["forward"][0]
+
+
+@pytest.mark.parametrize("case", ["nf4-dq-gc-sdpa-adamw-hfpeft", "gc-off", "lora-bf16-base"])
+def test_cuda_semantics_fake_equals_real_and_saves_bytes(case):
+    """The CUDA emulation (bool dropout masks via native_dropout; no peft fp32 cast of bnb LoRA inputs
+    under autocast) runs identically on fake and real CPU tensors, and allocates no more than the
+    CPU program (both emulated behaviours only shrink saved tensors)."""
+    sc = Scenario(**{**BASE, **CASES[case]})
+    arch = small_llama()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cuda")
+        real = trace_run(arch, sc, steps=2, fake=False, semantics="cuda")
+        cpu = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
+    for f, r, c in zip(fake.steps, real.steps, cpu.steps):
+        assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (case, f.peak_bytes, r.peak_bytes)
+        assert f.peak_bytes < c.peak_bytes, (case, f.peak_bytes, c.peak_bytes)

@@ -7,18 +7,12 @@ import sys
 import pytest
 
 from vramplan.gpus import find_gpu
+from clihelp import one_line_exit2
 
 FITS = ("plan", "--model", "Qwen3-4B", "--gpu", "RTX 4090", "--seq", "2048")  # ~6 GiB of 23 GiB
 NO_FIT = ("plan", "--model", "Qwen3-14B", "--gpu", "rtx4090", "--seq", "16384", "--no-grad-checkpointing")
 
 
-def one_line_exit2(cli_run, *args):
-    code, out, err = cli_run(*args)
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    return lines[0]
 
 
 def test_fits_exit_0_table(cli_run):

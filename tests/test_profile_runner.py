@@ -22,6 +22,7 @@ from vramplan.profile.runner import (ProfileRunError, RunOptions, check_fits, pr
                                      weights_lower_bound)
 from vramplan.profile.store import load_profiles  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
+from clihelp import one_line_exit2 as _one_line_exit2  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -38,12 +39,6 @@ def qwen3_slice_config() -> dict:
     return cfg
 
 
-def _one_line_exit2(cli_run, *args):
-    code, out, err = cli_run(*args)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, out, err)
-    assert "Traceback" not in out + err
-    return lines[0]
 
 
 # ------------------------------------------------------------------------ measured vs trace

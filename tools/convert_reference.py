@@ -67,7 +67,7 @@ FSDP_SHARD = ("FSDP FULL_SHARD over 2 GPUs: the per-GPU figure holds half the we
 TT_COMPILE = "torchtune with torch.compile and chunked cross-entropy (CEWithChunkedOutputLoss)"
 
 
-def _litgpt23(model: str, seq: int, quant: str, dq: bool, batch: int = 1) -> dict:
+def _litgpt23(seq: int, quant: str, dq: bool, batch: int = 1) -> dict:
     sc = dict(quant=quant, double_quant=dq, rank=8, targets=QV, lora_dropout=0.05, grad_checkpointing=False,
               attn="sdpa", optimizer="adamw" if quant == "none" else "paged_adamw", recipe="plain",
               autocast=False, seq=seq, batch=batch)
@@ -100,31 +100,31 @@ L23 = "litgpt @8641822 (Oct 2023)"
 L24 = "litgpt config_hub (2024)"
 DECISIONS: dict[int, dict] = {
     1: dict(reg="microsoft/phi-1_5", m="allocated", scope="out", why=NO_MODEL.format("phi-1.5") + "; " + LITGPT_LOSS,
-            sc=_litgpt23("phi", 1044, "none", False)),
+            sc=_litgpt23(1044, "none", False)),
     2: dict(reg="microsoft/phi-1_5", m="allocated", scope="out",
-            why=NO_MODEL.format("phi-1.5") + "; " + LITGPT_QUANT, sc=_litgpt23("phi", 1044, "nf4", False)),
+            why=NO_MODEL.format("phi-1.5") + "; " + LITGPT_QUANT, sc=_litgpt23(1044, "nf4", False)),
     3: dict(reg="microsoft/phi-1_5", m="allocated", scope="out",
-            why=NO_MODEL.format("phi-1.5") + "; " + LITGPT_QUANT, sc=_litgpt23("phi", 1044, "nf4", True)),
+            why=NO_MODEL.format("phi-1.5") + "; " + LITGPT_QUANT, sc=_litgpt23(1044, "nf4", True)),
     4: dict(reg="stabilityai/stablelm-base-alpha-3b", m="allocated", scope="out",
-            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_LOSS, sc=_litgpt23("s", 1034, "none", False)),
+            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_LOSS, sc=_litgpt23(1034, "none", False)),
     5: dict(reg="stabilityai/stablelm-base-alpha-3b", m="allocated", scope="out",
-            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_QUANT, sc=_litgpt23("s", 1034, "nf4", False)),
+            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_QUANT, sc=_litgpt23(1034, "nf4", False)),
     6: dict(reg="stabilityai/stablelm-base-alpha-3b", m="allocated", scope="out",
-            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_QUANT, sc=_litgpt23("s", 1034, "nf4", True)),
-    7: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_LOSS, sc=_litgpt23("l", 1304, "none", False)),
+            why=NO_MODEL.format("StableLM-Alpha-3B") + "; " + LITGPT_QUANT, sc=_litgpt23(1034, "nf4", True)),
+    7: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_LOSS, sc=_litgpt23(1304, "none", False)),
     8: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_QUANT + "; " + LITGPT_LOSS,
-            sc=_litgpt23("l", 1304, "nf4", False)),
+            sc=_litgpt23(1304, "nf4", False)),
     9: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_QUANT + "; " + LITGPT_LOSS,
-            sc=_litgpt23("l", 1304, "nf4", True)),
+            sc=_litgpt23(1304, "nf4", True)),
     10: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_LOSS,
-             sc=_litgpt23("l", 1304, "none", False, batch=2)),
+             sc=_litgpt23(1304, "none", False, batch=2)),
     11: dict(reg="Llama-2-13b-hf", m="allocated", scope="out", why=LITGPT_LOSS,
-             sc=_litgpt23("l", 1304, "none", False)),
+             sc=_litgpt23(1304, "none", False)),
     12: dict(reg="Llama-2-13b-hf", m="allocated", scope="out", why=LITGPT_QUANT + "; " + LITGPT_LOSS,
-             sc=_litgpt23("l", 1304, "nf4", False),
+             sc=_litgpt23(1304, "nf4", False),
              cav="source table row quoted for the 7B model; value 23.14 GB is the 13B cell"),
     13: dict(reg="Llama-2-13b-hf", m="allocated", scope="out", why=LITGPT_QUANT + "; " + LITGPT_LOSS,
-             sc=_litgpt23("l", 1304, "nf4", True),
+             sc=_litgpt23(1304, "nf4", True),
              cav="source table row quoted for the 7B model; value 22.55 GB is the 13B cell"),
     14: dict(reg="Llama-2-7b-hf", m="allocated", scope="out", why=LITGPT_LOSS, sc=_litgpt24("none", 32, 2),
              cav="seq 512 is the truncation limit; peak over the whole run incl. validation"),

@@ -173,6 +173,12 @@ def _fit(points: list[Point], cal: Calibration, est: Estimator, names: list[str]
     well-conditioned system; the data term is divided by ``NOISE``² (Bayesian linear regression).
     """
     base, jac = jacobian(points, cal, est, names)
+    # figures that none of these constants move carry no information about them: leave them out
+    # of the fit, so they neither set the Huber scale nor pad the degrees of freedom.
+    keep = [i for i in range(len(points)) if any(abs(jac[k][i]) * PRIORS[k][3] > 1.0 for k in names)]
+    points = [points[i] for i in keep]
+    base = [base[i] for i in keep]
+    jac = {k: [col[i] for i in keep] for k, col in jac.items()}
     meas = [float(p.measured_bytes) for p in points]
     theta0 = {k: _value(cal, k) for k in names}
     sd = {k: prior[k][1] for k in names}

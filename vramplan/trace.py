@@ -138,18 +138,21 @@ def _patch_paged(optimizer: Any, tracker: Any) -> None:
 
 
 def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: int = 2, *,
-              fake: bool = True, seed: int = 0) -> TraceRun:
+              fake: bool = True, seed: int = 0, semantics: str = "cuda") -> TraceRun:
     """Build ``layers`` decoder layers (all by default) and trace ``steps`` training steps.
 
     ``fake=False`` runs the very same code on real CPU tensors (real bitsandbytes quantization, real
-    optimizer step): the reference the fake-tensor run is tested against."""
+    optimizer step): the reference the fake-tensor run is tested against (with ``semantics="cpu"``).
+    ``semantics``: ``"cuda"`` emulates the CUDA-only behaviours of ``vramplan.hf.cuda_path`` (bool
+    dropout masks, no peft CPU-only fp32 cast of LoRA inputs); ``"cpu"`` runs the CPU program as is."""
+    _check_semantics(semantics)
     from vramplan.hf import build as B
 
     B.require_torch()
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 
-    from vramplan.hf.cuda_path import gemm_4bit_transient
+    from vramplan.hf.cuda_path import cuda_semantics, gemm_4bit_transient
     from vramplan.hf.tracker import LiveTensorTracker
 
     t0 = time.perf_counter()
@@ -162,7 +165,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     run = TraceRun(layers=n)
 
     with (FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()), \
-            _non_bf16_grouped_mm_fallback():
+            _non_bf16_grouped_mm_fallback(), cuda_semantics(semantics == "cuda"):
         B.materialize(model, scenario, fake=fake, seed=seed)
         with unset_fake_temporarily() if fake else contextlib.nullcontext():
             optimizer = B.make_optimizer(model, scenario)
@@ -185,14 +188,25 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
                 phases: dict[str, tuple[int, dict[str, int]]] = {}
 
                 def on_phase(phase: str, phases: dict = phases) -> None:
-                    phases[phase] = (tr.peak_bytes, dict(tr.peak_by_category))
+                    # the backward is split where the gradient reaches lm_head's input (``loss
+                    # backward`` / ``layers backward``): each part's peak is affine in the layer
+                    # count, while the whole backward's peak moment can move from the loss to the
+                    # layers with depth, which would break the extrapolation
+                    key = "layers backward" if (phase == "backward" and "loss backward" in phases) else phase
+                    phases[key] = (tr.peak_bytes, dict(tr.peak_by_category))
                     tr.reset_peak()
                     nxt = {"forward": "backward", "backward": "optimizer", "optimizer": "done"}[phase]
                     state["phase"] = nxt
                     tr.label = {"backward": "logits/loss", "optimizer": "optimizer/state",
                                 "done": "temporary/backward"}[nxt]
 
+                def mark_loss_backward(phases: dict = phases) -> None:
+                    if state["phase"] == "backward" and "loss backward" not in phases:
+                        phases["loss backward"] = (tr.peak_bytes, dict(tr.peak_by_category))
+                        tr.reset_peak()
+
                 state["phase"] = "forward"
+                state["mark"] = mark_loss_backward
                 tr.label = "activations/saved"
                 try:
                     B.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
@@ -217,30 +231,74 @@ def _data_dependent_errors() -> tuple[type, ...]:
 
 @contextlib.contextmanager
 def _non_bf16_grouped_mm_fallback() -> Iterator[None]:
-    """transformers runs fused MoE experts through ``torch.nn.functional.grouped_mm``. Its
-    shape/dtype function (which mirrors the CUDA kernel) accepts only bf16, so after hf-peft's fp32
-    upcast of the experts the fake run would stop where real CPU runs on (its CPU kernel takes fp32).
-    For non-bf16 weights we route the fake run through transformers' own fallback op instead: it
-    allocates the same output, so the count is unchanged."""
+    """transformers runs fused MoE experts through ``torch.nn.functional.grouped_mm``
+    (``integrations/moe.py::_grouped_mm``, input cast to the weights' dtype). Its shape/dtype function
+    (which mirrors the CUDA kernel) accepts only bf16, so after hf-peft's fp32 upcast of the experts
+    the fake run would stop where real runs go on. For non-bf16 weights we compute with transformers'
+    own fallback op (same output) inside ``_GroupedMM``, which saves and differentiates exactly as
+    grouped_mm's autograd formula does (``derivatives.yaml``: the input is saved only when the weight
+    needs a gradient, the weight only when the input does; only the needed gradients are built). The
+    fallback op's own autograd would save both always and build a full E·in·out weight gradient even
+    for frozen experts."""
     try:
         import transformers.integrations.moe as moe
     except ImportError:  # pragma: no cover - older transformers
         yield
         return
-    orig = moe._can_use_grouped_mm
+    orig = moe._grouped_mm
 
-    def can_use(input: Any, weight: Any, offs: Any) -> bool:
+    def grouped_mm(input: Any, weight: Any, offs: Any) -> Any:
         import torch
 
-        if weight.dtype != torch.bfloat16:
-            return False
-        return orig(input, weight, offs)
+        if weight.dtype == torch.bfloat16:
+            return orig(input, weight, offs)
+        return _grouped_mm_function().apply(input.to(weight.dtype), weight, offs)
 
-    moe._can_use_grouped_mm = can_use
+    moe._grouped_mm = grouped_mm
     try:
         yield
     finally:
-        moe._can_use_grouped_mm = orig
+        moe._grouped_mm = orig
+
+
+_GROUPED_MM: Any = None
+
+
+def _grouped_mm_function() -> Any:
+    """``torch.autograd.Function`` with grouped_mm's saving rule over transformers' fallback op (built
+    lazily: torch is imported only when tracing)."""
+    global _GROUPED_MM
+    if _GROUPED_MM is not None:
+        return _GROUPED_MM
+    import torch
+
+    class _GroupedMM(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, input: Any, weight: Any, offs: Any) -> Any:
+            need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            ctx.save_for_backward(input if need_w else None, weight if need_x else None, offs)
+            return torch.ops.transformers.grouped_mm_fallback(input, weight, offs)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            x, w, offs = ctx.saved_tensors
+            need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            gx = gw = None
+            if need_x and need_w:
+                gx, gw = torch.ops.transformers.grouped_mm_fallback_backward(x, w, offs, grad)
+            elif need_w:
+                # weight gradient only (the weight was not saved): the op reads the weight for its
+                # shape and for the input gradient, which it also returns; a stride-0 stand-in
+                # allocates nothing
+                shape = (offs.shape[0], x.shape[1], grad.shape[1])
+                stand_in = torch.empty((), dtype=x.dtype).expand(shape)
+                gw = torch.ops.transformers.grouped_mm_fallback_backward(x, stand_in, offs, grad)[1]
+            elif need_x:
+                gx = torch.ops.transformers.grouped_mm_fallback(grad, w.transpose(-2, -1), offs)
+            return gx, gw, None
+
+    _GROUPED_MM = _GroupedMM
+    return _GROUPED_MM
 
 
 def _register_model(tr: Any, model: Any) -> None:
@@ -275,6 +333,9 @@ def _install_hooks(model: Any, lm_head: Any, layers: list[Any], tr: Any, state: 
             x.register_hook(_switch_to_temporary)
 
     def _switch_to_temporary(grad: Any) -> None:
+        mark = state.get("mark")
+        if mark is not None:
+            mark()
         tr.label = "temporary/backward"
 
     lm_head.register_forward_pre_hook(lm_pre)
@@ -342,22 +403,38 @@ def _extrapolate_step(s1: StepFigures, s2: StepFigures, c1: int, period: int, n:
     return best[1], best[2]
 
 
+def _check_semantics(semantics: str) -> None:
+    if semantics not in ("cuda", "cpu"):
+        raise VramplanError(f"unknown semantics {semantics!r} (cuda or cpu)")
+
+
 def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: int = 2,
-          extrapolate: bool = True, calibration: Any = None) -> Breakdown:
+          extrapolate: bool = True, calibration: Any = None, semantics: str = "cuda") -> Breakdown:
     """Allocated memory of ``scenario``'s training step on ``arch``, traced on fake tensors.
 
     ``layers``: trace only the first ``layers`` decoder layers and report that truncated model.
     ``steps``: training steps traced (the last is the steady state; optimizer state exists from the
-    second step on). ``extrapolate``: trace c1, c1 + p, c1 + 2p layers and extrapolate exactly when
-    the increments agree (see ``layer_plan``); ``False`` traces every layer.
+    second step on). ``semantics``: ``"cuda"`` (default, the product: what the step allocates on
+    CUDA; the CUDA-only behaviours are emulated, see ``vramplan.hf.cuda_path``) or ``"cpu"`` (the CPU
+    program exactly as it runs: CPU profiles, fake-vs-real tests). ``extrapolate``: trace c1, c1 + p,
+    c1 + 2p layers and extrapolate exactly when the increments agree (see ``layer_plan``); ``False``
+    traces every layer.
 
     The frameworks' own warnings and log lines are silenced while tracing (they concern the CPU stand-in,
     not the user's run); what matters is reported in ``Breakdown.notes``."""
     if not isinstance(steps, int) or steps < 1:
         raise VramplanError(f"steps must be a positive integer, got {steps!r}")
+    _check_semantics(semantics)
+    from vramplan.analytic import effective_attention
+
+    attn, attn_note = effective_attention(arch, scenario)  # Gemma 2: sdpa -> eager, as transformers
+    run_scenario = scenario.replace(attn=attn) if attn is not scenario.attn else scenario
     with _quiet():
-        return _trace(arch, scenario, layers=layers, steps=steps, extrapolate=extrapolate,
-                      calibration=calibration)
+        bd = _trace(arch, run_scenario, layers=layers, steps=steps, extrapolate=extrapolate,
+                    calibration=calibration, semantics=semantics)
+    if attn_note:
+        bd = Breakdown(bd.components, engine=bd.engine, notes=(attn_note,) + tuple(bd.notes), extra=bd.extra)
+    return bd
 
 
 @contextlib.contextmanager
@@ -389,22 +466,24 @@ def _quiet() -> Iterator[None]:
 
 
 def _trace(arch: Arch, scenario: Scenario, *, layers: int | None, steps: int, extrapolate: bool,
-           calibration: Any) -> Breakdown:
+           calibration: Any, semantics: str) -> Breakdown:
     t0 = time.perf_counter()
     plan = layer_plan(arch) if (extrapolate and layers is None) else None
     runs: list[TraceRun] = []
     if plan is not None:
         c1, period = plan
         n = arch.num_layers
-        runs = [trace_run(arch, scenario, layers=c, steps=steps) for c in (c1, c1 + period, c1 + 2 * period)]
+        runs = [trace_run(arch, scenario, layers=c, steps=steps, semantics=semantics)
+                for c in (c1, c1 + period, c1 + 2 * period)]
         tried = [r.layers for r in runs]
         while not _affine(runs) and runs[-1].layers + period < n:
-            runs = runs[1:] + [trace_run(arch, scenario, layers=runs[-1].layers + period, steps=steps)]
+            runs = runs[1:] + [trace_run(arch, scenario, layers=runs[-1].layers + period, steps=steps,
+                                         semantics=semantics)]
             tried.append(runs[-1].layers)
         if not _affine(runs):
             plan = None
     if plan is None:
-        run = trace_run(arch, scenario, layers=layers, steps=steps)
+        run = trace_run(arch, scenario, layers=layers, steps=steps, semantics=semantics)
         first, steady = run.steps[0].by_name, run.steps[-1].by_name
         peak_phase = run.steps[-1].peak_phase
         managed = run.managed_bytes
@@ -425,7 +504,7 @@ def _trace(arch: Arch, scenario: Scenario, *, layers: int | None, steps: int, ex
                   for name in sorted(steady, key=lambda k: (ORDER.index(k) if k in ORDER else 99, k))
                   if steady[name]]
     allocated = sum(c.bytes for c in components)
-    notes = _notes(arch, scenario, plan, traced)
+    notes = _notes(arch, scenario, plan, traced, semantics)
     if plan is None and runs:
         notes.append("short traces did not grow by equal increments, so the full model was traced")
     if managed:
@@ -446,6 +525,7 @@ def _trace(arch: Arch, scenario: Scenario, *, layers: int | None, steps: int, ex
         "layers_reported": reported_layers,
         "extrapolated": plan is not None,
         "steps": steps,
+        "semantics": semantics,
         "peak_by_category": by_cat,
         "first_step_by_component": {k: int(v) for k, v in first.items() if v},
         "versions": _versions(),
@@ -470,9 +550,16 @@ def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,
                    "dequantization on CUDA (inputs > 1536 rows) is counted at its op as temporary/fused_dequant")
 
 
-def _notes(arch: Arch, scenario: Scenario, plan: tuple[int, int] | None, traced: list[int]) -> list[str]:
+def _notes(arch: Arch, scenario: Scenario, plan: tuple[int, int] | None, traced: list[int],
+           semantics: str = "cuda") -> list[str]:
     notes = ["fake-tensor trace of the real transformers + peft + bitsandbytes step on CPU (autocast uses "
              "the CPU op lists); allocations rounded to 512 B like the CUDA caching allocator"]
+    if semantics == "cuda":
+        notes.append("CUDA semantics: dropout saves a bool mask (fused native_dropout) and peft skips its "
+                     "CPU-only fp32 cast of LoRA inputs under autocast (see vramplan.hf.cuda_path)")
+    else:
+        notes.append("CPU semantics: the CPU program as it runs (dropout masks in the input dtype, peft's "
+                     "fp32 cast of LoRA inputs under CPU autocast)")
     if plan is not None:
         p = plan[1]
         notes.append(f"traced {', '.join(map(str, traced))} decoder layers; the last three grow by equal "

@@ -27,22 +27,44 @@ from vramplan.analytic.runtime import runtime_components as _runtime_components
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Breakdown, Component
 from vramplan.calibration import Calibration, default_calibration
-from vramplan.scenario import Quant, Recipe, Scenario
+from vramplan.scenario import Attn, Quant, Recipe, Scenario
 
 
 def _promote_b(a: int, b: int) -> int:
     return a if a >= b else b
 
 
-__all__ = ["estimate", "runtime_components", "paged_optimizer_bytes", "static_terms"]
+__all__ = ["estimate", "runtime_components", "paged_optimizer_bytes", "static_terms", "effective_attention"]
 
-_CACHE: dict[tuple, Any] = {}
+
+#: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
+SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
+                      "_supports_sdpa = False): priced with eager attention, which transformers runs when no "
+                      "attn_implementation is named; an explicit attn_implementation='sdpa' fails to load")
+
+
+def effective_attention(arch: Arch, s: Scenario) -> tuple[Attn, str | None]:
+    """The attention implementation transformers 5.24 actually runs, and a note when it differs.
+
+    Gemma 2 (``modeling_gemma2.py``: ``_supports_sdpa = False``, "sdpa does not support softcapping")
+    is the one family here without sdpa, recognised by its attention-score soft-capping. Loading it with
+    no ``attn_implementation`` (the Trainer default), ``PreTrainedModel.get_correct_attn_implementation``
+    tries sdpa, catches ``_sdpa_can_dispatch``'s ValueError and falls back to eager; vramplan's default
+    ``sdpa`` stands for that default request, so both engines price eager and say so. (An explicit
+    ``attn_implementation="sdpa"`` raises instead: ``vramplan.hf.build.meta_model`` does the same.)"""
+    if s.attn is Attn.SDPA and arch.attn_logit_softcapping:
+        return Attn.EAGER, SDPA_FALLBACK_NOTE.format(name=arch.name)
+    return s.attn, None
+
+#: Attribute of an Arch instance holding its static_terms cache (scenario shape -> terms).
+_CACHE_ATTR = "_vramplan_static_terms"
 _CACHE_MAX = 4096
 
 
-def _dtypes(s: Scenario, cuda: bool = True) -> act.Dtypes:
+def _dtypes(s: Scenario, cuda: bool = True, model_type: str = "") -> act.Dtypes:
     """Byte widths implied by the recipe (see ``Recipe``; peft ``prepare_model_for_kbit_training``
-    upcasts every non-Params4bit fp16/bf16 parameter to fp32; TRL casts embeddings/lm_head back)."""
+    upcasts every non-Params4bit fp16/bf16 parameter to fp32; TRL casts embeddings/lm_head back).
+    Gemma's norms return their input's dtype, so its residual stream keeps the embedding's dtype."""
     c = s.dtype.nbytes
     autocast = s.autocast and c == 2
     # the k-bit preparation (and TRL's casts after it) only runs for a quantized model: without
@@ -51,25 +73,35 @@ def _dtypes(s: Scenario, cuda: bool = True) -> act.Dtypes:
     norm_w = 4 if up else c
     embed_w = 4 if (up and s.recipe is Recipe.HF_PEFT) else c
     base_w = c
-    resid = 4 if up else c
+    keeps = model_type in act.NORM_KEEPS_INPUT_DTYPE
+    resid = embed_w if keeps else (4 if up else c)
     return act.Dtypes(
         c=c, autocast=autocast, resid=resid, resid0=embed_w, norm_w=norm_w, base_w=base_w,
         other_w=4 if up else c, lora=c if autocast else 4,
-        quantized=s.quant is not Quant.NONE, dropout=s.lora_dropout > 0, full=s.full, cuda=cuda)
+        quantized=s.quant is not Quant.NONE, dropout=s.lora_dropout > 0, full=s.full, norm_keeps_dtype=keeps,
+        cuda=cuda)
 
 
 def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, Any]:
     """Scenario-shape quantities independent of batch and seq (cached)."""
-    key = (id(arch), semantics, s.rank, s.quant, s.double_quant, s.blocksize, s.dtype, s.targets, s.lora_dropout > 0,
+    # The cache lives on the Arch instance itself (its __dict__; Arch is frozen, so not through
+    # setattr): it dies with the instance, so a later Arch can never hit an entry keyed for an
+    # earlier one (an ``id(arch)`` key could be reused after garbage collection), and two Arch
+    # objects that compare equal but carry different config dicts never share entries.
+    cache = arch.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        cache = arch.__dict__[_CACHE_ATTR] = {}
+    key = (semantics, s.rank, s.quant, s.double_quant, s.blocksize, s.dtype, s.targets, s.lora_dropout > 0,
            s.full, s.grad_checkpointing, s.attn, s.optimizer, s.recipe, s.autocast)
-    hit = _CACHE.get(key)
-    if hit is not None and hit["arch"] is arch:
+    hit = cache.get(key)
+    if hit is not None:
         return hit
-    if len(_CACHE) > _CACHE_MAX:
-        _CACHE.clear()
+    if len(cache) > _CACHE_MAX:
+        cache.clear()
     if semantics not in ("cuda", "cpu"):
         raise ValueError(f"unknown semantics {semantics!r} (cuda or cpu)")
-    d = _dtypes(s, cuda=semantics == "cuda")  # noqa: E501
+    attn, attn_note = effective_attention(arch, s)
+    d = _dtypes(s, cuda=semantics == "cuda", model_type=arch.model_type)
     c = d.c
     comps: list[tuple[str, str, int, str]] = []
     # ---- base weights and quant state
@@ -80,10 +112,10 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
     if s.quantized_4bit:
         packed = sum(lin.count * wt.packed_4bit_bytes(lin.weight_params) for lin in qlins)
         qs = sum(lin.count * wt.quant_state_4bit_bytes(lin.weight_params, s.blocksize, s.double_quant)
-                 for lin in qlins) + (wt.NESTED_CODE_BYTES if s.double_quant else 0)
+                 for lin in qlins) + wt.nested_code_bytes(sum(lin.count for lin in qlins), s.double_quant)
         comps.append(("weights/" + s.quant.value, "weights", packed, "packed 4-bit linears: ceil(n/2) B"))
         comps.append(("quant_state/absmax", "quant_state", qs,
-                      "absmax per block" + (" (double-quantized)" if s.double_quant else "") + " + code tables"))
+                      "absmax per block" + (" (double-quantized)" if s.double_quant else "") + " + code tables (per weight)"))
     elif s.quant is Quant.INT8:
         w8 = sum(lin.count * wt.int8_weight_bytes(lin.in_features, lin.out_features)[0] for lin in qlins)
         sc = sum(lin.count * wt.int8_weight_bytes(lin.in_features, lin.out_features)[1] for lin in qlins)
@@ -93,6 +125,9 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
         name = "adapter/full_weights" if s.full else "weights/linears"
         comps.append((name, "adapter" if s.full else "weights", wt.float_bytes(n_q, d.base_w),
                       f"linear weights, {d.base_w} B/param"))
+    buffers = wt.model_buffer_bytes(arch.model_type, arch.head_dim, arch.num_layers, arch.config)
+    comps.append(("weights/buffers", "weights", buffers,
+                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
     head_w = d.resid0  # lm_head follows the embedding's dtype (tied or cast by TRL)
     trainable_other = 0
     unq = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, head_w),
@@ -136,21 +171,21 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
     head_grad = (arch.vocab_size * arch.hidden_size + arch.hidden_size) * pbytes if s.full else 0
     # ---- activation coefficients
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = (attn_note,) if attn_note else ()
     if parts and s.lora_dropout > 0:
-        notes = (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
-                 "this run fails as configured; priced as if those wrappers had no dropout",)
+        notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
+                  "this run fails as configured; priced as if those wrappers had no dropout",)
     tset = frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
     dense = arch.dense_layers
     nm_ = len(arch.moe_layers)
-    dense_sv = act.layer_saved(arch, d, s.rank, tset, s.attn.value, False) if dense else (0, 0, 0)
-    moe_sv = act.layer_saved(arch, d, s.rank, tset, s.attn.value, True) if nm_ else (0, 0, 0)
+    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn.value, False) if dense else (0, 0, 0)
+    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn.value, True) if nm_ else (0, 0, 0)
     first_is_moe = 0 in set(arch.moe_layers)
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
     first_sv = dense_sv if not first_is_moe else moe_sv
     if not s.grad_checkpointing and not s.full:
-        first_sv = act.layer_saved(arch, d, s.rank, tset, s.attn.value, first_is_moe, live_in=False)
+        first_sv = act.layer_saved(arch, d, s.rank, tset, attn.value, first_is_moe, live_in=False)
     # transformers 5 runs experts with grouped_mm (no per-expert autocast copies of the weights)
     moe_const_per_expert = 0
     work_dense = act.backward_working(arch, d, False, tset, s.rank) if dense else (0, 0, 0, 0)
@@ -163,10 +198,15 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
     # until the lm_head backward (peft's LoRA forward, as for any target)
     head_lora = 0
     if any(lin.group == "lm_head" for lin in targets):
-        xin = 4 if (not d.autocast or not d.cuda) else _promote_b(d.norm_w, d.resid)
+        xin = 4 if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
+    sw_layers = act.sliding_attention_layers(arch.model_type, arch.config, L)
+    sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn.value) if sw_layers else (0, 0)
     out = dict(
-        arch=arch, d=d, comps=tuple(Component(n, c_, b, note) for n, c_, b, note in comps), static=sum(x[2] for x in comps), grad_name="gradients/" + ("full" if s.full else "lora"), grad_total=grad_total,
+        sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
+        sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
+        d=d, comps=tuple(Component(n, c_, b, note) for n, c_, b, note in comps), static=sum(x[2] for x in comps),
+        grad_name="gradients/" + ("full" if s.full else "lora"), grad_total=grad_total,
         grad_per_layer=(grad_total - head_grad) // L, head_grad=head_grad, n_train=n_train,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, n_train, pbytes), L=L,
         dense=dense, nmoe=nm_, dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv, moe_cpe=moe_const_per_expert,
@@ -179,7 +219,7 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
         paged=paged, tied_extra=(2 * V * H * pbytes if (s.full and arch.tie_embeddings) else 0),
         n_targets=len(targets), notes=notes,
     )
-    _CACHE[key] = out
+    cache[key] = out
     return out
 
 
@@ -219,6 +259,13 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     moe_b = layer(st["moe_sv"], True) if st["nmoe"] else 0
     last_b = moe_b if st["last_moe"] else dense_b
     first_b = moe_b if st["first_moe"] else dense_b
+    # sliding-window layers under sdpa once seq reaches the window: repeated K/V + additive mask
+    sw_b = T * st["sw_tok"] + T * s_len * st["sw_quad"] if (st["sw_n"] and s_len >= st["window"]) else 0
+    if sw_b:
+        last_b += sw_b if st["sw_last"] else 0
+        first_b_sw = first_b + (sw_b if st["sw_first"] else 0)
+    else:
+        first_b_sw = first_b
     def working(w: tuple[int, int, int]) -> tuple[int, int]:
         """(gradient buffers, transient dequantized weight) at the layer backward's busiest point."""
         dq = int(w[3] * cal.fused_dequant_factor)
@@ -236,8 +283,9 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     else:
         inp = 4 * arch.hidden_size * T if st["d"].resid == 4 else 0
         first_nogc = layer(st["first_sv"], st["first_moe"]) + (inp if scenario.full else 0)
-        saved_all = st["dense"] * (dense_b + inp) + st["nmoe"] * (moe_b + inp) - first_b - inp + first_nogc
-        saved_first = first_nogc
+        saved_all = (st["dense"] * (dense_b + inp) + st["nmoe"] * (moe_b + inp) - first_b - inp + first_nogc
+                     + st["sw_n"] * sw_b)
+        saved_first = first_nogc + (sw_b if st["sw_first"] else 0)
         act_name, act_note = "activations/layers", "every decoder layer's saved tensors"
     grads_first = st["grad_total"] - st["grad_per_layer"]
     loss_b, loss_f = T * st["loss_bwd"], T * st["loss_fwd"]
@@ -245,7 +293,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         "loss backward": saved_all + fin + st["head_copy"] + loss_b,
         "loss forward": saved_all + fin + st["head_copy"] + loss_f,
         "last layer backward": saved_all + (last_b if gc else 0) + sum(work_last) + st["head_grad"],
-        "first layer backward": saved_first + (first_b if gc else 0) + sum(work_first) + grads_first,
+        "first layer backward": saved_first + (first_b_sw if gc else 0) + sum(work_first) + grads_first,
         "optimizer step": st["grad_total"] + st["opt_temp"],
     }
     if scenario.full:
@@ -278,7 +326,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         grads = st["head_grad"] if last else grads_first
         dyn = [(act_name, "activations", saved_all if last else saved_first, act_note)]
         if gc:
-            dyn.append(("activations/recompute", "activations", last_b if last else first_b,
+            dyn.append(("activations/recompute", "activations", last_b if last else first_b_sw,
                         "one decoder layer re-run by gradient checkpointing"))
         wk, dq = work_last if last else work_first
         dyn.append(("activations/backward", "activations", wk, "gradient buffers inside one layer's backward"))

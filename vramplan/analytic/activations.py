@@ -51,6 +51,17 @@ class Dtypes:
     """lora_dropout > 0 (peft inserts nn.Dropout, else nn.Identity)."""
     full: bool
     """Every weight trainable (no LoRA)."""
+    norm_keeps_dtype: bool = False
+    """RMSNorm returns its input's dtype whatever its weight's (Gemma: ``output.type_as(x)``, see
+    ``NORM_KEEPS_INPUT_DTYPE``); else ``weight * x.to(input_dtype)`` promotes to the weight's dtype."""
+    @property
+    def lora_input_cast(self) -> bool:
+        """peft casts the LoRA input to the fp32 adapter dtype: always in the plain ``lora.Linear``
+        (unquantized base, ``lora/layer.py``: unconditional ``_cast_input_dtype``); in the bitsandbytes
+        wrappers (``lora/bnb.py``) only when ``not torch.is_autocast_enabled()`` (no autocast, or the
+        CPU program, where that argument-less call reads CUDA's flag)."""
+        return not self.quantized or not self.autocast or not self.cuda
+
     cuda: bool = True
     """CUDA semantics (default). ``False`` reproduces what the CPU fake-tensor trace runs: peft's
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
@@ -58,8 +69,20 @@ class Dtypes:
     has x's dtype (CUDA's fused ``native_dropout`` keeps a bool mask)."""
 
 
+#: transformers 5.24 families whose RMSNorm computes in fp32 and casts back to the input's dtype
+#: (``modeling_gemma2.py`` / ``modeling_gemma3.py`` ``*RMSNorm.forward``: ``output.type_as(x)``), so an
+#: fp32 norm weight (TRL's cast) does not promote the residual stream as Llama's
+#: ``self.weight * hidden_states.to(input_dtype)`` does.
+NORM_KEEPS_INPUT_DTYPE = frozenset({"gemma", "gemma2", "gemma3_text", "gemma3"})
+
+
 def _promote(a: int, b: int) -> int:
     return a if a >= b else b
+
+
+def norm_out(d: Dtypes, x: int) -> int:
+    """Bytes per element of an RMSNorm's output for an input of ``x`` bytes."""
+    return x if d.norm_keeps_dtype else _promote(d.norm_w, x)
 
 
 class _Walk:
@@ -99,7 +122,7 @@ class _Walk:
         base (full) also saves its input (cast copy, or x itself).
         """
         d, lb = self.d, self.d.lora
-        convert = not d.autocast or not d.cuda  # peft's requires_conversion
+        convert = d.lora_input_cast
         shared_x = False
         out = xd
         out_live = live
@@ -161,7 +184,7 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
     if live:
         w.tok += 4 + (4 * H if d.resid != 4 else 0)
-    n1 = _promote(d.norm_w, d.resid)
+    n1 = norm_out(d, d.resid)
     # 2. q/k/v projections (fused qkv_proj on Phi-3) read the normalised x.
     if "qkv_proj" in lins:
         qd, lq = w.linears((lins["qkv_proj"],), n1, False, live)
@@ -176,7 +199,7 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     if arch.qk_norm:
         w.norm(hd, nh, lq)
         w.norm(hd, nkv, lk)
-        qd = _promote(d.norm_w, qd)
+        qd = norm_out(d, qd)
     # 4. RoPE saves cos/sin only (shared by all layers, b·s·head_dim: negligible).
     # 5. attention core: saves only if q, k or v needs a gradient.
     la = lq or lk or lv
@@ -201,12 +224,12 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
     if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
         w.norm(H, 1, lo)
-        od = _promote(d.norm_w, od)
+        od = norm_out(d, od)
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live or lo
     hd1 = _promote(d.resid, od)
     w.norm(H, 1, live)
-    n2 = _promote(d.norm_w, hd1)
+    n2 = norm_out(d, hd1)
     # 7. MLP.
     if not moe:
         I = arch.intermediate_size
@@ -222,7 +245,9 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
         w.linears((lins["down_proj"],), gd, False, lg or lu)
     else:
         E, k, M = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
-        ed = c if d.autocast else _promote(d.other_w, n2)
+        # transformers 5 ``integrations/moe.py::_grouped_mm`` casts the input to the expert weights' dtype
+        # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
+        ed = d.other_w
         if live:
             # router: fp32 softmax output (E) + top-k indices (int64) and weights.
             w.tok += 4 * E + 12 * k
@@ -232,10 +257,10 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
             # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
             # weight, gather index (int64).
             w.tok += k * (ed * (3 * M + H) + 8)
-            if "experts" in targets or not d.cuda:
-                # grouped_mm saves its inputs (gathered x: H, and the act product: M) when the expert
-                # weights are trainable (LoRA-wrapped by peft's ParamWrapper); transformers' CPU
-                # fallback kernel (the trace) saves them always.
+            if "experts" in targets:
+                # grouped_mm saves its inputs (gathered x: H, and the act product: M) only when the
+                # expert weights need a gradient (LoRA-wrapped by peft's ParamWrapper): torch
+                # ``derivatives.yaml`` ``_grouped_mm`` saves ``self`` for the ``mat2`` gradient.
                 w.tok += k * ed * (H + M)
             if "experts" in targets:
                 # the effective weight stacks W + B·A (``baddbmm``, E·(2M·H + H·M) in the experts'
@@ -277,7 +302,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
     """
     H, c = arch.hidden_size, d.c
-    n2 = _promote(d.norm_w, _promote(d.resid, c))
+    n2 = norm_out(d, _promote(d.resid, c))
     gd = n2 if d.quantized else (c if d.autocast else d.base_w)
     if moe:
         I = arch.shared_expert_intermediate_size or arch.experts_per_token * arch.moe_intermediate_size
@@ -288,7 +313,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
     w_down = lins[down].weight_params if down in lins else 0
     targeted = (down in targets) and not d.full
-    convert = not d.autocast or not d.cuda
+    convert = d.lora_input_cast
     xin = 4 if convert else gd
     lb = d.lora
     hpart = 3 * gd * H
@@ -301,8 +326,55 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     else:
         saves, a_lora, b = 0, 0, c * I
     a = max(a_lora, 3 * gd * I - saves) + hpart
+    if moe and "experts" in targets and not arch.shared_expert_intermediate_size:
+        # LoRA-wrapped routed experts: when the act·up backward runs, two of the recomputed layer's
+        # M-wide tensors per (token, expert) are already released: the act·up product grouped_mm saved
+        # for the down projection (freed by its backward) and the act output the product saved
+        # (checked against the trace's live tensors at the peak: Mixtral, Qwen3-MoE)
+        a = max(a - 2 * d.other_w * I, hpart)
     deq = c * w_down if d.quantized else 0
     a_fixed = 0
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
     return a, a_fixed, b + hpart, deq
+
+
+def sliding_attention_layers(model_type: str, cfg: dict, num_layers: int) -> tuple[int, ...]:
+    """Indices of the decoder layers whose attention is sliding-window, as transformers 5.24 decides:
+    1. config.json ``layer_types`` when given;
+    2. Gemma 3: layer i slides unless (i + 1) % ``sliding_window_pattern`` == 0 (default 6);
+       Gemma 2: even layers slide (``Gemma2Config``);
+    3. Mistral / Mixtral / Phi-3: every layer when ``sliding_window`` is set
+       (``create_sliding_window_causal_mask``);
+    4. Qwen2 / Qwen2-MoE: layers from ``max_window_layers`` on when ``use_sliding_window``."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sliding_attention")
+    if model_type in ("gemma3_text", "gemma3"):
+        p = cfg.get("sliding_window_pattern", 6) or 6
+        return tuple(i for i in range(num_layers) if (i + 1) % p)
+    if model_type == "gemma2":
+        return tuple(range(0, num_layers, 2))
+    if model_type in ("mistral", "mixtral", "phi3") and cfg.get("sliding_window"):
+        return tuple(range(num_layers))
+    if model_type in ("qwen2", "qwen2_moe") and cfg.get("use_sliding_window") and cfg.get("sliding_window"):
+        return tuple(range(cfg.get("max_window_layers", 0) or 0, num_layers))
+    return ()
+
+
+def sliding_sdpa_saved(arch: Arch, d: Dtypes, attn: str) -> tuple[int, int]:
+    """Extra bytes one sliding-window layer saves under sdpa once the sequence reaches the window
+    (the mask can no longer be skipped: ``masking_utils._ignore_causal_mask_sdpa`` needs
+    kv_length < window). Returns (per token, per token·s).
+
+    With a mask, transformers' ``sdpa_attention_forward`` does not let sdpa broadcast K/V over the
+    query groups (``use_gqa_in_sdpa`` requires no mask): ``repeat_kv`` materializes K and V with every
+    query head, which the kernel saves (ad·2·(q − kv) more per token); and the kernel turns the
+    boolean (b, 1, s, s) mask into an additive one in the attention dtype, which it saves
+    (ad per token·s). flash2 handles the window itself and eager already prices repeated K/V and the
+    scores, so only sdpa pays this."""
+    if attn != "sdpa":
+        return 0, 0
+    ad = d.c if d.autocast else _promote(d.resid, d.c)
+    q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
+    return ad * 2 * (q - kv), ad

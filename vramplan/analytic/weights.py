@@ -13,8 +13,10 @@ from __future__ import annotations
 CODE4_BYTES = 16 * 4
 #: Double-quant nested block size: bitsandbytes quantizes the absmax in blocks of 256.
 NESTED_BLOCK = 256
-#: The 256-entry fp32 "dynamic" code of the nested absmax; bitsandbytes caches it per device
-#: (``name2qmap``), so the whole model shares one.
+#: The 256-entry fp32 "dynamic" code of the nested absmax. bitsandbytes caches the table per device
+#: (``name2qmap``), but 0.50.2 ``functional.py::quantize_blockwise`` stores
+#: ``code.to(A.device, copy=True)`` in every QuantState it returns, so each double-quantized weight
+#: holds its own 1 KiB copy (``nested_code_bytes``).
 NESTED_CODE_BYTES = 256 * 4
 
 
@@ -26,8 +28,14 @@ def packed_4bit_bytes(n: int) -> int:
     return (n + 1) // 2
 
 
+def nested_code_bytes(tensors: int, double_quant: bool) -> int:
+    """The nested absmax's 256-entry fp32 code, one copy per double-quantized weight (see
+    ``NESTED_CODE_BYTES``): 1 KiB × tensors, 0 without double quantization."""
+    return tensors * NESTED_CODE_BYTES if double_quant else 0
+
+
 def quant_state_4bit_bytes(n: int, blocksize: int, double_quant: bool) -> int:
-    """Per-tensor 4-bit quantization state, excluding the shared nested code table.
+    """Per-tensor 4-bit quantization state, excluding the nested code table (``nested_code_bytes``).
 
     1. nb = ceil(n / B) absmax values, one per block.
     2. Without double quant: absmax is fp32 -> 4·nb, plus the 16-entry fp32 code (64 B).
@@ -54,3 +62,54 @@ def int8_weight_bytes(in_features: int, out_features: int) -> tuple[int, int]:
 def float_bytes(n: int, nbytes: int) -> int:
     """``n`` elements stored in a floating dtype of ``nbytes`` bytes each (2: bf16/fp16, 4: fp32)."""
     return n * nbytes
+
+
+#: Allocation granularity of the CUDA caching allocator (``c10/cuda/CUDACachingAllocator.cpp``
+#: ``kMinBlockSize``): a tensor of a few bytes still takes one 512 B block.
+ALLOC_BLOCK = 512
+
+#: transformers 5.24 families whose rotary module keeps one frequency set per attention layer type
+#: (``modeling_gemma3.py::Gemma3RotaryEmbedding``: ``{layer_type}_inv_freq`` for each of
+#: ``sorted(set(config.layer_types))``); every other family has a single ``inv_freq``.
+PER_LAYER_TYPE_ROTARY = frozenset({"gemma3_text", "gemma3"})
+
+#: Families whose embedding is ``*ScaledWordEmbedding`` with a scalar ``embed_scale`` buffer
+#: (``modeling_gemma2.py`` / ``modeling_gemma3.py``, ``nn.Buffer(torch.tensor(embed_scale))``).
+SCALED_EMBEDDING = frozenset({"gemma2", "gemma3_text", "gemma3"})
+
+
+def _blocks(nbytes: int) -> int:
+    return -(-nbytes // ALLOC_BLOCK) * ALLOC_BLOCK
+
+
+def attention_layer_types(cfg: dict, num_layers: int) -> tuple[str, ...]:
+    """Distinct attention layer types: config.json ``layer_types`` when given, else Gemma 3's
+    derivation from ``sliding_window_pattern`` (``Gemma3TextConfig``: layer i is full attention when
+    (i + 1) % pattern == 0, default pattern 6)."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return tuple(sorted(set(types[:num_layers])))
+    p = cfg.get("sliding_window_pattern", 6) or 6
+    return tuple(sorted({"full_attention" if (i + 1) % p == 0 else "sliding_attention"
+                         for i in range(num_layers)}))
+
+
+def model_buffer_bytes(model_type: str, head_dim: int, num_layers: int, cfg: dict) -> int:
+    """Non-parameter buffers of the transformers model, at the allocator's 512 B granularity.
+
+    1. Rotary embedding (``*RotaryEmbedding.__init__``, transformers 5.24): ``inv_freq`` and its
+       ``original_inv_freq`` clone, each ``dim / 2`` fp32 values, dim = head_dim ·
+       ``partial_rotary_factor`` (1 by default); one pair per attention layer type for
+       ``PER_LAYER_TYPE_ROTARY`` families, else one pair.
+    2. Gemma's scaled embedding: one scalar ``embed_scale`` (a 512 B block).
+    Each tensor is rounded up to 512 B, as the caching allocator (and the trace) count it: e.g.
+    Llama / Qwen3 (head_dim 128): 2 × round512(64 · 4) = 1,024 B.
+    """
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    factor = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else 1.0)
+    dim = int(head_dim * (factor or 1.0))
+    sets = len(attention_layer_types(cfg, num_layers)) if model_type in PER_LAYER_TYPE_ROTARY else 1
+    out = sets * 2 * _blocks(4 * (dim // 2))
+    if model_type in SCALED_EMBEDDING:
+        out += _blocks(1)
+    return out

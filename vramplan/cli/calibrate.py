@@ -77,7 +77,7 @@ def calibrate(profiles: tuple[str, ...], reference: bool, only: str | None, base
     """Fit the runtime constants (CUDA context, cuBLAS workspace, allocator reserve, dequant
     temporaries) from PROFILES (files or folders) and the reference rows, and write a calibration
     file for --calibration."""
-    from vramplan.calibrate import fit
+    from vramplan.calibrate import PRIORS, fit
     from vramplan.reference import load_reference
     from vramplan.validate import profile_points, reference_points
 
@@ -114,6 +114,9 @@ def calibrate(profiles: tuple[str, ...], reference: bool, only: str | None, base
     for c in result.constants:
         fmt = fmt_bytes if c.name.endswith("_bytes") else (lambda v: f"{v:.4g}")
         status = "fitted" if c.fitted else ("at bound" if c.note == "at its lower bound" else "kept")
+        if c.fitted and c.sigma is not None and c.sigma >= PRIORS[c.name][1]:
+            status = "fitted, weak"  # the data narrowed it no further than its prior
+            notes.append(f"{c.name}: ± 1σ is no narrower than the prior's ({fmt(PRIORS[c.name][1])})")
         if not c.fitted:
             notes.append(f"{c.name}: {c.note}")
         t.add_row(c.name, fmt(c.before), fmt(c.after), "—" if c.sigma is None else fmt(c.sigma), str(c.points),

@@ -137,9 +137,12 @@ def _register_flash2_standin() -> None:
 # ------------------------------------------------------------------------------ the model
 def _check_supported(arch: Arch, scenario: Scenario) -> None:
     if scenario.attn is Attn.SDPA and arch.attn_logit_softcapping:
+        # what from_pretrained(attn_implementation="sdpa") does for Gemma 2 (_supports_sdpa = False);
+        # vramplan.trace.trace and the analytic engine price the default request as eager instead
+        # (vramplan.analytic.effective_attention)
         raise TraceUnsupported(
-            f"{arch.name} soft-caps attention scores, which sdpa cannot do; use --attn eager"
-        )
+            f"{arch.name}: transformers refuses attn_implementation='sdpa' for this model (soft-capped "
+            "attention scores, _supports_sdpa = False); use --attn eager (or flash2)")
     if scenario.quant is Quant.INT8:
         raise TraceUnsupported("int8 (LLM.int8) layers are not supported by the trace yet; use nf4, fp4 or none")
 

@@ -1,4 +1,25 @@
-"""Where bitsandbytes' CPU code path allocates differently from the CUDA path users run.
+"""Where the CPU code path allocates differently from the CUDA path users run.
+
+The trace runs on CPU (fake tensors). With ``semantics="cuda"`` (the default) it emulates three CUDA
+behaviours, each at the op or call that differs, so the count is what the same program allocates on
+CUDA; ``semantics="cpu"`` leaves the CPU program exactly as it runs (fake-vs-real tests, CPU
+profiles):
+
+A. ``cuda_semantics()``: dropout. ``aten::dropout`` (``ATen/native/Dropout.cpp``) takes the fused
+   ``native_dropout`` only for CUDA inputs (``is_fused_kernel_acceptable``: ``input.is_cuda()``); on
+   CPU it is the composite ``input * bernoulli_mask / (1 - p)`` whose saved mask has the input's
+   dtype (2 or 4 B/element). On CUDA ``native_dropout`` saves a bool mask (1 B/element). Emulated by
+   routing ``torch.nn.functional.dropout`` (training, 0 < p < 1, not in place) through
+   ``torch.ops.aten.native_dropout``, whose CPU kernel also returns a bool mask.
+B. ``cuda_semantics()``: peft's CPU-only cast. peft 0.21.2 ``lora/bnb.py`` (``Linear8bitLt`` /
+   ``Linear4bit.forward``) sets ``requires_conversion = not torch.is_autocast_enabled()``; the
+   argument-less call reads CUDA's autocast flag, False under CPU autocast, so on CPU peft casts the
+   LoRA input to the fp32 adapter dtype (and the output back) even under autocast; on CUDA under
+   autocast it does not. Emulated by answering the argument-less ``torch.is_autocast_enabled()``
+   with the CPU autocast state that stands in for CUDA's (calls naming a device are unchanged).
+   The unconditional ``self._cast_input_dtype(x, lora_A.weight.dtype)`` of plain ``lora.Linear``
+   (``lora/layer.py``, unquantized bases) runs on both devices and is left alone.
+C. ``gemm_4bit_transient`` (below): bitsandbytes' in-kernel dequantization.
 
 An op-level trace (fake or real CPU) sees what an operator returns, not what it allocates and frees
 inside. bitsandbytes 0.50's CUDA kernel for ``bitsandbytes::gemm_4bit``
@@ -18,9 +39,44 @@ for some short shapes on some GPUs are not modelled.
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 from vramplan.hf.tracker import round_up
+
+#: The two modes of the trace: what the program allocates on CUDA (the product) or on CPU.
+SEMANTICS = ("cuda", "cpu")
+
+
+@contextlib.contextmanager
+def cuda_semantics(enabled: bool = True) -> Iterator[None]:
+    """Emulate behaviours A and B of the module docstring while the block runs (no-op if not ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    import torch
+    import torch.nn.functional as F
+
+    orig_dropout = F.dropout
+    orig_autocast = torch.is_autocast_enabled
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and not inplace and 0.0 < p < 1.0 and input.numel() > 0:
+            return torch.ops.aten.native_dropout(input, p, True)[0]
+        return orig_dropout(input, p, training, inplace)
+
+    def is_autocast_enabled(*args: Any, **kwargs: Any) -> bool:
+        if args or kwargs:
+            return orig_autocast(*args, **kwargs)
+        return orig_autocast() or orig_autocast("cpu")
+
+    F.dropout = dropout
+    torch.is_autocast_enabled = is_autocast_enabled
+    try:
+        yield
+    finally:
+        F.dropout = orig_dropout
+        torch.is_autocast_enabled = orig_autocast
 
 #: ``bitsandbytes/backends/cuda/ops.py``: rows above which CUDA dequantizes then calls F.linear.
 CUDA_CUSTOM_MAX_M = 1536

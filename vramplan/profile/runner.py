@@ -173,16 +173,18 @@ def predict(arch: Arch, scenario: Scenario, engines: tuple[str, ...], device_kin
     out: dict[str, Any] = {"analytic": None, "trace": None}
     notes: list[str] = []
     cal = prediction_calibration(device_kind, gpu_name)
+    sem = "cpu" if device_kind == "cpu" else "cuda"
     for engine in engines:
         try:
             if engine == "analytic":
                 from vramplan.analytic import estimate
 
-                b: Breakdown = estimate(arch, scenario, calibration=cal)
+                # a CPU profile runs the CPU program: price it with CPU semantics (vramplan.hf.cuda_path)
+                b: Breakdown = estimate(arch, scenario, calibration=cal, semantics=sem)
             elif engine == "trace":
                 from vramplan.trace import trace
 
-                b = trace(arch, scenario, calibration=cal)
+                b = trace(arch, scenario, calibration=cal, semantics=sem)
             else:
                 raise VramplanError(f"unknown engine '{engine}'")
         except ImportError as e:
