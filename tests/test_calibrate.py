@@ -11,6 +11,7 @@ from vramplan.calibrate import CalibrateError, fit, upper_bound_fraction
 from vramplan.calibration import Calibration, CalibrationError
 from vramplan.scenario import Scenario
 from vramplan.validate import Point
+from clihelp import one_line_exit2 as _one_line_exit2
 
 MiB = 1024**2
 TRUE = Calibration(cuda_context_bytes=700 * MiB, cublas_workspace_bytes=8 * MiB, allocator_reserve_fraction=0.09,
@@ -121,13 +122,6 @@ def test_shipped_default_states_what_it_was_fitted_on():
 
 
 # ------------------------------------------------------------------------------------- CLI
-def _one_line_exit2(cli_run, *args):
-    code, out, err = cli_run(*args)
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err + out
-    return lines[0]
 
 
 def test_cli_bad_calibration_file_exits_2(cli_run, tmp_path):
