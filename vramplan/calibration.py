@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, read_json_file
 
 MiB = 1024**2
 
@@ -117,15 +117,7 @@ class Calibration:
 
     @classmethod
     def load(cls, path: str | Path) -> "Calibration":
-        p = Path(path)
-        try:
-            text = p.read_text(encoding="utf-8")
-        except OSError as e:
-            raise CalibrationError(f"cannot read calibration file {p}: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CalibrationError(f"calibration file {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        data = read_json_file(path, "calibration file", CalibrationError)
         return cls.from_dict(data)
 
 

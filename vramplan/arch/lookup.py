@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.arch.spec import Arch, ArchError
+from vramplan.errors import read_json_file
 
 
 class ModelNotFound(ArchError):
@@ -91,14 +92,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         path = path / "config.json"
         if not path.is_file():
             raise ModelNotFound(f"no config.json in directory {path.parent}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ModelNotFound(f"cannot read {path}: {e.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ArchError(f"malformed config.json {path}: {e.msg} at line {e.lineno}") from None
+    data = read_json_file(path, "config.json", ArchError)
     if not isinstance(data, dict):
         raise ArchError(f"malformed config.json {path}: expected a JSON object")
     return data
