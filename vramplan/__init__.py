@@ -21,11 +21,12 @@ __all__ = ["Arch", "Breakdown", "Component", "Scenario", "VramplanError", "estim
 
 
 def estimate(model: "str | Arch", scenario: Scenario | None = None, *, method: str = "analytic",
-             calibration: Any = None, **scenario_fields: Any) -> Breakdown:
+             calibration: Any = None, device: str | None = None, **scenario_fields: Any) -> Breakdown:
     """Memory budget of one training step of ``model`` under ``scenario`` (or the given fields).
 
     ``method`` is ``analytic`` (instant, no torch) or ``trace`` (fake-tensor dry run; needs the
-    ``[torch]`` extra).
+    ``[torch]`` extra). ``calibration`` sets the runtime constants of either engine; ``device`` picks
+    the analytic engine's per-device constants. The one dispatch the CLI and the charts use too.
     """
     arch = model if isinstance(model, Arch) else resolve(model)
     if scenario is None:
@@ -35,9 +36,9 @@ def estimate(model: "str | Arch", scenario: Scenario | None = None, *, method: s
     if method == "analytic":
         from vramplan.analytic import estimate as analytic_estimate
 
-        return analytic_estimate(arch, scenario, calibration=calibration)
+        return analytic_estimate(arch, scenario, calibration=calibration, device=device)
     if method == "trace":
         from vramplan.trace import trace
 
-        return trace(arch, scenario)
+        return trace(arch, scenario, calibration=calibration)
     raise VramplanError(f"unknown method '{method}' (choose analytic or trace)")

@@ -11,13 +11,15 @@ from vramplan.cli.options import pop_scenario, scenario_options
 
 
 def headroom(bd: Any, gpu_name: str, cal: Any) -> dict[str, Any]:
-    """What is left on ``gpu_name`` after the process total (usable = memory less driver reserve
-    less CUDA context, so compared with reserved + managed memory)."""
+    """What is left on ``gpu_name`` after the point estimate's reserved + managed memory, the
+    planner's own comparison (``vramplan.plan.need_bytes``) against memory less driver reserve and
+    CUDA context."""
     from vramplan.gpus import find_gpu
+    from vramplan.plan import need_bytes
 
     gpu = find_gpu(gpu_name)
     usable = gpu.usable(cal)
-    need = bd.total_bytes - sum(c.bytes for c in bd.runtime if c.category == "context")
+    need, _ = need_bytes(bd, "point")
     return {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes, "usable_bytes": usable,
             "needed_bytes": need, "headroom_bytes": usable - need, "fits": usable >= need}
 
@@ -41,14 +43,9 @@ def estimate(**kwargs: Any) -> None:
 
     arch = resolve(model)
     cal = Calibration.load(cal_file) if cal_file else default_calibration()
-    if method == "analytic":
-        from vramplan.analytic import estimate as analytic
+    from vramplan import estimate as run_engine
 
-        bd = analytic(arch, scenario, calibration=cal)
-    else:
-        from vramplan.trace import trace
-
-        bd = trace(arch, scenario, calibration=cal)
+    bd = run_engine(arch, scenario, method=method, calibration=cal)
     room = headroom(bd, gpu_name, cal) if gpu_name else None
     if as_json:
         from vramplan.report import estimate_json

@@ -60,16 +60,9 @@ def gpu_limit(gpu: str | None = None, memory: str | None = None) -> tuple[Limit,
 def breakdown(arch: "Arch | str", scenario: Scenario, *, method: str = "analytic", calibration: Any = None,
               device: str | None = None) -> Breakdown:
     """One breakdown from the analytic engine (with the device's calibration) or the trace."""
-    a = arch if isinstance(arch, Arch) else resolve(arch)
-    if method == "analytic":
-        from vramplan.analytic import estimate
+    from vramplan import estimate
 
-        return estimate(a, scenario, calibration=calibration, device=device)
-    if method == "trace":
-        from vramplan.trace import trace
-
-        return trace(a, scenario)
-    raise VramplanError(f"unknown method '{method}' (choose analytic or trace)")
+    return estimate(arch, scenario, method=method, calibration=calibration, device=device)
 
 
 # ------------------------------------------------------------------------------------ sweeps
