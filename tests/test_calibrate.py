@@ -194,3 +194,14 @@ def test_figures_no_constant_moves_do_not_change_the_fit():
     r2 = fit(a + noise, Calibration(), estimator=stub_estimate).calibration
     for name in ("cuda_context_bytes", "allocator_reserve_fraction", "cublas_workspace_bytes"):
         assert getattr(r2, name) == pytest.approx(getattr(r1, name), rel=1e-6), name
+
+
+def test_for_device_matches_whole_words():
+    """Per-device constants go to the right card: 'A10' must not take A100's, and the most specific
+    kind wins."""
+    cal = Calibration(per_device={"A100": {"cuda_context_bytes": 1}, "A10": {"cuda_context_bytes": 2},
+                                  "A100 80GB": {"cuda_context_bytes": 3}})
+    assert cal.for_device("NVIDIA A10").cuda_context_bytes == 2
+    assert cal.for_device("NVIDIA A100-SXM4-40GB").cuda_context_bytes == 1
+    assert cal.for_device("A100 80GB").cuda_context_bytes == 3
+    assert cal.for_device("H100").cuda_context_bytes == Calibration().cuda_context_bytes

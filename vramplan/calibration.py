@@ -9,6 +9,7 @@ with the package lives in ``vramplan/data/calibration.json`` (see its ``fitted_o
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
@@ -83,7 +84,9 @@ class Calibration:
             replace(self, per_device={}, **over)  # validates the values
 
     def for_device(self, device: str | None) -> "Calibration":
-        """The constants for a device kind (matched case-insensitively as a substring), else self.
+        """The constants for a device kind, else self. A kind matches when its words appear, in
+        order and whole, among the device name's ("A100" matches "NVIDIA A100-SXM4-80GB" but not
+        "A10"), case-insensitively.
 
         ``cpu`` has no CUDA runtime: context, workspace and allocator reserve are zero there (a
         ``per_device['cpu']`` entry may still override them).
@@ -92,10 +95,11 @@ class Calibration:
             over = {**CPU_RUNTIME, **self.per_device.get("cpu", {})}
             return replace(self, device="cpu", per_device={}, **over)
         if device:
-            key = device.lower()
-            for kind, over in self.per_device.items():
-                if kind.lower() in key or key in kind.lower():
-                    return replace(self, device=kind, per_device={}, **over)
+            words = _words(device)
+            hits = [kind for kind in self.per_device if _contains(words, _words(kind))]
+            if hits:  # the most specific kind wins ("A100 80GB" over "A100")
+                kind = max(hits, key=lambda k: len(_words(k)))
+                return replace(self, device=kind, per_device={}, **self.per_device[kind])
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +123,15 @@ class Calibration:
     def load(cls, path: str | Path) -> "Calibration":
         data = read_json_file(path, "calibration file", CalibrationError)
         return cls.from_dict(data)
+
+
+def _words(name: str) -> tuple[str, ...]:
+    return tuple(w for w in re.split(r"[^0-9a-z]+", name.lower()) if w)
+
+
+def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
+    n = len(part)
+    return n > 0 and any(words[i:i + n] == part for i in range(len(words) - n + 1))
 
 
 @lru_cache(maxsize=1)
