@@ -43,6 +43,23 @@ _EXTRA: list[tuple[str, int, dict[str, Any]]] = [
     *[(m, 2, dict(seq=1024, quant="none", grad_checkpointing=False, **kw)) for m in ("Qwen3-14B", "Llama-3.2-1B")
       for kw in ({}, {"recipe": "plain", "lora_dropout": 0.0})],
     ("Llama-2-7b", 2, dict(seq=512, quant="none", full=True, grad_checkpointing=False)),
+    # pure 16-bit loops without autocast (torchtune, AnswerDotAI fsdp_qlora): adapters in fp32 (peft's
+    # default) or bf16, the transformers <= 4.44 loss, logits held by the loop, bitsandbytes < 0.43.2
+    *[(m, 2, {**dict(seq=1024, batch=2, recipe="plain", autocast=False, lora_dropout=0.1, rank=64), **kw})
+      for m in ("Llama-2-7b", "Qwen3-14B") for kw in (
+          {}, {"grad_checkpointing": False}, {"adapter_dtype": "bf16"}, {"lora_dropout": 0.0},
+          {"adapter_dtype": "bf16", "loss": "legacy", "hold_logits": "step"},
+          {"adapter_dtype": "bf16", "loss": "legacy", "hold_logits": "step", "bnb_keeps_input": True},
+          {"adapter_dtype": "bf16", "bnb_keeps_input": True, "grad_checkpointing": False},
+          {"adapter_dtype": "bf16", "bnb_keeps_input": True, "lora_dropout": 0.0},
+          {"quant": "none", "adapter_dtype": "bf16", "loss": "legacy", "hold_logits": "loop"},
+          {"quant": "none", "adapter_dtype": "bf16", "targets": ("q_proj", "v_proj")},
+      )],
+    *[("Llama-3.2-1B", 2, dict(seq=1024, **kw)) for kw in (
+        {"hold_logits": "loop"}, {"loss": "legacy"}, {"loss": "legacy", "hold_logits": "step"},
+        {"recipe": "trl", "bnb_keeps_input": True}, {"bnb_keeps_input": True, "lora_dropout": 0.0},
+        {"optimizer": "adamw8bit", "recipe": "plain", "autocast": False, "adapter_dtype": "bf16"})],
+    ("gemma-2-2b", 2, dict(seq=1024, attn="eager", loss="legacy", hold_logits="loop")),
 ]
 
 

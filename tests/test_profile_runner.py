@@ -111,7 +111,7 @@ def oom_at_seq(monkeypatch):
     calls: dict[int, int] = {}
 
     def set_seq(bad_seq):
-        def train_step(model, optimizer, batch, scenario, on_phase=None):
+        def train_step(model, optimizer, batch, scenario, on_phase=None, **kw):
             calls[scenario.seq] = calls.get(scenario.seq, 0) + 1
 
             def phase(name):
@@ -120,7 +120,7 @@ def oom_at_seq(monkeypatch):
                 if name == "forward" and scenario.seq == bad_seq and calls[scenario.seq] == 2:
                     raise MemoryError("simulated: cannot allocate 2.00 GiB")
 
-            real(model, optimizer, batch, scenario, on_phase=phase)
+            real(model, optimizer, batch, scenario, on_phase=phase, **kw)
 
         monkeypatch.setattr(build, "train_step", train_step)
 

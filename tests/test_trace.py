@@ -223,9 +223,9 @@ def test_data_dependent_op_becomes_a_clear_error(monkeypatch):
 
     orig = B.train_step
 
-    def reads_values(model, optimizer, batch, scenario, on_phase=None):
+    def reads_values(model, optimizer, batch, scenario, on_phase=None, **kw):
         batch["input_ids"].nonzero()  # output shape depends on the data
-        return orig(model, optimizer, batch, scenario, on_phase)
+        return orig(model, optimizer, batch, scenario, on_phase, **kw)
 
     monkeypatch.setattr(B, "train_step", reads_values)
     with pytest.raises(VramplanError, match="fake tensors cannot trace"):

@@ -48,7 +48,8 @@ GPUS = {
 
 #: Scenario columns, in CSV order. Empty scenario = not expressible at all.
 SCENARIO_COLS = ("quant", "double_quant", "blocksize", "dtype", "rank", "targets", "lora_dropout", "full",
-                 "grad_checkpointing", "attn", "optimizer", "recipe", "autocast", "seq", "batch")
+                 "grad_checkpointing", "attn", "optimizer", "recipe", "autocast", "seq", "batch",
+                 "adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
 COLUMNS = ("id", "source_row", "model", "registry_model", "framework", "gpu", "gpu_memory_bytes",
            "num_gpus", "measurement", "measured_bytes", "measured_gib", "reported_value", "unit_basis",
            "confidence", "scope", "reason", "caveats") + SCENARIO_COLS + ("source", "quote", "notes")
@@ -70,7 +71,7 @@ TT_COMPILE = "torchtune with torch.compile and chunked cross-entropy (CEWithChun
 def _litgpt23(seq: int, quant: str, dq: bool, batch: int = 1) -> dict:
     sc = dict(quant=quant, double_quant=dq, rank=8, targets=QV, lora_dropout=0.05, grad_checkpointing=False,
               attn="sdpa", optimizer="adamw" if quant == "none" else "paged_adamw", recipe="plain",
-              autocast=False, seq=seq, batch=batch)
+              autocast=False, seq=seq, batch=batch, bnb_keeps_input=quant != "none")
     return sc
 
 
@@ -78,19 +79,28 @@ def _litgpt24(quant: str, rank: int, batch: int, targets: str = QV, full: bool =
     return dict(quant=quant, double_quant=False, rank=rank, targets=targets, lora_dropout=0.05, full=full,
                 grad_checkpointing=False, attn="sdpa",
                 optimizer="adamw" if quant == "none" else "paged_adamw", recipe="plain", autocast=False,
-                seq=512, batch=batch)
+                seq=512, batch=batch)  # 2024: bitsandbytes >= 0.43.2
 
 
 def _fsdp(quant: str, batch: int, seq: int = 2048) -> dict:
+    """AnswerDotAI fsdp_qlora train.py (Mar 2024): pure bf16 (LoRA weights bf16: peft casts adapters to
+    the bf16 quant_storage / weight dtype; AdamW state follows), labels passed to a transformers 4.38
+    model (fp32 logits in the output + shifted copy), ``output`` deleted after the optimizer step,
+    bitsandbytes 0.43.0 (< 0.43.2: 4-bit layer inputs saved)."""
     return dict(quant=quant, double_quant=True, rank=64, targets="all-linear", lora_dropout=0.1,
                 grad_checkpointing=True, attn="sdpa", optimizer="adamw", recipe="plain", autocast=False,
-                seq=seq, batch=batch)
+                seq=seq, batch=batch, adapter_dtype="bf16", loss="legacy", hold_logits="step",
+                bnb_keeps_input=quant != "none")
 
 
 def _tt(quant: str, targets: str, rank: int, batch: int, seq: int, ckpt: bool = True) -> dict:
+    """torchtune 2024 single-device LoRA recipe: model built in bf16 (adapters bf16,
+    ``validate_expected_param_dtype``), ``TransformerDecoder`` returns ``self.output(h).float()``, the
+    recipe rebinds ``logits`` to the shifted contiguous copy and keeps it through backward and the
+    next forward (never deleted)."""
     return dict(quant=quant, double_quant=True, rank=rank, targets=targets, lora_dropout=0.05,
                 grad_checkpointing=ckpt, attn="sdpa", optimizer="adamw", recipe="plain", autocast=False,
-                seq=seq, batch=batch)
+                seq=seq, batch=batch, adapter_dtype="bf16", loss="legacy", hold_logits="loop")
 
 
 # ------------------------------------------------------------------ per-row decisions
@@ -237,7 +247,8 @@ DECISIONS: dict[int, dict] = {
 
 DEFAULTS = dict(quant="nf4", double_quant=True, blocksize=64, dtype="bf16", rank=8, targets="all-linear",
                 lora_dropout=0.05, full=False, grad_checkpointing=True, attn="sdpa", optimizer="adamw",
-                recipe="hf-peft", autocast=True, seq=2048, batch=1)
+                recipe="hf-peft", autocast=True, seq=2048, batch=1, adapter_dtype="fp32", loss="hf",
+                hold_logits="none", bnb_keeps_input=False)
 
 
 def _bytes(row: dict) -> tuple[int, str]:

@@ -42,6 +42,8 @@ DATA = Path(__file__).resolve().parent / "data"
 SCOPES = ("in", "verdict", "out")
 SCENARIO_COLS = ("quant", "double_quant", "blocksize", "dtype", "rank", "targets", "lora_dropout", "full",
                  "grad_checkpointing", "attn", "optimizer", "recipe", "autocast", "seq", "batch")
+#: Scenario columns added later: optional in a reference CSV (absent or empty -> the Scenario default).
+OPTIONAL_SCENARIO_COLS = ("adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
 REQUIRED = ("id", "model", "registry_model", "framework", "gpu", "gpu_memory_bytes", "measurement",
             "measured_bytes", "reported_value", "scope", "reason", "source") + SCENARIO_COLS
 
@@ -142,6 +144,10 @@ def _scenario(rec: dict[str, str], where: str) -> Scenario | None:
                 raise ReferenceError(f"{where} lora_dropout: expected a number, got {v!r}") from None
         else:
             kw[col] = v
+    for col in OPTIONAL_SCENARIO_COLS:
+        v = (rec.get(col) or "").strip()
+        if v:
+            kw[col] = _bool(v, f"{where} {col}") if col == "bnb_keeps_input" else v
     try:
         return Scenario(**kw)
     except VramplanError as e:

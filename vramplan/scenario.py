@@ -101,6 +101,32 @@ class Recipe(_Choice):
     """Everything left in the compute dtype."""
 
 
+class Loss(_Choice):
+    """Where the logits are upcast and shifted for the causal-LM loss."""
+
+    HF = "hf"
+    """transformers ≥ 4.46 (``loss_utils.py::ForCausalLMLoss``): the model returns logits in the
+    compute dtype; the loss upcasts them to fp32 and shifts the labels, not the logits."""
+    LEGACY = "legacy"
+    """transformers ≤ 4.44 (e.g. 4.38 ``LlamaForCausalLM.forward``): ``logits = logits.float()``
+    inside the model (``output.logits`` is fp32), then ``logits[..., :-1, :].contiguous()`` and
+    ``CrossEntropyLoss``; torchtune's 2024 recipes compute the same copies."""
+
+
+class Hold(_Choice):
+    """How long the training loop keeps the model output (and its logits) referenced."""
+
+    NONE = "none"
+    """Dropped before backward: the HF ``Trainer.compute_loss`` keeps only the loss."""
+    STEP = "step"
+    """Through backward and the optimizer step, deleted before the next forward
+    (``outputs = model(**batch); outputs.loss.backward(); opt.step(); outputs = None``, as
+    AnswerDotAI fsdp_qlora's ``train.py`` does)."""
+    LOOP = "loop"
+    """Never deleted: the previous step's output lives until the next forward returns and rebinds
+    the name (a plain loop without ``del``; torchtune's 2024 recipes hold their shifted logits so)."""
+
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -132,10 +158,21 @@ class Scenario:
     recipe: Recipe = Recipe.HF_PEFT
     autocast: bool = True
     """Forward under ``torch.autocast(dtype)`` as the HF Trainer runs it with ``bf16=True``."""
+    adapter_dtype: Dtype = Dtype.FP32
+    """Storage dtype of the LoRA A/B weights, their gradients and AdamW state. fp32 is peft's
+    default (``get_peft_model(..., autocast_adapter_dtype=True)`` upcasts 16-bit adapters); the
+    compute dtype is what ``autocast_adapter_dtype=False``, torchtune and pure-bf16 loops keep."""
+    loss: Loss = Loss.HF
+    hold_logits: Hold = Hold.NONE
+    """Whether the training loop keeps the model output (and its logits) past the loss; see ``Hold``."""
+    bnb_keeps_input: bool = False
+    """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever
+    that input needs a gradient, although only the weight is used (0.43.2 keeps the weight only)."""
 
     def __post_init__(self) -> None:
-        for name in ("quant", "dtype", "attn", "optimizer", "recipe"):
-            enum = {"quant": Quant, "dtype": Dtype, "attn": Attn, "optimizer": Optim, "recipe": Recipe}[name]
+        enums = {"quant": Quant, "dtype": Dtype, "attn": Attn, "optimizer": Optim, "recipe": Recipe,
+                 "adapter_dtype": Dtype, "loss": Loss, "hold_logits": Hold}
+        for name, enum in enums.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
         targets = self.targets
         if isinstance(targets, str):
@@ -158,6 +195,15 @@ class Scenario:
                 f"--full fine-tunes every weight and cannot train a {self.quant.value}-quantized base; "
                 "use --quant none"
             )
+        if self.adapter_dtype not in (Dtype.FP32, self.dtype):
+            raise ScenarioError(
+                f"adapter_dtype {self.adapter_dtype.value} conflicts with dtype {self.dtype.value}: LoRA adapters "
+                f"are kept in fp32 (peft's default) or in the compute dtype ({self.dtype.value})")
+        if self.full and self.adapter_dtype is not Dtype.FP32:
+            raise ScenarioError("adapter_dtype applies to LoRA adapters; --full trains the base weights in --dtype")
+        if self.bnb_keeps_input and not self.quantized_4bit:
+            raise ScenarioError(
+                f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:

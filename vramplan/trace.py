@@ -183,6 +183,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
                 }
             else:
                 batch = B.synthetic_batch(arch, scenario, "cpu", seed=seed)
+            carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 tr.reset_peak()
                 phases: dict[str, tuple[int, dict[str, int]]] = {}
@@ -209,7 +210,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
                 state["mark"] = mark_loss_backward
                 tr.label = "activations/saved"
                 try:
-                    B.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
+                    B.train_step(model, optimizer, batch, scenario, on_phase=on_phase, carry=carry)
                 except _data_dependent_errors() as e:
                     raise B.TraceUnsupported(
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
@@ -217,6 +218,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
                     ) from None
                 run.steps.append(StepFigures(phases))
             run.managed_bytes = tr.live_by_category().get("managed/paged_optimizer", 0)
+            carry.clear()
     run.seconds = time.perf_counter() - t0
     return run
 

@@ -27,14 +27,15 @@ from vramplan.analytic.runtime import runtime_components as _runtime_components
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Breakdown, Component
 from vramplan.calibration import Calibration, default_calibration
-from vramplan.scenario import Attn, Quant, Recipe, Scenario
+from vramplan.scenario import Attn, Hold, Loss, Quant, Recipe, Scenario
 
 
 def _promote_b(a: int, b: int) -> int:
     return a if a >= b else b
 
 
-__all__ = ["estimate", "runtime_components", "paged_optimizer_bytes", "static_terms", "effective_attention"]
+__all__ = ["estimate", "runtime_components", "paged_optimizer_bytes", "static_terms", "effective_attention",
+           "loss_workspace_bytes"]
 
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
@@ -77,8 +78,8 @@ def _dtypes(s: Scenario, cuda: bool = True, model_type: str = "") -> act.Dtypes:
     resid = embed_w if keeps else (4 if up else c)
     return act.Dtypes(
         c=c, autocast=autocast, resid=resid, resid0=embed_w, norm_w=norm_w, base_w=base_w,
-        other_w=4 if up else c, lora=c if autocast else 4,
-        quantized=s.quant is not Quant.NONE, dropout=s.lora_dropout > 0, full=s.full, norm_keeps_dtype=keeps,
+        other_w=4 if up else c, lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
+        bnb_keeps_input=s.bnb_keeps_input, quantized=s.quant is not Quant.NONE, dropout=s.lora_dropout > 0, full=s.full, norm_keeps_dtype=keeps,
         cuda=cuda)
 
 
@@ -92,7 +93,8 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
     if cache is None:
         cache = arch.__dict__[_CACHE_ATTR] = {}
     key = (semantics, s.rank, s.quant, s.double_quant, s.blocksize, s.dtype, s.targets, s.lora_dropout > 0,
-           s.full, s.grad_checkpointing, s.attn, s.optimizer, s.recipe, s.autocast)
+           s.full, s.grad_checkpointing, s.attn, s.optimizer, s.recipe, s.autocast, s.adapter_dtype, s.loss,
+           s.hold_logits, s.bnb_keeps_input)
     hit = cache.get(key)
     if hit is not None:
         return hit
@@ -152,9 +154,9 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
         moe_lora = ad.expert_lora_tensors(arch, s.targets, s.rank)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + moe_lora
         n_train = sum(n * k for n, k in sizes)
-        pbytes = ad.LORA_BYTES
+        pbytes = s.adapter_dtype.nbytes
         comps.append(("adapter/lora", "adapter", n_train * pbytes,
-                      f"LoRA A/B, {len(targets)} target kinds, fp32"))
+                      f"LoRA A/B, {len(targets)} target kinds, {s.adapter_dtype.value}"))
     opt_bytes = opt.optimizer_state_bytes(s.optimizer, sizes, pbytes)
     paged = 0
     if s.optimizer.paged:
@@ -198,7 +200,7 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
     # until the lm_head backward (peft's LoRA forward, as for any target)
     head_lora = 0
     if any(lin.group == "lm_head" for lin in targets):
-        xin = 4 if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
+        xin = d.adapter if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
     sw_layers = act.sliding_attention_layers(arch.model_type, arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn.value) if sw_layers else (0, 0)
@@ -213,8 +215,9 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
         last_moe=(L - 1) in set(arch.moe_layers), first_moe=first_is_moe,
         work_dense=work_dense, work_moe=work_moe, deq=deq,
         head_copy=lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w),
-        loss_fwd=lg.loss_forward_bytes_per_token(V, ld, softcap),
-        loss_bwd=lg.loss_backward_bytes_per_token(V, ld, softcap),
+        loss_args=(V, ld, softcap), legacy=s.loss is Loss.LEGACY,
+        held=lg.held_logits_bytes(V, ld, 1, s.loss is Loss.LEGACY, s.hold_logits is not Hold.NONE),
+        held_forward=s.hold_logits is Hold.LOOP,
         fin=4 * H + 4 + head_lora + (c * H if s.full else 0), ckpt0=d.resid0 * H, ckpt=d.resid * H,
         paged=paged, tied_extra=(2 * V * H * pbytes if (s.full and arch.tie_embeddings) else 0),
         n_targets=len(targets), notes=notes,
@@ -226,6 +229,18 @@ def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> dict[str, 
 def paged_optimizer_bytes(arch: Arch, scenario: Scenario) -> int:  # noqa: D401
     """State bytes of a paged optimizer (in CUDA managed memory); 0 for unpaged ones."""
     return static_terms(arch, scenario)["paged"]
+
+
+def loss_workspace_bytes(arch: Arch, scenario: Scenario, semantics: str = "cuda") -> int:
+    """Bytes the loss holds at its busiest moment, whichever phase the step's peak falls in: the
+    larger of the loss forward and the loss backward (``logits.loss_forward_bytes`` /
+    ``loss_backward_bytes``), plus the logits a loop keeps (``held_logits_bytes``). The caching
+    allocator's reserve grows with it (``runtime.allocator_reserve_bytes``)."""
+    st = static_terms(arch, scenario, semantics)
+    T = scenario.seq * scenario.batch
+    T1 = scenario.batch * (scenario.seq - 1)
+    return (max(lg.loss_backward_bytes(*st["loss_args"], T, T1, st["legacy"]),
+                lg.loss_forward_bytes(*st["loss_args"], T, T1, st["legacy"])) + T * st["held"])
 
 
 def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = None,
@@ -288,7 +303,10 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         saved_first = first_nogc + (sw_b if st["sw_first"] else 0)
         act_name, act_note = "activations/layers", "every decoder layer's saved tensors"
     grads_first = st["grad_total"] - st["grad_per_layer"]
-    loss_b, loss_f = T * st["loss_bwd"], T * st["loss_fwd"]
+    T1 = scenario.batch * (s_len - 1)
+    loss_b = lg.loss_backward_bytes(*st["loss_args"], T, T1, st["legacy"])
+    loss_f = lg.loss_forward_bytes(*st["loss_args"], T, T1, st["legacy"])
+    held = T * st["held"]
     phases = {
         "loss backward": saved_all + fin + st["head_copy"] + loss_b,
         "loss forward": saved_all + fin + st["head_copy"] + loss_f,
@@ -300,6 +318,9 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         # full fine-tuning, tied embeddings: the embedding backward builds a second V·H gradient and
         # autograd accumulates it into lm_head's (a third buffer) while every other gradient exists
         phases["embedding backward"] = st["grad_total"] + st["tied_extra"] + T * arch.hidden_size * 4
+    if held:  # the loop's ``outputs``: this step's logits through backward and the optimizer step,
+        # (Hold.LOOP) the previous step's through this forward
+        phases = {k: v + (held if (k != "loss forward" or st["held_forward"]) else 0) for k, v in phases.items()}
     phase = max(phases, key=phases.__getitem__)
     comps = list(st["comps"])
     if phase == "loss backward" or phase == "loss forward":
@@ -309,8 +330,9 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
                ("temporary/lm_head_autocast_copy", "temporary", st["head_copy"],
                 "bf16 copy of the fp32 lm_head weight saved under autocast"),
                ("logits/loss", "logits", loss_b if phase == "loss backward" else loss_f,
-                "fp32 log-softmax output + gradients, b·s·V" if phase == "loss backward"
-                else "logits + fp32 upcast + log-softmax output, b·s·V"),
+                ("fp32 log-softmax output + gradients, b·s·V" if phase == "loss backward"
+                 else "logits + fp32 upcast + log-softmax output, b·s·V")
+                + (" (legacy loss: shifted fp32 copy)" if st["legacy"] else "")),
                ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")]
     elif phase == "embedding backward":
         grads = st["grad_total"]
@@ -331,6 +353,9 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         wk, dq = work_last if last else work_first
         dyn.append(("activations/backward", "activations", wk, "gradient buffers inside one layer's backward"))
         dyn.append(("temporary/dequant", "temporary", dq, "largest 4-bit weight dequantized to the compute dtype"))
+    if held and (phase != "loss forward" or st["held_forward"]):
+        dyn.append(("logits/held_output", "logits", held,
+                    "model output kept by the training loop: " + ("fp32 " if st["legacy"] else "") + "logits, b·s·V"))
     comps.append(Component(st["grad_name"], "gradients", grads,
                            "gradients alive at the peak (set to None after each step)"))
     comps.extend(Component(n, c, b, note) for n, c, b, note in dyn)

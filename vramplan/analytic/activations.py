@@ -44,19 +44,23 @@ class Dtypes:
     other_w: int
     """Bytes of routers and fused experts."""
     lora: int
-    """Bytes of the LoRA matmul operands: c under autocast, else the adapter dtype (fp32)."""
+    """Bytes of the LoRA matmul operands: c under autocast, else the adapter dtype."""
     quantized: bool
     """Base linears are bitsandbytes layers (save no activations, output in the input's dtype)."""
     dropout: bool
     """lora_dropout > 0 (peft inserts nn.Dropout, else nn.Identity)."""
     full: bool
     """Every weight trainable (no LoRA)."""
+    adapter: int = 4
+    """LoRA weight bytes (``Scenario.adapter_dtype``): the dtype peft casts the LoRA input to."""
+    bnb_keeps_input: bool = False
+    """bitsandbytes < 0.43.2: a 4-bit layer saves its input whenever it needs a gradient."""
     norm_keeps_dtype: bool = False
     """RMSNorm returns its input's dtype whatever its weight's (Gemma: ``output.type_as(x)``, see
     ``NORM_KEEPS_INPUT_DTYPE``); else ``weight * x.to(input_dtype)`` promotes to the weight's dtype."""
     @property
     def lora_input_cast(self) -> bool:
-        """peft casts the LoRA input to the fp32 adapter dtype: always in the plain ``lora.Linear``
+        """peft casts the LoRA input to the adapter dtype: always in the plain ``lora.Linear``
         (unquantized base, ``lora/layer.py``: unconditional ``_cast_input_dtype``); in the bitsandbytes
         wrappers (``lora/bnb.py``) only when ``not torch.is_autocast_enabled()`` (no autocast, or the
         CPU program, where that argument-less call reads CUDA's flag)."""
@@ -148,7 +152,7 @@ class _Walk:
             if lin.name not in self.targets:
                 continue
             out_live = True
-            xin = 4 if convert else xd  # dtype entering dropout / lora_A
+            xin = d.adapter if convert else xd  # dtype entering dropout / lora_A
             if d.dropout:
                 if live:
                     self.tok += i * (1 if d.cuda else xin)
@@ -160,8 +164,13 @@ class _Walk:
             self.tok += lb * self.r
             if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
                 self.const += d.c * self.r * (i + lin.out_features)
+        lora_x = (d.adapter if (convert and not d.full) else xd) if shared_x else 0
         if shared_x and not x_saved:
-            self.tok += (4 if (convert and not d.full) else xd) * group[0].in_features
+            self.tok += lora_x * group[0].in_features
+        if d.quantized and d.bnb_keeps_input and live and not d.full and not x_saved and lora_x != xd:
+            # bitsandbytes < 0.43.2 MatMul4Bit: ``ctx.tensors = (A, B)`` whenever A needs a gradient,
+            # once per input tensor (q/k/v, gate/up share theirs); nothing new when lora_A already saves x
+            self.tok += xd * group[0].in_features
         return out, out_live
 
 
@@ -314,14 +323,16 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     w_down = lins[down].weight_params if down in lins else 0
     targeted = (down in targets) and not d.full
     convert = d.lora_input_cast
-    xin = 4 if convert else gd
+    xin = d.adapter if convert else gd
     lb = d.lora
     hpart = 3 * gd * H
-    if convert and gd != 4 and not d.full:
-        hpart += 2 * 4 * H  # peft's fp32 casts around a 16-bit module make two fp32 H-sized gradients
+    if convert and gd != d.adapter and not d.full:
+        hpart += 2 * d.adapter * H  # peft's fp32 casts around a 16-bit module make two fp32 H-sized gradients
     if targeted:
         saves = (I * (1 if d.cuda else xin) if d.dropout else 0) + lb * I
-        a_lora = (2 * xin * I) if d.dropout else (lb + xin) * I
+        # dropout: lora_A's input gradient (lb·I) next to its saved input, then dropout's input
+        # gradient (xin·I) once that input is freed: one xin·I over the saved set at either moment
+        a_lora = (xin * I) if d.dropout else (lb + xin) * I
         b = c * I + xin * I - saves
     else:
         saves, a_lora, b = 0, 0, c * I

@@ -1,11 +1,19 @@
 """The output head and the loss: logits, their fp32 upcast, log-softmax and its gradient.
 
-Symbols: T = b·s tokens, V vocabulary, H hidden, c compute bytes, ld logits bytes.
-Source: transformers 5.24 ``loss/loss_utils.py::ForCausalLMLoss`` (``logits.float()`` then
-``nn.functional.cross_entropy``, i.e. ``log_softmax`` + ``nll_loss``; ``log_softmax`` saves its fp32
-output) and the HF ``Trainer.compute_loss``, which drops the model output (and its logits) before
-``backward``. A frozen lm_head saves no input; under autocast a fp32 lm_head's bf16 weight copy is
-saved for the input gradient (``mm`` saves ``mat2`` when ``self`` needs a gradient).
+Symbols: T = b·s tokens, T1 = b·(s−1) shifted tokens, V vocabulary, H hidden, c compute bytes,
+ld logits bytes. Sources:
+- ``Loss.HF``: transformers 5.24 ``loss/loss_utils.py::ForCausalLMLoss`` (``logits.float()`` then
+  ``nn.functional.cross_entropy`` on the full logits with shifted, padded labels: ``log_softmax`` +
+  ``nll_loss``; ``log_softmax`` saves its fp32 output).
+- ``Loss.LEGACY``: transformers ≤ 4.44 ``LlamaForCausalLM.forward`` (e.g. v4.38.2): ``logits =
+  logits.float()`` in the model, so ``output.logits`` is fp32 and the 16-bit logits are freed; then
+  ``shift_logits = logits[..., :-1, :].contiguous()`` (a T1·V fp32 copy, freed when the forward
+  returns: ``clone`` and slicing save nothing) and ``CrossEntropyLoss``.
+- The HF ``Trainer.compute_loss`` drops the model output (and its logits) before ``backward``; a loop
+  that binds ``outputs = model(**batch)`` keeps them through backward and the optimizer step, and,
+  unless it deletes them, until the next step's forward returns (``Scenario.hold_logits``).
+A frozen lm_head saves no input; under autocast a fp32 lm_head's bf16 weight copy is saved for the
+input gradient (``mm`` saves ``mat2`` when ``self`` needs a gradient).
 """
 
 from __future__ import annotations
@@ -16,27 +24,43 @@ def logits_dtype_bytes(c: int, autocast: bool, head_w: int) -> int:
     return c if autocast else head_w
 
 
-def loss_forward_bytes_per_token(V: int, ld: int, softcap: bool) -> int:
-    """Live at the end of the loss forward, per token.
+def loss_forward_bytes(V: int, ld: int, softcap: bool, T: int, T1: int, legacy: bool) -> int:
+    """Live at the loss forward's busiest moment.
 
-    1. logits: ld·V.
-    2. ``logits.float()``: a fp32 copy 4·V unless the logits already are fp32 (then a no-op).
-    3. log_softmax output (saved for backward): 4·V.
-    4. Gemma 2 final soft-capping (logits/cap, tanh, ·cap) keeps the tanh output: ld·V.
+    hf: (1) logits ld·V·T; (2) ``logits.float()``, a fp32 copy 4·V·T unless the logits already are
+    fp32 (a no-op then); (3) the log_softmax output 4·V·T.
+    legacy: the larger of (a) the upcast moment, ld·V·T + 4·V·T (ld < 4), and (b) the cross-entropy
+    moment: fp32 logits 4·V·T + shifted copy 4·V·T1 + log_softmax output 4·V·T1.
+    Both: Gemma 2 final soft-capping (logits/cap, tanh, ·cap) keeps the tanh output, ld·V·T.
     """
-    return ld * V + (4 * V if ld != 4 else 0) + 4 * V + (ld * V if softcap else 0)
+    cap = ld * V * T if softcap else 0
+    up = 4 * V * T if ld != 4 else 0
+    if legacy:
+        return max(ld * V * T + up, 4 * V * T + 8 * V * T1) + cap
+    return ld * V * T + up + 4 * V * T + cap
 
 
-def loss_backward_bytes_per_token(V: int, ld: int, softcap: bool) -> int:
-    """Live during the log_softmax backward, per token.
+def loss_backward_bytes(V: int, ld: int, softcap: bool, T: int, T1: int, legacy: bool) -> int:
+    """Live during the log_softmax backward (its busiest moment), over N = T (hf) or T1 (legacy) rows:
 
-    1. saved log_softmax output: 4·V;
-    2. nll_loss's gradient w.r.t. the log-probabilities (dense fp32): 4·V;
-    3. log_softmax's gradient w.r.t. the fp32 logits: 4·V;
-    4. Gemma 2 soft-capping: the saved tanh output, ld·V.
-    The bf16 logits were dropped with the model output before backward (HF Trainer).
+    1. the saved log_softmax output: 4·V·N;
+    2. nll_loss's gradient w.r.t. the log-probabilities (dense fp32): 4·V·N;
+    3. log_softmax's gradient w.r.t. its input: 4·V·N;
+    4. Gemma 2 soft-capping: the saved tanh output, ld·V·T.
+    The later slice backward (legacy: zeros 4·V·T + the 4·V·T1 gradient) and the fp32→ld cast back
+    are smaller. The logits themselves are gone unless the loop holds them (``held_logits_bytes``).
     """
-    return 12 * V + (ld * V if softcap else 0)
+    n = T1 if legacy else T
+    return 12 * V * n + (ld * V * T if softcap else 0)
+
+
+def held_logits_bytes(V: int, ld: int, T: int, legacy: bool, hold: bool) -> int:
+    """Logits a loop that keeps ``outputs`` holds (through backward and the optimizer step; with
+    ``Hold.LOOP`` also through the next forward): the fp32 ``output.logits`` (legacy) or the
+    ld-dtype ones (hf); 0 when not held."""
+    if not hold:
+        return 0
+    return (4 if legacy else ld) * V * T
 
 
 def head_weight_copy_bytes(V: int, H: int, c: int, autocast: bool, head_w: int) -> int:

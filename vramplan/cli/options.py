@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 import click
 
-from vramplan.scenario import Attn, Dtype, Optim, Quant, Recipe, Scenario
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
 
 _CHOICES = dict(case_sensitive=False)
 
@@ -48,6 +48,21 @@ def scenario_options(multi: bool = False) -> Callable[[Callable[..., Any]], Call
                          help="hf-peft (fp32 upcast), trl (embeddings/lm_head bf16) or plain."),
             click.option("--autocast/--no-autocast", default=True, show_default=True,
                          help="Forward under torch.autocast, as the HF Trainer with bf16=True."),
+            click.option("--adapter-dtype", type=click.Choice([d.value for d in Dtype], **_CHOICES),
+                         default="fp32", show_default=True,
+                         help="LoRA weights, grads and AdamW state: fp32 (peft autocast_adapter_dtype=True) "
+                              "or the --dtype (autocast_adapter_dtype=False, torchtune, pure-bf16 loops)."),
+            click.option("--loss", type=click.Choice([x.value for x in Loss], **_CHOICES),
+                         default="hf", show_default=True,
+                         help="hf: transformers >= 4.46 loss (bf16 logits, fp32 upcast in the loss); legacy: "
+                              "transformers <= 4.44 / torchtune 2024 (fp32 logits in the output + a shifted copy)."),
+            click.option("--hold-logits", type=click.Choice([h.value for h in Hold], **_CHOICES),
+                         default="none", show_default=True,
+                         help="How long the loop keeps `outputs` (the logits): none (HF Trainer), step (through "
+                              "backward and optimizer.step, then deleted) or loop (never deleted: until the next "
+                              "forward rebinds it)."),
+            click.option("--bnb-keeps-input", is_flag=True,
+                         help="bitsandbytes < 0.43.2: each 4-bit layer also saves its input for backward."),
         ]
         for opt in reversed(opts):
             f = opt(f)
@@ -57,7 +72,8 @@ def scenario_options(multi: bool = False) -> Callable[[Callable[..., Any]], Call
 
 
 SCENARIO_KEYS = ("rank", "seq", "batch", "quant", "double_quant", "blocksize", "dtype", "targets",
-                 "lora_dropout", "full", "grad_checkpointing", "attn", "optimizer", "recipe", "autocast")
+                 "lora_dropout", "full", "grad_checkpointing", "attn", "optimizer", "recipe", "autocast",
+                 "adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
 
 
 def pop_scenario(kwargs: dict[str, Any]) -> Scenario:

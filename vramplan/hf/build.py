@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
-from vramplan.scenario import Attn, Optim, Quant, Recipe, Scenario
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -238,13 +238,52 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, cfg)
+        model = get_peft_model(model, cfg)
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "ParamWrapper" in msg and "dropout" in msg:
             msg += (" (peft maps all-linear onto the fused MoE expert and router parameters of transformers 5,"
                     " whose LoRA wrapper has no dropout: use --lora-dropout 0)")
         raise TraceUnsupported(f"peft cannot apply LoRA to {arch.name}: {msg}") from None
+    if scenario.adapter_dtype is not Dtype.FP32:
+        # adapters kept in the compute dtype (torchtune, pure-bf16 loops; peft with
+        # autocast_adapter_dtype=False on a 16-bit base): cast every trainable tensor
+        dt = torch_dtype(scenario)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.to(dt)
+    return model
+
+
+def keep_4bit_inputs(model: Any) -> int:
+    """Emulate bitsandbytes < 0.43.2, whose ``MatMul4Bit.forward`` saved its input ``A`` for backward
+    whenever ``A`` needed a gradient (only the weight is used; 0.43.2 saves ``(None, B)``). A forward
+    hook on every ``Linear4bit`` threads the output through an identity autograd node that saves the
+    layer's input under the same condition and frees it when the layer's backward runs. Returns the
+    number of layers hooked."""
+    import bitsandbytes as bnb
+    import torch
+
+    class KeepInput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, out: Any, x: Any) -> Any:
+            if x.requires_grad:
+                ctx.save_for_backward(x)
+            return out.view_as(out)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad, None
+
+    def hook(module: Any, args: tuple, out: Any) -> Any:
+        return KeepInput.apply(out, args[0])
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.register_forward_hook(hook)
+            n += 1
+    return n
 
 
 def enable_checkpointing(model: Any, scenario: Scenario) -> None:
@@ -269,6 +308,8 @@ def build_model(arch: Arch, scenario: Scenario, *, layers: int | None = None) ->
     model = meta_model(arch, scenario, layers)
     model = apply_recipe(model, scenario)
     model = apply_lora(model, arch, scenario)
+    if scenario.bnb_keeps_input:
+        keep_4bit_inputs(model)
     enable_checkpointing(model, scenario)
     return model
 
@@ -300,13 +341,18 @@ def materialize(model: Any, scenario: Scenario, device: str = "cpu", *, fake: bo
     import bitsandbytes.functional as F
     import torch
 
-    gen = None if fake else torch.Generator(device="cpu").manual_seed(seed)
+    # CUDA draws on the device (a 14B model's randn on the host takes a minute; values never matter
+    # to memory); CPU keeps its host generator and fp32 draw, so CPU runs stay reproducible
+    on_cuda = str(device).startswith("cuda")
+    gen = None if fake else torch.Generator(device=device if on_cuda else "cpu").manual_seed(seed)
     memo: dict[int, Any] = {}
 
     def concrete(t: Any) -> Any:
         if fake:
             return torch.empty(t.shape, dtype=t.dtype, device=device)
         if t.is_floating_point():
+            if on_cuda:
+                return torch.randn(t.shape, generator=gen, dtype=t.dtype, device=device).mul_(0.02)
             x = torch.randn(t.shape, generator=gen, dtype=torch.float32) * 0.02
             return x.to(dtype=t.dtype, device=device)
         return torch.zeros(t.shape, dtype=t.dtype, device=device)
@@ -417,16 +463,40 @@ def autocast_context(scenario: Scenario, device_type: str) -> Any:
 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
-               on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0) -> None:
-    """One HF-Trainer-like step: forward with labels (under autocast when asked; the outputs and
-    their logits are dropped before backward, as ``Trainer.compute_loss`` returns only the loss),
-    backward, gradient clipping to ``max_grad_norm`` (``TrainingArguments`` default 1.0; ``None``
-    skips it), ``optimizer.step()``, ``zero_grad(set_to_none=True)``."""
+               on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0,
+               carry: dict[str, Any] | None = None) -> None:
+    """One training step: forward and loss (under autocast when asked), backward, gradient
+    clipping to ``max_grad_norm`` (``TrainingArguments`` default 1.0; ``None`` skips it),
+    ``optimizer.step()``, ``zero_grad(set_to_none=True)``.
+
+    - ``scenario.loss == hf``: the model computes its own loss from ``labels`` (transformers 5
+      ``ForCausalLMLoss``).
+    - ``scenario.loss == legacy``: the transformers ≤ 4.44 sequence, written out here on a
+      transformers 5 model: the logits are replaced by their fp32 upcast in the output (the 16-bit
+      ones are freed), the shifted logits are copied (``[..., :-1, :].contiguous()``) and fed with
+      the shifted labels to ``cross_entropy``; the copy dies with the loss computation.
+    - ``scenario.hold_logits``: ``none`` drops the output before backward (``Trainer.compute_loss``
+      returns only the loss); ``step`` keeps it to the end of this step; ``loop`` also keeps it in
+      ``carry["outputs"]`` until the next step's forward has returned and rebinds it.
+    """
     import torch
 
     device_type = batch["input_ids"].device.type
     with unpacked_sequences(), autocast_context(scenario, device_type):
-        loss = model(**batch, use_cache=False).loss
+        if scenario.loss is Loss.LEGACY:
+            outputs = model(input_ids=batch["input_ids"], use_cache=False)
+            outputs["logits"] = outputs["logits"].float()
+            shifted = outputs["logits"][..., :-1, :].contiguous()
+            targets = batch["labels"][..., 1:].contiguous()
+            loss = torch.nn.functional.cross_entropy(shifted.view(-1, shifted.shape[-1]), targets.view(-1))
+            del shifted, targets
+        else:
+            outputs = model(**batch, use_cache=False)
+            loss = outputs.loss
+    held = outputs if scenario.hold_logits is not Hold.NONE else None  # alive to the end of this step
+    if scenario.hold_logits is Hold.LOOP and carry is not None:
+        carry["outputs"] = outputs  # rebinding releases the previous step's output only now
+    del outputs
     if on_phase:
         on_phase("forward")
     loss.backward()

@@ -162,7 +162,7 @@ def prediction_calibration(device_kind: str, gpu_name: str | None) -> Any:
     if device_kind == "cuda":
         return cal.for_device(gpu_name)
     return replace(cal, cuda_context_bytes=0, cublas_workspace_bytes=0, allocator_reserve_fraction=0.0,
-                   allocator_reserve_bytes=0, device="cpu", per_device={},
+                   allocator_reserve_bytes=0, allocator_reserve_loss_factor=0.0, device="cpu", per_device={},
                    fitted_on=f"{cal.fitted_on}; CUDA-only runtime terms zeroed for a CPU run")
 
 
@@ -307,6 +307,8 @@ def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: Mem
         st.phase = "adapters"
         build.apply_recipe(model, scenario)
         model = build.apply_lora(model, arch, scenario)
+        if scenario.bnb_keeps_input:
+            build.keep_4bit_inputs(model)
         build.enable_checkpointing(model, scenario)
         _register(reader, model)
         phases["adapters"] = reader.current()
@@ -316,8 +318,9 @@ def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: Mem
         model.train()
 
         st.phase = "warmup"
+        carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
         reader.reset_peak()
-        build.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
+        build.train_step(model, optimizer, batch, scenario, on_phase=on_phase, carry=carry)
         first_peak = reader.peak().allocated
         managed = paged_state_bytes(optimizer.state.values())
         sample()
@@ -325,7 +328,7 @@ def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: Mem
             st.phase = "forward"
             reader.reset_peak()
             t0 = time.perf_counter()
-            build.train_step(model, optimizer, batch, scenario, on_phase=on_phase)
+            build.train_step(model, optimizer, batch, scenario, on_phase=on_phase, carry=carry)
             reader.sync()
             times.append(time.perf_counter() - t0)
             sample()
@@ -337,7 +340,7 @@ def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: Mem
             for _ in range(steps - 1):
                 st.phase = "forward"
                 t0 = time.perf_counter()
-                build.train_step(model, optimizer, batch, scenario, on_phase=advance)
+                build.train_step(model, optimizer, batch, scenario, on_phase=advance, carry=carry)
                 times.append(time.perf_counter() - t0)
     except BaseException as e:  # noqa: BLE001 - OOM is a result; everything else propagates
         if not _is_oom(e):
