@@ -8,6 +8,11 @@ the process total), so that a fit against data it generated must recover the con
 from vramplan.breakdown import Breakdown, Component
 
 
+def loss_workspace(arch, scenario):
+    """Crude b·s·V loss workspace: three fp32 b·s·V buffers."""
+    return 12 * scenario.seq * scenario.batch * arch.vocab_size
+
+
 def stub_estimate(arch, scenario, calibration=None, device=None):
     from vramplan.calibration import default_calibration
 
@@ -22,7 +27,8 @@ def stub_estimate(arch, scenario, calibration=None, device=None):
     comps.append(Component("temporary/cublas_workspace", "temporary", cal.cublas_workspace_bytes))
     alloc = sum(c.bytes for c in comps)
     comps.append(Component("runtime/allocator_reserve", "allocator",
-                           int(alloc * cal.allocator_reserve_fraction) + cal.allocator_reserve_bytes))
+                           int(alloc * cal.allocator_reserve_fraction) + cal.allocator_reserve_bytes
+                           + int(loss_workspace(arch, scenario) * cal.allocator_reserve_loss_factor)))
     comps.append(Component("runtime/cuda_context", "context", cal.cuda_context_bytes))
     b = Breakdown(tuple(comps), engine="stub")
     f = 1 + cal.upper_bound_fraction

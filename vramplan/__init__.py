@@ -40,5 +40,9 @@ def estimate(model: "str | Arch", scenario: Scenario | None = None, *, method: s
     if method == "trace":
         from vramplan.trace import trace
 
+        if device:
+            from vramplan.calibration import default_calibration
+
+            calibration = (calibration if calibration is not None else default_calibration()).for_device(device)
         return trace(arch, scenario, calibration=calibration)
     raise VramplanError(f"unknown method '{method}' (choose analytic or trace)")

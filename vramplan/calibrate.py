@@ -21,7 +21,7 @@ keeps its prior value and the result says why. Per device kind (GPU name), const
 with the global fit as prior when that device has enough figures of its own.
 
 ``upper_bound_fraction`` is then set so that point × (1 + it) covers the worst under-prediction
-in scope, with a floor (``UPPER_BOUND_FLOOR``).
+in scope among figures of at least ``BOUND_MIN_BYTES``, with a floor (``UPPER_BOUND_FLOOR``).
 """
 
 from __future__ import annotations
@@ -46,12 +46,18 @@ PRIORS: dict[str, tuple[float, float, float, float, str]] = {
     # caching allocator: 2 MiB / 20 MiB block rounding and split blocks; a few % of the peak.
     "allocator_reserve_fraction": (0.06, 0.05, 0.0, 0.01, "fraction"),
     "allocator_reserve_bytes": (0, 512 * MiB, 0, 64 * MiB, "bytes"),
+    # freed loss-workspace blocks (b·s·V-sized) left cached: of the order of one of the three fp32
+    # b·s·V buffers, i.e. a third of the workspace; wide, the data decide.
+    "allocator_reserve_loss_factor": (0.3, 0.3, 0.0, 0.05, "fraction"),
     # one dequantized copy of the 4-bit weight alive at a time in bitsandbytes' matmul_4bit.
     "fused_dequant_factor": (1.0, 1.0, 0.0, 0.5, "factor"),
 }
 FITTABLE = tuple(PRIORS)
 #: The bound never claims less than this margin, however few rows were under-predicted.
 UPPER_BOUND_FLOOR = 0.02
+#: Figures below this size do not set the bound: a smoke-test model's few MiB are dominated by the
+#: caching allocator's 2 MiB segment rounding, which says nothing about a run a GPU is rented for.
+BOUND_MIN_BYTES = 1024**3
 HUBER_K = 1.345
 #: Relative scatter assumed for one measured figure: published rounding (0.01 GB), run-to-run
 #: variation and terms no constant captures. Weighs the data against the priors in eq. (2).
@@ -287,8 +293,9 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
 
     per_device: dict[str, dict[str, Any]] = {}
     per_device_fitted: dict[str, tuple[Fitted, ...]] = {}
-    for dev in sorted({p.device for p in pts} - {"cuda"}):  # 'cuda' = unnamed GPU: global only
-        dpts = [p for p in pts if p.device == dev]
+    kinds = {p.device: device_kind(p.device) for p in pts}
+    for dev in sorted(set(kinds.values()) - {"cuda"}):  # 'cuda' = unnamed GPU: global only
+        dpts = [p for p in pts if kinds[p.device] == dev]
         if len(dpts) < min_device_points:
             continue
         dcounts = sensitive(dpts, after, est)
@@ -307,7 +314,7 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
                   for p in pts]
     residuals = tuple(Residual(p.id, p.device, p.measurement, int(p.measured_bytes), int(b), int(a))
                       for p, b, a in zip(pts, before_pred, after_pred))
-    ubf = upper_bound_fraction(r.error_after for r in residuals)
+    ubf = upper_bound_fraction(r.error_after for r in residuals if r.measured_bytes >= BOUND_MIN_BYTES)
     unc = {k: float(v) for k, v in sigmas.items()}
     final = replace(final, upper_bound_fraction=ubf, uncertainty=unc, device="any",
                     fitted_on=fitted_on or describe(pts))
@@ -317,6 +324,16 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
                                        if k not in fit_names else "at its lower bound"))
         for k in wanted)
     return CalibrationResult(final, constants, residuals, per_device_fitted, tuple(skipped))
+
+
+def device_kind(name: str) -> str:
+    """The key a device's constants are stored under: its name without the vendor word that
+    ``torch.cuda.get_device_name`` puts first ("NVIDIA H200" -> "H200"), so that the GPU catalog's
+    names ("H200") and the driver's both find them (``Calibration.for_device`` matches whole words)."""
+    words = name.split()
+    if len(words) > 1 and words[0].lower() in ("nvidia", "amd"):
+        return " ".join(words[1:])
+    return name
 
 
 def describe(points: list[Point]) -> str:
@@ -342,5 +359,6 @@ def _needs(name: str) -> str:
         "cublas_workspace_bytes": "CUDA allocated or reserved figures",
         "allocator_reserve_fraction": "CUDA reserved figures",
         "allocator_reserve_bytes": "CUDA reserved figures",
+        "allocator_reserve_loss_factor": "CUDA reserved figures",
         "fused_dequant_factor": "4-bit runs whose peak includes the dequantized weight",
     }[name]

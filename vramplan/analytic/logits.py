@@ -63,6 +63,16 @@ def held_logits_bytes(V: int, ld: int, T: int, legacy: bool, hold: bool) -> int:
     return (4 if legacy else ld) * V * T
 
 
+def slice_gradient_segment_bytes(V: int, T: int, legacy: bool) -> int:
+    """Reserve the legacy loss adds by block shape, not by size: the backward of
+    ``logits[..., :-1, :]`` allocates a zero-filled fp32 gradient of the full b·s·V shape (4·V·T),
+    while every fp32 b·s·V-class block the allocator has cached by then has b·(s−1) rows (the shifted
+    copy, the log-softmax output, its gradients) and the full-shape fp32 logits are still alive. A
+    cached block serves only requests no larger than itself, so that request maps a new segment:
+    +4·V·T reserved over what the transformers-5 loss (one shape throughout) leaves. 0 for ``hf``."""
+    return 4 * V * T if legacy else 0
+
+
 def head_weight_copy_bytes(V: int, H: int, c: int, autocast: bool, head_w: int) -> int:
     """Autocast's bf16 copy of a fp32 lm_head weight, saved until the lm_head backward: c·V·H."""
     return c * V * H if (autocast and head_w != c) else 0

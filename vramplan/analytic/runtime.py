@@ -21,13 +21,18 @@ def cublas_workspace_bytes(cal: Calibration) -> int:
     return cal.cublas_workspace_bytes
 
 
-def allocator_reserve_bytes(allocated_peak_bytes: int, cal: Calibration) -> int:
-    """Caching-allocator reserve over the allocated peak: fraction · allocated + fixed bytes.
+def allocator_reserve_bytes(allocated_peak_bytes: int, cal: Calibration, loss_workspace_bytes: int = 0) -> int:
+    """Caching-allocator reserve over the allocated peak:
+    fraction · allocated + fixed bytes + loss factor · loss workspace.
 
     Block rounding (512 B small / 2 MiB large segments) and fragmentation between the forward's and
-    the backward's allocation patterns; fitted, not derived.
+    the backward's allocation patterns. The loss workspace (b·s·V logits, fp32 upcast,
+    log-softmax output, gradients) is the step's largest family of transient blocks: once freed
+    they stay cached and only partly serve the smaller requests that follow, so the reserve tracks
+    them (see ``Calibration.allocator_reserve_loss_factor``). Fitted, not derived.
     """
-    return int(allocated_peak_bytes * cal.allocator_reserve_fraction) + cal.allocator_reserve_bytes
+    return (int(allocated_peak_bytes * cal.allocator_reserve_fraction) + cal.allocator_reserve_bytes
+            + int(loss_workspace_bytes * cal.allocator_reserve_loss_factor))
 
 
 def cuda_context_bytes(cal: Calibration) -> int:
@@ -45,12 +50,25 @@ def runtime_components(arch: Arch, scenario: Scenario, allocated_peak_bytes: int
     Engines must not count a paged optimizer's state as allocated themselves.
     """
     ws = cublas_workspace_bytes(calibration)
+    loss_ws = 0
+    if calibration.allocator_reserve_loss_factor:
+        from vramplan.analytic import loss_workspace_bytes  # noqa: PLC0415 (import cycle)
+
+        loss_ws = loss_workspace_bytes(arch, scenario)
+    segment = 0
+    if calibration.allocator_reserve_fraction or calibration.allocator_reserve_loss_factor:  # a caching allocator
+        from vramplan.analytic.logits import slice_gradient_segment_bytes
+        from vramplan.scenario import Loss
+
+        segment = slice_gradient_segment_bytes(arch.vocab_size, scenario.seq * scenario.batch,
+                                               scenario.loss is Loss.LEGACY)
     out = [
         Component("temporary/cublas_workspace", "temporary", ws,
                   "cuBLAS workspace from the caching allocator (calibration)"),
         Component("runtime/allocator_reserve", "allocator",
-                  allocator_reserve_bytes(allocated_peak_bytes + ws, calibration),
-                  "caching-allocator reserve over allocated (calibration)"),
+                  allocator_reserve_bytes(allocated_peak_bytes + ws, calibration, loss_ws) + segment,
+                  "caching-allocator reserve over allocated: a fraction of it plus a share of the "
+                  "b·s·V loss workspace (calibration)"),
         Component("runtime/cuda_context", "context", cuda_context_bytes(calibration),
                   "CUDA context + kernel images + handles (calibration)"),
     ]

@@ -45,7 +45,13 @@ def estimate(**kwargs: Any) -> None:
     cal = Calibration.load(cal_file) if cal_file else default_calibration()
     from vramplan import estimate as run_engine
 
-    bd = run_engine(arch, scenario, method=method, calibration=cal)
+    device = None
+    if gpu_name:  # the card's own calibrated constants (per-device entries), as `plan` uses them
+        from vramplan.gpus import find_gpu
+
+        gpu = find_gpu(gpu_name)
+        device = None if gpu.kind == "custom" else gpu.name
+    bd = run_engine(arch, scenario, method=method, calibration=cal, device=device)
     room = headroom(bd, gpu_name, cal) if gpu_name else None
     if as_json:
         from vramplan.report import estimate_json
