@@ -115,6 +115,14 @@ def test_small_figures_do_not_set_the_upper_bound():
     assert fit(big + grown, Calibration(), estimator=stub_estimate).calibration.upper_bound_fraction > 0.3
 
 
+def test_calibration_file_without_the_loss_factor_still_loads(tmp_path):
+    """Files written before allocator_reserve_loss_factor existed load with it at 0 (the old model)."""
+    p = tmp_path / "old.json"
+    p.write_text('{"schema": "vramplan.calibration/1", "allocator_reserve_fraction": 0.11}')
+    cal = Calibration.load(p)
+    assert cal.allocator_reserve_loss_factor == 0.0 and cal.allocator_reserve_fraction == 0.11
+
+
 def test_upper_bound_covers_the_worst_under_prediction():
     # -9 % error means measured = predicted / 0.91: the bound needs +9.9 %.
     assert upper_bound_fraction([0.02, -0.09, -0.01]) == pytest.approx(0.1)
@@ -139,7 +147,10 @@ def test_calibration_file_roundtrip(tmp_path):
                                        ('{"per_device": {"A100": {"warp": 1}}}', "unknown constant"),
                                        ('{"per_device": {"A100": {"allocator_reserve_fraction": -1}}}',
                                         "number in"),
-                                       ('{"per_device": [1]}', "must be an object")])
+                                       ('{"per_device": [1]}', "must be an object"),
+                                       ('{"allocator_reserve_loss_factor": "big"}', "number in"),
+                                       ('{"per_device": {"H200": {"allocator_reserve_loss_factor": 12}}}',
+                                        "number in")])
 def test_bad_calibration_file(tmp_path, text, msg):
     p = tmp_path / "c.json"
     p.write_text(text)
