@@ -7,7 +7,12 @@
 #
 # Packages: the machine's own torch; transformers, peft and bitsandbytes at the versions the trace
 # is developed with when wheels are found in .devcarry/ (an offline GPU box), else whatever is
-# installed. The profiles record the versions they ran with.
+# installed. The profiles record the versions they ran with. To prepare .devcarry/ on a machine with
+# the package index (it is git-ignored via .git/info/exclude):
+#   pip download --no-deps -d .devcarry/wheels transformers==5.24.0 peft==0.21.2
+#   pip download --no-deps -d .devcarry/wheels regex --python-version 3.12 --only-binary=:all: #       --platform manylinux_2_17_x86_64       # transformers needs a recent regex
+#   pip download --no-deps -d /tmp/bnb bitsandbytes==0.50.2 --only-binary=:all: --platform manylinux_2_24_x86_64
+#   unzip -q /tmp/bnb/*.whl -d .devcarry/bnb   # then delete the libbitsandbytes_*.so the GPU's CUDA does not need
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
