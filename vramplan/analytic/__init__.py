@@ -236,11 +236,17 @@ def loss_workspace_bytes(arch: Arch, scenario: Scenario, semantics: str = "cuda"
     larger of the loss forward and the loss backward (``logits.loss_forward_bytes`` /
     ``loss_backward_bytes``), plus the logits a loop keeps (``held_logits_bytes``). The caching
     allocator's reserve grows with it (``runtime.allocator_reserve_bytes``)."""
-    st = static_terms(arch, scenario, semantics)
+    loss_b, loss_f, held = _loss_terms(static_terms(arch, scenario, semantics), scenario)
+    return max(loss_b, loss_f) + held
+
+
+def _loss_terms(st: dict[str, Any], scenario: Scenario) -> tuple[int, int, int]:
+    """(loss backward, loss forward, held logits) bytes for this batch: ``logits.py``'s terms over
+    T = b·s tokens (T1 = b·(s−1) shifted ones for the legacy loss)."""
     T = scenario.seq * scenario.batch
     T1 = scenario.batch * (scenario.seq - 1)
-    return (max(lg.loss_backward_bytes(*st["loss_args"], T, T1, st["legacy"]),
-                lg.loss_forward_bytes(*st["loss_args"], T, T1, st["legacy"])) + T * st["held"])
+    return (lg.loss_backward_bytes(*st["loss_args"], T, T1, st["legacy"]),
+            lg.loss_forward_bytes(*st["loss_args"], T, T1, st["legacy"]), T * st["held"])
 
 
 def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = None,
@@ -303,10 +309,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         saved_first = first_nogc + (sw_b if st["sw_first"] else 0)
         act_name, act_note = "activations/layers", "every decoder layer's saved tensors"
     grads_first = st["grad_total"] - st["grad_per_layer"]
-    T1 = scenario.batch * (s_len - 1)
-    loss_b = lg.loss_backward_bytes(*st["loss_args"], T, T1, st["legacy"])
-    loss_f = lg.loss_forward_bytes(*st["loss_args"], T, T1, st["legacy"])
-    held = T * st["held"]
+    loss_b, loss_f, held = _loss_terms(st, scenario)
     phases = {
         "loss backward": saved_all + fin + st["head_copy"] + loss_b,
         "loss forward": saved_all + fin + st["head_copy"] + loss_f,
@@ -360,7 +363,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
                            "gradients alive at the peak (set to None after each step)"))
     comps.extend(Component(n, c, b, note) for n, c, b, note in dyn)
     allocated = st["static"] + grads + sum(x[2] for x in dyn)
-    runtime = _runtime_components(arch, scenario, allocated, cal)
+    runtime = _runtime_components(arch, scenario, allocated, cal, loss_workspace=max(loss_b, loss_f) + held)
     comps.extend(runtime)
     bd = Breakdown(tuple(comps), engine="analytic", notes=st["notes"])
     alloc, res, tot = allocated, allocated, allocated

@@ -10,10 +10,11 @@ cuBLAS workspaces come from the allocator since torch 2.1, ``CUDABlas.cpp``), bi
 
 from __future__ import annotations
 
+from vramplan.analytic.logits import slice_gradient_segment_bytes
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Component
 from vramplan.calibration import Calibration
-from vramplan.scenario import Scenario
+from vramplan.scenario import Loss, Scenario
 
 
 def cublas_workspace_bytes(cal: Calibration) -> int:
@@ -41,25 +42,26 @@ def cuda_context_bytes(cal: Calibration) -> int:
 
 
 def runtime_components(arch: Arch, scenario: Scenario, allocated_peak_bytes: int,
-                       calibration: Calibration) -> list[Component]:
+                       calibration: Calibration, loss_workspace: int | None = None) -> list[Component]:
     """Runtime items to append to a breakdown whose tensors sum to ``allocated_peak_bytes``.
 
     Returns, in order: ``temporary/cublas_workspace`` (allocated: it joins the allocated peak),
     ``runtime/allocator_reserve`` (joins reserved), ``runtime/cuda_context`` (joins the process total)
     and, for paged optimizers, ``runtime/paged_optimizer`` (managed memory, process total only).
-    Engines must not count a paged optimizer's state as allocated themselves.
+    Engines must not count a paged optimizer's state as allocated themselves. ``loss_workspace``:
+    ``analytic.loss_workspace_bytes`` when the caller has it at hand (the analytic engine), else it
+    is computed here (the trace).
     """
     ws = cublas_workspace_bytes(calibration)
     loss_ws = 0
     if calibration.allocator_reserve_loss_factor:
-        from vramplan.analytic import loss_workspace_bytes  # noqa: PLC0415 (import cycle)
+        if loss_workspace is None:
+            from vramplan.analytic import loss_workspace_bytes  # noqa: PLC0415 (import cycle)
 
-        loss_ws = loss_workspace_bytes(arch, scenario)
+            loss_workspace = loss_workspace_bytes(arch, scenario)
+        loss_ws = loss_workspace
     segment = 0
     if calibration.allocator_reserve_fraction or calibration.allocator_reserve_loss_factor:  # a caching allocator
-        from vramplan.analytic.logits import slice_gradient_segment_bytes
-        from vramplan.scenario import Loss
-
         segment = slice_gradient_segment_bytes(arch.vocab_size, scenario.seq * scenario.batch,
                                                scenario.loss is Loss.LEGACY)
     out = [

@@ -156,13 +156,12 @@ def prediction_calibration(device_kind: str, gpu_name: str | None) -> Any:
     allocator reserve) set to zero, since a CPU run has none of them."""
     from dataclasses import replace
 
-    from vramplan.calibration import default_calibration
+    from vramplan.calibration import CPU_RUNTIME, default_calibration
 
     cal = default_calibration()
     if device_kind == "cuda":
         return cal.for_device(gpu_name)
-    return replace(cal, cuda_context_bytes=0, cublas_workspace_bytes=0, allocator_reserve_fraction=0.0,
-                   allocator_reserve_bytes=0, allocator_reserve_loss_factor=0.0, device="cpu", per_device={},
+    return replace(cal, **CPU_RUNTIME, device="cpu", per_device={},
                    fitted_on=f"{cal.fitted_on}; CUDA-only runtime terms zeroed for a CPU run")
 
 
