@@ -5,8 +5,8 @@ Usage: python benchmarks/analytic_vs_trace.py [--semantics cuda|cpu] [--cache FI
 
 Each row builds a real-shaped architecture with a reduced decoder-layer count (hidden sizes, heads,
 vocabularies and expert counts are the published ones), traces two training steps on fake tensors
-(``vramplan.trace.trace(..., extrapolate=False, semantics=...)``), prices the same scenario with
-``vramplan.analytic.estimate(..., semantics=...)`` and prints the relative error of the allocated
+(``vramplan.trace.trace(..., extrapolate=False, device=...)``), prices the same scenario with
+``vramplan.analytic.estimate(..., device=...)`` and prints the relative error of the allocated
 peak. ``--semantics cuda`` (default) runs ``grid()``, both engines emulating the CUDA program (the
 product); ``--semantics cpu`` runs the smaller ``cpu_grid()``, both engines pricing the CPU program
 as it runs (what CPU profiles measure). Traces are cached (JSON) so the table can be
@@ -130,7 +130,7 @@ def run_trace(model: str, layers: int, kw: dict[str, Any], semantics: str = "cud
     t0 = time.perf_counter()
     tb = trace(reduced_arch(model, layers), Scenario(**kw), extrapolate=False, semantics=semantics)
     return {"allocated": tb.allocated_peak_bytes, "by_category": tb.by_category(),
-            "phase": tb.extra.get("peak_phase"), "seconds": round(time.perf_counter() - t0, 2)}
+            "phase": tb.peak_phase, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def compare(model: str, layers: int, kw: dict[str, Any], traced: dict[str, Any],
@@ -141,7 +141,7 @@ def compare(model: str, layers: int, kw: dict[str, Any], traced: dict[str, Any],
     eb = estimate(reduced_arch(model, layers), Scenario(**kw), semantics=semantics)
     ours = eb.allocated_peak_bytes
     return {"ours": ours, "theirs": traced["allocated"], "error": ours / traced["allocated"] - 1,
-            "phase": eb.extra["peak_phase"], "trace_phase": traced["phase"]}
+            "phase": eb.peak_phase, "trace_phase": traced["phase"]}
 
 
 def main(argv: list[str] | None = None) -> int:

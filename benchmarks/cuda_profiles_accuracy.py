@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
             t0 = time.perf_counter()
             try:
-                tr = trace(arch, p.scenario, semantics="cuda").allocated_peak_bytes
+                tr = trace(arch, p.scenario, device="cuda").allocated_peak_bytes
             except Exception as e:  # noqa: BLE001 - a configuration the trace cannot run is a row, not a crash
                 print(f"  trace failed for {p.path.name}: {e}", file=sys.stderr)
             tr_s = time.perf_counter() - t0

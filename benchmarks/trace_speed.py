@@ -36,7 +36,7 @@ def main() -> None:
         print(f"\n{model} 1x{seq} {mode}: {wall:.2f} s wall, layers traced {b.extra['layers_traced']}")
         print(f"  traced allocated peak (steady step): {b.extra['steady_step_peak_bytes']:,} B "
               f"= {fmt_bytes(b.extra['steady_step_peak_bytes'])}  (first step "
-              f"{fmt_bytes(b.extra['first_step_peak_bytes'])}, peak in {b.extra['peak_phase']})")
+              f"{fmt_bytes(b.extra['first_step_peak_bytes'])}, peak in {b.peak_phase})")
         for c in b.components:
             print(f"  {c.name:32s} {c.category:12s} {c.bytes:>16,d}  {fmt_bytes(c.bytes)}")
         print(f"  allocated {fmt_bytes(b.allocated_peak_bytes)}  reserved {fmt_bytes(b.reserved_peak_bytes)}  "

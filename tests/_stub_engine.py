@@ -5,7 +5,9 @@ Its tensor terms are crude on purpose; its runtime terms follow the same rules a
 the process total), so that a fit against data it generated must recover the constants it used.
 """
 
-from vramplan.breakdown import Breakdown, Component
+from dataclasses import replace
+
+from vramplan.breakdown import Breakdown, Component, Totals
 
 
 def loss_workspace(arch, scenario):
@@ -32,7 +34,5 @@ def stub_estimate(arch, scenario, calibration=None, device=None):
     comps.append(Component("runtime/cuda_context", "context", cal.cuda_context_bytes))
     b = Breakdown(tuple(comps), engine="stub")
     f = 1 + cal.upper_bound_fraction
-    b.extra.update(upper_bound_allocated_bytes=int(b.allocated_peak_bytes * f),
-                   upper_bound_reserved_bytes=int(b.reserved_peak_bytes * f),
-                   upper_bound_total_bytes=int(b.total_bytes * f))
-    return b
+    return replace(b, upper=Totals(int(b.allocated_peak_bytes * f), int(b.reserved_peak_bytes * f),
+                                   int(b.total_bytes * f)))

@@ -44,7 +44,7 @@ def test_qwen3_14b_default_golden(q14):
     # LoRA: 8 · (10240 + 6144 + 6144 + 10240 + 3 · 22528) = 802,816 per layer, fp32
     assert b.get("adapter/lora") == 802_816 * 40 * 4
     assert b.get("optimizer/adamw") == 802_816 * 40 * 8
-    assert b.extra["peak_phase"] == "loss backward"
+    assert b.peak_phase == "loss backward"
     assert b.get("gradients/lora") == 0  # no LoRA gradient exists yet when the loss backward peaks
     assert b.get("activations/checkpoints") == 2048 * 4 * 5120 * 40  # fp32 layer inputs
     assert b.get("activations/final_norm") == 2048 * (4 * 5120 + 4)
@@ -63,10 +63,10 @@ def test_components_sum_and_extra(q14):
         b = estimate(q14, sc, calibration=CAL)
         assert b.engine == "analytic"
         assert b.allocated_peak_bytes == sum(c.bytes for c in b.components if c.category not in RUNTIME_CATEGORIES)
-        assert b.extra["upper_bound_allocated_bytes"] == int(b.allocated_peak_bytes * 1.05)
-        assert b.extra["upper_bound_reserved_bytes"] == int(b.reserved_peak_bytes * 1.05)
-        assert b.extra["upper_bound_total_bytes"] == int(b.total_bytes * 1.05)
-        assert b.extra["peak_phase"] in b.extra["phases"]
+        assert b.upper.allocated == int(b.allocated_peak_bytes * 1.05)
+        assert b.upper.reserved == int(b.reserved_peak_bytes * 1.05)
+        assert b.upper.total == int(b.total_bytes * 1.05)
+        assert b.peak_phase in b.extra["phases"]
         assert max(b.extra["phases"].values()) + 32 * 2**20 == b.allocated_peak_bytes
 
 

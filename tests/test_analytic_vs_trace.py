@@ -51,10 +51,10 @@ def test_analytic_within_3_percent_of_trace(model, layers, kw, semantics):
 
     arch = grid_mod.reduced_arch(model, layers)
     sc = Scenario(**kw)
-    theirs = trace(arch, sc, extrapolate=False, semantics=semantics)
-    ours = estimate(arch, sc, semantics=semantics)
+    theirs = trace(arch, sc, extrapolate=False, device=semantics)
+    ours = estimate(arch, sc, device=semantics)
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
-    assert abs(err) < TOL, f"{err:+.2%} (ours {ours.extra['peak_phase']}, trace {theirs.extra.get('peak_phase')})"
+    assert abs(err) < TOL, f"{err:+.2%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
     a, t = ours.by_category(), theirs.by_category()
     for cat in ("weights", "adapter"):
         # model buffers (rotary inv_freq, embed_scale) are priced exactly (weights/buffers), so no
@@ -78,6 +78,6 @@ def test_qwen3_14b_full_depth_target():
 
     arch, sc = resolve("Qwen3-14B"), Scenario()
     for semantics in ("cuda", "cpu"):
-        theirs = trace(arch, sc, semantics=semantics)
-        ours = estimate(arch, sc, semantics=semantics)
+        theirs = trace(arch, sc, device=semantics)
+        ours = estimate(arch, sc, device=semantics)
         assert abs(ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1) < TOL, semantics

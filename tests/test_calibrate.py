@@ -81,12 +81,14 @@ def test_per_device_constants_with_global_fallback():
     assert res.calibration.for_device("MI300X") == res.calibration  # unknown device: global constants
 
 
-def test_device_kind_drops_the_vendor_word():
-    from vramplan.calibrate import device_kind
+def test_calibration_key_drops_the_vendor_word():
+    from vramplan.device import Device, strip_vendor
 
-    assert device_kind("NVIDIA H200") == "H200"
-    assert device_kind("NVIDIA A100-SXM4-80GB") == "A100-SXM4-80GB"
-    assert device_kind("RTX 3090") == "RTX 3090" and device_kind("NVIDIA") == "NVIDIA"
+    assert Device.parse("NVIDIA H200").calibration_key == "H200" and Device.parse("cpu").calibration_key == "cpu"
+    assert Device.parse("cuda:0").calibration_key is None
+    assert strip_vendor("NVIDIA H200") == "H200"
+    assert strip_vendor("NVIDIA A100-SXM4-80GB") == "A100-SXM4-80GB"
+    assert strip_vendor("RTX 3090") == "RTX 3090" and strip_vendor("NVIDIA") == "NVIDIA"
 
 
 def test_per_device_key_found_by_catalog_and_driver_names():

@@ -93,8 +93,8 @@ def test_conservative_bounds_cover_every_real_run(profiles):
     for p in _real(profiles):
         b = _estimate(p)
         m = p.measured
-        assert b.extra["upper_bound_reserved_bytes"] >= m["reserved_peak_bytes"], p.path.name
-        assert b.extra["upper_bound_total_bytes"] >= m["process_peak_bytes"], p.path.name
+        assert b.upper.reserved >= m["reserved_peak_bytes"], p.path.name
+        assert b.upper.total >= m["process_peak_bytes"], p.path.name
 
 
 def test_reserved_median_error_on_h200(profiles):

@@ -7,7 +7,8 @@ import pytest
 
 from vramplan.calibration import Calibration, default_calibration
 from vramplan.errors import VramplanError
-from vramplan.gpus import DATA_FILE, GpuMemoryError, GpuNotFound, _norm, catalog, custom_gpu, find_gpu, resolve_gpu
+from vramplan.device import lookup_key as _norm
+from vramplan.gpus import DATA_FILE, GpuMemoryError, GpuNotFound, catalog, custom_gpu, find_gpu, resolve_gpu
 
 MiB = 1024**2
 GiB = 1024**3

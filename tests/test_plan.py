@@ -8,7 +8,7 @@ consistency promise holds where users meet it: fits at max, not at max + one ste
 import pytest
 
 from vramplan.arch import resolve
-from vramplan.breakdown import Breakdown, Component
+from vramplan.breakdown import Breakdown, Component, Totals
 from vramplan.calibration import Calibration
 from vramplan.errors import VramplanError
 from vramplan.gpus import custom_gpu, find_gpu
@@ -32,8 +32,8 @@ def linear_estimate(arch, s, calibration=None, device=None, ub=0.05):
              Component("activations/x", "activations", per_token * s.tokens),
              Component("runtime/cuda_context", "context", 512 * MiB))
     b = Breakdown(comps)
-    extra = {} if ub is None else {"upper_bound_total_bytes": int(b.total_bytes * (1 + ub))}
-    return Breakdown(comps, extra=extra)
+    upper = None if ub is None else Totals(0, 0, int(b.total_bytes * (1 + ub)))
+    return Breakdown(comps, upper=upper)
 
 
 def point_only(arch, s, calibration=None, device=None):
@@ -49,7 +49,7 @@ def test_need_is_process_total_less_context():
     b = linear_estimate(ARCH, Scenario(seq=1000, rank=8), ub=None)
     assert need_bytes(b, "point") == (b.total_bytes - 512 * MiB, False)
     b = linear_estimate(ARCH, Scenario(seq=1000, rank=8))
-    assert need_bytes(b, "upper") == (b.extra["upper_bound_total_bytes"] - 512 * MiB, True)
+    assert need_bytes(b, "upper") == (b.upper.total - 512 * MiB, True)
 
 
 def test_max_seq_matches_closed_form_point():

@@ -25,24 +25,16 @@ def estimate(model: "str | Arch", scenario: Scenario | None = None, *, method: s
     """Memory budget of one training step of ``model`` under ``scenario`` (or the given fields).
 
     ``method`` is ``analytic`` (instant, no torch) or ``trace`` (fake-tensor dry run; needs the
-    ``[torch]`` extra). ``calibration`` sets the runtime constants of either engine; ``device`` picks
-    the analytic engine's per-device constants. The one dispatch the CLI and the charts use too.
+    ``[torch]`` extra). ``calibration`` sets the runtime constants of either engine; ``device`` (a
+    GPU name, ``"cpu"`` or a ``vramplan.device.Device``) picks the program priced and the per-device
+    constants, the same way in both engines (``vramplan.engine``). The one dispatch the CLI and the
+    charts use too.
     """
     arch = model if isinstance(model, Arch) else resolve(model)
     if scenario is None:
         scenario = Scenario(**scenario_fields)
     elif scenario_fields:
         scenario = scenario.replace(**scenario_fields)
-    if method == "analytic":
-        from vramplan.analytic import estimate as analytic_estimate
+    from vramplan.engine import engine
 
-        return analytic_estimate(arch, scenario, calibration=calibration, device=device)
-    if method == "trace":
-        from vramplan.trace import trace
-
-        if device:
-            from vramplan.calibration import default_calibration
-
-            calibration = (calibration if calibration is not None else default_calibration()).for_device(device)
-        return trace(arch, scenario, calibration=calibration)
-    raise VramplanError(f"unknown method '{method}' (choose analytic or trace)")
+    return engine(method)(arch, scenario, calibration=calibration, device=device)

@@ -15,7 +15,7 @@ Totals:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
 #: Categories of allocated memory, in display order. Shared by analytic, trace and profile.
@@ -65,6 +65,30 @@ class Component:
 
 
 @dataclass(frozen=True)
+class Totals:
+    """The three totals of a budget, in bytes (used for the conservative upper bound)."""
+
+    allocated: int
+    """Comparable to ``torch.cuda.max_memory_allocated``."""
+    reserved: int
+    """Comparable to ``torch.cuda.max_memory_reserved``."""
+    total: int
+    """Comparable to nvidia-smi's per-process figure."""
+
+    def get(self, key: str) -> int:
+        """By a Breakdown total's attribute name (``allocated_peak_bytes``, ``reserved_peak_bytes``,
+        ``total_bytes``) or the short name (``allocated``, ``reserved``, ``total``)."""
+        return getattr(self, TOTAL_NAMES.get(key, key))
+
+
+#: Breakdown total attribute -> ``Totals`` field.
+TOTAL_NAMES = {"allocated_peak_bytes": "allocated", "reserved_peak_bytes": "reserved", "total_bytes": "total"}
+#: ``Totals`` field -> the key older files stored the upper bound under, in ``extra``.
+_LEGACY_UPPER = {"allocated": "upper_bound_allocated_bytes", "reserved": "upper_bound_reserved_bytes",
+                 "total": "upper_bound_total_bytes"}
+
+
+@dataclass(frozen=True)
 class Breakdown:
     """A memory budget: components (allocated first, then runtime) and derived totals."""
 
@@ -73,8 +97,13 @@ class Breakdown:
     """``analytic``, ``trace`` or ``profile``."""
     notes: tuple[str, ...] = ()
     """Caveats shown with the result (e.g. what a trace cannot see)."""
+    peak_phase: str | None = None
+    """The phase of the training step at which the allocated peak falls (``loss backward``...)."""
+    upper: Totals | None = None
+    """Conservative upper bound of each total (point × (1 + the calibration's upper_bound_fraction)),
+    when the engine gives one."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Engine-specific figures (trace: first-step peak, timings; analytic: upper bound...)."""
+    """Engine-specific figures (trace: first-step peak, timings; analytic: every phase's total...)."""
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]
@@ -133,15 +162,27 @@ class Breakdown:
             "reserved_peak_bytes": self.reserved_peak_bytes,
             "total_bytes": self.total_bytes,
             "notes": list(self.notes),
+            "peak_phase": self.peak_phase,
+            "upper": None if self.upper is None else asdict(self.upper),
             "extra": self.extra,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Breakdown":
+        """The inverse of ``to_dict``; also reads files written before ``peak_phase`` and ``upper``
+        were fields (both were keys of ``extra`` then)."""
         comps = [Component(c["name"], c["category"], int(c["bytes"]), c.get("note", ""))
                  for c in list(d.get("components", [])) + list(d.get("runtime", []))]
-        return cls(tuple(comps), engine=d.get("engine", "analytic"),
-                   notes=tuple(d.get("notes", ())), extra=dict(d.get("extra", {})))
+        extra = dict(d.get("extra", {}))
+        phase = d.get("peak_phase", extra.pop("peak_phase", None))
+        upper = d.get("upper")
+        legacy = {k: extra.pop(v) for k, v in _LEGACY_UPPER.items() if v in extra}
+        if upper is None and len(legacy) == len(_LEGACY_UPPER):
+            upper = legacy
+        return cls(tuple(comps), engine=d.get("engine", "analytic"), notes=tuple(d.get("notes", ())),
+                   peak_phase=None if phase is None else str(phase),
+                   upper=None if upper is None else Totals(**{k: int(v) for k, v in upper.items()}),
+                   extra=extra)
 
 
 @dataclass(frozen=True)

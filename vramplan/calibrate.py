@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from vramplan.calibration import Calibration
+from vramplan.device import strip_vendor
 from vramplan.errors import VramplanError
 from vramplan.validate import Estimator, Point, default_estimator
 
@@ -293,7 +294,7 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
 
     per_device: dict[str, dict[str, Any]] = {}
     per_device_fitted: dict[str, tuple[Fitted, ...]] = {}
-    kinds = {p.device: device_kind(p.device) for p in pts}
+    kinds = {p.device: strip_vendor(p.device) for p in pts}
     for dev in sorted(set(kinds.values()) - {"cuda"}):  # 'cuda' = unnamed GPU: global only
         dpts = [p for p in pts if kinds[p.device] == dev]
         if len(dpts) < min_device_points:
@@ -324,16 +325,6 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
                                        if k not in fit_names else "at its lower bound"))
         for k in wanted)
     return CalibrationResult(final, constants, residuals, per_device_fitted, tuple(skipped))
-
-
-def device_kind(name: str) -> str:
-    """The key a device's constants are stored under: its name without the vendor word that
-    ``torch.cuda.get_device_name`` puts first ("NVIDIA H200" -> "H200"), so that the GPU catalog's
-    names ("H200") and the driver's both find them (``Calibration.for_device`` matches whole words)."""
-    words = name.split()
-    if len(words) > 1 and words[0].lower() in ("nvidia", "amd"):
-        return " ".join(words[1:])
-    return name
 
 
 def describe(points: list[Point]) -> str:

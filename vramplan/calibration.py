@@ -9,12 +9,12 @@ with the package lives in ``vramplan/data/calibration.json`` (see its ``fitted_o
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from vramplan.device import Device, contains_words, name_words
 from vramplan.errors import VramplanError, read_json_file
 
 MiB = 1024**2
@@ -90,22 +90,24 @@ class Calibration:
                 raise CalibrationError(f"per_device['{kind}']: unknown constant(s) {', '.join(sorted(unknown))}")
             replace(self, per_device={}, **over)  # validates the values
 
-    def for_device(self, device: str | None) -> "Calibration":
-        """The constants for a device kind, else self. A kind matches when its words appear, in
-        order and whole, among the device name's ("A100" matches "NVIDIA A100-SXM4-80GB" but not
-        "A10"), case-insensitively.
+    def for_device(self, device: "Device | str | None") -> "Calibration":
+        """The constants for a device (a ``vramplan.device.Device`` or anything ``Device.parse``
+        takes), else self. A per-device kind matches when its words appear, in order and whole,
+        among the device name's ("A100" matches "NVIDIA A100-SXM4-80GB" but not "A10"),
+        case-insensitively (``vramplan.device.contains_words``).
 
-        ``cpu`` has no CUDA runtime: context, workspace and allocator reserve are zero there (a
-        ``per_device['cpu']`` entry may still override them).
+        A device without a CUDA context or caching allocator (the CPU) has none of those runtime
+        terms: context, workspace and allocator reserve are zero there (a ``per_device['cpu']``
+        entry may still override them).
         """
-        if device and device.strip().lower() == "cpu":
-            over = {**CPU_RUNTIME, **self.per_device.get("cpu", {})}
-            return replace(self, device="cpu", per_device={}, **over)
-        if device:
-            words = _words(device)
-            hits = [kind for kind in self.per_device if _contains(words, _words(kind))]
+        dev = Device.parse(device)
+        if not dev.cuda_context:
+            over = {**CPU_RUNTIME, **self.per_device.get(dev.kind, {})}
+            return replace(self, device=dev.kind, per_device={}, **over)
+        if dev.name:
+            hits = [kind for kind in self.per_device if contains_words(dev.name, kind)]
             if hits:  # the most specific kind wins ("A100 80GB" over "A100")
-                kind = max(hits, key=lambda k: len(_words(k)))
+                kind = max(hits, key=lambda k: len(name_words(k)))
                 return replace(self, device=kind, per_device={}, **self.per_device[kind])
         return self
 
@@ -130,15 +132,6 @@ class Calibration:
     def load(cls, path: str | Path) -> "Calibration":
         data = read_json_file(path, "calibration file", CalibrationError)
         return cls.from_dict(data)
-
-
-def _words(name: str) -> tuple[str, ...]:
-    return tuple(w for w in re.split(r"[^0-9a-z]+", name.lower()) if w)
-
-
-def _contains(words: tuple[str, ...], part: tuple[str, ...]) -> bool:
-    n = len(part)
-    return n > 0 and any(words[i:i + n] == part for i in range(len(words) - n + 1))
 
 
 @lru_cache(maxsize=1)

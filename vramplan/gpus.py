@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -26,15 +25,13 @@ from typing import Any
 
 from vramplan.breakdown import fmt_bytes, parse_bytes
 from vramplan.calibration import Calibration, default_calibration
+from vramplan.device import lookup_key
 from vramplan.errors import VramplanError
 
 MiB = 1024**2
 #: The catalog (read on first use, never at import).
 DATA_FILE = Path(__file__).with_name("data") / "gpus.json"
 
-#: Words that say nothing about which card it is ("NVIDIA GeForce RTX 4090" == "4090").
-_NOISE = frozenset({"nvidia", "geforce", "tesla", "quadro", "amd", "instinct", "radeon", "rtx", "apple",
-                    "gpu", "gb", "the"})
 
 
 class GpuNotFound(VramplanError):
@@ -102,12 +99,6 @@ def _usable(memory: int, reserved: int, fraction: float | None, context: int) ->
     return memory - reserved - context
 
 
-def _norm(name: str) -> str:
-    """'NVIDIA GeForce RTX 4090' / 'rtx4090' / 'RTX-4090' -> '4090'; 'A100-SXM4-80GB' -> 'a100sxm480'."""
-    tokens = re.findall(r"[a-z]+|\d+", str(name).lower())
-    return "".join(t for t in tokens if t not in _NOISE)
-
-
 def _entry(d: dict[str, Any], calibration: Calibration) -> Gpu:
     if "memory_bytes" in d:
         memory = int(d["memory_bytes"])
@@ -135,13 +126,13 @@ def _index() -> dict[str, Gpu]:
     idx: dict[str, Gpu] = {}
     for g in catalog():
         for key in (g.name, *g.aliases):
-            idx.setdefault(_norm(key), g)
+            idx.setdefault(lookup_key(key), g)
     return idx
 
 
 def suggest_gpus(name: str, n: int = 4) -> list[str]:
     """Catalog names close to an unknown one: substring hits first, then fuzzy matches."""
-    key = _norm(name)
+    key = lookup_key(name)
     idx = _index()
     hits: list[str] = []
     if key:
@@ -156,7 +147,7 @@ def find_gpu(name: str) -> Gpu:
 
     Where a name covers several memory sizes ('a100', 'v100', 'rtx 3080') it means the smaller one.
     """
-    key = _norm(name)
+    key = lookup_key(name)
     if not key:
         raise GpuNotFound("no GPU name given; see `vramplan gpus`")
     gpu = _index().get(key)

@@ -14,7 +14,7 @@ RAM, so counting it in full is conservative for paged optimizers. On Apple unifi
 is Metal's working-set limit and no context is subtracted.
 
 **Which estimate.** By default the conservative bound: the analytic engine's
-``extra["upper_bound_total_bytes"]`` (point estimate widened by the calibration's validation
+``Breakdown.upper.total`` (point estimate widened by the calibration's validation
 residuals). ``bound="point"`` uses the point estimate. Without an upper bound in the breakdown the
 point estimate is used and a note says so.
 
@@ -82,7 +82,7 @@ def need_bytes(b: Breakdown, bound: str = "upper") -> tuple[int, bool]:
     """(bytes a run needs beyond its CUDA context, whether the upper bound was used).
 
     Point: the process total less the context, i.e. every component but ``context`` (allocated,
-    allocator reserve, managed). Upper: ``extra["upper_bound_total_bytes"]`` less the point context.
+    allocator reserve, managed). Upper: ``upper.total`` less the point context.
     """
     context = other = 0
     for c in b.components:
@@ -90,9 +90,8 @@ def need_bytes(b: Breakdown, bound: str = "upper") -> tuple[int, bool]:
             context += c.bytes
         else:
             other += c.bytes
-    ub = b.extra.get("upper_bound_total_bytes")
-    if bound == "upper" and ub is not None:
-        return int(ub) - context, True
+    if bound == "upper" and b.upper is not None:
+        return b.upper.total - context, True
     return other, False
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from vramplan.arch.spec import Arch
@@ -411,7 +411,7 @@ def _check_semantics(semantics: str) -> None:
 
 
 def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: int = 2,
-          extrapolate: bool = True, calibration: Any = None, semantics: str = "cuda") -> Breakdown:
+          extrapolate: bool = True, calibration: Any = None, device: Any = None) -> Breakdown:
     """Allocated memory of ``scenario``'s training step on ``arch``, traced on fake tensors.
 
     ``layers``: trace only the first ``layers`` decoder layers and report that truncated model.
@@ -426,8 +426,13 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
     not the user's run); what matters is reported in ``Breakdown.notes``."""
     if not isinstance(steps, int) or steps < 1:
         raise VramplanError(f"steps must be a positive integer, got {steps!r}")
-    _check_semantics(semantics)
     from vramplan.analytic import effective_attention
+    from vramplan.device import Device
+    from vramplan.engine import runtime_calibration
+
+    dev = Device.parse(device)
+    semantics = dev.semantics
+    calibration = runtime_calibration(calibration, dev)
 
     attn, attn_note = effective_attention(arch, scenario)  # Gemma 2: sdpa -> eager, as transformers
     run_scenario = scenario.replace(attn=attn) if attn is not scenario.attn else scenario
@@ -435,7 +440,7 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
         bd = _trace(arch, run_scenario, layers=layers, steps=steps, extrapolate=extrapolate,
                     calibration=calibration, semantics=semantics)
     if attn_note:
-        bd = Breakdown(bd.components, engine=bd.engine, notes=(attn_note,) + tuple(bd.notes), extra=bd.extra)
+        bd = replace(bd, notes=(attn_note,) + tuple(bd.notes))
     return bd
 
 
@@ -521,7 +526,6 @@ def _trace(arch: Arch, scenario: Scenario, *, layers: int | None, steps: int, ex
     extra = {
         "first_step_peak_bytes": int(sum(first.values())),
         "steady_step_peak_bytes": int(allocated),
-        "peak_phase": peak_phase,
         "seconds": round(time.perf_counter() - t0, 3),
         "layers_traced": traced,
         "layers_reported": reported_layers,
@@ -532,7 +536,7 @@ def _trace(arch: Arch, scenario: Scenario, *, layers: int | None, steps: int, ex
         "first_step_by_component": {k: int(v) for k, v in first.items() if v},
         "versions": _versions(),
     }
-    return Breakdown(tuple(components), engine="trace", notes=tuple(notes), extra=extra)
+    return Breakdown(tuple(components), engine="trace", notes=tuple(notes), peak_phase=peak_phase, extra=extra)
 
 
 def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,

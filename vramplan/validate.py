@@ -94,7 +94,7 @@ class Row:
     scope: str = ""
     """The row's scope before pricing: an ``in`` row the engine could not price has status ``out``."""
     peak_phase: str = ""
-    """The step phase the estimate peaks in (``extra['peak_phase']``), to locate a miss."""
+    """The step phase the estimate peaks in (``Breakdown.peak_phase``), to locate a miss."""
 
     @property
     def error(self) -> float | None:
@@ -257,10 +257,8 @@ def predict(point: Point, calibration: Calibration, estimator: Estimator | None 
 
 
 def _upper(b: Breakdown, key: str, calibration: Calibration, device: str) -> int:
-    extra = {"allocated_peak_bytes": "upper_bound_allocated_bytes",
-             "reserved_peak_bytes": "upper_bound_reserved_bytes", "total_bytes": "upper_bound_total_bytes"}[key]
-    if extra in b.extra:
-        return int(b.extra[extra])
+    if b.upper is not None:
+        return b.upper.get(key)
     frac = calibration.for_device(device).upper_bound_fraction
     return int(getattr(b, key) * (1 + frac))
 
@@ -285,7 +283,7 @@ def validate_points(points: Iterable[Point], calibration: Calibration | None = N
             predicted_total_bytes=b.total_bytes if b is not None else None,
             upper_total_bytes=_upper(b, "total_bytes", cal, pt.device) if b is not None else None,
             fit_actual=pt.fit_actual, source=pt.source, scope=pt.status,
-            peak_phase=str(b.extra.get("peak_phase", "")) if b is not None else "",
+            peak_phase=(b.peak_phase or "") if b is not None else "",
         ))
     return rows
 

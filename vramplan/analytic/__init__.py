@@ -25,8 +25,10 @@ from vramplan.analytic import optimizer as opt
 from vramplan.analytic import weights as wt
 from vramplan.analytic.runtime import runtime_components as _runtime_components
 from vramplan.arch.spec import Arch
-from vramplan.breakdown import Breakdown, Component
-from vramplan.calibration import Calibration, default_calibration
+from vramplan.breakdown import Breakdown, Component, Totals
+from vramplan.calibration import Calibration
+from vramplan.device import Device
+from vramplan.engine import runtime_calibration
 from vramplan.scenario import Attn, Hold, Loss, Quant, Recipe, Scenario
 
 
@@ -250,20 +252,18 @@ def _loss_terms(st: dict[str, Any], scenario: Scenario) -> tuple[int, int, int]:
 
 
 def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = None,
-             device: str | None = None, *, semantics: str | None = None) -> Breakdown:
-    """Analytic memory budget of one training step (engine ``analytic``).
+             device: "Device | str | None" = None) -> Breakdown:
+    """Analytic memory budget of one training step (engine ``analytic``, ``vramplan.engine.Engine``).
 
-    Allocated components sum to the allocated peak (the largest phase, ``extra["peak_phase"]``);
-    runtime components follow. ``extra`` carries upper bounds (point × (1 + upper_bound_fraction)).
-    ``semantics``: ``"cuda"`` (default) or ``"cpu"``, what the same program allocates on CPU (the
-    fake-tensor trace, CPU profiles): two documented differences, see ``activations.Dtypes.cuda``.
-    Left as None it follows ``device`` (``"cpu"`` -> cpu, anything else -> cuda).
+    Allocated components sum to the allocated peak (the largest phase, ``Breakdown.peak_phase``);
+    runtime components follow; ``Breakdown.upper`` is point × (1 + upper_bound_fraction). The
+    ``device`` decides the program priced (``Device.semantics``: on CPU, what the same program
+    allocates there, two documented differences, see ``activations.Dtypes.cuda``) and the runtime
+    constants (``vramplan.engine.runtime_calibration``).
     """
-    if semantics is None:
-        semantics = "cpu" if (device or "").lower() == "cpu" else "cuda"
-    cal = calibration if calibration is not None else default_calibration()
-    if device:
-        cal = cal.for_device(device)
+    dev = Device.parse(device)
+    semantics = dev.semantics
+    cal = runtime_calibration(calibration, dev)
     st = static_terms(arch, scenario, semantics)
     T = scenario.seq * scenario.batch
     s_len = scenario.seq
@@ -365,7 +365,6 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     allocated = st["static"] + grads + sum(x[2] for x in dyn)
     runtime = _runtime_components(arch, scenario, allocated, cal, loss_workspace=max(loss_b, loss_f) + held)
     comps.extend(runtime)
-    bd = Breakdown(tuple(comps), engine="analytic", notes=st["notes"])
     alloc, res, tot = allocated, allocated, allocated
     for c in runtime:  # totals by the Breakdown rules, without re-walking the components
         if c.category in ("temporary", "weights", "activations"):
@@ -378,12 +377,10 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         else:
             tot += c.bytes
     f = 1.0 + cal.upper_bound_fraction
-    bd.extra.update(
-        peak_phase=phase, phases={k: v + st["static"] for k, v in phases.items()},
-        upper_bound_allocated_bytes=int(alloc * f), upper_bound_reserved_bytes=int(res * f),
-        upper_bound_total_bytes=int(tot * f), trainable_params=st["n_train"],
-        calibration=cal.fitted_on,
-    )
+    bd = Breakdown(tuple(comps), engine="analytic", notes=st["notes"], peak_phase=phase,
+                   upper=Totals(int(alloc * f), int(res * f), int(tot * f)),
+                   extra=dict(phases={k: v + st["static"] for k, v in phases.items()},
+                              trainable_params=st["n_train"], calibration=cal.fitted_on))
     return bd
 
 

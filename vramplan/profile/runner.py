@@ -179,11 +179,11 @@ def predict(arch: Arch, scenario: Scenario, engines: tuple[str, ...], device_kin
                 from vramplan.analytic import estimate
 
                 # a CPU profile runs the CPU program: price it with CPU semantics (vramplan.hf.cuda_path)
-                b: Breakdown = estimate(arch, scenario, calibration=cal, semantics=sem)
+                b: Breakdown = estimate(arch, scenario, calibration=cal, device=sem)
             elif engine == "trace":
                 from vramplan.trace import trace
 
-                b = trace(arch, scenario, calibration=cal, semantics=sem)
+                b = trace(arch, scenario, calibration=cal, device=sem)
             else:
                 raise VramplanError(f"unknown engine '{engine}'")
         except ImportError as e:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vramplan.breakdown import Breakdown
+from vramplan.device import strip_vendor
 from vramplan.errors import VramplanError
 from vramplan.scenario import Scenario
 
@@ -237,7 +238,7 @@ def file_name(p: Profile) -> str:
     GPU's name (``H100-80GB-HBM3``)."""
     s = p.scenario
     stamp = re.sub(r"[^0-9T]", "", p.timestamp)[:15]
-    dev = "cpu" if p.device["kind"] == "cpu" else _slug(re.sub(r"(?i)^nvidia\s*", "", p.device["name"]))[:24]
+    dev = "cpu" if p.device["kind"] == "cpu" else _slug(strip_vendor(p.device["name"]))[:24]
     return f"{_slug(p.model)}_{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
 
 

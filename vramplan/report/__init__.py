@@ -19,10 +19,11 @@ def estimate_json(arch: Any, scenario: Any, bd: Any, headroom: dict[str, Any] | 
         "runtime": [{k: c[k] for k in ("name", "category", "bytes")} for c in d["runtime"]],
         "notes": list(bd.notes),
     }
-    for k in ("upper_bound_allocated_bytes", "upper_bound_reserved_bytes", "upper_bound_total_bytes",
-              "peak_phase"):
-        if k in bd.extra:
-            out[k] = bd.extra[k]
+    if bd.upper is not None:
+        out.update(upper_bound_allocated_bytes=bd.upper.allocated, upper_bound_reserved_bytes=bd.upper.reserved,
+                   upper_bound_total_bytes=bd.upper.total)
+    if bd.peak_phase is not None:
+        out["peak_phase"] = bd.peak_phase
     if headroom:
         out["gpu"] = headroom
     return out

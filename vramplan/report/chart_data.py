@@ -24,9 +24,6 @@ TOTALS: dict[str, str] = {
     "total": "total_bytes",               # what nvidia-smi shows for the process: what must fit
 }
 TOTAL_LABELS = {"allocated": "allocated peak", "reserved": "reserved peak", "total": "process total"}
-#: The analytic engine's conservative bound of each total (``Breakdown.extra``), when it gives one.
-UPPER_KEYS = {"allocated": "upper_bound_allocated_bytes", "reserved": "upper_bound_reserved_bytes",
-              "total": "upper_bound_total_bytes"}
 
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -163,7 +160,7 @@ def seq_sweep(variants: Sequence[tuple[str, Arch, Scenario]], seqs: Iterable[int
                 raise VramplanError(f"seq {s}: {e}") from None
             b = breakdown(arch, sc, calibration=calibration, device=device)
             ys.append(getattr(b, TOTALS[total]))
-            ups.append(b.extra.get(UPPER_KEYS[total]) if upper else None)
+            ups.append(b.upper.get(total) if (upper and b.upper is not None) else None)
         has_upper = upper and all(u is not None for u in ups)
         curves.append(Curve(label, seqs, tuple(ys), tuple(int(u) for u in ups) if has_upper else None))
     # Only the process total is bounded by the card's memory line; other totals are drawn against it

@@ -53,9 +53,8 @@ def render(bd: Breakdown, title: str = "", headroom: dict[str, Any] | None = Non
 
     con = Console()
     con.print(breakdown_table(bd, title, headroom))
-    ub = bd.extra.get("upper_bound_total_bytes")
-    if ub:
-        con.print(f"[dim]peak phase: {bd.extra.get('peak_phase', '?')}; conservative upper bound "
-                  f"(process total): {fmt_bytes(ub)}[/dim]")
+    if bd.upper is not None:
+        con.print(f"[dim]peak phase: {bd.peak_phase or '?'}; conservative upper bound "
+                  f"(process total): {fmt_bytes(bd.upper.total)}[/dim]")
     for n in bd.notes:
         con.print(f"[dim]note: {n}[/dim]")

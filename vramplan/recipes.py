@@ -1,0 +1,123 @@
+"""Recipes as data: how a training framework leaves the dtypes of the parameters it does not quantize.
+
+One ``RecipeSpec`` per ``Scenario.recipe``; both engines read it (the analytic engine's dtype widths,
+``vramplan.analytic.terms.dtypes``; the trace's and profiler's build step,
+``vramplan.hf.build.apply_recipe``). Named ``PRESETS`` bundle the fields that describe an older
+framework or a hand-written loop (loss kernel, how long the loop holds the logits, adapter dtype,
+bitsandbytes' input saving), so a scenario can say "torchtune 2024" instead of five flags.
+
+Adding a recipe: a ``Recipe`` member (``vramplan/scenario.py``), its ``RecipeSpec`` here, and the
+build step in ``vramplan.hf.build.apply_recipe`` if it runs framework code; a test in
+tests/theirs/ builds a tiny model with that framework and checks every parameter group's dtype.
+Adding a preset: one ``PRESETS`` entry, citing the source of each field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from vramplan.errors import VramplanError
+from vramplan.scenario import Recipe
+
+#: The unquantized parameter groups a recipe can cast (names of ``Arch`` parameter groups).
+GROUPS = ("embeddings", "lm_head", "norms", "biases", "router", "experts")
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """The dtype policy of one recipe for a quantized base (without quantization every parameter
+    stays in the load dtype, whatever the recipe: no k-bit preparation runs)."""
+
+    recipe: Recipe
+    upcast_fp32: bool
+    """Every floating parameter that is not 4-bit is upcast to fp32 (peft 0.21
+    ``prepare_model_for_kbit_training``: ``param.data = param.data.to(torch.float32)`` for fp16/bf16
+    parameters that are not ``Params4bit``)."""
+    cast_back: frozenset[str]
+    """Groups returned to the compute dtype after the upcast (TRL's ``peft_module_casting_to_bf16``:
+    ``lm_head`` and ``embed_tokens`` whose weight is fp32; norms stay fp32)."""
+    build_step: str
+    """What ``vramplan.hf.build.apply_recipe`` runs, in words."""
+
+    def upcasts(self, quantized: bool) -> bool:
+        """Whether the upcast runs: only for a quantized model, and only if the recipe upcasts."""
+        return quantized and self.upcast_fp32
+
+    def group_bytes(self, group: str, quantized: bool, compute_bytes: int) -> int:
+        """Bytes per element of an unquantized parameter group after the recipe ran."""
+        if group not in GROUPS:
+            raise ValueError(f"unknown parameter group {group!r}")
+        if self.upcasts(quantized) and group not in self.cast_back:
+            return 4
+        return compute_bytes
+
+
+#: Every recipe's spec (the one place a recipe's dtype policy is written).
+RECIPES: dict[Recipe, RecipeSpec] = {
+    Recipe.HF_PEFT: RecipeSpec(
+        Recipe.HF_PEFT, upcast_fp32=True, cast_back=frozenset(),
+        build_step="peft prepare_model_for_kbit_training"),
+    Recipe.TRL: RecipeSpec(
+        Recipe.TRL, upcast_fp32=True, cast_back=frozenset({"embeddings", "lm_head"}),
+        build_step="peft prepare_model_for_kbit_training, then trl peft_module_casting_to_bf16"),
+    Recipe.PLAIN: RecipeSpec(
+        Recipe.PLAIN, upcast_fp32=False, cast_back=frozenset(), build_step="none"),
+}
+
+
+def spec(recipe: Recipe) -> RecipeSpec:
+    """The spec of ``recipe``."""
+    return RECIPES[Recipe.parse(recipe)]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named bundle of Scenario fields describing a framework version or a training loop."""
+
+    name: str
+    fields: dict[str, Any]
+    """Scenario field -> value; the string ``"dtype"`` for ``adapter_dtype`` means "the scenario's
+    compute dtype" (bf16 adapters with a bf16 run, fp16 with fp16)."""
+    source: str
+    """Where each field's value comes from."""
+    quantized_fields: tuple[str, ...] = ()
+    """Fields that apply only when the base is 4-bit (dropped for ``quant none``)."""
+
+    def resolve(self, dtype: str, quantized: bool) -> dict[str, Any]:
+        """The fields for a run of compute dtype ``dtype`` (a ``Dtype`` value)."""
+        out = {k: (dtype if v == "dtype" else v) for k, v in self.fields.items()}
+        if not quantized:
+            for k in self.quantized_fields:
+                out.pop(k, None)
+        return out
+
+
+#: Older frameworks and loops whose memory differs from today's HF Trainer (docs/methodology.md).
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("transformers-4.44", dict(loss="legacy"),
+           "transformers <= 4.44 LlamaForCausalLM.forward: logits.float() in the model, then a shifted copy"),
+    Preset("bitsandbytes-0.43.1", dict(bnb_keeps_input=True),
+           "bitsandbytes < 0.43.2 MatMul4Bit.forward saves its input whenever it needs a gradient",
+           quantized_fields=("bnb_keeps_input",)),
+    Preset("litgpt-2023", dict(recipe="plain", autocast=False, bnb_keeps_input=True),
+           "litgpt @8641822 (Oct 2023): pure-precision model, bitsandbytes < 0.43.2",
+           quantized_fields=("bnb_keeps_input",)),
+    Preset("fsdp-qlora-2024", dict(recipe="plain", autocast=False, adapter_dtype="dtype", loss="legacy",
+                                   hold_logits="step", bnb_keeps_input=True),
+           "AnswerDotAI fsdp_qlora train.py (Mar 2024): pure bf16, adapters in the weight dtype, transformers "
+           "4.38 loss, `output` deleted after the optimizer step, bitsandbytes 0.43.0",
+           quantized_fields=("bnb_keeps_input",)),
+    Preset("torchtune-2024", dict(recipe="plain", autocast=False, adapter_dtype="dtype", loss="legacy",
+                                  hold_logits="loop"),
+           "torchtune 2024 lora_finetune_single_device: bf16 model and adapters, output(h).float(), the shifted "
+           "logits kept through backward and the next forward"),
+)}
+
+
+def preset(name: str) -> Preset:
+    """A preset by name, with a one-line error naming the choices."""
+    try:
+        return PRESETS[name.strip().lower()]
+    except KeyError:
+        raise VramplanError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})") from None
