@@ -249,10 +249,8 @@ def test_property_monotone(kw, m, field):
 def test_sliding_layers_as_transformers_counts_them(model, sliding):
     """Sliding-window layers per transformers 5.24's config classes (layer_types: 22 of Gemma 3 1B's 26,
     Gemma 2's even layers, every Mistral-v0.1 layer; Qwen2's use_sliding_window is off)."""
-    from vramplan.analytic.activations import sliding_attention_layers
-
     a = resolve(model)
-    assert len(sliding_attention_layers(a.model_type, a.config, a.num_layers)) == sliding
+    assert len(a.family.sliding_layers(a.config, a.num_layers)) == sliding
 
 
 def test_sliding_window_mask_priced_from_the_window_on():

@@ -107,8 +107,8 @@ class Breakdown:
 
     def __post_init__(self) -> None:
         names = [c.name for c in self.components]
-        dupes = {n for n in names if names.count(n) > 1}
-        if dupes:
+        if len(set(names)) != len(names):
+            dupes = {n for n in names if names.count(n) > 1}
             raise ValueError(f"duplicate component names: {sorted(dupes)}")
 
     # --------------------------------------------------------------------------------- totals

@@ -108,7 +108,7 @@ class Device:
         if isinstance(value, Device):
             return value
         if value is None:
-            return cls("cuda")
+            return _UNNAMED_CUDA
         if not isinstance(value, str):
             raise VramplanError(f"device must be a name or a Device, got {type(value).__name__}")
         text = value.strip()
@@ -150,3 +150,6 @@ class Device:
 
     def __str__(self) -> str:
         return self.name or self.kind
+
+
+_UNNAMED_CUDA = Device("cuda")

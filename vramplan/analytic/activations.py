@@ -57,7 +57,7 @@ class Dtypes:
     """bitsandbytes < 0.43.2: a 4-bit layer saves its input whenever it needs a gradient."""
     norm_keeps_dtype: bool = False
     """RMSNorm returns its input's dtype whatever its weight's (Gemma: ``output.type_as(x)``, see
-    ``NORM_KEEPS_INPUT_DTYPE``); else ``weight * x.to(input_dtype)`` promotes to the weight's dtype."""
+    ``Family.norm_keeps_input_dtype``); else ``weight * x.to(input_dtype)`` promotes to the weight's dtype."""
     @property
     def lora_input_cast(self) -> bool:
         """peft casts the LoRA input to the adapter dtype: always in the plain ``lora.Linear``
@@ -71,13 +71,6 @@ class Dtypes:
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
     fp32 adapter dtype before dropout; and CPU ``F.dropout`` is the composite ``x * mask`` whose mask
     has x's dtype (CUDA's fused ``native_dropout`` keeps a bool mask)."""
-
-
-#: transformers 5.24 families whose RMSNorm computes in fp32 and casts back to the input's dtype
-#: (``modeling_gemma2.py`` / ``modeling_gemma3.py`` ``*RMSNorm.forward``: ``output.type_as(x)``), so an
-#: fp32 norm weight (TRL's cast) does not promote the residual stream as Llama's
-#: ``self.weight * hidden_states.to(input_dtype)`` does.
-NORM_KEEPS_INPUT_DTYPE = frozenset({"gemma", "gemma2", "gemma3_text", "gemma3"})
 
 
 def _promote(a: int, b: int) -> int:
@@ -182,13 +175,33 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     (False for layer 0 without checkpointing: peft enables input gradients only with checkpointing,
     so nothing before the first LoRA module is saved). A MoE layer's autocast copies of its fp32
     experts are priced by the caller (they depend on how many experts the batch touches).
+    The walk: ``_attention_saved`` (steps 1-5), the residual add and pre-MLP norm (step 6), then
+    ``_mlp_saved`` or ``_moe_saved`` (step 7) and Gemma's post-feedforward norm.
     """
     w = _Walk(d, rank, targets)
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    od, lo = _attention_saved(w, arch, lins, attn, live_in)
+    # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
+    live = live_in or lo
+    hd1 = _promote(d.resid, od)
+    w.norm(arch.hidden_size, 1, live)
+    n2 = norm_out(d, hd1)
+    # 7. MLP.
+    if moe:
+        _moe_saved(w, arch, lins, n2, live)
+    else:
+        _mlp_saved(w, arch, lins, n2, live)
+    if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
+        w.norm(arch.hidden_size)
+    return w.tok, w.quad, w.const
+
+
+def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool) -> tuple[int, bool]:
+    """Steps 1-5 of ``layer_saved``: input norm, q/k/v, q/k norms, RoPE and the attention core, then
+    o_proj (and Gemma's post-attention norm). Returns (o_proj output dtype, whether it needs a gradient)."""
+    d, targets = w.d, w.targets
     H, nh, nkv, hd = arch.hidden_size, arch.num_heads, arch.num_kv_heads, arch.head_dim
     q, kv = nh * hd, nkv * hd
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
-    c = d.c
-    live = live_in
     # 1. input_layernorm on the residual x (bytes resid): fp32 x + rsqrt. When x is fp32 it is the
     #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
     if live:
@@ -213,7 +226,7 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     # 5. attention core: saves only if q, k or v needs a gradient.
     la = lq or lk or lv
     if attn == "eager":
-        ad = c if d.autocast else qd
+        ad = d.c if d.autocast else qd
         if la:
             # q, repeat_kv(k), repeat_kv(v) as the matmuls save them (cast copies under autocast).
             w.tok += ad * (q + q + q)
@@ -226,7 +239,7 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     else:
         # sdpa (flash / memory-efficient kernel) and flash-attention-2: q, k, v in the kernel dtype
         # (flash2 casts fp32 to c; autocast casts for sdpa), output, fp32 logsumexp per head.
-        ad = c if (d.autocast or attn == "flash2") else qd
+        ad = d.c if (d.autocast or attn == "flash2") else qd
         if la:
             w.tok += ad * (q + 2 * kv) + ad * q + 4 * nh
         x_o_saved = la  # o_proj reads the saved attention output (same storage)
@@ -234,57 +247,56 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
         w.norm(H, 1, lo)
         od = norm_out(d, od)
-    # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
-    live = live or lo
-    hd1 = _promote(d.resid, od)
-    w.norm(H, 1, live)
-    n2 = norm_out(d, hd1)
-    # 7. MLP.
-    if not moe:
-        I = arch.intermediate_size
-        if "gate_up_proj" in lins:
-            gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
-            lu = lg
-        else:
-            gd, _ = w.linears((lins["gate_proj"], lins["up_proj"]), n2, False, live)
-            lg = live or d.full or "gate_proj" in targets
-            lu = live or d.full or "up_proj" in targets
-        # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).
-        w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
-        w.linears((lins["down_proj"],), gd, False, lg or lu)
+    return od, lo
+
+
+def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
+    """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down."""
+    targets, full = w.targets, w.d.full
+    I = arch.intermediate_size
+    if "gate_up_proj" in lins:
+        gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
+        lu = lg
     else:
-        E, k, M = arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
-        # transformers 5 ``integrations/moe.py::_grouped_mm`` casts the input to the expert weights' dtype
-        # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
-        ed = d.other_w
-        if live:
-            # router: fp32 softmax output (E) + top-k indices (int64) and weights.
-            w.tok += 4 * E + 12 * k
-            if d.autocast and d.other_w != c:
-                w.const += c * E * H  # router weight's bf16 copy, saved for the input gradient
-            # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
-            # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
-            # weight, gather index (int64).
-            w.tok += k * (ed * (3 * M + H) + 8)
-            if "experts" in targets:
-                # grouped_mm saves its inputs (gathered x: H, and the act product: M) only when the
-                # expert weights need a gradient (LoRA-wrapped by peft's ParamWrapper): torch
-                # ``derivatives.yaml`` ``_grouped_mm`` saves ``self`` for the ``mat2`` gradient.
-                w.tok += k * ed * (H + M)
-            if "experts" in targets:
-                # the effective weight stacks W + B·A (``baddbmm``, E·(2M·H + H·M) in the experts'
-                # dtype) are saved for the input gradient.
-                w.const += d.other_w * E * 3 * M * H
-        S = arch.shared_expert_intermediate_size
-        if S:
-            sd, ls = w.linears((lins["shared_expert.gate_proj"], lins["shared_expert.up_proj"]), n2, False, live)
-            w.tok += 3 * sd * S if ls else 0
-            w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
-            w.linears((lins["shared_expert_gate"],), n2, True, live)
-            w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
-    if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
-        w.norm(H)
-    return w.tok, w.quad, w.const
+        gd, _ = w.linears((lins["gate_proj"], lins["up_proj"]), n2, False, live)
+        lg = live or full or "gate_proj" in targets
+        lu = live or full or "up_proj" in targets
+    # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).
+    w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
+    w.linears((lins["down_proj"],), gd, False, lg or lu)
+
+
+def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
+    """Sparse MoE block: router, transformers 5's grouped_mm experts, and a gated shared expert."""
+    d, targets = w.d, w.targets
+    H, E, k, M = arch.hidden_size, arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+    # transformers 5 ``integrations/moe.py::_grouped_mm`` casts the input to the expert weights' dtype
+    # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
+    ed = d.other_w
+    if live:
+        # router: fp32 softmax output (E) + top-k indices (int64) and weights.
+        w.tok += 4 * E + 12 * k
+        if d.autocast and d.other_w != d.c:
+            w.const += d.c * E * H  # router weight's bf16 copy, saved for the input gradient
+        # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
+        # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
+        # weight, gather index (int64).
+        w.tok += k * (ed * (3 * M + H) + 8)
+        if "experts" in targets:
+            # grouped_mm saves its inputs (gathered x: H, and the act product: M) only when the
+            # expert weights need a gradient (LoRA-wrapped by peft's ParamWrapper): torch
+            # ``derivatives.yaml`` ``_grouped_mm`` saves ``self`` for the ``mat2`` gradient.
+            w.tok += k * ed * (H + M)
+            # the effective weight stacks W + B·A (``baddbmm``, E·(2M·H + H·M) in the experts'
+            # dtype) are saved for the input gradient.
+            w.const += d.other_w * E * 3 * M * H
+    S = arch.shared_expert_intermediate_size
+    if S:
+        sd, ls = w.linears((lins["shared_expert.gate_proj"], lins["shared_expert.up_proj"]), n2, False, live)
+        w.tok += 3 * sd * S if ls else 0
+        w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
+        w.linears((lins["shared_expert_gate"],), n2, True, live)
+        w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
 
 
 def _dense_index(arch: Arch) -> int:
@@ -348,29 +360,6 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
     return a, a_fixed, b + hpart, deq
-
-
-def sliding_attention_layers(model_type: str, cfg: dict, num_layers: int) -> tuple[int, ...]:
-    """Indices of the decoder layers whose attention is sliding-window, as transformers 5.24 decides:
-    1. config.json ``layer_types`` when given;
-    2. Gemma 3: layer i slides unless (i + 1) % ``sliding_window_pattern`` == 0 (default 6);
-       Gemma 2: even layers slide (``Gemma2Config``);
-    3. Mistral / Mixtral / Phi-3: every layer when ``sliding_window`` is set
-       (``create_sliding_window_causal_mask``);
-    4. Qwen2 / Qwen2-MoE: layers from ``max_window_layers`` on when ``use_sliding_window``."""
-    types = cfg.get("layer_types")
-    if isinstance(types, list) and types:
-        return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sliding_attention")
-    if model_type in ("gemma3_text", "gemma3"):
-        p = cfg.get("sliding_window_pattern", 6) or 6
-        return tuple(i for i in range(num_layers) if (i + 1) % p)
-    if model_type == "gemma2":
-        return tuple(range(0, num_layers, 2))
-    if model_type in ("mistral", "mixtral", "phi3") and cfg.get("sliding_window"):
-        return tuple(range(num_layers))
-    if model_type in ("qwen2", "qwen2_moe") and cfg.get("use_sliding_window") and cfg.get("sliding_window"):
-        return tuple(range(cfg.get("max_window_layers", 0) or 0, num_layers))
-    return ()
 
 
 def sliding_sdpa_saved(arch: Arch, d: Dtypes, attn: str) -> tuple[int, int]:

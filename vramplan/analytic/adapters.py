@@ -3,17 +3,14 @@
 Symbols: r = rank, (i, o) = a target linear's in/out features, c = its instance count.
 Source: peft 0.21.2 ``tuners/lora/layer.py::LoraLayer.update_layer`` (A: r × i, B: o × r, no bias)
 and ``tuners/tuners_utils.py`` (``all-linear`` = every ``nn.Linear`` except the output layer).
-peft keeps adapter weights in fp32 (``autocast_adapter_dtype=True`` upcasts bf16/fp16 adapters).
+peft keeps adapter weights in fp32 (``autocast_adapter_dtype=True`` upcasts bf16/fp16 adapters) unless
+the scenario keeps them in the compute dtype (``Scenario.adapter_dtype``).
 """
 
 from __future__ import annotations
 
 from vramplan.arch.spec import Arch, Linear
 from vramplan.errors import VramplanError
-
-#: peft stores LoRA weights in fp32.
-LORA_BYTES = 4
-
 
 def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Linear, ...]:
     """The linear kinds peft wraps with LoRA, validated.
@@ -35,7 +32,7 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
                     f"in {arch.name}")
         return chosen
     chosen_list: list[Linear] = []
-    expert_names = EXPERT_TARGETS.get(arch.model_type, {}) if arch.is_moe else {}
+    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     head = arch.linears()[-1]
     for t in targets:
         hit = [lin for lin in lins if lin.name == t or lin.name.endswith("." + t)]
@@ -56,19 +53,12 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
     return tuple(chosen_list)
 
 
-#: Families whose v4 expert/router linears peft 0.21 remaps onto transformers 5's fused parameters
-#: (``utils/transformers_weight_conversion.py``: ``_MODEL_TO_CONVERSION_PATTERN`` and
-#: ``_MOE_TARGET_MODULE_MAPPING``; qwen2_moe maps to None there, so its experts are never adapted).
-#: v4 name -> the part it adapts.
-EXPERT_TARGETS: dict[str, dict[str, str]] = {
-    "qwen3_moe": {"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up", "down_proj": "down"},
-    "mixtral": {"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"},
-}
-
-
 def expert_parts(arch: Arch, targets: tuple[str, ...]) -> frozenset[str]:
-    """Which of router / gate_up / down peft wraps with ``ParamWrapper`` LoRA for these targets."""
-    table = EXPERT_TARGETS.get(arch.model_type)
+    """Which of router / gate_up / down peft wraps with ``ParamWrapper`` LoRA for these targets.
+
+    peft 0.21 remaps the v4 expert/router names onto transformers 5's fused parameters
+    (``utils/transformers_weight_conversion.py``), as the family records (``Family.expert_lora_targets``)."""
+    table = arch.family.expert_lora_targets
     if not table or not arch.is_moe:
         return frozenset()
     if targets == ("all-linear",):
@@ -105,11 +95,6 @@ def expert_lora_tensors(arch: Arch, targets: tuple[str, ...], rank: int) -> list
     if "down" in parts:
         out += [(r * E * M, nm), (H * r * E, nm)]
     return out
-
-
-def lora_params(targets: tuple[Linear, ...], rank: int) -> int:
-    """Elements of every LoRA A and B: sum over targets of c · r · (i + o)."""
-    return sum(lin.count * rank * (lin.in_features + lin.out_features) for lin in targets)
 
 
 def lora_tensor_sizes(targets: tuple[Linear, ...], rank: int) -> list[tuple[int, int]]:

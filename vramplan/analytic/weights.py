@@ -3,10 +3,15 @@
 Symbols: n = elements of one weight matrix (in × out), B = 4-bit block size (``--blocksize``),
 nb = ceil(n / B) blocks. Sources: QLoRA (Dettmers et al., arXiv 2305.14314, §3 "Double
 Quantization"), bitsandbytes 0.50.2 ``functional.py::quantize_4bit`` / ``QuantState`` and
-``nn/modules.py::Int8Params``; the bytes are checked "ours vs theirs" in tests/test_analytic_weights.py.
+``nn/modules.py::Int8Params``; the bytes are checked "ours vs theirs" against bitsandbytes' own
+quantization in the tests (``test_analytic_theirs.py``).
 """
 
 from __future__ import annotations
+
+from typing import Any, Mapping
+
+from vramplan.arch.families import Family
 
 #: NF4/FP4 code table: 16 fp32 values, one tensor per quantized weight
 #: (bitsandbytes ``get_4bit_type`` builds a fresh tensor on every ``quantize_4bit`` call).
@@ -68,48 +73,25 @@ def float_bytes(n: int, nbytes: int) -> int:
 #: ``kMinBlockSize``): a tensor of a few bytes still takes one 512 B block.
 ALLOC_BLOCK = 512
 
-#: transformers 5.24 families whose rotary module keeps one frequency set per attention layer type
-#: (``modeling_gemma3.py::Gemma3RotaryEmbedding``: ``{layer_type}_inv_freq`` for each of
-#: ``sorted(set(config.layer_types))``); every other family has a single ``inv_freq``.
-PER_LAYER_TYPE_ROTARY = frozenset({"gemma3_text", "gemma3"})
-
-#: Families whose embedding is ``*ScaledWordEmbedding`` with a scalar ``embed_scale`` buffer
-#: (``modeling_gemma2.py`` / ``modeling_gemma3.py``, ``nn.Buffer(torch.tensor(embed_scale))``).
-SCALED_EMBEDDING = frozenset({"gemma2", "gemma3_text", "gemma3"})
-
-
 def _blocks(nbytes: int) -> int:
     return -(-nbytes // ALLOC_BLOCK) * ALLOC_BLOCK
 
 
-def attention_layer_types(cfg: dict, num_layers: int) -> tuple[str, ...]:
-    """Distinct attention layer types: config.json ``layer_types`` when given, else Gemma 3's
-    derivation from ``sliding_window_pattern`` (``Gemma3TextConfig``: layer i is full attention when
-    (i + 1) % pattern == 0, default pattern 6)."""
-    types = cfg.get("layer_types")
-    if isinstance(types, list) and types:
-        return tuple(sorted(set(types[:num_layers])))
-    p = cfg.get("sliding_window_pattern", 6) or 6
-    return tuple(sorted({"full_attention" if (i + 1) % p == 0 else "sliding_attention"
-                         for i in range(num_layers)}))
-
-
-def model_buffer_bytes(model_type: str, head_dim: int, num_layers: int, cfg: dict) -> int:
+def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapping[str, Any]) -> int:
     """Non-parameter buffers of the transformers model, at the allocator's 512 B granularity.
 
     1. Rotary embedding (``*RotaryEmbedding.__init__``, transformers 5.24): ``inv_freq`` and its
        ``original_inv_freq`` clone, each ``dim / 2`` fp32 values, dim = head_dim ·
-       ``partial_rotary_factor`` (1 by default); one pair per attention layer type for
-       ``PER_LAYER_TYPE_ROTARY`` families, else one pair.
-    2. Gemma's scaled embedding: one scalar ``embed_scale`` (a 512 B block).
+       ``partial_rotary_factor`` (1 by default); one pair per attention layer type for families with
+       ``Family.rotary_per_layer_type`` (Gemma 3), else one pair (``Family.rotary_sets``).
+    2. A scaled embedding (``Family.scaled_embedding``, Gemma): one scalar ``embed_scale`` (a 512 B block).
     Each tensor is rounded up to 512 B, as the caching allocator (and the trace) count it: e.g.
     Llama / Qwen3 (head_dim 128): 2 × round512(64 · 4) = 1,024 B.
     """
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     factor = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else 1.0)
     dim = int(head_dim * (factor or 1.0))
-    sets = len(attention_layer_types(cfg, num_layers)) if model_type in PER_LAYER_TYPE_ROTARY else 1
-    out = sets * 2 * _blocks(4 * (dim // 2))
-    if model_type in SCALED_EMBEDDING:
+    out = family.rotary_sets(cfg, num_layers) * 2 * _blocks(4 * (dim // 2))
+    if family.scaled_embedding:
         out += _blocks(1)
     return out

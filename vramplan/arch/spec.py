@@ -1,18 +1,11 @@
 """The architecture of a decoder-only LLM, read from its Hugging Face ``config.json``.
 
 ``Arch`` is pure data with exact parameter counts; it imports no torch. Its module list mirrors the
-modules transformers 5.x instantiates for each supported ``model_type`` (source files named per family
-below), so that "which modules does bitsandbytes quantize" and "which modules does peft's
-``all-linear`` reach" are answered from the same list the frameworks walk.
-
-Supported ``model_type`` values and the transformers files they mirror:
-
-- ``llama``, ``mistral``: ``models/llama/modeling_llama.py``, ``models/mistral/modeling_mistral.py``
-- ``qwen2``: ``models/qwen2/modeling_qwen2.py`` (q/k/v carry a bias, o_proj does not)
-- ``qwen3``: ``models/qwen3/modeling_qwen3.py`` (per-head RMSNorm on q and k)
-- ``qwen3_moe``, ``qwen2_moe``, ``mixtral``: the MoE files; experts are fused 3-D parameters in 5.x
-- ``gemma2``, ``gemma3_text`` (also ``gemma3`` with ``text_config``): four norms per layer
-- ``phi3`` (Phi-3, Phi-3.5, Phi-4): fused ``qkv_proj`` and ``gate_up_proj``
+modules transformers 5.x instantiates for each supported ``model_type``, so that "which modules does
+bitsandbytes quantize" and "which modules does peft's ``all-linear`` reach" are answered from the same
+list the frameworks walk. The per-family facts it reads (biases, norms, fused projections, MoE layout,
+class defaults) are the ``Family`` records of ``vramplan.arch.families``, each citing its transformers
+file; MoE experts are fused 3-D parameters in transformers 5.x.
 """
 
 from __future__ import annotations
@@ -20,51 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, UNSUPPORTED, Family
 from vramplan.errors import VramplanError
 
 
 class ArchError(VramplanError):
     """A config.json that vramplan cannot turn into an architecture (missing field, unsupported type)."""
-
-
-#: model_type -> family traits. ``qkv_bias``: q/k/v carry a bias regardless of ``attention_bias``
-#: (Qwen2 family hard-codes it). ``qk_norm``: per-head RMSNorm on q and k. ``norms``: RMSNorms per
-#: decoder layer. ``fused_qkv`` / ``fused_gate_up``: Phi-3 layout. ``tie``: the config class's default
-#: for ``tie_word_embeddings`` when config.json omits it.
-FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False),
-    "mistral": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False),
-    "mixtral": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False, moe=True),
-    "qwen2": dict(qkv_bias=True, qk_norm=False, norms=2, tie=False),
-    "qwen2_moe": dict(qkv_bias=True, qk_norm=False, norms=2, tie=False, moe=True),
-    "qwen3": dict(qkv_bias=False, qk_norm=True, norms=2, tie=False),
-    "qwen3_moe": dict(qkv_bias=False, qk_norm=True, norms=2, tie=False, moe=True),
-    "gemma2": dict(qkv_bias=False, qk_norm=False, norms=4, tie=True),
-    "gemma3_text": dict(qkv_bias=False, qk_norm=True, norms=4, tie=True),
-    "phi3": dict(qkv_bias=False, qk_norm=False, norms=2, tie=False, fused=True),
-}
-
-#: Fields that a family's transformers config class fills in when config.json omits them, and that
-#: published configs rely on (e.g. google/gemma-3-4b-pt's text_config omits the head counts).
-#: Source: ``Gemma3TextConfig.__init__`` defaults in transformers 5.x.
-CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma3_text": dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208),
-    "gemma2": dict(head_dim=256),
-}
-
-#: Known model_types that are deliberately not modelled yet, with the reason shown to users.
-UNSUPPORTED: dict[str, str] = {
-    "qwen3_next": "hybrid linear attention (Gated DeltaNet) is not modelled yet",
-    "jamba": "hybrid Mamba/attention layers are not modelled yet",
-    "falcon_h1": "hybrid Mamba/attention layers are not modelled yet",
-    "mamba": "state-space models are not modelled",
-    "mamba2": "state-space models are not modelled",
-    "rwkv": "RWKV is not modelled",
-    "deepseek_v3": "multi-head latent attention is not modelled yet",
-    "deepseek_v2": "multi-head latent attention is not modelled yet",
-    "lfm2": "hybrid convolution/attention layers are not modelled yet",
-    "gpt_oss": "gpt-oss MXFP4 experts are not modelled yet",
-}
 
 
 @dataclass(frozen=True)
@@ -118,8 +72,9 @@ class ExpertTensor:
 def _get(cfg: Mapping[str, Any], key: str, model_type: str, default: Any = ...) -> Any:
     if key in cfg and cfg[key] is not None:
         return cfg[key]
-    if key in CLASS_DEFAULTS.get(model_type, {}):
-        return CLASS_DEFAULTS[model_type][key]
+    defaults = FAMILIES[model_type].class_defaults if model_type in FAMILIES else {}
+    if key in defaults:
+        return defaults[key]
     if default is not ...:
         return default
     raise ArchError(f"config.json is missing required field '{key}' (model_type '{model_type}')")
@@ -207,13 +162,12 @@ class Arch:
         cfg: Mapping[str, Any] = config
         if isinstance(config.get("text_config"), Mapping):
             cfg = dict(config["text_config"])
-            if "model_type" not in cfg and config.get("model_type") == "gemma3":
-                cfg["model_type"] = "gemma3_text"
+            if "model_type" not in cfg and config.get("model_type") in ALIASES:
+                cfg["model_type"] = ALIASES[config["model_type"]]
         model_type = cfg.get("model_type")
         if not model_type:
             raise ArchError("config.json is missing required field 'model_type'")
-        if model_type == "gemma3":  # flat gemma3 config without text_config
-            model_type = "gemma3_text"
+        model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
         if model_type in UNSUPPORTED:
             raise ArchError(f"model_type '{model_type}' is not supported: {UNSUPPORTED[model_type]}")
         if model_type not in FAMILIES:
@@ -227,21 +181,21 @@ class Arch:
         nkv = _int(cfg, "num_key_value_heads", model_type, nh)
         head_dim = _int(cfg, "head_dim", model_type, H // nh)
         V = _int(cfg, "vocab_size", model_type)
-        tie = bool(_get(cfg, "tie_word_embeddings", model_type, fam["tie"]))
+        tie = bool(_get(cfg, "tie_word_embeddings", model_type, fam.tie_default))
         attn_bias = bool(_get(cfg, "attention_bias", model_type, False))
         mlp_bias = bool(_get(cfg, "mlp_bias", model_type, False))
 
         moe: dict[str, Any] = {}
-        if fam.get("moe"):
-            moe = _moe_fields(cfg, model_type, L)
+        if fam.moe:
+            moe = _moe_fields(cfg, fam, L)
             if len(moe["moe_layers"]) < L:  # some layers keep a dense MLP
                 inter = _int(cfg, "intermediate_size", model_type)
             else:
                 inter = int(cfg.get("intermediate_size") or 0)
         else:
             inter = _int(cfg, "intermediate_size", model_type)
-        softcap = cfg.get("final_logit_softcapping") if model_type == "gemma2" else None
-        attn_softcap = cfg.get("attn_logit_softcapping") if model_type == "gemma2" else None
+        softcap = cfg.get("final_logit_softcapping") if fam.softcapping else None
+        attn_softcap = cfg.get("attn_logit_softcapping") if fam.softcapping else None
         return cls(
             name=name or cfg.get("_name_or_path") or model_type,
             model_type=model_type,
@@ -253,12 +207,12 @@ class Arch:
             head_dim=head_dim,
             vocab_size=V,
             tie_embeddings=tie,
-            qkv_bias=attn_bias or fam["qkv_bias"],
+            qkv_bias=attn_bias or fam.qkv_bias,
             o_bias=attn_bias,
             mlp_bias=mlp_bias,
-            qk_norm=fam["qk_norm"],
-            norms_per_layer=fam["norms"],
-            fused=bool(fam.get("fused")),
+            qk_norm=fam.qk_norm,
+            norms_per_layer=fam.norms_per_layer,
+            fused=fam.fused,
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
             sliding_window=cfg.get("sliding_window"),
             final_logit_softcapping=softcap,
@@ -268,6 +222,11 @@ class Arch:
         )
 
     # ------------------------------------------------------------------------------- modules
+    @property
+    def family(self) -> Family:
+        """The family record of ``model_type`` (``vramplan.arch.families``)."""
+        return FAMILIES[self.model_type]
+
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
@@ -410,14 +369,10 @@ class Arch:
         return tuple(lin.name.split(".")[-1] for lin in self.quantizable_linears())
 
 
-def _moe_fields(cfg: Mapping[str, Any], model_type: str, L: int) -> dict[str, Any]:
-    """Expert counts and which layers are sparse, per family.
-
-    - Mixtral: every layer is sparse; ``num_local_experts`` experts of width ``intermediate_size``.
-    - Qwen2-MoE / Qwen3-MoE: layer i is sparse when i is not in ``mlp_only_layers`` and
-      ``(i + 1) % decoder_sparse_step == 0`` (``Qwen3MoeDecoderLayer.__init__``).
-    """
-    if model_type == "mixtral":
+def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
+    """Expert counts and which layers are sparse, by the family's MoE layout (``Family.moe``)."""
+    model_type = fam.model_type
+    if fam.moe == MOE_MIXTRAL:
         E = _int(cfg, "num_local_experts", model_type)
         k = _int(cfg, "num_experts_per_tok", model_type)
         M = _int(cfg, "intermediate_size", model_type)
@@ -428,8 +383,6 @@ def _moe_fields(cfg: Mapping[str, Any], model_type: str, L: int) -> dict[str, An
     step = _int(cfg, "decoder_sparse_step", model_type, 1)
     only = set(cfg.get("mlp_only_layers") or [])
     layers = tuple(i for i in range(L) if i not in only and (i + 1) % step == 0)
-    shared = 0
-    if model_type == "qwen2_moe":
-        shared = _int(cfg, "shared_expert_intermediate_size", model_type)
+    shared = _int(cfg, "shared_expert_intermediate_size", model_type) if fam.shared_expert else 0
     return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M,
                 shared_expert_intermediate_size=shared, moe_layers=layers)

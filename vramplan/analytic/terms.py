@@ -1,0 +1,351 @@
+"""The scenario-shape terms of the analytic engine: everything that does not depend on batch or seq.
+
+``static_terms(arch, scenario, semantics)`` prices the weights, quantization state, adapters and
+optimizer state in bytes, and the per-token / per-token·s coefficients of the activations, once per
+(arch, scenario less its batch shape, semantics); ``vramplan.analytic.phases`` multiplies them out for
+a batch. Each field of ``StaticTerms`` is one term or coefficient; each comes from one pure function
+of ``weights``, ``adapters``, ``optimizer``, ``activations`` or ``logits``, which cite their sources.
+No ``model_type`` string appears here: per-family facts come from ``arch.family`` and per-recipe
+dtype policy from ``vramplan.recipes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from operator import attrgetter
+
+from vramplan.analytic import activations as act
+from vramplan.analytic import adapters as ad
+from vramplan.analytic import logits as lg
+from vramplan.analytic import optimizer as opt
+from vramplan.analytic import weights as wt
+from vramplan.arch.spec import Arch, Linear
+from vramplan.breakdown import Component
+from vramplan.device import SEMANTICS
+from vramplan.recipes import spec as recipe_spec
+from vramplan.scenario import Attn, Hold, Loss, Quant, Scenario
+
+#: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
+SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
+                      "_supports_sdpa = False): priced with eager attention, which transformers runs when no "
+                      "attn_implementation is named; an explicit attn_implementation='sdpa' fails to load")
+
+#: Scenario fields that set the batch's shape; every other field is part of the cache key.
+SHAPE_FIELDS = ("seq", "batch")
+_KEY = attrgetter(*(f.name for f in fields(Scenario) if f.name not in SHAPE_FIELDS))
+#: Attribute of an Arch instance holding its cache (key -> StaticTerms); see ``static_terms``.
+_CACHE_ATTR = "_vramplan_static_terms"
+_CACHE_MAX = 4096
+
+Coef = tuple[int, int, int]
+"""Saved bytes of one layer: (per token, per token·s, fixed)."""
+Work = tuple[int, int, int, int]
+"""A layer backward's working set (``activations.backward_working``)."""
+
+
+def effective_attention(arch: Arch, s: Scenario) -> tuple[Attn, str | None]:
+    """The attention implementation transformers 5.24 actually runs, and a note when it differs.
+
+    Gemma 2 (``modeling_gemma2.py``: ``_supports_sdpa = False``, "sdpa does not support softcapping")
+    is the one family here without sdpa, recognised by its attention-score soft-capping. Loading it with
+    no ``attn_implementation`` (the Trainer default), ``PreTrainedModel.get_correct_attn_implementation``
+    tries sdpa, catches ``_sdpa_can_dispatch``'s ValueError and falls back to eager; vramplan's default
+    ``sdpa`` stands for that default request, so both engines price eager and say so. (An explicit
+    ``attn_implementation="sdpa"`` raises instead: ``vramplan.hf.build.meta_model`` does the same.)"""
+    if s.attn is Attn.SDPA and arch.attn_logit_softcapping:
+        return Attn.EAGER, SDPA_FALLBACK_NOTE.format(name=arch.name)
+    return s.attn, None
+
+
+def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
+    """Byte widths implied by the recipe (``vramplan.recipes.RecipeSpec``: the k-bit preparation's fp32
+    upcast and what the recipe casts back) and the family (Gemma's norms return their input's dtype,
+    so its residual stream keeps the embedding's dtype). The upcast runs only for a quantized model."""
+    c = s.dtype.nbytes
+    rs = recipe_spec(s.recipe)
+    quantized = s.quant is not Quant.NONE
+    up = rs.upcasts(quantized)
+    embed_w = rs.group_bytes("embeddings", quantized, c)
+    keeps = arch.family.norm_keeps_input_dtype
+    autocast = s.autocast and c == 2
+    return act.Dtypes(
+        c=c, autocast=autocast, resid=embed_w if keeps else (4 if up else c), resid0=embed_w,
+        norm_w=rs.group_bytes("norms", quantized, c), base_w=c, other_w=rs.group_bytes("experts", quantized, c),
+        lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
+        bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
+        norm_keeps_dtype=keeps, cuda=cuda)
+
+
+@dataclass(frozen=True)
+class StaticTerms:
+    """Every batch-independent term and coefficient of one (arch, scenario shape, semantics)."""
+
+    d: act.Dtypes
+    """Byte widths of every saved tensor kind."""
+    comps: tuple[Component, ...]
+    """Static components: weights, quantization state, adapters, optimizer state, buffers."""
+    static: int
+    """Their sum (bytes alive in every phase)."""
+    notes: tuple[str, ...]
+    """Caveats for the breakdown (sdpa fallback, peft's dropout refusal on fused experts)."""
+    n_train: int
+    """Trainable elements (LoRA A/B, or every weight in full fine-tuning)."""
+    grad_name: str
+    """Component name of the gradients: ``gradients/lora`` or ``gradients/full``."""
+    grad_total: int
+    """Bytes of every trainable gradient."""
+    grad_per_layer: int
+    """Gradient bytes of one decoder layer (the layer-0 backward has all but one alive)."""
+    head_grad: int
+    """Full fine-tuning: lm_head's (or the tied embedding's) and the final norm's gradient, alive from
+    the lm_head backward on; 0 for LoRA."""
+    tied_extra: int
+    """Full fine-tuning with tied embeddings: the embedding backward's second V·H gradient and the
+    accumulation buffer (2·V·H, trainable dtype)."""
+    opt_temp: int
+    """The optimizer step's transient bytes (``optimizer.optimizer_step_temp_bytes``)."""
+    paged: int
+    """Paged optimizer state in CUDA managed memory (not allocated; process total only)."""
+    layers: int
+    """Decoder layers L."""
+    hidden: int
+    """Residual width H."""
+    dense: int
+    """Dense-MLP layers."""
+    nmoe: int
+    """MoE layers."""
+    first_moe: bool
+    """Layer 0 is a MoE layer."""
+    last_moe: bool
+    """Layer L − 1 is a MoE layer."""
+    dense_sv: Coef
+    """Saved bytes of a dense layer (``activations.layer_saved``)."""
+    moe_sv: Coef
+    """Saved bytes of a MoE layer."""
+    first_sv: Coef
+    """Saved bytes of layer 0 without checkpointing (its input needs no gradient under LoRA)."""
+    work_dense: Work
+    """Backward working set of a dense layer (``activations.backward_working``)."""
+    work_moe: Work
+    """Backward working set of a MoE layer."""
+    sw_n: int
+    """Sliding-window layers that pay sdpa's mask and repeated K/V (0 when none do)."""
+    sw_tok: int
+    """Their extra saved bytes per token (``activations.sliding_sdpa_saved``)."""
+    sw_quad: int
+    """Their extra saved bytes per token·s (the additive mask)."""
+    sw_first: bool
+    """Layer 0 slides."""
+    sw_last: bool
+    """Layer L − 1 slides."""
+    window: int
+    """The sliding window (tokens); the extra bytes apply once seq reaches it."""
+    ckpt0: int
+    """Checkpointed input of layer 0 per token (the embedding output)."""
+    ckpt: int
+    """Checkpointed input of a later layer per token (the residual stream)."""
+    fin: int
+    """Bytes per token kept for the final norm and the lm_head (fp32 input + rsqrt, LoRA on lm_head,
+    full fine-tuning's saved norm output)."""
+    head_copy: int
+    """Autocast's bf16 copy of an fp32 lm_head weight, saved until the lm_head backward."""
+    vocab: int
+    """Vocabulary V."""
+    logits_bytes: int
+    """Bytes per logit element (``logits.logits_dtype_bytes``)."""
+    softcap: bool
+    """Final-logit soft-capping (Gemma 2) keeps a tanh output."""
+    legacy: bool
+    """The transformers ≤ 4.44 loss (``Loss.LEGACY``)."""
+    held: int
+    """Held logits per token (``logits.held_logits_bytes`` over one token; 0 when not held)."""
+    held_forward: bool
+    """``Hold.LOOP``: the previous step's logits are also alive through this forward."""
+
+    def loss_terms(self, batch: int, seq: int) -> tuple[int, int, int]:
+        """(loss backward, loss forward, held logits) bytes for this batch: ``logits.py``'s terms over
+        T = b·s tokens (T1 = b·(s−1) shifted ones for the legacy loss)."""
+        T, T1 = seq * batch, batch * (seq - 1)
+        args = (self.vocab, self.logits_bytes, self.softcap, T, T1, self.legacy)
+        return lg.loss_backward_bytes(*args), lg.loss_forward_bytes(*args), T * self.held
+
+
+def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> StaticTerms:
+    """The scenario-shape terms (cached on the Arch instance, keyed by every Scenario field but the
+    batch shape ``SHAPE_FIELDS``, so a new field can never be left out of the key)."""
+    # The cache lives in the Arch instance's __dict__ (Arch is frozen): it dies with the instance,
+    # and two Arch objects that compare equal but carry different config dicts never share entries.
+    cache = arch.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        cache = arch.__dict__[_CACHE_ATTR] = {}
+    key = (semantics, _KEY(s))
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    if semantics not in SEMANTICS:
+        raise ValueError(f"unknown semantics {semantics!r} ({' or '.join(SEMANTICS)})")
+    if len(cache) > _CACHE_MAX:
+        cache.clear()
+    out = cache[key] = _build(arch, s, dtypes(arch, s, cuda=semantics == "cuda"))
+    return out
+
+
+def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
+    attn, attn_note = effective_attention(arch, s)
+    weights, unquantized = _weight_components(arch, s, d)
+    train = _trainable(arch, s, d, unquantized)
+    comps = weights + train.comps
+    layer = _layer_terms(arch, s, d, attn.value, train.targets)
+    notes = ((attn_note,) if attn_note else ()) + layer.notes
+    return StaticTerms(
+        d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
+        n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
+        grad_total=train.grad_total, grad_per_layer=(train.grad_total - train.head_grad) // arch.num_layers,
+        head_grad=train.head_grad, tied_extra=train.tied_extra,
+        opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes), paged=train.paged,
+        layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets))
+
+
+# ---------------------------------------------------------------------------------- weights
+_Row = tuple[str, str, int, str]
+
+
+def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Row], list[tuple[str, int, int]]]:
+    """Frozen base linears (packed 4-bit + quant state, int8 + row scales, or floating), the model's
+    buffers, and the unquantized parameter groups. Returns (rows, unquantized groups as (group,
+    elements, bytes per element)); under full fine-tuning the groups are trainable ``adapter/`` rows."""
+    qlins = arch.quantizable_linears()
+    n_q = sum(lin.count * lin.weight_params for lin in qlins)
+    rows: list[_Row] = _base_linears(qlins, s, d, n_q)
+    buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
+    rows.append(("weights/buffers", "weights", buffers,
+                 "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
+    bias = sum(lin.count * lin.out_features for lin in qlins if lin.bias)
+    groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
+              ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
+              ("router", arch.router_params, d.other_w), ("experts", arch.expert_params, d.other_w)]
+    unq = [g for g in groups if g[1]]
+    for nm, n, b in unq:
+        if s.full:
+            rows.append((f"adapter/{nm}", "adapter", n * b, f"trainable, {b} B/param"))
+        else:
+            rows.append((f"weights/{nm}", "weights", n * b, f"unquantized, {b} B/param"))
+    return rows, unq
+
+
+def _base_linears(qlins: tuple[Linear, ...], s: Scenario, d: act.Dtypes, n_q: int) -> list[_Row]:
+    if s.quantized_4bit:
+        packed = sum(lin.count * wt.packed_4bit_bytes(lin.weight_params) for lin in qlins)
+        qs = sum(lin.count * wt.quant_state_4bit_bytes(lin.weight_params, s.blocksize, s.double_quant)
+                 for lin in qlins) + wt.nested_code_bytes(sum(lin.count for lin in qlins), s.double_quant)
+        return [("weights/" + s.quant.value, "weights", packed, "packed 4-bit linears: ceil(n/2) B"),
+                ("quant_state/absmax", "quant_state", qs, "absmax per block" + (" (double-quantized)" if
+                 s.double_quant else "") + " + code tables (per weight)")]
+    if s.quant is Quant.INT8:
+        w8 = sum(lin.count * wt.int8_weight_bytes(lin.in_features, lin.out_features)[0] for lin in qlins)
+        sc = sum(lin.count * wt.int8_weight_bytes(lin.in_features, lin.out_features)[1] for lin in qlins)
+        return [("weights/int8", "weights", w8, "LLM.int8 weights: 1 B/param"),
+                ("quant_state/row_scales", "quant_state", sc, "fp32 scale per output row")]
+    name = "adapter/full_weights" if s.full else "weights/linears"
+    return [(name, "adapter" if s.full else "weights", wt.float_bytes(n_q, d.base_w),
+             f"linear weights, {d.base_w} B/param")]
+
+
+# ------------------------------------------------------------------------------- trainable
+@dataclass(frozen=True)
+class _Trainable:
+    comps: list[_Row]
+    targets: tuple[Linear, ...]
+    n_train: int
+    pbytes: int
+    grad_total: int
+    head_grad: int
+    tied_extra: int
+    paged: int
+
+
+def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int, int]]) -> _Trainable:
+    """LoRA adapters (or every weight, full), their optimizer state, and their gradients' sizes."""
+    rows: list[_Row] = []
+    if s.full:
+        targets: tuple[Linear, ...] = ()
+        qlins = arch.quantizable_linears()
+        sizes = [(lin.weight_params, lin.count) for lin in qlins] + [(n, 1) for _, n, _ in unq]
+        n_train = sum(lin.count * lin.weight_params for lin in qlins) + sum(n for _, n, _ in unq)
+        pbytes = d.base_w
+    else:
+        targets = ad.target_linears(arch, s.targets, s.rank)
+        sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+        n_train = sum(n * k for n, k in sizes)
+        pbytes = s.adapter_dtype.nbytes
+        rows.append(("adapter/lora", "adapter", n_train * pbytes,
+                     f"LoRA A/B, {len(targets)} target kinds, {s.adapter_dtype.value}"))
+    state, paged = opt.optimizer_state_bytes(s.optimizer, sizes, pbytes), 0
+    if s.optimizer.paged:
+        state, paged = opt.paged_split_bytes(s.optimizer, sizes)
+    if state or s.optimizer is not opt.Optim.SGD:
+        rows.append((f"optimizer/{s.optimizer.value}", "optimizer", state, "optimizer state" + (
+            " kept on the device (tensors < 1e5 elements, absmax)" if s.optimizer.paged else "")))
+    V, H = arch.vocab_size, arch.hidden_size
+    # full fine-tuning: lm_head's gradient (the embedding's, when tied) and the final norm's exist as
+    # soon as the lm_head backward has run
+    head_grad = (V * H + H) * pbytes if s.full else 0
+    tied_extra = 2 * V * H * pbytes if (s.full and arch.tie_embeddings) else 0
+    return _Trainable(rows, targets, n_train, pbytes, n_train * pbytes, head_grad, tied_extra, paged)
+
+
+# ------------------------------------------------------------------------------ activations
+@dataclass(frozen=True)
+class _LayerTerms:
+    fields: dict
+    notes: tuple[str, ...]
+
+
+def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
+    """Per-layer saved bytes and backward working sets, dense and MoE, and the sliding-window extras."""
+    parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
+    notes: tuple[str, ...] = ()
+    if parts and s.lora_dropout > 0:
+        notes = (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
+                 "this run fails as configured; priced as if those wrappers had no dropout",)
+    tset = frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+    dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
+    moe_set = set(arch.moe_layers)
+    first_moe = 0 in moe_set
+    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False) if dense else (0, 0, 0)
+    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True) if nmoe else (0, 0, 0)
+    # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
+    # for checkpointing), so nothing before the first LoRA module is saved.
+    first_sv = moe_sv if first_moe else dense_sv
+    if not s.grad_checkpointing and not s.full:
+        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
+    sw_layers = arch.family.sliding_layers(arch.config, L)
+    sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
+    return _LayerTerms(dict(
+        dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
+        dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
+        work_dense=act.backward_working(arch, d, False, tset, s.rank) if dense else (0, 0, 0, 0),
+        work_moe=act.backward_working(arch, d, True, tset, s.rank) if nmoe else (0, 0, 0, 0),
+        sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
+        sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
+        ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size), notes)
+
+
+def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:
+    """The final norm, lm_head and loss coefficients. lm_head follows the embedding's dtype (tied, or
+    cast back by the recipe)."""
+    V, H, c, head_w = arch.vocab_size, arch.hidden_size, d.c, d.resid0
+    ld = lg.logits_dtype_bytes(c, d.autocast, head_w)
+    # LoRA on a named lm_head: dropout mask + lora_A input (H) and lora_B input (r) per token, kept
+    # until the lm_head backward (peft's LoRA forward, as for any target)
+    head_lora = 0
+    if any(lin.group == "lm_head" for lin in targets):
+        xin = d.adapter if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
+        head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
+    legacy = s.loss is Loss.LEGACY
+    return dict(
+        fin=4 * H + 4 + head_lora + (c * H if s.full else 0),
+        head_copy=lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
+        softcap=bool(arch.final_logit_softcapping), legacy=legacy,
+        held=lg.held_logits_bytes(V, ld, 1, legacy, s.hold_logits is not Hold.NONE),
+        held_forward=s.hold_logits is Hold.LOOP)
