@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from vramplan.arch.lookup import find_entry
+
 from vramplan.profile.store import (SCHEMA, Profile, ProfileError, check_writable, file_name, load_profiles,
                                     read_profile, save_profile, select, validate)
 from vramplan.scenario import Scenario
@@ -33,7 +35,7 @@ def record(**over) -> dict:
     d = {
         "schema": SCHEMA,
         "model": "vramplan-debug",
-        "arch_config": {"model_type": "llama", "hidden_size": 64},
+        "arch_config": dict(find_entry("vramplan-debug").config),
         "scenario": Scenario(seq=128, batch=2, rank=16).to_dict(),
         "device": {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "total_memory_bytes": 80 * 1024 * MiB,
                    "driver": "550.54", "cuda": "12.4", "capability": "9.0"},

@@ -2,6 +2,7 @@
 
 import json
 import os
+import stat
 from pathlib import Path
 
 
@@ -10,13 +11,25 @@ class VramplanError(ValueError):
 
 
 def read_json_file(path: "str | os.PathLike[str]", what: str, error: type[VramplanError]) -> object:
-    """Parse a JSON file; an unreadable or malformed file raises ``error`` with a one-line message."""
+    """Parse a JSON file; an unreadable, non-regular, non-UTF-8, too deeply nested or malformed file
+    raises ``error`` with a one-line message (never a traceback; a FIFO is refused, not opened)."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise error(f"cannot read {what} {p}: not a regular file")
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
-        raise error(f"cannot read {what} {p}: {e.strerror}") from None
+        raise error(f"cannot read {what} {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"malformed {what} {p}: not valid UTF-8 (byte {e.start})") from None
+    return parse_json(text, f"{what} {p}", error)
+
+
+def parse_json(text: str, what: str, error: type[VramplanError]) -> object:
+    """``json.loads`` with every way it can fail turned into ``error`` (one line naming ``what``)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise error(f"malformed {what} {p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise error(f"malformed {what}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise error(f"malformed {what}: nested too deeply to be a config") from None

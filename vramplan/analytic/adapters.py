@@ -17,20 +17,13 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
 
     ``all-linear`` -> every linear but lm_head (``lm_head`` is adapted only when named). Names match a linear's leaf name (``q_proj`` matches
     ``q_proj`` and ``shared_expert.q_proj``-style names end to end), as peft's suffix match does.
-    Errors (``VramplanError``): a name that matches no linear of this architecture; a rank larger
-    than min(in, out) of a target (for ``all-linear``, linears with a dimension of 1, such as
-    Qwen2-MoE's ``shared_expert_gate``, are exempt: peft adapts them, at any rank).
+    Errors (``VramplanError``): a name that matches no linear of this architecture. Any positive rank
+    is priced: peft 0.21 builds A (r × i) and B (o × r) whatever r is (``LoraLayer.update_layer``
+    checks only r > 0); ``rank_notes`` says where a rank exceeds a target's smaller dimension.
     """
     lins = arch.quantizable_linears()
     if targets == ("all-linear",):
-        chosen = lins
-        for lin in chosen:
-            small = min(lin.in_features, lin.out_features)
-            if small > 1 and rank > small:
-                raise VramplanError(
-                    f"rank {rank} is larger than {lin.name}'s smaller dimension ({small}) "
-                    f"in {arch.name}")
-        return chosen
+        return lins
     chosen_list: list[Linear] = []
     expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     head = arch.linears()[-1]
@@ -43,14 +36,21 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
         if not hit:
             names = ", ".join(dict.fromkeys(lin.name.split(".")[-1] for lin in lins))
             raise VramplanError(f"unknown target module '{t}' for {arch.name} (linears: {names})")
-        for lin in hit:
-            small = min(lin.in_features, lin.out_features)
-            if rank > small:
-                raise VramplanError(
-                    f"rank {rank} is larger than {lin.name}'s smaller dimension ({small}) in {arch.name}")
-            if lin not in chosen_list:
-                chosen_list.append(lin)
+        chosen_list.extend(lin for lin in hit if lin not in chosen_list)
     return tuple(chosen_list)
+
+
+def rank_notes(arch: Arch, targets: tuple[Linear, ...], rank: int) -> tuple[str, ...]:
+    """A note when the rank exceeds a target's smaller dimension: peft trains it, but the update
+    B·A cannot have a rank above min(in, out), so the extra rank buys parameters, not capacity.
+    Linears with a dimension of 1 (Qwen2-MoE's ``shared_expert_gate``) are left out: any rank is
+    unusual there and ``all-linear`` reaches them by design."""
+    over = [lin for lin in targets if 1 < min(lin.in_features, lin.out_features) < rank]
+    if not over:
+        return ()
+    names = ", ".join(f"{lin.name} ({min(lin.in_features, lin.out_features)})" for lin in over)
+    return (f"rank {rank} exceeds the smaller dimension of {names} in {arch.name}: peft trains it as "
+            "given (priced so), but the update's rank cannot exceed that dimension",)
 
 
 def expert_parts(arch: Arch, targets: tuple[str, ...]) -> frozenset[str]:

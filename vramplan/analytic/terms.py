@@ -304,9 +304,9 @@ class _LayerTerms:
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
     """Per-layer saved bytes and backward working sets, dense and MoE, and the sliding-window extras."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
-    notes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = () if s.full else ad.rank_notes(arch, targets, s.rank)
     if parts and s.lora_dropout > 0:
-        notes = (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
+        notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
     tset = frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
     dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers

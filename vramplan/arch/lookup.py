@@ -7,9 +7,12 @@ as JSON, and no code from a model repository is executed.
 from __future__ import annotations
 
 import difflib
+import http.client
 import json
 import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.arch.spec import Arch, ArchError
-from vramplan.errors import read_json_file
+from vramplan.errors import parse_json, read_json_file
 
 
 class ModelNotFound(ArchError):
@@ -90,12 +93,16 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read a config.json (or the one inside a model directory) as a dict."""
     if path.is_dir():
         path = path / "config.json"
-        if not path.is_file():
+        if not path.exists():
             raise ModelNotFound(f"no config.json in directory {path.parent}")
     data = read_json_file(path, "config.json", ArchError)
     if not isinstance(data, dict):
         raise ArchError(f"malformed config.json {path}: expected a JSON object")
     return data
+
+
+#: A hub repository id as the hub accepts it: owner/name of letters, digits, '-', '_' and '.'.
+HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -113,7 +120,9 @@ def fetch_hub_config(hub_id: str, revision: str = "main", timeout: float = 10.0)
     if _offline():
         raise ModelNotFound(f"'{hub_id}' is not in the offline registry and HF_HUB_OFFLINE is set")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/{hub_id}/resolve/{revision}/config.json"
+    if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", endpoint):
+        raise ModelNotFound(f"HF_ENDPOINT '{endpoint}' is not an http(s) URL")
+    url = f"{endpoint}/{urllib.parse.quote(hub_id, safe='/')}/resolve/{revision}/config.json"
     headers = {"User-Agent": "vramplan"}
     token = os.environ.get("HF_TOKEN")
     if token:
@@ -126,14 +135,15 @@ def fetch_hub_config(hub_id: str, revision: str = "main", timeout: float = 10.0)
             raise ModelNotFound(f"hub repository '{hub_id}' is gated or private (HTTP {e.code}); "
                                 "set HF_TOKEN or pass a local config.json") from None
         raise ModelNotFound(f"hub repository '{hub_id}' has no config.json (HTTP {e.code})") from None
-    except (urllib.error.URLError, TimeoutError, OSError) as e:
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", e)
         raise ModelNotFound(f"'{hub_id}' is not in the offline registry and the hub is unreachable "
                             f"({reason}); pass a local config.json instead") from None
     try:
-        data = json.loads(raw)
-    except json.JSONDecodeError:
-        raise ArchError(f"hub config.json of '{hub_id}' is not valid JSON") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ArchError(f"hub config.json of '{hub_id}' is not valid UTF-8") from None
+    data = parse_json(text, f"hub config.json of '{hub_id}'", ArchError)
     if not isinstance(data, dict):
         raise ArchError(f"hub config.json of '{hub_id}' is not a JSON object")
     return data
@@ -148,11 +158,19 @@ def resolve(model: str) -> Arch:
     if entry is not None:
         return entry.arch()
     path = Path(model).expanduser()
-    if path.exists() or model.endswith(".json"):
-        if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # e.g. a path inside a directory the user cannot enter
+        raise ModelNotFound(f"cannot read {model}: {e.strerror or e}") from None
+    except ValueError:  # an embedded NUL byte
+        raise ModelNotFound(f"not a valid path or model name: {model!r}") from None
+    if exists or model.endswith(".json"):
+        if not exists:
             raise ModelNotFound(f"config file not found: {model}")
         return Arch.from_config(load_config_file(path), name=str(path))
     if _looks_like_hub_id(model):
+        if not HUB_ID.fullmatch(model):
+            raise ModelNotFound(f"'{model}' is not a valid hub id (owner/name of letters, digits, '-', '_', '.')")
         return Arch.from_config(fetch_hub_config(model), name=model)
     hint = suggestions(model)
     more = f"; did you mean {', '.join(hint)}?" if hint else "; see `vramplan models`"

@@ -80,11 +80,83 @@ def _get(cfg: Mapping[str, Any], key: str, model_type: str, default: Any = ...) 
     raise ArchError(f"config.json is missing required field '{key}' (model_type '{model_type}')")
 
 
+#: Sizes beyond which a config describes no trainable model (refused before anything is built, so
+#: a hostile config cannot make the engines allocate per-layer tables of 10^12 entries).
+MAX_SIZE: dict[str, int] = {
+    "num_hidden_layers": 10_000, "hidden_size": 1 << 20, "intermediate_size": 1 << 22,
+    "moe_intermediate_size": 1 << 22, "shared_expert_intermediate_size": 1 << 22,
+    "num_attention_heads": 1 << 14, "num_key_value_heads": 1 << 14, "head_dim": 1 << 16,
+    "vocab_size": 1 << 27, "num_experts": 1 << 16, "num_local_experts": 1 << 16,
+    "num_experts_per_tok": 1 << 16, "decoder_sparse_step": 10_000,
+}
+
+
 def _int(cfg: Mapping[str, Any], key: str, model_type: str, default: Any = ...) -> int:
     value = _get(cfg, key, model_type, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ArchError(f"config.json field '{key}' must be a positive integer, got {value!r}")
+        raise ArchError(f"config.json field '{key}' must be a positive integer, got {_show(value)}")
+    if value > MAX_SIZE.get(key, value):
+        raise ArchError(f"config.json field '{key}' = {value:,} is beyond any real model (at most {MAX_SIZE[key]:,})")
     return value
+
+
+def _show(value: Any) -> str:
+    """A value for an error message, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _optional(cfg: Mapping[str, Any], key: str, kind: str) -> Any:
+    """An optional config field, type-checked: None when absent or null.
+
+    ``kind``: ``int+`` (positive int), ``int0`` (non-negative int), ``num+`` (finite positive number),
+    ``frac`` (finite number in (0, 1]), ``ints`` (list of non-negative ints), ``strs`` (list of
+    strings), ``dict``, ``bool``."""
+    value = cfg.get(key)
+    if value is None:
+        return None
+    ok = {
+        "int+": lambda v: _is_int(v) and v > 0,
+        "int0": lambda v: _is_int(v) and v >= 0,
+        "num+": lambda v: _is_num(v) and v > 0,
+        "frac": lambda v: _is_num(v) and 0 < v <= 1,
+        "ints": lambda v: isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v),
+        "strs": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+        "dict": lambda v: isinstance(v, Mapping),
+        "bool": lambda v: isinstance(v, bool),
+    }[kind](value)
+    if not ok:
+        what = {"int+": "a positive integer", "int0": "a non-negative integer", "num+": "a finite positive number",
+                "frac": "a number in (0, 1]", "ints": "a list of non-negative integers",
+                "strs": "a list of strings", "dict": "an object", "bool": "true or false"}[kind]
+        raise ArchError(f"config.json field '{key}' must be {what}, got {_show(value)}")
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and v == v and v not in (float("inf"), -float("inf"))
+
+
+#: Optional fields the engines read, with their kind (``_optional``). Checked up front so that a
+#: malformed value is one line naming the field, never a traceback deep inside an engine.
+OPTIONAL_FIELDS: dict[str, str] = {
+    "max_position_embeddings": "int0", "sliding_window": "int+", "sliding_window_pattern": "int+",
+    "mlp_only_layers": "ints", "layer_types": "strs", "max_window_layers": "int0",
+    "use_sliding_window": "bool", "partial_rotary_factor": "frac", "rope_parameters": "dict",
+    "rope_scaling": "dict", "final_logit_softcapping": "num+", "attn_logit_softcapping": "num+",
+    "tie_word_embeddings": "bool", "attention_bias": "bool", "mlp_bias": "bool",
+}
+
+
+def _check_optional(cfg: Mapping[str, Any]) -> None:
+    for key, kind in OPTIONAL_FIELDS.items():
+        _optional(cfg, key, kind)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    _optional(rope, "partial_rotary_factor", "frac")
 
 
 @dataclass(frozen=True)
@@ -167,6 +239,8 @@ class Arch:
         model_type = cfg.get("model_type")
         if not model_type:
             raise ArchError("config.json is missing required field 'model_type'")
+        if not isinstance(model_type, str):
+            raise ArchError(f"config.json field 'model_type' must be a string, got {_show(model_type)}")
         model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
         if model_type in UNSUPPORTED:
             raise ArchError(f"model_type '{model_type}' is not supported: {UNSUPPORTED[model_type]}")
@@ -175,6 +249,7 @@ class Arch:
                 f"model_type '{model_type}' is not supported (supported: {', '.join(sorted(FAMILIES))})"
             )
         fam = FAMILIES[model_type]
+        _check_optional(cfg)
         H = _int(cfg, "hidden_size", model_type)
         L = _int(cfg, "num_hidden_layers", model_type)
         nh = _int(cfg, "num_attention_heads", model_type)
@@ -191,7 +266,7 @@ class Arch:
             if len(moe["moe_layers"]) < L:  # some layers keep a dense MLP
                 inter = _int(cfg, "intermediate_size", model_type)
             else:
-                inter = int(cfg.get("intermediate_size") or 0)
+                inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
         else:
             inter = _int(cfg, "intermediate_size", model_type)
         softcap = cfg.get("final_logit_softcapping") if fam.softcapping else None

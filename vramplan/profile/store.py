@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -167,6 +169,16 @@ def _tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
     return t if isinstance(t, tuple) else (t,)
 
 
+def _arch(config: dict[str, Any]) -> None:
+    """The stored architecture must build (validate/calibrate price every profile from it)."""
+    from vramplan.arch.spec import Arch, ArchError
+
+    try:
+        Arch.from_config(config)
+    except ArchError as e:
+        raise ProfileError(f"field 'arch_config' is not a usable config.json: {e}") from None
+
+
 def _bytes_or_none(d: dict[str, Any], key: str, where: str) -> None:
     v = _need(d, key, (int, type(None)), where)
     if v is not None and v < 0:
@@ -181,7 +193,7 @@ def validate(d: Any) -> None:
     if schema not in READABLE:
         raise ProfileError(f"unknown schema {schema!r} (this vramplan reads {', '.join(READABLE)})")
     _need(d, "model", str, "")
-    _need(d, "arch_config", dict, "")
+    _arch(_need(d, "arch_config", dict, ""))
     _need(d, "scenario", dict, "")
     _need(d, "timestamp", str, "")
     _need(d, "versions", dict, "")
@@ -198,7 +210,9 @@ def validate(d: Any) -> None:
     for key in PHASES:
         _bytes_or_none(phases, key, "measured.phases.")
     for key in ("step_seconds", "tokens_per_second"):
-        _need(m, key, (int, float, type(None)), "measured.")
+        v = _need(m, key, (int, float, type(None)), "measured.")
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise ProfileError(f"field 'measured.{key}' must be a finite non-negative number, got {v!r}")
     oom = _need(m, "oom", (dict, type(None)), "measured.")
     if oom is None:
         if m["allocated_peak_bytes"] is None:
@@ -300,13 +314,17 @@ def read_profile(path: str | Path) -> Profile:
     """One profile file; ProfileError (one line) if it cannot be read or does not validate."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise ProfileError(f"{p}: cannot read: not a regular file")
+        text = p.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ProfileError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ProfileError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ProfileError(f"{p}: not a profile (JSON nested too deeply)") from None
     try:
         return Profile.from_dict(data, path=p)
     except ProfileError as e:
