@@ -12,6 +12,7 @@ import pytest
 
 from vramplan.breakdown import Breakdown, Component
 from vramplan.report import chart
+from vramplan.sweep import Curve, Limit, Sweep, SweepError, ValidationPoint
 from clihelp import one_line_exit2 as _one_line_exit2
 
 GiB = 1024**3
@@ -65,7 +66,7 @@ def test_breakdown_chart_draws_the_breakdown(tmp_path):
     from matplotlib.colors import to_hex
 
     b = _breakdown()
-    fig = chart.breakdown_chart(b, limit=chart.Limit(24 * GiB, "24 GiB card"), title="test")
+    fig = chart.breakdown_chart(b, limit=Limit(24 * GiB, "24 GiB card"), title="test")
     ax = fig.axes[0]
     bars = [p for p in ax.patches if p.get_width() == pytest.approx(0.55)]
     # one segment per non-zero component, and the stack reaches the process total
@@ -86,7 +87,7 @@ def test_breakdown_chart_draws_the_breakdown(tmp_path):
 
 def test_breakdown_chart_several_bars_and_svg(tmp_path):
     a, b = _breakdown(), _breakdown(activations=3 * GiB)
-    fig = chart.breakdown_chart([("GC on", a), ("GC off", b)], limit=chart.Limit(16 * GiB, "16 GiB"))
+    fig = chart.breakdown_chart([("GC on", a), ("GC off", b)], limit=Limit(16 * GiB, "16 GiB"))
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["GC on", "GC off"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -103,9 +104,9 @@ def test_breakdown_chart_several_bars_and_svg(tmp_path):
 
 def test_sweep_chart_marks_the_last_fitting_seq(tmp_path):
     xs = (1024, 2048, 4096, 8192)
-    on = chart.Curve("GC on", xs, tuple(int((10 + x / 1024) * GiB) for x in xs))      # 11, 12, 14, 18
-    off = chart.Curve("GC off", xs, tuple(int((10 + 6 * x / 1024) * GiB) for x in xs))  # 16, 22, 34, 58
-    sweep = chart.Sweep((on, off), limit=chart.Limit(20 * GiB, "card"), title="sweep")
+    on = Curve("GC on", xs, tuple(int((10 + x / 1024) * GiB) for x in xs))      # 11, 12, 14, 18
+    off = Curve("GC off", xs, tuple(int((10 + 6 * x / 1024) * GiB) for x in xs))  # 16, 22, 34, 58
+    sweep = Sweep((on, off), limit=Limit(20 * GiB, "card"), title="sweep")
     fig = chart.sweep_chart(sweep)
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert legend == ["card: 20.00 GiB", "GC on: fits to 8,192", "GC off: fits to 1,024"]
@@ -119,9 +120,9 @@ def test_sweep_chart_marks_the_last_fitting_seq(tmp_path):
 
 
 def test_validation_chart_band_and_counts(tmp_path):
-    pts = [chart.ValidationPoint("a", int(10.2 * GiB), 10 * GiB, "allocated"),   # +2 %
-           chart.ValidationPoint("b", int(18.0 * GiB), 20 * GiB, "allocated"),   # -10 %
-           chart.ValidationPoint("c", int(40.0 * GiB), 40 * GiB, "reserved")]    # 0 %
+    pts = [ValidationPoint("a", int(10.2 * GiB), 10 * GiB, "allocated"),   # +2 %
+           ValidationPoint("b", int(18.0 * GiB), 20 * GiB, "allocated"),   # -10 %
+           ValidationPoint("c", int(40.0 * GiB), 40 * GiB, "reserved")]    # 0 %
     fig = chart.validation_chart(pts)
     assert "2/3 runs within ±5%" in fig.get_suptitle()
     err_ax = fig.axes[1]
@@ -135,11 +136,11 @@ def test_empty_inputs_are_chart_errors():
     with pytest.raises(chart.ChartError):
         chart.breakdown_chart([])
     with pytest.raises(chart.ChartError):
-        chart.sweep_chart(chart.Sweep(()))
+        chart.sweep_chart(Sweep(()))
     with pytest.raises(chart.ChartError):
         chart.validation_chart([])
-    with pytest.raises(chart.ChartError):
-        chart.Curve("x", (1, 2), (3,))
+    with pytest.raises(SweepError):
+        Curve("x", (1, 2), (3,))
 
 
 @pytest.mark.parametrize("name", ["b.pdf", "b", "b.png.txt", "b.jpeg"])
@@ -183,6 +184,25 @@ def test_lazy_matplotlib_no_pyplot_no_display(tmp_path):
     assert_png(tmp_path / "x.png")
 
 
+def test_sweep_computes_without_a_renderer():
+    """``vramplan.sweep`` computes what the charts draw and formats nothing: it loads neither matplotlib nor
+    rich, and ``vramplan.report`` runs no engine of its own."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from vramplan import Scenario, resolve\n"
+            "from vramplan.sweep import parse_vary, seq_sweep\n"
+            "seq_sweep(parse_vary('gc', resolve('Qwen3-8B'), Scenario()), (1024,))\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'rich')]\n"
+            "assert not bad, bad\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    report = Path(chart.__file__).parent
+    for f in report.glob("*.py"):
+        assert "vramplan.analytic" not in f.read_text() and "import estimate" not in f.read_text(), f.name
+
+
 # ------------------------------------------------------------------------------------ CLI
 
 
@@ -222,14 +242,14 @@ def test_sweep_fit_is_judged_on_the_upper_bound():
     xs = (1024, 2048, 4096)
     y = tuple(int(g * GiB) for g in (10, 14, 18))
     up = tuple(int(g * GiB) for g in (11, 15.5, 21))  # 4096 fits on the point (18) but not the bound (21)
-    fig = chart.sweep_chart(chart.Sweep((chart.Curve("GC on", xs, y, up),), limit=chart.Limit(20 * GiB, "card")))
+    fig = chart.sweep_chart(Sweep((Curve("GC on", xs, y, up),), limit=Limit(20 * GiB, "card")))
     ax = fig.axes[0]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[1] == "GC on: fits to 2,048" and "upper bound" in legend[-1]
-    no_fit = chart.Sweep((chart.Curve("big", xs, tuple(30 * GiB for _ in xs)),), limit=chart.Limit(20 * GiB, "card"))
+    no_fit = Sweep((Curve("big", xs, tuple(30 * GiB for _ in xs)),), limit=Limit(20 * GiB, "card"))
     assert chart.sweep_chart(no_fit).axes[0].get_legend().get_texts()[1].get_text() == "big: does not fit"
-    with pytest.raises(chart.ChartError):
-        chart.Curve("bad", xs, y, up[:2])
+    with pytest.raises(SweepError):
+        Curve("bad", xs, y, up[:2])
 
 
 # ------------------------------------------------------------------------------------ CLI, real engines
@@ -243,7 +263,7 @@ def test_cli_breakdown_png_matches_the_estimate(cli_run, tmp_path):
     assert stdout.startswith(f"wrote {out} (breakdown chart")
     assert_png(out)
     # the figure the command draws is the library's breakdown: rebuild it and compare the stack height
-    from vramplan.report.chart_data import gpu_limit
+    from vramplan.sweep import gpu_limit
 
     b = vramplan.estimate("Qwen3-14B", rank=8, seq=2048)
     fig = chart.breakdown_chart(b, limit=gpu_limit("rtx4090")[0])
@@ -265,7 +285,7 @@ def test_cli_seq_sweep_fit_agrees_with_the_planner(tmp_path):
     from vramplan import Scenario, resolve
     from vramplan.gpus import find_gpu
     from vramplan.plan import Planner
-    from vramplan.report.chart_data import gpu_limit, parse_vary, seq_sweep
+    from vramplan.sweep import gpu_limit, parse_vary, seq_sweep
 
     arch, card = resolve("Qwen3-8B"), find_gpu("rtx4090")
     seqs = (512, 1024, 2048, 4096, 8192)
@@ -299,7 +319,7 @@ def test_cli_breakdown_analytic_and_trace(cli_run, tmp_path):
 
 def test_sweep_of_allocated_peak_gets_no_fit_verdict():
     from vramplan import Scenario, resolve
-    from vramplan.report.chart_data import gpu_limit, parse_vary, seq_sweep
+    from vramplan.sweep import gpu_limit, parse_vary, seq_sweep
 
     arch = resolve("Qwen3-8B")
     sweep = seq_sweep(parse_vary("gc", arch, Scenario()), (1024, 2048), total="allocated",

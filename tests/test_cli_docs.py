@@ -51,12 +51,14 @@ def _mentions(text: str, opt: str) -> bool:
 
 @pytest.mark.parametrize("path,cmd", _commands(), ids=lambda v: v if isinstance(v, str) else "")
 def test_command_documented(doc, path, cmd):
-    from vramplan.cli.options import SCENARIO_KEYS
+    from dataclasses import fields
+
+    from vramplan.scenario import Scenario
 
     section = _section(doc, path)
     shared = {"scenario": _section(doc, "Scenario flags"), "gpu": _section(doc, "GPU flags")}
     takes_scenario = any(p.name == "quant" for p in cmd.params)
-    scenario_names = (set(SCENARIO_KEYS) | {"model"}) if takes_scenario else set()
+    scenario_names = ({f.name for f in fields(Scenario)} | {"model", "preset"}) if takes_scenario else set()
     for p in cmd.params:
         if p.name == "help":
             continue

@@ -26,6 +26,26 @@ def test_models_table(cli_run):
     assert code == 0 and "Qwen3-14B" in out and "14.77 B" in out
 
 
+def test_each_command_lives_in_the_module_of_its_name():
+    from vramplan.cli import COMMANDS
+
+    for name, (module, attr, _) in COMMANDS.items():
+        assert module == f"vramplan.cli.{name}" and attr == name, (name, module, attr)
+
+
+def test_scenario_flags_come_from_the_scenario_fields():
+    """One flag per Scenario field, its default the field's, so a new field cannot miss the CLI."""
+    from dataclasses import fields
+
+    from vramplan.cli.estimate import estimate
+    from vramplan.scenario import Scenario
+
+    params = {p.name: p for p in estimate.params}
+    for f in fields(Scenario):
+        default = f.default.value if hasattr(f.default, "value") else f.default
+        default = ",".join(default) if isinstance(default, tuple) else default
+        assert params[f.name].default == default, f.name
+    assert {"model", "preset"} <= set(params)
 
 
 def test_unknown_model(cli_run):

@@ -54,7 +54,6 @@ def test_gpu_headroom(cli_run):
     (["--rank", "0"], "rank must be a positive integer"),
     (["--seq", "0"], "seq must be a positive integer"),
     (["--batch", "-1"], "batch must be a positive integer"),
-    (["--rank", "99999"], "rank 99999 is larger than"),
     (["--targets", "q_proj,nope"], "unknown target module 'nope'"),
     (["--full"], "--full fine-tunes every weight"),
     (["--optimizer", "lion"], "lion"),
@@ -67,6 +66,47 @@ def test_bad_input_one_line_exit_2(cli_run, args, msg):
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert msg in err
+
+
+def test_rank_beyond_a_dimension_is_priced_with_a_note(cli_run):
+    """peft trains any rank as given; the estimate prices it and says the update cannot reach it."""
+    code, out, err = cli_run("estimate", "-m", "Qwen3-14B", "--rank", "99999")
+    assert code == 0, err
+    assert "note: rank 99999 exceeds the smaller dimension" in out
+
+
+def _config(cli_run, *args: str) -> dict:
+    code, out, err = cli_run("estimate", "-m", "Qwen3-14B", "--json", *args)
+    assert code == 0, err
+    return json.loads(out)["config"]
+
+
+def test_preset_applies_its_fields(cli_run):
+    from vramplan.recipes import preset
+
+    cfg = _config(cli_run, "--preset", "torchtune-2024")
+    assert preset("torchtune-2024").resolve("bf16", True) == {k: cfg[k] for k in preset("torchtune-2024").fields}
+    assert cfg["adapter_dtype"] == "bf16" and cfg["hold_logits"] == "loop" and cfg["loss"] == "legacy"
+    # the preset's "the compute dtype" follows --dtype; 4-bit-only fields drop for an unquantized base
+    assert _config(cli_run, "--preset", "fsdp-qlora-2024", "--dtype", "fp16")["adapter_dtype"] == "fp16"
+    assert _config(cli_run, "--preset", "fsdp-qlora-2024", "--quant", "none")["bnb_keeps_input"] is False
+    assert _config(cli_run, "--preset", "fsdp-qlora-2024")["bnb_keeps_input"] is True
+
+
+def test_explicit_flag_overrides_a_preset_field(cli_run):
+    cfg = _config(cli_run, "--preset", "fsdp-qlora-2024", "--hold-logits", "none", "--autocast")
+    assert cfg["hold_logits"] == "none" and cfg["autocast"] is True  # given on the command line: kept
+    assert cfg["loss"] == "legacy" and cfg["recipe"] == "plain"      # the rest of the preset still applies
+    # a flag left at its default is not "given": the preset wins over the default
+    assert _config(cli_run, "--preset", "transformers-4.44")["loss"] == "legacy"
+    assert _config(cli_run, "--preset", "transformers-4.44", "--loss", "hf")["loss"] == "hf"
+
+
+def test_unknown_preset_one_line_exit_2(cli_run):
+    from clihelp import one_line_exit2
+
+    line = one_line_exit2(cli_run, "estimate", "-m", "Qwen3-14B", "--preset", "axolotl-2022")
+    assert "unknown preset 'axolotl-2022'" in line and "torchtune-2024" in line
 
 
 def test_unknown_model_exit_2(cli_run):

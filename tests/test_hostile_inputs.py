@@ -165,3 +165,239 @@ def test_07_unreachable_or_broken_hub_is_one_line(cli_run, monkeypatch, exc):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(lookup.urllib.request, "urlopen", boom)
     assert "hub is unreachable" in one_line_exit2(cli_run, "estimate", "-m", "foo/bar")
+
+
+# 19. monotonicity: checkpointing can cost more than it saves at a few tokens --------------------
+@pytest.mark.torch
+def test_19_checkpointing_above_no_checkpointing_at_two_tokens_is_real():
+    """With checkpointing, peft's ``enable_input_require_grads`` makes the embedding output need a
+    gradient, so layer 0 saves its norm inputs and every layer's input is kept as a checkpoint; at
+    two tokens that outweighs what recomputation frees. The real program (the trace) shows it, and
+    the analytic engine agrees in sign (docs/methodology.md, "Checkpointing at a few tokens")."""
+    from vramplan.analytic import estimate
+    from vramplan.calibration import Calibration
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    cal = Calibration(cublas_workspace_bytes=0, allocator_reserve_fraction=0.0, cuda_context_bytes=0)
+    a = resolve("vramplan-debug")
+    on, off = (Scenario(seq=2, recipe="plain", grad_checkpointing=gc) for gc in (True, False))
+    assert trace(a, on, calibration=cal).allocated_peak_bytes > trace(a, off, calibration=cal).allocated_peak_bytes
+    assert estimate(a, on, calibration=cal).allocated_peak_bytes > estimate(a, off, calibration=cal).allocated_peak_bytes
+    long_on, long_off = (Scenario(seq=16, recipe="plain", grad_checkpointing=gc) for gc in (True, False))
+    assert trace(a, long_on, calibration=cal).allocated_peak_bytes < trace(a, long_off, calibration=cal).allocated_peak_bytes
+
+
+# 19. monotonicity: the rank search where an optimizer changes a tensor's state layout --------
+def _gallop(p, base, cap):
+    """The planner's search before issue 20: gallop from the current rank, then bisect, assuming the
+    need grows with the rank everywhere."""
+    def ok(k):
+        return p.fits(base.replace(rank=k))
+
+    k = min(max(base.rank, 1), cap)
+    good, bad = (k, None) if ok(k) else (None, k)
+    while bad is None:
+        if good == cap:
+            return cap
+        nxt = min(good * 2, cap)
+        good, bad = (nxt, None) if ok(nxt) else (good, nxt)
+    while good is None:
+        if bad == 1:
+            return None
+        nxt = max(bad // 2, 1)
+        good, bad = (nxt, bad) if ok(nxt) else (None, nxt)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        good, bad = (mid, bad) if ok(mid) else (good, mid)
+    return good
+
+
+def test_19_largest_rank_is_exact_across_8bit_state_thresholds():
+    """bitsandbytes' 8-bit AdamW keeps tensors under 4096 elements in 32 bits. On a model of hidden
+    96 and MLP width 200, gate/up's lora_A (96·r) and down's lora_A (200·r) cross 4096 at r = 43 and
+    r = 21, where the need *drops*. For every budget the planner returns the brute-force largest
+    fitting rank; the monotone search it replaced misses some of them."""
+    from vramplan.arch.spec import Arch
+    from vramplan.gpus import find_gpu
+    from vramplan.plan import Planner, rank_breakpoints, rank_cap
+    from vramplan.scenario import Scenario
+
+    a = Arch.from_config(dict(TINY, hidden_size=96, intermediate_size=200, num_key_value_heads=2), name="tiny")
+    s = Scenario(optimizer="adamw8bit", seq=64, rank=8)
+    assert rank_breakpoints(a, s)[:2] == (21, 43)
+    p = Planner(a, find_gpu("rtx4090"))
+    cap = rank_cap(a, s)
+    need = {r: p.check(s.replace(rank=r)).need_bytes for r in range(1, cap + 1)}
+    assert need[21] < need[20] and need[43] < need[42]
+    missed = 0
+    for budget in sorted(set(need.values()) | {v - 1 for v in need.values()}):
+        p.budget, p._cache = budget, {}
+        brute = max((r for r in range(1, cap + 1) if need[r] <= budget), default=None)
+        assert p.largest(s, "rank", cap) == brute, budget
+        missed += _gallop(p, s, cap) != brute
+    assert missed  # the test can tell a monotone search from the piecewise one
+
+
+# 17. a seq step larger than any seq ------------------------------------------------------------
+def test_17_huge_seq_step_is_an_error_not_fits_and_none(cli_run):
+    line = one_line_exit2(cli_run, "plan", "-m", "Qwen3-0.6B", "--gpu", "h100", "--seq-step", "1000000000")
+    assert "seq step 1,000,000,000 exceeds" in line
+
+
+def test_17_step_above_the_boundary_says_so():
+    from vramplan.plan import plan
+    from vramplan.scenario import Scenario
+
+    p = plan("Qwen3-8B", "rtx4090", Scenario(seq=1024), seq_step=4_000_000)
+    assert p.fits and p.max_seq is None
+    assert any("no multiple of the seq step 4,000,000 fits; the run's own seq 1,024 does" in n for n in p.notes)
+
+
+# 8. writing to stdout --------------------------------------------------------------------------
+def _vramplan(*args: str, env: dict | None = None, stdout=None):
+    import subprocess
+    import sys
+
+    code = "import sys; from vramplan.cli import main; main(sys.argv[1:])"
+    return subprocess.run([sys.executable, "-c", code, *args], stdout=stdout or subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_08_full_stdout_is_one_line_exit2():
+    with open("/dev/full", "w") as full:
+        r = _vramplan("models", "--json", stdout=full)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: cannot write the output: No space left on device"]
+
+
+def test_08_ascii_terminal_gets_the_table():
+    r = _vramplan("estimate", "-m", "vramplan-debug", env={"PYTHONIOENCODING": "ascii"})
+    assert r.returncode == 0, r.stderr
+    assert "allocated peak" in r.stdout and "Traceback" not in r.stderr
+
+
+# 12. a crash never reads as "does not fit" ----------------------------------------------------
+def test_12_internal_error_has_its_own_exit_code(cli_run, monkeypatch):
+    import vramplan.plan
+
+    def broken(*a, **k):
+        raise TypeError("boom")
+
+    monkeypatch.setattr(vramplan.plan, "plan", broken)
+    code, out, err = cli_run("plan", "-m", "Qwen3-8B", "--gpu", "rtx4090")
+    assert code == 3 and code != 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: internal error (TypeError: boom)"), err
+    code, out, err = cli_run("plan", "-m", "Qwen3-8B", "--gpu", "rtx4090", "--json")
+    assert code == 3 and json.loads(out) == {"error": lines[0][len("error: "):], "exit_code": 3}
+
+
+# --json on error -------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [("estimate", "-m", "nope", "--json"), ("plan", "-m", "Qwen3-8B", "--gpu", "nogpu", "--json"),
+                                  ("estimate", "-m", "Qwen3-8B", "--rank", "0", "--json"), ("models", "--json", "--bogus")])
+def test_json_errors_are_json_on_stdout(cli_run, args):
+    code, out, err = cli_run(*args)
+    assert code == 2
+    d = json.loads(out)
+    assert d["exit_code"] == 2 and err.strip() == f"error: {d['error']}"
+
+
+# 13. calibrate never loses a stored file ----------------------------------------------------------
+def _calibrate(cli_run, out: Path, *extra: str):
+    return cli_run("calibrate", "profiles/cuda", "-o", str(out), *extra)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    monkeypatch.chdir(ROOT)
+
+
+def test_13_existing_calibration_needs_force(cli_run, tmp_path, in_repo):
+    out = tmp_path / "calibration.json"
+    out.write_text("{}")
+    line = one_line_exit2(cli_run, "calibrate", "--no-reference", "profiles/cpu", "-o", str(out))
+    assert "exists; pass --force" in line and out.read_text() == "{}"
+    code, _, err = _calibrate(cli_run, out, "--force")
+    assert code == 0, err
+    assert json.loads(out.read_text())["schema"].startswith("vramplan.calibration")
+
+
+def test_13_a_profile_is_never_overwritten(cli_run, tmp_path, in_repo):
+    src = next((ROOT / "profiles" / "cpu").glob("*.json"))
+    target = tmp_path / src.name
+    target.write_bytes(src.read_bytes())
+    for extra in ((), ("--force",)):
+        line = one_line_exit2(cli_run, "calibrate", "--no-reference", "profiles/cpu", "-o", str(target), *extra)
+        assert "holds a stored profile" in line
+    assert target.read_bytes() == src.read_bytes()
+
+
+def test_13_full_disk_keeps_the_old_file(cli_run, tmp_path, in_repo, monkeypatch):
+    import vramplan.fileio
+
+    out = tmp_path / "calibration.json"
+    out.write_text('{"old": true}')
+
+    def no_space(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(vramplan.fileio.os, "fsync", no_space)
+    line = one_line_exit2(cli_run, "calibrate", "profiles/cuda", "-o", str(out), "--force")
+    assert "No space left on device" in line
+    assert out.read_text() == '{"old": true}' and sorted(p.name for p in tmp_path.iterdir()) == ["calibration.json"]
+
+
+def test_13_and_umask_new_files_follow_the_umask(cli_run, tmp_path, in_repo):
+    old = os.umask(0o022)
+    try:
+        code, _, err = _calibrate(cli_run, tmp_path / "c.json")
+        assert code == 0, err
+        assert (tmp_path / "c.json").stat().st_mode & 0o777 == 0o644
+        from vramplan.profile.store import read_profile, save_profile
+
+        prof = read_profile(next((ROOT / "profiles" / "cpu").glob("*.json")))
+        saved = save_profile(prof, tmp_path / "profiles")
+        assert saved.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+
+
+# 11. profile schema holes ------------------------------------------------------------------------
+def _stored(tmp_path: Path, **measured_over) -> dict:
+    src = next((ROOT / "profiles" / "cpu").glob("vramplan-debug_*.json"))
+    d = json.loads(src.read_text())
+    d["measured"].update(measured_over)
+    return d
+
+
+def test_11_bad_arch_config_is_skipped_and_named(cli_run, tmp_path):
+    d = _stored(tmp_path)
+    d["arch_config"] = {"model_type": "llama", "hidden_size": "wide"}
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    good = _stored(tmp_path)
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--no-reference", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert any("bad.json" in w and "arch_config" in w for w in report["problems"])
+    assert [r["id"] for r in report["rows"] if r["origin"] == "profile"]  # the good one is still validated
+
+
+def test_11_nan_step_seconds_fails_the_schema(tmp_path):
+    from vramplan.profile.store import ProfileError, validate
+
+    with pytest.raises(ProfileError, match="step_seconds"):
+        validate(_stored(tmp_path, step_seconds=float("nan")))
+
+
+# 18. LoRA flags with --full ----------------------------------------------------------------------
+@pytest.mark.parametrize("flag", [("--rank", "16"), ("--targets", "q_proj"), ("--lora-dropout", "0.1"),
+                                  ("--adapter-dtype", "bf16")])
+def test_18_lora_flags_with_full_are_rejected(cli_run, flag):
+    line = one_line_exit2(cli_run, "estimate", "-m", "Qwen3-0.6B", "--quant", "none", "--full", *flag)
+    assert "applies to LoRA adapters" in line

@@ -80,6 +80,18 @@ def test_conversion_script_regenerates_the_shipped_file(tmp_path):
     assert out.read_text() == (ROOT / "vramplan" / "data" / "reference.csv").read_text()
 
 
+def test_scenario_columns_are_the_scenario_fields():
+    from dataclasses import fields
+
+    from vramplan.reference import OPTIONAL_SCENARIO_COLS, SCENARIO_COLS
+    from vramplan.scenario import Scenario
+
+    assert sorted(SCENARIO_COLS + OPTIONAL_SCENARIO_COLS) == sorted(f.name for f in fields(Scenario))
+    shipped = (ROOT / "vramplan" / "data" / "reference.csv").read_text().splitlines()[1].split(",")
+    assert [c for c in shipped if c in SCENARIO_COLS + OPTIONAL_SCENARIO_COLS] == list(
+        SCENARIO_COLS + OPTIONAL_SCENARIO_COLS)
+
+
 HEADER = ("id,model,registry_model,framework,gpu,gpu_memory_bytes,measurement,measured_bytes,reported_value,"
           "scope,reason,source,quant,double_quant,blocksize,dtype,rank,targets,lora_dropout,full,"
           "grad_checkpointing,attn,optimizer,recipe,autocast,seq,batch")

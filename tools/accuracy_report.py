@@ -9,22 +9,15 @@ from __future__ import annotations
 import sys
 
 from vramplan.calibration import Calibration, default_calibration
+from vramplan.report.text import pair, pct
 from vramplan.validate import Row, Summary, validate
 
 GiB = 1024**3
 
 
-def _pct(x: float | None) -> str:
-    return "—" if x is None else f"{x * 100:+.1f} %"
-
-
-def _pair(p: tuple[str, float] | None) -> str:
-    return "none" if p is None else f"{_pct(p[1])} ({p[0]})"
-
-
 def _summary_line(name: str, s: Summary) -> str:
     med = "—" if s.median_abs_error is None else f"{s.median_abs_error * 100:.1f} %"
-    return (f"| {name} | {s.rows} | {med} | {_pair(s.worst_under)} | {_pair(s.worst_over)} | "
+    return (f"| {name} | {s.rows} | {med} | {pair(s.worst_under)} | {pair(s.worst_over)} | "
             f"{s.verdict_agree}/{s.verdict_rows} / {s.verdict_agree_conservative}/{s.verdict_rows} |")
 
 
@@ -35,7 +28,7 @@ def _gib(b: int | None) -> str:
 def _row(r: Row) -> str:
     return (f"| {r.id} | {r.model} | {r.device} | {r.measurement} | {r.status} | {_gib(r.measured_bytes)} | "
             f"{_gib(r.predicted_bytes if r.predicted_bytes is not None else r.predicted_total_bytes)} | "
-            f"{_pct(r.error)} | {r.peak_phase} |")
+            f"{pct(r.error)} | {r.peak_phase} |")
 
 
 def main(argv: list[str]) -> None:

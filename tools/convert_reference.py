@@ -1,6 +1,7 @@
 """Regenerate ``vramplan/data/reference.csv`` from ``../shared/reference/published_measurements.csv``.
 
-Usage: ``python tools/convert_reference.py [SOURCE_CSV] [OUT_CSV]``
+Usage: ``python tools/convert_reference.py [SOURCE_CSV] [OUT_CSV]`` (with vramplan importable: the scenario
+columns come from ``vramplan.scenario.Scenario``, the framework bundles from ``vramplan.recipes.PRESETS``).
 
 Each published row becomes one reference row: the configuration read into a vramplan Scenario,
 the measured bytes, what the figure measures, the GPU, and a scope decision with its reason. The
@@ -24,6 +25,10 @@ import re
 import sys
 from pathlib import Path
 
+from vramplan.recipes import preset
+from vramplan.reference import OPTIONAL_SCENARIO_COLS, SCENARIO_COLS as REQUIRED_SCENARIO_COLS
+from vramplan.scenario import Scenario
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "reference" / "published_measurements.csv"
 OUT = ROOT / "vramplan" / "data" / "reference.csv"
@@ -46,10 +51,8 @@ GPUS = {
     "2x 24GB GPUs": ("", 24 * GiB, "PEFT docs: 24 GB GPUs"),
 }
 
-#: Scenario columns, in CSV order. Empty scenario = not expressible at all.
-SCENARIO_COLS = ("quant", "double_quant", "blocksize", "dtype", "rank", "targets", "lora_dropout", "full",
-                 "grad_checkpointing", "attn", "optimizer", "recipe", "autocast", "seq", "batch",
-                 "adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
+#: Scenario columns, in CSV order (``vramplan.reference``). Empty scenario = not expressible at all.
+SCENARIO_COLS = REQUIRED_SCENARIO_COLS + OPTIONAL_SCENARIO_COLS
 COLUMNS = ("id", "source_row", "model", "registry_model", "framework", "gpu", "gpu_memory_bytes",
            "num_gpus", "measurement", "measured_bytes", "measured_gib", "reported_value", "unit_basis",
            "confidence", "scope", "reason", "caveats") + SCENARIO_COLS + ("source", "quote", "notes")
@@ -68,16 +71,20 @@ FSDP_SHARD = ("FSDP FULL_SHARD over 2 GPUs: the per-GPU figure holds half the we
 TT_COMPILE = "torchtune with torch.compile and chunked cross-entropy (CEWithChunkedOutputLoss)"
 
 
+def _preset(name: str, quant: str) -> dict:
+    """The fields of preset ``name`` for a bf16 run with base weights ``quant``."""
+    return preset(name).resolve("bf16", Scenario(quant=quant).quantized_4bit)
+
+
 def _litgpt23(seq: int, quant: str, dq: bool, batch: int = 1) -> dict:
-    sc = dict(quant=quant, double_quant=dq, rank=8, targets=QV, lora_dropout=0.05, grad_checkpointing=False,
-              attn="sdpa", optimizer="adamw" if quant == "none" else "paged_adamw", recipe="plain",
-              autocast=False, seq=seq, batch=batch, bnb_keeps_input=quant != "none")
-    return sc
+    return dict(quant=quant, double_quant=dq, rank=8, targets=QV, lora_dropout=0.05, grad_checkpointing=False,
+                attn="sdpa", optimizer="adamw" if quant == "none" else "paged_adamw", seq=seq, batch=batch,
+                **_preset("litgpt-2023", quant))
 
 
 def _litgpt24(quant: str, rank: int, batch: int, targets: str = QV, full: bool = False) -> dict:
-    return dict(quant=quant, double_quant=False, rank=rank, targets=targets, lora_dropout=0.05, full=full,
-                grad_checkpointing=False, attn="sdpa",
+    lora = {} if full else dict(rank=rank, targets=targets, lora_dropout=0.05)  # full: no LoRA fields
+    return dict(quant=quant, double_quant=False, **lora, full=full, grad_checkpointing=False, attn="sdpa",
                 optimizer="adamw" if quant == "none" else "paged_adamw", recipe="plain", autocast=False,
                 seq=512, batch=batch)  # 2024: bitsandbytes >= 0.43.2
 
@@ -88,9 +95,8 @@ def _fsdp(quant: str, batch: int, seq: int = 2048) -> dict:
     model (fp32 logits in the output + shifted copy), ``output`` deleted after the optimizer step,
     bitsandbytes 0.43.0 (< 0.43.2: 4-bit layer inputs saved)."""
     return dict(quant=quant, double_quant=True, rank=64, targets="all-linear", lora_dropout=0.1,
-                grad_checkpointing=True, attn="sdpa", optimizer="adamw", recipe="plain", autocast=False,
-                seq=seq, batch=batch, adapter_dtype="bf16", loss="legacy", hold_logits="step",
-                bnb_keeps_input=quant != "none")
+                grad_checkpointing=True, attn="sdpa", optimizer="adamw", seq=seq, batch=batch,
+                **_preset("fsdp-qlora-2024", quant))
 
 
 def _tt(quant: str, targets: str, rank: int, batch: int, seq: int, ckpt: bool = True) -> dict:
@@ -99,8 +105,8 @@ def _tt(quant: str, targets: str, rank: int, batch: int, seq: int, ckpt: bool = 
     recipe rebinds ``logits`` to the shifted contiguous copy and keeps it through backward and the
     next forward (never deleted)."""
     return dict(quant=quant, double_quant=True, rank=rank, targets=targets, lora_dropout=0.05,
-                grad_checkpointing=ckpt, attn="sdpa", optimizer="adamw", recipe="plain", autocast=False,
-                seq=seq, batch=batch, adapter_dtype="bf16", loss="legacy", hold_logits="loop")
+                grad_checkpointing=ckpt, attn="sdpa", optimizer="adamw", seq=seq, batch=batch,
+                **_preset("torchtune-2024", quant))
 
 
 # ------------------------------------------------------------------ per-row decisions
@@ -245,10 +251,8 @@ DECISIONS: dict[int, dict] = {
              why=NO_MODEL.format("GLM-4-9B") + "; sequence lengths unknown (custom data, cutoff 10240)"),
 }
 
-DEFAULTS = dict(quant="nf4", double_quant=True, blocksize=64, dtype="bf16", rank=8, targets="all-linear",
-                lora_dropout=0.05, full=False, grad_checkpointing=True, attn="sdpa", optimizer="adamw",
-                recipe="hf-peft", autocast=True, seq=2048, batch=1, adapter_dtype="fp32", loss="hf",
-                hold_logits="none", bnb_keeps_input=False)
+#: The value of a field a decision leaves out: the Scenario's default.
+DEFAULTS = Scenario().to_dict()
 
 
 def _bytes(row: dict) -> tuple[int, str]:
@@ -266,6 +270,8 @@ def _bytes(row: dict) -> tuple[int, str]:
 def _fmt(v: object) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, list):
+        return ",".join(v)
     return str(v)
 
 

@@ -26,13 +26,16 @@ in scope among figures of at least ``BOUND_MIN_BYTES``, with a floor (``UPPER_BO
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Iterable
 
 from vramplan.calibration import Calibration
 from vramplan.device import strip_vendor
 from vramplan.errors import VramplanError
+from vramplan.fileio import write_text_atomic
 from vramplan.validate import Estimator, Point, default_estimator
 
 MiB = 1024**2
@@ -54,6 +57,8 @@ PRIORS: dict[str, tuple[float, float, float, float, str]] = {
     "fused_dequant_factor": (1.0, 1.0, 0.0, 0.5, "factor"),
 }
 FITTABLE = tuple(PRIORS)
+#: The schema of a calibration file.
+SCHEMA = "vramplan.calibration/1"
 #: The bound never claims less than this margin, however few rows were under-predicted.
 UPPER_BOUND_FLOOR = 0.02
 #: Figures below this size do not set the bound: a smoke-test model's few MiB are dominated by the
@@ -82,6 +87,16 @@ class Fitted:
     """How many figures are sensitive to it."""
     fitted: bool
     note: str = ""
+
+    @property
+    def prior_sigma(self) -> float:
+        """The prior's one-sigma width (``PRIORS``)."""
+        return PRIORS[self.name][1]
+
+    @property
+    def weak(self) -> bool:
+        """Fitted, but the data narrowed it no further than its prior."""
+        return self.fitted and self.sigma is not None and self.sigma >= self.prior_sigma
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,43 @@ class CalibrationResult:
                                measured_bytes=r.measured_bytes, before_bytes=r.before_bytes,
                                after_bytes=r.after_bytes) for r in self.residuals]
         return d
+
+    def write(self, path: str | Path, force: bool = False) -> dict[str, Any]:
+        """Write the calibration file (what ``Calibration.load`` reads) atomically and return its
+        content. An existing file is replaced only with ``force``; a stored profile never is."""
+        payload = {"schema": SCHEMA, **self.to_dict()}
+        target = check_output(path, force)
+        try:
+            write_text_atomic(target, json.dumps(payload, indent=2) + "\n")
+        except OSError as e:
+            raise CalibrateError(f"cannot write calibration to {target}: {e.strerror or e}") from None
+        return payload
+
+
+def check_output(path: str | Path, force: bool = False) -> Path:
+    """Refuse, before any work, an output path that would lose data: a stored profile (always), an
+    existing file (unless ``force``), anything that is not a regular file."""
+    target = Path(path)
+    if _is_profile(target):
+        raise CalibrateError(f"{target} holds a stored profile; write the calibration elsewhere (-o)")
+    if target.exists() and not target.is_file():
+        raise CalibrateError(f"cannot write calibration to {target}: not a regular file")
+    if target.exists() and not force:
+        raise CalibrateError(f"{target} exists; pass --force to replace it, or choose another -o")
+    return target
+
+
+def _is_profile(path: Path) -> bool:
+    """Whether ``path`` is a stored profile (a JSON object whose schema names a profile)."""
+    from vramplan.errors import read_json_file
+
+    if not path.is_file():
+        return False
+    try:
+        data = read_json_file(path, "file", CalibrateError)
+    except CalibrateError:
+        return False
+    return isinstance(data, dict) and str(data.get("schema", "")).startswith("vramplan.profile")
 
 
 # ------------------------------------------------------------------------ linear algebra
@@ -196,22 +248,8 @@ def _fit(points: list[Point], cal: Calibration, est: Estimator, names: list[str]
     ata: list[list[float]] = []
     for _ in range(25):
         while True:  # active set: pin constants whose optimum lies below their lower bound
-            n = len(free)
-            ata = [[0.0] * n for _ in range(n)]
-            atb = [0.0] * n
-            for i, m in enumerate(meas):
-                fixed = sum(jac[k][i] * (v - theta0[k]) for k, v in pinned.items())
-                c = (base[i] + fixed - m) / m
-                row = [jac[k][i] * sd[k] / m for k in free]
-                w = weights[i] / NOISE**2
-                for a in range(n):
-                    atb[a] -= w * row[a] * c
-                    for b in range(n):
-                        ata[a][b] += w * row[a] * row[b]
-            for a, k in enumerate(free):  # prior: (z + (θ₀ − μ)/σ)²
-                ata[a][a] += 1.0
-                atb[a] -= (theta0[k] - prior[k][0]) / sd[k]
-            sol = _solve(ata, atb) if n else []
+            ata, atb = _normal_equations(meas, base, jac, weights, free, pinned, theta0, sd, prior)
+            sol = _solve(ata, atb) if free else []
             z = dict(zip(free, sol))
             low = [k for k in free if theta0[k] + sd[k] * z[k] < PRIORS[k][2]]
             if not low:
@@ -229,15 +267,44 @@ def _fit(points: list[Point], cal: Calibration, est: Estimator, names: list[str]
         if max(abs(a - b) for a, b in zip(new, weights)) < 1e-6:
             break
         weights = new
+    return values, _sigmas(ata, free, sd, weights, res)
+
+
+def _normal_equations(meas: list[float], base: list[float], jac: dict[str, list[float]], weights: list[float],
+                      free: list[str], pinned: dict[str, float], theta0: dict[str, float], sd: dict[str, float],
+                      prior: dict[str, tuple[float, float]]) -> tuple[list[list[float]], list[float]]:
+    """(AᵀWA + I, AᵀWb − prior term) of eq. (2) for the ``free`` constants, in prior-sigma units, with the
+    ``pinned`` ones held at their bound."""
+    n = len(free)
+    ata = [[0.0] * n for _ in range(n)]
+    atb = [0.0] * n
+    for i, m in enumerate(meas):
+        fixed = sum(jac[k][i] * (v - theta0[k]) for k, v in pinned.items())
+        c = (base[i] + fixed - m) / m
+        row = [jac[k][i] * sd[k] / m for k in free]
+        w = weights[i] / NOISE**2
+        for a in range(n):
+            atb[a] -= w * row[a] * c
+            for b in range(n):
+                ata[a][b] += w * row[a] * row[b]
+    for a, k in enumerate(free):  # prior: (z + (θ₀ − μ)/σ)²
+        ata[a][a] += 1.0
+        atb[a] -= (theta0[k] - prior[k][0]) / sd[k]
+    return ata, atb
+
+
+def _sigmas(ata: list[list[float]], free: list[str], sd: dict[str, float], weights: list[float],
+            res: list[float]) -> dict[str, float]:
+    """One-sigma uncertainties of the free constants, inflated by the reduced χ² when it exceeds 1."""
     sigmas: dict[str, float] = {}
     if free:
         cov = _inverse(ata)
-        dof = len(meas) - len(free)
+        dof = len(res) - len(free)
         chi2 = sum(w * r * r for w, r in zip(weights, res)) / NOISE**2
         inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
         for a, k in enumerate(free):
             sigmas[k] = sd[k] * math.sqrt(max(cov[a][a], 0.0) * inflate)
-    return values, sigmas
+    return sigmas
 
 
 def sensitive(points: list[Point], cal: Calibration, est: Estimator) -> dict[str, int]:
@@ -257,58 +324,21 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
         robust: bool = True, fitted_on: str | None = None) -> CalibrationResult:
     """Fit the constants to the in-scope points; see the module docstring."""
     est = estimator or default_estimator()
-    pts, skipped = [], []
-    for p in points:
-        if not (p.status == "in" and p.arch is not None and p.scenario is not None and p.total_key
-                and p.measured_bytes):
-            continue
-        try:
-            est(p.arch, p.scenario, calibration=base, device=p.device)
-        except VramplanError as e:  # a configuration the engine cannot price: left out, reported
-            skipped.append(f"{p.id}: {e}")
-            continue
-        pts.append(p)
-    if not pts:
-        raise CalibrateError("no measured figures to fit: give profiles with measured peaks, or use the "
-                             "reference rows in scope")
+    pts, skipped = _priceable(points, base, est)
     glob = replace(base, per_device={})
     wanted = list(only) if only is not None else list(FITTABLE)
     bad = [k for k in wanted if k not in PRIORS]
     if bad:
         raise CalibrateError(f"unknown constant(s) {', '.join(bad)} (fittable: {', '.join(FITTABLE)})")
     counts = sensitive(pts, glob, est)
-    fit_names = [k for k in wanted if counts[k] >= min_points]
-    short = [k for k in wanted if counts[k] < min_points]
-    if only is not None and short:
-        raise CalibrateError("too few figures to fit " + "; ".join(
-            f"{k} ({counts[k]} sensitive, need {min_points}: {_needs(k)})" for k in short))
-    if not fit_names:
-        raise CalibrateError("too few figures to fit any constant: " + "; ".join(
-            f"{k} has {counts[k]} (needs {min_points}: {_needs(k)})" for k in wanted))
+    fit_names = _fittable(wanted, counts, min_points, explicit=only is not None)
     prior = {k: (PRIORS[k][0], PRIORS[k][1]) for k in fit_names}
     values, sigmas = _fit(pts, glob, est, fit_names, prior, robust)
     # the peak is a max over phases, so predictions are only piecewise linear: re-linearise once
     # at the solution (Gauss-Newton) in case a constant moved the peak to another phase.
     values, sigmas = _fit(pts, _with(glob, values), est, fit_names, prior, robust)
     after = _with(glob, values)
-
-    per_device: dict[str, dict[str, Any]] = {}
-    per_device_fitted: dict[str, tuple[Fitted, ...]] = {}
-    kinds = {p.device: strip_vendor(p.device) for p in pts}
-    for dev in sorted(set(kinds.values()) - {"cuda"}):  # 'cuda' = unnamed GPU: global only
-        dpts = [p for p in pts if kinds[p.device] == dev]
-        if len(dpts) < min_device_points:
-            continue
-        dcounts = sensitive(dpts, after, est)
-        dnames = [k for k in fit_names if dcounts[k] >= min_device_points]
-        if not dnames:
-            continue
-        dprior = {k: (values[k], PRIORS[k][1]) for k in dnames}
-        dvals, dsig = _fit(dpts, after, est, dnames, dprior, robust)
-        per_device[dev] = {k: (int(round(v)) if PRIORS[k][4] == "bytes" else float(v)) for k, v in dvals.items()}
-        per_device_fitted[dev] = tuple(Fitted(k, values[k], dvals[k], dsig.get(k), dcounts[k], True)
-                                       for k in dnames)
-
+    per_device, per_device_fitted = _fit_devices(pts, after, est, values, fit_names, min_device_points, robust)
     final = replace(after, per_device={**base.per_device, **per_device})
     before_pred = _predict(pts, base, est)
     after_pred = [float(getattr(est(p.arch, p.scenario, calibration=final, device=p.device), p.total_key))
@@ -325,6 +355,62 @@ def fit(points: Iterable[Point], base: Calibration, estimator: Estimator | None 
                                        if k not in fit_names else "at its lower bound"))
         for k in wanted)
     return CalibrationResult(final, constants, residuals, per_device_fitted, tuple(skipped))
+
+
+def _priceable(points: Iterable[Point], base: Calibration, est: Estimator) -> tuple[list[Point], list[str]]:
+    """The in-scope measured points the engine can price, and a line for each it cannot."""
+    pts, skipped = [], []
+    for p in points:
+        if not (p.status == "in" and p.arch is not None and p.scenario is not None and p.total_key
+                and p.measured_bytes):
+            continue
+        try:
+            est(p.arch, p.scenario, calibration=base, device=p.device)
+        except VramplanError as e:  # a configuration the engine cannot price: left out, reported
+            skipped.append(f"{p.id}: {e}")
+            continue
+        pts.append(p)
+    if not pts:
+        raise CalibrateError("no measured figures to fit: give profiles with measured peaks, or use the "
+                             "reference rows in scope")
+    return pts, skipped
+
+
+def _fittable(wanted: list[str], counts: dict[str, int], min_points: int, explicit: bool) -> list[str]:
+    """The ``wanted`` constants enough figures move; too few for one asked for ``explicit``ly is an error."""
+    fit_names = [k for k in wanted if counts[k] >= min_points]
+    short = [k for k in wanted if counts[k] < min_points]
+    if explicit and short:
+        raise CalibrateError("too few figures to fit " + "; ".join(
+            f"{k} ({counts[k]} sensitive, need {min_points}: {_needs(k)})" for k in short))
+    if not fit_names:
+        raise CalibrateError("too few figures to fit any constant: " + "; ".join(
+            f"{k} has {counts[k]} (needs {min_points}: {_needs(k)})" for k in wanted))
+    return fit_names
+
+
+def _fit_devices(pts: list[Point], after: Calibration, est: Estimator, values: dict[str, float],
+                 fit_names: list[str], min_device_points: int, robust: bool
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[Fitted, ...]]]:
+    """Per-device entries: each named GPU with enough figures refits the constants they move, with the
+    global fit as its prior; returns (calibration entries, what was fitted)."""
+    per_device: dict[str, dict[str, Any]] = {}
+    per_device_fitted: dict[str, tuple[Fitted, ...]] = {}
+    kinds = {p.device: strip_vendor(p.device) for p in pts}
+    for dev in sorted(set(kinds.values()) - {"cuda"}):  # 'cuda' = unnamed GPU: global only
+        dpts = [p for p in pts if kinds[p.device] == dev]
+        if len(dpts) < min_device_points:
+            continue
+        dcounts = sensitive(dpts, after, est)
+        dnames = [k for k in fit_names if dcounts[k] >= min_device_points]
+        if not dnames:
+            continue
+        dprior = {k: (values[k], PRIORS[k][1]) for k in dnames}
+        dvals, dsig = _fit(dpts, after, est, dnames, dprior, robust)
+        per_device[dev] = {k: (int(round(v)) if PRIORS[k][4] == "bytes" else float(v)) for k, v in dvals.items()}
+        per_device_fitted[dev] = tuple(Fitted(k, values[k], dvals[k], dsig.get(k), dcounts[k], True)
+                                       for k in dnames)
+    return per_device, per_device_fitted
 
 
 def describe(points: list[Point]) -> str:

@@ -28,8 +28,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vramplan.analytic import adapters as ad
+from vramplan.analytic import optimizer as opt
 from vramplan.arch import Arch, resolve
-from vramplan.breakdown import Breakdown, fmt_bytes
+from vramplan.breakdown import Breakdown
 from vramplan.calibration import Calibration
 from vramplan.errors import VramplanError
 from vramplan.gpus import Gpu, find_gpu
@@ -95,6 +97,15 @@ def need_bytes(b: Breakdown, bound: str = "upper") -> tuple[int, bool]:
     return other, False
 
 
+def headroom(b: Breakdown, gpu: Gpu, calibration: Calibration | None) -> dict[str, Any]:
+    """What is left on ``gpu`` after the point estimate's reserved + managed memory (``need_bytes``),
+    against its memory less driver reserve and CUDA context (the ``vramplan estimate --gpu`` figures)."""
+    usable = gpu.usable(calibration)
+    need, _ = need_bytes(b, "point")
+    return {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes, "usable_bytes": usable,
+            "needed_bytes": need, "headroom_bytes": usable - need, "fits": usable >= need}
+
+
 class Planner:
     """Fit checks of one model on one card, memoised per scenario (a plan revisits a few points)."""
 
@@ -142,6 +153,9 @@ class Planner:
             cap = min(cap, MAX_TOKENS // base.seq)
         elif name == "rank":
             cap = min(cap, rank_cap(self.arch, base))
+            breaks = [b for b in rank_breakpoints(self.arch, base) if 1 < b <= cap]
+            if breaks:
+                return self._largest_piecewise(base, cap, breaks)
         top = cap // step
         if top < 1:
             return None
@@ -180,9 +194,45 @@ class Planner:
         return good * step
 
 
+    def _largest_piecewise(self, base: Scenario, cap: int, breaks: list[int]) -> int | None:
+        """Largest rank ≤ ``cap`` that fits when the need is monotone only between ``breaks``: from the
+        top piece down, the first piece whose lowest rank fits holds the answer (bisected there)."""
+        def ok(r: int) -> bool:
+            return self.fits(base.replace(rank=r))
+
+        starts = [1] + sorted(set(breaks))
+        ends = [b - 1 for b in starts[1:]] + [cap]
+        for lo, hi in reversed(list(zip(starts, ends))):
+            if not ok(lo):
+                continue
+            good, bad = lo, hi + 1
+            while bad - good > 1:  # invariant: ok(good); ranks ≥ bad (in this piece) do not fit
+                mid = (good + bad) // 2
+                if ok(mid):
+                    good = mid
+                else:
+                    bad = mid
+            return good
+        return None
+
+
+def rank_breakpoints(arch: Arch, s: Scenario) -> tuple[int, ...]:
+    """Ranks at which a LoRA tensor crosses one of the optimizer's state-layout thresholds
+    (``optimizer.state_thresholds``); between two of them the need grows with the rank. Every LoRA
+    tensor has c·r elements (A: r·in, B: out·r, the fused-expert stacks likewise), so a tensor with c
+    elements per unit of rank crosses a threshold t at r = ⌈t / c⌉."""
+    thresholds = opt.state_thresholds(s.optimizer)
+    if not thresholds or s.full:
+        return ()
+    targets = ad.target_linears(arch, s.targets, 1)
+    per_rank = [n for n, _ in ad.lora_tensor_sizes(targets, 1) + ad.expert_lora_tensors(arch, s.targets, 1)]
+    return tuple(sorted({-(-t // c) for t in thresholds for c in per_rank if c}))
+
+
 def rank_cap(arch: Arch, s: Scenario) -> int:
-    """Largest LoRA rank peft accepts on the scenario's targets: the smallest of min(in, out) over the
-    targeted linears (linears with a dimension of 1 take any rank)."""
+    """Largest LoRA rank worth searching on the scenario's targets: the smallest of min(in, out) over
+    the targeted linears (linears with a dimension of 1 left out). peft trains larger ranks too, but
+    the update's rank cannot exceed that dimension (``adapters.rank_notes``)."""
     lins = arch.quantizable_linears()
     if s.targets != ("all-linear",):
         lins = tuple(lin for lin in lins if lin.name.split(".")[-1] in s.targets) or lins
@@ -416,7 +466,12 @@ def plan(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None = None
     p = Planner(arch, card, calibration=calibration, bound=bound, estimator=estimator)
     check = p.check(s)
     seq_cap = MAX_TOKENS // s.batch
+    if seq_step > seq_cap:
+        raise VramplanError(f"seq step {seq_step:,} exceeds the largest supported seq at micro-batch {s.batch} "
+                            f"({seq_cap:,} tokens)")
     max_seq = p.largest(s, "seq", seq_cap, seq_step)
+    if max_seq is None and check.fits:
+        notes.append(f"no multiple of the seq step {seq_step:,} fits; the run's own seq {s.seq:,} does")
     batch_cap = MAX_TOKENS // s.seq
     max_batch = p.largest(s, "batch", batch_cap)
     rcap = rank_cap(arch, s)
@@ -448,10 +503,3 @@ def sweep(model: "str | Arch", gpu: "Gpu | str", scenarios: "list[Scenario]", *,
     card = gpu if isinstance(gpu, Gpu) else find_gpu(gpu)
     p = Planner(arch, card, calibration=calibration, bound=bound, estimator=estimator, cache=False)
     return [p.check(s) for s in scenarios]
-
-
-def describe(c: Check) -> str:
-    """'fits, 1.20 GiB headroom' / 'does not fit: 3.40 GiB short'."""
-    if c.fits:
-        return f"fits, {fmt_bytes(c.headroom_bytes)} headroom"
-    return f"does not fit: {fmt_bytes(-c.headroom_bytes)} short"

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from vramplan.errors import VramplanError
-from vramplan.scenario import Scenario
+from vramplan.scenario import Scenario, field_meta
 
 #: What a published figure measures, and the Breakdown total it is compared with.
 MEASUREMENTS: dict[str, str | None] = {
@@ -40,10 +41,18 @@ MEASUREMENTS: dict[str, str | None] = {
 #: Package data folder (a plain path: works for editable and wheel installs alike).
 DATA = Path(__file__).resolve().parent / "data"
 SCOPES = ("in", "verdict", "out")
-SCENARIO_COLS = ("quant", "double_quant", "blocksize", "dtype", "rank", "targets", "lora_dropout", "full",
-                 "grad_checkpointing", "attn", "optimizer", "recipe", "autocast", "seq", "batch")
+
+
+def _scenario_columns(optional: bool) -> tuple[str, ...]:
+    """Scenario fields whose ``FieldMeta.optional`` is ``optional``, in reference-CSV column order."""
+    cols = sorted((field_meta(f).column, f.name) for f in fields(Scenario) if field_meta(f).optional is optional)
+    return tuple(name for _, name in cols)
+
+
+#: One column per Scenario field, named as the field.
+SCENARIO_COLS = _scenario_columns(optional=False)
 #: Scenario columns added later: optional in a reference CSV (absent or empty -> the Scenario default).
-OPTIONAL_SCENARIO_COLS = ("adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
+OPTIONAL_SCENARIO_COLS = _scenario_columns(optional=True)
 REQUIRED = ("id", "model", "registry_model", "framework", "gpu", "gpu_memory_bytes", "measurement",
             "measured_bytes", "reported_value", "scope", "reason", "source") + SCENARIO_COLS
 
@@ -127,27 +136,31 @@ def _int(text: str, where: str) -> int:
         raise ReferenceError(f"{where}: expected an integer, got {text!r}") from None
 
 
+def _float(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ReferenceError(f"{where}: expected a number, got {text!r}") from None
+
+
+#: How a cell is read, by the type of its Scenario field (enums and targets: the text, as the CLI takes it).
+_READ: dict[Any, Callable[[str, str], Any]] = {bool: _bool, int: _int, float: _float}
+_TYPES = typing.get_type_hints(Scenario)
+
+
+def _cell(col: str, text: str, where: str) -> Any:
+    read = _READ.get(_TYPES[col])
+    return read(text, f"{where} {col}") if read else text
+
+
 def _scenario(rec: dict[str, str], where: str) -> Scenario | None:
     if not rec["quant"].strip():
         return None
-    kw: dict[str, Any] = {}
-    for col in SCENARIO_COLS:
-        v = rec[col].strip()
-        if col in ("double_quant", "full", "grad_checkpointing", "autocast"):
-            kw[col] = _bool(v, f"{where} {col}")
-        elif col in ("blocksize", "rank", "seq", "batch"):
-            kw[col] = _int(v, f"{where} {col}")
-        elif col == "lora_dropout":
-            try:
-                kw[col] = float(v)
-            except ValueError:
-                raise ReferenceError(f"{where} lora_dropout: expected a number, got {v!r}") from None
-        else:
-            kw[col] = v
+    kw: dict[str, Any] = {col: _cell(col, rec[col].strip(), where) for col in SCENARIO_COLS}
     for col in OPTIONAL_SCENARIO_COLS:
         v = (rec.get(col) or "").strip()
         if v:
-            kw[col] = _bool(v, f"{where} {col}") if col == "bnb_keeps_input" else v
+            kw[col] = _cell(col, v, where)
     try:
         return Scenario(**kw)
     except VramplanError as e:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -132,47 +132,83 @@ MAX_TOKENS = 10_000_000
 
 
 @dataclass(frozen=True)
+class FieldMeta:
+    """What the CLI and the reference CSV know of a Scenario field, besides its type and default.
+
+    The CLI flag is ``--`` and the name with dashes (a bool defaulting to on also gets ``--no-...``);
+    its choices come from the field's enum, its default from the field (``vramplan.cli.options``).
+    The reference CSV (``vramplan.reference``) has one column per field, named as the field."""
+
+    column: int
+    """Position among the scenario columns of the reference CSV."""
+    help: str | None = None
+    """The flag's ``--help`` text."""
+    short: str | None = None
+    """Short flag, e.g. ``-r``."""
+    sweep: bool = False
+    """``vramplan profile`` takes a comma list of values (a grid to sweep)."""
+    optional: bool = False
+    """A reference column added later: a CSV may leave it out (then the field's default)."""
+
+
+def _field(default: Any, column: int, help: str | None = None, **meta: Any) -> Any:
+    return field(default=default, metadata={"vramplan": FieldMeta(column, help, **meta)})
+
+
+def field_meta(f: "Field[Any]") -> FieldMeta:
+    """The ``FieldMeta`` of a field of ``dataclasses.fields(Scenario)``."""
+    return f.metadata["vramplan"]
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One fine-tuning step. Sizes are counts; no field carries units of memory."""
 
-    rank: int = 8
+    rank: int = _field(8, 4, "LoRA rank r.", short="-r", sweep=True)
     """LoRA rank r (``LoraConfig.r``)."""
-    seq: int = 2048
+    seq: int = _field(2048, 13, "Sequence length in tokens.", short="-s", sweep=True)
     """Tokens per sequence."""
-    batch: int = 1
+    batch: int = _field(1, 14, "Micro-batch size.", short="-b", sweep=True)
     """Micro-batch size (per device, per step)."""
-    quant: Quant = Quant.NF4
-    double_quant: bool = True
+    quant: Quant = _field(Quant.NF4, 0, "Base-weight storage.")
+    double_quant: bool = _field(True, 1, "bnb_4bit_use_double_quant.")
     """``bnb_4bit_use_double_quant``."""
-    blocksize: int = 64
+    blocksize: int = _field(64, 2, "4-bit quantization block size.")
     """4-bit quantization block size (bitsandbytes default 64)."""
-    dtype: Dtype = Dtype.BF16
-    targets: tuple[str, ...] = ("all-linear",)
+    dtype: Dtype = _field(Dtype.BF16, 3, "Compute dtype.")
+    targets: tuple[str, ...] = _field(("all-linear",), 5,
+                                      "LoRA target_modules: all-linear or names, e.g. q_proj,v_proj.")
     """``LoraConfig.target_modules``: ``("all-linear",)`` or leaf names."""
-    lora_dropout: float = 0.05
-    full: bool = False
+    lora_dropout: float = _field(0.05, 6)
+    full: bool = _field(False, 7, "Full fine-tuning, no LoRA (needs --quant none).")
     """Full fine-tuning (no LoRA); requires ``quant == none``."""
-    grad_checkpointing: bool = True
-    attn: Attn = Attn.SDPA
-    optimizer: Optim = Optim.ADAMW
-    recipe: Recipe = Recipe.HF_PEFT
-    autocast: bool = True
+    grad_checkpointing: bool = _field(True, 8)
+    attn: Attn = _field(Attn.SDPA, 9, "attn_implementation.")
+    optimizer: Optim = _field(Optim.ADAMW, 10)
+    recipe: Recipe = _field(Recipe.HF_PEFT, 11, "hf-peft (fp32 upcast), trl (embeddings/lm_head bf16) or plain.")
+    autocast: bool = _field(True, 12, "Forward under torch.autocast, as the HF Trainer with bf16=True.")
     """Forward under ``torch.autocast(dtype)`` as the HF Trainer runs it with ``bf16=True``."""
-    adapter_dtype: Dtype = Dtype.FP32
+    adapter_dtype: Dtype = _field(
+        Dtype.FP32, 15, "LoRA weights, grads and AdamW state: fp32 (peft autocast_adapter_dtype=True) or the --dtype "
+                        "(autocast_adapter_dtype=False, torchtune, pure-bf16 loops).", optional=True)
     """Storage dtype of the LoRA A/B weights, their gradients and AdamW state. fp32 is peft's
     default (``get_peft_model(..., autocast_adapter_dtype=True)`` upcasts 16-bit adapters); the
     compute dtype is what ``autocast_adapter_dtype=False``, torchtune and pure-bf16 loops keep."""
-    loss: Loss = Loss.HF
-    hold_logits: Hold = Hold.NONE
+    loss: Loss = _field(
+        Loss.HF, 16, "hf: transformers >= 4.46 loss (bf16 logits, fp32 upcast in the loss); legacy: transformers <= "
+                     "4.44 / torchtune 2024 (fp32 logits in the output + a shifted copy).", optional=True)
+    hold_logits: Hold = _field(
+        Hold.NONE, 17, "How long the loop keeps `outputs` (the logits): none (HF Trainer), step (through backward "
+                       "and optimizer.step, then deleted) or loop (never deleted: until the next forward rebinds "
+                       "it).", optional=True)
     """Whether the training loop keeps the model output (and its logits) past the loss; see ``Hold``."""
-    bnb_keeps_input: bool = False
+    bnb_keeps_input: bool = _field(
+        False, 18, "bitsandbytes < 0.43.2: each 4-bit layer also saves its input for backward.", optional=True)
     """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever
     that input needs a gradient, although only the weight is used (0.43.2 keeps the weight only)."""
 
     def __post_init__(self) -> None:
-        enums = {"quant": Quant, "dtype": Dtype, "attn": Attn, "optimizer": Optim, "recipe": Recipe,
-                 "adapter_dtype": Dtype, "loss": Loss, "hold_logits": Hold}
-        for name, enum in enums.items():
+        for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
         targets = self.targets
         if isinstance(targets, str):
@@ -199,8 +235,11 @@ class Scenario:
             raise ScenarioError(
                 f"adapter_dtype {self.adapter_dtype.value} conflicts with dtype {self.dtype.value}: LoRA adapters "
                 f"are kept in fp32 (peft's default) or in the compute dtype ({self.dtype.value})")
-        if self.full and self.adapter_dtype is not Dtype.FP32:
-            raise ScenarioError("adapter_dtype applies to LoRA adapters; --full trains the base weights in --dtype")
+        if self.full:
+            lora = [n for n in _LORA_FIELDS if getattr(self, n) != _DEFAULTS[n]]
+            if lora:
+                raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
+                                    "--full trains the base weights in --dtype (leave them unset)")
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
@@ -239,3 +278,12 @@ class Scenario:
         if "targets" in kw and isinstance(kw["targets"], list):
             kw["targets"] = tuple(kw["targets"])
         return cls(**kw)
+
+
+#: Scenario field -> its enum type (read from the field annotations: the one list of mode fields).
+_ENUM_FIELDS: dict[str, type[_Choice]] = {
+    f.name: globals()[f.type] for f in fields(Scenario)
+    if isinstance(globals().get(f.type), type) and issubclass(globals()[f.type], _Choice)}
+#: The LoRA-only fields: a full fine-tuning scenario must leave them at their defaults.
+_LORA_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype")
+_DEFAULTS = {f.name: f.default for f in fields(Scenario)}

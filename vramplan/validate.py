@@ -288,6 +288,34 @@ def validate_points(points: Iterable[Point], calibration: Calibration | None = N
     return rows
 
 
+def load_profile_paths(paths: Iterable[str], problems: list[str]) -> list[Any]:
+    """Profiles from files and folders. A folder's unreadable files become ``problems``; a file named
+    explicitly that fails, or a path that does not exist, is an error."""
+    from vramplan.profile.store import READABLE, ProfileError, load_profiles, read_profile
+
+    out: list[Any] = []
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            out.extend(load_profiles(p, problems=problems))
+        elif p.is_file():
+            try:
+                out.append(read_profile(p))
+            except ProfileError as e:
+                msg = str(e)
+                if "unknown schema" in msg:
+                    msg += (f"; no migration exists to {', '.join(READABLE)}: re-record it with "
+                            "`vramplan profile`")
+                raise ValidationError(msg) from None
+        else:
+            raise ValidationError(f"no such profile file or folder: {raw}")
+    schema_skips = [m for m in problems if "unknown schema" in m]
+    if schema_skips:
+        problems.append(f"{len(schema_skips)} profile(s) skipped for another schema version: re-record them "
+                        "with `vramplan profile` (no migration exists)")
+    return out
+
+
 def load_profile_folder(folder: str | Path | None, problems: list[str]) -> list[Any]:
     """Profiles under ``folder``; the default folder may be absent (then: none)."""
     from vramplan.profile.store import load_profiles

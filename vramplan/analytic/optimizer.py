@@ -83,3 +83,16 @@ def optimizer_step_temp_bytes(optim: Optim, params: int, param_bytes: int = 4) -
     updates in place. (The foreach AdamW would add one P-sized ``sqrt(v)`` list.)
     """
     return 0
+
+
+def state_thresholds(optim: Optim) -> tuple[int, ...]:
+    """Tensor sizes (elements) at which ``optim`` changes how it stores a tensor's state: 8-bit
+    optimizers keep tensors under ``MIN_8BIT_SIZE`` in 32 bits, paged ones page only tensors of at
+    least ``PAGED_MIN_NUMEL``. Crossing one can *lower* a tensor's device bytes as it grows, so the
+    budget is not monotone in the LoRA rank there (``vramplan.plan.rank_breakpoints``)."""
+    out: list[int] = []
+    if optim.eight_bit:
+        out.append(MIN_8BIT_SIZE)
+    if optim.paged:
+        out.append(PAGED_MIN_NUMEL)
+    return tuple(out)

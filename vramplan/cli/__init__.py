@@ -1,12 +1,13 @@
 """The ``vramplan`` command: a thin click layer over the library.
 
-Each command lives in its own module and is imported only when invoked, so ``vramplan estimate``
+Each command lives in the module of its name and is imported only when invoked, so ``vramplan estimate``
 never pays for (or imports) torch. Every user error becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 
@@ -22,11 +23,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "estimate": ("vramplan.cli.estimate", "estimate", "Memory budget of one fine-tuning step."),
     "models": ("vramplan.cli.models", "models", "List the offline model registry."),
     "plan": ("vramplan.cli.plan", "plan", "What fits a GPU: largest seq, batch and rank."),
-    "gpus": ("vramplan.cli.plan", "gpus", "List the GPU catalog."),
+    "gpus": ("vramplan.cli.gpus", "gpus", "List the GPU catalog."),
     "profile": ("vramplan.cli.profile", "profile", "Run real QLoRA steps and store a profile."),
-    "profiles": ("vramplan.cli.profile", "profiles", "Browse stored profiles."),
+    "profiles": ("vramplan.cli.profiles", "profiles", "Browse stored profiles."),
     "calibrate": ("vramplan.cli.calibrate", "calibrate", "Fit runtime constants from profiles."),
-    "validate": ("vramplan.cli.calibrate", "validate", "Predicted vs measured, with error %."),
+    "validate": ("vramplan.cli.validate", "validate", "Predicted vs measured, with error %."),
     "plot": ("vramplan.cli.plot", "plot", "Charts: breakdown, seq sweep, predicted vs measured."),
 }
 
@@ -53,30 +54,80 @@ def cli() -> None:
     """Will this QLoRA run fit? Exact GPU-memory budgets for LoRA/QLoRA fine-tuning."""
 
 
-def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-    """One line on stderr, exit 2."""
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
+#: Exit codes: a script can tell every outcome apart (``plan``: 0 fits, 1 does not fit).
+EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, as_json: bool = False) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    """One line on stderr and exit ``code``; with ``--json`` also ``{"error", "exit_code"}`` on stdout."""
+    line = " ".join(str(message).split())
+    if as_json:
+        _write(sys.stdout, json.dumps({"error": line, "exit_code": code}) + "\n")
+    _write(sys.stderr, f"error: {line}\n")
+    sys.exit(code)
+
+
+def _write(stream: "TextIO", text: str) -> None:  # type: ignore[name-defined]  # noqa: F821
+    """Write and flush; a stream that cannot take it (a full disk, a closed pipe) is let go quietly."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        _silence(stream)
+
+
+def _silence(stream: "TextIO") -> None:  # type: ignore[name-defined]  # noqa: F821
+    """Point a broken standard stream at /dev/null, so the interpreter's last flush raises nothing."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _tolerant_encoding() -> None:
+    """Characters the terminal's encoding lacks (``PYTHONIOENCODING=ascii``: '·', '×', '≈') are
+    replaced instead of raising UnicodeEncodeError midway through a table."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            try:
+                stream.reconfigure(errors="replace")
+            except (OSError, ValueError):
+                pass
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: exit 0/1 from commands, 2 for any user error, never a traceback."""
+    """Console entry point, never a traceback: exit 0 (1 where ``plan`` does not fit), 2 for a user
+    error, 3 for a bug in vramplan (set ``VRAMPLAN_DEBUG=1`` for its traceback), 130 when
+    interrupted. With ``--json``, an error is also one JSON object on stdout."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
     if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
         # rich wraps tables at 80 columns when piped; logs and CI read better unwrapped.
         os.environ["COLUMNS"] = str(WIDE_COLUMNS)
+    _tolerant_encoding()
     try:
-        rv = cli.main(args=argv, prog_name="vramplan", standalone_mode=False)
+        rv = cli.main(args=args, prog_name="vramplan", standalone_mode=False)
+        sys.stdout.flush()
     except VramplanError as e:
-        fail(str(e))
+        fail(str(e), as_json=as_json)
     except click.exceptions.Abort:
-        fail("aborted")
+        fail("aborted", EXIT_INTERRUPTED, as_json)
     except click.exceptions.NoArgsIsHelpError as e:  # bare `vramplan`: the help, not an error
         click.echo(e.format_message())
         sys.exit(0)
     except click.ClickException as e:  # usage errors: one line, exit 2
-        fail(e.format_message().replace("\n", " "))
+        fail(e.format_message(), as_json=as_json)
     except KeyboardInterrupt:
-        fail("interrupted")
+        fail("interrupted", EXIT_INTERRUPTED, as_json)
     except BrokenPipeError:
+        _silence(sys.stdout)
         sys.exit(1)
+    except OSError as e:  # stdout itself failed (``> /dev/full``): say so on stderr
+        _silence(sys.stdout)
+        fail(f"cannot write the output: {e.strerror or e}")
+    except Exception as e:  # noqa: BLE001 - a bug: one line, its own exit code, never "does not fit"
+        if os.environ.get("VRAMPLAN_DEBUG"):
+            raise
+        fail(f"internal error ({type(e).__name__}: {e}); this is a bug in vramplan, rerun with "
+             "VRAMPLAN_DEBUG=1 for the traceback", EXIT_INTERNAL, as_json)
     sys.exit(rv if isinstance(rv, int) else 0)

@@ -7,21 +7,8 @@ from typing import Any
 
 import click
 
+from vramplan.cli.common import load_calibration
 from vramplan.cli.options import pop_scenario, scenario_options
-
-
-def headroom(bd: Any, gpu_name: str, cal: Any) -> dict[str, Any]:
-    """What is left on ``gpu_name`` after the point estimate's reserved + managed memory, the
-    planner's own comparison (``vramplan.plan.need_bytes``) against memory less driver reserve and
-    CUDA context."""
-    from vramplan.gpus import find_gpu
-    from vramplan.plan import need_bytes
-
-    gpu = find_gpu(gpu_name)
-    usable = gpu.usable(cal)
-    need, _ = need_bytes(bd, "point")
-    return {"gpu": gpu.name, "memory_bytes": gpu.memory_bytes, "usable_bytes": usable,
-            "needed_bytes": need, "headroom_bytes": usable - need, "fits": usable >= need}
 
 
 @click.command()
@@ -38,31 +25,25 @@ def estimate(**kwargs: Any) -> None:
     method, cal_file = kwargs.pop("method").lower(), kwargs.pop("calibration_file")
     model = kwargs.pop("model")
     scenario = pop_scenario(kwargs)
+    from vramplan import estimate as run_engine
     from vramplan.arch import resolve
-    from vramplan.calibration import Calibration, default_calibration
+    from vramplan.calibration import default_calibration
+    from vramplan.gpus import find_gpu
+    from vramplan.plan import headroom
 
     arch = resolve(model)
-    cal = Calibration.load(cal_file) if cal_file else default_calibration()
-    from vramplan import estimate as run_engine
-
-    device = None
-    if gpu_name:  # the card's own calibrated constants (per-device entries), as `plan` uses them
-        from vramplan.gpus import find_gpu
-
-        gpu = find_gpu(gpu_name)
-        device = None if gpu.kind == "custom" else gpu.name
+    cal = load_calibration(cal_file) or default_calibration()
+    gpu = find_gpu(gpu_name) if gpu_name else None
+    # the card's own calibrated constants (per-device entries), as `plan` uses them
+    device = None if gpu is None or gpu.kind == "custom" else gpu.name
     bd = run_engine(arch, scenario, method=method, calibration=cal, device=device)
-    room = headroom(bd, gpu_name, cal) if gpu_name else None
+    room = headroom(bd, gpu, cal) if gpu is not None else None
     if as_json:
         from vramplan.report import estimate_json
 
         click.echo(json.dumps(estimate_json(arch, scenario, bd, room), indent=2))
         return
     from vramplan.report.table import render
+    from vramplan.report.text import estimate_title
 
-    s = scenario
-    what = "full fine-tuning" if s.full else f"LoRA r={s.rank} on {','.join(s.targets)}"
-    title = (f"{arch.name} ({arch.total_params / 1e9:.2f} B params) · {s.quant.value} · {what} · "
-             f"{s.batch}×{s.seq} · {s.recipe.value} · {s.optimizer.value} · "
-             f"GC {'on' if s.grad_checkpointing else 'off'} · {s.attn.value} · {bd.engine}")
-    render(bd, title, room)
+    render(bd, estimate_title(arch, scenario, bd.engine), room)

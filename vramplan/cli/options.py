@@ -1,69 +1,59 @@
-"""Scenario flags shared by ``estimate``, ``plan`` and ``profile`` (the CLI contract of issue 3)."""
+"""Scenario flags shared by ``estimate``, ``plan``, ``profile`` and ``plot`` (the CLI contract of issue 3).
+
+One flag per ``Scenario`` field, generated from the field: its name, type, default and
+``FieldMeta`` (help, short flag, whether ``profile`` sweeps a comma list); plus ``--model`` and
+``--preset`` (a named bundle of fields, ``vramplan.recipes.PRESETS``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from enum import Enum
 from typing import Any, Callable
 
 import click
+from click.core import ParameterSource
 
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
+from vramplan.recipes import PRESETS, preset
+from vramplan.scenario import Scenario, field_meta
 
-_CHOICES = dict(case_sensitive=False)
+_MODEL = click.option("--model", "-m", required=True,
+                      help="Registry name (Qwen3-14B), hub id, config.json path or model dir.")
+_PRESET = click.option("--preset", default=None, metavar="NAME",
+                       help=f"Fields of an older framework or loop: {', '.join(PRESETS)}. "
+                            "Flags given explicitly win.")
+
+
+def _option(f: "dataclasses.Field[Any]", kind: Any, multi: bool) -> Callable[..., Any]:
+    """The click option of Scenario field ``f`` of type ``kind``."""
+    meta = field_meta(f)
+    flag = "--" + f.name.replace("_", "-")
+    names = [flag] + ([meta.short] if meta.short else [])
+    kw: dict[str, Any] = dict(default=f.default, show_default=True, help=meta.help)
+    if kind is bool:
+        if f.default:
+            names = [f"{flag}/--no-{flag[2:]}"]
+        else:
+            kw.update(is_flag=True)
+    elif isinstance(kind, type) and issubclass(kind, Enum):
+        kw.update(type=click.Choice([m.value for m in kind], case_sensitive=False), default=f.default.value)
+    elif isinstance(f.default, tuple):
+        kw.update(default=",".join(f.default))
+    elif multi and meta.sweep:
+        kw.update(type=str, default=str(f.default), help=f"{meta.help} Comma list sweeps.")
+    else:
+        kw.update(type=kind)
+    return click.option(*names, **kw)
 
 
 def scenario_options(multi: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator adding every scenario flag. With ``multi`` (profile sweeps), --seq/--batch/--rank
-    take comma-separated lists and arrive as strings."""
-    size = str if multi else int
+    """Decorator adding ``--model``, every scenario flag and ``--preset``. With ``multi`` (profile
+    sweeps), the fields marked ``sweep`` (--seq/--batch/--rank) take comma lists and arrive as strings."""
+    kinds = typing.get_type_hints(Scenario)
+    opts = [_MODEL] + [_option(f, kinds[f.name], multi) for f in dataclasses.fields(Scenario)] + [_PRESET]
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
-        opts = [
-            click.option("--model", "-m", required=True,
-                         help="Registry name (Qwen3-14B), hub id, config.json path or model dir."),
-            click.option("--rank", "-r", type=size, default="8" if multi else 8, show_default=True,
-                         help="LoRA rank r." + (" Comma list sweeps." if multi else "")),
-            click.option("--seq", "-s", type=size, default="2048" if multi else 2048, show_default=True,
-                         help="Sequence length in tokens." + (" Comma list sweeps." if multi else "")),
-            click.option("--batch", "-b", type=size, default="1" if multi else 1, show_default=True,
-                         help="Micro-batch size." + (" Comma list sweeps." if multi else "")),
-            click.option("--quant", type=click.Choice([q.value for q in Quant], **_CHOICES),
-                         default="nf4", show_default=True, help="Base-weight storage."),
-            click.option("--double-quant/--no-double-quant", default=True, show_default=True,
-                         help="bnb_4bit_use_double_quant."),
-            click.option("--blocksize", type=int, default=64, show_default=True,
-                         help="4-bit quantization block size."),
-            click.option("--dtype", type=click.Choice([d.value for d in Dtype], **_CHOICES),
-                         default="bf16", show_default=True, help="Compute dtype."),
-            click.option("--targets", default="all-linear", show_default=True,
-                         help="LoRA target_modules: all-linear or names, e.g. q_proj,v_proj."),
-            click.option("--lora-dropout", type=float, default=0.05, show_default=True),
-            click.option("--full", is_flag=True, help="Full fine-tuning, no LoRA (needs --quant none)."),
-            click.option("--grad-checkpointing/--no-grad-checkpointing", default=True, show_default=True),
-            click.option("--attn", type=click.Choice([a.value for a in Attn], **_CHOICES),
-                         default="sdpa", show_default=True, help="attn_implementation."),
-            click.option("--optimizer", type=click.Choice([o.value for o in Optim], **_CHOICES),
-                         default="adamw", show_default=True),
-            click.option("--recipe", type=click.Choice([r.value for r in Recipe], **_CHOICES),
-                         default="hf-peft", show_default=True,
-                         help="hf-peft (fp32 upcast), trl (embeddings/lm_head bf16) or plain."),
-            click.option("--autocast/--no-autocast", default=True, show_default=True,
-                         help="Forward under torch.autocast, as the HF Trainer with bf16=True."),
-            click.option("--adapter-dtype", type=click.Choice([d.value for d in Dtype], **_CHOICES),
-                         default="fp32", show_default=True,
-                         help="LoRA weights, grads and AdamW state: fp32 (peft autocast_adapter_dtype=True) "
-                              "or the --dtype (autocast_adapter_dtype=False, torchtune, pure-bf16 loops)."),
-            click.option("--loss", type=click.Choice([x.value for x in Loss], **_CHOICES),
-                         default="hf", show_default=True,
-                         help="hf: transformers >= 4.46 loss (bf16 logits, fp32 upcast in the loss); legacy: "
-                              "transformers <= 4.44 / torchtune 2024 (fp32 logits in the output + a shifted copy)."),
-            click.option("--hold-logits", type=click.Choice([h.value for h in Hold], **_CHOICES),
-                         default="none", show_default=True,
-                         help="How long the loop keeps `outputs` (the logits): none (HF Trainer), step (through "
-                              "backward and optimizer.step, then deleted) or loop (never deleted: until the next "
-                              "forward rebinds it)."),
-            click.option("--bnb-keeps-input", is_flag=True,
-                         help="bitsandbytes < 0.43.2: each 4-bit layer also saves its input for backward."),
-        ]
         for opt in reversed(opts):
             f = opt(f)
         return f
@@ -71,12 +61,15 @@ def scenario_options(multi: bool = False) -> Callable[[Callable[..., Any]], Call
     return deco
 
 
-SCENARIO_KEYS = ("rank", "seq", "batch", "quant", "double_quant", "blocksize", "dtype", "targets",
-                 "lora_dropout", "full", "grad_checkpointing", "attn", "optimizer", "recipe", "autocast",
-                 "adapter_dtype", "loss", "hold_logits", "bnb_keeps_input")
-
-
 def pop_scenario(kwargs: dict[str, Any]) -> Scenario:
-    """Remove the scenario flags from a command's kwargs and build the Scenario (errors exit 2)."""
-    fields = {k: kwargs.pop(k) for k in SCENARIO_KEYS}
-    return Scenario(**fields)
+    """Remove the scenario flags from a command's kwargs and build the Scenario (errors exit 2).
+
+    A ``--preset`` sets its fields, except those given explicitly on the command line."""
+    values = {f.name: kwargs.pop(f.name) for f in dataclasses.fields(Scenario)}
+    name = kwargs.pop("preset")
+    if name is not None:
+        ctx = click.get_current_context()
+        given = {k for k in values if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
+        bundle = preset(name).resolve(values["dtype"], Scenario(quant=values["quant"]).quantized_4bit)
+        values.update({k: v for k, v in bundle.items() if k not in given})
+    return Scenario(**values)

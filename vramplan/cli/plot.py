@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from vramplan.cli.common import load_calibration
 from vramplan.cli.options import pop_scenario, scenario_options
 
 _OUT = click.option("--out", "-o", required=True, type=click.Path(dir_okay=False),
@@ -24,20 +25,12 @@ _CAL = click.option("--calibration", type=click.Path(dir_okay=False), default=No
 _TITLE = click.option("--title", default=None, help="Chart title (default: the model and scenario).")
 
 
-def _calibration(path: str | None) -> Any:
-    if path is None:
-        return None
-    from vramplan.calibration import Calibration
-
-    return Calibration.load(path)
-
-
 def _limit(kw: dict[str, Any]) -> tuple[Any, str | None]:
     """(Limit or None, device name for the calibration) from --gpu/--memory."""
     gpu, memory = kw.pop("gpu"), kw.pop("memory")
     if gpu is None and memory is None:
         return None, None
-    from vramplan.report.chart_data import gpu_limit
+    from vramplan.sweep import gpu_limit
 
     limit, card = gpu_limit(gpu, memory)
     return limit, (None if card.kind == "custom" else card.name)  # as the planner: no calibration key
@@ -47,20 +40,6 @@ def _wrote(path: Path, kind: str) -> None:
     from vramplan.breakdown import fmt_bytes
 
     click.echo(f"wrote {path} ({kind} chart, {fmt_bytes(path.stat().st_size, 1)})")
-
-
-def _describe(model: str, sc: Any, skip: str | None = None) -> str:
-    """'Qwen3-14B: nf4-dq, r=8, batch 1, GC on, sdpa, adamw, hf-peft', leaving out the field ``skip``
-    (the one a sweep varies)."""
-    parts = {
-        "quant": sc.quant.value + ("-dq" if sc.quantized_4bit and sc.double_quant else ""),
-        "rank": f"r={sc.rank}", "batch": f"batch {sc.batch}",
-        "grad_checkpointing": "GC on" if sc.grad_checkpointing else "GC off",
-        "attn": sc.attn.value, "optimizer": sc.optimizer.value, "recipe": sc.recipe.value,
-    }
-    if skip == "double_quant":
-        skip = "quant"
-    return f"{model}: " + ", ".join(v for k, v in parts.items() if k != skip)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,8 +63,10 @@ def breakdown_cmd(**kw: Any) -> None:
     Example:
       vramplan plot breakdown -m Qwen3-14B -r 8 -s 2048 --gpu rtx4090 -o qwen3-14b.png
     """
+    from vramplan import estimate
+    from vramplan.arch import resolve
     from vramplan.report import chart
-    from vramplan.report.chart_data import breakdown
+    from vramplan.report.text import chart_title
 
     out = chart.check_writable(kw.pop("out"))
     methods = [m.strip().lower() for m in kw.pop("method").split(",") if m.strip()]
@@ -94,15 +75,13 @@ def breakdown_cmd(**kw: Any) -> None:
         raise chart.ChartError(f"unknown method '{','.join(bad)}' (choose analytic, trace or analytic,trace)")
     title = kw.pop("title")
     limit, gpu = _limit(kw)
-    calibration = _calibration(kw.pop("calibration"))
+    calibration = load_calibration(kw.pop("calibration"))
     model = kw.pop("model")
     scenario = pop_scenario(kw)
-    from vramplan.arch import resolve
-
     arch = resolve(model)
-    results = [(m, breakdown(arch, scenario, method=m, calibration=calibration, device=gpu)) for m in methods]
+    results = [(m, estimate(arch, scenario, method=m, calibration=calibration, device=gpu)) for m in methods]
     if title is None:
-        title = f"{_describe(arch.name, scenario)}, seq {scenario.seq:,}"
+        title = f"{chart_title(arch.name, scenario)}, seq {scenario.seq:,}"
     data = results[0][1] if len(results) == 1 else results
     chart.save(chart.breakdown_chart(data, limit=limit, title=title), out)
     _wrote(out, "breakdown")
@@ -144,20 +123,21 @@ def seq_sweep_cmd(**kw: Any) -> None:
     """
     from vramplan.arch import resolve
     from vramplan.report import chart
-    from vramplan.report.chart_data import parse_seqs, parse_vary, seq_sweep, vary_key
+    from vramplan.report.text import chart_title
+    from vramplan.sweep import parse_seqs, parse_vary, seq_sweep, vary_key
 
     out = chart.check_writable(kw.pop("out"))
     seqs = parse_seqs(kw.pop("seqs"))
     title, vary, total, point = kw.pop("title"), kw.pop("vary"), kw.pop("total"), kw.pop("point")
     limit, gpu = _limit(kw)
-    calibration = _calibration(kw.pop("calibration"))
+    calibration = load_calibration(kw.pop("calibration"))
     arch = resolve(kw.pop("model"))
     kw["seq"] = seqs[0]
     scenario = pop_scenario(kw)
     variants = parse_vary(vary, arch, scenario)
     if title is None:
         key = vary_key(vary)
-        title = _describe(", ".join(v[1].name for v in variants) if key == "model" else arch.name, scenario, key)
+        title = chart_title(", ".join(v[1].name for v in variants) if key == "model" else arch.name, scenario, key)
     sweep = seq_sweep(variants, seqs, total=total, calibration=calibration, device=gpu, limit=limit, title=title,
                       upper=not point)
     chart.save(chart.sweep_chart(sweep), out)
@@ -184,10 +164,10 @@ def validation_cmd(**kw: Any) -> None:
       vramplan plot validation -o validation.png
     """
     from vramplan.report import chart
-    from vramplan.report.chart_data import validation_points, validation_rows
+    from vramplan.sweep import validation_points, validation_rows
 
     out = chart.check_writable(kw.pop("out"))
-    rows = validation_rows(data=kw.pop("data"), calibration=_calibration(kw.pop("calibration")),
+    rows = validation_rows(data=kw.pop("data"), calibration=load_calibration(kw.pop("calibration")),
                            profiles=kw.pop("profiles_dir"))
     pts = validation_points(rows, group_by=kw.pop("group_by"))
     fig = chart.validation_chart(pts, band=kw.pop("band"), title=kw.pop("title") or "")

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from vramplan.breakdown import Breakdown
 from vramplan.device import strip_vendor
 from vramplan.errors import VramplanError
+from vramplan.fileio import umask_mode
 from vramplan.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -282,6 +283,7 @@ def save_profile(profile: Profile, folder: str | Path) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())  # mkstemp makes 0600; a profile is as readable as any new file
         base = file_name(profile)[: -len(".json")]
         for n in range(1, 1000):
             target = folder / (f"{base}.json" if n == 1 else f"{base}-{n}.json")
@@ -305,7 +307,7 @@ def _place(tmp: str, target: Path) -> None:
     except FileExistsError:
         raise
     except OSError:  # file systems without hard links: exclusive create, then atomic replace
-        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
         os.close(fd)
         os.replace(tmp, target)
 

@@ -1,4 +1,14 @@
-"""Rendering of computed results: rich tables and matplotlib charts. Formats only; computes nothing."""
+"""Rendering of computed results: rich tables and matplotlib charts. Formats only; computes nothing
+(``tests/test_import_boundaries.py`` holds it to that).
+
+- ``table``: a Breakdown (``vramplan estimate``); ``estimate_json`` below, its ``--json`` object;
+- ``plan``: a Plan (``vramplan plan``);
+- ``catalog``: the GPU catalog and the model registry (``vramplan gpus``, ``vramplan models``);
+- ``validation``: validate rows and summaries, calibrate results (``vramplan validate``, ``calibrate``);
+- ``profiles``: stored profiles (``vramplan profile``, ``vramplan profiles``);
+- ``chart``: the charts of ``vramplan plot``, from the results of ``vramplan.sweep``;
+- ``text``: the short forms they share (percentages, MiB, scenario titles).
+"""
 
 from __future__ import annotations
 

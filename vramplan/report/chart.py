@@ -1,8 +1,8 @@
 """Charts of memory budgets: matplotlib, headless (Agg), imported only when a chart is drawn.
 
-This module only *formats*. Its inputs are dataclasses the library already computed (a ``Breakdown``,
-a ``Sweep`` of totals, ``ValidationPoint`` rows); it adds no memory term of its own. Bytes come in;
-GiB labels (IEC) go out.
+This module only *formats*. Its inputs are dataclasses the library already computed (a ``Breakdown``;
+a ``Sweep`` of totals and ``ValidationPoint`` rows from ``vramplan.sweep``); it adds no memory term of
+its own. Bytes come in; GiB labels (IEC) go out.
 
 Three charts:
 
@@ -24,12 +24,12 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from vramplan.breakdown import CATEGORIES, Breakdown, Component, fmt_bytes
 from vramplan.errors import VramplanError
+from vramplan.sweep import Curve, Limit, Sweep, ValidationPoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.axes import Axes
@@ -65,67 +65,6 @@ FORMATS = ("png", "svg")
 
 class ChartError(VramplanError):
     """A chart that cannot be drawn or written (bad path, bad extension, empty data)."""
-
-
-# ------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class Limit:
-    """A memory line to draw: usually a GPU's usable memory."""
-
-    bytes: int
-    label: str
-    detail: str = ""
-    """A second line for the legend (how the figure was arrived at)."""
-
-
-@dataclass(frozen=True)
-class Curve:
-    """One line of a sweep: ``y[i]`` bytes at ``x[i]`` (e.g. tokens per sequence)."""
-
-    label: str
-    x: tuple[int, ...]
-    y: tuple[int, ...]
-    upper: tuple[int, ...] | None = None
-    """Conservative bound at each x (drawn as a band above the curve); fit is judged on it when given."""
-
-    def __post_init__(self) -> None:
-        if len(self.x) != len(self.y) or (self.upper is not None and len(self.upper) != len(self.x)):
-            raise ChartError(f"curve '{self.label}': x, y and upper must have the same length")
-
-    @property
-    def judged(self) -> tuple[int, ...]:
-        """The values a fit is judged on: the upper bound where given, else the point values."""
-        return self.upper if self.upper is not None else self.y
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """Curves sharing an x axis, and the limit they are measured against."""
-
-    curves: tuple[Curve, ...]
-    xlabel: str = "sequence length (tokens)"
-    ylabel: str = "peak memory"
-    title: str = ""
-    limit: Limit | None = None
-    log2_x: bool = True
-    judge_fit: bool = True
-    """Ring each curve's last fitting point and say "fits to N" (only meaningful when the curves are the
-    quantity the limit bounds: the process total)."""
-
-
-@dataclass(frozen=True)
-class ValidationPoint:
-    """One run: what vramplan predicts against what was measured, both in bytes."""
-
-    label: str
-    predicted_bytes: int
-    measured_bytes: int
-    group: str = ""
-    """Points of one group share a colour (e.g. the measurement kind or the source)."""
-
-    @property
-    def error(self) -> float:
-        return (self.predicted_bytes - self.measured_bytes) / self.measured_bytes
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -194,8 +133,42 @@ def breakdown_chart(breakdowns: "Breakdown | Sequence[tuple[str, Breakdown]]", *
     single = len(bars) == 1
     fig = _new_figure(10.5 if single else max(9.0, 2.4 * len(bars) + 5), 6.4)
     ax = fig.add_subplot()
+    names, order, colors = _component_colors(bars, single)
+    top = max(b.total_bytes for _, b in bars)
+    ymax = _gib(max(top, limit.bytes if limit else 0)) * 1.12 or 1.0
+    legend_handles: dict[str, object] = {}
+    for i, (_, b) in enumerate(bars):
+        _draw_bar(ax, i, b, order, names, colors, ymax, legend_handles, single)
+    limit_handles, limit_labels = _draw_limit(ax, limit)
+    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=10)
+    ax.set_xlim(-0.7, len(bars) - 0.3 + (0.55 if single else 0.0))
+    ax.set_ylim(0, ymax)
+    ax.set_ylabel("GiB", fontsize=11)
+    ax.grid(axis="y", color="0.9", zorder=0)
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=12, loc="left")
 
-    # Component order and colour, shared by all bars so one name has one colour in every bar.
+    if single:
+        sizes = {c.name: c.bytes for c in bars[0][1].components}
+        labels = [f"{n}  {fmt_bytes(sizes[n])}" for n in reversed(order)]
+        handles = [legend_handles[n] for n in reversed(order)]
+    else:
+        cats = [c for c in reversed(CATEGORIES) if c in legend_handles]
+        labels, handles = cats, [legend_handles[c] for c in cats]
+    handles, labels = limit_handles + handles, limit_labels + labels
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
+              title="component" if single else "category", title_fontsize=9, alignment="left")
+    return fig
+
+
+_BAR_WIDTH = 0.55
+
+
+def _component_colors(bars: list[tuple[str, Breakdown]], single: bool
+                      ) -> tuple[dict[str, str], list[str], dict[str, tuple[float, float, float]]]:
+    """(component -> category, component order, component -> colour), shared by all bars so one name has
+    one colour in every bar."""
     names: dict[str, str] = {}
     for _, b in bars:
         for c in _ordered_components(b):
@@ -209,72 +182,52 @@ def breakdown_chart(breakdowns: "Breakdown | Sequence[tuple[str, Breakdown]]", *
     for cat in CATEGORIES:
         members = [n for n in order if names[n] == cat]
         colors.update(zip(members, _shades(CATEGORY_COLORS[cat], len(members) if single else 1) * len(members)))
+    return names, order, colors
 
-    top = max(b.total_bytes for _, b in bars)
-    ymax = _gib(max(top, limit.bytes if limit else 0)) * 1.12 or 1.0
-    width = 0.55
-    legend_handles: dict[str, object] = {}
-    for i, (label, b) in enumerate(bars):
-        bottom = 0.0
-        sizes = {c.name: c.bytes for c in b.components}
-        for name in order:
-            if sizes.get(name, 0) <= 0:
-                continue
-            h = _gib(sizes[name])
-            hatch = "//" if names[name] == "managed" else None
-            patch = ax.bar(i, h, width, bottom=bottom, color=colors[name], edgecolor="white", linewidth=0.8,
-                           hatch=hatch, zorder=3)
-            key = name if single else names[name]
-            if key not in legend_handles:
-                legend_handles[key] = patch
-            if h >= ymax * 0.035:
-                ax.text(i, bottom + h / 2, f"{h:.2f}", ha="center", va="center", fontsize=8.5, zorder=4,
-                        color="white" if names[name] not in ("managed", "allocator", "gradients") else "black")
-            bottom += h
-        # Totals: ticks at the right edge of the bar (named beside it when there is one bar).
-        for value in (b.allocated_peak_bytes, b.reserved_peak_bytes, b.total_bytes):
-            y = _gib(value)
-            ax.plot([i + width / 2, i + width / 2 + 0.06], [y, y], color="black", linewidth=1.2, zorder=4)
-        if not single and b.allocated_peak_bytes != b.total_bytes:
-            ax.text(i + width / 2 + 0.08, _gib(b.allocated_peak_bytes), f"allocated\n{fmt_bytes(b.allocated_peak_bytes)}",
-                    fontsize=7.5, va="center", ha="left", color="0.25")
-        ax.text(i, _gib(b.total_bytes) + ymax * 0.01, fmt_bytes(b.total_bytes), ha="center", va="bottom",
-                fontsize=10, fontweight="bold", zorder=4)
-        if single:
-            # Name the three totals beside the one bar.
-            marks = [(b.allocated_peak_bytes, "allocated peak"), (b.reserved_peak_bytes, "reserved peak"),
-                     (b.total_bytes, "process total")]
-            last_y = -1e9
-            for value, text in marks:
-                y = _gib(value)
-                y_text = max(y, last_y + ymax * 0.035)
-                ax.annotate(f"{text} {fmt_bytes(value)}", xy=(i + width / 2 + 0.06, y),
-                            xytext=(i + width / 2 + 0.1, y_text), fontsize=8.5, va="center",
-                            arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6))
-                last_y = y_text
 
-    limit_handles, limit_labels = _draw_limit(ax, limit)
-    ax.set_xticks(range(len(bars)), [label for label, _ in bars], fontsize=10)
-    ax.set_xlim(-0.7, len(bars) - 0.3 + (0.55 if single else 0.0))
-    ax.set_ylim(0, ymax)
-    ax.set_ylabel("GiB", fontsize=11)
-    ax.grid(axis="y", color="0.9", zorder=0)
-    ax.spines[["top", "right"]].set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=12, loc="left")
-
+def _draw_bar(ax: "Axes", i: int, b: Breakdown, order: list[str], names: dict[str, str],
+              colors: dict[str, tuple[float, float, float]], ymax: float, legend_handles: dict[str, object],
+              single: bool) -> None:
+    """Bar ``i``: its stacked segments (first handle of each legend key kept), total ticks and labels."""
+    bottom = 0.0
+    sizes = {c.name: c.bytes for c in b.components}
+    for name in order:
+        if sizes.get(name, 0) <= 0:
+            continue
+        h = _gib(sizes[name])
+        hatch = "//" if names[name] == "managed" else None
+        patch = ax.bar(i, h, _BAR_WIDTH, bottom=bottom, color=colors[name], edgecolor="white", linewidth=0.8,
+                       hatch=hatch, zorder=3)
+        legend_handles.setdefault(name if single else names[name], patch)
+        if h >= ymax * 0.035:
+            ax.text(i, bottom + h / 2, f"{h:.2f}", ha="center", va="center", fontsize=8.5, zorder=4,
+                    color="white" if names[name] not in ("managed", "allocator", "gradients") else "black")
+        bottom += h
+    # Totals: ticks at the right edge of the bar (named beside it when there is one bar).
+    right = i + _BAR_WIDTH / 2
+    for value in (b.allocated_peak_bytes, b.reserved_peak_bytes, b.total_bytes):
+        y = _gib(value)
+        ax.plot([right, right + 0.06], [y, y], color="black", linewidth=1.2, zorder=4)
+    if not single and b.allocated_peak_bytes != b.total_bytes:
+        ax.text(right + 0.08, _gib(b.allocated_peak_bytes), f"allocated\n{fmt_bytes(b.allocated_peak_bytes)}",
+                fontsize=7.5, va="center", ha="left", color="0.25")
+    ax.text(i, _gib(b.total_bytes) + ymax * 0.01, fmt_bytes(b.total_bytes), ha="center", va="bottom",
+            fontsize=10, fontweight="bold", zorder=4)
     if single:
-        b = bars[0][1]
-        sizes = {c.name: c.bytes for c in b.components}
-        labels = [f"{n}  {fmt_bytes(sizes[n])}" for n in reversed(order)]
-        handles = [legend_handles[n] for n in reversed(order)]
-    else:
-        cats = [c for c in reversed(CATEGORIES) if c in legend_handles]
-        labels, handles = cats, [legend_handles[c] for c in cats]
-    handles, labels = limit_handles + handles, limit_labels + labels
-    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
-              title="component" if single else "category", title_fontsize=9, alignment="left")
-    return fig
+        _name_totals(ax, right, b, ymax)
+
+
+def _name_totals(ax: "Axes", right: float, b: Breakdown, ymax: float) -> None:
+    """Name the three totals beside the one bar (whose right edge is at ``right``), never overlapping."""
+    marks = [(b.allocated_peak_bytes, "allocated peak"), (b.reserved_peak_bytes, "reserved peak"),
+             (b.total_bytes, "process total")]
+    last_y = -1e9
+    for value, text in marks:
+        y = _gib(value)
+        y_text = max(y, last_y + ymax * 0.035)
+        ax.annotate(f"{text} {fmt_bytes(value)}", xy=(right + 0.06, y), xytext=(right + 0.1, y_text), fontsize=8.5,
+                    va="center", arrowprops=dict(arrowstyle="-", color="0.4", linewidth=0.6))
+        last_y = y_text
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -296,24 +249,7 @@ def sweep_chart(sweep: Sweep) -> "Figure":
     xs_all = sorted({x for c in curves for x in c.x})
     bands = False
     for k, c in enumerate(curves):
-        color = SERIES_COLORS[k % len(SERIES_COLORS)]
-        pts = sorted(zip(c.x, c.y, c.judged))
-        label = c.label
-        if sweep.limit is not None and sweep.judge_fit:
-            # The verdict goes in the legend (no labels to collide on the plot); the point is ringed.
-            fitting = [p for p in pts if p[2] <= sweep.limit.bytes]
-            if fitting:
-                x, y, _ = fitting[-1]
-                ax.scatter([x], [_gib(y)], s=110, facecolors="none", edgecolors=color, linewidths=2, zorder=4)
-                label = f"{c.label}: fits to {x:,}"
-            else:
-                label = f"{c.label}: does not fit"
-        ax.plot([p[0] for p in pts], [_gib(p[1]) for p in pts], marker="o", markersize=4, linewidth=2,
-                color=color, label=label, zorder=3)
-        if c.upper is not None:
-            ax.fill_between([p[0] for p in pts], [_gib(p[1]) for p in pts], [_gib(p[2]) for p in pts],
-                            color=color, alpha=0.18, linewidth=0, zorder=2)
-            bands = True
+        bands = _draw_curve(ax, c, SERIES_COLORS[k % len(SERIES_COLORS)], sweep) or bands
     top = max(max(c.judged) for c in curves)
     ymax = _gib(max(top, sweep.limit.bytes if sweep.limit else 0)) * 1.1
     limit_handles, limit_labels = [], []
@@ -322,14 +258,7 @@ def sweep_chart(sweep: Sweep) -> "Figure":
         ymax = min(ymax, _gib(sweep.limit.bytes) * CLIP_FACTOR)
         limit_handles, limit_labels = _draw_limit(ax, sweep.limit)
         ax.axhspan(_gib(sweep.limit.bytes), ymax * 10, color="#F4CCCC", alpha=0.35, zorder=0)
-        for k, c in enumerate(curves):
-            off = [(x, y) for x, y in sorted(zip(c.x, c.y)) if _gib(y) > ymax]
-            if off:
-                x, y = off[0]
-                ax.annotate(f"↑ {fmt_bytes(y)} at {x:,}", xy=(x, ymax), xytext=(0, -4 - 13 * k),
-                            textcoords="offset points", ha="right" if x == xs_all[-1] else "center",
-                            va="top", fontsize=8.5, color=SERIES_COLORS[k % len(SERIES_COLORS)], zorder=6,
-                            bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85))
+        _mark_off_top(ax, curves, ymax, xs_all[-1])
     ax.set_ylim(0, ymax)
     if sweep.log2_x and min(xs_all) > 0:
         ax.set_xscale("log", base=2)
@@ -351,6 +280,41 @@ def sweep_chart(sweep: Sweep) -> "Figure":
     if sweep.title:
         ax.set_title(sweep.title, fontsize=12, loc="left")
     return fig
+
+
+def _draw_curve(ax: "Axes", c: Curve, color: str, sweep: Sweep) -> bool:
+    """One curve, its verdict in its legend label and its last fitting point ringed; its upper bound as a
+    band (returns whether it drew one)."""
+    pts = sorted(zip(c.x, c.y, c.judged))
+    label = c.label
+    if sweep.limit is not None and sweep.judge_fit:
+        # The verdict goes in the legend (no labels to collide on the plot); the point is ringed.
+        fitting = [p for p in pts if p[2] <= sweep.limit.bytes]
+        if fitting:
+            x, y, _ = fitting[-1]
+            ax.scatter([x], [_gib(y)], s=110, facecolors="none", edgecolors=color, linewidths=2, zorder=4)
+            label = f"{c.label}: fits to {x:,}"
+        else:
+            label = f"{c.label}: does not fit"
+    ax.plot([p[0] for p in pts], [_gib(p[1]) for p in pts], marker="o", markersize=4, linewidth=2,
+            color=color, label=label, zorder=3)
+    if c.upper is None:
+        return False
+    ax.fill_between([p[0] for p in pts], [_gib(p[1]) for p in pts], [_gib(p[2]) for p in pts],
+                    color=color, alpha=0.18, linewidth=0, zorder=2)
+    return True
+
+
+def _mark_off_top(ax: "Axes", curves: list[Curve], ymax: float, x_last: int) -> None:
+    """Name, at the top edge, the first point of each curve that runs above ``ymax``."""
+    for k, c in enumerate(curves):
+        off = [(x, y) for x, y in sorted(zip(c.x, c.y)) if _gib(y) > ymax]
+        if off:
+            x, y = off[0]
+            ax.annotate(f"↑ {fmt_bytes(y)} at {x:,}", xy=(x, ymax), xytext=(0, -4 - 13 * k),
+                        textcoords="offset points", ha="right" if x == x_last else "center",
+                        va="top", fontsize=8.5, color=SERIES_COLORS[k % len(SERIES_COLORS)], zorder=6,
+                        bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.85))
 
 
 # ------------------------------------------------------------------------------------ validation

@@ -1,20 +1,22 @@
-"""Gathering what the charts draw: calls the library's public functions and packs the results into the
-chart dataclasses of ``vramplan.report.chart``. No memory formula lives here, and no matplotlib.
+"""What the charts draw, computed: the library's public functions run over a range of scenarios, packed
+into plain dataclasses that ``vramplan.report.chart`` renders. No memory formula lives here (the
+engines have them), and no matplotlib.
 
 - ``gpu_limit``: a catalog GPU (``vramplan.gpus``) or a memory size -> ``Limit``;
-- ``parse_vary`` + ``seq_sweep``: peak memory over sequence lengths for several variants of a scenario;
-- ``validation_points``: rows of ``vramplan.validate`` -> ``ValidationPoint``.
+- ``parse_vary`` + ``seq_sweep``: peak memory over sequence lengths for several variants of a scenario
+  -> ``Sweep`` of ``Curve``;
+- ``validation_rows`` + ``validation_points``: ``vramplan.validate`` rows -> ``ValidationPoint``.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+import typing
+from dataclasses import dataclass, fields
 from typing import Any, Iterable, Sequence
 
+from vramplan import estimate
 from vramplan.arch import Arch, resolve
-from vramplan.breakdown import Breakdown
 from vramplan.errors import VramplanError
-from vramplan.report.chart import ChartError, Curve, Limit, Sweep, ValidationPoint
 from vramplan.scenario import Scenario, ScenarioError
 
 #: Which total of a Breakdown a sweep plots, by CLI name.
@@ -26,6 +28,71 @@ TOTALS: dict[str, str] = {
 TOTAL_LABELS = {"allocated": "allocated peak", "reserved": "reserved peak", "total": "process total"}
 
 DEFAULT_SEQS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+
+class SweepError(VramplanError):
+    """Data that cannot make a chart (mismatched curve lengths, no validated rows)."""
+
+
+# ------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class Limit:
+    """A memory line to draw: usually a GPU's usable memory."""
+
+    bytes: int
+    label: str
+    detail: str = ""
+    """A second line for the legend (how the figure was arrived at)."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One line of a sweep: ``y[i]`` bytes at ``x[i]`` (e.g. tokens per sequence)."""
+
+    label: str
+    x: tuple[int, ...]
+    y: tuple[int, ...]
+    upper: tuple[int, ...] | None = None
+    """Conservative bound at each x (drawn as a band above the curve); fit is judged on it when given."""
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y) or (self.upper is not None and len(self.upper) != len(self.x)):
+            raise SweepError(f"curve '{self.label}': x, y and upper must have the same length")
+
+    @property
+    def judged(self) -> tuple[int, ...]:
+        """The values a fit is judged on: the upper bound where given, else the point values."""
+        return self.upper if self.upper is not None else self.y
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Curves sharing an x axis, and the limit they are measured against."""
+
+    curves: tuple[Curve, ...]
+    xlabel: str = "sequence length (tokens)"
+    ylabel: str = "peak memory"
+    title: str = ""
+    limit: Limit | None = None
+    log2_x: bool = True
+    judge_fit: bool = True
+    """Ring each curve's last fitting point and say "fits to N" (only meaningful when the curves are the
+    quantity the limit bounds: the process total)."""
+
+
+@dataclass(frozen=True)
+class ValidationPoint:
+    """One run: what vramplan predicts against what was measured, both in bytes."""
+
+    label: str
+    predicted_bytes: int
+    measured_bytes: int
+    group: str = ""
+    """Points of one group share a colour (e.g. the measurement kind or the source)."""
+
+    @property
+    def error(self) -> float:
+        return (self.predicted_bytes - self.measured_bytes) / self.measured_bytes
 
 
 # ------------------------------------------------------------------------------------ GPU
@@ -53,18 +120,10 @@ def gpu_limit(gpu: str | None = None, memory: str | None = None) -> tuple[Limit,
     return Limit(line, g.name), g
 
 
-# ------------------------------------------------------------------------------------ engines
-def breakdown(arch: "Arch | str", scenario: Scenario, *, method: str = "analytic", calibration: Any = None,
-              device: str | None = None) -> Breakdown:
-    """One breakdown from the analytic engine (with the device's calibration) or the trace."""
-    from vramplan import estimate
-
-    return estimate(arch, scenario, method=method, calibration=calibration, device=device)
-
-
 # ------------------------------------------------------------------------------------ sweeps
-_BOOL_FIELDS = {"grad_checkpointing", "double_quant", "autocast", "full"}
-_INT_FIELDS = {"rank", "batch", "blocksize"}
+_TYPES = typing.get_type_hints(Scenario)
+#: Fields a sweep cannot vary: the x axis, and those without a list syntax.
+_FIXED = {"seq", "targets", "lora_dropout"}
 _ALIASES = {"gc": "grad_checkpointing", "r": "rank", "optim": "optimizer", "dq": "double_quant"}
 _SHORT = {"grad_checkpointing": "GC", "double_quant": "double quant", "autocast": "autocast"}
 
@@ -86,6 +145,21 @@ def vary_key(spec: str | None) -> str | None:
     return _ALIASES.get(key, key)
 
 
+def _variant(key: str, text: str) -> tuple[str, Any]:
+    """(curve label, field value) of one ``--vary`` value of Scenario field ``key``."""
+    kind = _TYPES[key]
+    if kind is bool:
+        value = _parse_bool(text, key)
+        return f"{_SHORT.get(key, key)} {'on' if value else 'off'}", value
+    if kind is int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise VramplanError(f"--vary {key}: '{text}' is not an integer") from None
+        return f"{'r' if key == 'rank' else key}={value}", value
+    return f"{key} {text}", text
+
+
 def parse_vary(spec: str | None, arch: Arch, scenario: Scenario) -> list[tuple[str, Arch, Scenario]]:
     """Variants of ``(arch, scenario)`` from a ``--vary`` spec.
 
@@ -97,34 +171,21 @@ def parse_vary(spec: str | None, arch: Arch, scenario: Scenario) -> list[tuple[s
         return [(arch.name, arch, scenario)]
     spec = spec.strip()
     if "=" not in spec:
-        if vary_key(spec) == "grad_checkpointing":
-            spec = "grad_checkpointing=on,off"
-        else:
+        if vary_key(spec) != "grad_checkpointing":
             raise VramplanError(f"--vary '{spec}': expected gc or FIELD=v1,v2 (e.g. rank=8,16,64)")
-    key, _, raw = spec.partition("=")
-    key = key.strip().lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    values = [v.strip() for v in raw.split(",") if v.strip()]
+        spec = "grad_checkpointing=on,off"
+    key = vary_key(spec)
+    values = [v.strip() for v in spec.partition("=")[2].split(",") if v.strip()]
     if not values:
         raise VramplanError(f"--vary {key}: no values given")
     if key == "model":
         return [(a.name, a, scenario) for a in (resolve(v) for v in values)]
-    names = {f.name for f in fields(Scenario)} - {"seq", "targets", "lora_dropout"}
+    names = {f.name for f in fields(Scenario)} - _FIXED
     if key not in names:
         raise VramplanError(f"--vary: cannot vary '{key}' (choose gc, model or one of: {', '.join(sorted(names))})")
     out = []
     for v in values:
-        if key in _BOOL_FIELDS:
-            value: Any = _parse_bool(v, key)
-            label = f"{_SHORT.get(key, key)} {'on' if value else 'off'}"
-        elif key in _INT_FIELDS:
-            try:
-                value = int(v)
-            except ValueError:
-                raise VramplanError(f"--vary {key}: '{v}' is not an integer") from None
-            label = f"{'r' if key == 'rank' else key}={value}"
-        else:
-            value, label = v, f"{key} {v}"
+        label, value = _variant(key, v)
         out.append((label, arch, scenario.replace(**{key: value})))
     return out
 
@@ -140,6 +201,22 @@ def parse_seqs(text: str) -> tuple[int, ...]:
     return tuple(seqs)
 
 
+def _curve(label: str, arch: Arch, scenario: Scenario, seqs: tuple[int, ...], total: str, upper: bool,
+           **engine: Any) -> Curve:
+    """The analytic ``total`` of ``scenario`` at each seq (and its upper bound, with ``upper``)."""
+    ys, ups = [], []
+    for s in seqs:
+        try:
+            sc = scenario.replace(seq=s)
+        except ScenarioError as e:
+            raise VramplanError(f"seq {s}: {e}") from None
+        b = estimate(arch, sc, **engine)
+        ys.append(getattr(b, TOTALS[total]))
+        ups.append(b.upper.get(total) if (upper and b.upper is not None) else None)
+    has_upper = upper and all(u is not None for u in ups)
+    return Curve(label, seqs, tuple(ys), tuple(int(u) for u in ups) if has_upper else None)
+
+
 def seq_sweep(variants: Sequence[tuple[str, Arch, Scenario]], seqs: Iterable[int] = DEFAULT_SEQS, *,
               total: str = "total", calibration: Any = None, device: str | None = None,
               limit: Limit | None = None, title: str = "", upper: bool = True) -> Sweep:
@@ -150,22 +227,11 @@ def seq_sweep(variants: Sequence[tuple[str, Arch, Scenario]], seqs: Iterable[int
     if total not in TOTALS:
         raise VramplanError(f"unknown total '{total}' (choose from: {', '.join(TOTALS)})")
     seqs = tuple(seqs)
-    curves = []
-    for label, arch, scenario in variants:
-        ys, ups = [], []
-        for s in seqs:
-            try:
-                sc = scenario.replace(seq=s)
-            except ScenarioError as e:
-                raise VramplanError(f"seq {s}: {e}") from None
-            b = breakdown(arch, sc, calibration=calibration, device=device)
-            ys.append(getattr(b, TOTALS[total]))
-            ups.append(b.upper.get(total) if (upper and b.upper is not None) else None)
-        has_upper = upper and all(u is not None for u in ups)
-        curves.append(Curve(label, seqs, tuple(ys), tuple(int(u) for u in ups) if has_upper else None))
+    curves = tuple(_curve(label, arch, scenario, seqs, total, upper, calibration=calibration, device=device)
+                   for label, arch, scenario in variants)
     # Only the process total is bounded by the card's memory line; other totals are drawn against it
     # for reference, without a verdict.
-    return Sweep(tuple(curves), ylabel=TOTAL_LABELS[total], title=title, limit=limit, judge_fit=total == "total")
+    return Sweep(curves, ylabel=TOTAL_LABELS[total], title=title, limit=limit, judge_fit=total == "total")
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -213,5 +279,5 @@ def validation_points(rows: Iterable[Any], group_by: str = "measurement") -> lis
         group = _field(row, group_by)
         pts.append(ValidationPoint(str(label), int(pred), int(meas), str(group) if group is not None else ""))
     if not pts:
-        raise ChartError("no validated rows with both a prediction and a measurement")
+        raise SweepError("no validated rows with both a prediction and a measurement")
     return pts
