@@ -3,6 +3,14 @@
 import os
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+#: Fuzz budgets: "ci" (the default) keeps every property to a few seconds and reproducible; "deep"
+#: is for a hunt on a quiet machine (HYPOTHESIS_PROFILE=deep pytest tests/...fuzz...).
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("deep", max_examples=20_000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -401,3 +401,20 @@ def test_11_nan_step_seconds_fails_the_schema(tmp_path):
 def test_18_lora_flags_with_full_are_rejected(cli_run, flag):
     line = one_line_exit2(cli_run, "estimate", "-m", "Qwen3-0.6B", "--quant", "none", "--full", *flag)
     assert "applies to LoRA adapters" in line
+
+
+def test_02_invalid_utf8_reference_csv(cli_run, tmp_path):
+    p = tmp_path / "ref.csv"
+    p.write_bytes(b"id,model\npm-1,\xff\n")
+    line = one_line_exit2(cli_run, "plot", "validation", "--data", str(p), "-o", str(tmp_path / "v.png"))
+    assert "not valid UTF-8" in line
+
+
+def test_01_nested_file_in_profiles_dir_leaves_commands_working(cli_run, tmp_path):
+    src = next((ROOT / "profiles" / "cpu").glob("vramplan-debug_*.json"))
+    (tmp_path / "ok.json").write_bytes(src.read_bytes())
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    code, out, err = cli_run("profiles", "list", str(tmp_path))
+    assert code == 0 and "deep.json" in err and "Traceback" not in err
+    code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--no-reference", "--json")
+    assert code == 0 and any("deep.json" in w for w in json.loads(out)["problems"])

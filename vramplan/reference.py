@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import stat
 import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -212,9 +213,13 @@ def load_reference(path: str | Path | None = None) -> list[ReferenceRow]:
         return list(_shipped())
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        if not stat.S_ISREG(p.stat().st_mode):
+            raise ReferenceError(f"cannot read reference file {p}: not a regular file")
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
-        raise ReferenceError(f"cannot read reference file {p}: {e.strerror}") from None
+        raise ReferenceError(f"cannot read reference file {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ReferenceError(f"malformed reference file {p}: not valid UTF-8 (byte {e.start})") from None
     return parse_reference(text, origin=str(p))
 
 
