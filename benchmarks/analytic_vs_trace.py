@@ -1,14 +1,14 @@
 """Analytic allocated peak vs the fake-tensor trace, over the issue-4 grid.
 
-Usage: python benchmarks/analytic_vs_trace.py [--semantics cuda|cpu] [--cache FILE] [--only SUBSTR]
+Usage: python benchmarks/analytic_vs_trace.py [--device cuda|cpu] [--cache FILE] [--only SUBSTR]
        [--limit N] [--refresh]
 
 Each row builds a real-shaped architecture with a reduced decoder-layer count (hidden sizes, heads,
 vocabularies and expert counts are the published ones), traces two training steps on fake tensors
 (``vramplan.trace.trace(..., extrapolate=False, device=...)``), prices the same scenario with
 ``vramplan.analytic.estimate(..., device=...)`` and prints the relative error of the allocated
-peak. ``--semantics cuda`` (default) runs ``grid()``, both engines emulating the CUDA program (the
-product); ``--semantics cpu`` runs the smaller ``cpu_grid()``, both engines pricing the CPU program
+peak. ``--device cuda`` (default) runs ``grid()``, both engines emulating the CUDA program (the
+product); ``--device cpu`` runs the smaller ``cpu_grid()``, both engines pricing the CPU program
 as it runs (what CPU profiles measure). Traces are cached (JSON) so the table can be
 re-printed instantly after an analytic change (``--cache FILE``; ``--refresh`` re-traces).
 """
@@ -105,9 +105,9 @@ def cpu_grid() -> list[tuple[str, int, dict[str, Any]]]:
     return rows
 
 
-def key(model: str, layers: int, kw: dict[str, Any], semantics: str = "cuda") -> str:
+def key(model: str, layers: int, kw: dict[str, Any], device: str = "cuda") -> str:
     k = [model, layers, sorted((k, list(v) if isinstance(v, tuple) else v) for k, v in kw.items())]
-    return json.dumps(k if semantics == "cuda" else k + [semantics])
+    return json.dumps(k if device == "cuda" else k + [device])
 
 
 def reduced_arch(model: str, layers: int) -> Any:
@@ -123,22 +123,22 @@ def reduced_arch(model: str, layers: int) -> Any:
     return Arch.from_config(cfg, name=f"{model}[{layers}L]")
 
 
-def run_trace(model: str, layers: int, kw: dict[str, Any], semantics: str = "cuda") -> dict[str, Any]:
+def run_trace(model: str, layers: int, kw: dict[str, Any], device: str = "cuda") -> dict[str, Any]:
     from vramplan.scenario import Scenario
     from vramplan.trace import trace
 
     t0 = time.perf_counter()
-    tb = trace(reduced_arch(model, layers), Scenario(**kw), extrapolate=False, semantics=semantics)
+    tb = trace(reduced_arch(model, layers), Scenario(**kw), extrapolate=False, device=device)
     return {"allocated": tb.allocated_peak_bytes, "by_category": tb.by_category(),
             "phase": tb.peak_phase, "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def compare(model: str, layers: int, kw: dict[str, Any], traced: dict[str, Any],
-            semantics: str = "cuda") -> dict[str, Any]:
+            device: str = "cuda") -> dict[str, Any]:
     from vramplan.analytic import estimate
     from vramplan.scenario import Scenario
 
-    eb = estimate(reduced_arch(model, layers), Scenario(**kw), semantics=semantics)
+    eb = estimate(reduced_arch(model, layers), Scenario(**kw), device=device)
     ours = eb.allocated_peak_bytes
     return {"ours": ours, "theirs": traced["allocated"], "error": ours / traced["allocated"] - 1,
             "phase": eb.peak_phase, "trace_phase": traced["phase"]}
@@ -150,30 +150,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="")
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--refresh", action="store_true", help="re-trace even if cached")
-    ap.add_argument("--semantics", choices=("cuda", "cpu"), default="cuda")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="the program both engines price (an unnamed GPU, or the CPU)")
     args = ap.parse_args(argv)
-    sem = args.semantics
+    dev = args.device
     cache_path = Path(args.cache) if args.cache else None
     cache: dict[str, Any] = json.loads(cache_path.read_text()) if cache_path and cache_path.exists() else {}
-    rows = [r for r in (grid() if sem == "cuda" else cpu_grid()) if args.only in key(*r)]
+    rows = [r for r in (grid() if dev == "cuda" else cpu_grid()) if args.only in key(*r)]
     if args.limit:
         rows = rows[: args.limit]
     errs = []
     print(f"{'model':18s} {'L':>2s} {'scenario':62s} {'trace GiB':>10s} {'analytic':>9s} {'error':>8s}  phase")
     for model, layers, kw in rows:
-        k = key(model, layers, kw, sem)
+        k = key(model, layers, kw, dev)
         if k not in cache or args.refresh:
-            cache[k] = run_trace(model, layers, kw, sem)
+            cache[k] = run_trace(model, layers, kw, dev)
             if cache_path:
                 cache_path.write_text(json.dumps(cache, indent=1))
-        r = compare(model, layers, kw, cache[k], sem)
+        r = compare(model, layers, kw, cache[k], dev)
         errs.append(abs(r["error"]))
         desc = ",".join(f"{a}={b if not isinstance(b, tuple) else '+'.join(b)}" for a, b in kw.items())
         print(f"{model:18s} {layers:2d} {desc:62s} {r['theirs'] / 2**30:10.3f} {r['ours'] / 2**30:9.3f} "
               f"{100 * r['error']:+7.2f}%  {r['phase']}")
         sys.stdout.flush()
     if errs:
-        print(f"\n{len(errs)} configurations ({sem} semantics): max |error| {100 * max(errs):.2f} %, "
+        print(f"\n{len(errs)} configurations ({dev} program): max |error| {100 * max(errs):.2f} %, "
               f"median {100 * statistics.median(errs):.2f} %")
     return 0
 

@@ -6,21 +6,24 @@ and the full 40-layer trace. Run: python benchmarks/trace_speed.py [MODEL] [SEQ]
 
 from __future__ import annotations
 
+import argparse
 import resource
-import sys
 import time
 import warnings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model", nargs="?", default="Qwen3-14B", help="registry model (default Qwen3-14B)")
+    ap.add_argument("seq", nargs="?", type=int, default=2048, help="sequence length (default 2048)")
+    args = ap.parse_args(argv)
+    model, seq = args.model, args.seq
     warnings.filterwarnings("ignore")
-    model = sys.argv[1] if len(sys.argv) > 1 else "Qwen3-14B"
-    seq = int(sys.argv[2]) if len(sys.argv) > 2 else 2048
 
     t = time.perf_counter()
     import vramplan
     from vramplan.breakdown import fmt_bytes
-    from vramplan.hf.build import warm_bitsandbytes
+    from vramplan.hf.interventions import warm_bitsandbytes
     from vramplan.scenario import Scenario
     from vramplan.trace import trace
 

@@ -1,7 +1,7 @@
 """The analytic model held to the fake-tensor trace (issue 4): allocated peak within 3 % on the grid
 of benchmarks/analytic_vs_trace.py (real hidden sizes / vocabularies, reduced decoder layers), and the
-static categories within 1 %. Both engines in CUDA semantics (the product: bool dropout masks, no peft
-CPU-only cast; see vramplan.hf.cuda_path) on ``grid()``, and in CPU semantics (the CPU program, what
+static categories within 1 %. Both engines on a CUDA device (the product: bool dropout masks, no peft
+CPU-only cast; see vramplan.hf.interventions) on ``grid()``, and on the CPU (the CPU program, what
 CPU profiles measure) on the smaller ``cpu_grid()``. Fresh traces, no cache."""
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ def test_grid_covers_issue_4():
     assert {tuple(kw.get("targets", ("all-linear",))) for kw in kws} >= {("all-linear",), ("q_proj", "v_proj")}
 
 
-@pytest.mark.parametrize("model,layers,kw,semantics", ROWS, ids=[grid_mod.key(*r) for r in ROWS])
-def test_analytic_within_3_percent_of_trace(model, layers, kw, semantics):
+@pytest.mark.parametrize("model,layers,kw,device", ROWS, ids=[grid_mod.key(*r) for r in ROWS])
+def test_analytic_within_3_percent_of_trace(model, layers, kw, device):
     from vramplan.analytic import estimate
     from vramplan.scenario import Scenario
     from vramplan.trace import trace
 
     arch = grid_mod.reduced_arch(model, layers)
     sc = Scenario(**kw)
-    theirs = trace(arch, sc, extrapolate=False, device=semantics)
-    ours = estimate(arch, sc, device=semantics)
+    theirs = trace(arch, sc, extrapolate=False, device=device)
+    ours = estimate(arch, sc, device=device)
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
     assert abs(err) < TOL, f"{err:+.2%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
     a, t = ours.by_category(), theirs.by_category()
@@ -77,7 +77,7 @@ def test_qwen3_14b_full_depth_target():
     from vramplan.trace import trace
 
     arch, sc = resolve("Qwen3-14B"), Scenario()
-    for semantics in ("cuda", "cpu"):
-        theirs = trace(arch, sc, device=semantics)
-        ours = estimate(arch, sc, device=semantics)
-        assert abs(ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1) < TOL, semantics
+    for device in ("cuda", "cpu"):
+        theirs = trace(arch, sc, device=device)
+        ours = estimate(arch, sc, device=device)
+        assert abs(ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1) < TOL, device

@@ -46,14 +46,21 @@ CASES = {
 }
 
 
+def scenario(case: str) -> Scenario:
+    kw = {**BASE, **CASES[case]}
+    if kw.get("full"):
+        del kw["rank"]  # full fine-tuning takes no LoRA field
+    return Scenario(**kw)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_fake_peak_equals_real_peak(case):
-    sc = Scenario(**{**BASE, **CASES[case]})
+    sc = scenario(case)
     arch = small_llama()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
-        real = trace_run(arch, sc, steps=2, fake=False, semantics="cpu")
+        fake = trace_run(arch, sc, steps=2, fake=True, device="cpu")
+        real = trace_run(arch, sc, steps=2, fake=False, device="cpu")
     for f, r in zip(fake.steps, real.steps):
         assert r.peak_bytes > 0
         err = abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes
@@ -68,8 +75,8 @@ def test_fake_equals_real_moe(recipe):
     arch = resolve("vramplan-debug-moe")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
-        real = trace_run(arch, sc, steps=2, fake=False, semantics="cpu")
+        fake = trace_run(arch, sc, steps=2, fake=True, device="cpu")
+        real = trace_run(arch, sc, steps=2, fake=False, device="cpu")
     for f, r in zip(fake.steps, real.steps):
         assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (f.peak_bytes, r.peak_bytes)
 
@@ -80,15 +87,15 @@ def test_without_the_unpacked_hint_fake_tensors_overcount(monkeypatch):
     real run. With the hint (the default) fake equals real (tests above)."""
     import contextlib
 
-    from vramplan.hf import build as B
+    from vramplan.hf import interventions
 
     sc = Scenario(**BASE)
     arch = small_llama()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        real = trace_run(arch, sc, steps=1, fake=False, semantics="cpu")
-        monkeypatch.setattr(B, "unpacked_sequences", contextlib.nullcontext)
-        fake = trace_run(arch, sc, steps=1, fake=True, semantics="cpu")
+        real = trace_run(arch, sc, steps=1, fake=False, device="cpu")
+        monkeypatch.setattr(interventions, "unpacked_sequences", contextlib.nullcontext)
+        fake = trace_run(arch, sc, steps=1, fake=True, device="cpu")
     assert fake.steps[0].phases["forward"][0] > real.steps[0].phases["forward"][0]
 
 
@@ -97,13 +104,13 @@ def test_cuda_semantics_fake_equals_real_and_saves_bytes(case):
     """The CUDA emulation (bool dropout masks via native_dropout; no peft fp32 cast of bnb LoRA inputs
     under autocast) runs identically on fake and real CPU tensors, and allocates no more than the
     CPU program (both emulated behaviours only shrink saved tensors)."""
-    sc = Scenario(**{**BASE, **CASES[case]})
+    sc = scenario(case)
     arch = small_llama()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, semantics="cuda")
-        real = trace_run(arch, sc, steps=2, fake=False, semantics="cuda")
-        cpu = trace_run(arch, sc, steps=2, fake=True, semantics="cpu")
+        fake = trace_run(arch, sc, steps=2, fake=True, device="cuda")
+        real = trace_run(arch, sc, steps=2, fake=False, device="cuda")
+        cpu = trace_run(arch, sc, steps=2, fake=True, device="cpu")
     for f, r, c in zip(fake.steps, real.steps, cpu.steps):
         assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (case, f.peak_bytes, r.peak_bytes)
         assert f.peak_bytes < c.peak_bytes, (case, f.peak_bytes, c.peak_bytes)

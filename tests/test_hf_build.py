@@ -11,6 +11,7 @@ pytestmark = pytest.mark.torch
 
 from vramplan.arch import resolve  # noqa: E402
 from vramplan.hf import build as B  # noqa: E402
+from vramplan.hf import interventions as I  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -76,7 +77,7 @@ def test_trl_equivalent_matches_trl():
     theirs = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
     trl_utils.peft_module_casting_to_bf16(theirs)
     ours = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
-    B.trl_module_casting(ours)
+    I.trl_module_casting(ours)
     assert _dtypes(ours) == _dtypes(theirs)
 
 
@@ -124,13 +125,67 @@ def test_moe_experts_stay_unquantized_and_get_upcast():
         B.build_model(MOE, Scenario(lora_dropout=0.05))
 
 
-def test_unpacked_sequences_patch_is_scoped():
+def test_interventions_are_scoped():
+    """Every process-wide patch of vramplan.hf.interventions is undone when its block exits."""
+    import transformers.integrations.moe as moe
     import transformers.masking_utils as mu
+    from transformers import AttentionInterface
 
     orig = mu.find_packed_sequence_indices
-    with B.unpacked_sequences():
+    with I.unpacked_sequences():
         assert mu.find_packed_sequence_indices(torch.tensor([[0, 1, 0, 1]])) is None
     assert mu.find_packed_sequence_indices is orig
+
+    dropout, autocast, grouped = torch.nn.functional.dropout, torch.is_autocast_enabled, moe._grouped_mm
+    with I.cuda_semantics(), I.non_bf16_grouped_mm():
+        assert torch.nn.functional.dropout is not dropout and torch.is_autocast_enabled is not autocast
+        assert moe._grouped_mm is not grouped
+    assert (torch.nn.functional.dropout, torch.is_autocast_enabled, moe._grouped_mm) == (dropout, autocast, grouped)
+
+    assert I.FLASH2_STANDIN not in AttentionInterface()
+    with I.flash2_on_sdpa():
+        assert I.FLASH2_STANDIN in AttentionInterface()
+    assert I.FLASH2_STANDIN not in AttentionInterface()
+
+
+def test_checkpointed_wraps_what_torch_recomputes():
+    """transformers 5 checkpoints a decoder layer's ``forward`` (GradientCheckpointingLayer), so module
+    hooks miss the recomputation in backward; ``checkpointed`` sees the function itself run twice
+    (forward, then recomputed in backward) and puts the checkpoint function back on exit."""
+    sc = Scenario(seq=8, batch=1)
+    m = B.build_model(DEBUG, sc)
+    B.materialize(m, sc)
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [x for x in m.modules() if isinstance(x, GradientCheckpointingLayer)]
+    before = [x._gradient_checkpointing_func for x in layers]
+    calls, hooked = [], []
+    layers[0].register_forward_pre_hook(lambda mod, args: hooked.append(mod))
+
+    def wrap(function):
+        def run(*args, **kwargs):
+            calls.append(function)
+            return function(*args, **kwargs)
+        return run
+
+    with I.checkpointed(m, wrap) as n:
+        assert n == len(layers) == DEBUG.num_layers
+        m(**B.synthetic_batch(DEBUG, sc)).loss.backward()
+    assert len(calls) == 2 * n and len(hooked) == 1  # each layer ran twice, its hook once
+    assert [x._gradient_checkpointing_func for x in layers] == before
+    with I.checkpointed(B.build_model(DEBUG, sc.replace(grad_checkpointing=False)), wrap) as n:
+        assert n == 0
+
+
+def test_prepare_is_the_build_of_both_callers():
+    """``prepare`` on a meta model is ``build_model``; the bitsandbytes-0.43.1 input saving hooks every
+    4-bit layer; plain leaves the base dtypes, hf-peft upcasts (vramplan.recipes)."""
+    sc = Scenario(bnb_keeps_input=True)
+    m = B.prepare(B.meta_model(DEBUG, sc), DEBUG, sc)
+    assert _dtypes(m) == _dtypes(B.build_model(DEBUG, sc))
+    four = [x for x in m.modules() if isinstance(x, bnb.nn.Linear4bit)]
+    assert four and all(len(x._forward_hooks) == 1 for x in four)
+    assert m.training
 
 
 def test_synthetic_batch():
@@ -166,7 +221,7 @@ def test_optimizers():
 def test_flash2_standin_casts_fp32_qkv():
     """Without autocast, sdpa on fp32 q/k/v returns fp32; the stand-in casts them to the model dtype
     first, as transformers' flash-attention-2 wrapper does."""
-    B.attn_implementation(Scenario(attn="flash2"))
+    assert B.attn_implementation(Scenario(attn="flash2")) == I.FLASH2_STANDIN
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -178,7 +233,8 @@ def test_flash2_standin_casts_fp32_qkv():
             dtype = torch.bfloat16
 
     q = torch.randn(1, 2, 8, 16)
-    out, _ = AttentionInterface()[B.FLASH2_STANDIN](Mod(), q, q.clone(), q.clone(), None)
+    with I.flash2_on_sdpa():
+        out, _ = AttentionInterface()[I.FLASH2_STANDIN](Mod(), q, q.clone(), q.clone(), None)
     assert out.dtype == torch.bfloat16
     ref, _ = sdpa_attention_forward(Mod(), q, q.clone(), q.clone(), None)
     assert ref.dtype == torch.float32

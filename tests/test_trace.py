@@ -15,7 +15,7 @@ from vramplan.breakdown import ALLOCATED_CATEGORIES  # noqa: E402
 from vramplan.errors import VramplanError  # noqa: E402
 from vramplan.hf.tracker import round_up  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
-from vramplan.trace import NOTES, layer_plan, trace  # noqa: E402
+from vramplan.trace import NOTES, layer_plan, trace, trace_run  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -159,6 +159,35 @@ def test_flash2_and_paged_are_explained():
 def test_truncated_model():
     b = trace(llama(7), SC, layers=3)
     assert b.extra["layers_traced"] == [3] and any("truncated" in n for n in b.notes)
+
+
+def test_recompute_is_labelled_without_moving_totals(monkeypatch):
+    """transformers 5 checkpoints a decoder layer's ``forward``, not ``__call__``, so module hooks miss
+    its recomputation inside backward; the trace wraps the checkpointed function itself
+    (``vramplan.hf.interventions.checkpointed``). Recomputed bytes are ``activations/recompute`` with
+    gradient checkpointing and absent without; the label only moves bytes out of
+    ``temporary/backward``: with the recompute labelling off (how they were labelled before) every
+    total is the same."""
+    from vramplan.trace.labels import Labeller
+
+    arch, sc = resolve("vramplan-debug"), SC.replace(seq=128)
+    gc = trace(arch, sc, device="cpu")  # the steady step peaks while the last layer is recomputed
+    assert gc.peak_phase == "layers backward" and gc.get("activations/recompute") > 0
+    for device in ("cuda", "cpu"):
+        run = trace_run(arch, sc, device=device)
+        assert all(s.phases["layers backward"][1].get("activations/recompute", 0) > 0 for s in run.steps)
+        no_gc = trace_run(arch, sc.replace(grad_checkpointing=False), device=device)
+        assert not any("activations/recompute" in d for s in no_gc.steps for _, d in s.phases.values())
+
+    monkeypatch.setattr(Labeller, "recomputing", lambda self, function: function)
+    unlabelled = trace(arch, sc, device="cpu")
+    assert unlabelled.get("activations/recompute") == 0
+    assert unlabelled.allocated_peak_bytes == gc.allocated_peak_bytes
+    assert unlabelled.extra["first_step_peak_bytes"] == gc.extra["first_step_peak_bytes"]
+    moved = ("temporary/backward", "activations/recompute")
+    assert unlabelled.get("temporary/backward") == sum(gc.get(n) for n in moved)
+    assert ({c.name: c.bytes for c in unlabelled.components if c.name not in moved}
+            == {c.name: c.bytes for c in gc.components if c.name not in moved})
 
 
 # -------------------------------------------------------------------------------- bad input

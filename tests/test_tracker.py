@@ -106,7 +106,7 @@ def test_cuda_gemm_4bit_transient_is_counted_inside_the_op():
     bnb_f = pytest.importorskip("bitsandbytes.functional")
     import bitsandbytes as bnb
 
-    from vramplan.hf.cuda_path import CUDA_CUSTOM_MAX_M, gemm_4bit_transient
+    from vramplan.hf.interventions import CUDA_CUSTOM_MAX_M, gemm_4bit_transient
 
     w = torch.randn(128, 256, dtype=torch.bfloat16)
     packed, qs = bnb_f.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")

@@ -4,7 +4,7 @@ A device decides three things, all of them here and nowhere else:
 
 1. **The program** (``semantics``): what the same transformers + peft + bitsandbytes step allocates.
    ``"cuda"``: the program users run on a GPU (fused ``native_dropout`` with bool masks, peft's
-   CUDA-only autocast check; see ``vramplan.hf.cuda_path``). ``"cpu"``: the CPU program exactly as it
+   CUDA-only autocast check; see ``vramplan.hf.interventions``). ``"cpu"``: the CPU program exactly as it
    runs (CPU profiles, fake-vs-real tests).
 2. **The runtime terms** that apply: a CUDA context and cuBLAS workspace, a caching allocator's
    reserve. A CPU device has none of them (``Calibration.for_device`` zeroes them).
@@ -17,7 +17,7 @@ matching, calibration keys and profile file names all derive from it.
 
 Adding a device kind (e.g. ROCm): a new ``KINDS`` entry with its semantics and runtime flags, then
 the engines' semantics switch (``vramplan.analytic.activations.Dtypes.cuda``,
-``vramplan.hf.cuda_path``) if its program differs; see docs/design.md.
+``vramplan.hf.interventions``) if its program differs; see docs/design.md.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except click.ClickException as e:  # usage errors: one line, exit 2
         fail(e.format_message(), as_json=as_json)
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED, as_json)
+    except KeyboardInterrupt as e:  # Ctrl-C, or a signal a long command turned into one (cli/profile.py)
+        fail(f"interrupted ({e})" if str(e) else "interrupted", getattr(e, "exit_code", EXIT_INTERRUPTED), as_json)
     except BrokenPipeError:
         _silence(sys.stdout)
         sys.exit(1)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
 import logging
+import signal
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -83,7 +85,9 @@ def profile(**kw: Any) -> None:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     require_torch()
     device = preflight(model, arch, scenarios, opts)
-    saved = _run(model, arch, scenarios, opts, folder, device, as_json)
+    _warn_if_slow(arch, scenarios, opts, device, as_json)
+    with stoppable():
+        saved = _run(model, arch, scenarios, opts, folder, device, as_json)
     if as_json:
         click.echo(json.dumps([dict(p.to_dict(), path=str(p.path)) for p in saved], indent=2))
         return
@@ -120,6 +124,58 @@ def _run(model: str, arch: Any, scenarios: list[Any], opts: Any, folder: Any, de
                 console.print(point_line(profile_row(saved[-1]), path), soft_wrap=True, highlight=False)
             bar.advance(task)
     return saved
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a sweep: a KeyboardInterrupt, so that no ``except Exception`` on the
+    way up swallows it and every ``finally`` (temporary checkpoints) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def stoppable() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``Stopped`` while the sweep runs (profiles already written are
+    complete files: each is renamed into place whole), then restore the previous handlers. A second
+    signal while the first unwinds is ignored, so cleanup finishes."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    fired: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        if fired:
+            return
+        fired.append(signum)
+        raise Stopped(signum)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    except Exception as e:  # an exception the interrupt caused on its way up (in a library's cleanup)
+        if fired:
+            raise Stopped(fired[0]) from e
+        raise
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+#: Above this many seconds for the whole sweep, the expected time is said before it starts.
+SLOW_SWEEP_SECONDS = 60.0
+
+
+def _warn_if_slow(arch: Any, scenarios: list[Any], opts: Any, device: dict[str, Any], quiet: bool) -> None:
+    """Estimate the sweep's time before running it (``runner.expected_seconds``) and warn on stderr
+    when it will take minutes."""
+    from vramplan.profile.timing import expected_seconds
+
+    total = sum(expected_seconds(arch, sc, opts, device) for sc in scenarios)
+    if total > SLOW_SWEEP_SECONDS and not quiet:
+        click.echo(f"warning: this sweep will take about {total / 60:.0f} min ({len(scenarios)} point(s), "
+                   f"{opts.steps} step(s) each on {device['name']}); Ctrl-C stops it and keeps what is stored",
+                   err=True)
 
 
 def _quiet_transformers() -> None:

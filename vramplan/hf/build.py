@@ -5,7 +5,12 @@ One code path for two callers: the trace (``vramplan.trace``, fake tensors on CP
 ``from_pretrained(..., quantization_config=bnb_config(scenario))`` builds it before loading weights
 (transformers' own ``replace_with_bnb_linear`` with its own skip list), then the recipe and peft are
 applied on meta, and only then are the tensors made concrete by ``materialize``: real random weights
-quantized by bitsandbytes, or fake ones under ``FakeTensorMode``.
+quantized by bitsandbytes, or fake ones under ``FakeTensorMode``. ``prepare`` is the one
+preparation (recipe, LoRA, checkpointing) both callers apply to a loaded model.
+
+What the build changes in or stands in for the frameworks (the flash-attention-2 stand-in, the
+older-bitsandbytes input saving, the packed-sequence hint, TRL's casting without trl...) is in
+``vramplan.hf.interventions``, indexed there.
 
 Torch, transformers, peft and bitsandbytes are imported inside the functions.
 """
@@ -13,16 +18,15 @@ Torch, transformers, peft and bitsandbytes are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
+from vramplan.hf import interventions
+from vramplan.recipes import spec as recipe_spec
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
-
-#: Name under which the flash-attention-2 stand-in is registered with transformers' AttentionInterface.
-FLASH2_STANDIN = "vramplan_fa2_on_sdpa"
 
 
 class TraceUnsupported(VramplanError):
@@ -103,35 +107,11 @@ def bnb_config(scenario: Scenario) -> Any:
 
 
 def attn_implementation(scenario: Scenario) -> str:
-    """The ``attn_implementation`` the model is built with (flash2 -> the sdpa stand-in)."""
+    """The ``attn_implementation`` the model is built with. flash2 -> the sdpa stand-in's name: build
+    and run such a model inside ``interventions.flash2_on_sdpa()``, which registers it."""
     if scenario.attn is Attn.FLASH2:
-        _register_flash2_standin()
-        return FLASH2_STANDIN
+        return interventions.FLASH2_STANDIN
     return scenario.attn.value
-
-
-def _register_flash2_standin() -> None:
-    """flash-attention-2 cannot run on CPU. Its transformers wrapper casts fp32 q/k/v to the target
-    dtype (the autocast dtype, else the weights' dtype) before calling the kernel; the kernel's own
-    saved state (output + fp32 log-sum-exp) matches SDPA's flash kernel. So: cast, then SDPA."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    def flash2_standin(module, query, key, value, attention_mask, **kwargs):  # noqa: ANN001
-        import torch
-
-        if query.dtype == torch.float32:
-            dev = query.device.type
-            if torch.is_autocast_enabled(dev):
-                target = torch.get_autocast_dtype(dev)
-            else:
-                target = getattr(module.config, "dtype", None) or torch.bfloat16
-                if target == torch.float32:
-                    target = torch.bfloat16
-            query, key, value = query.to(target), key.to(target), value.to(target)
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register(FLASH2_STANDIN, flash2_standin)
 
 
 # ------------------------------------------------------------------------------ the model
@@ -182,41 +162,29 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
 
 
 def apply_recipe(model: Any, scenario: Scenario) -> Any:
-    """The framework's preparation of a quantized model.
+    """The framework's preparation of a quantized model, as ``vramplan.recipes.spec(recipe)`` says.
 
-    - ``hf-peft``: peft's ``prepare_model_for_kbit_training`` (freezes everything, upcasts every
-      fp16/bf16 parameter that is not ``Params4bit`` to fp32, enables checkpointing as asked).
-      Without quantization there is no k-bit preparation: only checkpointing is enabled.
-    - ``trl``: the same, then TRL's ``peft_module_casting_to_bf16`` (norms fp32; embeddings and
-      lm_head back to bf16), called from trl when installed, else ``trl_module_casting`` below.
-    - ``plain``: nothing (checkpointing is enabled by ``enable_checkpointing``).
+    - ``spec.upcasts(quantized)`` (hf-peft, trl on a quantized base): peft's
+      ``prepare_model_for_kbit_training`` (freezes everything, upcasts every fp16/bf16 parameter that
+      is not ``Params4bit`` to fp32, enables checkpointing as asked). Without quantization there is
+      no k-bit preparation.
+    - ``spec.cast_back`` (trl): then TRL's ``peft_module_casting_to_bf16`` (norms fp32; embeddings
+      and lm_head back to bf16), from trl when installed, else ``interventions.trl_module_casting``.
+    - otherwise (plain): nothing (checkpointing is enabled by ``enable_checkpointing``).
     """
-    if scenario.recipe is Recipe.PLAIN or scenario.quant is Quant.NONE:
+    rs = recipe_spec(scenario.recipe)
+    if not rs.upcasts(scenario.quant is not Quant.NONE):
         return model
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=scenario.grad_checkpointing)
-    if scenario.recipe is Recipe.TRL:
+    if rs.cast_back:
         try:
             from trl.experimental.utils import peft_module_casting_to_bf16 as trl_cast
         except ImportError:  # pragma: no cover - depends on the installed trl
-            trl_cast = trl_module_casting
+            trl_cast = interventions.trl_module_casting
         trl_cast(model)
     return model
-
-
-def trl_module_casting(model: Any) -> None:
-    """Exact equivalent of TRL's ``peft_module_casting_to_bf16`` (trl/experimental/utils.py), for
-    installs without trl: modules named like a norm go to fp32; ``lm_head``/``embed_tokens``/
-    ``wte``/``wpe`` modules whose weight is fp32 go to bf16."""
-    import torch
-
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm) or "norm" in name:
-            module.to(torch.float32)
-        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
-            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
-                module.to(torch.bfloat16)
 
 
 def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
@@ -255,37 +223,6 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     return model
 
 
-def keep_4bit_inputs(model: Any) -> int:
-    """Emulate bitsandbytes < 0.43.2, whose ``MatMul4Bit.forward`` saved its input ``A`` for backward
-    whenever ``A`` needed a gradient (only the weight is used; 0.43.2 saves ``(None, B)``). A forward
-    hook on every ``Linear4bit`` threads the output through an identity autograd node that saves the
-    layer's input under the same condition and frees it when the layer's backward runs. Returns the
-    number of layers hooked."""
-    import bitsandbytes as bnb
-    import torch
-
-    class KeepInput(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, out: Any, x: Any) -> Any:
-            if x.requires_grad:
-                ctx.save_for_backward(x)
-            return out.view_as(out)
-
-        @staticmethod
-        def backward(ctx: Any, grad: Any) -> Any:
-            return grad, None
-
-    def hook(module: Any, args: tuple, out: Any) -> Any:
-        return KeepInput.apply(out, args[0])
-
-    n = 0
-    for m in model.modules():
-        if isinstance(m, bnb.nn.Linear4bit):
-            m.register_forward_hook(hook)
-            n += 1
-    return n
-
-
 def enable_checkpointing(model: Any, scenario: Scenario) -> None:
     """Gradient checkpointing as the HF Trainer (``TrainingArguments(gradient_checkpointing=True)``)
     enables it: non-reentrant, which replaces the reentrant default that peft's
@@ -303,31 +240,24 @@ def enable_checkpointing(model: Any, scenario: Scenario) -> None:
     model.train()
 
 
-def build_model(arch: Arch, scenario: Scenario, *, layers: int | None = None) -> Any:
-    """Meta model -> recipe -> LoRA -> checkpointing: the full module tree, all tensors on meta."""
-    model = meta_model(arch, scenario, layers)
+def prepare(model: Any, arch: Arch, scenario: Scenario) -> Any:
+    """A loaded base model made ready to train, the one preparation of the trace and the profiler:
+    recipe -> LoRA -> (bitsandbytes < 0.43.2 input saving, when the scenario says so) ->
+    checkpointing and ``train()``. Returns the model to train (the peft model for LoRA)."""
     model = apply_recipe(model, scenario)
     model = apply_lora(model, arch, scenario)
     if scenario.bnb_keeps_input:
-        keep_4bit_inputs(model)
+        interventions.keep_4bit_inputs(model)
     enable_checkpointing(model, scenario)
     return model
 
 
+def build_model(arch: Arch, scenario: Scenario, *, layers: int | None = None) -> Any:
+    """``prepare`` on the meta model: the full module tree, all tensors on meta."""
+    return prepare(meta_model(arch, scenario, layers), arch, scenario)
+
+
 # ---------------------------------------------------------------------------- materialize
-def warm_bitsandbytes() -> None:
-    """bitsandbytes builds its NF4/FP4/dynamic code tables with data-dependent ``.tolist()``;
-    one real tiny quantization fills its caches so that fake tensors never hit that path."""
-    import bitsandbytes.functional as F
-    import torch
-
-    for qt in ("nf4", "fp4"):
-        w = torch.ones(64, 64, dtype=torch.float32)
-        F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type=qt)
-    F.create_dynamic_map(signed=True)
-    F.create_dynamic_map(signed=False)
-
-
 def materialize(model: Any, scenario: Scenario, device: str = "cpu", *, fake: bool = False,
                 seed: int = 0) -> None:
     """Replace every meta tensor of ``model`` with a concrete one on ``device``.
@@ -336,55 +266,21 @@ def materialize(model: Any, scenario: Scenario, device: str = "cpu", *, fake: bo
     ``bitsandbytes.functional.quantize_4bit`` into a real ``Params4bit``. Fake (call inside
     ``FakeTensorMode``): empty fake tensors; ``Params4bit`` cannot wrap a fake tensor, so the packed
     weight is a plain ``nn.Parameter`` carrying the same attributes (``quant_state``,
-    ``blocksize``, ``quant_type``...). Ties (tied lm_head) are preserved."""
+    ``blocksize``, ``quant_type``...; item 3 of ``vramplan.hf.interventions``). Ties (tied lm_head)
+    are preserved."""
     import bitsandbytes as bnb
-    import bitsandbytes.functional as F
     import torch
 
-    # CUDA draws on the device (a 14B model's randn on the host takes a minute; values never matter
-    # to memory); CPU keeps its host generator and fp32 draw, so CPU runs stay reproducible
-    on_cuda = str(device).startswith("cuda")
-    gen = None if fake else torch.Generator(device=device if on_cuda else "cpu").manual_seed(seed)
+    concrete = _concrete(device, fake, seed)
     memo: dict[int, Any] = {}
-
-    def concrete(t: Any) -> Any:
-        if fake:
-            return torch.empty(t.shape, dtype=t.dtype, device=device)
-        if t.is_floating_point():
-            if on_cuda:
-                return torch.randn(t.shape, generator=gen, dtype=t.dtype, device=device).mul_(0.02)
-            x = torch.randn(t.shape, generator=gen, dtype=torch.float32) * 0.02
-            return x.to(dtype=t.dtype, device=device)
-        return torch.zeros(t.shape, dtype=t.dtype, device=device)
-
     for module in list(model.modules()):
-        if isinstance(module, bnb.nn.Linear4bit):
+        if isinstance(module, bnb.nn.Linear4bit) and module.weight.device.type == "meta":
             w = module.weight
-            if w.device.type != "meta":
-                continue
-            if id(w) in memo:
-                module.weight = memo[id(w)]
-                continue
-            dense = concrete(torch.empty(w.shape, dtype=torch_dtype(scenario), device="meta"))
-            packed, qs = F.quantize_4bit(
-                dense, blocksize=scenario.blocksize, compress_statistics=scenario.double_quant,
-                quant_type=scenario.quant.value, quant_storage=torch.uint8,
-            )
-            del dense
-            if fake:
-                p = torch.nn.Parameter(packed, requires_grad=False)
-                p.quant_state, p.blocksize, p.quant_type = qs, scenario.blocksize, scenario.quant.value
-                p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, torch.uint8, True
-                p.module = module
-            else:
-                p = bnb.nn.Params4bit(
-                    packed, requires_grad=False, quant_state=qs, blocksize=scenario.blocksize,
-                    compress_statistics=scenario.double_quant, quant_type=scenario.quant.value,
-                    quant_storage=torch.uint8, module=module, bnb_quantized=True,
-                )
-            module.weight = p
-            module.quant_state = qs
-            memo[id(w)] = p
+            if id(w) not in memo:
+                memo[id(w)] = _packed_weight(module, scenario, concrete(torch.empty(
+                    w.shape, dtype=torch_dtype(scenario), device="meta")), fake)
+            module.weight = memo[id(w)]
+            module.quant_state = module.weight.quant_state
         for name, p in list(module._parameters.items()):
             if p is None or p.device.type != "meta":
                 continue
@@ -397,6 +293,54 @@ def materialize(model: Any, scenario: Scenario, device: str = "cpu", *, fake: bo
             if id(b) not in memo:
                 memo[id(b)] = concrete(b) if fake else torch.ones(b.shape, dtype=b.dtype, device=device)
             module._buffers[name] = memo[id(b)]
+
+
+def _concrete(device: str, fake: bool, seed: int) -> Callable[[Any], Any]:
+    """``f(meta_tensor)`` -> a concrete tensor of its shape and dtype on ``device``: empty (fake),
+    random floating point values (scale 0.02), zeros otherwise.
+
+    CUDA draws on the device (a 14B model's randn on the host takes a minute; values never matter
+    to memory); CPU keeps its host generator and fp32 draw, so CPU runs stay reproducible."""
+    import torch
+
+    on_cuda = str(device).startswith("cuda")
+    gen = None if fake else torch.Generator(device=device if on_cuda else "cpu").manual_seed(seed)
+
+    def concrete(t: Any) -> Any:
+        if fake:
+            return torch.empty(t.shape, dtype=t.dtype, device=device)
+        if t.is_floating_point():
+            if on_cuda:
+                return torch.randn(t.shape, generator=gen, dtype=t.dtype, device=device).mul_(0.02)
+            x = torch.randn(t.shape, generator=gen, dtype=torch.float32) * 0.02
+            return x.to(dtype=t.dtype, device=device)
+        return torch.zeros(t.shape, dtype=t.dtype, device=device)
+
+    return concrete
+
+
+def _packed_weight(module: Any, scenario: Scenario, dense: Any, fake: bool) -> Any:
+    """``dense`` quantized by ``bitsandbytes.functional.quantize_4bit`` at the scenario's block size:
+    a real ``Params4bit``, or under fake tensors a plain ``nn.Parameter`` with its attributes."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
+    import torch
+
+    packed, qs = F.quantize_4bit(
+        dense, blocksize=scenario.blocksize, compress_statistics=scenario.double_quant,
+        quant_type=scenario.quant.value, quant_storage=torch.uint8,
+    )
+    if not fake:
+        return bnb.nn.Params4bit(
+            packed, requires_grad=False, quant_state=qs, blocksize=scenario.blocksize,
+            compress_statistics=scenario.double_quant, quant_type=scenario.quant.value,
+            quant_storage=torch.uint8, module=module, bnb_quantized=True,
+        )
+    p = torch.nn.Parameter(packed, requires_grad=False)
+    p.quant_state, p.blocksize, p.quant_type = qs, scenario.blocksize, scenario.quant.value
+    p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, torch.uint8, True
+    p.module = module
+    return p
 
 
 # ------------------------------------------------------------------------------- training
@@ -437,23 +381,6 @@ def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed
     return {"input_ids": ids, "labels": ids.clone()}
 
 
-@contextlib.contextmanager
-def unpacked_sequences() -> Iterator[None]:
-    """Tell transformers the batch holds one sequence per row.
-
-    ``masking_utils.find_packed_sequence_indices`` reads the position ids' values; under fake
-    tensors it cannot, and answers "packed", which builds a 4-D mask and makes SDPA repeat K/V. Our
-    synthetic batch is never packed, so the answer is ``None``, as a real run computes."""
-    import transformers.masking_utils as mu
-
-    orig = mu.find_packed_sequence_indices
-    mu.find_packed_sequence_indices = lambda position_ids: None
-    try:
-        yield
-    finally:
-        mu.find_packed_sequence_indices = orig
-
-
 def autocast_context(scenario: Scenario, device_type: str) -> Any:
     import torch
 
@@ -482,7 +409,7 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
     import torch
 
     device_type = batch["input_ids"].device.type
-    with unpacked_sequences(), autocast_context(scenario, device_type):
+    with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
         if scenario.loss is Loss.LEGACY:
             outputs = model(input_ids=batch["input_ids"], use_cache=False)
             outputs["logits"] = outputs["logits"].float()

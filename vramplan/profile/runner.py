@@ -2,15 +2,16 @@
 
 The model is built by ``vramplan.hf.build`` (the code the trace engine uses), on real tensors: a
 checkpoint is loaded through ``from_pretrained(..., quantization_config=BitsAndBytesConfig(...))``,
-then the recipe, LoRA, checkpointing and optimizer are applied exactly as the trace applies them. For
-``random-init`` the real architecture is first built with random weights and saved as safetensors to
-a temporary directory, so the quantization path is the one a user's checkpoint takes.
+then ``vramplan.hf.build.prepare`` (recipe, LoRA, checkpointing: the trace's own preparation) and
+the optimizer are applied. For ``random-init`` the real architecture is first built with random
+weights and saved as safetensors to a temporary directory, so the quantization path is the one a
+user's checkpoint takes.
 
 Protocol (see docs/profiles.md):
 
 1. prepare the checkpoint (random-init: outside the measurement);
 2. start the reader; load → ``phases.load`` = allocated after load;
-3. recipe + LoRA + checkpointing → ``phases.adapters``; build optimizer and batch;
+3. ``build.prepare`` (recipe + LoRA + checkpointing) → ``phases.adapters``; build optimizer and batch;
 4. warm-up step (cuBLAS workspace, optimizer state, autotuning): its peak is ``first_step_peak_bytes``;
 5. ``steps - 1`` steady-state steps: reset the peak before each; after each phase read and reset it
    (``phases.forward`` / ``backward`` / ``optimizer``); the step peak is their max; time each step.
@@ -31,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 from vramplan.arch import Arch
 from vramplan.breakdown import Breakdown, fmt_bytes
+from vramplan.device import Device
 from vramplan.errors import VramplanError
 from vramplan.profile.readers import MemoryReader, make_reader, paged_state_bytes
 from vramplan.profile.store import SCHEMA, Profile, now_utc
@@ -67,10 +69,42 @@ class RunOptions:
     available host memory, else materialize."""
 
 
+#: ``train_step``'s phase that ended -> the phase that starts.
+_NEXT_PHASE = {"forward": "backward", "backward": "optimizer", "optimizer": "forward"}
+
+
 @dataclass
 class _State:
+    """What ``measure`` has read so far (an OOM keeps the figures of the phases that finished)."""
+
+    reader: MemoryReader
     phase: str = "load"
     process: list[int] = field(default_factory=list)
+    phases: dict[str, int | None] = field(default_factory=lambda: dict.fromkeys(
+        ("load", "adapters", "forward", "backward", "optimizer", "steady_step")))
+    phase_peaks: dict[str, list[int]] = field(default_factory=lambda: {"forward": [], "backward": [], "optimizer": []})
+    steady: list[Any] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    first_peak: int | None = None
+    managed: int = 0
+
+    def sample(self) -> None:
+        v = self.reader.sample_process()
+        if v is not None:
+            self.process.append(v)
+
+    def on_phase(self, name: str) -> None:
+        """``train_step``'s callback: read and reset the peak of the phase that ended (not in warm-up)."""
+        if self.phase == "warmup":
+            return
+        peak = self.reader.peak()
+        self.phase_peaks[name].append(peak.allocated)
+        self.steady.append(peak)
+        self.reader.reset_peak()
+        self.phase = _NEXT_PHASE[name]
+
+    def advance(self, name: str) -> None:
+        self.phase = _NEXT_PHASE[name]
 
 
 # ------------------------------------------------------------------------------- weights
@@ -112,7 +146,8 @@ def save_random_checkpoint(arch: Arch, scenario: Scenario, folder: str | Path, s
 
 def attn_for(scenario: Scenario, device: str) -> str:
     """``attn_implementation`` for a real run: flash-attention-2 itself on CUDA; on CPU the trace's
-    stand-in (cast q/k/v, then SDPA), since the kernel does not run there."""
+    stand-in (cast q/k/v, then SDPA; ``interventions.flash2_on_sdpa``, which ``measure`` enters),
+    since the kernel does not run there."""
     from vramplan.hf.build import attn_implementation
 
     if scenario.attn is Attn.FLASH2 and device.startswith("cuda"):
@@ -150,49 +185,47 @@ def load_materialized(arch: Arch, scenario: Scenario, device: str, seed: int = 0
 
 
 # ------------------------------------------------------------------------------ preflight
+def _device(device_kind: str, gpu_name: str | None) -> Device:
+    """The ``vramplan.device.Device`` of a reader's device kind and GPU name."""
+    return Device.cpu() if device_kind == "cpu" else Device.parse(gpu_name)
+
+
 def prediction_calibration(device_kind: str, gpu_name: str | None) -> Any:
-    """The runtime constants predictions for this device are made with: on CUDA the shipped
-    calibration for that GPU; on CPU the same with the CUDA-only terms (context, cuBLAS workspace,
-    allocator reserve) set to zero, since a CPU run has none of them."""
+    """The runtime constants predictions for this device are made with
+    (``vramplan.engine.runtime_calibration``): on CUDA the shipped calibration for that GPU; on CPU
+    the same with the CUDA-only terms (context, cuBLAS workspace, allocator reserve) set to zero,
+    since a CPU run has none of them."""
     from dataclasses import replace
 
-    from vramplan.calibration import CPU_RUNTIME, default_calibration
+    from vramplan.engine import runtime_calibration
 
-    cal = default_calibration()
-    if device_kind == "cuda":
-        return cal.for_device(gpu_name)
-    return replace(cal, **CPU_RUNTIME, device="cpu", per_device={},
-                   fitted_on=f"{cal.fitted_on}; CUDA-only runtime terms zeroed for a CPU run")
+    dev = _device(device_kind, gpu_name)
+    cal = runtime_calibration(None, dev)
+    if dev.is_cpu:
+        return replace(cal, fitted_on=f"{cal.fitted_on}; CUDA-only runtime terms zeroed for a CPU run")
+    return cal
 
 
 def predict(arch: Arch, scenario: Scenario, engines: tuple[str, ...], device_kind: str,
             gpu_name: str | None = None) -> tuple[dict[str, Any], list[str]]:
-    """Predictions to store with the run, made for this device; an engine that fails is stored as
-    None with a note."""
+    """Predictions to store with the run, made for this device (a CPU profile runs the CPU program:
+    both engines price it on ``Device.cpu()``); an engine that fails is stored as None with a note."""
+    from vramplan.engine import engine as engine_named
+
     out: dict[str, Any] = {"analytic": None, "trace": None}
     notes: list[str] = []
+    dev = _device(device_kind, gpu_name)
     cal = prediction_calibration(device_kind, gpu_name)
-    sem = "cpu" if device_kind == "cpu" else "cuda"
-    for engine in engines:
+    for name in engines:
         try:
-            if engine == "analytic":
-                from vramplan.analytic import estimate
-
-                # a CPU profile runs the CPU program: price it with CPU semantics (vramplan.hf.cuda_path)
-                b: Breakdown = estimate(arch, scenario, calibration=cal, device=sem)
-            elif engine == "trace":
-                from vramplan.trace import trace
-
-                b = trace(arch, scenario, calibration=cal, device=sem)
-            else:
-                raise VramplanError(f"unknown engine '{engine}'")
+            b: Breakdown = engine_named(name)(arch, scenario, device=dev, calibration=cal)
         except ImportError as e:
-            notes.append(f"{engine}: not available ({e})")
+            notes.append(f"{name}: not available ({e})")
             continue
         except VramplanError as e:
-            notes.append(f"{engine}: {e}")
+            notes.append(f"{name}: {e}")
             continue
-        out[engine] = b.to_dict()
+        out[name] = b.to_dict()
     return out, notes
 
 
@@ -266,81 +299,15 @@ def _free_device(device: str) -> None:
 def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: MemoryReader, steps: int,
             device: str) -> dict[str, Any]:
     """Load, adapt and train inside ``reader``; return the ``measured`` dict (OOM recorded)."""
-    from vramplan.hf import build
+    from vramplan.hf import interventions
 
-    st = _State()
-    phases: dict[str, int | None] = {k: None for k in
-                                     ("load", "adapters", "forward", "backward", "optimizer", "steady_step")}
-    phase_peaks: dict[str, list[int]] = {"forward": [], "backward": [], "optimizer": []}
-    steady: list[Any] = []
-    times: list[float] = []
-    first_peak: int | None = None
-    managed = 0
+    st = _State(reader)
     oom: dict[str, Any] | None = None
-    nxt = {"forward": "backward", "backward": "optimizer", "optimizer": "forward"}
-    model = optimizer = batch = None
-
-    def sample() -> None:
-        v = reader.sample_process()
-        if v is not None:
-            st.process.append(v)
-
-    def on_phase(name: str) -> None:
-        if st.phase == "warmup":
-            return
-        peak = reader.peak()
-        phase_peaks[name].append(peak.allocated)
-        steady.append(peak)
-        reader.reset_peak()
-        st.phase = nxt[name]
-
-    def advance(name: str) -> None:
-        st.phase = nxt[name]
-
     reader.start()
     try:
-        model = load()
-        _register(reader, model)
-        phases["load"] = reader.current()
-        sample()
-        st.phase = "adapters"
-        build.apply_recipe(model, scenario)
-        model = build.apply_lora(model, arch, scenario)
-        if scenario.bnb_keeps_input:
-            build.keep_4bit_inputs(model)
-        build.enable_checkpointing(model, scenario)
-        _register(reader, model)
-        phases["adapters"] = reader.current()
-        sample()
-        optimizer = build.make_optimizer(model, scenario)
-        batch = build.synthetic_batch(arch, scenario, device)
-        model.train()
-
-        st.phase = "warmup"
-        carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
-        reader.reset_peak()
-        build.train_step(model, optimizer, batch, scenario, on_phase=on_phase, carry=carry)
-        first_peak = reader.peak().allocated
-        managed = paged_state_bytes(optimizer.state.values())
-        sample()
-        for _ in range(max(0, steps - 1)):
-            st.phase = "forward"
-            reader.reset_peak()
-            t0 = time.perf_counter()
-            build.train_step(model, optimizer, batch, scenario, on_phase=on_phase, carry=carry)
-            reader.sync()
-            times.append(time.perf_counter() - t0)
-            sample()
-        if reader.intrusive and steps > 1:
-            # The CPU tracker runs Python on every op: time the same number of steady steps again
-            # with it stopped, so step time and tokens/s are the model's, not the tracker's.
-            reader.stop()
-            times = []
-            for _ in range(steps - 1):
-                st.phase = "forward"
-                t0 = time.perf_counter()
-                build.train_step(model, optimizer, batch, scenario, on_phase=advance, carry=carry)
-                times.append(time.perf_counter() - t0)
+        # the CPU run (and the meta build of the materialize loader) use the flash2 stand-in
+        with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2):
+            _load_and_train(st, arch, scenario, load, steps, device)
     except BaseException as e:  # noqa: BLE001 - OOM is a result; everything else propagates
         if not _is_oom(e):
             raise
@@ -348,34 +315,83 @@ def measure(arch: Arch, scenario: Scenario, load: Callable[[], Any], reader: Mem
                "message": (str(e).strip().splitlines() or [type(e).__name__])[0][:500]}
     finally:
         reader.stop()
-        del model, optimizer, batch
         _free_device(device)
+    return _measured(st, scenario, oom)
 
+
+def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[], Any], steps: int,
+                    device: str) -> None:
+    """Protocol steps 2-5 of the module docstring, read into ``st``."""
+    from vramplan.hf import build
+
+    reader = st.reader
+    model = load()
+    _register(reader, model)
+    st.phases["load"] = reader.current()
+    st.sample()
+    st.phase = "adapters"
+    model = build.prepare(model, arch, scenario)
+    _register(reader, model)
+    st.phases["adapters"] = reader.current()
+    st.sample()
+    optimizer = build.make_optimizer(model, scenario)
+    batch = build.synthetic_batch(arch, scenario, device)
+
+    st.phase = "warmup"
+    carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
+    reader.reset_peak()
+    build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry)
+    st.first_peak = reader.peak().allocated
+    st.managed = paged_state_bytes(optimizer.state.values())
+    st.sample()
+    for _ in range(max(0, steps - 1)):
+        st.phase = "forward"
+        reader.reset_peak()
+        t0 = time.perf_counter()
+        build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry)
+        reader.sync()
+        st.times.append(time.perf_counter() - t0)
+        st.sample()
+    if reader.intrusive and steps > 1:
+        # The CPU tracker runs Python on every op: time the same number of steady steps again
+        # with it stopped, so step time and tokens/s are the model's, not the tracker's.
+        reader.stop()
+        st.times = []
+        for _ in range(steps - 1):
+            st.phase = "forward"
+            t0 = time.perf_counter()
+            build.train_step(model, optimizer, batch, scenario, on_phase=st.advance, carry=carry)
+            st.times.append(time.perf_counter() - t0)
+
+
+def _measured(st: _State, scenario: Scenario, oom: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``measured`` dict of a run read into ``st``."""
+    phases = st.phases
     if oom is not None:  # no complete step: keep the phases that finished, no step figures
-        phases.update({k: max(v) if v else None for k, v in phase_peaks.items()})
+        phases.update({k: max(v) if v else None for k, v in st.phase_peaks.items()})
         alloc = reserved = active = None
-    elif steady:
-        phases.update({k: max(v) if v else None for k, v in phase_peaks.items()})
-        alloc = max(p.allocated for p in steady)
-        reserved = max(p.reserved for p in steady)
-        active = max(p.active for p in steady)
+    elif st.steady:
+        phases.update({k: max(v) if v else None for k, v in st.phase_peaks.items()})
+        alloc = max(p.allocated for p in st.steady)
+        reserved = max(p.reserved for p in st.steady)
+        active = max(p.active for p in st.steady)
         phases["steady_step"] = alloc
-    elif first_peak is not None:  # steps == 1: only the warm-up step ran
-        alloc = reserved = active = first_peak
+    elif st.first_peak is not None:  # steps == 1: only the warm-up step ran
+        alloc = reserved = active = st.first_peak
         phases["steady_step"] = None
     else:
         alloc = reserved = active = None
-    step_s = statistics.median(times) if times else None
+    step_s = statistics.median(st.times) if st.times else None
     return {
         "allocated_peak_bytes": alloc,
         "reserved_peak_bytes": reserved,
         "active_peak_bytes": active,
         "process_peak_bytes": max(st.process) if st.process else None,
-        "managed_bytes": managed,
-        "first_step_peak_bytes": first_peak,
+        "managed_bytes": st.managed,
+        "first_step_peak_bytes": st.first_peak,
         "phases": phases,
         "step_seconds": step_s,
-        "step_seconds_all": times,
+        "step_seconds_all": st.times,
         "tokens_per_second": scenario.tokens / step_s if step_s else None,
         "oom": oom,
     }

@@ -1,0 +1,411 @@
+"""Every place vramplan changes, replaces or stands in for third-party behaviour, in one index.
+
+The trace runs the real transformers + peft + bitsandbytes step on CPU fake tensors; the profiler
+runs it for real. Where that program would not run, or would allocate differently from the CUDA
+program users run, one of the interventions below steps in. Each is scoped: a context manager
+pairs the patch with its restore, or the change lives on an object of ours (a model or an
+optimizer built for one run) and dies with it.
+
+Index (what and why; the third-party source it concerns; how it is undone):
+
+1. ``quiet_frameworks``: the frameworks' warnings and log lines are silenced while tracing (they
+   concern the CPU stand-in, not the user's run). Source: ``transformers/utils/logging.py``
+   (``set_verbosity``), the ``logging`` levels of transformers, peft, bitsandbytes and torch.
+   Restored: levels, verbosity and the ``warnings`` filters put back on exit.
+2. ``warm_bitsandbytes``: one real tiny quantization before any fake tensor exists, because the
+   double-quantization code table is built with ``.tolist()`` (impossible on fake tensors) and then
+   cached. Source: ``bitsandbytes/functional.py`` (``quantize_blockwise``: ``name2qmap["dynamic"]``
+   from ``create_dynamic_map``). Restored: nothing to undo (the cache holds what bitsandbytes computes).
+3. Fake ``Params4bit`` (``vramplan.hf.build.materialize``): under fake tensors the packed weight is a
+   plain ``nn.Parameter`` carrying Params4bit's attributes, since ``Params4bit`` cannot wrap a fake
+   tensor. Source: ``bitsandbytes/nn/modules.py`` (``Params4bit``). Restored: lives on our model.
+4. ``unpacked_sequences``: ``find_packed_sequence_indices`` answers ``None`` (fake tensors cannot
+   read the position ids and would answer "packed"). Source: ``transformers/masking_utils.py``
+   (``find_packed_sequence_indices``). Restored: the original put back after each training step.
+5. ``flash2_on_sdpa``: flash-attention-2 cannot run on CPU; its wrapper's fp32 q/k/v cast, then SDPA,
+   registered as an attention implementation. Source: ``transformers/integrations/flash_attention.py``,
+   ``modeling_utils.py`` (``AttentionInterface.register``). Restored: the previous entry put back.
+6. ``cuda_semantics`` (A): dropout through ``native_dropout`` (a bool mask, as on CUDA). Source:
+   ``ATen/native/Dropout.cpp`` (``dropout``, ``is_fused_kernel_acceptable``). Restored:
+   ``torch.nn.functional.dropout`` put back on exit.
+7. ``cuda_semantics`` (B): the argument-less ``torch.is_autocast_enabled()`` answers the CPU autocast
+   state (peft's CUDA-only check). Source: peft ``tuners/lora/bnb.py`` (``Linear4bit.forward``:
+   ``requires_conversion``). Restored: ``torch.is_autocast_enabled`` put back on exit.
+8. ``gemm_4bit_transient`` (C): the bytes CUDA's ``gemm_4bit`` allocates inside the op. Source:
+   ``bitsandbytes/backends/cuda/ops.py`` (``_dequant_linear_fallback``). Restored: a tracker callback
+   (``LiveTensorTracker.transient``), it patches nothing.
+9. ``non_bf16_grouped_mm``: fp32 fused experts through transformers' fallback op with
+   ``grouped_mm``'s saving rule (``vramplan.hf.grouped_mm``; the fake kernel accepts bf16 only).
+   Source: ``transformers/integrations/moe.py`` (``_grouped_mm``), torch ``derivatives.yaml``
+   (``_grouped_mm``). Restored: ``moe._grouped_mm`` put back on exit.
+10. ``paged_as_managed``: paged optimizer state of >= 1e5 elements is tagged CUDA managed memory (on
+    CPU bitsandbytes falls back to plain tensors). Source: ``bitsandbytes/optim/optimizer.py``
+    (``Optimizer8bit.get_state_buffer``). Restored: the instance attribute removed on exit.
+11. ``keep_4bit_inputs``: bitsandbytes < 0.43.2 saved the 4-bit matmul's input for backward (the
+    presets that describe it). Source: ``bitsandbytes/autograd/_functions.py``
+    (``MatMul4Bit.forward``). Restored: forward hooks on our model's layers, they die with it.
+12. ``trl_module_casting``: TRL's ``peft_module_casting_to_bf16`` re-implemented for installs without
+    trl. Source: ``trl/experimental/utils.py``. Restored: not a patch; used only when trl is missing.
+13. ``checkpointed``: each checkpointed layer's function is wrapped so that its recomputation inside
+    backward is seen (the trace labels it ``activations/recompute``). Source: transformers
+    ``modeling_layers.py`` (``GradientCheckpointingLayer``), ``modeling_utils.py``
+    (``_set_gradient_checkpointing``). Restored: the instance attribute put back on exit.
+14. ``LiveTensorTracker`` (``vramplan.hf.tracker``): counts storages at the dispatcher. Source:
+    ``torch/utils/_python_dispatch.py`` (``TorchDispatchMode``). Restored: the mode is popped on
+    exit; it patches nothing.
+
+Torch and the frameworks are imported inside the functions: importing this module costs nothing.
+
+Where the CPU program allocates differently from the CUDA program
+-----------------------------------------------------------------
+
+The trace runs on CPU (fake tensors). On a CUDA device (``vramplan.device.Device.semantics`` =
+``"cuda"``, the default) it emulates three CUDA behaviours, each at the op or call that differs, so
+the count is what the same program allocates on CUDA; on the CPU device it leaves the CPU program
+exactly as it runs (fake-vs-real tests, CPU profiles):
+
+A. ``cuda_semantics()``: dropout. ``aten::dropout`` (``ATen/native/Dropout.cpp``) takes the fused
+   ``native_dropout`` only for CUDA inputs (``is_fused_kernel_acceptable``: ``input.is_cuda()``); on
+   CPU it is the composite ``input * bernoulli_mask / (1 - p)`` whose saved mask has the input's
+   dtype (2 or 4 B/element). On CUDA ``native_dropout`` saves a bool mask (1 B/element). Emulated by
+   routing ``torch.nn.functional.dropout`` (training, 0 < p < 1, not in place) through
+   ``torch.ops.aten.native_dropout``, whose CPU kernel also returns a bool mask.
+B. ``cuda_semantics()``: peft's CPU-only cast. peft 0.21.2 ``lora/bnb.py`` (``Linear8bitLt`` /
+   ``Linear4bit.forward``) sets ``requires_conversion = not torch.is_autocast_enabled()``; the
+   argument-less call reads CUDA's autocast flag, False under CPU autocast, so on CPU peft casts the
+   LoRA input to the fp32 adapter dtype (and the output back) even under autocast; on CUDA under
+   autocast it does not. Emulated by answering the argument-less ``torch.is_autocast_enabled()``
+   with the CPU autocast state that stands in for CUDA's (calls naming a device are unchanged).
+   The unconditional ``self._cast_input_dtype(x, lora_A.weight.dtype)`` of plain ``lora.Linear``
+   (``lora/layer.py``, unquantized bases) runs on both devices and is left alone.
+C. ``gemm_4bit_transient``: bitsandbytes' in-kernel dequantization, counted in both programs.
+
+An op-level trace (fake or real CPU) sees what an operator returns, not what it allocates and frees
+inside. bitsandbytes 0.50's CUDA kernel for ``bitsandbytes::gemm_4bit``
+(``bitsandbytes/backends/cuda/ops.py``) uses its fused 4-bit GEMM only for inputs of at most
+``_gemm_4bit_custom_max_m`` = 1536 rows whose inner dimension is a multiple of the block size; past
+that it runs ``_dequant_linear_fallback``, which inside the op allocates:
+
+1. with double quantization: the fp32 absmax dequantized (``absmax_dq``), then ``absmax_dq + offset``
+   (a second fp32 tensor of the same size), both alive until the op returns;
+2. the whole weight dequantized to the input's dtype (``B_dq``, N x K);
+3. the output of ``F.linear`` (the op's result, which the tracker counts anyway).
+
+``gemm_4bit_transient`` returns items 1 and 2 so the tracker can count them for the op's duration.
+The fused path (short inputs) allocates nothing extra. Tiny-M heuristics that may pick the fallback
+for some short shapes on some GPUs are not modelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+from vramplan.hf.tracker import round_up
+
+#: Name under which the flash-attention-2 stand-in is registered with transformers' AttentionInterface.
+FLASH2_STANDIN = "vramplan_fa2_on_sdpa"
+
+#: ``bitsandbytes/backends/cuda/ops.py``: rows above which CUDA dequantizes then calls F.linear.
+CUDA_CUSTOM_MAX_M = 1536
+FUSED_DEQUANT = "temporary/fused_dequant"
+
+#: bitsandbytes pages optimizer state only for tensors of at least this many elements
+#: (``Optimizer8bit.get_state_buffer``: ``p.numel() < 1e5`` stays on the device).
+PAGED_MIN_NUMEL = 100_000
+
+
+@contextlib.contextmanager
+def _attribute(owner: Any, name: str, value: Any) -> Iterator[None]:
+    """Set ``owner.name`` to ``value`` for the block, then put the original back."""
+    orig = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, orig)
+
+
+# ----------------------------------------------------------------------- the frameworks' output
+@contextlib.contextmanager
+def quiet_frameworks() -> Iterator[None]:
+    """Silence the frameworks' warnings and log lines (ERROR and above still show)."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(n) for n in ("transformers", "peft", "bitsandbytes", "torch")]
+    levels = [lg.level for lg in loggers]
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        hf_logging = None
+    hf_level = hf_logging.get_verbosity() if hf_logging is not None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        if hf_logging is not None:
+            hf_logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            for lg, lv in zip(loggers, levels):
+                lg.setLevel(lv)
+            if hf_logging is not None:
+                hf_logging.set_verbosity(hf_level)
+
+
+# ------------------------------------------------------------------------ fake-tensor stand-ins
+def warm_bitsandbytes() -> None:
+    """Fill bitsandbytes' code-table cache with one real tiny double-quantized 4-bit quantization per
+    type, so that fake tensors never reach ``create_dynamic_map``'s data-dependent ``.tolist()``
+    (``functional.quantize_blockwise`` builds ``name2qmap["dynamic"]`` on first use). The 8-bit
+    optimizers build their own tables in ``__init__`` (``Optimizer8bit.fill_qmap``), outside fake mode."""
+    import bitsandbytes.functional as F
+    import torch
+
+    for qt in ("nf4", "fp4"):
+        w = torch.ones(64, 64, dtype=torch.float32)
+        F.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type=qt)
+
+
+@contextlib.contextmanager
+def unpacked_sequences() -> Iterator[None]:
+    """Tell transformers the batch holds one sequence per row.
+
+    ``masking_utils.find_packed_sequence_indices`` reads the position ids' values; under fake
+    tensors it cannot, and answers "packed", which builds a 4-D mask and makes SDPA repeat K/V. Our
+    synthetic batch is never packed, so the answer is ``None``, as a real run computes."""
+    import transformers.masking_utils as mu
+
+    with _attribute(mu, "find_packed_sequence_indices", lambda position_ids: None):
+        yield
+
+
+@contextlib.contextmanager
+def flash2_on_sdpa(enabled: bool = True) -> Iterator[None]:
+    """Register the flash-attention-2 stand-in under ``FLASH2_STANDIN`` for the block (build and run
+    the model inside it; no-op if not ``enabled``).
+
+    flash-attention-2 cannot run on CPU. Its transformers wrapper casts fp32 q/k/v to the target
+    dtype (the autocast dtype, else the weights' dtype) before calling the kernel; the kernel's own
+    saved state (output + fp32 log-sum-exp) matches SDPA's flash kernel. So: cast, then SDPA."""
+    if not enabled:
+        yield
+        return
+    from transformers import AttentionInterface
+
+    mapping = AttentionInterface._global_mapping
+    missing = object()
+    before = mapping.get(FLASH2_STANDIN, missing)
+    AttentionInterface.register(FLASH2_STANDIN, _flash2_standin)
+    try:
+        yield
+    finally:
+        if before is missing:
+            mapping.pop(FLASH2_STANDIN, None)
+        else:
+            mapping[FLASH2_STANDIN] = before
+
+
+def _flash2_standin(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any) -> Any:
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.dtype == torch.float32:
+        dev = query.device.type
+        if torch.is_autocast_enabled(dev):
+            target = torch.get_autocast_dtype(dev)
+        else:
+            target = getattr(module.config, "dtype", None) or torch.bfloat16
+            if target == torch.float32:
+                target = torch.bfloat16
+        query, key, value = query.to(target), key.to(target), value.to(target)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+# ------------------------------------------------------------------- the CUDA program on CPU
+@contextlib.contextmanager
+def cuda_semantics(enabled: bool = True) -> Iterator[None]:
+    """Emulate behaviours A and B of the module docstring while the block runs (no-op if not ``enabled``)."""
+    if not enabled:
+        yield
+        return
+    import torch
+    import torch.nn.functional as F
+
+    orig_dropout = F.dropout
+    orig_autocast = torch.is_autocast_enabled
+
+    def dropout(input: Any, p: float = 0.5, training: bool = True, inplace: bool = False) -> Any:
+        if training and not inplace and 0.0 < p < 1.0 and input.numel() > 0:
+            return torch.ops.aten.native_dropout(input, p, True)[0]
+        return orig_dropout(input, p, training, inplace)
+
+    def is_autocast_enabled(*args: Any, **kwargs: Any) -> bool:
+        if args or kwargs:
+            return orig_autocast(*args, **kwargs)
+        return orig_autocast() or orig_autocast("cpu")
+
+    with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled):
+        yield
+
+
+def gemm_4bit_transient(func: Any, args: tuple, kwargs: dict) -> tuple[str, int] | None:
+    """Bytes the CUDA ``gemm_4bit`` allocates inside the op for these arguments (None if none):
+    item C of the module docstring, as a ``LiveTensorTracker.transient`` callback."""
+    import torch
+
+    if func is not torch.ops.bitsandbytes.gemm_4bit.default:
+        return None
+    names = ("A", "B", "shapeB", "absmax", "blocksize", "quant_type", "bias", "absmax_8bit",
+             "absmax_code", "absmax_offset")
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    A, shapeB, blocksize = bound["A"], bound["shapeB"], bound["blocksize"]
+    K = A.shape[-1]
+    M = A.numel() // K
+    if M <= CUDA_CUSTOM_MAX_M and K % blocksize == 0:
+        return None
+    nbytes = round_up(int(shapeB[0]) * int(shapeB[1]) * A.element_size())
+    absmax_8bit = bound.get("absmax_8bit")
+    if absmax_8bit is not None:
+        nbytes += 2 * round_up(4 * absmax_8bit.numel())
+    return FUSED_DEQUANT, nbytes
+
+
+@contextlib.contextmanager
+def non_bf16_grouped_mm() -> Iterator[None]:
+    """Fused MoE experts with non-bf16 weights through transformers' fallback op, saving as
+    ``grouped_mm`` saves.
+
+    transformers runs fused MoE experts through ``torch.nn.functional.grouped_mm``
+    (``integrations/moe.py::_grouped_mm``, input cast to the weights' dtype). Its shape/dtype
+    function (which mirrors the CUDA kernel) accepts only bf16, so after hf-peft's fp32 upcast of the
+    experts the fake run would stop where real runs go on. For non-bf16 weights we compute with
+    transformers' own fallback op (same output) inside ``vramplan.hf.grouped_mm.GroupedMM``, which
+    saves and differentiates exactly as grouped_mm's autograd formula does."""
+    try:
+        import transformers.integrations.moe as moe
+    except ImportError:  # pragma: no cover - older transformers
+        yield
+        return
+    from vramplan.hf.grouped_mm import grouped_mm_function
+
+    orig = moe._grouped_mm
+
+    def grouped_mm(input: Any, weight: Any, offs: Any) -> Any:
+        import torch
+
+        if weight.dtype == torch.bfloat16:
+            return orig(input, weight, offs)
+        return grouped_mm_function().apply(input.to(weight.dtype), weight, offs)
+
+    with _attribute(moe, "_grouped_mm", grouped_mm):
+        yield
+
+
+@contextlib.contextmanager
+def paged_as_managed(optimizer: Any, retag: Callable[[Any, str], None]) -> Iterator[None]:
+    """Paged bitsandbytes optimizers put big state tensors in CUDA managed memory, which the caching
+    allocator never sees. On CPU bitsandbytes falls back to ordinary tensors; the ones it would have
+    paged are passed to ``retag(tensor, "managed/paged_optimizer")`` so they leave the allocated
+    total. ``optimizer.get_state_buffer`` is shadowed by an instance attribute for the block."""
+    orig = optimizer.get_state_buffer
+
+    def get_state_buffer(p: Any, dtype: Any = None) -> Any:
+        import torch
+
+        buf = orig(p, dtype=dtype if dtype is not None else torch.float32)
+        if p.numel() >= PAGED_MIN_NUMEL:
+            retag(buf, "managed/paged_optimizer")
+        return buf
+
+    optimizer.get_state_buffer = get_state_buffer
+    try:
+        yield
+    finally:
+        del optimizer.get_state_buffer
+
+
+# ------------------------------------------------------------------ older frameworks, missing ones
+def keep_4bit_inputs(model: Any) -> int:
+    """Emulate bitsandbytes < 0.43.2, whose ``MatMul4Bit.forward`` saved its input ``A`` for backward
+    whenever ``A`` needed a gradient (only the weight is used; 0.43.2 saves ``(None, B)``). A forward
+    hook on every ``Linear4bit`` threads the output through an identity autograd node that saves the
+    layer's input under the same condition and frees it when the layer's backward runs. Returns the
+    number of layers hooked."""
+    import bitsandbytes as bnb
+    import torch
+
+    class KeepInput(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, out: Any, x: Any) -> Any:
+            if x.requires_grad:
+                ctx.save_for_backward(x)
+            return out.view_as(out)
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            return grad, None
+
+    def hook(module: Any, args: tuple, out: Any) -> Any:
+        return KeepInput.apply(out, args[0])
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, bnb.nn.Linear4bit):
+            m.register_forward_hook(hook)
+            n += 1
+    return n
+
+
+def trl_module_casting(model: Any) -> None:
+    """Exact equivalent of TRL's ``peft_module_casting_to_bf16`` (trl/experimental/utils.py), for
+    installs without trl: modules named like a norm go to fp32; ``lm_head``/``embed_tokens``/
+    ``wte``/``wpe`` modules whose weight is fp32 go to bf16."""
+    import torch
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm) or "norm" in name:
+            module.to(torch.float32)
+        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
+            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
+
+
+# ------------------------------------------------------------------------ gradient checkpointing
+@contextlib.contextmanager
+def checkpointed(model: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Iterator[int]:
+    """Pass the function each checkpointed decoder layer hands to ``torch.utils.checkpoint`` through
+    ``wrap`` for the block; yields the number of layers wrapped (0 without checkpointing).
+
+    transformers 5 checkpoints a layer's ``forward``, not ``__call__``
+    (``modeling_layers.py::GradientCheckpointingLayer``: ``forward_with_checkpointing`` calls
+    ``self._gradient_checkpointing_func(partial(forward, self, **kwargs), *args)``), so module hooks
+    do not fire when backward recomputes the layer. The checkpoint function is a per-module attribute
+    set by ``modeling_utils.py::_set_gradient_checkpointing``; it is replaced here on each checkpointed
+    layer by one that hands ``wrap(function)`` to the original: the wrapped function runs in the
+    forward and again in backward's recomputation (``torch/utils/checkpoint.py``, non-reentrant
+    ``recompute_fn``; with early stop it may end by an exception)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules()
+              if isinstance(m, GradientCheckpointingLayer) and m.gradient_checkpointing]
+    saved = []
+    for layer in layers:
+        orig = layer._gradient_checkpointing_func
+        saved.append((layer, orig))
+        layer._gradient_checkpointing_func = _wrapping(orig, wrap)
+    try:
+        yield len(layers)
+    finally:
+        for layer, orig in saved:
+            layer._gradient_checkpointing_func = orig
+
+
+def _wrapping(checkpoint: Callable[..., Any], wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    def checkpoint_wrapped(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return checkpoint(wrap(function), *args, **kwargs)
+
+    return checkpoint_wrapped

@@ -1,0 +1,105 @@
+"""``trace()``: the trace engine's one entry point (the ``vramplan.engine`` signature)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+from vramplan.arch.spec import Arch
+from vramplan.breakdown import Breakdown, Component
+from vramplan.device import Device
+from vramplan.errors import VramplanError
+from vramplan.hf import interventions
+from vramplan.scenario import Scenario
+from vramplan.trace.extrapolate import Figures, figures
+from vramplan.trace.labels import NOTES, ORDER
+from vramplan.trace.notes import trace_notes, versions
+from vramplan.trace.run import trace_run
+
+
+def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: int = 2,
+          extrapolate: bool = True, calibration: Any = None, device: Any = None) -> Breakdown:
+    """Allocated memory of ``scenario``'s training step on ``arch``, traced on fake tensors.
+
+    ``layers``: trace only the first ``layers`` decoder layers and report that truncated model.
+    ``steps``: training steps traced (the last is the steady state; optimizer state exists from the
+    second step on). ``device`` (``vramplan.device.Device`` or anything ``Device.parse`` takes; None =
+    an unnamed CUDA device) picks the program and the runtime constants: on a CUDA device (the
+    product: what the step allocates on CUDA) the CUDA-only behaviours are emulated (see
+    ``vramplan.hf.interventions``); on the CPU it is the CPU program exactly as it runs (CPU
+    profiles, fake-vs-real tests). ``extrapolate``: trace c1, c1 + p, c1 + 2p layers and extrapolate
+    exactly when the increments agree (see ``vramplan.trace.extrapolate``); ``False`` traces every layer.
+
+    The frameworks' own warnings and log lines are silenced while tracing (they concern the CPU stand-in,
+    not the user's run); what matters is reported in ``Breakdown.notes``."""
+    if not isinstance(steps, int) or steps < 1:
+        raise VramplanError(f"steps must be a positive integer, got {steps!r}")
+    from vramplan.analytic import effective_attention
+    from vramplan.engine import runtime_calibration
+
+    dev = Device.parse(device)
+    calibration = runtime_calibration(calibration, dev)
+    attn, attn_note = effective_attention(arch, scenario)  # Gemma 2: sdpa -> eager, as transformers
+    run_scenario = scenario.replace(attn=attn) if attn is not scenario.attn else scenario
+    t0 = time.perf_counter()
+    with interventions.quiet_frameworks():
+        fig = figures(arch, lambda n: trace_run(arch, run_scenario, layers=n, steps=steps, device=dev),
+                      layers=layers, extrapolate=extrapolate)
+        bd = _breakdown(arch, run_scenario, fig, calibration, dev, steps, t0)
+    if attn_note:
+        bd = replace(bd, notes=(attn_note,) + tuple(bd.notes))
+    return bd
+
+
+def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, device: Device, steps: int,
+               t0: float) -> Breakdown:
+    """The breakdown of the steady step's peak, with the runtime terms and the notes."""
+    steady = fig.steady
+    components = [Component(name, name.split("/")[0], int(steady[name]), NOTES.get(name, ""))
+                  for name in sorted(steady, key=lambda k: (ORDER.index(k) if k in ORDER else 99, k))
+                  if steady[name]]
+    allocated = sum(c.bytes for c in components)
+    notes = trace_notes(arch, scenario, fig, device)
+    if fig.managed:
+        components.append(Component("managed/paged_optimizer", "managed", int(fig.managed),
+                                    "paged optimizer state in CUDA managed memory (tensors >= 1e5 elements)"))
+    runtime, runtime_note = _runtime(arch, scenario, allocated, calibration, skip_managed=bool(fig.managed))
+    components.extend(runtime)
+    notes.append(runtime_note)
+    by_cat: dict[str, int] = {}
+    for name, v in steady.items():
+        by_cat[name.split("/")[0]] = by_cat.get(name.split("/")[0], 0) + int(v)
+    extra = {
+        "first_step_peak_bytes": int(sum(fig.first.values())),
+        "steady_step_peak_bytes": int(allocated),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "layers_traced": fig.traced,
+        "layers_reported": fig.layers,
+        "extrapolated": fig.period is not None,
+        "steps": steps,
+        "semantics": device.semantics,
+        "peak_by_category": by_cat,
+        "first_step_by_component": {k: int(v) for k, v in fig.first.items() if v},
+        "versions": versions(),
+    }
+    return Breakdown(tuple(components), engine="trace", notes=tuple(notes), peak_phase=fig.peak_phase,
+                     extra=extra)
+
+
+def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,
+             skip_managed: bool) -> tuple[list[Component], str]:
+    """The runtime terms an op-level trace cannot see, from the analytic model, and their note."""
+    try:
+        from vramplan.analytic.runtime import runtime_components
+    except ImportError:
+        return [], ("runtime terms (CUDA context, cuBLAS workspace, fused 4-bit dequantization, allocator "
+                    "reserve) are not included: vramplan.analytic.runtime is unavailable")
+    from vramplan.calibration import default_calibration
+
+    cal = calibration if calibration is not None else default_calibration()
+    comps = [c for c in runtime_components(arch, scenario, allocated, cal)
+             if not (skip_managed and c.category == "managed")]
+    return comps, ("runtime terms an op-level trace cannot see (CUDA context, cuBLAS workspace, allocator "
+                   "reserve) come from the analytic model's runtime_components; bitsandbytes' in-kernel "
+                   "dequantization on CUDA (inputs > 1536 rows) is counted at its op as temporary/fused_dequant")

@@ -1,0 +1,145 @@
+"""Which component each new allocation of a traced step belongs to, and where each phase's peak is read.
+
+The tracker (``vramplan.hf.tracker.LiveTensorTracker``) gives every new storage its current
+``label``; the ``Labeller`` moves that label as the step goes, and records each phase's peak with
+the bytes per component at it:
+
+- ``Phase.FORWARD``: ``activations/saved``; from lm_head's forward on, ``logits/loss``.
+- ``Phase.BACKWARD``: starts in ``logits/loss``. When the gradient reaches lm_head's input the part
+  so far is recorded as ``Phase.LOSS_BACKWARD`` and the rest runs as ``Phase.LAYERS_BACKWARD``
+  (``temporary/backward``): each part's peak is affine in the layer count, while the whole
+  backward's peak moment can move from the loss to the layers with depth, which would break the
+  extrapolation. A backward that never reaches lm_head's input is recorded whole as ``backward``.
+- A checkpointed decoder layer recomputed inside backward: ``activations/recompute`` while its
+  function runs again (``vramplan.hf.interventions.checkpointed``: transformers checkpoints the
+  layer's ``forward``, so module hooks do not see the recomputation), then back to the label before.
+- A gradient that lands in ``.grad``: ``gradients/trainable`` (post-accumulate-grad hook).
+- ``Phase.OPTIMIZER``: ``optimizer/state``; ``Phase.DONE`` (``zero_grad``): ``temporary/backward``.
+
+The hooks are torch's public hook APIs on our own model, removed when ``attached`` exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Any, Callable, Iterator
+
+from vramplan.hf import interventions
+
+#: What each traced component name means (notes shown in the breakdown).
+NOTES: dict[str, str] = {
+    "weights/4bit": "bitsandbytes packed 4-bit weights (2 values per byte)",
+    "weights/float": "unquantized parameters and buffers (embeddings, norms, lm_head, experts, biases)",
+    "quant_state/bnb": "absmax, nested absmax, code tables and offsets of the 4-bit layers",
+    "adapter/lora": "trainable parameters (LoRA A/B, or every weight in full fine-tuning)",
+    "gradients/trainable": ".grad of the trainable parameters",
+    "optimizer/state": "optimizer state (and its step-time buffers)",
+    "activations/saved": "tensors alive from the forward pass (saved for backward, inputs)",
+    "activations/recompute": "gradient-checkpointing recomputation inside backward",
+    "logits/loss": "logits, fp32 upcast, log-softmax and their gradients",
+    "temporary/backward": "transient backward buffers (input gradients, dequantized weights)",
+    "temporary/fused_dequant": "weight dequantized inside bitsandbytes' CUDA gemm_4bit for inputs > 1536 rows "
+                               "(CUDA path, see vramplan.hf.interventions)",
+}
+#: Breakdown order of the traced components.
+ORDER = tuple(NOTES)
+
+
+class Phase(enum.Enum):
+    """The parts of one training step whose peaks are recorded (values name them in the figures)."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+    LOSS_BACKWARD = "loss backward"
+    LAYERS_BACKWARD = "layers backward"
+    OPTIMIZER = "optimizer"
+    DONE = "done"
+
+    @property
+    def in_backward(self) -> bool:
+        return self in (Phase.BACKWARD, Phase.LAYERS_BACKWARD)
+
+
+#: ``train_step``'s phase callbacks: the phase that ended -> the phase that starts, and its label.
+_NEXT: dict[str, tuple[Phase, str]] = {
+    "forward": (Phase.BACKWARD, "logits/loss"),
+    "backward": (Phase.OPTIMIZER, "optimizer/state"),
+    "optimizer": (Phase.DONE, "temporary/backward"),
+}
+
+
+class Labeller:
+    """Moves ``tracker.label`` through one training step after another and records the phases' peaks.
+
+    ``phases``: phase name -> (peak bytes, bytes per component at it), for the current step."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+        self.phase = Phase.FORWARD
+        self.phases: dict[str, tuple[int, dict[str, int]]] = {}
+
+    @contextlib.contextmanager
+    def attached(self, model: Any) -> Iterator["Labeller"]:
+        """Hook ``model`` (lm_head, the trainable parameters, the checkpointed layers) for the block."""
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        handles = [base.get_output_embeddings().register_forward_pre_hook(self._lm_head_pre)]
+        handles += [p.register_post_accumulate_grad_hook(self._grad_landed)
+                    for p in model.parameters() if p.requires_grad]
+        try:
+            with interventions.checkpointed(model, self.recomputing):
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def start_step(self) -> None:
+        """A new step: forward, ``activations/saved``, a fresh peak."""
+        self.tracker.reset_peak()
+        self.phases = {}
+        self.phase = Phase.FORWARD
+        self.tracker.label = "activations/saved"
+
+    def end_phase(self, name: str) -> None:
+        """``train_step``'s ``on_phase``: ``name`` ("forward", "backward", "optimizer") just ended."""
+        self._record(self.phase)
+        self.phase, self.tracker.label = _NEXT[name]
+
+    def recomputing(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        """``function`` (a checkpointed layer's forward), labelled ``activations/recompute`` when it
+        runs inside backward. The label before is restored however it ends (non-reentrant
+        checkpointing stops a recomputation early by raising)."""
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if not self.phase.in_backward:
+                return function(*args, **kwargs)
+            saved, self.tracker.label = self.tracker.label, "activations/recompute"
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.tracker.label = saved
+
+        return run
+
+    # --------------------------------------------------------------------------------- hooks
+    def _record(self, phase: Phase) -> None:
+        self.phases[phase.value] = (self.tracker.peak_bytes, dict(self.tracker.peak_by_category))
+        self.tracker.reset_peak()
+
+    def _lm_head_pre(self, module: Any, args: tuple) -> None:
+        if self.phase is not Phase.FORWARD:
+            return
+        self.tracker.label = "logits/loss"
+        x = args[0] if args else None
+        if x is not None and getattr(x, "requires_grad", False):
+            x.register_hook(self._lm_head_input_grad)
+
+    def _lm_head_input_grad(self, grad: Any) -> None:
+        if self.phase is Phase.BACKWARD:
+            self._record(Phase.LOSS_BACKWARD)
+            self.phase = Phase.LAYERS_BACKWARD
+        self.tracker.label = "temporary/backward"
+
+    def _grad_landed(self, p: Any) -> None:
+        if p.grad is not None:
+            self.tracker.retag(p.grad, "gradients/trainable")

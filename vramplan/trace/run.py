@@ -1,0 +1,163 @@
+"""One traced run: build ``layers`` decoder layers and trace ``steps`` training steps.
+
+The model is built by ``vramplan.hf.build`` exactly as for a real run, every tensor is made a
+``FakeTensor`` on CPU (shapes and dtypes, no data, no memory), and each step (forward with labels,
+backward, optimizer step) is counted by ``LiveTensorTracker`` (512-byte rounding of the CUDA caching
+allocator) with the labels of ``vramplan.trace.labels``.
+
+Why CPU fake tensors: with fake CUDA tensors the autograd engine aborts the process in backward
+(uncatchable), so everything runs as CPU; autocast therefore uses the CPU autocast op lists. On a
+CUDA device the CUDA-only behaviours are emulated (``vramplan.hf.interventions``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from vramplan.arch.spec import Arch
+from vramplan.device import Device
+from vramplan.hf import interventions
+from vramplan.scenario import Attn, Scenario
+from vramplan.trace.labels import Labeller
+
+
+@dataclass
+class StepFigures:
+    """Peak of each phase (forward, backward, optimizer) of one step, with the bytes per component at it."""
+
+    phases: dict[str, tuple[int, dict[str, int]]]
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=lambda ph: self.phases[ph][0])
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.phases[self.peak_phase][0]
+
+    @property
+    def by_name(self) -> dict[str, int]:
+        return self.phases[self.peak_phase][1]
+
+
+@dataclass
+class TraceRun:
+    """The figures of one fake-tensor run of ``layers`` decoder layers."""
+
+    layers: int
+    steps: list[StepFigures] = field(default_factory=list)
+    managed_bytes: int = 0
+    seconds: float = 0.0
+
+
+def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: int = 2, *,
+              fake: bool = True, seed: int = 0, device: Any = None) -> TraceRun:
+    """Build ``layers`` decoder layers (all by default) and trace ``steps`` training steps.
+
+    ``fake=False`` runs the very same code on real CPU tensors (real bitsandbytes quantization, real
+    optimizer step): the reference the fake-tensor run is tested against (with ``device="cpu"``).
+    ``device`` (anything ``vramplan.device.Device.parse`` takes; None = CUDA) picks the program: on a
+    CUDA device the CUDA-only behaviours of ``vramplan.hf.interventions.cuda_semantics`` are
+    emulated (bool dropout masks, no peft CPU-only fp32 cast of LoRA inputs); on the CPU the CPU
+    program runs as is."""
+    cuda = Device.parse(device).semantics == "cuda"
+    from vramplan.hf import build as B
+
+    B.require_torch()
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    t0 = time.perf_counter()
+    run = TraceRun(layers=arch.num_layers if layers is None else layers)
+    interventions.warm_bitsandbytes()
+    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2):
+        model = B.build_model(arch, scenario, layers=run.layers)
+        with _cpu_program(fake, cuda):
+            B.materialize(model, scenario, fake=fake, seed=seed)
+            with unset_fake_temporarily() if fake else contextlib.nullcontext():
+                optimizer = B.make_optimizer(model, scenario)
+            _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed)
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+@contextlib.contextmanager
+def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
+    """Fake tensors (when ``fake``), the MoE grouped-mm stand-in and, for the CUDA program (``cuda``),
+    its emulation."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with (FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()), \
+            interventions.non_bf16_grouped_mm(), interventions.cuda_semantics(cuda):
+        yield
+
+
+def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario: Scenario, steps: int, *,
+                 fake: bool, seed: int) -> None:
+    """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes)."""
+    from vramplan.hf import build as B
+    from vramplan.hf.tracker import LiveTensorTracker
+
+    with LiveTensorTracker(label="activations/saved") as tr:
+        tr.transient = interventions.gemm_4bit_transient
+        _register_model(tr, model)
+        paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
+            else contextlib.nullcontext()
+        with paged, Labeller(tr).attached(model) as labeller:
+            batch = _batch(arch, scenario, fake, seed)
+            carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
+            for _ in range(steps):
+                labeller.start_step()
+                try:
+                    B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
+                except _data_dependent_errors() as e:
+                    raise B.TraceUnsupported(
+                        f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]}), which fake tensors cannot trace; use --method analytic"
+                    ) from None
+                run.steps.append(StepFigures(labeller.phases))
+            run.managed_bytes = tr.live_by_category().get("managed/paged_optimizer", 0)
+            carry.clear()
+
+
+def _batch(arch: Arch, scenario: Scenario, fake: bool, seed: int) -> dict[str, Any]:
+    """The training batch: zeros under fake tensors (values never matter), else ``synthetic_batch``."""
+    import torch
+
+    from vramplan.hf import build as B
+
+    if not fake:
+        return B.synthetic_batch(arch, scenario, "cpu", seed=seed)
+    return {
+        "input_ids": torch.zeros(scenario.batch, scenario.seq, dtype=torch.long),
+        "labels": torch.zeros(scenario.batch, scenario.seq, dtype=torch.long),
+    }
+
+
+def _data_dependent_errors() -> tuple[type, ...]:
+    """Exceptions by which fake tensors refuse an operator whose output depends on data."""
+    from torch._subclasses import fake_tensor as ft
+
+    names = ("DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedOperatorException")
+    return tuple(getattr(ft, n) for n in names if hasattr(ft, n))
+
+
+def _register_model(tr: Any, model: Any) -> None:
+    """Count the model's existing tensors: packed 4-bit weights, their quantization state, trainable
+    parameters (``adapter``), frozen parameters and buffers (``weights/float``)."""
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            tr.register(module.weight, "weights/4bit")
+            qs = getattr(module.weight, "quant_state", None) or getattr(module, "quant_state", None)
+            if qs is not None:
+                parts = [qs.absmax, qs.code, getattr(qs, "offset", None)]
+                if getattr(qs, "state2", None) is not None:
+                    parts += [qs.state2.absmax, qs.state2.code]
+                tr.register([t for t in parts if t is not None], "quant_state/bnb")
+    for p in model.parameters():
+        tr.register(p, "adapter/lora" if p.requires_grad else "weights/float")
+    tr.register(list(model.buffers()), "weights/float")
