@@ -418,3 +418,112 @@ def test_01_nested_file_in_profiles_dir_leaves_commands_working(cli_run, tmp_pat
     assert code == 0 and "deep.json" in err and "Traceback" not in err
     code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--no-reference", "--json")
     assert code == 0 and any("deep.json" in w for w in json.loads(out)["problems"])
+
+
+# 14. signals during profile -----------------------------------------------------------------------
+def _profile_sweep(tmp_path: Path):
+    import subprocess
+    import sys
+
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    code = "import sys; from vramplan.cli import main; main(sys.argv[1:])"
+    seqs = ",".join(str(s) for s in range(32, 32 * 40, 32))  # 39 points: minutes, never finished here
+    proc = subprocess.Popen([sys.executable, "-c", code, "profile", "-m", "vramplan-debug", "--device", "cpu",
+                             "--seq", seqs, "--no-trace", "--steps", "2", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(tmp), "PYTHONUNBUFFERED": "1"})
+    return proc, out, tmp
+
+
+def _wait_for_profiles(proc, out: Path, n: int, timeout: float = 240.0) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while len(list(out.glob("*.json"))) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, "no profile written in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_14_signal_stops_the_sweep_keeps_profiles_and_temporaries_go(tmp_path, sig, code):
+    import signal
+
+    from vramplan.profile.store import load_profiles
+
+    proc, out, tmp = _profile_sweep(tmp_path)
+    _wait_for_profiles(proc, out, 2)
+    proc.send_signal(getattr(signal, sig))
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and f"error: interrupted ({sig})" in stderr
+    problems: list[str] = []
+    kept = load_profiles(out, problems=problems)
+    assert len(kept) >= 2 and not problems  # every stored profile is whole
+    assert len(kept) < 39  # the sweep stopped
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no half-written file
+    assert not [p.name for p in tmp.iterdir() if p.name.startswith("vramplan-random-")]  # no leaked checkpoint
+
+
+@pytest.mark.torch
+def test_14_slow_sweep_is_announced(cli_run, tmp_path, monkeypatch):
+    """``profile --seq 99999`` on the tiny model runs minutes on a CPU: the expected time is said
+    before the run (here the run itself is stopped right after the warning)."""
+    import vramplan.cli.profile as cli_profile
+    from vramplan.profile.timing import expected_seconds
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_profile, "_run", stop)
+    code, out, err = cli_run("profile", "-m", "vramplan-debug", "--device", "cpu", "--seq", "99999",
+                             "--no-trace", "-o", str(tmp_path))
+    assert code == 130
+    assert "warning: this sweep will take about" in err and "min" in err
+    arch = resolve("vramplan-debug")
+    from types import SimpleNamespace
+
+    from vramplan.scenario import Scenario
+
+    assert expected_seconds(arch, Scenario(seq=99999), SimpleNamespace(steps=3), {"kind": "cpu"}) > 300
+    assert expected_seconds(arch, Scenario(seq=128), SimpleNamespace(steps=3), {"kind": "cpu"}) < 10
+
+
+# 9. configs transformers rejects -----------------------------------------------------------------
+@pytest.mark.torch
+@pytest.mark.parametrize("over,field", [({"hidden_act": "nope"}, "hidden_act"),
+                                        ({"rope_scaling": {"rope_type": "bogus"}}, "rope_scaling.rope_type"),
+                                        ({"hidden_size": 66}, "hidden_size")])
+def test_09_trace_reports_transformers_refusal_naming_the_field(cli_run, tmp_path, over, field):
+    p = _config(tmp_path, **over)
+    line = one_line_exit2(cli_run, "estimate", "-m", str(p), "--method", "trace")
+    assert "transformers rejects" in line and f"field '{field}'" in line
+
+
+# 10. corrupt safetensors ----------------------------------------------------------------------------
+@pytest.mark.parametrize("blob", [b"\x00" * 3, os.urandom(64), (8).to_bytes(8, "little") + b'{"a":1}',
+                                  (40).to_bytes(8, "little") + b'{"w":{"dtype":"F32","data_offsets":[0,99]}}'])
+def test_10_corrupt_safetensors_is_refused_up_front(cli_run, tmp_path, blob):
+    from vramplan.arch.lookup import find_entry
+
+    w = tmp_path / "ckpt"
+    w.mkdir()
+    (w / "config.json").write_text(json.dumps(find_entry("vramplan-debug").config))
+    (w / "model.safetensors").write_bytes(blob)
+    line = one_line_exit2(cli_run, "profile", "-m", "vramplan-debug", "--weights", str(w), "--device", "cpu",
+                          "--seq", "64", "--no-trace", "-o", str(tmp_path / "out"))
+    assert "not a valid safetensors file" in line
+
+
+@pytest.mark.torch
+def test_10_a_real_safetensors_file_passes_the_check(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from vramplan.profile.runner import check_safetensors_header
+
+    save_file({"w": torch.zeros(3, 5), "b": torch.ones(7, dtype=torch.bfloat16)}, str(tmp_path / "m.safetensors"))
+    check_safetensors_header(tmp_path / "m.safetensors")

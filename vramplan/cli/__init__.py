@@ -95,6 +95,11 @@ def _tolerant_encoding() -> None:
                 pass
 
 
+def _interrupted(e: KeyboardInterrupt, as_json: bool) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    """Ctrl-C (exit 130), or a signal a long command turned into one (``cli/profile.py``: 128 + signal)."""
+    fail(f"interrupted ({e})" if str(e) else "interrupted", getattr(e, "exit_code", EXIT_INTERRUPTED), as_json)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point, never a traceback: exit 0 (1 where ``plan`` does not fit), 2 for a user
     error, 3 for a bug in vramplan (set ``VRAMPLAN_DEBUG=1`` for its traceback), 130 when
@@ -110,15 +115,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.stdout.flush()
     except VramplanError as e:
         fail(str(e), as_json=as_json)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as e:  # click turns a KeyboardInterrupt (or EOF at a prompt) into Abort
+        cause = e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            _interrupted(cause, as_json)
         fail("aborted", EXIT_INTERRUPTED, as_json)
     except click.exceptions.NoArgsIsHelpError as e:  # bare `vramplan`: the help, not an error
         click.echo(e.format_message())
         sys.exit(0)
     except click.ClickException as e:  # usage errors: one line, exit 2
         fail(e.format_message(), as_json=as_json)
-    except KeyboardInterrupt as e:  # Ctrl-C, or a signal a long command turned into one (cli/profile.py)
-        fail(f"interrupted ({e})" if str(e) else "interrupted", getattr(e, "exit_code", EXIT_INTERRUPTED), as_json)
+    except KeyboardInterrupt as e:
+        _interrupted(e, as_json)
     except BrokenPipeError:
         _silence(sys.stdout)
         sys.exit(1)

@@ -18,7 +18,7 @@ Torch, transformers, peft and bitsandbytes are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
@@ -73,11 +73,48 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         if isinstance(cfg.get("mlp_only_layers"), list):
             cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
     cfg["use_cache"] = False
-    try:
+    with transformers_rejects(arch):
         config = AutoConfig.for_model(model_type, **cfg)
-    except (ValueError, KeyError) as e:
-        raise TraceUnsupported(f"transformers cannot build model_type '{model_type}': {e}") from None
     return config
+
+
+@contextlib.contextmanager
+def transformers_rejects(arch: Arch) -> Iterator[None]:
+    """transformers validates a config (and reads rope types, activations...) as it builds one; its
+    refusal, whatever the exception class, becomes one ``TraceUnsupported`` line naming the
+    config.json field where it can be told (the key the message names, or whose value it quotes)."""
+    try:
+        yield
+    except VramplanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any refusal of transformers' (huggingface_hub's strict
+        # dataclass validation raises a plain Exception subclass)
+        msg = (str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)).strip().splitlines()
+        text = " ".join(ln.strip() for ln in msg)[:240] if msg else type(e).__name__
+        key = _field_named(arch.config, e, " ".join(msg))
+        where = f" (config.json field '{key}')" if key else ""
+        raise TraceUnsupported(f"transformers rejects {arch.name}'s config.json{where}: {type(e).__name__}: "
+                               f"{text}; the analytic engine may still price it (--method analytic)") from None
+
+
+def _field_named(cfg: Any, e: BaseException, message: str, prefix: str = "") -> str | None:
+    """The config key a transformers error is about: one whose value the KeyError is, or whose name
+    (with spaces or underscores) the message contains; nested objects are searched too."""
+    if not isinstance(cfg, dict):
+        return None
+    low = message.lower()
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(e, KeyError) and e.args and isinstance(value, (str, int)) and value == e.args[0]:
+            return name
+        if isinstance(value, dict):
+            inner = _field_named(value, e, message, f"{name}.")
+            if inner:
+                return inner
+    for key in cfg:
+        if isinstance(key, str) and "_" in key and (key.lower() in low or key.replace("_", " ").lower() in low):
+            return f"{prefix}{key}"
+    return None
 
 
 def bnb_config(scenario: Scenario) -> Any:
@@ -137,7 +174,7 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
 
     config = hf_config(arch, layers)
     dtype = torch_dtype(scenario)
-    with torch.device("meta"):
+    with torch.device("meta"), transformers_rejects(arch):
         model = AutoModelForCausalLM.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation(scenario)
         )

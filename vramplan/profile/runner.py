@@ -22,6 +22,7 @@ An out-of-memory error in any phase is recorded, not raised.
 from __future__ import annotations
 
 import gc
+import json
 import statistics
 import tempfile
 import time
@@ -120,7 +121,31 @@ def weights_config(path: str | Path) -> dict[str, Any]:
     if not any(p.glob("*.safetensors")):
         hint = " (only pickle .bin files, which vramplan does not load)" if any(p.glob("*.bin")) else ""
         raise ProfileRunError(f"--weights {p}: no *.safetensors weights{hint}")
+    for f in sorted(p.glob("*.safetensors")):
+        check_safetensors_header(f)
     return load_config_file(p)
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Refuse a file that is not safetensors before anything loads it. The format
+    (huggingface/safetensors, "Format"): an 8-byte little-endian header length n, then n bytes of
+    UTF-8 JSON mapping tensor names to dtype, shape and data offsets within the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or n > size - 8 or n > 100 * 2**20:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n).decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n + end > size:
+            raise ValueError(f"tensor data runs past the end of the file ({8 + n + end} > {size} bytes)")
+    except OSError as e:
+        raise ProfileRunError(f"--weights: cannot read {path}: {e.strerror or e}") from None
+    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as e:
+        raise ProfileRunError(f"--weights: {path} is not a valid safetensors file ({e})") from None
 
 
 def _torch_dtype(dtype: Dtype) -> Any:
