@@ -36,6 +36,7 @@ RUNTIME_CATEGORIES: dict[str, str] = {
     "managed": "total",        # CUDA managed memory (paged optimizers): invisible to the allocator
 }
 CATEGORIES: tuple[str, ...] = ALLOCATED_CATEGORIES + tuple(RUNTIME_CATEGORIES)
+_CATEGORY_SET = frozenset(CATEGORIES)
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class Component:
     """One line on what it is or where its formula comes from."""
 
     def __post_init__(self) -> None:
-        if self.category not in CATEGORIES:
+        if self.category not in _CATEGORY_SET:
             raise ValueError(f"unknown category {self.category!r} for {self.name}")
-        if not isinstance(self.bytes, int) or isinstance(self.bytes, bool):
+        if type(self.bytes) is not int and (not isinstance(self.bytes, int) or isinstance(self.bytes, bool)):
             raise TypeError(f"{self.name}: bytes must be an int, got {type(self.bytes).__name__}")
         if self.bytes < 0:
             raise ValueError(f"{self.name}: negative bytes {self.bytes}")

@@ -55,4 +55,6 @@ def runtime_calibration(calibration: Calibration | None, device: "Device | str |
     per-device entry for that GPU (``Calibration.for_device``), and no CUDA context, workspace or
     allocator reserve on a device without them (the CPU)."""
     cal = calibration if calibration is not None else default_calibration()
+    if device is None:  # an unnamed CUDA device: the calibration's global constants
+        return cal
     return cal.for_device(Device.parse(device))

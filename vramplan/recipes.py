@@ -8,7 +8,8 @@ bitsandbytes' input saving), so a scenario can say "torchtune 2024" instead of f
 
 Adding a recipe: a ``Recipe`` member (``vramplan/scenario.py``), its ``RecipeSpec`` here, and the
 build step in ``vramplan.hf.build.apply_recipe`` if it runs framework code; a test in
-tests/theirs/ builds a tiny model with that framework and checks every parameter group's dtype.
+tests/theirs/test_hf_build.py (``test_recipe_spec_matches_the_real_build``) builds a tiny model with that
+framework and checks every parameter group's dtype against the spec.
 Adding a preset: one ``PRESETS`` entry, citing the source of each field.
 """
 

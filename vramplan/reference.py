@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import csv
 import io
-import stat
 import typing
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, read_text_file
 from vramplan.scenario import Scenario, field_meta
 
 #: What a published figure measures, and the Breakdown total it is compared with.
@@ -212,15 +211,7 @@ def load_reference(path: str | Path | None = None) -> list[ReferenceRow]:
     if path is None:
         return list(_shipped())
     p = Path(path)
-    try:
-        if not stat.S_ISREG(p.stat().st_mode):
-            raise ReferenceError(f"cannot read reference file {p}: not a regular file")
-        text = p.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise ReferenceError(f"cannot read reference file {p}: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise ReferenceError(f"malformed reference file {p}: not valid UTF-8 (byte {e.start})") from None
-    return parse_reference(text, origin=str(p))
+    return parse_reference(read_text_file(p, "reference file", ReferenceError), origin=str(p))
 
 
 @lru_cache(maxsize=1)

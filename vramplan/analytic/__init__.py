@@ -53,7 +53,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     constants (``vramplan.engine.runtime_calibration``).
     """
     dev = Device.parse(device)
-    cal = runtime_calibration(calibration, dev)
+    cal = runtime_calibration(calibration, device)
     st = static_terms(arch, scenario, dev.semantics)
     x = ph.batch(st, scenario.seq, scenario.batch, scenario.grad_checkpointing, scenario.full,
                  cal.fused_dequant_factor)
@@ -62,7 +62,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     grads, rows = ph.components(phase, st, x)
     comps = [*st.comps, Component(st.grad_name, "gradients", grads,
                                   "gradients alive at the peak (set to None after each step)")]
-    comps.extend(Component(*r) for r in rows)
+    comps += [Component(*r) for r in rows]
     allocated = st.static + grads + sum(r[2] for r in rows)
     runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=max(x.loss_b, x.loss_f) + x.held)
     comps.extend(runtime)

@@ -82,7 +82,7 @@ def expert_lora_tensors(arch: Arch, targets: tuple[str, ...], rank: int) -> list
     2. ``gate_up_proj`` (E, 2M, H), rank doubled to 2r (gate and up fused, ``rank_pattern``):
        A 2r·E × H, B 2M × 2r·E;
     3. ``down_proj`` (E, H, M): A r·E × M, B H × r·E.
-    Verified against peft's trainable parameter count in tests/test_analytic_theirs.py.
+    Verified against peft's trainable parameter count in tests/theirs/test_analytic_theirs.py.
     """
     parts = expert_parts(arch, targets)
     nm, E, H, M = len(arch.moe_layers), arch.num_experts, arch.hidden_size, arch.moe_intermediate_size

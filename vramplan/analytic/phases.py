@@ -136,6 +136,8 @@ PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
 }
+#: The phases a LoRA step runs (all but the full fine-tuning embedding backward), and a full one.
+_STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k != EMBEDDING), True: tuple(PHASES.items())}
 
 
 def holds_logits(st: StaticTerms, phase: str) -> bool:
@@ -145,7 +147,7 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
-    out = {name: f(st, x) for name, f in PHASES.items() if name != EMBEDDING or full}
+    out = {name: f(st, x) for name, f in _STEPS[full]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     return out

@@ -3,7 +3,7 @@
 ``Arch.from_config`` reads a family's layout (biases, norms, fused projections, MoE layout, class
 defaults); the analytic engine reads its memory traits (norm dtype, rotary buffers, embedding
 scaling, sliding-window rule, which fused expert parameters peft adapts) through ``Arch.family`` and
-never compares ``model_type`` strings itself (tests/exact/test_families.py pins that).
+never compares ``model_type`` strings itself (tests/theirs/test_families.py pins that).
 
 Each record cites the transformers 5.24 file it mirrors. Adding a family (docs/design.md):
 1. one ``Family(...)`` entry in ``FAMILIES`` with its source file;

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 
-from vramplan.cli.common import base_calibration
+from vramplan.cli.common import base_calibration, emit_json
 from vramplan.errors import VramplanError
 
 
@@ -48,7 +47,7 @@ def calibrate(profiles: tuple[str, ...], reference: bool, only: str | None, base
     out = Path(output)
     payload = result.write(out, force=force)
     if as_json:
-        click.echo(json.dumps(calibration_json(result, payload, str(out), problems), indent=2))
+        emit_json(calibration_json(result, payload, str(out), problems))
         return
     render_calibration(result, base, problems)
     click.echo(f"wrote {out}")

@@ -1,8 +1,12 @@
-"""What several commands read the same way: a ``--calibration`` file, the default profile folder."""
+"""What several commands do the same way: read a ``--calibration`` file, find the default profile
+folder, print ``--json`` output."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import click
 
 #: Where ``vramplan profile`` stores profiles and ``profiles`` / ``validate`` look for them.
 PROFILES_DIR = "profiles"
@@ -24,3 +28,9 @@ def base_calibration(path: str | None) -> Any:
     if path == "defaults":
         return Calibration()
     return load_calibration(path) or default_calibration()
+
+
+def emit_json(obj: Any) -> None:
+    """Print ``--json`` output: always standard JSON (a NaN or infinity is a bug, raised, never
+    printed as the non-standard ``NaN``)."""
+    click.echo(json.dumps(obj, indent=2, allow_nan=False))

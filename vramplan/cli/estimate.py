@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from vramplan.cli.common import load_calibration
+from vramplan.cli.common import emit_json, load_calibration
 from vramplan.cli.options import pop_scenario, scenario_options
 
 
@@ -41,7 +40,7 @@ def estimate(**kwargs: Any) -> None:
     if as_json:
         from vramplan.report import estimate_json
 
-        click.echo(json.dumps(estimate_json(arch, scenario, bd, room), indent=2))
+        emit_json(estimate_json(arch, scenario, bd, room))
         return
     from vramplan.report.table import render
     from vramplan.report.text import estimate_title

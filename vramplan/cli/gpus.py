@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
+
+from vramplan.cli.common import emit_json
 
 
 @click.command()
@@ -17,6 +18,6 @@ def gpus(filter: str, as_json: bool) -> None:
 
     rows = matching(catalog(), filter, lambda g: f"{g.name} {' '.join(g.aliases)} {g.vendor} {g.kind}")
     if as_json:
-        click.echo(json.dumps([g.to_dict() for g in rows], indent=2))
+        emit_json([g.to_dict() for g in rows])
     else:
         render_gpus(rows, filter)

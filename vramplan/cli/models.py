@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 
 import click
+
+from vramplan.cli.common import emit_json
 
 from vramplan.arch.lookup import registry
 
@@ -19,6 +20,6 @@ def models(filter: str, as_json: bool) -> None:
     entries = matching(registry(), filter, lambda e: f"{e.name} {e.hub_id} {e.family} {' '.join(e.aliases)}")
     rows = [model_row(e) for e in entries]
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        emit_json(rows)
     else:
         render_models(rows, filter)

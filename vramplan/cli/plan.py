@@ -6,13 +6,12 @@ run. The library computes (``vramplan.plan``), ``vramplan.report.plan`` renders;
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-from vramplan.cli.common import load_calibration
+from vramplan.cli.common import emit_json, load_calibration
 from vramplan.cli.options import pop_scenario, scenario_options
 
 
@@ -48,7 +47,7 @@ def plan(**kwargs: Any) -> int:
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
                        seq_step=kwargs["seq_step"])
     if kwargs["as_json"]:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        emit_json(result.to_dict())
     else:
         from rich.console import Console
 

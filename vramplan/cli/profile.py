@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-import json
 import logging
 import signal
 import warnings
@@ -13,7 +12,7 @@ from typing import Any, Iterator
 
 import click
 
-from vramplan.cli.common import PROFILES_DIR
+from vramplan.cli.common import PROFILES_DIR, emit_json
 from vramplan.cli.options import pop_scenario, scenario_options
 from vramplan.errors import VramplanError
 
@@ -89,7 +88,7 @@ def profile(**kw: Any) -> None:
     with stoppable():
         saved = _run(model, arch, scenarios, opts, folder, device, as_json)
     if as_json:
-        click.echo(json.dumps([dict(p.to_dict(), path=str(p.path)) for p in saved], indent=2))
+        emit_json([dict(p.to_dict(), path=str(p.path)) for p in saved])
         return
     from rich.console import Console
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from vramplan.cli.common import PROFILES_DIR
+from vramplan.cli.common import PROFILES_DIR, emit_json
 from vramplan.errors import VramplanError
 
 
@@ -41,7 +40,7 @@ def list_(folder: str, model: str | None, device: str | None, as_json: bool) -> 
     chosen = select(_load(folder), model, device)
     rows = [profile_row(p) for p in chosen]
     if as_json:
-        click.echo(json.dumps([dict(r, path=str(p.path)) for r, p in zip(rows, chosen)], indent=2))
+        emit_json([dict(r, path=str(p.path)) for r, p in zip(rows, chosen)])
         return
     from rich.console import Console
 
@@ -58,7 +57,7 @@ def show(path: str, as_json: bool) -> None:
 
     p = read_profile(_find(path))
     if as_json:
-        click.echo(json.dumps(dict(p.to_dict(), path=str(p.path)), indent=2))
+        emit_json(dict(p.to_dict(), path=str(p.path)))
     else:
         render_profile(p)
 

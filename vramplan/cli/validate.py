@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
-from vramplan.cli.common import PROFILES_DIR, base_calibration
+from vramplan.cli.common import PROFILES_DIR, base_calibration, emit_json
 
 
 @click.command()
@@ -39,6 +38,6 @@ def validate(profiles_dir: str, reference: bool, calibration_path: str | None, s
     if csv_path:
         write_csv(report, csv_path)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        emit_json(report.to_dict())
     else:
         render_validation(report, show_all)

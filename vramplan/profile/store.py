@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from typing import Any, Iterable
 
 from vramplan.breakdown import Breakdown
 from vramplan.device import strip_vendor
-from vramplan.errors import VramplanError
+from vramplan.errors import VramplanError, read_text_file
 from vramplan.fileio import umask_mode
 from vramplan.scenario import Scenario
 
@@ -315,12 +314,7 @@ def _place(tmp: str, target: Path) -> None:
 def read_profile(path: str | Path) -> Profile:
     """One profile file; ProfileError (one line) if it cannot be read or does not validate."""
     p = Path(path)
-    try:
-        if not stat.S_ISREG(p.stat().st_mode):
-            raise ProfileError(f"{p}: cannot read: not a regular file")
-        text = p.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ProfileError(f"{p}: cannot read: {getattr(e, 'strerror', None) or e}") from None
+    text = read_text_file(p, "profile", ProfileError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -1,5 +1,5 @@
 """Rendering of computed results: rich tables and matplotlib charts. Formats only; computes nothing
-(``tests/test_import_boundaries.py`` holds it to that).
+(``tests/exact/test_import_boundaries.py`` holds it to that).
 
 - ``table``: a Breakdown (``vramplan estimate``); ``estimate_json`` below, its ``--json`` object;
 - ``plan``: a Plan (``vramplan plan``);

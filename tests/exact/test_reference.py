@@ -8,7 +8,7 @@ import pytest
 
 from vramplan.reference import MEASUREMENTS, ReferenceError, load_reference, parse_reference
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "reference" / "published_measurements.csv"
 GiB = 1024**3
 

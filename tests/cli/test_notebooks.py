@@ -16,7 +16,7 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01_qwen3_14b_breakdown.ipynb", "02_planning_24gb.ipynb", "03_calibration.ipynb"]
 #: Wall-clock budget per notebook (the issue's target), kernel start-up included.
 BUDGET_S = 60.0

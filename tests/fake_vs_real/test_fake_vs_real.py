@@ -53,14 +53,17 @@ def scenario(case: str) -> Scenario:
     return Scenario(**kw)
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_fake_peak_equals_real_peak(case):
-    sc = scenario(case)
-    arch = small_llama()
+def _fake_and_real(arch, sc, device):
+    """Two steps of the same program on fake tensors and on real CPU tensors."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, device="cpu")
-        real = trace_run(arch, sc, steps=2, fake=False, device="cpu")
+        return (trace_run(arch, sc, steps=2, fake=True, device=device),
+                trace_run(arch, sc, steps=2, fake=False, device=device))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_fake_peak_equals_real_peak(case):
+    fake, real = _fake_and_real(small_llama(), scenario(case), "cpu")
     for f, r in zip(fake.steps, real.steps):
         assert r.peak_bytes > 0
         err = abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes
@@ -72,11 +75,7 @@ def test_fake_peak_equals_real_peak(case):
 def test_fake_equals_real_moe(recipe):
     """transformers 5 MoE (fused 3-D experts, grouped_mm) with peft's expert LoRA (no dropout)."""
     sc = Scenario(seq=64, batch=2, rank=8, lora_dropout=0.0, recipe=recipe)
-    arch = resolve("vramplan-debug-moe")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, device="cpu")
-        real = trace_run(arch, sc, steps=2, fake=False, device="cpu")
+    fake, real = _fake_and_real(resolve("vramplan-debug-moe"), sc, "cpu")
     for f, r in zip(fake.steps, real.steps):
         assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (f.peak_bytes, r.peak_bytes)
 
@@ -104,12 +103,10 @@ def test_cuda_semantics_fake_equals_real_and_saves_bytes(case):
     """The CUDA emulation (bool dropout masks via native_dropout; no peft fp32 cast of bnb LoRA inputs
     under autocast) runs identically on fake and real CPU tensors, and allocates no more than the
     CPU program (both emulated behaviours only shrink saved tensors)."""
-    sc = scenario(case)
-    arch = small_llama()
+    sc, arch = scenario(case), small_llama()
+    fake, real = _fake_and_real(arch, sc, "cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fake = trace_run(arch, sc, steps=2, fake=True, device="cuda")
-        real = trace_run(arch, sc, steps=2, fake=False, device="cuda")
         cpu = trace_run(arch, sc, steps=2, fake=True, device="cpu")
     for f, r, c in zip(fake.steps, real.steps, cpu.steps):
         assert abs(f.peak_bytes - r.peak_bytes) / r.peak_bytes <= 0.01, (case, f.peak_bytes, r.peak_bytes)

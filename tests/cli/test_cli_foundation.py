@@ -84,10 +84,11 @@ def test_usage_error_is_one_line(cli_run):
     _one_line_exit2(cli_run, "estimate", "--model", "Qwen3-14B", "--quant", "int3")
 
 
-def test_python_m_and_no_torch_for_models():
+def test_python_m_runs_the_cli():
+    """``python -m vramplan`` is the console entry point (no torch: tests/exact/test_import_boundaries.py)."""
     code = ("import sys, runpy; sys.argv=['vramplan','models','qwen3','--json'];"
             "\ntry:\n    runpy.run_module('vramplan', run_name='__main__')\nexcept SystemExit as e:\n"
-            "    assert e.code in (0, None), e.code\nassert 'torch' not in sys.modules, 'torch imported'")
+            "    assert e.code in (0, None), e.code")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "Qwen3-14B" in r.stdout

@@ -309,7 +309,7 @@ def _calibrate(cli_run, out: Path, *extra: str):
     return cli_run("calibrate", "profiles/cuda", "-o", str(out), *extra)
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -527,3 +527,31 @@ def test_10_a_real_safetensors_file_passes_the_check(tmp_path):
 
     save_file({"w": torch.zeros(3, 5), "b": torch.ones(7, dtype=torch.bfloat16)}, str(tmp_path / "m.safetensors"))
     check_safetensors_header(tmp_path / "m.safetensors")
+
+
+# 16. the rank rule: what peft trains is priced ----------------------------------------------------
+def test_16_rank_above_a_dimension_matches_the_stored_real_run(cli_run):
+    """``profiles/cpu`` holds a real CPU run of vramplan-debug at rank 64 (k_proj/v_proj are 64 -> 32);
+    it used to be refused. Now it is priced, with a note, and close to what was measured."""
+    from vramplan.profile.store import read_profile
+
+    code, out, err = cli_run("estimate", "-m", "vramplan-debug", "--rank", "64", "--json")
+    assert code == 0, err
+    assert any("rank 64 exceeds the smaller dimension of k_proj (32), v_proj (32)" in n for n in json.loads(out)["notes"])
+    prof = read_profile(next((ROOT / "profiles" / "cpu").glob("vramplan-debug_cpu_s128_b2_r64_*.json")))
+    measured = prof.measured["allocated_peak_bytes"]
+    b = vramplan_estimate(prof)
+    assert abs(b.allocated_peak_bytes / measured - 1) < 0.05
+
+
+def vramplan_estimate(prof):
+    import vramplan
+    from vramplan.arch.spec import Arch
+
+    return vramplan.estimate(Arch.from_config(prof.arch_config, name=prof.model), prof.scenario, device="cpu")
+
+
+def test_16_plan_on_a_one_wide_target(cli_run):
+    code, out, err = cli_run("plan", "-m", "Qwen1.5-MoE-A2.7B", "--gpu", "h100", "--targets", "shared_expert_gate",
+                             "--rank", "1", "--json")
+    assert code in (0, 1) and "error" not in json.loads(out), err

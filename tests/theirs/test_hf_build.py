@@ -70,6 +70,39 @@ def test_recipe_dtypes_are_pinned():
         assert d["base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"] == torch.float32
 
 
+def _group(name: str) -> str | None:
+    """The ``recipes.GROUPS`` group of a parameter of the built model (None: a 4-bit or LoRA tensor)."""
+    if "lora_" in name:
+        return None
+    for key, group in (("embed_tokens", "embeddings"), ("lm_head", "lm_head"), ("norm", "norms"),
+                       ("experts", "experts"), ("mlp.gate.", "router"), ("router", "router")):
+        if key in name:
+            return group
+    return "biases" if name.endswith(".bias") else None
+
+
+@pytest.mark.parametrize("arch", [DEBUG, MOE], ids=["dense", "moe"])
+@pytest.mark.parametrize("quant", ["nf4", "none"])
+@pytest.mark.parametrize("recipe", ["hf-peft", "trl", "plain"])
+def test_recipe_spec_matches_the_real_build(arch, quant, recipe):
+    """Ours vs theirs: every unquantized parameter group of the model peft and (for trl) TRL leave
+    behind has exactly the width ``RecipeSpec.group_bytes`` gives the analytic engine."""
+    from vramplan.recipes import spec
+
+    sc = Scenario(recipe=recipe, quant=quant, lora_dropout=0.0)
+    rs = spec(sc.recipe)
+    seen = set()
+    for name, p in B.build_model(arch, sc).named_parameters():
+        group = _group(name)
+        if group is None or p.dtype == torch.uint8:
+            continue
+        seen.add(group)
+        assert p.element_size() == rs.group_bytes(group, quant != "none", 2), (name, p.dtype)
+    assert {"embeddings", "lm_head", "norms"} <= seen
+    if arch is MOE:
+        assert {"experts", "router"} <= seen
+
+
 def test_trl_equivalent_matches_trl():
     """Our fallback for installs without trl does exactly what TRL's function does."""
     trl_utils = pytest.importorskip("trl.experimental.utils")

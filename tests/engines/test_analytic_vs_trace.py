@@ -19,7 +19,7 @@ pytest.importorskip("bitsandbytes")
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 _spec = importlib.util.spec_from_file_location(
-    "analytic_vs_trace", Path(__file__).resolve().parents[1] / "benchmarks" / "analytic_vs_trace.py")
+    "analytic_vs_trace", Path(__file__).resolve().parents[2] / "benchmarks" / "analytic_vs_trace.py")
 grid_mod = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
 GRID = grid_mod.grid()

@@ -145,7 +145,7 @@ def test_scenario_errors(kw):
 ])
 def test_model_buffers(model, expected):
     """Buffers the transformers 5.24 model registers (checked against ``named_buffers()`` of the
-    built model in tests/test_analytic_vs_trace.py via the weights category)."""
+    built model in tests/engines/test_analytic_vs_trace.py via the weights category)."""
     assert estimate(resolve(model), Scenario(attn="eager")).get("weights/buffers") == expected
 
 
@@ -176,7 +176,7 @@ def test_static_cache_is_per_instance():
 def test_gemma2_sdpa_priced_as_transformers_runs_it():
     """transformers 5.24: Gemma2's ``_supports_sdpa = False``; with no attn_implementation named it
     falls back to eager. vramplan's default sdpa is priced as eager, with a note (the trace does the
-    same, tests/test_trace.py)."""
+    same, tests/engines/test_trace.py)."""
     g = resolve("gemma-2-2b")
     sdpa, eager = estimate(g, Scenario()), estimate(g, Scenario(attn="eager"))
     assert sdpa.allocated_peak_bytes == eager.allocated_peak_bytes

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[1] / "vramplan"
+PKG = Path(__file__).resolve().parents[2] / "vramplan"
 HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate")
 #: Modules that may import the heavy stack at module level (none: even they import it lazily).
 HEAVY_AT_IMPORT: tuple[str, ...] = ()

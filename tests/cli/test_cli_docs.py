@@ -11,7 +11,7 @@ import pytest
 
 from vramplan.cli import COMMANDS, cli
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
 
 def _commands() -> list[tuple[str, click.Command]]:

@@ -17,7 +17,7 @@ from vramplan.arch.lookup import registry
 
 #: Decoder layers built per family: enough for Gemma 3's sliding/full pattern (every 6th is full).
 LAYERS = 8
-ANALYTIC = Path(__file__).resolve().parents[1] / "vramplan" / "analytic"
+ANALYTIC = Path(__file__).resolve().parents[2] / "vramplan" / "analytic"
 
 
 def _one_per_family():

@@ -18,7 +18,7 @@ from vramplan.calibration import Calibration, default_calibration
 from vramplan.profile.store import SCHEMA, load_profiles
 from vramplan.scenario import Scenario
 
-FOLDER = Path(__file__).resolve().parent.parent / "profiles" / "cuda"
+FOLDER = Path(__file__).resolve().parents[2] / "profiles" / "cuda"
 MiB = 1024**2
 GiB = 1024**3
 
