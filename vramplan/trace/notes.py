@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vramplan.arch.spec import Arch
 from vramplan.device import Device
+from vramplan.recipes import spec
 from vramplan.scenario import Attn, Optim, Scenario
 from vramplan.trace.extrapolate import Figures
 
@@ -30,10 +31,10 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
     if arch.is_moe:
         notes.append("MoE experts are fused 3-D parameters: bitsandbytes leaves them unquantized, the recipe's "
                      "casts apply to them (hf-peft/trl: fp32), and peft maps all-linear onto them and the router")
-        if scenario.recipe.value != "plain" and scenario.quant.value != "none":
-            notes.append("fp32 experts: torch grouped_mm's dtype check (mirroring the CUDA kernel) accepts bf16 "
-                         "only; traced through transformers' fallback op (same allocations); whether the CUDA "
-                         "run accepts fp32 experts is unverified")
+        if spec(scenario.recipe).group_bytes("experts", scenario.quant.value != "none", 2) == 4:
+            notes.append("fp32 experts: torch grouped_mm's fake-tensor dtype check accepts bf16 only; traced "
+                         "through transformers' fallback op with grouped_mm's saving rule (same allocations); on "
+                         "CUDA transformers' grouped expert matmul runs peft's fp32 experts (H200 profiles)")
     if fig.refused:
         notes.append("short traces did not grow by equal increments, so the full model was traced")
     return notes
