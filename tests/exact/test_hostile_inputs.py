@@ -555,3 +555,19 @@ def test_16_plan_on_a_one_wide_target(cli_run):
     code, out, err = cli_run("plan", "-m", "Qwen1.5-MoE-A2.7B", "--gpu", "h100", "--targets", "shared_expert_gate",
                              "--rank", "1", "--json")
     assert code in (0, 1) and "error" not in json.loads(out), err
+
+
+def test_14_a_swallowed_signal_still_stops_the_sweep():
+    """A library that catches the interrupt on its way up cannot make the sweep run on."""
+    import signal
+
+    from vramplan.cli.profile import Stopped, stoppable
+
+    with pytest.raises(Stopped) as info, stoppable() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+        except BaseException:  # noqa: BLE001 - the swallowing library
+            pass
+        stop()
+    assert info.value.exit_code == 130
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored

@@ -8,7 +8,7 @@ import itertools
 import logging
 import signal
 import warnings
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -85,8 +85,8 @@ def profile(**kw: Any) -> None:
     require_torch()
     device = preflight(model, arch, scenarios, opts)
     _warn_if_slow(arch, scenarios, opts, device, as_json)
-    with stoppable():
-        saved = _run(model, arch, scenarios, opts, folder, device, as_json)
+    with stoppable() as stop:
+        saved = _run(model, arch, scenarios, opts, folder, device, as_json, stop)
     if as_json:
         emit_json([dict(p.to_dict(), path=str(p.path)) for p in saved])
         return
@@ -99,7 +99,7 @@ def profile(**kw: Any) -> None:
 
 
 def _run(model: str, arch: Any, scenarios: list[Any], opts: Any, folder: Any, device: dict[str, Any],
-         quiet: bool) -> list[Any]:
+         quiet: bool, stop: Callable[[], None] = lambda: None) -> list[Any]:
     """Sweep the points, store each profile as it comes, and show progress on stderr (unless ``quiet``)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -117,6 +117,7 @@ def _run(model: str, arch: Any, scenarios: list[Any], opts: Any, folder: Any, de
         warnings.simplefilter("ignore")
         task = bar.add_task(f"{model} on {device['name'][:30]}", total=len(scenarios))
         for prof in sweep(model, arch, scenarios, opts):
+            stop()  # a signal some library swallowed still ends the sweep, before the next point
             path = save_profile(prof, folder)
             saved.append(dataclasses.replace(prof, path=path))
             if not quiet:
@@ -135,10 +136,11 @@ class Stopped(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def stoppable() -> Iterator[None]:
+def stoppable() -> Iterator[Callable[[], None]]:
     """Turn SIGINT and SIGTERM into ``Stopped`` while the sweep runs (profiles already written are
     complete files: each is renamed into place whole), then restore the previous handlers. A second
-    signal while the first unwinds is ignored, so cleanup finishes."""
+    signal while the first unwinds is ignored, so cleanup finishes. Yields a check that raises
+    ``Stopped`` if a signal came but was swallowed on its way up (a library's broad ``except``)."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     fired: list[int] = []
 
@@ -148,10 +150,14 @@ def stoppable() -> Iterator[None]:
         fired.append(signum)
         raise Stopped(signum)
 
+    def check() -> None:
+        if fired:
+            raise Stopped(fired[0])
+
     for s in previous:
         signal.signal(s, handler)
     try:
-        yield
+        yield check
     except Exception as e:  # an exception the interrupt caused on its way up (in a library's cleanup)
         if fired:
             raise Stopped(fired[0]) from e
