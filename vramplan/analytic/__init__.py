@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from vramplan.analytic import phases as ph
 from vramplan.analytic.runtime import runtime_components
-from vramplan.analytic.terms import SDPA_FALLBACK_NOTE, StaticTerms, effective_attention, static_terms
+from vramplan.analytic.terms import (SDPA_FALLBACK_NOTE, StaticTerms, effective_attention, loss_workspace,
+                                     static_terms)
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import RUNTIME_CATEGORIES, Breakdown, Component, Totals
 from vramplan.calibration import Calibration
@@ -24,22 +25,14 @@ from vramplan.device import Device
 from vramplan.engine import runtime_calibration
 from vramplan.scenario import Scenario
 
-__all__ = ["estimate", "runtime_components", "paged_optimizer_bytes", "static_terms", "effective_attention",
+__all__ = ["estimate", "runtime_components", "static_terms", "effective_attention",
            "loss_workspace_bytes", "StaticTerms", "SDPA_FALLBACK_NOTE"]
 
 
-def paged_optimizer_bytes(arch: Arch, scenario: Scenario) -> int:
-    """State bytes of a paged optimizer (in CUDA managed memory); 0 for unpaged ones."""
-    return static_terms(arch, scenario).paged
-
-
-def loss_workspace_bytes(arch: Arch, scenario: Scenario, semantics: str = "cuda") -> int:
-    """Bytes the loss holds at its busiest moment, whichever phase the step's peak falls in: the
-    larger of the loss forward and the loss backward (``logits.loss_forward_bytes`` /
-    ``loss_backward_bytes``), plus the logits a loop keeps (``held_logits_bytes``). The caching
-    allocator's reserve grows with it (``runtime.allocator_reserve_bytes``)."""
-    loss_b, loss_f, held = static_terms(arch, scenario, semantics).loss_terms(scenario.batch, scenario.seq)
-    return max(loss_b, loss_f) + held
+def loss_workspace_bytes(arch: Arch, scenario: Scenario) -> int:
+    """The loss workspace of ``scenario`` (``terms.loss_workspace``): the same on every device, since
+    no loss tensor differs between the CPU and CUDA programs."""
+    return static_terms(arch, scenario).loss_workspace(scenario.batch, scenario.seq)
 
 
 def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = None,
@@ -64,7 +57,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
                                   "gradients alive at the peak (set to None after each step)")]
     comps += [Component(*r) for r in rows]
     allocated = st.static + grads + sum(r[2] for r in rows)
-    runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=max(x.loss_b, x.loss_f) + x.held)
+    runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=loss_workspace(x.loss_b, x.loss_f, x.held))
     comps.extend(runtime)
     upper = _upper(allocated, runtime, 1.0 + cal.upper_bound_fraction)
     return Breakdown(tuple(comps), engine="analytic", notes=st.notes, peak_phase=phase, upper=upper,

@@ -11,6 +11,7 @@ cuBLAS workspaces come from the allocator since torch 2.1, ``CUDABlas.cpp``), bi
 from __future__ import annotations
 
 from vramplan.analytic.logits import slice_gradient_segment_bytes
+from vramplan.analytic.terms import static_terms
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Component
 from vramplan.calibration import Calibration
@@ -49,16 +50,14 @@ def runtime_components(arch: Arch, scenario: Scenario, allocated_peak_bytes: int
     ``runtime/allocator_reserve`` (joins reserved), ``runtime/cuda_context`` (joins the process total)
     and, for paged optimizers, ``runtime/paged_optimizer`` (managed memory, process total only).
     Engines must not count a paged optimizer's state as allocated themselves. ``loss_workspace``:
-    ``analytic.loss_workspace_bytes`` when the caller has it at hand (the analytic engine), else it
-    is computed here (the trace).
+    ``terms.loss_workspace`` when the caller has it at hand (the analytic engine), else it is computed
+    here (the trace).
     """
     ws = cublas_workspace_bytes(calibration)
     loss_ws = 0
     if calibration.allocator_reserve_loss_factor:
         if loss_workspace is None:
-            from vramplan.analytic import loss_workspace_bytes  # noqa: PLC0415 (import cycle)
-
-            loss_workspace = loss_workspace_bytes(arch, scenario)
+            loss_workspace = static_terms(arch, scenario).loss_workspace(scenario.batch, scenario.seq)
         loss_ws = loss_workspace
     segment = 0
     if calibration.allocator_reserve_fraction or calibration.allocator_reserve_loss_factor:  # a caching allocator
@@ -75,8 +74,6 @@ def runtime_components(arch: Arch, scenario: Scenario, allocated_peak_bytes: int
                   "CUDA context + kernel images + handles (calibration)"),
     ]
     if scenario.optimizer.paged:
-        from vramplan.analytic import paged_optimizer_bytes  # noqa: PLC0415 (import cycle)
-
-        out.append(Component("runtime/paged_optimizer", "managed", paged_optimizer_bytes(arch, scenario),
+        out.append(Component("runtime/paged_optimizer", "managed", static_terms(arch, scenario).paged,
                              "paged optimizer state in CUDA managed memory (not in max_memory_allocated)"))
     return out

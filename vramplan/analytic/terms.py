@@ -162,12 +162,24 @@ class StaticTerms:
     held_forward: bool
     """``Hold.LOOP``: the previous step's logits are also alive through this forward."""
 
+    def loss_workspace(self, batch: int, seq: int) -> int:
+        """``loss_workspace`` of this batch's loss terms."""
+        return loss_workspace(*self.loss_terms(batch, seq))
+
     def loss_terms(self, batch: int, seq: int) -> tuple[int, int, int]:
         """(loss backward, loss forward, held logits) bytes for this batch: ``logits.py``'s terms over
         T = b·s tokens (T1 = b·(s−1) shifted ones for the legacy loss)."""
         T, T1 = seq * batch, batch * (seq - 1)
         args = (self.vocab, self.logits_bytes, self.softcap, T, T1, self.legacy)
         return lg.loss_backward_bytes(*args), lg.loss_forward_bytes(*args), T * self.held
+
+
+def loss_workspace(loss_backward: int, loss_forward: int, held: int) -> int:
+    """Bytes the loss holds at its busiest moment, whichever phase the step's peak falls in: the
+    larger of the loss forward and the loss backward (``logits.loss_forward_bytes`` /
+    ``loss_backward_bytes``), plus the logits a loop keeps (``held_logits_bytes``). The caching
+    allocator's reserve grows with it (``runtime.allocator_reserve_bytes``)."""
+    return max(loss_backward, loss_forward) + held
 
 
 def static_terms(arch: Arch, s: Scenario, semantics: str = "cuda") -> StaticTerms:
