@@ -6,9 +6,12 @@ import time
 from dataclasses import replace
 from typing import Any
 
+from vramplan.analytic import effective_attention
+from vramplan.analytic.runtime import runtime_components
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Breakdown, Component
 from vramplan.device import Device
+from vramplan.engine import runtime_calibration
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.scenario import Scenario
@@ -35,9 +38,6 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
     not the user's run); what matters is reported in ``Breakdown.notes``."""
     if not isinstance(steps, int) or steps < 1:
         raise VramplanError(f"steps must be a positive integer, got {steps!r}")
-    from vramplan.analytic import effective_attention
-    from vramplan.engine import runtime_calibration
-
     dev = Device.parse(device)
     calibration = runtime_calibration(calibration, dev)
     attn, attn_note = effective_attention(arch, scenario)  # Gemma 2: sdpa -> eager, as transformers
@@ -90,15 +90,7 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
 def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,
              skip_managed: bool) -> tuple[list[Component], str]:
     """The runtime terms an op-level trace cannot see, from the analytic model, and their note."""
-    try:
-        from vramplan.analytic.runtime import runtime_components
-    except ImportError:
-        return [], ("runtime terms (CUDA context, cuBLAS workspace, fused 4-bit dequantization, allocator "
-                    "reserve) are not included: vramplan.analytic.runtime is unavailable")
-    from vramplan.calibration import default_calibration
-
-    cal = calibration if calibration is not None else default_calibration()
-    comps = [c for c in runtime_components(arch, scenario, allocated, cal)
+    comps = [c for c in runtime_components(arch, scenario, allocated, calibration)
              if not (skip_managed and c.category == "managed")]
     return comps, ("runtime terms an op-level trace cannot see (CUDA context, cuBLAS workspace, allocator "
                    "reserve) come from the analytic model's runtime_components; bitsandbytes' in-kernel "
