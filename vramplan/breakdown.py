@@ -177,6 +177,8 @@ class Breakdown:
         extra = dict(d.get("extra", {}))
         phase = d.get("peak_phase", extra.pop("peak_phase", None))
         upper = d.get("upper")
+        if upper is not None and not isinstance(upper, dict):
+            raise ValueError(f"'upper' must be an object of the three totals, got {type(upper).__name__}")
         legacy = {k: extra.pop(v) for k, v in _LEGACY_UPPER.items() if v in extra}
         if upper is None and len(legacy) == len(_LEGACY_UPPER):
             upper = legacy

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from vramplan.calibration import Calibration
-from vramplan.device import strip_vendor
+from vramplan.device import Device
 from vramplan.errors import VramplanError
 from vramplan.fileio import write_text_atomic
 from vramplan.validate import Estimator, Point, default_estimator
@@ -150,9 +150,9 @@ def check_output(path: str | Path, force: bool = False) -> Path:
     existing file (unless ``force``), anything that is not a regular file."""
     target = Path(path)
     if _is_profile(target):
-        raise CalibrateError(f"{target} holds a stored profile; write the calibration elsewhere (-o)")
+        raise CalibrateError(f"{target} holds a stored profile; write elsewhere")
     if target.exists() and not target.is_file():
-        raise CalibrateError(f"cannot write calibration to {target}: not a regular file")
+        raise CalibrateError(f"cannot write {target}: not a regular file")
     if target.exists() and not force:
         raise CalibrateError(f"{target} exists; pass --force to replace it, or choose another -o")
     return target
@@ -396,7 +396,7 @@ def _fit_devices(pts: list[Point], after: Calibration, est: Estimator, values: d
     global fit as its prior; returns (calibration entries, what was fitted)."""
     per_device: dict[str, dict[str, Any]] = {}
     per_device_fitted: dict[str, tuple[Fitted, ...]] = {}
-    kinds = {p.device: strip_vendor(p.device) for p in pts}
+    kinds = {p.device: Device.parse(p.device).calibration_key or p.device for p in pts}
     for dev in sorted(set(kinds.values()) - {"cuda"}):  # 'cuda' = unnamed GPU: global only
         dpts = [p for p in pts if kinds[p.device] == dev]
         if len(dpts) < min_device_points:

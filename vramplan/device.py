@@ -12,8 +12,9 @@ A device decides three things, all of them here and nowhere else:
    without the vendor word, so "NVIDIA H200" from the driver and "H200" from the catalog agree).
 
 ``Device.parse`` turns whatever a caller holds (None, "cpu", "cuda:0", "NVIDIA H200", a Device)
-into one. The one name normaliser of the package is ``name_words``: the GPU catalog, calibration
-matching, calibration keys and profile file names all derive from it.
+into one. Every device-name comparison of the package lives here: ``name_words`` (whole-word
+calibration matching), ``strip_vendor`` (calibration keys, profile file names) and ``lookup_key``
+(the GPU catalog's loose lookup).
 
 Adding a device kind (e.g. ROCm): a new ``KINDS`` entry with its semantics and runtime flags, then
 the engines' semantics switch (``vramplan.analytic.activations.Dtypes.cuda``,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vramplan.errors import VramplanError
-from vramplan.scenario import Recipe
+from vramplan.scenario import LORA_ONLY_FIELDS, Recipe
 
 #: The unquantized parameter groups a recipe can cast (names of ``Arch`` parameter groups).
 GROUPS = ("embeddings", "lm_head", "norms", "biases", "router", "experts")
@@ -85,13 +85,12 @@ class Preset:
     quantized_fields: tuple[str, ...] = ()
     """Fields that apply only when the base is 4-bit (dropped for ``quant none``)."""
 
-    def resolve(self, dtype: str, quantized: bool) -> dict[str, Any]:
-        """The fields for a run of compute dtype ``dtype`` (a ``Dtype`` value)."""
+    def resolve(self, dtype: str, quantized: bool, full: bool = False) -> dict[str, Any]:
+        """The fields for a run of compute dtype ``dtype`` (a ``Dtype`` value); a 4-bit field is
+        dropped for an unquantized base, a LoRA field (``LORA_ONLY_FIELDS``) under full fine-tuning."""
         out = {k: (dtype if v == "dtype" else v) for k, v in self.fields.items()}
-        if not quantized:
-            for k in self.quantized_fields:
-                out.pop(k, None)
-        return out
+        drop = (() if quantized else self.quantized_fields) + (LORA_ONLY_FIELDS if full else ())
+        return {k: v for k, v in out.items() if k not in drop}
 
 
 #: Older frameworks and loops whose memory differs from today's HF Trainer (docs/methodology.md).

@@ -170,7 +170,7 @@ def _scenario(rec: dict[str, str], where: str) -> Scenario | None:
 def parse_reference(text: str, origin: str = "reference") -> list[ReferenceRow]:
     """Rows of a reference CSV (lines starting with '#' are comments)."""
     lines = [ln for ln in text.splitlines() if not ln.startswith("#")]
-    reader = csv.DictReader(io.StringIO("\n".join(lines)))
+    reader = csv.DictReader(io.StringIO("\n".join(lines)), restval="")  # a short row: empty cells
     missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
     if missing:
         raise ReferenceError(f"{origin}: missing column(s): {', '.join(missing)}")

@@ -210,9 +210,14 @@ class Scenario:
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                raise ScenarioError(f"{name} must be true or false, got {getattr(self, name)!r}")
         targets = self.targets
         if isinstance(targets, str):
             targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+        if not isinstance(targets, (tuple, list)) or not all(isinstance(t, str) and t for t in targets):
+            raise ScenarioError(f"targets must be module names (strings), got {targets!r}")
         object.__setattr__(self, "targets", tuple(targets))
         for name in ("rank", "seq", "batch", "blocksize"):
             value = getattr(self, name)
@@ -236,7 +241,7 @@ class Scenario:
                 f"adapter_dtype {self.adapter_dtype.value} conflicts with dtype {self.dtype.value}: LoRA adapters "
                 f"are kept in fp32 (peft's default) or in the compute dtype ({self.dtype.value})")
         if self.full:
-            lora = [n for n in _LORA_FIELDS if getattr(self, n) != _DEFAULTS[n]]
+            lora = [n for n in LORA_ONLY_FIELDS if getattr(self, n) != _DEFAULTS[n]]
             if lora:
                 raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
                                     "--full trains the base weights in --dtype (leave them unset)")
@@ -285,5 +290,7 @@ _ENUM_FIELDS: dict[str, type[_Choice]] = {
     f.name: globals()[f.type] for f in fields(Scenario)
     if isinstance(globals().get(f.type), type) and issubclass(globals()[f.type], _Choice)}
 #: The LoRA-only fields: a full fine-tuning scenario must leave them at their defaults.
-_LORA_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype")
+LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype")
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
+#: The on/off fields (their annotation is ``bool``): only True or False, never a truthy string.
+_BOOL_FIELDS = tuple(f.name for f in fields(Scenario) if f.type == "bool")

@@ -571,3 +571,80 @@ def test_14_a_swallowed_signal_still_stops_the_sweep():
         stop()
     assert info.value.exit_code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+# found in review ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("over", [{"upper": 5}, {"scenario_targets": [["q_proj"]]}, {"scenario_autocast": "false"},
+                                  {"step_seconds_all": [float("nan")]}, {"first_step_peak_bytes": "big"}])
+def test_review_bad_profile_fields_are_skipped_and_named(cli_run, tmp_path, over):
+    d = _stored(tmp_path)
+    key, value = next(iter(over.items()))
+    if key == "upper":
+        d["predictions"]["analytic"]["upper"] = value
+    elif key.startswith("scenario_"):
+        d["scenario"][key[len("scenario_"):]] = value
+    else:
+        d["measured"][key] = value
+    (tmp_path / "bad.json").write_text(json.dumps(d))  # NaN is written as the bare constant
+    (tmp_path / "good.json").write_text(json.dumps(_stored(tmp_path)))
+    for args in (("profiles", "list", str(tmp_path)), ("profiles", "show", str(tmp_path / "bad.json"), "--json")):
+        code, out, err = cli_run(*args)
+        assert code in (0, 2) and "Traceback" not in err and "internal error" not in err, (args, err)
+    code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--no-reference", "--json")
+    assert code == 0 and any("bad.json" in w for w in json.loads(out)["problems"]), err
+
+
+def test_review_short_reference_row_is_read(cli_run, tmp_path):
+    lines = (ROOT / "vramplan" / "data" / "reference.csv").read_text().splitlines()
+    header, row = lines[1], lines[2]
+    p = tmp_path / "short.csv"
+    p.write_text(lines[0] + "\n" + header + "\n" + ",".join(row.split(",")[:12]) + "\n")
+    code, out, err = cli_run("plot", "validation", "--data", str(p), "-o", str(tmp_path / "v.png"))
+    assert code in (0, 2) and "internal error" not in err and "Traceback" not in err, err
+
+
+def test_review_closed_streams_keep_the_exit_code():
+    import subprocess
+    import sys
+
+    code = "import sys; from vramplan.cli import main; main(sys.argv[1:])"
+    r = subprocess.run([sys.executable, "-c", code, "plan", "-m", "nonexist", "--gpu", "h100"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=60, close_fds=True,
+                       preexec_fn=lambda: os.close(2))
+    assert r.returncode == 2
+    r = subprocess.run([sys.executable, "-c", code, "gpus"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=60, preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0 and b"Traceback" not in r.stderr
+
+
+def test_review_preset_with_full_drops_lora_fields(cli_run):
+    code, out, err = cli_run("estimate", "-m", "Qwen3-0.6B", "--preset", "torchtune-2024", "--full",
+                             "--quant", "none", "--json")
+    assert code == 0, err
+    assert json.loads(out)["config"]["loss"] == "legacy"
+
+
+def test_review_broken_pipe_is_not_the_no_fit_code():
+    import subprocess
+    import sys
+
+    code = "import sys; from vramplan.cli import main; main(sys.argv[1:])"
+    p = subprocess.Popen([sys.executable, "-c", code, "models", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    p.wait(timeout=60)
+    assert p.returncode in (0, 141) and b"Traceback" not in p.stderr.read()
+
+
+@pytest.mark.torch
+def test_review_cpu_trace_counts_no_cuda_dequant():
+    """On the CPU device the trace is the CPU program: no CUDA in-kernel dequantization above 1536 rows."""
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    a = resolve("vramplan-debug")
+    cpu = trace(a, Scenario(seq=2048, lora_dropout=0.0), device="cpu")
+    cuda = trace(a, Scenario(seq=2048, lora_dropout=0.0))
+    assert not cpu.get("temporary/fused_dequant")
+    assert cuda.extra["first_step_by_component"].get("temporary/fused_dequant", 0) >= 0

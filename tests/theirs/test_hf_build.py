@@ -103,17 +103,6 @@ def test_recipe_spec_matches_the_real_build(arch, quant, recipe):
         assert {"experts", "router"} <= seen
 
 
-def test_trl_equivalent_matches_trl():
-    """Our fallback for installs without trl does exactly what TRL's function does."""
-    trl_utils = pytest.importorskip("trl.experimental.utils")
-    sc = Scenario(recipe="hf-peft")
-    theirs = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
-    trl_utils.peft_module_casting_to_bf16(theirs)
-    ours = B.apply_recipe(B.meta_model(DEBUG, sc), sc)
-    I.trl_module_casting(ours)
-    assert _dtypes(ours) == _dtypes(theirs)
-
-
 def test_lora_trainable_parameters_match_the_arch():
     sc = Scenario(rank=4)
     m = B.build_model(DEBUG, sc)

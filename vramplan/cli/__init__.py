@@ -55,7 +55,9 @@ def cli() -> None:
 
 
 #: Exit codes: a script can tell every outcome apart (``plan``: 0 fits, 1 does not fit).
-EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_NO_FIT, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141
+#: click < 8.2 has no NoArgsIsHelpError: an exception class nothing raises stands in for it there.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (Exception,), {}))
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT, as_json: bool = False) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
@@ -68,7 +70,10 @@ def fail(message: str, code: int = EXIT_BAD_INPUT, as_json: bool = False) -> "No
 
 
 def _write(stream: "TextIO", text: str) -> None:  # type: ignore[name-defined]  # noqa: F821
-    """Write and flush; a stream that cannot take it (a full disk, a closed pipe) is let go quietly."""
+    """Write and flush; a stream that cannot take it (a full disk, a closed pipe, a closed descriptor:
+    ``None``) is let go quietly."""
+    if stream is None:
+        return
     try:
         stream.write(text)
         stream.flush()
@@ -78,6 +83,8 @@ def _write(stream: "TextIO", text: str) -> None:  # type: ignore[name-defined]  
 
 def _silence(stream: "TextIO") -> None:  # type: ignore[name-defined]  # noqa: F821
     """Point a broken standard stream at /dev/null, so the interpreter's last flush raises nothing."""
+    if stream is None:
+        return
     try:
         os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     except (OSError, ValueError):
@@ -88,7 +95,7 @@ def _tolerant_encoding() -> None:
     """Characters the terminal's encoding lacks (``PYTHONIOENCODING=ascii``: '·', '×', '≈') are
     replaced instead of raising UnicodeEncodeError midway through a table."""
     for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+        if stream is not None and hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
             try:
                 stream.reconfigure(errors="replace")
             except (OSError, ValueError):
@@ -106,13 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     interrupted. With ``--json``, an error is also one JSON object on stdout."""
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
-    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+    if not (sys.stdout is not None and sys.stdout.isatty()) and "COLUMNS" not in os.environ:
         # rich wraps tables at 80 columns when piped; logs and CI read better unwrapped.
         os.environ["COLUMNS"] = str(WIDE_COLUMNS)
     _tolerant_encoding()
     try:
         rv = cli.main(args=args, prog_name="vramplan", standalone_mode=False)
-        sys.stdout.flush()
+        if sys.stdout is not None:  # None: the descriptor was closed (``>&-``); nothing to flush
+            sys.stdout.flush()
     except VramplanError as e:
         fail(str(e), as_json=as_json)
     except click.exceptions.Abort as e:  # click turns a KeyboardInterrupt (or EOF at a prompt) into Abort
@@ -120,16 +128,16 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(cause, KeyboardInterrupt):
             _interrupted(cause, as_json)
         fail("aborted", EXIT_INTERRUPTED, as_json)
-    except click.exceptions.NoArgsIsHelpError as e:  # bare `vramplan`: the help, not an error
+    except _NO_ARGS_IS_HELP as e:  # bare `vramplan`: the help, not an error (click >= 8.2)
         click.echo(e.format_message())
         sys.exit(0)
     except click.ClickException as e:  # usage errors: one line, exit 2
         fail(e.format_message(), as_json=as_json)
     except KeyboardInterrupt as e:
         _interrupted(e, as_json)
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (``| head``): as a shell's SIGPIPE death
         _silence(sys.stdout)
-        sys.exit(1)
+        sys.exit(EXIT_BROKEN_PIPE)
     except OSError as e:  # stdout itself failed (``> /dev/full``): say so on stderr
         _silence(sys.stdout)
         fail(f"cannot write the output: {e.strerror or e}")

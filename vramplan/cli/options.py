@@ -70,6 +70,7 @@ def pop_scenario(kwargs: dict[str, Any]) -> Scenario:
     if name is not None:
         ctx = click.get_current_context()
         given = {k for k in values if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
-        bundle = preset(name).resolve(values["dtype"], Scenario(quant=values["quant"]).quantized_4bit)
+        bundle = preset(name).resolve(values["dtype"], Scenario(quant=values["quant"]).quantized_4bit,
+                                      full=values["full"])
         values.update({k: v for k, v in bundle.items() if k not in given})
     return Scenario(**values)

@@ -172,7 +172,7 @@ SLOW_SWEEP_SECONDS = 60.0
 
 
 def _warn_if_slow(arch: Any, scenarios: list[Any], opts: Any, device: dict[str, Any], quiet: bool) -> None:
-    """Estimate the sweep's time before running it (``runner.expected_seconds``) and warn on stderr
+    """Estimate the sweep's time before running it (``profile.timing.expected_seconds``) and warn on stderr
     when it will take minutes."""
     from vramplan.profile.timing import expected_seconds
 

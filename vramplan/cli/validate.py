@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from vramplan.cli.common import PROFILES_DIR, base_calibration, emit_json
+from vramplan.errors import VramplanError
 
 
 @click.command()
@@ -24,7 +25,7 @@ def validate(profiles_dir: str, reference: bool, calibration_path: str | None, s
              csv_path: str | None) -> None:
     """Predicted against measured, per row, with error %, and a summary: median |error|, worst
     under- and over-prediction, and fit / no-fit verdict agreement."""
-    from vramplan.report.validation import render_validation, write_csv
+    from vramplan.report.validation import csv_text, render_validation
     from vramplan.validate import load_profile_paths
     from vramplan.validate import validate as run
 
@@ -36,8 +37,20 @@ def validate(profiles_dir: str, reference: bool, calibration_path: str | None, s
         profs = load_profile_paths((profiles_dir,), problems)
     report = run(profs, None if reference else [], cal, problems=problems)
     if csv_path:
-        write_csv(report, csv_path)
+        _write_csv(csv_text(report), csv_path)
     if as_json:
         emit_json(report.to_dict())
     else:
         render_validation(report, show_all)
+
+
+def _write_csv(text: str, path: str) -> None:
+    """Write the CSV atomically; a stored profile is never the target (``calibrate.check_output``)."""
+    from vramplan.calibrate import check_output
+    from vramplan.fileio import write_text_atomic
+
+    check_output(path, force=True)
+    try:
+        write_text_atomic(path, text)
+    except OSError as e:
+        raise VramplanError(f"cannot write {path}: {e.strerror or e}") from None

@@ -205,8 +205,8 @@ def apply_recipe(model: Any, scenario: Scenario) -> Any:
       ``prepare_model_for_kbit_training`` (freezes everything, upcasts every fp16/bf16 parameter that
       is not ``Params4bit`` to fp32, enables checkpointing as asked). Without quantization there is
       no k-bit preparation.
-    - ``spec.cast_back`` (trl): then TRL's ``peft_module_casting_to_bf16`` (norms fp32; embeddings
-      and lm_head back to bf16), from trl when installed, else ``interventions.trl_module_casting``.
+    - ``spec.cast_back`` (trl): then TRL's own ``peft_module_casting_to_bf16`` (norms fp32; embeddings
+      and lm_head back to bf16); the trl extra is needed for it.
     - otherwise (plain): nothing (checkpointing is enabled by ``enable_checkpointing``).
     """
     rs = recipe_spec(scenario.recipe)
@@ -219,7 +219,8 @@ def apply_recipe(model: Any, scenario: Scenario) -> Any:
         try:
             from trl.experimental.utils import peft_module_casting_to_bf16 as trl_cast
         except ImportError:  # pragma: no cover - depends on the installed trl
-            trl_cast = interventions.trl_module_casting
+            raise TraceUnsupported("the trl recipe runs TRL's own peft_module_casting_to_bf16: "
+                                   "pip install 'vramplan[trl]' (trl >= 0.20 with trl.experimental)") from None
         trl_cast(model)
     return model
 

@@ -44,13 +44,11 @@ Index (what and why; the third-party source it concerns; how it is undone):
 11. ``keep_4bit_inputs``: bitsandbytes < 0.43.2 saved the 4-bit matmul's input for backward (the
     presets that describe it). Source: ``bitsandbytes/autograd/_functions.py``
     (``MatMul4Bit.forward``). Restored: forward hooks on our model's layers, they die with it.
-12. ``trl_module_casting``: TRL's ``peft_module_casting_to_bf16`` re-implemented for installs without
-    trl. Source: ``trl/experimental/utils.py``. Restored: not a patch; used only when trl is missing.
-13. ``checkpointed``: each checkpointed layer's function is wrapped so that its recomputation inside
+12. ``checkpointed``: each checkpointed layer's function is wrapped so that its recomputation inside
     backward is seen (the trace labels it ``activations/recompute``). Source: transformers
     ``modeling_layers.py`` (``GradientCheckpointingLayer``), ``modeling_utils.py``
     (``_set_gradient_checkpointing``). Restored: the instance attribute put back on exit.
-14. ``LiveTensorTracker`` (``vramplan.hf.tracker``): counts storages at the dispatcher. Source:
+13. ``LiveTensorTracker`` (``vramplan.hf.tracker``): counts storages at the dispatcher. Source:
     ``torch/utils/_python_dispatch.py`` (``TorchDispatchMode``). Restored: the mode is popped on
     exit; it patches nothing.
 
@@ -358,20 +356,6 @@ def keep_4bit_inputs(model: Any) -> int:
             m.register_forward_hook(hook)
             n += 1
     return n
-
-
-def trl_module_casting(model: Any) -> None:
-    """Exact equivalent of TRL's ``peft_module_casting_to_bf16`` (trl/experimental/utils.py), for
-    installs without trl: modules named like a norm go to fp32; ``lm_head``/``embed_tokens``/
-    ``wte``/``wpe`` modules whose weight is fp32 go to bf16."""
-    import torch
-
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm) or "norm" in name:
-            module.to(torch.float32)
-        elif any(x in name for x in ("lm_head", "embed_tokens", "wte", "wpe")):
-            if hasattr(module, "weight") and module.weight.dtype == torch.float32:
-                module.to(torch.bfloat16)
 
 
 # ------------------------------------------------------------------------ gradient checkpointing

@@ -144,7 +144,7 @@ def check_safetensors_header(path: Path) -> None:
             raise ValueError(f"tensor data runs past the end of the file ({8 + n + end} > {size} bytes)")
     except OSError as e:
         raise ProfileRunError(f"--weights: cannot read {path}: {e.strerror or e}") from None
-    except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, UnicodeDecodeError, RecursionError) as e:
         raise ProfileRunError(f"--weights: {path} is not a valid safetensors file ({e})") from None
 
 

@@ -34,18 +34,6 @@ log = logging.getLogger(__name__)
 SCHEMA = "vramplan.profile/1"
 READABLE = (SCHEMA,)
 
-#: Keys of ``measured``; each is an int of bytes, a float, or None where the device has no such figure.
-MEASURED_KEYS = (
-    "allocated_peak_bytes",   # steady-state step: torch.cuda.max_memory_allocated / CPU tracker peak
-    "reserved_peak_bytes",    # steady-state step: max_memory_reserved (CPU: = allocated)
-    "active_peak_bytes",      # steady-state step: memory_stats()['active_bytes.all.peak'] (CPU: = allocated)
-    "process_peak_bytes",     # NVML: this process's device memory at the end of the run (CPU: None)
-    "managed_bytes",          # paged optimizer state in CUDA managed memory (0 if not paged)
-    "phases",                 # per-phase figures, see PHASES
-    "step_seconds",           # median wall time of the steady-state steps
-    "tokens_per_second",      # batch * seq / step_seconds
-    "oom",                    # None, or {"phase", "allocated_bytes", "message"}
-)
 #: Keys of ``measured['phases']``: ``load`` and ``adapters`` are allocated bytes after the phase;
 #: the others are peaks during the phase (steady-state steps, max over them).
 PHASES = ("load", "adapters", "forward", "backward", "optimizer", "steady_step")
@@ -169,6 +157,11 @@ def _tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
     return t if isinstance(t, tuple) else (t,)
 
 
+def _no_constant(name: str) -> None:
+    """``json.loads`` accepts NaN and Infinity; a profile holds measurements, which never are."""
+    raise ProfileError(f"not valid JSON for a profile (non-standard constant {name})")
+
+
 def _arch(config: dict[str, Any]) -> None:
     """The stored architecture must build (validate/calibrate price every profile from it)."""
     from vramplan.arch.spec import Arch, ArchError
@@ -177,6 +170,11 @@ def _arch(config: dict[str, Any]) -> None:
         Arch.from_config(config)
     except ArchError as e:
         raise ProfileError(f"field 'arch_config' is not a usable config.json: {e}") from None
+
+
+def _seconds(v: Any, where: str) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v) and v >= 0)):
+        raise ProfileError(f"field '{where}' must be a finite non-negative number, got {v!r}")
 
 
 def _bytes_or_none(d: dict[str, Any], key: str, where: str) -> None:
@@ -210,9 +208,11 @@ def validate(d: Any) -> None:
     for key in PHASES:
         _bytes_or_none(phases, key, "measured.phases.")
     for key in ("step_seconds", "tokens_per_second"):
-        v = _need(m, key, (int, float, type(None)), "measured.")
-        if v is not None and not (math.isfinite(v) and v >= 0):
-            raise ProfileError(f"field 'measured.{key}' must be a finite non-negative number, got {v!r}")
+        _seconds(_need(m, key, (int, float, type(None)), "measured."), f"measured.{key}")
+    for i, v in enumerate(m.get("step_seconds_all") or []):
+        _seconds(v, f"measured.step_seconds_all[{i}]")
+    if "first_step_peak_bytes" in m:
+        _bytes_or_none(m, "first_step_peak_bytes", "measured.")
     oom = _need(m, "oom", (dict, type(None)), "measured.")
     if oom is None:
         if m["allocated_peak_bytes"] is None:
@@ -228,7 +228,7 @@ def validate(d: Any) -> None:
         if p is not None:
             try:
                 Breakdown.from_dict(p)
-            except (KeyError, TypeError, ValueError) as e:
+            except (KeyError, TypeError, ValueError, AttributeError) as e:
                 raise ProfileError(f"field 'predictions.{engine}' is not a breakdown: {e}") from None
             for key in ("allocated_peak_bytes", "reserved_peak_bytes", "total_bytes"):
                 _need(p, key, int, f"predictions.{engine}.")
@@ -308,7 +308,11 @@ def _place(tmp: str, target: Path) -> None:
     except OSError:  # file systems without hard links: exclusive create, then atomic replace
         fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, umask_mode())
         os.close(fd)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:  # never leave the empty placeholder behind (a failed rename, a signal)
+            target.unlink(missing_ok=True)
+            raise
 
 
 def read_profile(path: str | Path) -> Profile:
@@ -316,11 +320,13 @@ def read_profile(path: str | Path) -> Profile:
     p = Path(path)
     text = read_text_file(p, "profile", ProfileError)
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as e:
         raise ProfileError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
     except RecursionError:
         raise ProfileError(f"{p}: not a profile (JSON nested too deeply)") from None
+    except ProfileError as e:
+        raise ProfileError(f"{p}: {e}") from None
     try:
         return Profile.from_dict(data, path=p)
     except ProfileError as e:

@@ -2,7 +2,7 @@
 
 A rough figure, only for the warning: matmul FLOPs of one step over an effective rate, plus a
 fixed cost per decoder layer and per point. Per step, with T = b·s tokens and N the linear weights:
-1. forward: 2·T·N for the linears + 2·b·s²·(heads·head_dim)·L for the causal scores and their
+1. forward: 2·T·N for the linears (and the k of E fused experts each token runs) + 2·b·s²·(heads·head_dim)·L for the causal scores and their
    product with V (half of the full s × s);
 2. backward: about twice the forward; checkpointing re-runs the forward once more.
 The rates and fixed costs are read off the stored profiles (``profiles/cpu``: 2-layer models at
@@ -26,6 +26,8 @@ def step_flops(arch: Any, scenario: Any) -> float:
     """Matmul FLOPs of one training step (module docstring, steps 1-2)."""
     T = scenario.seq * scenario.batch
     linears = sum(lin.count * lin.weight_params for lin in arch.linears())
+    if arch.is_moe:  # fused experts: each token runs its top-k of them
+        linears += arch.expert_params * arch.experts_per_token // arch.num_experts
     attention = 2 * scenario.batch * scenario.seq ** 2 * arch.num_heads * arch.head_dim * arch.num_layers
     forward = 2 * T * linears + attention
     return forward * (4 if scenario.grad_checkpointing else 3)

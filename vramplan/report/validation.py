@@ -4,6 +4,7 @@ the fitted constants and residuals of ``vramplan calibrate``. Formats only."""
 from __future__ import annotations
 
 import csv
+import io
 from typing import Any
 
 import click
@@ -11,21 +12,18 @@ from rich.console import Console
 from rich.table import Table
 
 from vramplan.breakdown import fmt_bytes
-from vramplan.errors import VramplanError
 from vramplan.report.text import pair, pct
 
 
 # ------------------------------------------------------------------------------- validate
-def write_csv(report: Any, path: str) -> None:
-    """Every row of a ``ValidationReport`` to a CSV file."""
+def csv_text(report: Any) -> str:
+    """Every row of a ``ValidationReport`` as CSV text."""
     rows = [r.to_dict() for r in report.rows]
-    try:
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-    except OSError as e:
-        raise VramplanError(f"cannot write {path}: {e.strerror}") from None
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return out.getvalue()
 
 
 def render_validation(report: Any, show_all: bool) -> None:

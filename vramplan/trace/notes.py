@@ -31,7 +31,7 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
     if arch.is_moe:
         notes.append("MoE experts are fused 3-D parameters: bitsandbytes leaves them unquantized, the recipe's "
                      "casts apply to them (hf-peft/trl: fp32), and peft maps all-linear onto them and the router")
-        if spec(scenario.recipe).group_bytes("experts", scenario.quant.value != "none", 2) == 4:
+        if spec(scenario.recipe).group_bytes("experts", scenario.quant.value != "none", scenario.dtype.nbytes) == 4:
             notes.append("fp32 experts: torch grouped_mm's fake-tensor dtype check accepts bf16 only; traced "
                          "through transformers' fallback op with grouped_mm's saving rule (same allocations); on "
                          "CUDA transformers' grouped expert matmul runs peft's fp32 experts (H200 profiles)")

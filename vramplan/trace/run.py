@@ -78,7 +78,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
             B.materialize(model, scenario, fake=fake, seed=seed)
             with unset_fake_temporarily() if fake else contextlib.nullcontext():
                 optimizer = B.make_optimizer(model, scenario)
-            _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed)
+            _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -95,13 +95,15 @@ def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
 
 
 def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario: Scenario, steps: int, *,
-                 fake: bool, seed: int) -> None:
-    """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes)."""
+                 fake: bool, seed: int, cuda: bool) -> None:
+    """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes).
+    Only the CUDA program counts bitsandbytes' in-kernel dequantization (``gemm_4bit_transient``): the
+    CPU kernel has none."""
     from vramplan.hf import build as B
     from vramplan.hf.tracker import LiveTensorTracker
 
     with LiveTensorTracker(label="activations/saved") as tr:
-        tr.transient = interventions.gemm_4bit_transient
+        tr.transient = interventions.gemm_4bit_transient if cuda else None
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
