@@ -185,13 +185,7 @@ class Planner:
                     good = nxt
                 else:
                     bad = nxt
-        while bad - good > 1:  # invariant: ok(good), not ok(bad)
-            mid = (good + bad) // 2
-            if ok(mid):
-                good = mid
-            else:
-                bad = mid
-        return good * step
+        return _bisect(ok, good, bad) * step
 
 
     def _largest_piecewise(self, base: Scenario, cap: int, breaks: list[int]) -> int | None:
@@ -203,17 +197,21 @@ class Planner:
         starts = [1] + sorted(set(breaks))
         ends = [b - 1 for b in starts[1:]] + [cap]
         for lo, hi in reversed(list(zip(starts, ends))):
-            if not ok(lo):
-                continue
-            good, bad = lo, hi + 1
-            while bad - good > 1:  # invariant: ok(good); ranks ≥ bad (in this piece) do not fit
-                mid = (good + bad) // 2
-                if ok(mid):
-                    good = mid
-                else:
-                    bad = mid
-            return good
+            if ok(lo):
+                return _bisect(ok, lo, hi + 1)
         return None
+
+
+def _bisect(ok: Callable[[int], bool], good: int, bad: int) -> int:
+    """The largest k in [good, bad) with ``ok(k)``, given ``ok(good)`` and a need that grows with k
+    up to ``bad`` (which does not fit, or lies past the range)."""
+    while bad - good > 1:  # invariant: ok(good), not ok(bad)
+        mid = (good + bad) // 2
+        if ok(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def rank_breakpoints(arch: Arch, s: Scenario) -> tuple[int, ...]:
