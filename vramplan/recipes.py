@@ -37,7 +37,8 @@ class RecipeSpec:
     parameters that are not ``Params4bit``)."""
     cast_back: frozenset[str]
     """Groups returned to the compute dtype after the upcast (TRL's ``peft_module_casting_to_bf16``:
-    ``lm_head`` and ``embed_tokens`` whose weight is fp32; norms stay fp32)."""
+    ``lm_head`` and ``embed_tokens`` whose weight is fp32; norms stay fp32; axolotl's conversion:
+    norms, embeddings and lm_head)."""
     build_step: str
     """What ``vramplan.hf.build.apply_recipe`` runs, in words."""
 
@@ -64,6 +65,12 @@ RECIPES: dict[Recipe, RecipeSpec] = {
         build_step="peft prepare_model_for_kbit_training, then trl peft_module_casting_to_bf16"),
     Recipe.PLAIN: RecipeSpec(
         Recipe.PLAIN, upcast_fp32=False, cast_back=frozenset(), build_step="none"),
+    # axolotl 0.19.0 loaders/model.py: peft prepare_model_for_kbit_training, then (``should_convert``,
+    # every LoRA/QLoRA run without FSDP) modules named *norm* and the embedding modules back to
+    # torch_dtype; what else the upcast touched (biases, MoE router, unquantized experts) stays fp32
+    Recipe.AXOLOTL: RecipeSpec(
+        Recipe.AXOLOTL, upcast_fp32=True, cast_back=frozenset({"embeddings", "lm_head", "norms"}),
+        build_step="peft prepare_model_for_kbit_training, then norms, embeddings and lm_head cast back"),
 }
 
 
@@ -85,11 +92,13 @@ class Preset:
     quantized_fields: tuple[str, ...] = ()
     """Fields that apply only when the base is 4-bit (dropped for ``quant none``)."""
 
-    def resolve(self, dtype: str, quantized: bool, full: bool = False) -> dict[str, Any]:
+    def resolve(self, dtype: str, quantized: bool, full: bool = False, checkpointing: bool = True) -> dict[str, Any]:
         """The fields for a run of compute dtype ``dtype`` (a ``Dtype`` value); a 4-bit field is
-        dropped for an unquantized base, a LoRA field (``LORA_ONLY_FIELDS``) under full fine-tuning."""
+        dropped for an unquantized base, a LoRA field (``LORA_ONLY_FIELDS``) under full fine-tuning,
+        the checkpointing kind (``reentrant``) without gradient checkpointing."""
         out = {k: (dtype if v == "dtype" else v) for k, v in self.fields.items()}
-        drop = (() if quantized else self.quantized_fields) + (LORA_ONLY_FIELDS if full else ())
+        drop = (() if quantized else self.quantized_fields) + (LORA_ONLY_FIELDS if full else ()) + (
+            () if checkpointing else ("reentrant",))
         return {k: v for k, v in out.items() if k not in drop}
 
 
@@ -104,9 +113,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "litgpt @8641822 (Oct 2023): pure-precision model, bitsandbytes < 0.43.2",
            quantized_fields=("bnb_keeps_input",)),
     Preset("fsdp-qlora-2024", dict(recipe="plain", autocast=False, adapter_dtype="dtype", loss="legacy",
-                                   hold_logits="step", bnb_keeps_input=True),
+                                   hold_logits="step", bnb_keeps_input=True, reentrant=True),
            "AnswerDotAI fsdp_qlora train.py (Mar 2024): pure bf16, adapters in the weight dtype, transformers "
-           "4.38 loss, `output` deleted after the optimizer step, bitsandbytes 0.43.0",
+           "4.38 loss, `output` deleted after the optimizer step, bitsandbytes 0.43.0, the benchmark command's "
+           "--reentrant_checkpointing True",
            quantized_fields=("bnb_keeps_input",)),
     Preset("torchtune-2024", dict(recipe="plain", autocast=False, adapter_dtype="dtype", loss="legacy",
                                   hold_logits="loop"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
@@ -99,6 +100,9 @@ class Recipe(_Choice):
     """As hf-peft, then TRL casts embeddings and lm_head back to the compute dtype (norms stay fp32)."""
     PLAIN = "plain"
     """Everything left in the compute dtype."""
+    AXOLOTL = "axolotl"
+    """As hf-peft, then axolotl casts norms, embeddings and lm_head back to the compute dtype
+    (axolotl 0.19 ``loaders/model.py``); the other upcast params (biases, router) stay fp32."""
 
 
 class Loss(_Choice):
@@ -111,6 +115,13 @@ class Loss(_Choice):
     """transformers ≤ 4.44 (e.g. 4.38 ``LlamaForCausalLM.forward``): ``logits = logits.float()``
     inside the model (``output.logits`` is fp32), then ``logits[..., :-1, :].contiguous()`` and
     ``CrossEntropyLoss``; torchtune's 2024 recipes compute the same copies."""
+    CHUNKED_HEAD = "chunked-head"
+    """TRL ≥ 1.15 ``SFTTrainer``: a fused LM head (``trl.trainer.utils.add_fused_lm_head``,
+    ``trl/kernels/chunked_logprob.py``) projects the label positions in 4096 × 32768 tiles and folds
+    each into online log-sum-exp statistics: the b·s·V logits never exist."""
+    CHUNKED_CE = "chunked-ce"
+    """torchtune ``CEWithChunkedOutputLoss`` (0.3 – 0.6): the output projection runs on 8 sequence
+    chunks, the loss upcasts and log-softmaxes each chunk in fp32."""
 
 
 class Hold(_Choice):
@@ -202,6 +213,18 @@ class Scenario:
                        "and optimizer.step, then deleted) or loop (never deleted: until the next forward rebinds "
                        "it).", optional=True)
     """Whether the training loop keeps the model output (and its logits) past the loss; see ``Hold``."""
+    reentrant: bool = _field(
+        False, 19, "Reentrant gradient checkpointing (use_reentrant=True: peft's k-bit prep, ms-swift on one GPU, "
+                   "LLaMA-Factory, axolotl); off = non-reentrant (transformers 5 Trainer, TRL, torchtune).",
+        optional=True)
+    """``torch.utils.checkpoint(use_reentrant=True)``: the recomputed layer's output is held while its
+    backward runs (``CheckpointFunction.backward``), one more b·s·H residual tensor than non-reentrant."""
+    label_fraction: float = _field(
+        1.0, 20, "Share of tokens that carry labels when logits are computed only there (ms-swift "
+                 "logits_to_keep, TRL's fused head on CUDA): the response share of your data; 1.0 = every token.",
+        optional=True)
+    """Fraction of positions whose logits are computed (ms-swift ``use_logits_to_keep``: only label
+    positions reach the lm_head). 1.0 computes every position, the upper bound."""
     bnb_keeps_input: bool = _field(
         False, 18, "bitsandbytes < 0.43.2: each 4-bit layer also saves its input for backward.", optional=True)
     """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever
@@ -229,6 +252,10 @@ class Scenario:
             )
         if self.blocksize not in (32, 64, 128, 256, 512, 1024, 2048, 4096):
             raise ScenarioError(f"blocksize must be a power of two from 32 to 4096, got {self.blocksize}")
+        if isinstance(self.label_fraction, bool) or not isinstance(self.label_fraction, (int, float)) \
+                or not 0.0 < self.label_fraction <= 1.0:
+            raise ScenarioError(f"label_fraction must be in (0, 1], got {self.label_fraction!r}")
+        object.__setattr__(self, "label_fraction", float(self.label_fraction))
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ScenarioError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.full and self.quant is not Quant.NONE:
@@ -245,6 +272,11 @@ class Scenario:
             if lora:
                 raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
                                     "--full trains the base weights in --dtype (leave them unset)")
+        if self.reentrant and not self.grad_checkpointing:
+            raise ScenarioError("reentrant describes gradient checkpointing; it needs --grad-checkpointing")
+        if self.label_fraction < 1.0 and self.loss in (Loss.LEGACY, Loss.CHUNKED_CE):
+            raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf or chunked-head, "
+                                f"not {self.loss.value}")
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
@@ -256,6 +288,11 @@ class Scenario:
     @property
     def tokens(self) -> int:
         return self.seq * self.batch
+
+    @property
+    def kept_positions(self) -> int:
+        """Positions per sequence whose logits are computed (``label_fraction`` of ``seq``, at least 1)."""
+        return kept_positions(self.seq, self.label_fraction)
 
     @property
     def quantized_4bit(self) -> bool:
@@ -283,6 +320,12 @@ class Scenario:
         if "targets" in kw and isinstance(kw["targets"], list):
             kw["targets"] = tuple(kw["targets"])
         return cls(**kw)
+
+
+def kept_positions(seq: int, fraction: float) -> int:
+    """Positions of a ``seq``-token sequence whose logits are computed when ``fraction`` of them carry
+    labels: ceil(fraction · seq), at least 1; every position at 1.0."""
+    return seq if fraction >= 1.0 else max(1, math.ceil(fraction * seq))
 
 
 #: Scenario field -> its enum type (read from the field annotations: the one list of mode fields).

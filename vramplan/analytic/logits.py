@@ -76,3 +76,58 @@ def slice_gradient_segment_bytes(V: int, T: int, legacy: bool) -> int:
 def head_weight_copy_bytes(V: int, H: int, c: int, autocast: bool, head_w: int) -> int:
     """Autocast's bf16 copy of a fp32 lm_head weight, saved until the lm_head backward: c·V·H."""
     return c * V * H if (autocast and head_w != c) else 0
+
+
+# --------------------------------------------------------------- chunked losses (Loss.CHUNKED_*)
+#: torchtune ``CEWithChunkedOutputLoss.num_output_chunks`` (0.3 – 0.6).
+TORCHTUNE_CHUNKS = 8
+#: trl 1.16 ``kernels/chunked_logprob.py``: ``TOKEN_CHUNK_SIZE`` rows × ``_CHUNKED_LOGPROB_CHUNK_SIZE``
+#: (``trainer/utils.py``) vocabulary columns per projection tile.
+FUSED_TILE_ROWS, FUSED_TILE_COLS = 4096, 32768
+#: trl 1.16's torch fallback folds (``_forward_tile`` / ``_backward_tile``, and ``_addmm_fp32``'s
+#: ``.float()`` copies) on devices without Triton: bytes per tile element alive at the forward's and
+#: the backward's busiest moment besides the tile itself. Read off the CPU trace of trl 1.16
+#: (Qwen3-0.6B, 511 and 1023 positions; tests/engines/test_frameworks_engines.py holds both engines to it).
+CPU_FOLD_FORWARD, CPU_FOLD_BACKWARD = 13, 29
+
+
+def chunked_ce_forward_bytes(V: int, ld: int, T: int, Tc: int) -> int:
+    """torchtune's chunked loss at its forward's busiest moment (the last chunk): every chunk's logits
+    (ld·V·T, the list is alive until the loss returns), every chunk's saved fp32 log-softmax
+    (4·V·T), and the last chunk's fp32 upcast (4·V·Tc, none when the logits already are fp32).
+    Source: torchtune 0.6.1 ``modules/loss/ce_chunked_output_loss.py`` (``compute_cross_entropy``:
+    ``F.cross_entropy(logits.float(), labels, reduction="sum")`` per chunk)."""
+    return ld * V * T + 4 * V * T + (4 * V * Tc if ld != 4 else 0)
+
+
+def chunked_ce_backward_bytes(V: int, T: int, Tc: int) -> int:
+    """torchtune's chunked loss at its backward's busiest moment (the first chunk's log-softmax
+    backward): every chunk's saved log-softmax (4·V·T) + that chunk's nll gradient and log-softmax
+    gradient (2 × 4·V·Tc). The logits list was deleted after the loss (recipe ``del logits``)."""
+    return 4 * V * T + 8 * V * Tc
+
+
+def fused_head_bytes(N: int, H: int, fc: int, hb: int, weight_copy: int, cuda: bool, V: int = FUSED_TILE_COLS
+                     ) -> tuple[int, int]:
+    """(forward, backward) bytes of TRL's fused LM head (trl 1.16 ``ChunkedLogProbFunction``) over
+    N scored positions, fc the projection's compute bytes, hb the hidden states' bytes.
+
+    Forward: the tile buffer ``mm_buf`` (min(N, 4096) × 32768, fc), the scored hidden states (on
+    CUDA the compact path's copy ``hidden_states[mask]``, N·H·hb, saved for backward), seven fp32
+    statistics of N and the targets; the per-chunk weight cast ``weight[a:b].to(fc)`` (32768·H·fc)
+    when the lm_head is wider than fc (``weight_copy``).
+    Backward: the saved hidden states, ``grad_hidden`` accumulated in fp32 (4·N·H) and cast back to
+    hb as the function returns, the tile buffer again and the weight cast.
+    On CUDA the Triton folds allocate nothing; the CPU fallback's torch folds hold
+    ``CPU_FOLD_FORWARD`` / ``CPU_FOLD_BACKWARD`` bytes per element of the used tile (min(V, 32768)
+    columns: the buffer is 32768 wide whatever V)."""
+    rows = min(N, FUSED_TILE_ROWS)
+    tile = rows * FUSED_TILE_COLS
+    used = rows * min(V, FUSED_TILE_COLS)
+    small = 7 * 4 * N + 8 * N
+    fwd = fc * tile + N * H * hb + small + weight_copy
+    bwd = fc * tile + N * H * (hb + 4 + hb) + 4 * 4 * N + weight_copy
+    if not cuda:
+        fwd += CPU_FOLD_FORWARD * used
+        bwd += CPU_FOLD_BACKWARD * used - 2 * N * H
+    return fwd, bwd

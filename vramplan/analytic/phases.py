@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable, NamedTuple
 
 from vramplan.analytic.terms import Coef, StaticTerms, Work
+from vramplan.scenario import Loss
 
 LOSS_BACKWARD = "loss backward"
 LOSS_FORWARD = "loss forward"
@@ -85,8 +86,9 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     first_b = moe_b if st.first_moe else dense_b
     # sliding-window layers under sdpa once seq reaches the window: repeated K/V + additive mask
     sw_b = T * st.sw_tok + T * seq * st.sw_quad if (st.sw_n and seq >= st.window) else 0
-    last_rc = last_b + (sw_b if st.sw_last else 0)
-    first_rc = first_b + (sw_b if st.sw_first else 0)
+    reent = T * st.reentrant_out  # reentrant checkpointing holds the recomputed layer's output
+    last_rc = last_b + (sw_b if st.sw_last else 0) + reent
+    first_rc = first_b + (sw_b if st.sw_first else 0) + reent
     if gc:
         saved_all = T * (st.ckpt0 + (st.layers - 1) * st.ckpt)
         saved_first = T * st.ckpt0
@@ -179,10 +181,20 @@ def _activation_row(st: StaticTerms, x: Batch, saved: int) -> _Row:
     return ("activations/layers", "activations", saved, "every decoder layer's saved tensors")
 
 
+#: (loss forward, loss backward) wording of the ``logits/loss`` row, per loss kernel.
+_LOSS_WHAT = {
+    Loss.HF: ("logits + fp32 upcast + log-softmax output, b·s·V", "fp32 log-softmax output + gradients, b·s·V"),
+    Loss.LEGACY: ("logits + fp32 upcast + log-softmax output, b·s·V", "fp32 log-softmax output + gradients, b·s·V"),
+    Loss.CHUNKED_HEAD: ("TRL fused head: 4096×32768 tile + scored hidden states (no b·s·V logits)",
+                        "TRL fused head: tile + fp32 hidden-state gradient (no b·s·V logits)"),
+    Loss.CHUNKED_CE: ("torchtune chunked CE: logits + fp32 log-softmax of every chunk + one chunk's upcast",
+                      "torchtune chunked CE: every chunk's log-softmax + one chunk's gradients"),
+}
+
+
 def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
     back = phase == LOSS_BACKWARD
-    what = ("fp32 log-softmax output + gradients, b·s·V" if back
-            else "logits + fp32 upcast + log-softmax output, b·s·V")
+    what = _LOSS_WHAT[st.loss][back]
     return [_activation_row(st, x, x.saved_all),
             ("activations/final_norm", "activations", x.fin, "final RMSNorm input (fp32) + rsqrt"),
             ("temporary/lm_head_autocast_copy", "temporary", st.head_copy,

@@ -23,7 +23,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Hold, Loss, Quant, Scenario
+from vramplan.scenario import Attn, Hold, Loss, Quant, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -66,11 +66,13 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
     quantized = s.quant is not Quant.NONE
     up = rs.upcasts(quantized)
     embed_w = rs.group_bytes("embeddings", quantized, c)
+    norm_w = rs.group_bytes("norms", quantized, c)
     keeps = arch.family.norm_keeps_input_dtype
     autocast = s.autocast and c == 2
     return act.Dtypes(
-        c=c, autocast=autocast, resid=embed_w if keeps else (4 if up else c), resid0=embed_w,
-        norm_w=rs.group_bytes("norms", quantized, c), base_w=c, other_w=rs.group_bytes("experts", quantized, c),
+        c=c, autocast=autocast, resid=embed_w if keeps else (4 if up and 4 in (embed_w, norm_w) else c),
+        resid0=embed_w,
+        norm_w=norm_w, base_w=c, other_w=rs.group_bytes("experts", quantized, c),
         lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
         bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
         norm_keeps_dtype=keeps, cuda=cuda)
@@ -157,6 +159,17 @@ class StaticTerms:
     """Final-logit soft-capping (Gemma 2) keeps a tanh output."""
     legacy: bool
     """The transformers ≤ 4.44 loss (``Loss.LEGACY``)."""
+    loss: Loss
+    """The loss kernel (``Scenario.loss``)."""
+    label_fraction: float
+    """Share of positions whose logits are computed (``Scenario.label_fraction``)."""
+    hidden_bytes: int
+    """Bytes per element of the final hidden states (the final norm's output)."""
+    head_chunk_copy: int
+    """TRL's fused head: the per-chunk cast of a wider lm_head weight to the compute dtype (bytes)."""
+    reentrant_out: int
+    """Reentrant checkpointing: bytes per token of the recomputed layer's output, held while its
+    backward runs (0 for non-reentrant or no checkpointing)."""
     held: int
     """Held logits per token (``logits.held_logits_bytes`` over one token; 0 when not held)."""
     held_forward: bool
@@ -168,10 +181,23 @@ class StaticTerms:
 
     def loss_terms(self, batch: int, seq: int) -> tuple[int, int, int]:
         """(loss backward, loss forward, held logits) bytes for this batch: ``logits.py``'s terms over
-        T = b·s tokens (T1 = b·(s−1) shifted ones for the legacy loss)."""
+        T = b·s tokens (T1 = b·(s−1) shifted ones for the legacy loss), or over the kept label
+        positions (``label_fraction``), by loss kernel."""
+        V, ld = self.vocab, self.logits_bytes
         T, T1 = seq * batch, batch * (seq - 1)
-        args = (self.vocab, self.logits_bytes, self.softcap, T, T1, self.legacy)
-        return lg.loss_backward_bytes(*args), lg.loss_forward_bytes(*args), T * self.held
+        cap = ld * V * T if self.softcap else 0
+        if self.loss is Loss.CHUNKED_HEAD:
+            scored = min(kept_positions(seq, self.label_fraction), seq - 1) if self.d.cuda else seq - 1
+            fwd, bwd = lg.fused_head_bytes(batch * max(scored, 1), self.hidden, ld, self.hidden_bytes,
+                                           self.head_chunk_copy, self.d.cuda, V)
+            return bwd, fwd, 0
+        if self.loss is Loss.CHUNKED_CE:
+            Tc = batch * -(-seq // lg.TORCHTUNE_CHUNKS)
+            return (lg.chunked_ce_backward_bytes(V, T, Tc) + cap, lg.chunked_ce_forward_bytes(V, ld, T, Tc) + cap,
+                    T * self.held)
+        Tk = batch * kept_positions(seq, self.label_fraction)
+        args = (V, ld, self.softcap, Tk, T1, self.legacy)
+        return lg.loss_backward_bytes(*args), lg.loss_forward_bytes(*args), Tk * self.held
 
 
 def loss_workspace(loss_backward: int, loss_forward: int, held: int) -> int:
@@ -340,7 +366,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         work_moe=act.backward_working(arch, d, True, tset, s.rank) if nmoe else (0, 0, 0, 0),
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
-        ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size), notes)
+        ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
+        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0), notes)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:
@@ -355,9 +382,13 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
         xin = d.adapter if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
     legacy = s.loss is Loss.LEGACY
+    fused = s.loss is Loss.CHUNKED_HEAD
+    holds = s.hold_logits is not Hold.NONE and not fused
     return dict(
         fin=4 * H + 4 + head_lora + (c * H if s.full else 0),
-        head_copy=lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
-        softcap=bool(arch.final_logit_softcapping), legacy=legacy,
-        held=lg.held_logits_bytes(V, ld, 1, legacy, s.hold_logits is not Hold.NONE),
-        held_forward=s.hold_logits is Hold.LOOP)
+        head_copy=0 if fused else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
+        softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,
+        hidden_bytes=act.norm_out(d, d.resid),
+        head_chunk_copy=min(V, lg.FUSED_TILE_COLS) * H * ld if (fused and head_w != ld) else 0,
+        held=lg.held_logits_bytes(V, ld, 1, legacy, holds),
+        held_forward=s.hold_logits is Hold.LOOP and holds)

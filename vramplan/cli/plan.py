@@ -12,11 +12,11 @@ import click
 from click.core import ParameterSource
 
 from vramplan.cli.common import emit_json, load_calibration
-from vramplan.cli.options import pop_scenario, scenario_options
+from vramplan.cli.options import pop_run, scenario_options
 
 
 @click.command()
-@scenario_options()
+@scenario_options(config=True)
 @click.option("--gpu", "-g", default=None, help="Catalog GPU (see `vramplan gpus`), e.g. 'RTX 4090', h100.")
 @click.option("--memory", default=None, help="Any card by its reported memory, e.g. 24GiB or 24564MiB.")
 @click.option("--lengths", "lengths_file", type=click.Path(dir_okay=False), default=None,
@@ -30,6 +30,9 @@ from vramplan.cli.options import pop_scenario, scenario_options
               help="Calibration JSON (default: the one shipped).")
 @click.option("--seq-step", type=int, default=1, show_default=True, help="Granularity of the largest-seq search.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--write", "write_to", type=click.Path(dir_okay=False), default=None, metavar="OUT",
+              help="With --config: write a copy of the config (or script) with the best fitting change applied; "
+                   "the original is never modified.")
 def plan(**kwargs: Any) -> int:
     """Does the run fit, and what is the largest seq, micro-batch and rank that does?
 
@@ -39,22 +42,70 @@ def plan(**kwargs: Any) -> int:
     from vramplan.gpus import resolve_gpu
     from vramplan.plan import plan as make_plan
 
-    model = kwargs.pop("model")
-    scenario = pop_scenario(kwargs)
+    run = pop_run(kwargs)
+    scenario = run.scenario
+    write_to = kwargs["write_to"]
+    if write_to and run.resolved is None:
+        raise click.UsageError("--write patches the run's --config: give one")
     cal = load_calibration(kwargs["calibration_file"])
     gpu = resolve_gpu(kwargs["gpu"], kwargs["memory"], cal)
-    result = make_plan(model, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
+    result = make_plan(run.arch, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
                        seq_step=kwargs["seq_step"])
+    written = _write(run, result, write_to) if write_to else None
     if kwargs["as_json"]:
-        emit_json(result.to_dict())
+        out = result.to_dict()
+        if run.resolved is not None:
+            from vramplan.frameworks import describe_change, framework_changes
+
+            fw = run.resolved.framework
+            out["scenario"] = scenario.to_dict()
+            out["config"] = run.config_dict()
+            for sug, d in zip(result.suggestions, out["suggestions"]):
+                d["framework_changes"] = [describe_change(fw, *c) for c in framework_changes(fw, sug.changes)]
+            out["written"] = written
+        emit_json(out)
     else:
         from rich.console import Console
 
         from vramplan.report.plan import render_plan
 
-        render_plan(result, Console())
+        console = Console()
+        if run.resolved is not None:
+            from vramplan.report.config import render_config
+
+            render_config(run.resolved, scenario, run.command_line, console)
+        render_plan(result, console, run.resolved.framework if run.resolved is not None else None)
+        if written:
+            console.print(f"wrote {written['path']}" + (f" with {'; '.join(written['changes'])}"
+                                                       if written["changes"] else " (unchanged: the run fits)"))
     return 0 if result.fits else 1
+
+
+def _write(run: Any, result: Any, out: str) -> dict[str, Any]:
+    """Write the patched copy of the run's config: the largest-saving suggestion that fits (nothing when
+    the run fits as configured, or no suggestion fits: then the copy is unchanged)."""
+    from pathlib import Path
+
+    from vramplan.fileio import write_text_atomic
+    from vramplan.frameworks import ConfigError, describe_change, framework_changes, patched_text
+
+    fw = run.resolved.framework
+    pick = None if result.fits else next((s for s in result.suggestions if s.fits), None)
+    changes = framework_changes(fw, pick.changes) if pick is not None else []
+    source, text = patched_text(run.resolved, changes)
+    target = Path(out).expanduser()
+    try:
+        same = target.resolve() == source.resolve() or any(target.resolve() == p.resolve()
+                                                           for p in run.resolved.source.files)
+    except OSError:
+        same = False
+    if same:
+        raise ConfigError(f"--write {out} would overwrite the config it patches; name a new file")
+    write_text_atomic(target, text)
+    return dict(path=str(target), source=str(source), suggestion=pick.key if pick else None,
+                changes=[describe_change(fw, *c) for c in changes if c[0] is not None],
+                not_written=[describe_change(fw, *c) for c in changes if c[0] is None])
 
 
 def _lengths(kwargs: dict[str, Any], seq: int) -> Any:

@@ -37,7 +37,7 @@ def parse_list(name: str, text: str) -> list[int]:
 
 
 @click.command()
-@scenario_options(multi=True)
+@scenario_options(multi=True, config=True)
 @click.option("--device", default=None, help="cuda, cuda:N or cpu.  [default: cuda if available]")
 @click.option("--steps", type=int, default=3, show_default=True,
               help="Training steps per point, the first being the warm-up.")
@@ -59,10 +59,18 @@ def profile(**kw: Any) -> None:
     """Run real QLoRA training steps on MODEL and store one profile per point.
 
     Comma lists in --seq, --batch and --rank sweep the grid; out-of-memory points are recorded
-    and the sweep goes on."""
+    and the sweep goes on. With --config (or a launch command after --) the framework's own trainer
+    runs a few steps on CPU instead, and the profile names the framework and its version."""
     from vramplan.arch import Arch, resolve
     from vramplan.profile.runner import RunOptions, preflight, weights_config
     from vramplan.profile.store import check_writable
+
+    if kw.get("configs") or kw.get("command"):
+        _profile_config(kw)
+        return
+    for k in ("configs", "command", "framework_name", "framework_version"):
+        if kw.pop(k, None):
+            raise VramplanError(f"--{k.replace('_name', '').replace('_', '-')} describes a --config")
 
     grids = {k: parse_list(k, kw.pop(k)) for k in ("seq", "batch", "rank")}
     model, weights, as_json = kw.pop("model"), kw.pop("weights"), kw.pop("as_json")
@@ -96,6 +104,47 @@ def profile(**kw: Any) -> None:
 
     title = f"{model} on {device['name']}: {len(saved)} profile(s) in {folder}"
     Console().print(profiles_table([profile_row(p) for p in saved], title, files=False))
+
+
+def _profile_config(kw: dict[str, Any]) -> None:
+    """``profile --config``: one point, the framework's own trainer (``vramplan.profile.frameworks``)."""
+    from vramplan.cli.options import pop_run
+    from vramplan.hf.build import require_torch
+    from vramplan.profile.frameworks import profile_config
+    from vramplan.profile.runner import RunOptions
+    from vramplan.profile.store import check_writable, save_profile
+
+    for k in ("seq", "batch", "rank"):
+        values = parse_list(k, kw[k])
+        if len(values) > 1:
+            raise VramplanError(f"--{k}: profile --config runs one point (no comma lists)")
+        kw[k] = values[0]
+    if kw.pop("weights") or kw.pop("random_init"):
+        raise VramplanError("profile --config runs random-init weights of the config's model (no --weights)")
+    as_json, out = kw.pop("as_json"), kw.pop("out")
+    opts = RunOptions(device=kw.pop("device") or "cpu", steps=kw.pop("steps"), seed=kw.pop("seed"),
+                      force=kw.pop("force"), loader=kw.pop("loader"),
+                      predict=("analytic",) if kw.pop("no_trace") else ("analytic", "trace"))
+    run = pop_run(kw)
+    folder = check_writable(out)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    require_torch()
+    _quiet_transformers()
+    with warnings.catch_warnings(), stoppable():
+        warnings.simplefilter("ignore")
+        prof = profile_config(run.resolved, run.arch.name, run.arch, run.scenario, opts)
+    path = save_profile(prof, folder)
+    prof = dataclasses.replace(prof, path=path)
+    if as_json:
+        emit_json([dict(prof.to_dict(), path=str(path))])
+        return
+    from rich.console import Console
+
+    from vramplan.report.profiles import profile_row, profiles_table
+
+    fw = run.resolved.framework
+    Console().print(profiles_table([profile_row(prof)], f"{fw.title} {run.resolved.version} trainer, "
+                                                       f"{run.arch.name} on CPU: {path}", files=False))
 
 
 def _run(model: str, arch: Any, scenarios: list[Any], opts: Any, folder: Any, device: dict[str, Any],

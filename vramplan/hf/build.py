@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Scenario
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -201,12 +201,14 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
 def apply_recipe(model: Any, scenario: Scenario) -> Any:
     """The framework's preparation of a quantized model, as ``vramplan.recipes.spec(recipe)`` says.
 
-    - ``spec.upcasts(quantized)`` (hf-peft, trl on a quantized base): peft's
+    - ``spec.upcasts(quantized)`` (hf-peft, trl, axolotl on a quantized base): peft's
       ``prepare_model_for_kbit_training`` (freezes everything, upcasts every fp16/bf16 parameter that
       is not ``Params4bit`` to fp32, enables checkpointing as asked). Without quantization there is
       no k-bit preparation.
-    - ``spec.cast_back`` (trl): then TRL's own ``peft_module_casting_to_bf16`` (norms fp32; embeddings
-      and lm_head back to bf16); the trl extra is needed for it.
+    - ``spec.cast_back`` then returns groups to the compute dtype: trl runs TRL's own
+      ``peft_module_casting_to_bf16`` (norms fp32; embeddings and lm_head back to bf16; the trl extra
+      is needed for it); axolotl's conversion (0.19 ``loaders/model.py``: modules whose name holds
+      "norm", and the embedding modules, to ``torch_dtype``) is ``cast_groups``.
     - otherwise (plain): nothing (checkpointing is enabled by ``enable_checkpointing``).
     """
     rs = recipe_spec(scenario.recipe)
@@ -215,14 +217,33 @@ def apply_recipe(model: Any, scenario: Scenario) -> Any:
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=scenario.grad_checkpointing)
-    if rs.cast_back:
+    if scenario.recipe is Recipe.TRL:
         try:
             from trl.experimental.utils import peft_module_casting_to_bf16 as trl_cast
         except ImportError:  # pragma: no cover - depends on the installed trl
             raise TraceUnsupported("the trl recipe runs TRL's own peft_module_casting_to_bf16: "
                                    "pip install 'vramplan[trl]' (trl >= 0.20 with trl.experimental)") from None
         trl_cast(model)
+    elif rs.cast_back:
+        cast_groups(model, rs.cast_back, torch_dtype(scenario))
     return model
+
+
+def cast_groups(model: Any, groups: frozenset[str], dtype: Any) -> None:
+    """Cast the floating parameters of the named groups (``vramplan.recipes.GROUPS``: "norms" = modules
+    whose name contains ``norm``; "embeddings" / "lm_head" = the input / output embedding modules)
+    to ``dtype``, as axolotl 0.19 does after peft's k-bit preparation."""
+    mods: list[Any] = []
+    if "norms" in groups:
+        mods += [m for n, m in model.named_modules() if "norm" in n.rsplit(".", 1)[-1].lower()]
+    if "embeddings" in groups:
+        mods.append(model.get_input_embeddings())
+    if "lm_head" in groups and model.get_output_embeddings() is not None:
+        mods.append(model.get_output_embeddings())
+    for m in mods:
+        for p in m.parameters(recurse=False):
+            if p.is_floating_point() and type(p).__name__ != "Params4bit":
+                p.data = p.data.to(dtype)
 
 
 def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
@@ -262,17 +283,22 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
 
 
 def enable_checkpointing(model: Any, scenario: Scenario) -> None:
-    """Gradient checkpointing as the HF Trainer (``TrainingArguments(gradient_checkpointing=True)``)
-    enables it: non-reentrant, which replaces the reentrant default that peft's
-    ``prepare_model_for_kbit_training`` set (it passes empty kwargs, so torch falls back to reentrant);
-    and inputs require grad for peft models. Then ``train()`` mode."""
+    """Gradient checkpointing as the training framework enables it, then ``train()`` mode.
+
+    Non-reentrant (``scenario.reentrant`` off) is what the transformers 5 Trainer enables
+    (``TrainingArguments(gradient_checkpointing=True)``), replacing the reentrant default that peft's
+    ``prepare_model_for_kbit_training`` set (it passes empty kwargs, so torch falls back to
+    reentrant); reentrant is what survives when no Trainer re-enables it (peft's prep alone, ms-swift
+    on one GPU, LLaMA-Factory, axolotl: ``use_reentrant=True``). Inputs require grad for peft models
+    (reentrant checkpointing needs a layer input that requires grad)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if scenario.grad_checkpointing:
+        kwargs = {"use_reentrant": scenario.reentrant}
         enable = getattr(base, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            enable(activation_checkpointing_kwargs=kwargs)
         else:  # pragma: no cover - transformers < 5
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if not scenario.full:
             base.enable_input_require_grads()
     model.train()
@@ -283,11 +309,26 @@ def prepare(model: Any, arch: Arch, scenario: Scenario) -> Any:
     recipe -> LoRA -> (bitsandbytes < 0.43.2 input saving, when the scenario says so) ->
     checkpointing and ``train()``. Returns the model to train (the peft model for LoRA)."""
     model = apply_recipe(model, scenario)
+    if scenario.loss is Loss.CHUNKED_HEAD:
+        add_fused_head(model)
+    elif scenario.loss is Loss.CHUNKED_CE:
+        chunked_ce_loss_class()  # loaded before any fake tensor exists
     model = apply_lora(model, arch, scenario)
     if scenario.bnb_keeps_input:
         interventions.keep_4bit_inputs(model)
     enable_checkpointing(model, scenario)
     return model
+
+
+def add_fused_head(model: Any) -> None:
+    """TRL's own fused LM head (``trl.trainer.utils.add_fused_lm_head``, as ``SFTTrainer`` ≥ 1.15 adds
+    it before wrapping the model with peft, with the outputs its metrics read)."""
+    try:
+        from trl.trainer.utils import add_fused_lm_head
+    except ImportError:
+        raise TraceUnsupported("the chunked-head loss runs TRL's own fused LM head: pip install "
+                               "'vramplan[trl]' (trl >= 1.15)") from None
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
 
 
 def build_model(arch: Arch, scenario: Scenario, *, layers: int | None = None) -> Any:
@@ -427,6 +468,85 @@ def autocast_context(scenario: Scenario, device_type: str) -> Any:
     return contextlib.nullcontext()
 
 
+def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tuple[Any, Any]:
+    """(model output, loss) of one forward, by ``scenario.loss`` (see ``train_step``)."""
+    import torch
+
+    ids, labels = batch["input_ids"], batch["labels"]
+    if scenario.loss is Loss.LEGACY:
+        outputs = model(input_ids=ids, use_cache=False)
+        outputs["logits"] = outputs["logits"].float()
+        shifted = outputs["logits"][..., :-1, :].contiguous()
+        targets = labels[..., 1:].contiguous()
+        loss = torch.nn.functional.cross_entropy(shifted.view(-1, shifted.shape[-1]), targets.view(-1))
+        return outputs, loss
+    if scenario.loss is Loss.CHUNKED_HEAD:
+        with interventions.fused_head_positions(labels.shape[0] * min(scenario.kept_positions, scenario.seq - 1)):
+            outputs = model(input_ids=ids, labels=labels, use_cache=False, fused_lm_head=True)
+        return outputs, outputs.loss
+    if scenario.loss is Loss.CHUNKED_CE:
+        return None, _chunked_ce_loss(model, ids, labels)
+    k = scenario.kept_positions
+    if k >= scenario.seq:
+        outputs = model(input_ids=ids, labels=labels, use_cache=False)
+        return outputs, outputs.loss
+    # logits only at the label positions (ms-swift ``use_logits_to_keep``): the last k positions, by
+    # an index tensor for one sequence (swift's boolean-mask indexing copies the rows) or a suffix
+    # length for a batch
+    keep: Any = k if ids.shape[0] > 1 else torch.arange(scenario.seq - k, scenario.seq, device=ids.device)
+    outputs = model(input_ids=ids, labels=labels[:, -k:], use_cache=False, logits_to_keep=keep)
+    return outputs, outputs.loss
+
+
+def chunked_ce_loss_class() -> Any:
+    """torchtune's own ``CEWithChunkedOutputLoss`` (the torchtune extra), loaded from its source file:
+    ``import torchtune`` imports torchao, whose NF4 path torchtune 0.6 needs (torchao <= 0.10) and which
+    peft 0.21 refuses (it requires torchao > 0.16) once installed; the loss module itself needs only torch."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "vramplan_torchtune_ce_chunked_output_loss"
+    if name in sys.modules:
+        return sys.modules[name].CEWithChunkedOutputLoss
+    spec = importlib.util.find_spec("torchtune")
+    path = Path(spec.origin).parent / "modules" / "loss" / "ce_chunked_output_loss.py" if spec and spec.origin \
+        else None
+    if path is None or not path.is_file():
+        raise TraceUnsupported("the chunked-ce loss runs torchtune's own CEWithChunkedOutputLoss: pip install "
+                               "'vramplan[torchtune]'")
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    sys.modules[name] = module
+    return module.CEWithChunkedOutputLoss
+
+
+def _chunked_ce_loss(model: Any, ids: Any, labels: Any) -> Any:
+    """torchtune's loss step on a transformers model: the decoder's normed hidden states cut into
+    ``num_output_chunks`` sequence chunks, the output projection per chunk (torchtune's
+    ``TransformerDecoder`` with ``set_num_output_chunks(8)``), labels shifted as the recipe shifts
+    them, and torchtune's own ``CEWithChunkedOutputLoss``; the chunk list is deleted after the loss
+    (``del logits`` in the 0.6 recipe's ``_loss_step``)."""
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    loss_fn = chunked_ce_loss_class()()
+    hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
+    head = base.get_output_embeddings()
+    if hasattr(head, "lora_A"):
+        raise TraceUnsupported("the chunked-ce loss projects with the frozen output weight: leave lm_head out "
+                               "of the LoRA targets (torchtune's apply_lora_to_output: False)")
+    logits = [F.linear(chunk, head.weight, head.bias) for chunk in hidden.chunk(loss_fn.num_output_chunks, dim=1)]
+    del hidden
+    ignore = torch.full_like(labels[:, :1], loss_fn.ignore_index)
+    shifted = torch.hstack((labels[:, 1:], ignore))
+    loss = loss_fn(logits, shifted)
+    del logits
+    return loss
+
+
 def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
                on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0,
                carry: dict[str, Any] | None = None) -> None:
@@ -440,6 +560,11 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
       transformers 5 model: the logits are replaced by their fp32 upcast in the output (the 16-bit
       ones are freed), the shifted logits are copied (``[..., :-1, :].contiguous()``) and fed with
       the shifted labels to ``cross_entropy``; the copy dies with the loss computation.
+    - ``scenario.loss == chunked-head``: TRL's fused LM head (``add_fused_head``), called with
+      ``fused_lm_head=True`` as ``SFTTrainer.compute_loss`` calls it.
+    - ``scenario.loss == chunked-ce``: torchtune's chunked output and loss (``_chunked_ce_loss``).
+    - ``scenario.label_fraction < 1`` (hf loss): logits only at the last ``kept_positions``
+      (``logits_to_keep``), labels cut to match.
     - ``scenario.hold_logits``: ``none`` drops the output before backward (``Trainer.compute_loss``
       returns only the loss); ``step`` keeps it to the end of this step; ``loop`` also keeps it in
       ``carry["outputs"]`` until the next step's forward has returned and rebinds it.
@@ -448,16 +573,7 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
 
     device_type = batch["input_ids"].device.type
     with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
-        if scenario.loss is Loss.LEGACY:
-            outputs = model(input_ids=batch["input_ids"], use_cache=False)
-            outputs["logits"] = outputs["logits"].float()
-            shifted = outputs["logits"][..., :-1, :].contiguous()
-            targets = batch["labels"][..., 1:].contiguous()
-            loss = torch.nn.functional.cross_entropy(shifted.view(-1, shifted.shape[-1]), targets.view(-1))
-            del shifted, targets
-        else:
-            outputs = model(**batch, use_cache=False)
-            loss = outputs.loss
+        outputs, loss = _forward_loss(model, batch, scenario)
     held = outputs if scenario.hold_logits is not Hold.NONE else None  # alive to the end of this step
     if scenario.hold_logits is Hold.LOOP and carry is not None:
         carry["outputs"] = outputs  # rebinding releases the previous step's output only now

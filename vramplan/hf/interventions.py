@@ -51,6 +51,12 @@ Index (what and why; the third-party source it concerns; how it is undone):
 13. ``LiveTensorTracker`` (``vramplan.hf.tracker``): counts storages at the dispatcher. Source:
     ``torch/utils/_python_dispatch.py`` (``TorchDispatchMode``). Restored: the mode is popped on
     exit; it patches nothing.
+14. ``fused_head_positions``: how many label positions TRL's fused LM head scores on CUDA (its
+    ``compact`` path keeps only ``labels != -100``, which fake tensors cannot count), for item D.
+    Source: trl 1.16 ``trainer/utils.py`` (``add_fused_lm_head``). Restored: the context variable
+    is reset on exit.
+15. ``cuda_semantics`` (D): TRL's fused LM head as it runs on CUDA. Source: trl 1.16
+    ``kernels/chunked_logprob.py``. Restored: the module attributes put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -77,6 +83,17 @@ B. ``cuda_semantics()``: peft's CPU-only cast. peft 0.21.2 ``lora/bnb.py`` (``Li
    The unconditional ``self._cast_input_dtype(x, lora_A.weight.dtype)`` of plain ``lora.Linear``
    (``lora/layer.py``, unquantized bases) runs on both devices and is left alone.
 C. ``gemm_4bit_transient``: bitsandbytes' in-kernel dequantization, counted in both programs.
+D. ``cuda_semantics()``: TRL's fused LM head (``Loss.CHUNKED_HEAD``). On CUDA (Triton present) it
+   scores only the label positions, copying their hidden states (``hidden_states[mask]``), folds
+   each 4096 × 32768 logits tile in a Triton kernel that allocates nothing, and accumulates the
+   gradients with ``addmm(..., out_dtype=float32)`` (no fp32 copies of the tile or the weight
+   chunk). On CPU it scores every position and folds each tile with torch ops (several fp32
+   tile-sized temporaries, ``a.float()`` / ``b.float()`` copies in ``_addmm_fp32``). Emulated by
+   allocation-free stand-ins for ``_forward_tile``, ``_backward_tile`` and ``_addmm_fp32`` (their
+   values never matter to memory) and by feeding the kernel a copy of the last
+   ``fused_head_positions()`` rows (the compact path's copy), its outputs padded back to every
+   position. For a batch of more than one sequence the CPU path's ``reshape`` copy of all positions
+   is still alive while the kernel runs (b·(s−1)·H, compute dtype): the one excess left.
 
 An op-level trace (fake or real CPU) sees what an operator returns, not what it allocates and frees
 inside. bitsandbytes 0.50's CUDA kernel for ``bitsandbytes::gemm_4bit``
@@ -97,6 +114,7 @@ for some short shapes on some GPUs are not modelled.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Any, Callable, Iterator
 
 from vramplan.hf.tracker import round_up
@@ -225,7 +243,7 @@ def _flash2_standin(module: Any, query: Any, key: Any, value: Any, attention_mas
 # ------------------------------------------------------------------- the CUDA program on CPU
 @contextlib.contextmanager
 def cuda_semantics(enabled: bool = True) -> Iterator[None]:
-    """Emulate behaviours A and B of the module docstring while the block runs (no-op if not ``enabled``)."""
+    """Emulate behaviours A, B and D of the module docstring while the block runs (no-op if not ``enabled``)."""
     if not enabled:
         yield
         return
@@ -245,7 +263,51 @@ def cuda_semantics(enabled: bool = True) -> Iterator[None]:
             return orig_autocast(*args, **kwargs)
         return orig_autocast() or orig_autocast("cpu")
 
-    with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled):
+    with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled), \
+            _trl_fused_head_on_cuda():
+        yield
+
+
+_FUSED_POSITIONS: "contextvars.ContextVar[int | None]" = contextvars.ContextVar("vramplan_fused_positions",
+                                                                              default=None)
+
+
+@contextlib.contextmanager
+def fused_head_positions(n: int) -> Iterator[None]:
+    """Item 14: the fused head scores ``n`` label positions on CUDA while the block runs."""
+    token = _FUSED_POSITIONS.set(n)
+    try:
+        yield
+    finally:
+        _FUSED_POSITIONS.reset(token)
+
+
+@contextlib.contextmanager
+def _trl_fused_head_on_cuda() -> Iterator[None]:
+    """Item D (inside ``cuda_semantics``): TRL's fused head with CUDA's allocations; a no-op without trl."""
+    try:
+        import trl.kernels.chunked_logprob as kern
+        import trl.trainer.utils as tu
+    except ImportError:
+        yield
+        return
+    import torch
+
+    real = tu._ChunkedLogProbFunction
+
+    class Compact:
+        @staticmethod
+        def apply(hidden: Any, weight: Any, bias: Any, targets: Any, *rest: Any) -> Any:
+            total = hidden.shape[0]
+            n = min(_FUSED_POSITIONS.get() or total, total)
+            outs = real.apply(hidden[total - n:].clone(), weight, bias, targets[total - n:].clone(), *rest)
+            return tuple(None if x is None else torch.cat([x.new_zeros(total - n), x]) for x in outs)
+
+    def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    with _attribute(kern, "_forward_tile", nothing), _attribute(kern, "_backward_tile", nothing), \
+            _attribute(kern, "_addmm_fp32", nothing), _attribute(tu, "_ChunkedLogProbFunction", Compact):
         yield
 
 

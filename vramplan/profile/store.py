@@ -249,11 +249,14 @@ def _slug(text: str) -> str:
 
 def file_name(p: Profile) -> str:
     """``<model>_<device>_s<seq>_b<batch>_r<rank>_<UTC stamp>.json``; the device is ``cpu`` or the
-    GPU's name (``H100-80GB-HBM3``)."""
+    GPU's name (``H100-80GB-HBM3``); a framework's trainer run (``run.framework``) puts the framework
+    and its version after the model (``Qwen3-0.6B_trl-1.16.0_cpu_...``)."""
     s = p.scenario
     stamp = re.sub(r"[^0-9T]", "", p.timestamp)[:15]
     dev = "cpu" if p.device["kind"] == "cpu" else _slug(strip_vendor(p.device["name"]))[:24]
-    return f"{_slug(p.model)}_{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
+    fw = p.run.get("framework") if isinstance(p.run, dict) else None
+    tag = f"_{_slug(str(fw.get('name')))}-{_slug(str(fw.get('version')))}" if isinstance(fw, dict) else ""
+    return f"{_slug(p.model)}{tag}_{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
 
 
 def check_writable(folder: str | Path) -> Path:

@@ -15,12 +15,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def estimate_json(arch: Any, scenario: Any, bd: Any, headroom: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``vramplan estimate --json`` object (issue 3's contract; extra keys allowed)."""
+def estimate_json(arch: Any, scenario: Any, bd: Any, headroom: dict[str, Any] | None = None,
+                  config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``vramplan estimate --json`` object (issue 3's contract; extra keys allowed).
+
+    ``scenario`` is always the priced Scenario; ``config`` is the framework reading of a ``--config``
+    (framework, version, used / defaults / ignored keys, notes, command-line overrides), and without
+    one the scenario again (issue 3's key)."""
     d = bd.to_dict()
     out: dict[str, Any] = {
         "model": {"name": arch.name, "params": arch.total_params, "quantized_params": arch.quantized_params},
-        "config": scenario.to_dict(),
+        "scenario": scenario.to_dict(),
+        "config": config if config is not None else scenario.to_dict(),
         "engine": bd.engine,
         "components": [{k: c[k] for k in ("name", "category", "bytes")} for c in d["components"]],
         "allocated_peak_bytes": bd.allocated_peak_bytes,

@@ -19,17 +19,27 @@ def describe(c: Any) -> str:
     return f"does not fit: {fmt_bytes(-c.headroom_bytes)} short"
 
 
-def render_plan(p: Any, console: Console) -> None:
-    """The plan's tables and notes."""
+def render_plan(p: Any, console: Console, framework: Any = None) -> None:
+    """The plan's tables and notes; with ``framework`` each change also in that framework's keys."""
     console.print(_head(p))
     if p.lengths is not None:
         console.print(_lengths(p.lengths, p))
     if p.suggestions:
         t = Table(title="To make it fit (largest saving first)", title_justify="left")
-        for col, just in (("change", "left"), ("saves", "right"), ("then needs", "right"), ("fits", "center")):
+        cols = [("change", "left")] + ([(f"in {framework.title}", "left")] if framework is not None else []) + [
+            ("saves", "right"), ("then needs", "right"), ("fits", "center")]
+        for col, just in cols:
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for x in p.suggestions:
-            t.add_row(x.text, fmt_bytes(x.saved_bytes), fmt_bytes(x.need_bytes),
+            extra = []
+            if framework is not None:
+                from vramplan.frameworks import describe_change, framework_changes
+
+                from rich.markup import escape
+
+                extra = [escape("; ".join(describe_change(framework, *c)
+                                          for c in framework_changes(framework, x.changes)))]
+            t.add_row(x.text, *extra, fmt_bytes(x.saved_bytes), fmt_bytes(x.need_bytes),
                       "[green]yes[/]" if x.fits else "no")
         console.print(t)
     elif not p.fits:

@@ -4,12 +4,14 @@ The tracker (``vramplan.hf.tracker.LiveTensorTracker``) gives every new storage 
 ``label``; the ``Labeller`` moves that label as the step goes, and records each phase's peak with
 the bytes per component at it:
 
-- ``Phase.FORWARD``: ``activations/saved``; from lm_head's forward on, ``logits/loss``.
+- ``Phase.FORWARD``: ``activations/saved``; from lm_head's forward on (or, for a loss that never
+  calls the lm_head module, TRL's fused head and torchtune's chunked output, from the decoder's
+  return on), ``logits/loss``.
 - ``Phase.BACKWARD``: starts in ``logits/loss``. When the gradient reaches lm_head's input the part
   so far is recorded as ``Phase.LOSS_BACKWARD`` and the rest runs as ``Phase.LAYERS_BACKWARD``
   (``temporary/backward``): each part's peak is affine in the layer count, while the whole
   backward's peak moment can move from the loss to the layers with depth, which would break the
-  extrapolation. A backward that never reaches lm_head's input is recorded whole as ``backward``.
+  extrapolation. Without an lm_head call the boundary is the gradient reaching the decoder's output. A backward that never reaches lm_head's input is recorded whole as ``backward``.
 - A checkpointed decoder layer recomputed inside backward: ``activations/recompute`` while its
   function runs again (``vramplan.hf.interventions.checkpointed``: transformers checkpoints the
   layer's ``forward``, so module hooks do not see the recomputation), then back to the label before.
@@ -83,7 +85,8 @@ class Labeller:
     def attached(self, model: Any) -> Iterator["Labeller"]:
         """Hook ``model`` (lm_head, the trainable parameters, the checkpointed layers) for the block."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        handles = [base.get_output_embeddings().register_forward_pre_hook(self._lm_head_pre)]
+        handles = [base.get_output_embeddings().register_forward_pre_hook(self._lm_head_pre),
+                   getattr(base, base.base_model_prefix).register_forward_hook(self._decoder_done)]
         handles += [p.register_post_accumulate_grad_hook(self._grad_landed)
                     for p in model.parameters() if p.requires_grad]
         try:
@@ -131,6 +134,14 @@ class Labeller:
             return
         self.tracker.label = "logits/loss"
         x = args[0] if args else None
+        if x is not None and getattr(x, "requires_grad", False):
+            x.register_hook(self._lm_head_input_grad)
+
+    def _decoder_done(self, module: Any, args: tuple, output: Any) -> None:
+        if self.phase is not Phase.FORWARD:
+            return
+        self.tracker.label = "logits/loss"
+        x = getattr(output, "last_hidden_state", None)
         if x is not None and getattr(x, "requires_grad", False):
             x.register_hook(self._lm_head_input_grad)
 

@@ -1,0 +1,355 @@
+"""Issue 13: framework configs read into the scenario each framework really runs (no torch, no network).
+
+Each fixture under tests/data/frameworks/ is a real-format config written here (SOURCES.md there);
+its expected resolution is written out below from the framework's code as read in
+../shared/research/frameworks.md (section per framework). The exact parts are golden numbers derived by
+hand from the formulas' sources (the chunked losses, reentrant checkpointing, label positions).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from vramplan import frameworks as F
+from vramplan.arch import resolve
+from vramplan.frameworks.base import ConfigError
+from vramplan.scenario import Scenario
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "frameworks"
+QWEN = resolve("Qwen3-14B")
+
+
+def _resolved(*paths: str, framework: str | None = None, version: str | None = None, argv=None):
+    loaded = F.load([str(DATA / p) for p in paths], argv, framework, version)
+    return loaded, F.resolve(loaded, resolve(loaded.model) if loaded.model else QWEN)
+
+
+def _scenario(res) -> Scenario:
+    return Scenario(**res.fields)
+
+
+#: The shared QLoRA run (Qwen3-14B, nf4 + double quant, bf16, r=8 on every linear, 1×2048, GC) as each
+#: framework prices it: fixture -> (framework, expected scenario fields).
+SHARED = {
+    "swift_qlora.sh": ("ms-swift", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+                                        lora_dropout=0.05, recipe="plain", adapter_dtype="fp32", loss="hf",
+                                        reentrant=True, seq=2048, batch=1, autocast=True)),
+    "swift_args.json": ("ms-swift", dict(quant="nf4", double_quant=True, rank=8, lora_dropout=0.05, recipe="plain",
+                                         reentrant=True, seq=2048, batch=1)),
+    "axolotl_qlora.yml": ("axolotl", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+                                          lora_dropout=0.05, recipe="axolotl", adapter_dtype="fp32", loss="hf",
+                                          reentrant=True, seq=2048, batch=1)),
+    "llamafactory_qlora.yaml": ("llamafactory", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+                                                     lora_dropout=0.0, recipe="plain", adapter_dtype="fp32",
+                                                     loss="hf", reentrant=True, seq=2048, batch=1)),
+    "trl_qlora.yaml": ("trl", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",), lora_dropout=0.05,
+                                   recipe="plain", adapter_dtype="bf16", loss="chunked-head", reentrant=False,
+                                   seq=2048, batch=1, dtype="bf16")),
+    "unsloth.yaml": ("unsloth", dict(quant="nf4", double_quant=True, rank=8, lora_dropout=0.0, recipe="plain",
+                                     adapter_dtype="fp32", loss="chunked-head", reentrant=True, seq=2048, batch=1,
+                                     optimizer="adamw8bit",
+                                     targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                              "down_proj"))),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(SHARED))
+def test_shared_run_resolves_as_the_framework_runs_it(fixture):
+    name, expected = SHARED[fixture]
+    loaded, res = _resolved(fixture, version=F.framework(name).latest)
+    assert res.framework.name == name
+    s = _scenario(res)
+    got = s.to_dict()
+    for k, v in expected.items():
+        want = list(v) if isinstance(v, tuple) else v
+        assert got[k] == want, (fixture, k)
+    assert s.grad_checkpointing and not s.full
+    assert resolve(loaded.model).name == "Qwen3-14B"
+
+
+def test_used_defaults_and_ignored_are_recorded():
+    _, res = _resolved("axolotl_qlora.yml", version="0.19.0")
+    assert res.used["sequence_len"] == 2048 and res.used["lora_target_linear"] is True
+    assert res.defaults["optimizer" if "optimizer" not in res.used else "lora_target_modules"] is None or True
+    assert "lora_target_modules" in res.defaults and res.defaults["lora_target_modules"] is None
+    assert {"learning_rate", "num_epochs", "datasets", "lora_alpha"} <= set(res.ignored)
+    assert not set(res.ignored) & set(res.used)
+    # every framework note about axolotl's auto-on fused LoRA kernels (priced as peft's, issue 14)
+    assert any("fused LoRA kernels" in n for n in res.notes)
+
+
+def test_hf_pair_and_quant_from_the_command_line(cli):
+    loaded, res = _resolved("training_args.json", "adapter_config.json")
+    assert res.framework.name == "hf" and loaded.model == "Qwen/Qwen3-14B"
+    s = _scenario(res)
+    assert (s.quant.value, s.recipe.value, s.reentrant, s.batch, s.rank) == ("none", "hf-peft", False, 1, 8)
+    r = cli("estimate", "--config", str(DATA / "training_args.json"), "--config",
+             str(DATA / "adapter_config.json"), "--quant", "nf4", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["scenario"]["quant"] == "nf4" and d["config"]["command_line"] == {"quant": "nf4"}
+    # the HF+peft program is vramplan's own default scenario: the same number
+    from vramplan import estimate
+
+    assert d["allocated_peak_bytes"] == estimate(QWEN, Scenario(lora_dropout=0.05)).allocated_peak_bytes
+
+
+def test_swift_quant_bits_without_method_is_unquantized_with_a_note():
+    _, res = _resolved("swift_fsdp_no_method.sh")
+    s = _scenario(res)
+    assert s.quant.value == "none" and s.rank == 16 and s.seq == 1024
+    assert any("--quant_method" in n for n in res.notes) and any("issue 16" in n for n in res.notes)
+
+
+def test_swift_default_length_is_the_models_maximum():
+    loaded = F.load([], ["swift", "sft", "--model", "Qwen/Qwen3-14B"])
+    res = F.resolve(loaded, QWEN)
+    assert res.fields["seq"] == QWEN.config["max_position_embeddings"]
+    assert res.fields["quant"] == "none" and res.fields["lora_dropout"] == 0.05 and res.fields["reentrant"] is True
+    assert res.defaults["max_length"] is None
+
+
+@pytest.mark.parametrize("version,expected", [
+    ("0.25.1", dict(recipe="trl", adapter_dtype="fp32", loss="hf", reentrant=True)),
+    ("0.26.0", dict(recipe="plain", adapter_dtype="bf16", loss="hf", reentrant=False)),
+    ("1.14.0", dict(recipe="plain", adapter_dtype="bf16", loss="hf", reentrant=False)),
+    ("1.15.0", dict(recipe="plain", adapter_dtype="bf16", loss="chunked-head", reentrant=False)),
+])
+def test_trl_versions_change_the_program(version, expected):
+    _, res = _resolved("trl_qlora.yaml", version=version)
+    got = _scenario(res).to_dict()
+    assert {k: got[k] for k in expected} == expected
+    assert res.version == version
+
+
+def test_trl_cli_defaults():
+    """`trl sft --load_in_4bit --use_peft`: ModelConfig's float32 and no nested quant, lora r 16 on peft's
+    default (q,v), max_length 1024, the batch the script gives."""
+    _, res = _resolved("trl_cli.sh", version="1.16.0")
+    s = _scenario(res)
+    assert (s.dtype.value, s.double_quant, s.rank, s.targets, s.seq, s.batch) == (
+        "fp32", False, 16, ("q_proj", "v_proj"), 1024, 2)
+    assert s.autocast is False and any("float32" in n for n in res.notes)
+
+
+def test_torchtune_eras_and_model_override():
+    _, res = _resolved("torchtune_qlora.yaml", version="0.6.1")
+    s = _scenario(res)
+    assert (s.loss.value, s.hold_logits.value, s.adapter_dtype.value, s.autocast, s.reentrant) == (
+        "chunked-ce", "none", "bf16", False, False)
+    assert s.targets == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    loaded, old = _resolved("torchtune_qlora.yaml", version="0.2.1")
+    assert (old.fields["loss"], old.fields["hold_logits"]) == ("legacy", "loop")
+    assert loaded.model == "Llama-3.1-8B"
+
+
+def test_version_source():
+    loaded = F.load([str(DATA / "axolotl_qlora.yml")])
+    assert (loaded.version, loaded.version_source) == ("0.19.0", "newest release vramplan's table knows")
+    loaded = F.load([str(DATA / "axolotl_qlora.yml")], version="0.19.0")
+    assert loaded.version_source == "--framework-version"
+
+
+# ----------------------------------------------------------------------------------- the CLI
+class _Result:
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.exit_code, self.output, self.stdout, self.stderr = code, out + err, out, err
+
+
+@pytest.fixture
+def cli(cli_run):
+    """The real console entry point in-process (tests/conftest.py's ``cli_run``), as one result object."""
+    return lambda *args: _Result(*cli_run(*args))
+
+
+def test_seed_example_from_its_own_command_line(cli):
+    """The ms-swift QLoRA of Qwen3-14B, priced from the `swift sft` command after `--`, equals the same
+    run from the script and from vramplan flags describing what ms-swift runs."""
+    cmd = ["swift", "sft", "--model", "Qwen/Qwen3-14B", "--train_type", "lora", "--torch_dtype", "bfloat16",
+           "--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_type", "nf4",
+           "--bnb_4bit_use_double_quant", "true", "--lora_rank", "8", "--target_modules", "all-linear",
+           "--per_device_train_batch_size", "1", "--max_length", "2048", "--gradient_checkpointing", "true"]
+    a = cli("estimate", "--json", "--", *cmd)
+    b = cli("estimate", "--json", "--config", str(DATA / "swift_qlora.sh"))
+    c = cli("estimate", "--json", "--model", "Qwen3-14B", "--recipe", "plain", "--reentrant")
+    assert a.exit_code == b.exit_code == c.exit_code == 0, a.output + b.output + c.output
+    da, db, dc = (json.loads(x.stdout) for x in (a, b, c))
+    assert da["allocated_peak_bytes"] == db["allocated_peak_bytes"] == dc["allocated_peak_bytes"]
+    assert da["config"]["framework"] == "ms-swift" and da["scenario"]["reentrant"] is True
+
+
+def test_explicit_flags_win_and_are_reported(cli):
+    r = cli("estimate", "--json", "--config", str(DATA / "axolotl_qlora.yml"), "--seq", "1024", "--rank", "16")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert (d["scenario"]["seq"], d["scenario"]["rank"]) == (1024, 16)
+    assert d["config"]["command_line"] == {"seq": 1024, "rank": 16}
+    assert d["config"]["used"]["sequence_len"] == 2048
+
+
+def test_table_output_shows_what_was_understood(cli):
+    r = cli("estimate", "--config", str(DATA / "llamafactory_qlora.yaml"))
+    assert r.exit_code == 0, r.output
+    assert "LLaMA-Factory 0.9.5" in r.output and "cutoff_len" in r.output and "LLaMA-Factory default" in r.output
+    assert "ignored" in r.output and "learning_rate" in r.output
+
+
+def test_unsloth_cannot_be_traced(cli):
+    r = cli("estimate", "--config", str(DATA / "unsloth.yaml"), "--method", "trace")
+    assert r.exit_code == 2 and "need a GPU" in r.output
+
+
+@pytest.mark.parametrize("fixture,key", [("axolotl_qlora.yml", "sequence_len:"), ("swift_qlora.sh", "--max_length "),
+                                         ("llamafactory_qlora.yaml", "cutoff_len:")])
+def test_plan_names_framework_keys_and_writes_a_patched_copy(cli, tmp_path, fixture, key):
+    src = tmp_path / fixture
+    shutil.copy(DATA / fixture, src)
+    before = src.read_text()
+    out = tmp_path / ("fit" + src.suffix)
+    r = cli("plan", "--json", "--config", str(src), "--memory", "15GiB", "--write", str(out))
+    assert r.exit_code == 1, r.output
+    d = json.loads(r.stdout)
+    assert src.read_text() == before  # the original is never modified
+    written = d["written"]
+    assert written["changes"], written
+    assert any(k in " ".join(s["framework_changes"]) for s in d["suggestions"] for k in (key,))
+    # the patched copy reads back to the planned change, and fits
+    r2 = cli("plan", "--json", "--config", str(out), "--memory", "15GiB")
+    pick = next(s for s in d["suggestions"] if s["key"] == written["suggestion"])
+    d2 = json.loads(r2.stdout)
+    for field, value in pick["changes"].items():
+        assert d2["scenario"][field] == value
+    assert r2.exit_code == 0, r2.output
+    assert d2["need_bytes"] == pick["need_bytes"]
+
+
+def test_patch_yaml_keeps_comments_and_adds_missing_keys():
+    text = "a: 1  # keep\nsection:\n  inner: 2\n  other: x\nlast: 3\n"
+    out = F.patch_yaml(text, [("a", 5), ("section.inner", 7), ("section.new", True), ("fresh", [1, 2])])
+    assert out == "a: 5  # keep\nsection:\n  inner: 7\n  other: x\n  new: true\nlast: 3\nfresh: [1, 2]\n"
+
+
+def test_write_refuses_to_overwrite_the_config(cli, tmp_path):
+    src = tmp_path / "c.yml"
+    shutil.copy(DATA / "axolotl_qlora.yml", src)
+    r = cli("plan", "--config", str(src), "--gpu", "rtx4090", "--seq", "8192", "--write", str(src))
+    assert r.exit_code == 2 and "overwrite" in r.output
+
+
+# ----------------------------------------------------------------------------------- bad input
+BAD = [
+    (["--framework", "nemo", "--config", "X/axolotl_qlora.yml"], "unknown framework 'nemo'"),
+    (["--config", "X/none.yaml"], "config file not found"),
+    (["--config", "@bad.yaml"], "malformed YAML"),
+    (["--config", "@nomodel.yaml"], "names no model"),
+    (["--config", "@impossible.yaml"], "lora_r: must be at least 1"),
+    (["--config", "@script.sh"], "no launch command found"),
+    (["--config", "@list.yaml"], "expected a mapping"),
+    (["--config", "@ambiguous.yaml"], "cannot tell which framework"),
+    (["--config", "@badopt.yaml"], "is not priced"),
+    (["--", "swift", "sft", "--model", "Qwen3-14B", "--quant_method", "gptq"], "quant_method 'gptq' is not priced"),
+    (["--", "ls", "-l"], "not a recognised launch command"),
+    (["--config", "X/axolotl_qlora.yml", "--framework-version", "banana"], "unreadable framework version"),
+]
+FILES = {
+    "bad.yaml": "base_model: [unclosed\n",
+    "nomodel.yaml": "adapter: qlora\nload_in_4bit: true\nlora_r: 8\nsequence_len: 1024\nmicro_batch_size: 1\n",
+    "impossible.yaml": "base_model: Qwen3-14B\nadapter: lora\nlora_r: 0\nsequence_len: 1024\n",
+    "script.sh": "#!/bin/sh\necho training\npython train.py --lr 1e-4\n",
+    "list.yaml": "- a\n- b\n",
+    "ambiguous.yaml": "foo: 1\n",
+    "badopt.yaml": "base_model: Qwen3-14B\nadapter: lora\nlora_r: 8\noptimizer: adafactor\n",
+}
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[m for _, m in BAD])
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, message):
+    for name, text in FILES.items():
+        (tmp_path / name).write_text(text)
+    args = [a.replace("X/", str(DATA) + "/").replace("@", str(tmp_path) + "/") for a in args]
+    r = cli("estimate", *args)
+    assert r.exit_code == 2, r.output
+    assert message in r.stderr, r.output
+    assert len([ln for ln in r.stderr.splitlines() if ln.strip()]) == 1, r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_shell_scripts_are_parsed_never_run(tmp_path):
+    marker = tmp_path / "ran"
+    script = tmp_path / "train.sh"
+    script.write_text(f"touch {marker}\nswift sft --model Qwen3-14B --lora_rank 4 --max_length 512 && touch {marker}\n")
+    loaded = F.load([str(script)])
+    assert loaded.framework.name == "ms-swift" and not marker.exists()
+    assert F.resolve(loaded, QWEN).fields["rank"] == 4
+
+
+def test_every_framework_has_a_table():
+    assert set(F.FRAMEWORKS) == {"ms-swift", "axolotl", "llamafactory", "trl", "hf", "torchtune", "unsloth"}
+    for fw in F.FRAMEWORKS.values():
+        assert fw.eras and fw.keys and fw.plan_keys
+        names = {k.name for k in fw.keys}
+        assert set(fw.plan_keys.values()) <= names | {"lora_target_linear"}, fw.name
+        with pytest.raises(ConfigError):
+            F.framework(fw.name + "x")
+
+
+# ------------------------------------------------------------------ exact terms of the new semantics
+def test_chunked_ce_terms_golden():
+    """torchtune's chunked loss, Qwen3-14B (V = 151,936), 1×2048, bf16 logits, 8 chunks of 256 rows:
+    forward 2·V·T (logits) + 4·V·T (every chunk's saved log-softmax) + 4·V·256 (one chunk's upcast);
+    backward 4·V·T + 2 × 4·V·256."""
+    from vramplan.analytic.terms import static_terms
+
+    st = static_terms(QWEN, Scenario(loss="chunked-ce", recipe="plain", autocast=False, adapter_dtype="bf16"))
+    V, T = 151_936, 2048
+    back, fwd, held = st.loss_terms(1, 2048)
+    assert fwd == 2 * V * T + 4 * V * T + 4 * V * 256 == 2_022_572_032
+    assert back == 4 * V * T + 8 * V * 256 == 1_555_824_640
+    assert held == 0
+
+
+def test_label_fraction_golden():
+    """Logits at ceil(0.25·2048) = 512 positions: the transformers loss terms over 512 tokens."""
+    from vramplan.analytic.terms import static_terms
+
+    st = static_terms(QWEN, Scenario(recipe="plain", label_fraction=0.25))
+    back, fwd, _ = st.loss_terms(1, 2048)
+    V = 151_936
+    assert back == 12 * V * 512 and fwd == (2 + 4 + 4) * V * 512
+
+
+def test_reentrant_holds_one_more_residual_tensor():
+    """Reentrant checkpointing: each layer recomputed in backward also holds its output, b·s·H in the
+    residual dtype (bf16 under the plain recipe: 2·2048·5120 B)."""
+    from vramplan.analytic import estimate
+
+    base = dict(recipe="plain", seq=2048)
+    pa = estimate(QWEN, Scenario(**base)).extra["phases"]
+    pb = estimate(QWEN, Scenario(**base, reentrant=True)).extra["phases"]
+    assert pb["last layer backward"] - pa["last layer backward"] == 2 * 2048 * 5120
+    assert pb["loss backward"] == pa["loss backward"]
+
+
+def test_fused_head_terms_golden():
+    """TRL's fused head on CUDA, 2047 scored positions, H = 5120, bf16 everywhere: forward = the
+    4096 × 32768 tile buffer at 2047 rows (2·2047·32768) + the scored hidden copy (2·2047·5120) + 7 fp32
+    statistics and the int64 targets (36·2047); backward = tile + hidden + fp32 gradient + its bf16 cast
+    (8·2047·5120) + 4 fp32 vectors."""
+    from vramplan.analytic import logits as lg
+
+    N, H = 2047, 5120
+    fwd, bwd = lg.fused_head_bytes(N, H, 2, 2, 0, True)
+    assert fwd == 2 * N * 32768 + 2 * N * H + 36 * N
+    assert bwd == 2 * N * 32768 + 8 * N * H + 16 * N
+
+
+def test_axolotl_recipe_casts_back_norms_embeddings_lm_head():
+    from vramplan.analytic import estimate
+
+    comps = {c.name: c.bytes for c in estimate(QWEN, Scenario(recipe="axolotl")).components}
+    hf = {c.name: c.bytes for c in estimate(QWEN, Scenario()).components}
+    for group in ("embeddings", "lm_head", "norms"):
+        assert comps[f"weights/{group}"] * 2 == hf[f"weights/{group}"]  # 2 B/param against peft's fp32

@@ -1,0 +1,59 @@
+"""Issue 13: `vramplan profile --config` runs the framework's own trainer on CPU and stores a profile that
+names the framework and version; both engines are held to that measurement.
+
+The measurement is the CPU tracker's live bytes over real steps of ``trl.SFTTrainer`` / the HF
+``Trainer`` (their loading of a random-init checkpoint, their preparation, their loop). Tolerances:
+the trace runs the same program op by op, so it is held to 1 %; the analytic engine to 1 % on TRL's
+fused head; on the HF + peft program with the tiny vramplan-debug model (hidden 64) the analytic CPU
+layer-backward terms are known to be 7 % low (the same gap `benchmarks/analytic_vs_trace.py` shows for
+that model on the CPU program, not a framework difference), so that row is held to 8 %.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+pytest.importorskip("trl")
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "frameworks"
+
+
+@pytest.mark.parametrize("configs,extra,analytic_tol", [
+    (["trl_qlora.yaml"], [], 0.01),
+    (["training_args.json", "adapter_config.json"], ["--quant", "nf4"], 0.08),
+], ids=["trl", "hf"])
+def test_profile_config_runs_the_frameworks_trainer(cli_run, tmp_path, configs, extra, analytic_tol):
+    args = ["profile", "--model", "vramplan-debug", "--seq", "128", "--steps", "3", "--out", str(tmp_path), "--json"]
+    for c in configs:
+        args += ["--config", str(DATA / c)]
+    code, out, err = cli_run(*args, *extra)
+    assert code == 0, err[-2000:]
+    (prof,) = json.loads(out)
+    fw = prof["run"]["framework"]
+    assert fw["name"] == ("trl" if "trl" in configs[0] else "hf") and fw["version"]
+    assert prof["run"]["loader"] == "framework" and prof["scenario"]["seq"] == 128
+    measured = prof["measured"]["allocated_peak_bytes"]
+    for engine, tol in (("trace", 0.01), ("analytic", analytic_tol)):
+        pred = prof["predictions"][engine]["allocated_peak_bytes"]
+        assert abs(pred / measured - 1) < tol, (engine, pred, measured)
+    # the stored profile validates like any other, with its framework named
+    code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    text = json.dumps(rows)
+    assert fw["name"] in text
+
+
+def test_profile_config_refuses_frameworks_it_cannot_run(cli_run, tmp_path):
+    code, out, err = cli_run("profile", "--config", str(DATA / "axolotl_qlora.yml"), "--model", "vramplan-debug",
+                             "--out", str(tmp_path))
+    assert code == 2 and "does not run axolotl" in err

@@ -1,0 +1,572 @@
+"""Training frameworks as data: read a user's config, price what that framework really runs.
+
+Each framework is one module here holding a ``Framework`` table (``vramplan.frameworks.base``):
+ms-swift, axolotl, LLaMA-Factory, TRL, the plain HF Trainer + peft, torchtune and Unsloth. This
+package reads the config (YAML with ``yaml.safe_load``, JSON, or a shell script *parsed* for the
+launch command, never executed), detects the framework, picks its version (``--framework-version``,
+else the installed package, else the newest release its table knows) and turns the config into
+Scenario fields, recording every key used, every default that filled a gap and every key ignored.
+
+Adding a framework: a module with ``FRAMEWORK = Framework(...)`` (its keys with their defaults in
+that framework, its eras by version, its ``scenario`` function and its plan keys), an entry in
+``FRAMEWORKS`` and ``_SIGNS`` below, a real-format config under tests/data/frameworks/ with its
+expected resolution (tests/exact/test_frameworks.py), and, where the framework installs on CPU, an
+ours-vs-theirs check of its recipe (tests/theirs/test_frameworks_theirs.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vramplan.frameworks import axolotl, hf, llamafactory, ms_swift, torchtune, trl, unsloth
+from vramplan.frameworks.base import ConfigError, Framework, Reader, parse_version
+
+FRAMEWORKS: dict[str, Framework] = {m.FRAMEWORK.name: m.FRAMEWORK for m in (
+    ms_swift, axolotl, llamafactory, trl, hf, torchtune, unsloth)}
+ALIASES = {"swift": "ms-swift", "ms_swift": "ms-swift", "llama-factory": "llamafactory", "llama_factory": "llamafactory",
+           "lmf": "llamafactory", "transformers": "hf", "hf-trainer": "hf", "peft": "hf"}
+
+#: Keys that mark a framework's config (each match scores one; the model key must be present).
+_SIGNS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "axolotl": ("base_model", ("adapter", "sequence_len", "micro_batch_size", "lora_r", "lora_target_linear",
+                               "datasets", "sample_packing", "load_in_4bit")),
+    "llamafactory": ("model_name_or_path", ("stage", "finetuning_type", "cutoff_len", "lora_target", "template",
+                                            "quantization_bit", "lora_rank")),
+    "trl": ("model_name_or_path", ("use_peft", "lora_r", "load_in_4bit", "dataset_name", "max_length",
+                                   "max_seq_length", "lora_target_modules", "use_bnb_nested_quant")),
+    "ms-swift": ("model", ("train_type", "tuner_type", "quant_method", "quant_bits", "lora_rank", "target_modules",
+                           "max_length", "lora_dtype", "attn_impl")),
+    "unsloth": ("model", ("training", "lora", "data", "logging")),
+    "torchtune": ("model", ("tokenizer", "checkpointer", "batch_size", "enable_activation_checkpointing", "loss",
+                            "optimizer")),
+}
+
+
+def framework(name: str) -> Framework:
+    """A framework by name or alias; ConfigError naming the choices."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in FRAMEWORKS:
+        raise ConfigError(f"unknown framework '{name}' (choose from: {', '.join(FRAMEWORKS)})")
+    return FRAMEWORKS[key]
+
+
+# ---------------------------------------------------------------------------------- sources
+@dataclass
+class Source:
+    """What the given files (or launch command) hold, before any framework reading."""
+
+    data: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+    framework: str | None = None
+    """Named by a launch command (``swift sft``...), if any."""
+    script: Path | None = None
+    """The shell script holding the launch command (what ``--write`` patches for CLI frameworks)."""
+    command: str = ""
+    """The launch command as read."""
+    yaml_file: Path | None = None
+    """The YAML/JSON config file the run reads (what ``--write`` patches for YAML frameworks)."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Command-line values given on top of a config file (``trl sft --config x.yaml --max_length 1``)."""
+
+
+def read_sources(paths: list[str], argv: list[str] | None = None) -> Source:
+    """Read ``--config`` files and/or a launch command given after ``--``."""
+    if not paths and not argv:
+        raise ConfigError("no config given: --config FILE or a launch command after --")
+    src = Source(data={})
+    mappings: list[tuple[Path, dict[str, Any]]] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        text = _read_text(path)
+        if path.suffix.lower() in (".yaml", ".yml", ".json") or text.lstrip().startswith("{"):
+            mappings.append((path, _mapping(path, text)))
+        else:
+            _from_command(src, _launch_command(text, str(path)), base=path.parent, script=path)
+    if argv:
+        _from_command(src, list(argv), base=Path.cwd(), script=None)
+    if mappings:
+        _merge_mappings(src, mappings)
+    return src
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
+    if len(raw) > 4 * 2**20:
+        raise ConfigError(f"{path}: larger than 4 MiB, not a training config")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def _mapping(path: Path, text: str) -> dict[str, Any]:
+    """A YAML (``safe_load``) or JSON file that must hold one mapping."""
+    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{path}: malformed JSON ({e})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def _merge_mappings(src: Source, mappings: list[tuple[Path, dict[str, Any]]]) -> None:
+    """One file is the config; two are TrainingArguments JSON + peft adapter_config.json (either order)."""
+    adapters = [(p, d) for p, d in mappings if "peft_type" in d]
+    args = [(p, d) for p, d in mappings if "peft_type" not in d and _is_training_args(d)]
+    if adapters or (len(mappings) > 1 and args):
+        if len(adapters) > 1 or len(args) > 1 or len(adapters) + len(args) != len(mappings):
+            raise ConfigError("pass one TrainingArguments JSON and one adapter_config.json")
+        src.framework = src.framework or "hf"
+        if args:
+            src.data["training_args"] = args[0][1]
+            src.yaml_file = args[0][0]
+        if adapters:
+            src.data["adapter_config"] = adapters[0][1]
+        src.files += [p for p, _ in mappings]
+        return
+    if len(mappings) > 1:
+        raise ConfigError("several config files given: only TrainingArguments JSON + adapter_config.json pair up")
+    path, data = mappings[0]
+    if src.data:  # a launch command already read its --config; this one replaces nothing
+        raise ConfigError(f"{path}: a config file and a launch command with its own config: give one")
+    src.data, src.yaml_file = data, path
+    src.files.append(path)
+
+
+def _is_training_args(d: dict[str, Any]) -> bool:
+    return "per_device_train_batch_size" in d and ("output_dir" in d or "optim" in d)
+
+
+_SPLIT = re.compile(r"\s*(?:&&|\|\||;|\|)\s*")
+
+
+def _launch_command(text: str, where: str) -> list[str]:
+    """The one recognised launch command of a shell script, as tokens (the script is parsed only)."""
+    joined = re.sub(r"\\\r?\n", " ", text)
+    found: list[list[str]] = []
+    for line in joined.splitlines():
+        try:
+            tokens = shlex.split(line, comments=True)
+        except ValueError as e:
+            raise ConfigError(f"{where}: cannot parse shell line ({e}): {line.strip()[:80]}") from None
+        for part in _split_tokens(tokens):
+            if _launcher(part) is not None:
+                found.append(part)
+    if not found:
+        known = "; ".join(" ".join(w) for f in FRAMEWORKS.values() for w in f.launchers[:1])
+        raise ConfigError(f"{where}: no launch command found (looked for: {known})")
+    if len(found) > 1:
+        raise ConfigError(f"{where}: {len(found)} launch commands found; keep one per script")
+    return found[0]
+
+
+def _split_tokens(tokens: list[str]) -> list[list[str]]:
+    out, cur = [], []
+    for t in tokens:
+        if t in ("&&", "||", ";", "|", "&"):
+            if cur:
+                out.append(cur)
+            cur = []
+        else:
+            cur.append(t)
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _launcher(tokens: list[str]) -> tuple[str, int] | None:
+    """(framework, index after its launcher words) when the tokens hold a known launch command."""
+    for name, fw in FRAMEWORKS.items():
+        for words in fw.launchers:
+            n = len(words)
+            for i in range(len(tokens) - n + 1):
+                window = [Path(t).name if j == 0 else t for j, t in enumerate(tokens[i:i + n])]
+                if window == list(words):
+                    return name, i + n
+    return None
+
+
+def _from_command(src: Source, tokens: list[str], base: Path, script: Path | None) -> None:
+    hit = _launcher(tokens)
+    if hit is None:
+        raise ConfigError(f"not a recognised launch command: {' '.join(tokens[:4])}")
+    name, start = hit
+    if src.framework and src.framework != name:
+        raise ConfigError(f"two frameworks given: {src.framework} and {name}")
+    src.framework, src.script, src.command = name, script, " ".join(tokens)
+    args = tokens[start:]
+    if name == "torchtune":
+        args = args[1:] if args and not args[0].startswith("-") else args  # the recipe name
+    values, positional = _parse_args(args)
+    config = values.pop("config", None) or (positional[0] if positional and name in ("axolotl", "llamafactory")
+                                            else None)
+    data: dict[str, Any] = {}
+    if config is not None:
+        path = Path(str(config)).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        if not path.suffix:
+            raise ConfigError(f"{config}: a built-in {FRAMEWORKS[name].title} config name, not a file; pass the "
+                              "YAML itself (e.g. `tune cp` it first)")
+        data = _mapping(path, _read_text(path))
+        src.yaml_file = path
+        src.files.append(path)
+    for k, v in values.items():
+        _set_dotted(data, k, v)
+    src.overrides = values
+    src.data = data
+    if script is not None:
+        src.files.append(script)
+
+
+def _parse_args(args: list[str]) -> tuple[dict[str, Any], list[Any]]:
+    """``--key value`` / ``--key=value`` / ``--flag`` / ``--key v1 v2`` and torchtune's ``key=value``."""
+    values: dict[str, Any] = {}
+    positional: list[Any] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and len(a) > 2:
+            key, eq, val = a[2:].partition("=")
+            key = key.replace("-", "_")
+            if eq:
+                values[key] = val
+                i += 1
+                continue
+            j = i + 1
+            vals = []
+            while j < len(args) and not args[j].startswith("--"):
+                vals.append(args[j])
+                j += 1
+            values[key] = True if not vals else (vals[0] if len(vals) == 1 else vals)
+            i = j
+        elif "=" in a and not a.startswith("-"):
+            k, _, v = a.partition("=")
+            values[k] = v
+            i += 1
+        else:
+            positional.append(a)
+            i += 1
+    return values, positional
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = node[p] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------------------------- detection
+def detect(src: Source) -> str:
+    """The framework of the config: named by its launch command, else by its keys."""
+    if src.framework:
+        return src.framework
+    data = src.data
+    if isinstance(data.get("model"), dict) and "_component_" in data["model"]:
+        return "torchtune"
+    scores = {}
+    for name, (model_key, signs) in _SIGNS.items():
+        hits = sum(1 for s in signs if s in data)
+        if hits:
+            scores[name] = hits + (1 if model_key in data else 0)
+    if isinstance(data.get("training"), dict) or isinstance(data.get("lora"), dict):
+        scores["unsloth"] = scores.get("unsloth", 0) + 10
+    if not any(scores.values()) and _is_training_args(data):
+        return "hf"
+    best = max(scores.values(), default=0)
+    top = [n for n, s in scores.items() if s == best]
+    if best == 0 or len(top) > 1:
+        what = f"it could be {' or '.join(top)}" if len(top) > 1 and best else "no framework's keys found"
+        raise ConfigError(f"cannot tell which framework this config is for ({what}): pass --framework "
+                          f"({', '.join(FRAMEWORKS)})")
+    return top[0]
+
+
+def installed_version(fw: Framework) -> str | None:
+    if not fw.package:
+        return None
+    from importlib import metadata
+
+    try:
+        return metadata.version(fw.package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def pick_version(fw: Framework, given: str | None) -> tuple[str, str]:
+    """(version, where it came from): ``--framework-version``, the installed package, or the table's newest."""
+    if given:
+        parse_version(given)
+        if parse_version(given) < parse_version(fw.eras[0].since):
+            raise ConfigError(f"{fw.title} {given} is older than vramplan's table ({fw.eras[0].since} and later)")
+        return given.strip(), "--framework-version"
+    found = installed_version(fw)
+    if found:
+        return found, "installed package"
+    return fw.latest, "newest release vramplan's table knows"
+
+
+# ---------------------------------------------------------------------------------- resolution
+@dataclass
+class Loaded:
+    """A config read and its framework known; the model id peeked, nothing priced yet."""
+
+    source: Source
+    framework: Framework
+    version: str
+    version_source: str
+    model: str | None
+
+
+def load(paths: list[str], argv: list[str] | None = None, framework_name: str | None = None,
+         version: str | None = None) -> Loaded:
+    src = read_sources(paths, argv)
+    fw = framework(framework_name) if framework_name else framework(detect(src))
+    if fw.name == "hf" and "training_args" not in src.data and "adapter_config" not in src.data:
+        src.data = {"training_args": src.data}
+    ver, where = pick_version(fw, version)
+    return Loaded(src, fw, ver, where, _model_of(src.data, fw))
+
+
+def _model_of(data: dict[str, Any], fw: Framework) -> str | None:
+    if fw.name == "torchtune":
+        return torchtune.model_id(data)
+    node: Any = data
+    for part in fw.model_key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    if node is None or isinstance(node, (dict, list)):
+        return None
+    return fw.model_name(str(node)) if fw.model_name else str(node)
+
+
+@dataclass
+class Resolved:
+    """A config turned into Scenario fields, with the record of what was read."""
+
+    framework: Framework
+    version: str
+    version_source: str
+    fields: dict[str, Any]
+    used: dict[str, Any]
+    defaults: dict[str, Any]
+    ignored: list[str]
+    notes: list[str]
+    source: Source
+
+    def to_dict(self, command_line: dict[str, Any] | None = None) -> dict[str, Any]:
+        return dict(framework=self.framework.name, version=self.version, version_source=self.version_source,
+                    files=[str(p) for p in self.source.files], used=_jsonable(self.used),
+                    defaults=_jsonable(self.defaults), ignored=self.ignored, notes=self.notes,
+                    command_line=_jsonable(command_line or {}))
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+def resolve(loaded: Loaded, arch: Any) -> Resolved:
+    """The config's Scenario fields for ``arch`` (the framework's fixed fields of its era, then the keys)."""
+    fw = loaded.framework
+    era = fw.era(loaded.version)
+    reader = Reader(fw, era, loaded.source.data)
+    if fw.model_key in ("model", "base_model", "model_name_or_path"):
+        reader.seen.add(fw.model_key)
+        if loaded.model is not None:
+            reader.used[fw.model_key] = loaded.model
+    notes: list[str] = []
+    fields = dict(era.fixed)
+    fields.update(fw.scenario(reader, era, arch, notes))
+    if fw.model_key.startswith("adapter_config."):
+        reader.get(fw.model_key)
+    return Resolved(fw, loaded.version, loaded.version_source, fields, reader.used, reader.defaults,
+                    reader.ignored(), notes, loaded.source)
+
+
+# ------------------------------------------------------------------------------------ planning
+def framework_changes(fw: Framework, changes: dict[str, Any]) -> list[tuple[str | None, str, Any]]:
+    """Scenario changes -> (framework key or None, the field, the value as the framework writes it)."""
+    out = []
+    for fieldname, value in changes.items():
+        key = fw.plan_keys.get(fieldname)
+        val = fw.spell(fieldname, value) if (fw.spell and key) else value
+        out.append((key, fieldname, val))
+        if key and fieldname in fw.companions:
+            other, v = fw.companions[fieldname]
+            out.append((other, fieldname, v))
+    return out
+
+
+def describe_change(fw: Framework, key: str | None, fieldname: str, value: Any) -> str:
+    """One change in the framework's words: ``sequence_len: 3072`` / ``--max_length 3072``."""
+    if key is None:
+        return f"{fieldname}={value} (no {fw.title} key: a vramplan scenario change)"
+    if fw.style == "cli":
+        v = " ".join(str(x) for x in value) if isinstance(value, (list, tuple)) else _cli_value(value)
+        return f"--{key} {v}"
+    return f"{key}: {_yaml_value(value)}"
+
+
+def _cli_value(v: Any) -> str:
+    return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+
+def _yaml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(x) for x in v) + "]"
+    return str(v)
+
+
+def patched_text(resolved: Resolved, changes: list[tuple[str | None, str, Any]]) -> tuple[Path, str]:
+    """(the file to patch, its patched text): the config file for YAML/JSON frameworks, the script
+    holding the launch command for CLI ones. Changes without a framework key are left out."""
+    src, fw = resolved.source, resolved.framework
+    keyed = [(k, v) for k, _, v in changes if k is not None]
+    if fw.name == "hf":
+        return _patch_hf(src, keyed)
+    if src.script is not None and (fw.style == "cli" or src.yaml_file is None or
+                                   any(k in src.overrides for k, _ in keyed)):
+        text = _read_text(src.script)
+        return src.script, _patch_cli(text, src, keyed)
+    if src.yaml_file is None:
+        raise ConfigError("--write needs a config file or a script (a command after -- has nothing to patch)")
+    text = _read_text(src.yaml_file)
+    if src.yaml_file.suffix.lower() == ".json":
+        data = json.loads(text)
+        for k, v in keyed:
+            _set_dotted(data, k, v)
+        return src.yaml_file, json.dumps(data, indent=2) + "\n"
+    return src.yaml_file, patch_yaml(text, keyed)
+
+
+def _patch_hf(src: Source, keyed: list[tuple[str, Any]]) -> tuple[Path, str]:
+    """HF: the TrainingArguments JSON (changes of adapter_config keys are reported, not written)."""
+    if src.yaml_file is None:
+        raise ConfigError("--write needs the TrainingArguments JSON among the --config files")
+    data = json.loads(_read_text(src.yaml_file))
+    for k, v in keyed:
+        section, _, name = k.partition(".")
+        if section == "training_args":
+            data[name] = v
+    return src.yaml_file, json.dumps(data, indent=2) + "\n"
+
+
+def patch_yaml(text: str, changes: list[tuple[str, Any]]) -> str:
+    """``text`` with each (dotted key, value) set: the key's line rewritten in place (comments and
+    layout kept), or added at the end of its section (a new section at the end of the file)."""
+    lines = text.splitlines()
+    for key, value in changes:
+        parts = key.split(".")
+        start, end, indent = 0, len(lines), 0
+        ok = True
+        for depth, part in enumerate(parts):
+            pat = re.compile(rf"^(\s*){re.escape(part)}\s*:(.*)$")
+            found = None
+            for i in range(start, end):
+                m = pat.match(lines[i])
+                if m and len(m.group(1)) == indent:
+                    found = (i, m)
+                    break
+            if found is None:
+                ok = False
+                break
+            i, m = found
+            if depth < len(parts) - 1:
+                start = i + 1
+                end = _block_end(lines, i, indent)
+                indent = _child_indent(lines, start, end, indent)
+            else:
+                comment = ""
+                rest = m.group(2)
+                if " #" in rest:
+                    comment = "  #" + rest.split(" #", 1)[1]
+                lines[i] = f"{' ' * indent}{part}: {_yaml_value(value)}{comment}"
+        if not ok:
+            lines += _new_lines(lines, parts, value, start, end, indent, depth)
+    return "\n".join(lines) + "\n"
+
+
+def _block_end(lines: list[str], i: int, indent: int) -> int:
+    for j in range(i + 1, len(lines)):
+        s = lines[j]
+        if s.strip() and not s.lstrip().startswith("#") and len(s) - len(s.lstrip()) <= indent:
+            return j
+    return len(lines)
+
+
+def _child_indent(lines: list[str], start: int, end: int, indent: int) -> int:
+    for j in range(start, end):
+        s = lines[j]
+        if s.strip() and not s.lstrip().startswith("#"):
+            return len(s) - len(s.lstrip())
+    return indent + 2
+
+
+def _new_lines(lines: list[str], parts: list[str], value: Any, start: int, end: int, indent: int,
+               depth: int) -> list[str]:
+    """Lines adding the missing part of a dotted key (inserted at the end of its section)."""
+    new = []
+    for d, part in enumerate(parts[depth:]):
+        pad = " " * (indent + 2 * d)
+        new.append(f"{pad}{part}:" if d < len(parts) - depth - 1 else f"{pad}{part}: {_yaml_value(value)}")
+    if depth == 0:
+        return new
+    lines[end:end] = new
+    return []
+
+
+def _patch_cli(text: str, src: Source, keyed: list[tuple[str, Any]]) -> str:
+    """The script with each ``--key`` set: an existing ``--key value(s)`` / ``--key=value`` rewritten,
+    else the flag added right after the launcher words."""
+    fw_name = src.framework or ""
+    words = FRAMEWORKS[fw_name].launchers if fw_name else ()
+    for key, value in keyed:
+        val = " ".join(str(x) for x in value) if isinstance(value, (list, tuple)) else _cli_value(value)
+        flags = {key, key.replace("_", "-")}
+        done = False
+        for flag in flags:
+            pat = re.compile(rf"(--{re.escape(flag)})(=\S+|(?:[ \t]+(?!-)(?:\\\n[ \t]*)?[^\s\\]+)+)")
+            if pat.search(text):
+                text = pat.sub(lambda m: f"{m.group(1)} {val}", text, count=1)
+                done = True
+                break
+        if not done:
+            for w in words:
+                pat = re.compile(r"\b" + r"\s+".join(re.escape(x) for x in w) + r"\b")
+                if pat.search(text):
+                    text = pat.sub(lambda m: f"{m.group(0)} --{key} {val}", text, count=1)
+                    done = True
+                    break
+        if not done:
+            raise ConfigError(f"cannot place --{key} in {src.script}")
+    return text

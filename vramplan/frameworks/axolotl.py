@@ -1,0 +1,170 @@
+"""axolotl (``axolotl train config.yml``): its YAML.
+
+Read from axolotl 0.19.0 (research §2): with ``adapter: qlora`` + ``load_in_4bit`` the bnb config is
+fixed (nf4, double quant, compute = torch_dtype); peft's k-bit preparation runs, then norms,
+embeddings and lm_head are cast back to torch_dtype (``Recipe.AXOLOTL``); checkpointing kwargs
+default to ``use_reentrant: True``; fp32 adapters unless ``peft_autocast_adapter_dtype: false``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import MISSING, Era, Framework, Key
+
+KEYS = (
+    Key("base_model", MISSING, "model id or path"),
+    Key("adapter", None, "lora / qlora; unset = full fine-tuning"),
+    Key("load_in_4bit", False, "4-bit base (with adapter: qlora)"),
+    Key("load_in_8bit", False, "8-bit base"),
+    Key("bnb_config_kwargs", None, "overrides of the fixed bnb config"),
+    Key("lora_r", MISSING, "LoRA rank (no default)"),
+    Key("lora_dropout", 0.0, "LoRA dropout"),
+    Key("lora_target_modules", None, "LoRA target names"),
+    Key("lora_target_linear", None, "true = every linear but lm_head"),
+    Key("peft_autocast_adapter_dtype", None, "false = adapters in torch_dtype"),
+    Key("sequence_len", 512, "tokens per row"),
+    Key("micro_batch_size", 1, "micro-batch"),
+    Key("gradient_checkpointing", False, "checkpointing (schema default off; true, offload)"),
+    Key("gradient_checkpointing_kwargs", None, "None = {use_reentrant: true}"),
+    Key("bf16", "auto", "bf16 (auto = when the GPU has it)"),
+    Key("fp16", None, "fp16"),
+    Key("attn_implementation", None, "attention (None = sdpa)"),
+    Key("flash_attention", None, "legacy flag: flash_attention_2"),
+    Key("sdp_attention", None, "legacy flag: sdpa"),
+    Key("eager_attention", None, "legacy flag: eager"),
+    Key("optimizer", "adamw_torch_fused", "HF optimizer name"),
+    Key("sample_packing", None, "multipack (issue 14)"),
+    Key("activation_offloading", False, "activation offload (issue 14)"),
+    Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
+    Key("plugins", None, "CCE / Liger plugins (issue 14)"),
+    Key("lora_mlp_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
+    Key("lora_qkv_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
+    Key("lora_o_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
+    Key("fp32_norms", None, "norms kept fp32"),
+    Key("deepspeed", None, "DeepSpeed (issue 16)"),
+    Key("fsdp", None, "FSDP (issue 16)"),
+    Key("fsdp_config", None, "FSDP (issue 16)"),
+    Key("rl", None, "preference training (issue 17)"),
+)
+
+_SOURCE = "axolotl 0.19.0: loaders/model.py, utils/schemas/*, utils/config/__init__.py (research §2)"
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "axolotl"
+    if r.get("rl"):
+        raise b.ConfigError(f"{who}: rl: {r.get('rl')} (preference training) is not priced yet (issue 17)")
+    out: dict[str, Any] = {}
+    adapter = r.get("adapter")
+    fp16 = r.get("fp16")
+    bf16 = r.get("bf16")
+    out["dtype"] = "fp16" if (fp16 is not None and b.boolean(fp16, "fp16")) else (
+        "bf16" if str(bf16).lower() == "auto" or b.boolean(bf16, "bf16") else "fp32")
+    if adapter is None:
+        out["full"] = True
+        out["quant"] = "none"
+    else:
+        adapter = str(adapter).lower()
+        if adapter not in ("lora", "qlora"):
+            raise b.ConfigError(f"{who}: adapter '{adapter}' is not priced (lora or qlora)")
+        four = b.boolean(r.get("load_in_4bit"), "load_in_4bit")
+        eight = b.boolean(r.get("load_in_8bit"), "load_in_8bit")
+        if adapter == "qlora" and not four:
+            raise b.ConfigError(f"{who}: adapter: qlora needs load_in_4bit: true")
+        if four and adapter == "lora":
+            notes.append("adapter: lora with load_in_4bit builds no bnb config in axolotl 0.19: priced unquantized")
+            four = False
+        out["quant"] = "nf4" if four else ("int8" if eight else "none")
+        if four:
+            out["double_quant"] = True
+            kw = r.get("bnb_config_kwargs") or {}
+            if not isinstance(kw, dict):
+                raise b.ConfigError(f"{who}: bnb_config_kwargs must be a mapping")
+            if "bnb_4bit_quant_type" in kw:
+                out["quant"] = str(kw["bnb_4bit_quant_type"]).lower()
+            if "bnb_4bit_use_double_quant" in kw:
+                out["double_quant"] = b.boolean(kw["bnb_4bit_use_double_quant"], "bnb_4bit_use_double_quant")
+        out["rank"] = b.integer(r.get("lora_r"), "lora_r")
+        out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
+        names = b.targets(r.get("lora_target_modules"), "lora_target_modules")
+        linear = r.get("lora_target_linear")
+        if linear is not None and b.boolean(linear, "lora_target_linear"):
+            out["targets"] = ("all-linear",)
+        else:
+            out["targets"] = names or b.peft_default_targets(arch, who)
+        autocast_adapter = r.get("peft_autocast_adapter_dtype")
+        if autocast_adapter is not None and not b.boolean(autocast_adapter, "peft_autocast_adapter_dtype"):
+            out["adapter_dtype"] = out["dtype"]
+        kernels = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+                   if r.get(k) is None or b.boolean(r.get(k), k)]
+        if kernels:
+            notes.append(f"axolotl 0.19 turns on its fused LoRA kernels ({', '.join(kernels)}; auto when unset): "
+                         "their saved tensors are not yet priced (issue 14); priced as peft's LoRA layers")
+        if four:
+            from vramplan.breakdown import fmt_bytes
+
+            n = arch.embed_params + arch.lm_head_params + arch.norm_params
+            notes.append(f"axolotl 0.19 upcasts embeddings, lm_head and norms to fp32 while loading and casts them "
+                         f"back before training: {fmt_bytes(4 * n)} at that moment against {fmt_bytes(2 * n)} in "
+                         "the step, a load-time peak the step's budget does not include")
+        if r.get("fp32_norms"):
+            notes.append("fp32_norms: norms kept fp32 are not priced separately; priced with norms in torch_dtype")
+    gc = r.get("gradient_checkpointing")
+    if isinstance(gc, str) and gc.lower() in ("offload", "offload_disk"):
+        notes.append(f"gradient_checkpointing: {gc} adds activation offloading, not yet priced (issue 14); "
+                     "priced as checkpointing on the GPU")
+        gc = True
+    out["grad_checkpointing"] = b.boolean(gc, "gradient_checkpointing")
+    kwargs = r.get("gradient_checkpointing_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
+    reent = kwargs.get("use_reentrant", True)
+    out["reentrant"] = out["grad_checkpointing"] and b.boolean(reent, "use_reentrant")
+    out["attn"] = _attn(r)
+    out["seq"] = b.integer(r.get("sequence_len"), "sequence_len")
+    out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
+    out["optimizer"] = b.optimizer(r.get("optimizer"), who)
+    if r.get("sample_packing"):
+        notes.append("sample_packing: rows keep shape micro_batch_size × sequence_len, priced so; the multipack "
+                     "attention mask is not yet priced (issue 14)")
+    off = r.get("activation_offloading")
+    if off and str(off).lower() not in ("false", "0"):
+        notes.append("activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
+    if r.get("chunked_cross_entropy"):
+        notes.append("chunked_cross_entropy: axolotl's compiled chunked loss is not yet priced (issue 14); "
+                     "priced with the full-vocabulary loss")
+    plugins = r.get("plugins") or []
+    for p in plugins if isinstance(plugins, list) else [plugins]:
+        notes.append(f"plugin {p}: not yet priced (issue 14)")
+    b.multi_gpu(r, notes, ("deepspeed", "fsdp", "fsdp_config"))
+    return out
+
+
+def _attn(r: b.Reader) -> str:
+    impl = r.get("attn_implementation")
+    if impl is not None:
+        table = {"sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash2"}
+        if str(impl) not in table:
+            raise b.ConfigError(f"axolotl: attn_implementation '{impl}' is not priced (sdpa, eager, "
+                                "flash_attention_2)")
+        return table[str(impl)]
+    if r.get("flash_attention"):
+        return "flash2"
+    if r.get("eager_attention"):
+        return "eager"
+    r.get("sdp_attention")
+    return "sdpa"
+
+
+FRAMEWORK = Framework(
+    name="axolotl", title="axolotl", package="axolotl",
+    eras=(Era("0.19.0", dict(recipe="axolotl", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
+    keys=KEYS, scenario=scenario, model_key="base_model", style="yaml",
+    launchers=(("axolotl", "train"), ("accelerate", "launch", "-m", "axolotl.cli.train"),
+               ("python", "-m", "axolotl.cli.train")),
+    plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
+                   grad_checkpointing="gradient_checkpointing", optimizer="optimizer",
+                   lora_dropout="lora_dropout", targets="lora_target_modules"),
+    spell=b.hf_spell, companions={"targets": ("lora_target_linear", False)}, known_latest="0.19.0")

@@ -1,0 +1,335 @@
+"""What every framework table is made of, and the reader that records what a config said.
+
+A framework module (``vramplan/frameworks/<name>.py``) is one ``Framework`` record:
+
+- ``keys``: every config key the framework reads that moves memory, with its default *in that
+  framework* (``Key``); ``eras`` change defaults and fixed semantics by framework version (``Era``);
+- ``fixed``: the Scenario fields the framework's code decides whatever the config says (recipe,
+  adapter dtype, checkpointing kind, loss kernel), per era;
+- ``scenario``: a small function from the read keys to Scenario fields, with notes for anything
+  approximated or not yet priced;
+- ``plan_keys``: which config key carries each Scenario field, so a plan speaks the framework's words.
+
+``Reader`` wraps the parsed config: ``get`` returns the config's value (recorded as *used*) or the
+framework's default (recorded as *default*); whatever no ``get`` touched is *ignored*.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from vramplan.errors import VramplanError
+
+
+class ConfigError(VramplanError):
+    """A training config that cannot be read or priced as written (exit 2)."""
+
+
+MISSING = object()
+"""A key with no default: the config must give it."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key the framework reads: its default there and what it changes."""
+
+    name: str
+    default: Any
+    meaning: str
+    aliases: tuple[str, ...] = ()
+    """Older or alternative spellings the framework also accepts."""
+
+
+@dataclass(frozen=True)
+class Era:
+    """A range of framework versions (``since`` inclusive, up to the next era) with its own behaviour."""
+
+    since: str
+    fixed: dict[str, Any]
+    """Scenario fields the framework's code decides in this era."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    """Key defaults that differ from ``Framework.keys`` in this era."""
+    source: str = ""
+    """Where the era's behaviour is read (package version, file and lines)."""
+
+
+@dataclass(frozen=True)
+class Framework:
+    """One framework's declarative table (see the module docstring)."""
+
+    name: str
+    title: str
+    package: str | None
+    """The pip distribution whose installed version is read (None: not pip-installable)."""
+    eras: tuple[Era, ...]
+    keys: tuple[Key, ...]
+    scenario: Callable[..., dict[str, Any]]
+    """``scenario(reader, era, arch, notes) -> Scenario fields``."""
+    model_key: str
+    """The key naming the model (dotted for nested YAML)."""
+    plan_keys: dict[str, str]
+    """Scenario field -> config key that sets it (only fields the framework exposes)."""
+    style: str
+    """How keys are written: ``yaml`` (``key: value``) or ``cli`` (``--key value``)."""
+    launchers: tuple[tuple[str, ...], ...] = ()
+    """Command words that start this framework's launch command (``("swift", "sft")``)."""
+    spell: Callable[[str, Any], Any] | None = None
+    """(Scenario field, value) -> the value as this framework writes it (optimizer names...)."""
+
+    def key(self, name: str) -> Key:
+        for k in self.keys:
+            if k.name == name:
+                return k
+        raise KeyError(name)
+
+    def era(self, version: str) -> Era:
+        """The era that holds ``version`` (the last whose ``since`` is not above it)."""
+        v = parse_version(version)
+        chosen = self.eras[0]
+        for e in self.eras:
+            if parse_version(e.since) <= v:
+                chosen = e
+        return chosen
+
+    companions: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    """Scenario field -> (another key, its value) a plan must also set when it changes that field
+    (axolotl: naming targets needs ``lora_target_linear: false``)."""
+    model_name: Callable[[str], str] | None = None
+    """The framework's model id -> the id vramplan looks up (Unsloth's re-uploads -> the base model)."""
+    traceable: bool = True
+    """Whether ``--method trace`` can run this framework's program (False: GPU-only kernels)."""
+    known_latest: str = ""
+    """The newest release this table was checked against (default: the last era's first version)."""
+
+    @property
+    def latest(self) -> str:
+        return self.known_latest or self.eras[-1].since
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"1.16.0"`` -> (1, 16, 0); pre-release and local tails are dropped; ConfigError if unreadable."""
+    import re
+
+    m = re.match(r"\s*v?(\d+(?:\.\d+)*)", str(text))
+    if not m:
+        raise ConfigError(f"unreadable framework version '{text}' (expected e.g. 1.16.0)")
+    return tuple(int(x) for x in m.group(1).split("."))
+
+
+class Reader:
+    """The parsed config, recording each key read as used (given) or default (absent)."""
+
+    def __init__(self, fw: Framework, era: Era, data: dict[str, Any], cli: dict[str, Any] | None = None) -> None:
+        self.fw, self.era, self.data = fw, era, data
+        self.used: dict[str, Any] = {}
+        self.defaults: dict[str, Any] = {}
+        self.seen: set[str] = set()
+
+    def _lookup(self, dotted: str) -> tuple[bool, Any, str]:
+        """(present, value, the spelling found) for a dotted key, or one of its aliases."""
+        names = (dotted,)
+        try:
+            names += self.fw.key(dotted).aliases
+        except KeyError:
+            pass
+        for name in names:
+            node: Any = self.data
+            ok = True
+            for part in name.split("."):
+                if isinstance(node, dict) and part in node:
+                    node = node[part]
+                else:
+                    ok = False
+                    break
+            if ok:
+                return True, node, name
+        return False, None, dotted
+
+    def has(self, name: str) -> bool:
+        return self._lookup(name)[0]
+
+    def get(self, name: str) -> Any:
+        """The config's value of ``name`` (used), else the framework's default in this era (default)."""
+        present, value, spelled = self._lookup(name)
+        self.seen.add(spelled.split(".")[0] if "." not in name else spelled)
+        self.seen.add(spelled)
+        if present:
+            self.used[spelled] = value
+            return value
+        default = self.era.defaults.get(name, self.fw.key(name).default)
+        if default is MISSING:
+            raise ConfigError(f"{self.fw.title} config: '{name}' is required and missing")
+        self.defaults[name] = default
+        return default
+
+    def ignored(self) -> list[str]:
+        """Keys of the config no ``get`` read (dotted for nested mappings)."""
+        out: list[str] = []
+
+        def walk(node: Any, prefix: str) -> None:
+            for k, v in node.items():
+                name = f"{prefix}{k}"
+                if name in self.seen:
+                    continue
+                if isinstance(v, dict) and any(s.startswith(name + ".") for s in self.seen):
+                    walk(v, name + ".")
+                else:
+                    out.append(name)
+
+        walk(self.data, "")
+        return sorted(out)
+
+
+# ------------------------------------------------------------------------- shared vocabulary
+#: HF ``TrainingArguments.optim`` names (transformers 5.24 ``training_args.py`` OptimizerNames) ->
+#: vramplan's optimizer. Every other name is refused: its state is not priced.
+HF_OPTIM = {
+    "adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
+    "adamw_apex_fused": "adamw",
+    "adamw_bnb_8bit": "adamw8bit", "adamw_8bit": "adamw8bit", "adam8bit": "adamw8bit",
+    "paged_adamw_32bit": "paged_adamw", "paged_adamw": "paged_adamw",
+    "paged_adamw_8bit": "paged_adamw8bit",
+    "sgd": "sgd",
+}
+#: vramplan optimizer -> the HF name a plan writes back.
+HF_OPTIM_NAME = {"adamw": "adamw_torch_fused", "adamw8bit": "adamw_bnb_8bit", "paged_adamw": "paged_adamw_32bit",
+                 "paged_adamw8bit": "paged_adamw_8bit", "sgd": "sgd"}
+
+#: peft 0.21.2 ``utils/constants.py`` TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, for the
+#: decoder families vramplan prices: what ``target_modules=None`` resolves to.
+PEFT_DEFAULT_TARGETS = {
+    "llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"), "mixtral": ("q_proj", "v_proj"),
+    "gemma": ("q_proj", "v_proj"), "gemma2": ("q_proj", "v_proj"), "gemma3_text": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"), "qwen3": ("q_proj", "v_proj"), "phi": ("q_proj", "v_proj", "fc1", "fc2"),
+    "stablelm": ("q_proj", "v_proj"),
+}
+
+
+def peft_default_targets(arch: Any, who: str) -> tuple[str, ...]:
+    """What peft's ``LoraConfig(target_modules=None)`` resolves to for ``arch``; ConfigError when peft
+    has no default for the family (peft raises then too)."""
+    mt = arch.model_type
+    if mt == "gemma3":
+        mt = "gemma3_text"
+    if mt not in PEFT_DEFAULT_TARGETS:
+        raise ConfigError(f"{who}: no LoRA target modules given and peft has no default for model_type "
+                          f"'{arch.model_type}' (peft raises too): set the target modules")
+    return PEFT_DEFAULT_TARGETS[mt]
+
+
+def optimizer(name: Any, who: str) -> str:
+    """An HF optim name -> vramplan's optimizer; ConfigError naming the priced ones otherwise."""
+    key = str(name).strip().lower()
+    if key not in HF_OPTIM:
+        raise ConfigError(f"{who}: optimizer '{name}' is not priced by vramplan (priced: "
+                          f"{', '.join(sorted(HF_OPTIM))})")
+    return HF_OPTIM[key]
+
+
+_TRUE = {"true", "1", "yes", "on", "y"}
+_FALSE = {"false", "0", "no", "off", "n", "none", "null", ""}
+
+
+def boolean(value: Any, key: str) -> bool:
+    """A config boolean: YAML/JSON booleans or the CLI spellings; ConfigError otherwise."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{key}: expected true or false, got {value!r}")
+
+
+def integer(value: Any, key: str, minimum: int = 1) -> int:
+    """A positive config integer (YAML int or CLI string); ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    try:
+        out = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if out < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}, got {out}")
+    return out
+
+
+def fraction(value: Any, key: str) -> float:
+    """A dropout-like number in [0, 1); ConfigError otherwise."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if not 0.0 <= out < 1.0:
+        raise ConfigError(f"{key}: must be in [0, 1), got {out}")
+    return out
+
+
+#: dtype spellings of the frameworks -> vramplan's Dtype values (``auto`` is resolved by the caller).
+DTYPES = {"bf16": "bf16", "bfloat16": "bf16", "torch.bfloat16": "bf16", "fp16": "fp16", "float16": "fp16",
+          "half": "fp16", "torch.float16": "fp16", "fp32": "fp32", "float32": "fp32", "float": "fp32",
+          "torch.float32": "fp32"}
+
+
+def dtype(value: Any, key: str, arch: Any = None) -> str:
+    """A dtype spelling -> ``bf16``/``fp16``/``fp32``; ``auto``/None -> the checkpoint's (config.json
+    ``torch_dtype``/``dtype``, bf16 when it names none)."""
+    if value is None or str(value).strip().lower() == "auto":
+        cfg = getattr(arch, "config", {}) or {}
+        named = cfg.get("torch_dtype") or cfg.get("dtype")
+        return DTYPES.get(str(named).lower(), "bf16") if named else "bf16"
+    text = str(value).strip().lower()
+    if text not in DTYPES:
+        raise ConfigError(f"{key}: unknown dtype {value!r} (bfloat16, float16 or float32)")
+    return DTYPES[text]
+
+
+def targets(value: Any, key: str) -> tuple[str, ...] | None:
+    """LoRA targets: a list, a comma string, ``all-linear``/``all`` -> ("all-linear",); None if unset."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        items = [t.strip() for t in value.replace(" ", ",").split(",") if t.strip()]
+    elif isinstance(value, (list, tuple)):
+        if not all(isinstance(t, str) for t in value):
+            raise ConfigError(f"{key}: module names must be strings, got {value!r}")
+        items = [t.strip() for t in value if t.strip()]
+    else:
+        raise ConfigError(f"{key}: expected module names, got {value!r}")
+    if not items:
+        return None
+    if any(t.lower() in ("all-linear", "all_linear", "all") for t in items):
+        return ("all-linear",)
+    return tuple(items)
+
+
+def hf_spell(fieldname: str, value: Any) -> Any:
+    """A Scenario value as HF-style configs write it: optimizer names of ``TrainingArguments.optim``,
+    targets as a list; anything else as is."""
+    if fieldname == "optimizer":
+        return HF_OPTIM_NAME[value]
+    if fieldname == "targets":
+        return list(value)
+    return value
+
+
+def unpriced(r: Reader, notes: list[str], features: tuple[tuple[str, str], ...]) -> None:
+    """A note for each (key, feature) the config switches on that vramplan does not price yet (issue 14)."""
+    for key, what in features:
+        if boolean(r.get(key), key):
+            notes.append(f"{key}: {what} not yet priced (issue 14); priced without it")
+
+
+def multi_gpu(r: Reader, notes: list[str], keys: tuple[str, ...]) -> None:
+    """One note when any of ``keys`` configures multi-GPU sharding (issue 16)."""
+    for key in keys:
+        if r.get(key):
+            notes.append(f"{key.rsplit('.', 1)[-1]}: multi-GPU sharding is not yet priced (issue 16); priced as one "
+                         "GPU holding the whole model")
+            return

@@ -1,0 +1,89 @@
+"""A plain transformers ``Trainer`` + peft script: its ``TrainingArguments`` JSON (``to_json_string``)
+with peft's ``adapter_config.json``.
+
+transformers 5.24 / peft 0.21.2 (research §0.1, §5): the Trainer enables checkpointing at
+``train()`` with non-reentrant kwargs, overriding the reentrant GC peft's k-bit preparation set;
+compute_loss drops the outputs before backward; peft's adapters are fp32. The quantization of the
+base is in neither file (it is the script's ``BitsAndBytesConfig``): unquantized unless ``--quant``
+says otherwise, and a quantized run is priced with peft's ``prepare_model_for_kbit_training``
+(``Recipe.HF_PEFT``), what such scripts call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import Era, Framework, Key
+
+KEYS = (
+    Key("adapter_config.base_model_name_or_path", None, "model id or path"),
+    Key("adapter_config.peft_type", "LORA", "LORA only"),
+    Key("adapter_config.r", 8, "LoRA rank"),
+    Key("adapter_config.lora_dropout", 0.0, "LoRA dropout"),
+    Key("adapter_config.target_modules", None, "None = peft's per-model default"),
+    Key("adapter_config.use_dora", False, "DoRA (issue 14)"),
+    Key("adapter_config.modules_to_save", None, "fully trained extra modules"),
+    Key("training_args.per_device_train_batch_size", 8, "micro-batch"),
+    Key("training_args.gradient_checkpointing", False, "checkpointing"),
+    Key("training_args.gradient_checkpointing_kwargs", None, "use_reentrant (None = non-reentrant)"),
+    Key("training_args.bf16", False, "bf16 autocast"),
+    Key("training_args.fp16", False, "fp16 autocast"),
+    Key("training_args.optim", "adamw_torch_fused", "HF optimizer name"),
+    Key("training_args.use_liger_kernel", False, "Liger (issue 14)"),
+    Key("training_args.deepspeed", None, "DeepSpeed (issue 16)"),
+    Key("training_args.fsdp", None, "FSDP (issue 16)"),
+)
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "HF Trainer"
+    out: dict[str, Any] = {}
+    bf16 = b.boolean(r.get("training_args.bf16"), "bf16")
+    fp16 = b.boolean(r.get("training_args.fp16"), "fp16")
+    out["dtype"] = "fp16" if fp16 else ("bf16" if bf16 else b.dtype("auto", "dtype", arch))
+    out["autocast"] = bf16 or fp16
+    if "adapter_config" in r.data:
+        kind = str(r.get("adapter_config.peft_type")).upper()
+        if kind != "LORA":
+            raise b.ConfigError(f"{who}: peft_type {kind} is not priced (LORA)")
+        out["rank"] = b.integer(r.get("adapter_config.r"), "r")
+        out["lora_dropout"] = b.fraction(r.get("adapter_config.lora_dropout"), "lora_dropout")
+        out["targets"] = b.targets(r.get("adapter_config.target_modules"), "target_modules") or \
+            b.peft_default_targets(arch, who)
+        if b.boolean(r.get("adapter_config.use_dora"), "use_dora"):
+            notes.append("use_dora: DoRA is not yet priced (issue 14); priced as LoRA")
+        if r.get("adapter_config.modules_to_save"):
+            notes.append("modules_to_save: fully trained copies of those modules are not priced")
+        out["quant"] = "none"
+        notes.append("training_args.json and adapter_config.json do not say whether the base is quantized: "
+                     "unquantized unless --quant says so (--quant nf4 for QLoRA, priced with peft's k-bit "
+                     "preparation)")
+    else:
+        out["full"] = True
+        out["quant"] = "none"
+        notes.append("no adapter_config.json: priced as full fine-tuning (pass it as a second --config for LoRA)")
+    out["batch"] = b.integer(r.get("training_args.per_device_train_batch_size"), "per_device_train_batch_size")
+    gc = b.boolean(r.get("training_args.gradient_checkpointing"), "gradient_checkpointing")
+    out["grad_checkpointing"] = gc
+    kwargs = r.get("training_args.gradient_checkpointing_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
+    out["reentrant"] = gc and b.boolean(kwargs.get("use_reentrant", False), "use_reentrant")
+    out["optimizer"] = b.optimizer(r.get("training_args.optim"), who)
+    notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
+                 "(default 2048)")
+    b.unpriced(r, notes, (("training_args.use_liger_kernel", "Liger kernels"),))
+    b.multi_gpu(r, notes, ("training_args.deepspeed", "training_args.fsdp"))
+    return out
+
+
+FRAMEWORK = Framework(
+    name="hf", title="HF Trainer + peft", package="transformers",
+    eras=(Era("5.0.0", dict(recipe="hf-peft", loss="hf", hold_logits="none"),
+              source="transformers 5.24.0 trainer.py / training_args.py, peft 0.21.2 (research §0.1, §5)"),),
+    keys=KEYS, scenario=scenario, model_key="adapter_config.base_model_name_or_path", style="json",
+    plan_keys=dict(batch="training_args.per_device_train_batch_size", rank="adapter_config.r",
+                   grad_checkpointing="training_args.gradient_checkpointing", optimizer="training_args.optim",
+                   targets="adapter_config.target_modules", lora_dropout="adapter_config.lora_dropout"),
+    spell=b.hf_spell, known_latest="5.24.0")

@@ -1,0 +1,139 @@
+"""LLaMA-Factory (``llamafactory-cli train config.yaml``): its YAML.
+
+Read from llamafactory 0.9.5 (research §3): no peft k-bit preparation (its own
+``prepare_model_for_training`` casts nothing unless ``upcast_layernorm``); every trainable parameter
+to fp32 after ``get_peft_model`` (``pure_bf16`` keeps bf16 and trains without autocast); its own
+checkpointing, reentrant by default (``use_reentrant_gc: true``); ``lora_target: all``; HF's
+per-device batch of 8 when the YAML gives none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import MISSING, Era, Framework, Key
+
+KEYS = (
+    Key("model_name_or_path", MISSING, "model id or path"),
+    Key("stage", "sft", "sft (pt also prices); dpo/kto/ppo/rm are issue 17"),
+    Key("finetuning_type", "lora", "lora / full (freeze is not priced)"),
+    Key("quantization_bit", None, "4 or 8"),
+    Key("quantization_method", "bnb", "bnb"),
+    Key("quantization_type", "nf4", "nf4 / fp4"),
+    Key("double_quantization", True, "double quantization"),
+    Key("bf16", False, "bf16 mixed precision"),
+    Key("fp16", False, "fp16 mixed precision"),
+    Key("pure_bf16", False, "bf16 weights and adapters, no autocast"),
+    Key("lora_rank", 8, "LoRA rank"),
+    Key("lora_dropout", 0.0, "LoRA dropout"),
+    Key("lora_target", "all", "all = every linear but lm_head"),
+    Key("disable_gradient_checkpointing", False, "checkpointing is on unless disabled"),
+    Key("use_reentrant_gc", True, "reentrant checkpointing"),
+    Key("use_unsloth_gc", False, "offloaded checkpoints (issue 14)"),
+    Key("flash_attn", "auto", "auto (= sdpa), sdpa, fa2, disabled"),
+    Key("cutoff_len", 2048, "tokens per sample"),
+    Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
+    Key("optim", "adamw_torch_fused", "HF optimizer name"),
+    Key("upcast_layernorm", False, "norms to fp32"),
+    Key("upcast_lmhead_output", False, "fp32 copy of the logits"),
+    Key("enable_liger_kernel", False, "Liger kernels (issue 14)"),
+    Key("packing", None, "packing (issue 14)"),
+    Key("neat_packing", False, "packing with a 4D mask (issue 14)"),
+    Key("use_unsloth", False, "Unsloth's loader"),
+    Key("use_dora", False, "DoRA (issue 14)"),
+    Key("deepspeed", None, "DeepSpeed (issue 16)"),
+)
+
+_SOURCE = "llamafactory 0.9.5: hparams/*, model/adapter.py, model/model_utils/checkpointing.py (research §3)"
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "LLaMA-Factory"
+    stage = str(r.get("stage")).lower()
+    if stage not in ("sft", "pt"):
+        raise b.ConfigError(f"{who}: stage '{stage}' is not priced yet (sft, pt; preference stages are issue 17)")
+    out: dict[str, Any] = {}
+    ft = str(r.get("finetuning_type")).lower()
+    if ft not in ("lora", "full"):
+        raise b.ConfigError(f"{who}: finetuning_type '{ft}' is not priced (lora or full)")
+    out["full"] = ft == "full"
+    pure = b.boolean(r.get("pure_bf16"), "pure_bf16")
+    bf16, fp16 = b.boolean(r.get("bf16"), "bf16"), b.boolean(r.get("fp16"), "fp16")
+    out["dtype"] = "fp16" if fp16 else "bf16"
+    if not (bf16 or fp16 or pure):
+        notes.append("neither bf16 nor fp16 set: LLaMA-Factory infers bf16 compute where the GPU supports it "
+                     "(priced so) and the HF Trainer then runs without autocast")
+        out["autocast"] = False
+    if pure:
+        out["autocast"] = False
+        if not out["full"]:
+            out["adapter_dtype"] = "bf16"
+    bits = r.get("quantization_bit")
+    if bits is None:
+        out["quant"] = "none"
+    else:
+        method = str(r.get("quantization_method")).lower()
+        if method != "bnb":
+            raise b.ConfigError(f"{who}: quantization_method '{method}' is not priced (bnb)")
+        nbits = b.integer(bits, "quantization_bit")
+        if nbits == 4:
+            qt = str(r.get("quantization_type")).lower()
+            if qt not in ("nf4", "fp4"):
+                raise b.ConfigError(f"{who}: quantization_type '{qt}' must be nf4 or fp4")
+            out["quant"] = qt
+            out["double_quant"] = b.boolean(r.get("double_quantization"), "double_quantization")
+        elif nbits == 8:
+            out["quant"] = "int8"
+        else:
+            raise b.ConfigError(f"{who}: quantization_bit must be 4 or 8, got {bits!r}")
+    if not out["full"]:
+        out["rank"] = b.integer(r.get("lora_rank"), "lora_rank")
+        out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
+        out["targets"] = b.targets(r.get("lora_target"), "lora_target") or ("all-linear",)
+    gc = not b.boolean(r.get("disable_gradient_checkpointing"), "disable_gradient_checkpointing")
+    out["grad_checkpointing"] = gc
+    out["reentrant"] = gc and b.boolean(r.get("use_reentrant_gc"), "use_reentrant_gc")
+    if gc:
+        notes.append("LLaMA-Factory 0.9.5 supports transformers <= 5.6; with transformers 5.24 its checkpointing "
+                     "wrapper fails at the first forward (it expects a bound method, transformers passes "
+                     "partial(forward, self)): priced as it runs on its supported stack (reentrant)")
+    attn = str(r.get("flash_attn")).lower()
+    table = {"auto": "sdpa", "sdpa": "sdpa", "fa2": "flash2", "disabled": "eager"}
+    if attn not in table:
+        raise b.ConfigError(f"{who}: flash_attn '{attn}' is not priced (auto, sdpa, fa2, disabled)")
+    out["attn"] = table[attn]
+    cutoff = b.integer(r.get("cutoff_len"), "cutoff_len")
+    out["seq"] = cutoff
+    out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
+    out["optimizer"] = b.optimizer(r.get("optim"), who)
+    b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"), ("enable_liger_kernel", "Liger kernels"),
+                          ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
+                          ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
+                          ("upcast_lmhead_output", "the fp32 lm_head output copy")))
+    packing = r.get("packing")
+    if packing or (packing is None and stage == "pt"):
+        notes.append("packing: rows of cutoff_len tokens, priced so; the packed mask is not yet priced (issue 14)")
+    b.multi_gpu(r, notes, ("deepspeed",))
+    return out
+
+
+def spell(fieldname: str, value: Any) -> Any:
+    if fieldname == "grad_checkpointing":
+        return not value
+    if fieldname == "targets":
+        return "all" if value == ("all-linear",) else ",".join(value)
+    if fieldname == "attn":
+        return {"flash2": "fa2", "eager": "disabled"}.get(value, value)
+    return b.hf_spell(fieldname, value)
+
+
+FRAMEWORK = Framework(
+    name="llamafactory", title="LLaMA-Factory", package="llamafactory",
+    eras=(Era("0.9.0", dict(recipe="plain", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
+    keys=KEYS, scenario=scenario, model_key="model_name_or_path", style="yaml",
+    launchers=(("llamafactory-cli", "train"), ("lmf", "train")),
+    plan_keys=dict(seq="cutoff_len", batch="per_device_train_batch_size", rank="lora_rank",
+                   grad_checkpointing="disable_gradient_checkpointing", optimizer="optim", targets="lora_target",
+                   lora_dropout="lora_dropout", attn="flash_attn"),
+    spell=spell, known_latest="0.9.5")

@@ -1,0 +1,150 @@
+"""ms-swift (``swift sft``): its command-line arguments, as a shell command or a JSON/YAML args file.
+
+Read from ms-swift 4.6.0 (``../shared/research/frameworks.md`` §1, file and line there): no k-bit
+preparation (frozen weights stay in the load dtype), peft's fp32 adapters unless ``--lora_dtype``,
+gradient checkpointing on and **reentrant** on one GPU (``swift/trainers/mixin.py``
+``_fix_gradient_checkpointing``), logits only at label positions (``use_logits_to_keep`` auto),
+quantization only with ``--quant_method``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import MISSING, Era, Framework, Key
+
+KEYS = (
+    Key("model", MISSING, "model id or path"),
+    Key("tuner_type", "lora", "lora or full", aliases=("train_type",)),
+    Key("quant_method", None, "bnb quantizes; None = no quantization, whatever quant_bits says"),
+    Key("quant_bits", None, "4 or 8 (with quant_method bnb)"),
+    Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
+    Key("bnb_4bit_use_double_quant", True, "double quantization"),
+    Key("bnb_4bit_compute_dtype", None, "None = torch_dtype when bf16, else fp32"),
+    Key("torch_dtype", None, "None = config.json's dtype (bf16 when it names none)"),
+    Key("lora_rank", 8, "LoRA rank"),
+    Key("lora_dropout", 0.05, "LoRA dropout"),
+    Key("target_modules", ["all-linear"], "LoRA targets"),
+    Key("lora_dtype", None, "None = peft's fp32 adapters"),
+    Key("gradient_checkpointing", True, "checkpoint every decoder layer"),
+    Key("gradient_checkpointing_kwargs", None, "use_reentrant: None = reentrant on one GPU"),
+    Key("attn_impl", None, "None = sdpa"),
+    Key("max_length", None, "None = the model's max_position_embeddings"),
+    Key("per_device_train_batch_size", 1, "micro-batch"),
+    Key("optim", "adamw_torch_fused", "HF optimizer name"),
+    Key("use_logits_to_keep", None, "None = auto: logits only at label positions"),
+    Key("packing", False, "sample packing (issue 14)"),
+    Key("padding_free", False, "padding-free batches (issue 14)"),
+    Key("use_liger_kernel", False, "Liger kernels (issue 14)"),
+    Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
+    Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
+)
+
+_SOURCE = "ms-swift 4.6.0: swift/arguments/*, swift/trainers/mixin.py, swift/tuners/peft.py (research §1)"
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "ms-swift"
+    out: dict[str, Any] = {}
+    tuner = str(r.get("tuner_type")).lower()
+    if tuner not in ("lora", "full", "qlora"):
+        raise b.ConfigError(f"{who}: tuner_type '{tuner}' is not priced (lora or full)")
+    out["full"] = tuner == "full"
+    torch_dtype = b.dtype(r.get("torch_dtype"), "torch_dtype", arch)
+    out["dtype"] = torch_dtype
+    method, bits = r.get("quant_method"), r.get("quant_bits")
+    if method is None:
+        out["quant"] = "none"
+        if bits is not None:
+            notes.append(f"--quant_bits {bits} without --quant_method does nothing in ms-swift 4.6 "
+                         "(get_quantization_config returns None): priced unquantized; add --quant_method bnb")
+    else:
+        if str(method).lower() != "bnb":
+            raise b.ConfigError(f"{who}: quant_method '{method}' is not priced (bnb)")
+        nbits = b.integer(bits if bits is not None else 0, "quant_bits", minimum=0)
+        if nbits == 4:
+            qt = str(r.get("bnb_4bit_quant_type")).lower()
+            if qt not in ("nf4", "fp4"):
+                raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
+            out["quant"] = qt
+            out["double_quant"] = b.boolean(r.get("bnb_4bit_use_double_quant"), "bnb_4bit_use_double_quant")
+            compute = r.get("bnb_4bit_compute_dtype")
+            resolved = b.dtype(compute, "bnb_4bit_compute_dtype") if compute is not None else (
+                torch_dtype if torch_dtype == "bf16" else "fp32")
+            if resolved != torch_dtype:
+                notes.append(f"bnb_4bit_compute_dtype resolves to {resolved} with torch_dtype {torch_dtype}: "
+                             f"priced with {torch_dtype} throughout")
+        elif nbits == 8:
+            out["quant"] = "int8"
+        else:
+            raise b.ConfigError(f"{who}: quant_bits must be 4 or 8 with quant_method bnb, got {bits!r}")
+    if not out["full"]:
+        out["rank"] = b.integer(r.get("lora_rank"), "lora_rank")
+        out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
+        tg = b.targets(r.get("target_modules"), "target_modules")
+        out["targets"] = tg or ("all-linear",)
+        lora_dtype = r.get("lora_dtype")
+        if lora_dtype is not None:
+            ld = b.dtype(lora_dtype, "lora_dtype")
+            if ld not in ("fp32", torch_dtype):
+                raise b.ConfigError(f"{who}: lora_dtype {ld} with torch_dtype {torch_dtype} is not priced")
+            out["adapter_dtype"] = ld
+    gc = b.boolean(r.get("gradient_checkpointing"), "gradient_checkpointing")
+    out["grad_checkpointing"] = gc
+    kwargs = r.get("gradient_checkpointing_kwargs")
+    if isinstance(kwargs, str):
+        import json
+
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs is not JSON: {kwargs!r}") from None
+    reent = (kwargs or {}).get("use_reentrant") if isinstance(kwargs, dict) else None
+    out["reentrant"] = gc and (True if reent is None else b.boolean(reent, "use_reentrant"))
+    out["attn"] = _attn(r.get("attn_impl"))
+    length = r.get("max_length")
+    if length is None:
+        length = arch.config.get("max_position_embeddings") or 2048
+        notes.append(f"max_length unset: ms-swift trains up to the model's max_position_embeddings ({length}) "
+                     "and deletes longer samples (truncation_strategy delete); priced at that length")
+    out["seq"] = b.integer(length, "max_length")
+    out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
+    out["optimizer"] = b.optimizer(r.get("optim"), who)
+    keep = r.get("use_logits_to_keep")
+    if keep is None or b.boolean(keep, "use_logits_to_keep"):
+        notes.append("ms-swift computes logits only at label positions (use_logits_to_keep): priced at "
+                     "--label-fraction of the tokens (default 1.0, every token: the upper bound; give the "
+                     "response share of your data, e.g. --label-fraction 0.4)")
+    b.unpriced(r, notes, (("packing", "sample packing"), ("padding_free", "padding-free batches"),
+                          ("use_liger_kernel", "Liger kernels")))
+    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    return out
+
+
+def _attn(value: Any) -> str:
+    if value is None:
+        return "sdpa"
+    v = str(value).lower()
+    table = {"sdpa": "sdpa", "eager": "eager", "flash_attn": "flash2", "flash_attention_2": "flash2"}
+    if v not in table:
+        raise b.ConfigError(f"ms-swift: attn_impl '{value}' is not priced (sdpa, eager, flash_attn)")
+    return table[v]
+
+
+def spell(fieldname: str, value: Any) -> Any:
+    if fieldname == "attn":
+        return {"flash2": "flash_attn"}.get(value, value)
+    if fieldname == "targets":
+        return " ".join(value)
+    return b.hf_spell(fieldname, value)
+
+
+FRAMEWORK = Framework(
+    name="ms-swift", title="ms-swift", package="ms-swift",
+    eras=(Era("4.0.0", dict(recipe="plain", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
+    keys=KEYS, scenario=scenario, model_key="model", style="cli", launchers=(("swift", "sft"),),
+    plan_keys=dict(seq="max_length", batch="per_device_train_batch_size", rank="lora_rank",
+                   grad_checkpointing="gradient_checkpointing", optimizer="optim", targets="target_modules",
+                   lora_dropout="lora_dropout", attn="attn_impl"),
+    spell=spell, known_latest="4.6.0")

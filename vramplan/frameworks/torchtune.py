@@ -1,0 +1,169 @@
+"""torchtune (``tune run lora_finetune_single_device --config ...``): its YAML.
+
+Read from torchtune 0.2.1 – 0.6.1 (research §6): the model is built pure bf16 (no autocast), its
+LoRA adapters bf16, frozen projections stored as torchao NF4 (``qlora_*`` builders; the output
+projection stays bf16); activation checkpointing wraps each layer non-reentrantly; since 0.3 the
+default loss is ``CEWithChunkedOutputLoss`` (8 chunks) with ``del logits`` before backward; 0.2.1
+upcast and shifted the logits and kept them to the next step (``Loss.LEGACY``, ``Hold.LOOP``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import Era, Framework, Key, parse_version
+
+KEYS = (
+    Key("model._component_", None, "the model builder (lora_* / qlora_* / full)"),
+    Key("model.lora_attn_modules", ["q_proj", "v_proj"], "attention projections with LoRA"),
+    Key("model.apply_lora_to_mlp", False, "LoRA on w1/w2/w3"),
+    Key("model.apply_lora_to_output", False, "LoRA on the output projection"),
+    Key("model.lora_rank", 8, "LoRA rank"),
+    Key("model.lora_dropout", 0.0, "LoRA dropout"),
+    Key("model.quantize_base", None, "NF4 base (set by the qlora_* builders)"),
+    Key("checkpointer.checkpoint_dir", None, "where the weights are (its name can name the model)"),
+    Key("tokenizer.max_seq_len", None, "truncation length (None: the data's)"),
+    Key("batch_size", 2, "micro-batch"),
+    Key("dtype", "bf16", "bf16 (fp32 also; fp16 is refused)"),
+    Key("enable_activation_checkpointing", False, "checkpoint every layer"),
+    Key("enable_activation_offloading", False, "offload (issue 14)"),
+    Key("optimizer._component_", "torch.optim.AdamW", "optimizer"),
+    Key("loss._component_", "torchtune.modules.loss.CEWithChunkedOutputLoss", "loss"),
+    Key("dataset.packed", False, "packing (issue 14)"),
+    Key("compile", False, "torch.compile (not priced)"),
+)
+
+#: torchtune builder (after lora_/qlora_) -> registry model.
+MODELS = {
+    "llama2_7b": "Llama-2-7b-hf", "llama2_13b": "Llama-2-13b-hf", "llama2_70b": "Llama-2-70b-hf",
+    "llama3_8b": "Meta-Llama-3-8B", "llama3_1_8b": "Llama-3.1-8B", "llama3_1_70b": "Llama-3.1-70B",
+    "llama3_2_1b": "Llama-3.2-1B", "llama3_2_3b": "Llama-3.2-3B", "llama3_3_70b": "Llama-3.3-70B-Instruct",
+    "mistral_7b": "Mistral-7B-v0.1", "qwen2_7b": "Qwen2-7B",
+    "qwen2_5_0_5b": "Qwen2.5-0.5B", "qwen2_5_1_5b_base": "Qwen2.5-1.5B", "qwen2_5_3b": "Qwen2.5-3B",
+    "qwen2_5_7b_base": "Qwen2.5-7B", "qwen2_5_14b_base": "Qwen2.5-14B", "qwen2_5_32b_base": "Qwen2.5-32B",
+    "qwen3_0_6b_base": "Qwen3-0.6B", "qwen3_1_7b_base": "Qwen3-1.7B", "qwen3_4b_base": "Qwen3-4B",
+    "qwen3_8b_base": "Qwen3-8B", "qwen3_14b_base": "Qwen3-14B", "qwen3_32b": "Qwen3-32B",
+    "phi3_mini": "Phi-3-mini-4k-instruct", "gemma2_2b": "gemma-2-2b", "gemma2_9b": "gemma-2-9b",
+}
+#: torchtune module names -> transformers' (``lora_attn_modules``; MLP w1/w3/w2 = gate/up/down).
+NAMES = {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "output_proj": "o_proj"}
+OPTIMIZERS = {"torch.optim.AdamW": "adamw", "torch.optim.SGD": "sgd",
+              "bitsandbytes.optim.PagedAdamW": "paged_adamw", "bitsandbytes.optim.PagedAdamW8bit": "paged_adamw8bit",
+              "bitsandbytes.optim.AdamW8bit": "adamw8bit"}
+
+
+def builder(component: Any) -> tuple[str, str]:
+    """(kind, model) of a builder path: kind ``full``/``lora``/``qlora``, the builder's model name."""
+    name = str(component).rsplit(".", 1)[-1]
+    for kind in ("qlora_", "lora_"):
+        if name.startswith(kind):
+            return kind[:-1], name[len(kind):]
+    return "full", name
+
+
+def model_id(data: dict[str, Any]) -> str | None:
+    """The registry model the config's builder (or checkpoint directory) names."""
+    comp = (data.get("model") or {}).get("_component_") if isinstance(data.get("model"), dict) else None
+    if comp:
+        _, name = builder(comp)
+        for key in (name, name.replace("_instruct", ""), name + "_base"):
+            if key in MODELS:
+                return MODELS[key]
+    ckpt = (data.get("checkpointer") or {}).get("checkpoint_dir") if isinstance(data.get("checkpointer"), dict) \
+        else None
+    return str(ckpt).rstrip("/").rsplit("/", 1)[-1] if ckpt else None
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "torchtune"
+    v = parse_version(era.since)
+    comp = r.get("model._component_")
+    if comp is None:
+        raise b.ConfigError(f"{who}: the config has no model._component_ (the model builder)")
+    r.get("checkpointer.checkpoint_dir")
+    kind, _ = builder(comp)
+    out: dict[str, Any] = {"full": kind == "full"}
+    d = str(r.get("dtype")).lower()
+    if d not in ("bf16", "fp32"):
+        raise b.ConfigError(f"{who}: dtype '{d}' is not supported by torchtune's recipes (bf16, fp32)")
+    out["dtype"] = d
+    quant = kind == "qlora" or b.boolean(r.get("model.quantize_base"), "quantize_base")
+    out["quant"] = "nf4" if quant else "none"
+    if quant:
+        out["double_quant"] = True
+        notes.append("torchao NF4 (block 64, int8 scalers per 256 blocks) is priced as bitsandbytes nf4 with "
+                     "double quantization: the quantization state differs by under 0.01 % of the weights")
+    if kind != "full":
+        attn = r.get("model.lora_attn_modules") or []
+        if not isinstance(attn, list) or not all(isinstance(a, str) for a in attn):
+            raise b.ConfigError(f"{who}: model.lora_attn_modules must be a list of names")
+        unknown = [a for a in attn if a not in NAMES]
+        if unknown:
+            raise b.ConfigError(f"{who}: unknown lora_attn_modules {unknown} (q_proj, k_proj, v_proj, output_proj)")
+        names = [NAMES[a] for a in attn]
+        if b.boolean(r.get("model.apply_lora_to_mlp"), "apply_lora_to_mlp"):
+            names += ["gate_proj", "up_proj", "down_proj"]
+        if b.boolean(r.get("model.apply_lora_to_output"), "apply_lora_to_output"):
+            names.append("lm_head")
+        if not names:
+            raise b.ConfigError(f"{who}: the LoRA builder adapts no module (lora_attn_modules is empty)")
+        out["targets"] = tuple(names)
+        out["rank"] = b.integer(r.get("model.lora_rank"), "lora_rank")
+        out["lora_dropout"] = b.fraction(r.get("model.lora_dropout"), "lora_dropout")
+        out["adapter_dtype"] = d
+    length = r.get("tokenizer.max_seq_len")
+    if length is None:
+        notes.append("tokenizer.max_seq_len unset: torchtune does not truncate; priced at --seq (default 2048)")
+    else:
+        out["seq"] = b.integer(length, "max_seq_len")
+    out["batch"] = b.integer(r.get("batch_size"), "batch_size")
+    gc = b.boolean(r.get("enable_activation_checkpointing"), "enable_activation_checkpointing")
+    out["grad_checkpointing"] = gc
+    opt = str(r.get("optimizer._component_"))
+    if opt not in OPTIMIZERS:
+        raise b.ConfigError(f"{who}: optimizer {opt} is not priced ({', '.join(OPTIMIZERS)})")
+    out["optimizer"] = OPTIMIZERS[opt]
+    loss = str(r.get("loss._component_")).rsplit(".", 1)[-1]
+    if loss == "CEWithChunkedOutputLoss":
+        if v < (0, 3):
+            notes.append("torchtune 0.2 recipes upcast and shift the logits and keep them to the next step: "
+                         "priced so (the chunked loss class is not what 0.2 runs)")
+        elif "lm_head" in out.get("targets", ()):
+            raise b.ConfigError(f"{who}: apply_lora_to_output with the chunked loss is not priced")
+    elif loss in ("CrossEntropyLoss",):
+        out["loss"] = "legacy" if v < (0, 3) else "hf"
+        if v >= (0, 3):
+            notes.append("torch.nn.CrossEntropyLoss on the full logits: priced with the transformers loss "
+                         "(fp32 upcast of the logits)")
+    else:
+        raise b.ConfigError(f"{who}: loss {loss} is not priced yet (CEWithChunkedOutputLoss, CrossEntropyLoss)")
+    if b.boolean(r.get("enable_activation_offloading"), "enable_activation_offloading"):
+        notes.append("enable_activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
+    if b.boolean(r.get("dataset.packed"), "packed"):
+        notes.append("dataset.packed: packing is not yet priced (issue 14)")
+    if b.boolean(r.get("compile"), "compile"):
+        notes.append("compile: torch.compile changes saved tensors and is not priced; priced eager")
+    return out
+
+
+def spell(fieldname: str, value: Any) -> Any:
+    if fieldname == "optimizer":
+        return {v: k for k, v in OPTIMIZERS.items()}[value]
+    return value
+
+
+FRAMEWORK = Framework(
+    name="torchtune", title="torchtune", package="torchtune",
+    eras=(
+        Era("0.2.0", dict(recipe="plain", autocast=False, loss="legacy", hold_logits="loop", reentrant=False),
+            source="torchtune 0.2.1 recipes/lora_finetune_single_device.py L569-578 (research §6)"),
+        Era("0.3.0", dict(recipe="plain", autocast=False, loss="chunked-ce", hold_logits="none", reentrant=False),
+            source="torchtune 0.3.1-0.6.1 recipes/lora_finetune_single_device.py (research §6)"),
+    ),
+    keys=KEYS, scenario=scenario, model_key="model._component_", style="yaml",
+    launchers=(("tune", "run"),),
+    plan_keys=dict(seq="tokenizer.max_seq_len", batch="batch_size", rank="model.lora_rank",
+                   grad_checkpointing="enable_activation_checkpointing", optimizer="optimizer._component_",
+                   lora_dropout="model.lora_dropout"),
+    spell=spell, known_latest="0.6.1")

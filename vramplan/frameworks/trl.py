@@ -1,0 +1,154 @@
+"""TRL (``trl sft``): its YAML config or its command line.
+
+TRL changed what it does to a quantized model three times (research §4):
+
+- 0.20 – 0.25: peft's ``prepare_model_for_kbit_training`` (reentrant checkpointing, fp32 upcast),
+  then ``peft_module_casting_to_bf16`` (embeddings and lm_head back to bf16): ``Recipe.TRL``;
+- 0.26 – 1.14: no k-bit preparation; every trainable parameter of a quantized model cast to bf16;
+  checkpointing non-reentrant (transformers 5); the model's own loss;
+- 1.15 – 1.16: as 0.26, with the fused chunked LM-head loss by default (``Loss.CHUNKED_HEAD``).
+
+The ``trl sft`` CLI's ``ModelConfig`` loads in **float32** unless ``dtype`` says otherwise, with
+bnb compute in that dtype; ``SFTConfig`` turns on checkpointing and bf16, max_length 1024.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vramplan.frameworks import base as b
+from vramplan.frameworks.base import MISSING, Era, Framework, Key, parse_version
+
+KEYS = (
+    Key("model_name_or_path", MISSING, "model id or path"),
+    Key("dtype", "float32", "load dtype and bnb compute dtype (ModelConfig default float32)"),
+    Key("torch_dtype", None, "older spelling of dtype (read by TRL < 0.26 only)"),
+    Key("use_peft", False, "LoRA; off = full fine-tuning"),
+    Key("load_in_4bit", False, "4-bit base"),
+    Key("load_in_8bit", False, "8-bit base"),
+    Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
+    Key("use_bnb_nested_quant", False, "double quantization"),
+    Key("lora_r", 16, "LoRA rank"),
+    Key("lora_dropout", 0.05, "LoRA dropout"),
+    Key("lora_target_modules", None, "None = peft's per-model default"),
+    Key("max_length", 1024, "tokens per sample"),
+    Key("max_seq_length", None, "older spelling of max_length (TRL < 0.20)"),
+    Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
+    Key("gradient_checkpointing", True, "checkpointing (SFTConfig default on)"),
+    Key("gradient_checkpointing_kwargs", None, "use_reentrant"),
+    Key("bf16", None, "None = on unless fp16"),
+    Key("fp16", False, "fp16"),
+    Key("attn_implementation", None, "None = sdpa"),
+    Key("optim", "adamw_torch_fused", "HF optimizer name"),
+    Key("loss_type", "nll", "nll (fused head in >= 1.15) or dft"),
+    Key("packing", False, "packing (issue 14)"),
+    Key("padding_free", False, "padding-free (issue 14)"),
+    Key("activation_offloading", False, "activation offload (issue 14)"),
+    Key("use_liger_kernel", False, "Liger (issue 14)"),
+    Key("deepspeed", None, "DeepSpeed (issue 16)"),
+    Key("fsdp", None, "FSDP (issue 16)"),
+)
+
+
+def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
+    who = "TRL"
+    v = parse_version(era.since)
+    out: dict[str, Any] = {}
+    if r.has("dtype"):
+        raw = r.get("dtype")
+    elif r.has("torch_dtype") and v < (0, 26):
+        raw = r.get("torch_dtype")
+    else:
+        if r.has("torch_dtype"):
+            r.get("torch_dtype")
+            notes.append("torch_dtype is not a TRL >= 0.26 key (ModelConfig reads dtype): the float32 default "
+                         "stays; write dtype: bfloat16")
+        raw = r.get("dtype")
+    d = b.dtype(raw, "dtype", arch)
+    bf16 = r.get("bf16")
+    fp16 = b.boolean(r.get("fp16"), "fp16")
+    mixed = fp16 or bf16 is None or b.boolean(bf16, "bf16")
+    out["dtype"] = d
+    if d == "fp32":
+        notes.append("dtype float32 (TRL's ModelConfig default): frozen weights load in fp32 and bnb computes in "
+                     "fp32 while the Trainer autocasts to bf16; priced as the fp32 program without autocast (an "
+                     "upper bound); set dtype: bfloat16 as most recipes do")
+        out["autocast"] = False
+    else:
+        out["autocast"] = mixed
+    four, eight = b.boolean(r.get("load_in_4bit"), "load_in_4bit"), b.boolean(r.get("load_in_8bit"), "load_in_8bit")
+    peft = b.boolean(r.get("use_peft"), "use_peft")
+    if (four or eight) and not peft:
+        raise b.ConfigError(f"{who}: a quantized base needs use_peft: true (no full fine-tuning of 4/8-bit weights)")
+    out["full"] = not peft
+    if four:
+        qt = str(r.get("bnb_4bit_quant_type")).lower()
+        if qt not in ("nf4", "fp4"):
+            raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
+        out["quant"] = qt
+        out["double_quant"] = b.boolean(r.get("use_bnb_nested_quant"), "use_bnb_nested_quant")
+    else:
+        out["quant"] = "int8" if eight else "none"
+    if peft:
+        out["rank"] = b.integer(r.get("lora_r"), "lora_r")
+        out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
+        out["targets"] = b.targets(r.get("lora_target_modules"), "lora_target_modules") or \
+            b.peft_default_targets(arch, who)
+        if v >= (0, 26) and (four or eight):
+            if d == "fp32":
+                notes.append("TRL >= 0.26 casts the adapters of a quantized model to bf16; with fp32 weights "
+                             "priced as fp32 adapters")
+            else:
+                out["adapter_dtype"] = d
+    length = r.get("max_length")
+    if r.has("max_seq_length"):
+        old = r.get("max_seq_length")
+        if v < (0, 20) and not r.has("max_length"):
+            length = old
+        elif not r.has("max_length"):
+            notes.append(f"max_seq_length is not a TRL >= 0.20 key (SFTConfig reads max_length): the default "
+                         f"max_length {length} stays; write max_length: {old}")
+    out["seq"] = b.integer(length, "max_length")
+    out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
+    gc = b.boolean(r.get("gradient_checkpointing"), "gradient_checkpointing")
+    out["grad_checkpointing"] = gc
+    kwargs = r.get("gradient_checkpointing_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
+    if v < (0, 26) and (four or eight):
+        reent = kwargs.get("use_reentrant", True)  # peft's prep with `kwargs or {}`: torch's reentrant default
+    else:
+        reent = kwargs.get("use_reentrant", False)
+    out["reentrant"] = gc and b.boolean(reent, "use_reentrant")
+    attn = r.get("attn_implementation")
+    table = {None: "sdpa", "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash2"}
+    if attn not in table:
+        raise b.ConfigError(f"{who}: attn_implementation '{attn}' is not priced (sdpa, eager, flash_attention_2)")
+    out["attn"] = table[attn]
+    out["optimizer"] = b.optimizer(r.get("optim"), who)
+    loss_type = str(r.get("loss_type")).lower()
+    if loss_type not in ("nll", "chunked_nll", "dft"):
+        raise b.ConfigError(f"{who}: loss_type '{loss_type}' is not priced (nll, dft)")
+    if v >= (1, 15):
+        notes.append("TRL >= 1.15 scores only label positions in its fused head on CUDA: --label-fraction "
+                     "(default 1.0) lowers that share for completion-only data")
+    b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
+                          ("activation_offloading", "activation offloading"), ("use_liger_kernel", "Liger kernels")))
+    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    return out
+
+
+_S = "trl {}: trainer/sft_trainer.py, trainer/model_config.py, models/utils.py (research §4)"
+FRAMEWORK = Framework(
+    name="trl", title="TRL", package="trl",
+    eras=(
+        Era("0.20.0", dict(recipe="trl", loss="hf", hold_logits="none"), source=_S.format("0.20.0-0.25.1")),
+        Era("0.26.0", dict(recipe="plain", loss="hf", hold_logits="none"), source=_S.format("0.26.0-1.14.0")),
+        Era("1.15.0", dict(recipe="plain", loss="chunked-head", hold_logits="none"), source=_S.format("1.15.0-1.16.0")),
+    ),
+    keys=KEYS, scenario=scenario, model_key="model_name_or_path", style="yaml",
+    launchers=(("trl", "sft"),),
+    plan_keys=dict(seq="max_length", batch="per_device_train_batch_size", rank="lora_r",
+                   grad_checkpointing="gradient_checkpointing", optimizer="optim", targets="lora_target_modules",
+                   lora_dropout="lora_dropout", attn="attn_implementation"),
+    spell=b.hf_spell, known_latest="1.16.0")
