@@ -92,13 +92,11 @@ class Preset:
     quantized_fields: tuple[str, ...] = ()
     """Fields that apply only when the base is 4-bit (dropped for ``quant none``)."""
 
-    def resolve(self, dtype: str, quantized: bool, full: bool = False, checkpointing: bool = True) -> dict[str, Any]:
+    def resolve(self, dtype: str, quantized: bool, full: bool = False) -> dict[str, Any]:
         """The fields for a run of compute dtype ``dtype`` (a ``Dtype`` value); a 4-bit field is
-        dropped for an unquantized base, a LoRA field (``LORA_ONLY_FIELDS``) under full fine-tuning,
-        the checkpointing kind (``reentrant``) without gradient checkpointing."""
+        dropped for an unquantized base, a LoRA field (``LORA_ONLY_FIELDS``) under full fine-tuning."""
         out = {k: (dtype if v == "dtype" else v) for k, v in self.fields.items()}
-        drop = (() if quantized else self.quantized_fields) + (LORA_ONLY_FIELDS if full else ()) + (
-            () if checkpointing else ("reentrant",))
+        drop = (() if quantized else self.quantized_fields) + (LORA_ONLY_FIELDS if full else ())
         return {k: v for k, v in out.items() if k not in drop}
 
 

@@ -215,7 +215,8 @@ class Scenario:
     """Whether the training loop keeps the model output (and its logits) past the loss; see ``Hold``."""
     reentrant: bool = _field(
         False, 19, "Reentrant gradient checkpointing (use_reentrant=True: peft's k-bit prep, ms-swift on one GPU, "
-                   "LLaMA-Factory, axolotl); off = non-reentrant (transformers 5 Trainer, TRL, torchtune).",
+                   "LLaMA-Factory, axolotl); off = non-reentrant (transformers 5 Trainer, TRL, torchtune). The "
+                   "kind of checkpointing: no effect without --grad-checkpointing.",
         optional=True)
     """``torch.utils.checkpoint(use_reentrant=True)``: the recomputed layer's output is held while its
     backward runs (``CheckpointFunction.backward``), one more b·s·H residual tensor than non-reentrant."""
@@ -272,8 +273,6 @@ class Scenario:
             if lora:
                 raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
                                     "--full trains the base weights in --dtype (leave them unset)")
-        if self.reentrant and not self.grad_checkpointing:
-            raise ScenarioError("reentrant describes gradient checkpointing; it needs --grad-checkpointing")
         if self.label_fraction < 1.0 and self.loss in (Loss.LEGACY, Loss.CHUNKED_CE):
             raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf or chunked-head, "
                                 f"not {self.loss.value}")

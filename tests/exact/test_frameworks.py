@@ -353,3 +353,109 @@ def test_axolotl_recipe_casts_back_norms_embeddings_lm_head():
     hf = {c.name: c.bytes for c in estimate(QWEN, Scenario()).components}
     for group in ("embeddings", "lm_head", "norms"):
         assert comps[f"weights/{group}"] * 2 == hf[f"weights/{group}"]  # 2 B/param against peft's fp32
+
+
+# ------------------------------------------------------------------ scripts, overrides and patches
+def test_patching_a_script_keeps_every_other_flag(tmp_path):
+    """A value after a line continuation is rewritten; the flags after it (and comment lines) stay."""
+    script = tmp_path / "train.sh"
+    script.write_text("# swift sft --max_length 1\n" + (DATA / "swift_qlora.sh").read_text())
+    loaded = F.load([str(script)])
+    res = F.resolve(loaded, QWEN)
+    path, text, written = F.patched_text(res, F.framework_changes(res.framework, {"seq": 1024, "rank": 4}))
+    assert path == script and [c[0] for c in written] == ["max_length", "lora_rank"]
+    assert text.splitlines()[0] == "# swift sft --max_length 1"
+    script.write_text(text)
+    again = F.resolve(F.load([str(script)]), QWEN)
+    assert (again.fields["seq"], again.fields["rank"]) == (1024, 4)
+    before = {k: v for k, v in res.used.items() if k not in ("max_length", "lora_rank")}
+    assert {k: again.used[k] for k in before} == before  # nothing else lost
+
+
+def test_a_hash_inside_a_word_is_not_a_comment():
+    loaded = F.load([], ["swift", "sft", "--model", "Qwen3-14B", "--dataset", "AI/alpaca#500", "--max_length", "512"])
+    assert F.resolve(loaded, QWEN).fields["seq"] == 512
+
+
+def test_script_hash_inside_a_word(tmp_path):
+    s = tmp_path / "t.sh"
+    s.write_text("swift sft --model Qwen3-14B --dataset 'AI/alpaca#500' --max_length 512 --quant_method bnb "
+                 "--quant_bits 4  # don't\n")
+    res = F.resolve(F.load([str(s)]), QWEN)
+    assert (res.fields["seq"], res.fields["quant"]) == (512, "nf4")
+
+
+def test_key_value_overrides_after_a_config(tmp_path):
+    cfg = tmp_path / "tt.yaml"
+    cfg.write_text((DATA / "torchtune_qlora.yaml").read_text())
+    script = tmp_path / "run.sh"
+    script.write_text(f"tune run lora_finetune_single_device --config {cfg} batch_size=4 tokenizer.max_seq_len=1024\n")
+    res = F.resolve(F.load([str(script)]), QWEN)
+    assert (res.fields["batch"], res.fields["seq"]) == (4, 1024)
+    _, text, _ = F.patched_text(res, F.framework_changes(res.framework, {"batch": 1, "seq": 512}))
+    assert "batch_size=1" in text and "tokenizer.max_seq_len=512" in text and "batch_size=4" not in text
+
+
+@pytest.mark.parametrize("argv,framework", [
+    (["accelerate", "launch", "--num_processes", "1", "-m", "axolotl.cli.train", "X/axolotl_qlora.yml"], "axolotl"),
+    (["CUDA_VISIBLE_DEVICES=0", "nohup", "swift", "sft", "--model", "Qwen3-14B"], "ms-swift"),
+])
+def test_launchers_behind_wrappers(argv, framework):
+    argv = [a.replace("X/", str(DATA) + "/") for a in argv]
+    assert F.load([], argv).framework.name == framework
+
+
+def test_a_launcher_word_inside_another_command_is_not_a_launch(tmp_path):
+    s = tmp_path / "t.sh"
+    s.write_text("echo swift sft done\n")
+    with pytest.raises(ConfigError, match="no launch command"):
+        F.load([str(s)])
+
+
+def test_patch_yaml_replaces_blocks_and_refuses_flow_mappings():
+    text = "lora_target_modules:\n- q_proj\n- v_proj\nmicro_batch_size: 2\n...\n"
+    out = F.patch_yaml(text, [("lora_target_modules", ["q_proj"]), ("sequence_len", 512)])
+    import yaml
+
+    assert yaml.safe_load(out.split("...")[0]) == {"lora_target_modules": ["q_proj"], "micro_batch_size": 2,
+                                                   "sequence_len": 512}
+    with pytest.raises(ConfigError, match="not a block mapping"):
+        F.patch_yaml("training: {batch_size: 2}\n", [("training.batch_size", 1)])
+    assert F.patch_yaml('x: "a #b"  # c\n', [("x", 1)]) == "x: 1  # c\n"
+
+
+def test_reentrant_is_the_frameworks_kind_even_when_gc_is_turned_on_later(cli, tmp_path):
+    cfg = tmp_path / "a.yml"
+    cfg.write_text((DATA / "axolotl_qlora.yml").read_text().replace("gradient_checkpointing: true",
+                                                                    "gradient_checkpointing: false"))
+    r = cli("estimate", "--json", "--config", str(cfg), "--grad-checkpointing")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)["scenario"]
+    assert d["grad_checkpointing"] is True and d["reentrant"] is True
+
+
+@pytest.mark.parametrize("text,message", [
+    ("model_name_or_path: Qwen3-14B\nuse_peft: true\nattn_implementation: [sdpa]\n", "attn_implementation"),
+    ("model: Qwen3-14B\ntraining: 5\n", "'training' must be a mapping"),
+    ("model:\n  _component_: torchtune.models.llama3_1.qlora_llama3_1_8b\n  lora_attn_modules: [q_proj]\n"
+     "optimizer: 5\n", "'optimizer' must be a mapping"),
+])
+def test_wrong_shapes_are_one_line(cli, tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    r = cli("estimate", "--config", str(f))
+    assert r.exit_code == 2 and message in r.stderr, r.output
+
+
+def test_axolotl_bf16_full_and_trl_json_kwargs():
+    loaded = F.load([], ["trl", "sft", "--model_name_or_path", "Qwen3-14B", "--dtype", "bfloat16",
+                         "--gradient_checkpointing_kwargs", '{"use_reentrant": true}'])
+    assert F.resolve(loaded, QWEN).fields["reentrant"] is True
+    import yaml
+
+    data = yaml.safe_load((DATA / "axolotl_qlora.yml").read_text())
+    data["bf16"] = "full"
+    from vramplan.frameworks.base import Reader
+
+    fw = F.framework("axolotl")
+    assert fw.scenario(Reader(fw, fw.eras[0], data), fw.eras[0], QWEN, [])["dtype"] == "bf16"

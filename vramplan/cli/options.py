@@ -89,7 +89,7 @@ def pop_scenario(kwargs: dict[str, Any]) -> Scenario:
         ctx = click.get_current_context()
         given = {k for k in values if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE}
         bundle = preset(name).resolve(values["dtype"], Scenario(quant=values["quant"]).quantized_4bit,
-                                      full=values["full"], checkpointing=values["grad_checkpointing"])
+                                      full=values["full"])
         values.update({k: v for k, v in bundle.items() if k not in given})
     return Scenario(**values)
 
@@ -149,10 +149,8 @@ def pop_run(kwargs: dict[str, Any]) -> Run:
         quant = values["quant"] if "quant" in given else fields.get("quant", values["quant"])
         full = values["full"] if "full" in given else fields.get("full", False)
         fields.update(preset(name).resolve(values.get("dtype") if "dtype" in given else fields.get("dtype", "bf16"),
-                                           Scenario(quant=quant).quantized_4bit, full=full,
-                                           checkpointing=values["grad_checkpointing"] if "grad_checkpointing" in given
-                                           else fields.get("grad_checkpointing", True)))
-    chosen = {k: v for k, v in fields.items()}
+                                           Scenario(quant=quant).quantized_4bit, full=full))
+    chosen = dict(fields)
     chosen.update({k: values[k] for k in given})
     if chosen.get("full"):
         from vramplan.scenario import LORA_ONLY_FIELDS
@@ -162,8 +160,6 @@ def pop_run(kwargs: dict[str, Any]) -> Run:
                 chosen.pop(k, None)
     if "dtype" in given and chosen.get("adapter_dtype") not in (None, "fp32", values["dtype"]):
         chosen["adapter_dtype"] = values["dtype"]
-    if not chosen.get("grad_checkpointing", True):
-        chosen["reentrant"] = False
     line = {k: (v.value if hasattr(v, "value") else v) for k, v in values.items() if k in given}
     if given_model:
         line["model"] = model

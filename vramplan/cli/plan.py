@@ -78,34 +78,45 @@ def plan(**kwargs: Any) -> int:
         render_plan(result, console, run.resolved.framework if run.resolved is not None else None)
         if written:
             console.print(f"wrote {written['path']}" + (f" with {'; '.join(written['changes'])}"
-                                                       if written["changes"] else " (unchanged: the run fits)"))
+                                                       if written["changes"] else f" (unchanged: {written['reason']})"),
+                          markup=False)
+            if written["not_written"]:
+                console.print(f"not written (set them by hand): {'; '.join(written['not_written'])}", markup=False)
     return 0 if result.fits else 1
 
 
 def _write(run: Any, result: Any, out: str) -> dict[str, Any]:
-    """Write the patched copy of the run's config: the largest-saving suggestion that fits (nothing when
-    the run fits as configured, or no suggestion fits: then the copy is unchanged)."""
+    """Write the patched copy of the run's config: the largest-saving suggestion that fits and that the
+    framework's keys can express (none when the run fits as configured, or when no such change fits:
+    then the copy is unchanged, and ``reason`` says which)."""
     from pathlib import Path
 
     from vramplan.fileio import write_text_atomic
     from vramplan.frameworks import ConfigError, describe_change, framework_changes, patched_text
 
     fw = run.resolved.framework
-    pick = None if result.fits else next((s for s in result.suggestions if s.fits), None)
+    pick, reason = None, "the run fits as configured"
+    if not result.fits:
+        keyed = [s for s in result.suggestions
+                 if s.fits and all(c[0] is not None for c in framework_changes(fw, s.changes))]
+        pick = keyed[0] if keyed else None
+        reason = "" if pick else f"no change that fits can be written in {fw.title}'s keys"
     changes = framework_changes(fw, pick.changes) if pick is not None else []
-    source, text = patched_text(run.resolved, changes)
+    source, text, written = patched_text(run.resolved, changes)
     target = Path(out).expanduser()
     try:
-        same = target.resolve() == source.resolve() or any(target.resolve() == p.resolve()
-                                                           for p in run.resolved.source.files)
+        same = any(target.resolve() == p.resolve() for p in [source, *run.resolved.source.files])
     except OSError:
         same = False
     if same:
         raise ConfigError(f"--write {out} would overwrite the config it patches; name a new file")
-    write_text_atomic(target, text)
+    try:
+        write_text_atomic(target, text)
+    except OSError as e:
+        raise ConfigError(f"cannot write {target}: {e.strerror or e}") from None
     return dict(path=str(target), source=str(source), suggestion=pick.key if pick else None,
-                changes=[describe_change(fw, *c) for c in changes if c[0] is not None],
-                not_written=[describe_change(fw, *c) for c in changes if c[0] is None])
+                changes=[describe_change(fw, *c) for c in written],
+                not_written=[describe_change(fw, *c) for c in changes if c not in written], reason=reason)
 
 
 def _lengths(kwargs: dict[str, Any], seq: int) -> Any:

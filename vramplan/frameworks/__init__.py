@@ -161,18 +161,22 @@ def _is_training_args(d: dict[str, Any]) -> bool:
     return "per_device_train_batch_size" in d and ("output_dir" in d or "optim" in d)
 
 
-_SPLIT = re.compile(r"\s*(?:&&|\|\||;|\|)\s*")
-
-
 def _launch_command(text: str, where: str) -> list[str]:
     """The one recognised launch command of a shell script, as tokens (the script is parsed only)."""
     joined = re.sub(r"\\\r?\n", " ", text)
     found: list[list[str]] = []
     for line in joined.splitlines():
-        try:
-            tokens = shlex.split(line, comments=True)
-        except ValueError as e:
-            raise ConfigError(f"{where}: cannot parse shell line ({e}): {line.strip()[:80]}") from None
+        if line.lstrip().startswith("#"):
+            continue
+        try:  # as sh: a word that starts with '#' starts a comment, a '#' inside a word ('a#500') does not
+            tokens = shlex.split(line, comments=False)
+        except ValueError:
+            try:  # an unbalanced quote in a trailing comment (``# don't``)
+                tokens = shlex.split(line, comments=True)
+            except ValueError as e:
+                raise ConfigError(f"{where}: cannot parse shell line ({e}): {line.strip()[:80]}") from None
+        cut = next((i for i, t in enumerate(tokens) if t.startswith("#")), None)
+        tokens = tokens if cut is None else tokens[:cut]
         for part in _split_tokens(tokens):
             if _launcher(part) is not None:
                 found.append(part)
@@ -198,15 +202,33 @@ def _split_tokens(tokens: list[str]) -> list[list[str]]:
     return out
 
 
+#: Words that may precede a launch command (``CUDA_VISIBLE_DEVICES=0 nohup swift sft ...``).
+_WRAPPERS = {"env", "nohup", "time", "exec", "sudo"}
+#: Programs that start a Python module: ``python -m axolotl.cli.train``, ``accelerate launch ... -m ...``.
+_PYTHONS = {"python", "python3", "accelerate", "torchrun", "deepspeed"}
+#: Python modules that are a framework's launcher (``-m MODULE``).
+_MODULES = {"axolotl.cli.train": "axolotl", "swift.cli.sft": "ms-swift", "trl.scripts.sft": "trl"}
+
+
 def _launcher(tokens: list[str]) -> tuple[str, int] | None:
-    """(framework, index after its launcher words) when the tokens hold a known launch command."""
+    """(framework, index after its launcher words) when the command starts with a launch command (after
+    ``VAR=value`` assignments and wrappers such as ``nohup``), or runs a launcher module with ``-m``."""
+    i = 0
+    while i < len(tokens) and (re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", tokens[i]) or tokens[i] in _WRAPPERS):
+        i += 1
+    rest = tokens[i:]
+    if not rest:
+        return None
+    head = [Path(rest[0]).name] + rest[1:]
     for name, fw in FRAMEWORKS.items():
         for words in fw.launchers:
-            n = len(words)
-            for i in range(len(tokens) - n + 1):
-                window = [Path(t).name if j == 0 else t for j, t in enumerate(tokens[i:i + n])]
-                if window == list(words):
-                    return name, i + n
+            if head[:len(words)] == list(words):
+                return name, i + len(words)
+    if Path(rest[0]).name.split(".")[0] in _PYTHONS and "-m" in rest:
+        j = rest.index("-m")
+        module = rest[j + 1] if j + 1 < len(rest) else ""
+        if module in _MODULES:
+            return _MODULES[module], i + j + 2
     return None
 
 
@@ -259,7 +281,8 @@ def _parse_args(args: list[str]) -> tuple[dict[str, Any], list[Any]]:
                 continue
             j = i + 1
             vals = []
-            while j < len(args) and not args[j].startswith("--"):
+            while j < len(args) and not args[j].startswith("--") and not ("=" in args[j] and
+                                                                           not args[j].startswith("-")):
                 vals.append(args[j])
                 j += 1
             values[key] = True if not vals else (vals[0] if len(vals) == 1 else vals)
@@ -331,6 +354,12 @@ def pick_version(fw: Framework, given: str | None) -> tuple[str, str]:
         return given.strip(), "--framework-version"
     found = installed_version(fw)
     if found:
+        try:
+            old = parse_version(found) < parse_version(fw.eras[0].since)
+        except ConfigError:
+            old = False
+        if old:
+            return found, f"installed package, older than vramplan's table: priced as {fw.eras[0].since}"
         return found, "installed package"
     return fw.latest, "newest release vramplan's table knows"
 
@@ -447,81 +476,103 @@ def _yaml_value(v: Any) -> str:
     return str(v)
 
 
-def patched_text(resolved: Resolved, changes: list[tuple[str | None, str, Any]]) -> tuple[Path, str]:
-    """(the file to patch, its patched text): the config file for YAML/JSON frameworks, the script
-    holding the launch command for CLI ones. Changes without a framework key are left out."""
+def patched_text(resolved: Resolved, changes: list[tuple[str | None, str, Any]]
+                 ) -> tuple[Path, str, list[tuple[str | None, str, Any]]]:
+    """(the file to patch, its patched text, the changes written): the config file for YAML/JSON
+    frameworks, the script holding the launch command for CLI ones (and for a value the script sets on
+    the command line). Changes without a framework key are not written."""
     src, fw = resolved.source, resolved.framework
-    keyed = [(k, v) for k, _, v in changes if k is not None]
+    keyed = [c for c in changes if c[0] is not None]
     if fw.name == "hf":
         return _patch_hf(src, keyed)
-    if src.script is not None and (fw.style == "cli" or src.yaml_file is None or
-                                   any(k in src.overrides for k, _ in keyed)):
+    on_line = [c for c in keyed if c[0] in src.overrides]
+    if on_line and src.script is None:
+        raise ConfigError(f"the change sets {', '.join(str(c[0]) for c in on_line)}, given in the command after --: "
+                          "change it there (--write patches files)")
+    if src.script is not None and (fw.style == "cli" or src.yaml_file is None or on_line):
         text = _read_text(src.script)
-        return src.script, _patch_cli(text, src, keyed)
+        return src.script, _patch_cli(text, src, [(c[0], c[2]) for c in keyed]), keyed
     if src.yaml_file is None:
         raise ConfigError("--write needs a config file or a script (a command after -- has nothing to patch)")
     text = _read_text(src.yaml_file)
     if src.yaml_file.suffix.lower() == ".json":
         data = json.loads(text)
-        for k, v in keyed:
-            _set_dotted(data, k, v)
-        return src.yaml_file, json.dumps(data, indent=2) + "\n"
-    return src.yaml_file, patch_yaml(text, keyed)
+        for k, _, v in keyed:
+            _set_dotted(data, str(k), v)
+        return src.yaml_file, json.dumps(data, indent=2) + "\n", keyed
+    return src.yaml_file, patch_yaml(text, [(str(c[0]), c[2]) for c in keyed]), keyed
 
 
-def _patch_hf(src: Source, keyed: list[tuple[str, Any]]) -> tuple[Path, str]:
-    """HF: the TrainingArguments JSON (changes of adapter_config keys are reported, not written)."""
+def _patch_hf(src: Source, keyed: list[tuple[str | None, str, Any]]) -> tuple[Path, str, list[Any]]:
+    """HF: the TrainingArguments JSON; a change of an adapter_config key is not written (the adapter is
+    made by the script, the file only records it)."""
     if src.yaml_file is None:
         raise ConfigError("--write needs the TrainingArguments JSON among the --config files")
     data = json.loads(_read_text(src.yaml_file))
-    for k, v in keyed:
-        section, _, name = k.partition(".")
+    written = []
+    for c in keyed:
+        section, _, name = str(c[0]).partition(".")
         if section == "training_args":
-            data[name] = v
-    return src.yaml_file, json.dumps(data, indent=2) + "\n"
+            data[name] = c[2]
+            written.append(c)
+    return src.yaml_file, json.dumps(data, indent=2) + "\n", written
+
+
+_COMMENT = re.compile(r"""\s+#(?=(?:[^"']|"[^"]*"|'[^']*')*$)""")
+"""A YAML comment: `` #`` outside quotes."""
 
 
 def patch_yaml(text: str, changes: list[tuple[str, Any]]) -> str:
-    """``text`` with each (dotted key, value) set: the key's line rewritten in place (comments and
-    layout kept), or added at the end of its section (a new section at the end of the file)."""
+    """``text`` with each (dotted key, value) set: the key's value rewritten in place (its block too, when
+    it was a block list or mapping; comments and layout around it kept), or the key added at the end of
+    its section (a new section at the end of the document). A flow mapping on the way (``a: {b: 1}``) is
+    refused rather than rewritten."""
     lines = text.splitlines()
+    end_doc = next((i for i, ln in enumerate(lines) if ln.strip() == "..."), len(lines))
     for key, value in changes:
         parts = key.split(".")
-        start, end, indent = 0, len(lines), 0
-        ok = True
+        start, end, indent = 0, end_doc, 0
+        depth, found = 0, None
         for depth, part in enumerate(parts):
             pat = re.compile(rf"^(\s*){re.escape(part)}\s*:(.*)$")
-            found = None
-            for i in range(start, end):
-                m = pat.match(lines[i])
-                if m and len(m.group(1)) == indent:
-                    found = (i, m)
-                    break
+            found = next(((i, m) for i in range(start, end) if (m := pat.match(lines[i])) and len(m.group(1)) == indent),
+                         None)
             if found is None:
-                ok = False
                 break
             i, m = found
+            rest = _COMMENT.split(m.group(2), 1)[0].strip()
             if depth < len(parts) - 1:
-                start = i + 1
-                end = _block_end(lines, i, indent)
+                if rest:
+                    raise ConfigError(f"cannot write {key}: '{part}' is not a block mapping ({rest[:40]})")
+                start, end = i + 1, _block_end(lines, i, indent, end)
                 indent = _child_indent(lines, start, end, indent)
-            else:
-                comment = ""
-                rest = m.group(2)
-                if " #" in rest:
-                    comment = "  #" + rest.split(" #", 1)[1]
-                lines[i] = f"{' ' * indent}{part}: {_yaml_value(value)}{comment}"
-        if not ok:
-            lines += _new_lines(lines, parts, value, start, end, indent, depth)
+        if found is not None:
+            i, m = found
+            comment = _COMMENT.search(m.group(2))
+            tail = "  #" + m.group(2)[comment.end():] if comment else ""
+            stop = _block_end(lines, i, indent, end, items=True)
+            lines[i:stop] = [f"{' ' * indent}{parts[-1]}: {_yaml_value(value)}{tail}"]
+            end_doc -= stop - i - 1
+        else:
+            new = [f"{' ' * (indent + 2 * d)}{p}:" for d, p in enumerate(parts[depth:-1])]
+            new.append(f"{' ' * (indent + 2 * (len(parts) - 1 - depth))}{parts[-1]}: {_yaml_value(value)}")
+            at = end if depth else end_doc
+            lines[at:at] = new
+            end_doc += len(new)
     return "\n".join(lines) + "\n"
 
 
-def _block_end(lines: list[str], i: int, indent: int) -> int:
-    for j in range(i + 1, len(lines)):
+def _block_end(lines: list[str], i: int, indent: int, end: int, items: bool = False) -> int:
+    """The line after the block of key line ``i``: the first content line at ``indent`` or less (with
+    ``items``, a ``- `` list item at ``indent`` still belongs to the block, as YAML allows)."""
+    for j in range(i + 1, end):
         s = lines[j]
-        if s.strip() and not s.lstrip().startswith("#") and len(s) - len(s.lstrip()) <= indent:
+        if not s.strip() or s.lstrip().startswith("#"):
+            continue
+        ind = len(s) - len(s.lstrip())
+        if ind < indent or (ind == indent and not (items and s.lstrip().startswith("- "))):
             return j
-    return len(lines)
+    return end
 
 
 def _child_indent(lines: list[str], start: int, end: int, indent: int) -> int:
@@ -532,41 +583,39 @@ def _child_indent(lines: list[str], start: int, end: int, indent: int) -> int:
     return indent + 2
 
 
-def _new_lines(lines: list[str], parts: list[str], value: Any, start: int, end: int, indent: int,
-               depth: int) -> list[str]:
-    """Lines adding the missing part of a dotted key (inserted at the end of its section)."""
-    new = []
-    for d, part in enumerate(parts[depth:]):
-        pad = " " * (indent + 2 * d)
-        new.append(f"{pad}{part}:" if d < len(parts) - depth - 1 else f"{pad}{part}: {_yaml_value(value)}")
-    if depth == 0:
-        return new
-    lines[end:end] = new
-    return []
-
-
-def _patch_cli(text: str, src: Source, keyed: list[tuple[str, Any]]) -> str:
-    """The script with each ``--key`` set: an existing ``--key value(s)`` / ``--key=value`` rewritten,
-    else the flag added right after the launcher words."""
-    fw_name = src.framework or ""
-    words = FRAMEWORKS[fw_name].launchers if fw_name else ()
+def _patch_cli(text: str, src: Source, keyed: list[tuple[Any, Any]]) -> str:
+    """The script with each key set where the command sets it: ``--key value(s)`` / ``--key=value``
+    rewritten (a value may follow a line continuation; the next ``--flag`` is never taken), or a
+    ``key=value`` override (torchtune, LLaMA-Factory) rewritten; else ``--key value`` (``key=value``
+    for those two) added right after the launcher words. Comment lines are never touched."""
+    fw = FRAMEWORKS[src.framework or ""]
+    masked = "\n".join(" " * len(ln) if ln.lstrip().startswith("#") else ln for ln in text.split("\n"))
+    sep = r"(?:[ \t]*\\\r?\n[ \t]*|[ \t]+)"
+    assign = fw.name in ("torchtune", "llamafactory")
     for key, value in keyed:
         val = " ".join(str(x) for x in value) if isinstance(value, (list, tuple)) else _cli_value(value)
-        flags = {key, key.replace("_", "-")}
-        done = False
-        for flag in flags:
-            pat = re.compile(rf"(--{re.escape(flag)})(=\S+|(?:[ \t]+(?!-)(?:\\\n[ \t]*)?[^\s\\]+)+)")
-            if pat.search(text):
-                text = pat.sub(lambda m: f"{m.group(1)} {val}", text, count=1)
-                done = True
+        patterns = [(re.compile(rf"(--{re.escape(f)})(=[^\s\\]+|(?:{sep}(?![-&|;#\\])[^\s\\]+)*)"), f"--{f} {val}")
+                    for f in dict.fromkeys((key, key.replace("_", "-")))]
+        patterns.insert(0, (re.compile(rf"(?<![\w.-]){re.escape(key)}=[^\s\\]+"), f"{key}={val}"))
+        for pat, repl in patterns:
+            m = pat.search(masked)
+            if m:
+                text = text[:m.start()] + repl + text[m.end():]
+                masked = masked[:m.start()] + repl + masked[m.end():]
                 break
-        if not done:
-            for w in words:
-                pat = re.compile(r"\b" + r"\s+".join(re.escape(x) for x in w) + r"\b")
-                if pat.search(text):
-                    text = pat.sub(lambda m: f"{m.group(0)} --{key} {val}", text, count=1)
-                    done = True
-                    break
-        if not done:
-            raise ConfigError(f"cannot place --{key} in {src.script}")
+        else:
+            words = next((w for w in fw.launchers if re.search(_words(w), masked)), None)
+            if words is None:
+                raise ConfigError(f"cannot place {key} in {src.script}: its launch command was not found")
+            m = re.search(_words(words), masked)
+            add = f" {key}={val}" if assign else f" --{key} {val}"
+            if fw.name == "torchtune":  # after the recipe name
+                m2 = re.compile(_words(words) + r"[ \t]+\S+").search(masked)
+                m = m2 or m
+            text = text[:m.end()] + add + text[m.end():]
+            masked = masked[:m.end()] + add + masked[m.end():]
     return text
+
+
+def _words(words: tuple[str, ...]) -> str:
+    return r"(?<![\w/.-])" + r"[ \t]+".join(re.escape(x) for x in words) + r"(?![\w.-])"

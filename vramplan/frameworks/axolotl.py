@@ -30,6 +30,8 @@ KEYS = (
     Key("gradient_checkpointing_kwargs", None, "None = {use_reentrant: true}"),
     Key("bf16", "auto", "bf16 (auto = when the GPU has it)"),
     Key("fp16", None, "fp16"),
+    Key("bfloat16", None, "bf16 weights (older flag)"),
+    Key("float16", None, "fp16 weights (older flag)"),
     Key("attn_implementation", None, "attention (None = sdpa)"),
     Key("flash_attention", None, "legacy flag: flash_attention_2"),
     Key("sdp_attention", None, "legacy flag: sdpa"),
@@ -58,10 +60,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         raise b.ConfigError(f"{who}: rl: {r.get('rl')} (preference training) is not priced yet (issue 17)")
     out: dict[str, Any] = {}
     adapter = r.get("adapter")
-    fp16 = r.get("fp16")
     bf16 = r.get("bf16")
-    out["dtype"] = "fp16" if (fp16 is not None and b.boolean(fp16, "fp16")) else (
-        "bf16" if str(bf16).lower() == "auto" or b.boolean(bf16, "bf16") else "fp32")
+    bf16_on = str(bf16).lower() in ("auto", "full") or b.boolean(bf16, "bf16") or b.boolean(r.get("bfloat16"), "bfloat16")
+    fp16_on = b.boolean(r.get("fp16"), "fp16") or b.boolean(r.get("float16"), "float16")
+    out["dtype"] = "bf16" if bf16_on else ("fp16" if fp16_on else "fp32")
     if adapter is None:
         out["full"] = True
         out["quant"] = "none"
@@ -117,11 +119,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      "priced as checkpointing on the GPU")
         gc = True
     out["grad_checkpointing"] = b.boolean(gc, "gradient_checkpointing")
-    kwargs = r.get("gradient_checkpointing_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
+    kwargs = b.mapping(r.get("gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
     reent = kwargs.get("use_reentrant", True)
-    out["reentrant"] = out["grad_checkpointing"] and b.boolean(reent, "use_reentrant")
+    out["reentrant"] = b.boolean(reent, "use_reentrant")
     out["attn"] = _attn(r)
     out["seq"] = b.integer(r.get("sequence_len"), "sequence_len")
     out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
@@ -162,8 +162,7 @@ FRAMEWORK = Framework(
     name="axolotl", title="axolotl", package="axolotl",
     eras=(Era("0.19.0", dict(recipe="axolotl", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
     keys=KEYS, scenario=scenario, model_key="base_model", style="yaml",
-    launchers=(("axolotl", "train"), ("accelerate", "launch", "-m", "axolotl.cli.train"),
-               ("python", "-m", "axolotl.cli.train")),
+    launchers=(("axolotl", "train"),),
     plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optimizer",
                    lora_dropout="lora_dropout", targets="lora_target_modules"),

@@ -120,7 +120,7 @@ def parse_version(text: str) -> tuple[int, ...]:
 class Reader:
     """The parsed config, recording each key read as used (given) or default (absent)."""
 
-    def __init__(self, fw: Framework, era: Era, data: dict[str, Any], cli: dict[str, Any] | None = None) -> None:
+    def __init__(self, fw: Framework, era: Era, data: dict[str, Any]) -> None:
         self.fw, self.era, self.data = fw, era, data
         self.used: dict[str, Any] = {}
         self.defaults: dict[str, Any] = {}
@@ -136,12 +136,16 @@ class Reader:
         for name in names:
             node: Any = self.data
             ok = True
-            for part in name.split("."):
-                if isinstance(node, dict) and part in node:
-                    node = node[part]
-                else:
+            parts = name.split(".")
+            for depth, part in enumerate(parts):
+                if not isinstance(node, dict):
+                    where = ".".join(parts[:depth])
+                    raise ConfigError(f"{self.fw.title} config: '{where}' must be a mapping of keys, got "
+                                      f"{type(node).__name__}")
+                if part not in node:
                     ok = False
                     break
+                node = node[part]
             if ok:
                 return True, node, name
         return False, None, dotted
@@ -152,12 +156,12 @@ class Reader:
     def get(self, name: str) -> Any:
         """The config's value of ``name`` (used), else the framework's default in this era (default)."""
         present, value, spelled = self._lookup(name)
-        self.seen.add(spelled.split(".")[0] if "." not in name else spelled)
         self.seen.add(spelled)
+        default = self.era.defaults.get(name, self.fw.key(name).default)
         if present:
             self.used[spelled] = value
-            return value
-        default = self.era.defaults.get(name, self.fw.key(name).default)
+            # an empty YAML value (``key:``) leaves the framework's default, as its schema does
+            return default if (value is None and default is not MISSING) else value
         if default is MISSING:
             raise ConfigError(f"{self.fw.title} config: '{name}' is required and missing")
         self.defaults[name] = default
@@ -258,6 +262,22 @@ def integer(value: Any, key: str, minimum: int = 1) -> int:
     if out < minimum:
         raise ConfigError(f"{key}: must be at least {minimum}, got {out}")
     return out
+
+
+def mapping(value: Any, key: str) -> dict[str, Any]:
+    """A mapping config value (YAML mapping, or the JSON string a CLI passes); {} when unset."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a mapping (or its JSON), got {value!r}") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return value
 
 
 def fraction(value: Any, key: str) -> float:

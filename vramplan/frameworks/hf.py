@@ -66,10 +66,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["batch"] = b.integer(r.get("training_args.per_device_train_batch_size"), "per_device_train_batch_size")
     gc = b.boolean(r.get("training_args.gradient_checkpointing"), "gradient_checkpointing")
     out["grad_checkpointing"] = gc
-    kwargs = r.get("training_args.gradient_checkpointing_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
-    out["reentrant"] = gc and b.boolean(kwargs.get("use_reentrant", False), "use_reentrant")
+    kwargs = b.mapping(r.get("training_args.gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
+    out["reentrant"] = b.boolean(kwargs.get("use_reentrant", False), "use_reentrant")
     out["optimizer"] = b.optimizer(r.get("training_args.optim"), who)
     notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
                  "(default 2048)")

@@ -93,7 +93,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["targets"] = b.targets(r.get("lora_target"), "lora_target") or ("all-linear",)
     gc = not b.boolean(r.get("disable_gradient_checkpointing"), "disable_gradient_checkpointing")
     out["grad_checkpointing"] = gc
-    out["reentrant"] = gc and b.boolean(r.get("use_reentrant_gc"), "use_reentrant_gc")
+    out["reentrant"] = b.boolean(r.get("use_reentrant_gc"), "use_reentrant_gc")
     if gc:
         notes.append("LLaMA-Factory 0.9.5 supports transformers <= 5.6; with transformers 5.24 its checkpointing "
                      "wrapper fails at the first forward (it expects a bound method, transformers passes "

@@ -48,7 +48,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     who = "ms-swift"
     out: dict[str, Any] = {}
     tuner = str(r.get("tuner_type")).lower()
-    if tuner not in ("lora", "full", "qlora"):
+    if tuner not in ("lora", "full"):
         raise b.ConfigError(f"{who}: tuner_type '{tuner}' is not priced (lora or full)")
     out["full"] = tuner == "full"
     torch_dtype = b.dtype(r.get("torch_dtype"), "torch_dtype", arch)
@@ -92,16 +92,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["adapter_dtype"] = ld
     gc = b.boolean(r.get("gradient_checkpointing"), "gradient_checkpointing")
     out["grad_checkpointing"] = gc
-    kwargs = r.get("gradient_checkpointing_kwargs")
-    if isinstance(kwargs, str):
-        import json
-
-        try:
-            kwargs = json.loads(kwargs)
-        except ValueError:
-            raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs is not JSON: {kwargs!r}") from None
-    reent = (kwargs or {}).get("use_reentrant") if isinstance(kwargs, dict) else None
-    out["reentrant"] = gc and (True if reent is None else b.boolean(reent, "use_reentrant"))
+    kwargs = b.mapping(r.get("gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
+    reent = kwargs.get("use_reentrant")
+    out["reentrant"] = True if reent is None else b.boolean(reent, "use_reentrant")
     out["attn"] = _attn(r.get("attn_impl"))
     length = r.get("max_length")
     if length is None:

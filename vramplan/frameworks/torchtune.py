@@ -16,7 +16,7 @@ from vramplan.frameworks.base import Era, Framework, Key, parse_version
 
 KEYS = (
     Key("model._component_", None, "the model builder (lora_* / qlora_* / full)"),
-    Key("model.lora_attn_modules", ["q_proj", "v_proj"], "attention projections with LoRA"),
+    Key("model.lora_attn_modules", None, "attention projections with LoRA (the builders have no default)"),
     Key("model.apply_lora_to_mlp", False, "LoRA on w1/w2/w3"),
     Key("model.apply_lora_to_output", False, "LoRA on the output projection"),
     Key("model.lora_rank", 8, "LoRA rank"),
@@ -95,7 +95,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append("torchao NF4 (block 64, int8 scalers per 256 blocks) is priced as bitsandbytes nf4 with "
                      "double quantization: the quantization state differs by under 0.01 % of the weights")
     if kind != "full":
-        attn = r.get("model.lora_attn_modules") or []
+        attn = r.get("model.lora_attn_modules")
+        if attn is None:
+            raise b.ConfigError(f"{who}: model.lora_attn_modules is required by the LoRA builders")
         if not isinstance(attn, list) or not all(isinstance(a, str) for a in attn):
             raise b.ConfigError(f"{who}: model.lora_attn_modules must be a list of names")
         unknown = [a for a in attn if a not in NAMES]
@@ -147,12 +149,6 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     return out
 
 
-def spell(fieldname: str, value: Any) -> Any:
-    if fieldname == "optimizer":
-        return {v: k for k, v in OPTIMIZERS.items()}[value]
-    return value
-
-
 FRAMEWORK = Framework(
     name="torchtune", title="torchtune", package="torchtune",
     eras=(
@@ -164,6 +160,5 @@ FRAMEWORK = Framework(
     keys=KEYS, scenario=scenario, model_key="model._component_", style="yaml",
     launchers=(("tune", "run"),),
     plan_keys=dict(seq="tokenizer.max_seq_len", batch="batch_size", rank="model.lora_rank",
-                   grad_checkpointing="enable_activation_checkpointing", optimizer="optimizer._component_",
-                   lora_dropout="model.lora_dropout"),
-    spell=spell, known_latest="0.6.1")
+                   grad_checkpointing="enable_activation_checkpointing", lora_dropout="model.lora_dropout"),
+    known_latest="0.6.1")

@@ -32,7 +32,7 @@ KEYS = (
     Key("lora_dropout", 0.05, "LoRA dropout"),
     Key("lora_target_modules", None, "None = peft's per-model default"),
     Key("max_length", 1024, "tokens per sample"),
-    Key("max_seq_length", None, "older spelling of max_length (TRL < 0.20)"),
+    Key("max_seq_length", None, "older spelling of max_length (not read by TRL >= 0.20)"),
     Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
     Key("gradient_checkpointing", True, "checkpointing (SFTConfig default on)"),
     Key("gradient_checkpointing_kwargs", None, "use_reentrant"),
@@ -95,34 +95,30 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["targets"] = b.targets(r.get("lora_target_modules"), "lora_target_modules") or \
             b.peft_default_targets(arch, who)
         if v >= (0, 26) and (four or eight):
-            if d == "fp32":
-                notes.append("TRL >= 0.26 casts the adapters of a quantized model to bf16; with fp32 weights "
-                             "priced as fp32 adapters")
-            else:
+            if d == "bf16":
                 out["adapter_dtype"] = d
+            else:
+                notes.append(f"TRL >= 0.26 casts the adapters of a quantized model to bf16; with {d} weights vramplan "
+                             f"keeps adapters in fp32 or {d} only: priced as fp32 adapters (an upper bound)")
     length = r.get("max_length")
     if r.has("max_seq_length"):
         old = r.get("max_seq_length")
-        if v < (0, 20) and not r.has("max_length"):
-            length = old
-        elif not r.has("max_length"):
+        if not r.has("max_length"):
             notes.append(f"max_seq_length is not a TRL >= 0.20 key (SFTConfig reads max_length): the default "
                          f"max_length {length} stays; write max_length: {old}")
     out["seq"] = b.integer(length, "max_length")
     out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
     gc = b.boolean(r.get("gradient_checkpointing"), "gradient_checkpointing")
     out["grad_checkpointing"] = gc
-    kwargs = r.get("gradient_checkpointing_kwargs") or {}
-    if not isinstance(kwargs, dict):
-        raise b.ConfigError(f"{who}: gradient_checkpointing_kwargs must be a mapping")
+    kwargs = b.mapping(r.get("gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
     if v < (0, 26) and (four or eight):
         reent = kwargs.get("use_reentrant", True)  # peft's prep with `kwargs or {}`: torch's reentrant default
     else:
         reent = kwargs.get("use_reentrant", False)
-    out["reentrant"] = gc and b.boolean(reent, "use_reentrant")
+    out["reentrant"] = b.boolean(reent, "use_reentrant")
     attn = r.get("attn_implementation")
     table = {None: "sdpa", "sdpa": "sdpa", "eager": "eager", "flash_attention_2": "flash2"}
-    if attn not in table:
+    if not (attn is None or isinstance(attn, str)) or attn not in table:
         raise b.ConfigError(f"{who}: attn_implementation '{attn}' is not priced (sdpa, eager, flash_attention_2)")
     out["attn"] = table[attn]
     out["optimizer"] = b.optimizer(r.get("optim"), who)

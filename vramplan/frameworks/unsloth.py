@@ -55,7 +55,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if gc not in ("unsloth", "true", "none"):
         raise b.ConfigError(f"{who}: gradient_checkpointing '{gc}' must be unsloth, true or none")
     out["grad_checkpointing"] = gc != "none"
-    out["reentrant"] = gc != "none"
+    out["reentrant"] = True  # Unsloth's checkpoint function is its reentrant CheckpointFunction
     if gc == "unsloth" and out["seq"] >= 512:
         notes.append("gradient_checkpointing: unsloth offloads each checkpointed layer input to pinned host memory "
                      "(all but the last): not yet priced (issue 14); priced with the checkpoints on the GPU, an "
