@@ -5,7 +5,8 @@ Read from unsloth / unsloth_zoo 2026.10.9 (research §7; ``unsloth_cli/config.py
 weights stay in the load dtype (``Recipe.PLAIN``); checkpointing ``"unsloth"`` is reentrant and
 offloads each layer input to pinned host memory (not yet priced: issue 14, priced on the GPU);
 the loss is Unsloth's fused linear cross-entropy, which never builds the b·s·V logits. Unsloth's
-kernels need a GPU, so its program cannot be traced here: vramplan prices it analytically, its
+kernels need a GPU (on CPU it falls back to plain transformers + peft), so its program cannot be
+traced here: vramplan prices it analytically, its
 loss with the terms of TRL's fused head (``Loss.CHUNKED_HEAD``), the same no-logits design.
 """
 

@@ -32,7 +32,8 @@ from vramplan.scenario import Scenario
 
 #: Frameworks whose trainer is not run by ``profile --config`` here, and why.
 UNAVAILABLE = {
-    "unsloth": "Unsloth's kernels need a CUDA GPU (its import fails without one)",
+    "unsloth": "Unsloth's kernels need a GPU (on CPU it falls back to plain transformers + peft, which is not "
+               "the program it runs on a GPU)",
     "ms-swift": "ms-swift 4.6 pins transformers/peft/trl versions other than the ones vramplan is tested with "
                 "(pip's resolver would replace them); its trainer is not run here",
     "axolotl": "axolotl 0.19 pins its own torch/transformers stack (pip's resolver would replace torch 2.13); "
