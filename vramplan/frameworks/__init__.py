@@ -67,8 +67,6 @@ class Source:
     """Named by a launch command (``swift sft``...), if any."""
     script: Path | None = None
     """The shell script holding the launch command (what ``--write`` patches for CLI frameworks)."""
-    command: str = ""
-    """The launch command as read."""
     yaml_file: Path | None = None
     """The YAML/JSON config file the run reads (what ``--write`` patches for YAML frameworks)."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -239,7 +237,7 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     name, start = hit
     if src.framework and src.framework != name:
         raise ConfigError(f"two frameworks given: {src.framework} and {name}")
-    src.framework, src.script, src.command = name, script, " ".join(tokens)
+    src.framework, src.script = name, script
     args = tokens[start:]
     if name == "torchtune":
         args = args[1:] if args and not args[0].startswith("-") else args  # the recipe name

@@ -253,19 +253,10 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
-    cfg = LoraConfig(
-        r=scenario.rank,
-        lora_alpha=2 * scenario.rank,
-        lora_dropout=scenario.lora_dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
     try:
-        model = get_peft_model(model, cfg)
+        model = get_peft_model(model, lora_config(scenario))
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "ParamWrapper" in msg and "dropout" in msg:
@@ -280,6 +271,16 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
             if p.requires_grad:
                 p.data = p.data.to(dt)
     return model
+
+
+def lora_config(scenario: Scenario) -> Any:
+    """peft's ``LoraConfig`` of the scenario (alpha = 2r, no bias), shared with the framework trainers'
+    profiles (``vramplan.profile.frameworks``)."""
+    from peft import LoraConfig
+
+    targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
+    return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
 def enable_checkpointing(model: Any, scenario: Scenario) -> None:

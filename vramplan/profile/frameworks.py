@@ -25,7 +25,8 @@ import tempfile
 import time
 from typing import Any, Callable
 
-from vramplan.profile.runner import ProfileRunError, RunOptions, predict, prediction_calibration, \
+from vramplan.hf.build import bnb_config, lora_config, torch_dtype
+from vramplan.profile.runner import ProfileRunError, RunOptions, predict, prediction_calibration, register_model, \
     save_random_checkpoint
 from vramplan.profile.store import PHASES, SCHEMA, Profile, now_utc
 from vramplan.scenario import Scenario
@@ -49,26 +50,6 @@ def _optim_name(scenario: Scenario) -> str:
     from vramplan.frameworks.base import HF_OPTIM_NAME
 
     return HF_OPTIM_NAME[scenario.optimizer.value]
-
-
-def _bnb(scenario: Scenario) -> Any:
-    from vramplan.hf.build import bnb_config
-
-    return bnb_config(scenario)
-
-
-def _dtype(scenario: Scenario) -> Any:
-    from vramplan.hf.build import torch_dtype
-
-    return torch_dtype(scenario)
-
-
-def _lora(scenario: Scenario) -> Any:
-    from peft import LoraConfig
-
-    targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
-    return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
 
 
 def _common_args(scenario: Scenario, out: str, steps: int) -> dict[str, Any]:
@@ -103,28 +84,27 @@ def _trl_trainer(arch: Any, scenario: Scenario, ckpt: str, out: str, steps: int,
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    init: dict[str, Any] = dict(dtype=_dtype(scenario))
-    if _bnb(scenario) is not None:
-        init["quantization_config"] = _bnb(scenario)
-    args = SFTConfig(**_common_args(scenario, out, steps), max_length=scenario.seq, model_init_kwargs=init,
-                     dataset_kwargs={"skip_prepare_dataset": False})
+    init: dict[str, Any] = dict(dtype=torch_dtype(scenario))
+    if bnb_config(scenario) is not None:
+        init["quantization_config"] = bnb_config(scenario)
+    args = SFTConfig(**_common_args(scenario, out, steps), max_length=scenario.seq, model_init_kwargs=init)
     data = Dataset.from_dict({"input_ids": _ids(arch, scenario, scenario.batch * steps)})
     return SFTTrainer(model=ckpt, args=args, train_dataset=data, processing_class=word_tokenizer(),
-                      peft_config=None if scenario.full else _lora(scenario), callbacks=[callback])
+                      peft_config=None if scenario.full else lora_config(scenario), callbacks=[callback])
 
 
 def _hf_trainer(arch: Any, scenario: Scenario, ckpt: str, out: str, steps: int, callback: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    q = _bnb(scenario)
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=_dtype(scenario), quantization_config=q)
+    q = bnb_config(scenario)
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch_dtype(scenario), quantization_config=q)
     if not scenario.full:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if q is not None:
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=scenario.grad_checkpointing)
-        model = get_peft_model(model, _lora(scenario))
+        model = get_peft_model(model, lora_config(scenario))
     rows = _ids(arch, scenario, scenario.batch * steps)
 
     class Rows(torch.utils.data.Dataset):
@@ -182,7 +162,7 @@ def profile_config(resolved: Any, model_name: str, arch: Any, scenario: Scenario
         try:  # the trainers print their metrics on stdout, which carries only vramplan's own output
             with contextlib.redirect_stdout(sys.stderr):
                 trainer = RUNNERS[fw.name](arch, scenario, ckpt, out, opts.steps, Peaks())
-                _register(reader, trainer.model)
+                register_model(reader, trainer.model)
                 t0 = time.perf_counter()
                 trainer.train()
                 wall = time.perf_counter() - t0
@@ -211,8 +191,3 @@ def profile_config(resolved: Any, model_name: str, arch: Any, scenario: Scenario
     return Profile(schema=SCHEMA, model=model_name, arch_config=dict(arch.config), scenario=scenario, device=info,
                    versions=versions, timestamp=now_utc(), measured=measured, predictions=predictions, run=run)
 
-
-def _register(reader: Any, model: Any) -> None:
-    register = getattr(reader, "register_model", None)
-    if register is not None:
-        register(model)

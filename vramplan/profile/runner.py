@@ -351,12 +351,12 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
 
     reader = st.reader
     model = load()
-    _register(reader, model)
+    register_model(reader, model)
     st.phases["load"] = reader.current()
     st.sample()
     st.phase = "adapters"
     model = build.prepare(model, arch, scenario)
-    _register(reader, model)
+    register_model(reader, model)
     st.phases["adapters"] = reader.current()
     st.sample()
     optimizer = build.make_optimizer(model, scenario)
@@ -436,7 +436,7 @@ def _safe_peak(reader: MemoryReader) -> int | None:
         return None
 
 
-def _register(reader: MemoryReader, model: Any) -> None:
+def register_model(reader: MemoryReader, model: Any) -> None:
     """Count model tensors created outside the tracker's view (e.g. by loader threads)."""
     register = getattr(reader, "register_model", None)
     if register is not None:
