@@ -103,9 +103,10 @@ def _tt(quant: str, targets: str, rank: int, batch: int, seq: int, ckpt: bool = 
     """torchtune 2024 single-device LoRA recipe: model built in bf16 (adapters bf16,
     ``validate_expected_param_dtype``), ``TransformerDecoder`` returns ``self.output(h).float()``, the
     recipe rebinds ``logits`` to the shifted contiguous copy and keeps it through backward and the
-    next forward (never deleted)."""
+    next forward (never deleted). Its Llama modules keep one fp32 RoPE table for every position up to
+    the builder's max_seq_len (``RotaryPositionalEmbeddings``/``Llama3ScaledRoPE``: ``rope_cache`` shared)."""
     return dict(quant=quant, double_quant=True, rank=rank, targets=targets, lora_dropout=0.05,
-                grad_checkpointing=ckpt, attn="sdpa", optimizer="adamw", seq=seq, batch=batch,
+                grad_checkpointing=ckpt, attn="sdpa", optimizer="adamw", seq=seq, batch=batch, rope_cache="shared",
                 **_preset("torchtune-2024", quant))
 
 

@@ -10,7 +10,8 @@ Adding a recipe: a ``Recipe`` member (``vramplan/scenario.py``), its ``RecipeSpe
 build step in ``vramplan.hf.build.apply_recipe`` if it runs framework code; a test in
 tests/theirs/test_hf_build.py (``test_recipe_spec_matches_the_real_build``) builds a tiny model with that
 framework and checks every parameter group's dtype against the spec.
-Adding a preset: one ``PRESETS`` entry, citing the source of each field.
+Adding a preset: one ``PRESETS`` entry, citing the source of each field. A framework version's
+preset is not added here: it is the framework table's era (``vramplan.frameworks.era_presets``).
 """
 
 from __future__ import annotations
@@ -116,16 +117,31 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "4.38 loss, `output` deleted after the optimizer step, bitsandbytes 0.43.0, the benchmark command's "
            "--reentrant_checkpointing True",
            quantized_fields=("bnb_keeps_input",)),
-    Preset("torchtune-2024", dict(recipe="plain", autocast=False, adapter_dtype="dtype", loss="legacy",
-                                  hold_logits="loop"),
-           "torchtune 2024 lora_finetune_single_device: bf16 model and adapters, output(h).float(), the shifted "
-           "logits kept through backward and the next forward"),
 )}
 
 
+#: Retired preset names -> the framework era preset that replaced them (same fields).
+RETIRED = {"torchtune-2024": "torchtune-0.2"}
+
+
 def preset(name: str) -> Preset:
-    """A preset by name, with a one-line error naming the choices."""
-    try:
-        return PRESETS[name.strip().lower()]
-    except KeyError:
-        raise VramplanError(f"unknown preset '{name}' (choose from: {', '.join(PRESETS)})") from None
+    """A preset by name: a bundle above, or a framework era (``torchtune-0.2``, ``trl-0.26``: the
+    program that era runs, read from its table by ``vramplan.frameworks.era_presets``); a one-line
+    error naming the choices."""
+    key = name.strip().lower()
+    key = RETIRED.get(key, key)
+    if key in PRESETS:
+        return PRESETS[key]
+    from vramplan.frameworks import era_presets
+
+    eras = era_presets()
+    if key in eras:
+        return eras[key]
+    raise VramplanError(f"unknown preset '{name}' (choose from: {', '.join([*PRESETS, *eras])})")
+
+
+def preset_names() -> list[str]:
+    """Every preset name: the bundles, then the framework eras."""
+    from vramplan.frameworks import era_names
+
+    return [*PRESETS, *era_names()]

@@ -124,6 +124,24 @@ class Loss(_Choice):
     chunks, the loss upcasts and log-softmaxes each chunk in fp32."""
 
 
+class RopeCache(_Choice):
+    """A rotary-embedding table the model keeps as a buffer (transformers computes cos/sin per forward
+    from ``inv_freq``, priced in ``weights/buffers``; torchtune's modules precompute it for every
+    position up to the builder's ``max_seq_len``)."""
+
+    NONE = "none"
+    """No table: transformers' rotary embeddings."""
+    SHARED = "shared"
+    """One fp32 table of max_seq_len × head_dim/2 × (cos, sin) shared by every layer: torchtune's
+    ``RotaryPositionalEmbeddings`` / ``Llama3ScaledRoPE`` (llama2, llama3.x, mistral, gemma builders)."""
+    WIDE = "wide"
+    """One fp32 table of max_seq_len × 2·head_dim (cos and sin of the doubled angles), shared: torchtune's
+    ``Qwen2RotaryPositionalEmbeddings`` / ``Phi3RotaryPositionalEmbeddings`` in the full-model builders."""
+    PER_LAYER = "per-layer"
+    """The ``WIDE`` table built again inside every layer's attention: torchtune's Qwen2 / Phi-3 LoRA
+    builders (``lora_qwen2_self_attention``, ``lora_phi3_self_attention``)."""
+
+
 class Hold(_Choice):
     """How long the training loop keeps the model output (and its logits) referenced."""
 
@@ -226,6 +244,12 @@ class Scenario:
         optional=True)
     """Fraction of positions whose logits are computed (ms-swift ``use_logits_to_keep``: only label
     positions reach the lm_head). 1.0 computes every position, the upper bound."""
+    rope_cache: RopeCache = _field(
+        RopeCache.NONE, 21, "A rotary table kept as a buffer for every position up to the model's "
+                            "max_position_embeddings: none (transformers), shared (torchtune llama/mistral/gemma), "
+                            "wide (torchtune qwen2/phi3 full builders), per-layer (torchtune qwen2/phi3 LoRA "
+                            "builders).", optional=True)
+    """torchtune's precomputed RoPE cache (``RopeCache``), sized at ``max_position_embeddings``."""
     bnb_keeps_input: bool = _field(
         False, 18, "bitsandbytes < 0.43.2: each 4-bit layer also saves its input for backward.", optional=True)
     """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever

@@ -103,7 +103,7 @@ def test_unknown_preset_one_line_exit_2(cli_run):
     from clihelp import one_line_exit2
 
     line = one_line_exit2(cli_run, "estimate", "-m", "Qwen3-14B", "--preset", "axolotl-2022")
-    assert "unknown preset 'axolotl-2022'" in line and "torchtune-2024" in line
+    assert "unknown preset 'axolotl-2022'" in line and "fsdp-qlora-2024" in line and "axolotl-0.19" in line
 
 
 def test_unknown_model_exit_2(cli_run):

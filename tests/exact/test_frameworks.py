@@ -222,6 +222,8 @@ def test_plan_names_framework_keys_and_writes_a_patched_copy(cli, tmp_path, fixt
     d2 = json.loads(r2.stdout)
     for field, value in pick["changes"].items():
         assert d2["scenario"][field] == value
+    if fixture.startswith("axolotl") and "seq" in pick["changes"]:  # a length its collator does not pad further
+        assert pick["changes"]["seq"] % 64 == 0
     assert r2.exit_code == 0, r2.output
     assert d2["need_bytes"] == pick["need_bytes"]
 
@@ -459,3 +461,87 @@ def test_axolotl_bf16_full_and_trl_json_kwargs():
 
     fw = F.framework("axolotl")
     assert fw.scenario(Reader(fw, fw.eras[0], data), fw.eras[0], QWEN, [])["dtype"] == "bf16"
+
+
+def test_unsloth_studio_model_defaults_file(tmp_path):
+    """A Studio model-defaults YAML has no model key: its file name (<org>_<model>.yaml) names the model;
+    its own keys (optim adamw_8bit, batch 1, r 8) are read as the CLI schema reads them."""
+    loaded, res = _resolved("unsloth_Qwen3-14B.yaml")
+    assert (res.framework.name, loaded.model) == ("unsloth", "Qwen3-14B")
+    sc = _scenario(res)
+    assert (sc.optimizer.value, sc.rank, sc.batch, sc.seq, sc.reentrant) == ("adamw8bit", 8, 1, 2048, True)
+    assert any("Studio file name" in n for n in res.notes)
+    other = tmp_path / "default.yaml"  # Studio's fallback defaults: no model anywhere
+    shutil.copy(DATA / "unsloth_Qwen3-14B.yaml", other)
+    assert F.load([str(other)]).model is None
+    assert F.unsloth.studio_model("tiiuae_Falcon-H1-0.5B-Instruct.yaml") == "tiiuae/Falcon-H1-0.5B-Instruct"
+
+
+def test_framework_eras_are_presets(cli):
+    """--preset NAME of a framework era is that era's program, read from the framework table (not a
+    second list): torchtune-0.2 is the retired torchtune-2024 bundle, trl-0.26 keeps bf16 adapters on
+    4-bit bases only, and each era preset equals what --config of that framework resolves to."""
+    from vramplan.recipes import preset
+
+    tt = preset("torchtune-0.2")
+    assert preset("torchtune-2024") is tt
+    assert tt.resolve("bf16", True) == dict(recipe="plain", autocast=False, loss="legacy", hold_logits="loop",
+                                            reentrant=False, adapter_dtype="bf16")
+    trl = preset("trl-0.26")
+    assert trl.resolve("bf16", True)["adapter_dtype"] == "bf16" and "adapter_dtype" not in trl.resolve("bf16", False)
+    assert preset("trl-1.15").fields["loss"] == "chunked-head" and preset("ms-swift-4.0").fields["reentrant"] is True
+    for fixture, name in (("swift_qlora.sh", "ms-swift-4.0"), ("llamafactory_qlora.yaml", "llamafactory-0.9"),
+                          ("trl_qlora.yaml", "trl-1.15")):
+        _, res = _resolved(fixture)
+        for k, v in preset(name).resolve("bf16", True).items():
+            assert _scenario(res).to_dict()[k] == v, (fixture, k)
+    r = cli("estimate", "-m", "Qwen3-0.6B", "--preset", "trl-0.20", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["scenario"]["recipe"] == "trl"
+    r = cli("estimate", "-m", "Qwen3-0.6B", "--preset", "trl-9")
+    assert r.exit_code == 2 and "trl-1.15" in r.output and "torchtune-0.3" in r.output
+
+
+@pytest.mark.parametrize("extra,seq", [("", 1024), ("pad_to_multiple_of: 8\n", 1000), ("pad_to_sequence_len: false\n", 1000),
+                                       ("pad_to_sequence_len: true\npad_to_multiple_of: 48\n", 1008)])
+def test_axolotl_pads_rows_to_a_multiple(tmp_path, extra, seq):
+    """axolotl's collator pads a batch to a multiple of pad_to_multiple_of (64 by default) unless
+    pad_to_sequence_len is false: sequence_len 1000 runs at 1024 positions (ceil(1000/64)·64), at 1000
+    with a multiple of 8, at 1008 with 48 (21 · 48)."""
+    cfg = tmp_path / "ax.yml"
+    cfg.write_text("base_model: Qwen/Qwen3-14B\nadapter: qlora\nload_in_4bit: true\nlora_r: 8\n"
+                   "lora_target_linear: true\nsequence_len: 1000\n" + extra)
+    loaded = F.load([str(cfg)])
+    res = F.resolve(loaded, QWEN)
+    assert res.fields["seq"] == seq
+    assert any("pads each batch" in n for n in res.notes) == (seq != 1000)
+
+
+@pytest.mark.parametrize("component,kind,expected", [
+    ("torchtune.models.llama3_1.qlora_llama3_1_8b", "qlora", "shared"),
+    ("torchtune.models.qwen2_5.lora_qwen2_5_7b_base", "lora", "per-layer"),
+    ("torchtune.models.qwen2_5.qwen2_5_7b_base", "full", "wide"),
+    ("torchtune.models.phi3.lora_phi3_mini", "lora", "per-layer"),
+    ("torchtune.models.gemma2.lora_gemma2_2b", "lora", "shared")])
+def test_torchtune_rope_cache_layout_by_builder(component, kind, expected):
+    from vramplan.frameworks.torchtune import rope_cache
+
+    assert rope_cache(component, kind) == (expected, None)
+
+
+def test_torchtune_rope_cache_bytes_golden():
+    """torchtune 0.6.1's tables, fp32: Llama3ScaledRoPE for Llama-3.1-8B (head_dim 128, 131,072 positions)
+    stack([cos, sin]) of 64 angles: 4 · 128 · 131,072 = 67,108,864 B once; lora_qwen2_5_7b_base builds a
+    [131,072, 256] cos|sin table in each of its 28 layers: 28 · 8 · 128 · 131,072 = 3,758,096,384 B."""
+    from vramplan.analytic import estimate
+    from vramplan.analytic.weights import rope_cache_bytes
+
+    assert rope_cache_bytes("shared", 128, 131072, 32) == 67_108_864
+    assert rope_cache_bytes("per-layer", 128, 131072, 28) == 3_758_096_384
+    assert rope_cache_bytes("wide", 128, 131072, 28) == 134_217_728
+    assert rope_cache_bytes("none", 128, 131072, 28) == 0
+    base = estimate(resolve("Qwen2.5-7B"), Scenario(rope_cache="none"))
+    with_table = estimate(resolve("Qwen2.5-7B"), Scenario(rope_cache="per-layer"))
+    assert with_table.get("weights/rope_cache") == 3_758_096_384
+    assert with_table.allocated_peak_bytes - base.allocated_peak_bytes == 3_758_096_384
+    _, res = _resolved("torchtune_qlora.yaml")
+    assert res.fields["rope_cache"] == "shared"

@@ -84,7 +84,7 @@ def test_trl_sft_trainer_agrees_with_the_trl_table(tmp_path, tiny_dir):
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from vramplan.profile.frameworks import word_tokenizer
+    from vramplan.profile.frameworks.common import word_tokenizer
 
     sc, built = ours(tiny_dir, TRL_YAML, ".yaml", tmp_path)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=_bnb(), dtype=torch.bfloat16)

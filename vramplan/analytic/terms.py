@@ -23,7 +23,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Hold, Loss, Quant, Scenario, kept_positions
+from vramplan.scenario import Attn, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -258,6 +258,11 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
+    if s.rope_cache is not RopeCache.NONE:
+        rows.append(("weights/rope_cache", "weights",
+                     wt.rope_cache_bytes(s.rope_cache.value, arch.head_dim, arch.max_position_embeddings,
+                                         arch.num_layers),
+                     f"torchtune's fp32 RoPE table ({s.rope_cache.value}) for {arch.max_position_embeddings} positions"))
     bias = sum(lin.count * lin.out_features for lin in qlins if lin.bias)
     groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),

@@ -95,3 +95,22 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
     if family.scaled_embedding:
         out += _blocks(1)
     return out
+
+
+def rope_cache_bytes(mode: str, head_dim: int, positions: int, num_layers: int) -> int:
+    """torchtune's precomputed rotary tables (``Scenario.rope_cache``), fp32, non-persistent buffers
+    that move to the device with the model (torchtune 0.6.1):
+
+    - ``shared``: ``modules/position_embeddings.py`` ``RotaryPositionalEmbeddings.build_rope_cache``
+      (and ``Llama3ScaledRoPE``): ``stack([cos, sin], -1)`` of max_seq_len × head_dim/2 angles:
+      4 · head_dim · positions bytes, one table for the model (the builders pass one module to every layer);
+    - ``wide``: ``models/qwen2/_positional_embeddings.py`` / ``models/phi3/_position_embeddings.py``:
+      ``cat([cos, sin], -1)`` of the doubled angles, max_seq_len × 2·head_dim: 8 · head_dim · positions;
+    - ``per-layer``: the ``wide`` table once per layer (``lora_qwen2_self_attention`` /
+      ``lora_phi3_self_attention`` construct their own).
+    E.g. torchtune's ``lora_qwen2_5_7b_base`` (28 layers, head_dim 128, max_seq_len 131072):
+    28 · 8 · 128 · 131072 = 3,758,096,384 B (3.5 GiB)."""
+    if mode == "none" or positions <= 0:
+        return 0
+    per = (4 if mode == "shared" else 8) * head_dim * positions
+    return _blocks(per) * (num_layers if mode == "per-layer" else 1)

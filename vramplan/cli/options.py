@@ -15,7 +15,7 @@ from typing import Any, Callable
 import click
 from click.core import ParameterSource
 
-from vramplan.recipes import PRESETS, preset
+from vramplan.recipes import PRESETS, preset, preset_names
 from vramplan.scenario import Scenario, field_meta
 
 _MODEL = click.option("--model", "-m", required=True,
@@ -36,8 +36,9 @@ _CONFIG = [
     click.argument("command", nargs=-1, type=click.UNPROCESSED),
 ]
 _PRESET = click.option("--preset", default=None, metavar="NAME",
-                       help=f"Fields of an older framework or loop: {', '.join(PRESETS)}. "
-                            "Flags given explicitly win.")
+                       help=f"The program of a framework version ({', '.join(preset_names()[len(PRESETS):])}: "
+                            f"its table's era) or an older loop ({', '.join(PRESETS)}). Flags given explicitly "
+                            "win.")
 
 
 def _option(f: "dataclasses.Field[Any]", kind: Any, multi: bool) -> Callable[..., Any]:

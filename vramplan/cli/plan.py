@@ -49,9 +49,13 @@ def plan(**kwargs: Any) -> int:
         raise click.UsageError("--write patches the run's --config: give one")
     cal = load_calibration(kwargs["calibration_file"])
     gpu = resolve_gpu(kwargs["gpu"], kwargs["memory"], cal)
+    step = kwargs["seq_step"]
+    if run.resolved is not None and run.resolved.framework.seq_multiple is not None and \
+            click.get_current_context().get_parameter_source("seq_step") is not ParameterSource.COMMANDLINE:
+        step = run.resolved.framework.seq_multiple(run.resolved.source.data)  # the lengths it runs at
     result = make_plan(run.arch, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
-                       seq_step=kwargs["seq_step"])
+                       seq_step=step)
     written = _write(run, result, write_to) if write_to else None
     if kwargs["as_json"]:
         out = result.to_dict()

@@ -16,6 +16,7 @@ ours-vs-theirs check of its recipe (tests/theirs/test_frameworks_theirs.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -381,15 +382,17 @@ def load(paths: list[str], argv: list[str] | None = None, framework_name: str | 
     if fw.name == "hf" and "training_args" not in src.data and "adapter_config" not in src.data:
         src.data = {"training_args": src.data}
     ver, where = pick_version(fw, version)
-    return Loaded(src, fw, ver, where, _model_of(src.data, fw))
+    return Loaded(src, fw, ver, where, _model_of(src.data, fw, src))
 
 
-def _model_of(data: dict[str, Any], fw: Framework) -> str | None:
+def _model_of(data: dict[str, Any], fw: Framework, src: Source | None = None) -> str | None:
     if fw.name == "torchtune":
         return torchtune.model_id(data)
     node: Any = data
     for part in fw.model_key.split("."):
         node = node.get(part) if isinstance(node, dict) else None
+    if node is None and fw.name == "unsloth" and src is not None and src.yaml_file is not None:
+        node = unsloth.studio_model(src.yaml_file.name)
     if node is None or isinstance(node, (dict, list)):
         return None
     return fw.model_name(str(node)) if fw.model_name else str(node)
@@ -425,11 +428,14 @@ def resolve(loaded: Loaded, arch: Any) -> Resolved:
     fw = loaded.framework
     era = fw.era(loaded.version)
     reader = Reader(fw, era, loaded.source.data)
+    notes: list[str] = []
     if fw.model_key in ("model", "base_model", "model_name_or_path"):
         reader.seen.add(fw.model_key)
         if loaded.model is not None:
             reader.used[fw.model_key] = loaded.model
-    notes: list[str] = []
+            if fw.name == "unsloth" and not reader.has(fw.model_key) and loaded.source.yaml_file is not None:
+                notes.append(f"model {loaded.model} read from the Unsloth Studio file name "
+                             f"{loaded.source.yaml_file.name} (<org>_<model>.yaml; Studio writes no model key)")
     fields = dict(era.fixed)
     fields.update(fw.scenario(reader, era, arch, notes))
     if fw.model_key.startswith("adapter_config."):
@@ -617,3 +623,46 @@ def _patch_cli(text: str, src: Source, keyed: list[tuple[Any, Any]]) -> str:
 
 def _words(words: tuple[str, ...]) -> str:
     return r"(?<![\w/.-])" + r"[ \t]+".join(re.escape(x) for x in words) + r"(?![\w.-])"
+
+
+# ------------------------------------------------------------------------------------ presets
+#: The fields a framework era's ``--preset`` sets: the program it runs, not the run's shape or its
+#: LoRA hyper-parameters (those stay the command line's, or the config's with ``--config``).
+PRESET_FIELDS = ("recipe", "autocast", "loss", "hold_logits", "reentrant", "adapter_dtype")
+
+
+def era_name(fw: Framework, era: Any) -> str:
+    """``torchtune-0.2``, ``trl-1.15``: the framework and its era's first version (major.minor)."""
+    return f"{fw.name}-{'.'.join(era.since.split('.')[:2])}"
+
+
+def era_names() -> list[str]:
+    return [era_name(fw, era) for fw in FRAMEWORKS.values() for era in fw.eras]
+
+
+@functools.lru_cache(maxsize=1)
+def era_presets() -> dict[str, Any]:
+    """One ``vramplan.recipes.Preset`` per framework era, resolved from the framework's own table: its
+    example QLoRA and LoRA configs (``Framework.examples``) read as that era reads them, on a
+    registry model. A field the two readings differ on holds for 4-bit bases only."""
+    from vramplan.arch import resolve as resolve_arch
+    from vramplan.recipes import Preset
+
+    arch = resolve_arch("Qwen3-0.6B")
+    out: dict[str, Any] = {}
+    for fw in FRAMEWORKS.values():
+        for era in fw.eras:
+            read = []
+            for example in fw.examples:
+                src = Source(data=json.loads(json.dumps(example)))
+                r = resolve(Loaded(src, fw, era.since, "preset", "M"), arch)
+                read.append({k: r.fields[k] for k in PRESET_FIELDS if k in r.fields})
+            q, plain = read
+            fields = {k: ("dtype" if k == "adapter_dtype" and v != "fp32" else v) for k, v in q.items()}
+            only_4bit = tuple(k for k in fields if plain.get(k, _UNSET) != q[k])
+            out[era_name(fw, era)] = Preset(era_name(fw, era), fields, f"{fw.title} {era.since}+: {era.source}",
+                                            quantized_fields=only_4bit)
+    return out
+
+
+_UNSET = object()

@@ -25,6 +25,9 @@ KEYS = (
     Key("lora_target_linear", None, "true = every linear but lm_head"),
     Key("peft_autocast_adapter_dtype", None, "false = adapters in torch_dtype"),
     Key("sequence_len", 512, "tokens per row"),
+    Key("pad_to_sequence_len", None, "None: pad each batch to a multiple of pad_to_multiple_of; true: of "
+                                     "sequence_len; false: no padding to a multiple"),
+    Key("pad_to_multiple_of", None, "None = 64"),
     Key("micro_batch_size", 1, "micro-batch"),
     Key("gradient_checkpointing", False, "checkpointing (schema default off; true, offload)"),
     Key("gradient_checkpointing_kwargs", None, "None = {use_reentrant: true}"),
@@ -52,6 +55,31 @@ KEYS = (
 )
 
 _SOURCE = "axolotl 0.19.0: loaders/model.py, utils/schemas/*, utils/config/__init__.py (research §2)"
+
+
+def _multiple(r: b.Reader) -> int:
+    m = r.get("pad_to_multiple_of")
+    return b.integer(m, "pad_to_multiple_of", minimum=1) if m is not None else 64
+
+
+def seq_multiple(data: dict[str, Any]) -> int:
+    """The multiple a batch's length is padded to (1: none), for ``plan``."""
+    pad, m = data.get("pad_to_sequence_len"), data.get("pad_to_multiple_of")
+    if pad is not None and not b.boolean(pad, "pad_to_sequence_len"):
+        return 1
+    return b.integer(m, "pad_to_multiple_of", minimum=1) if m is not None else 64
+
+
+def padded_length(r: b.Reader, length: int) -> int:
+    """The longest row a batch runs at: axolotl's collator (``core/builders/causal.py``,
+    ``build_collator``) pads to a multiple of ``pad_to_multiple_of or 64`` unless ``pad_to_sequence_len``
+    is false (true pads every batch to that multiple of ``sequence_len``; unset pads the longest row,
+    which is ``sequence_len`` at worst; ``sample_packing`` sets it true)."""
+    pad = r.get("pad_to_sequence_len")
+    if pad is not None and not b.boolean(pad, "pad_to_sequence_len"):
+        return length
+    m = _multiple(r)
+    return m * -(-length // m)
 
 
 def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, Any]:
@@ -123,7 +151,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     reent = kwargs.get("use_reentrant", True)
     out["reentrant"] = b.boolean(reent, "use_reentrant")
     out["attn"] = _attn(r)
-    out["seq"] = b.integer(r.get("sequence_len"), "sequence_len")
+    length = b.integer(r.get("sequence_len"), "sequence_len")
+    out["seq"] = padded_length(r, length)
+    if out["seq"] != length:
+        notes.append(f"axolotl's collator pads each batch to a multiple of {_multiple(r)} (pad_to_multiple_of, "
+                     f"default 64; pad_to_sequence_len false turns it off): a row of sequence_len {length} runs at "
+                     f"{out['seq']} positions, priced so")
     out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
     out["optimizer"] = b.optimizer(r.get("optimizer"), who)
     if r.get("sample_packing"):
@@ -163,7 +196,9 @@ FRAMEWORK = Framework(
     eras=(Era("0.19.0", dict(recipe="axolotl", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
     keys=KEYS, scenario=scenario, model_key="base_model", style="yaml",
     launchers=(("axolotl", "train"),),
-    plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
+    seq_multiple=seq_multiple, plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optimizer",
                    lora_dropout="lora_dropout", targets="lora_target_modules"),
-    spell=b.hf_spell, companions={"targets": ("lora_target_linear", False)}, known_latest="0.19.0")
+    spell=b.hf_spell, companions={"targets": ("lora_target_linear", False)}, known_latest="0.19.0",
+    examples=(dict(base_model="M", adapter="qlora", load_in_4bit=True, lora_r=8, lora_target_linear=True, bf16=True),
+              dict(base_model="M", adapter="lora", lora_r=8, lora_target_linear=True, bf16=True)))

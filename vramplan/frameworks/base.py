@@ -97,6 +97,12 @@ class Framework:
     (axolotl: naming targets needs ``lora_target_linear: false``)."""
     model_name: Callable[[str], str] | None = None
     """The framework's model id -> the id vramplan looks up (Unsloth's re-uploads -> the base model)."""
+    seq_multiple: Callable[[dict[str, Any]], int] | None = None
+    """config -> the multiple the framework pads each batch's length to (axolotl's collator), so a plan's
+    largest sequence is one it runs at unpadded."""
+    examples: tuple[dict[str, Any], dict[str, Any]] = field(default_factory=lambda: ({}, {}))
+    """The smallest QLoRA config and LoRA config in this framework's keys (model ``"M"``): what its
+    ``--preset`` eras are resolved from (``vramplan.frameworks.era_presets``)."""
     traceable: bool = True
     """Whether ``--method trace`` can run this framework's program (False: GPU-only kernels)."""
     known_latest: str = ""

@@ -84,4 +84,6 @@ FRAMEWORK = Framework(
     plan_keys=dict(batch="training_args.per_device_train_batch_size", rank="adapter_config.r",
                    grad_checkpointing="training_args.gradient_checkpointing", optimizer="training_args.optim",
                    targets="adapter_config.target_modules", lora_dropout="adapter_config.lora_dropout"),
-    spell=b.hf_spell, known_latest="5.24.0")
+    spell=b.hf_spell, known_latest="5.24.0",
+    examples=(dict(training_args=dict(bf16=True), adapter_config=dict(base_model_name_or_path="M", r=8)),
+              dict(training_args=dict(bf16=True), adapter_config=dict(base_model_name_or_path="M", r=8))))

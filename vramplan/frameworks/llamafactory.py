@@ -136,4 +136,6 @@ FRAMEWORK = Framework(
     plan_keys=dict(seq="cutoff_len", batch="per_device_train_batch_size", rank="lora_rank",
                    grad_checkpointing="disable_gradient_checkpointing", optimizer="optim", targets="lora_target",
                    lora_dropout="lora_dropout", attn="flash_attn"),
-    spell=spell, known_latest="0.9.5")
+    spell=spell, known_latest="0.9.5",
+    examples=(dict(model_name_or_path="M", stage="sft", finetuning_type="lora", quantization_bit=4, bf16=True),
+              dict(model_name_or_path="M", stage="sft", finetuning_type="lora", bf16=True)))

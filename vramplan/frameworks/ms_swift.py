@@ -48,6 +48,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     who = "ms-swift"
     out: dict[str, Any] = {}
     tuner = str(r.get("tuner_type")).lower()
+    if r.has("train_type") and not r.data.get("tuner_type"):
+        notes.append("--train_type is ms-swift 3's name: ms-swift 4 reads --tuner_type and its parser stops on "
+                     "--train_type (remaining_argv); read here as --tuner_type")
     if tuner not in ("lora", "full"):
         raise b.ConfigError(f"{who}: tuner_type '{tuner}' is not priced (lora or full)")
     out["full"] = tuner == "full"
@@ -140,4 +143,6 @@ FRAMEWORK = Framework(
     plan_keys=dict(seq="max_length", batch="per_device_train_batch_size", rank="lora_rank",
                    grad_checkpointing="gradient_checkpointing", optimizer="optim", targets="target_modules",
                    lora_dropout="lora_dropout", attn="attn_impl"),
-    spell=spell, known_latest="4.6.0")
+    spell=spell, known_latest="4.6.0",
+    examples=(dict(model="M", tuner_type="lora", quant_method="bnb", quant_bits=4, torch_dtype="bfloat16"),
+              dict(model="M", tuner_type="lora", torch_dtype="bfloat16")))

@@ -62,6 +62,27 @@ def builder(component: Any) -> tuple[str, str]:
     return "full", name
 
 
+#: Builder family (the builder name's first word) -> its RoPE module's table layout (torchtune 0.6.1
+#: ``models/<family>/_component_builders.py``): one table for every layer, or one per layer in the
+#: LoRA builders of the families whose attention builder constructs its own (Qwen2, Phi-3).
+ROPE = {"llama2": "shared", "llama3": "shared", "mistral": "shared", "gemma": "shared", "gemma2": "shared",
+        "code": "shared", "qwen2": "wide", "phi3": "wide", "phi4": "wide"}
+
+
+def rope_cache(component: Any, kind: str) -> tuple[str, str | None]:
+    """(``Scenario.rope_cache``, a note or None) for a builder path."""
+    _, name = builder(component)
+    family = name.split("_", 1)[0]
+    family = "llama3" if family.startswith("llama3") else "qwen2" if family.startswith("qwen2") else family
+    layout = ROPE.get(family)
+    if layout is None:
+        return "none", (f"torchtune's RoPE table for the {family} builders is not read here (torchtune 0.6.1 has "
+                        f"none): not priced")
+    if layout == "wide" and kind != "full":
+        layout = "per-layer"
+    return layout, None
+
+
 def model_id(data: dict[str, Any]) -> str | None:
     """The registry model the config's builder (or checkpoint directory) names."""
     comp = (data.get("model") or {}).get("_component_") if isinstance(data.get("model"), dict) else None
@@ -114,6 +135,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["rank"] = b.integer(r.get("model.lora_rank"), "lora_rank")
         out["lora_dropout"] = b.fraction(r.get("model.lora_dropout"), "lora_dropout")
         out["adapter_dtype"] = d
+    out["rope_cache"], why = rope_cache(comp, kind)
+    if why:
+        notes.append(why)
     length = r.get("tokenizer.max_seq_len")
     if length is None:
         notes.append("tokenizer.max_seq_len unset: torchtune does not truncate; priced at --seq (default 2048)")
@@ -161,4 +185,8 @@ FRAMEWORK = Framework(
     launchers=(("tune", "run"),),
     plan_keys=dict(seq="tokenizer.max_seq_len", batch="batch_size", rank="model.lora_rank",
                    grad_checkpointing="enable_activation_checkpointing", lora_dropout="model.lora_dropout"),
-    known_latest="0.6.1")
+    known_latest="0.6.1",
+    examples=(dict(model={"_component_": "torchtune.models.llama3_1.qlora_llama3_1_8b",
+                     "lora_attn_modules": ["q_proj", "v_proj"]}),
+              dict(model={"_component_": "torchtune.models.llama3_1.lora_llama3_1_8b",
+                     "lora_attn_modules": ["q_proj", "v_proj"]})))

@@ -147,4 +147,6 @@ FRAMEWORK = Framework(
     plan_keys=dict(seq="max_length", batch="per_device_train_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optim", targets="lora_target_modules",
                    lora_dropout="lora_dropout", attn="attn_implementation"),
-    spell=b.hf_spell, known_latest="1.16.0")
+    spell=b.hf_spell, known_latest="1.16.0",
+    examples=(dict(model_name_or_path="M", dtype="bfloat16", use_peft=True, load_in_4bit=True),
+              dict(model_name_or_path="M", dtype="bfloat16", use_peft=True)))

@@ -69,6 +69,15 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     return out
 
 
+def studio_model(filename: str) -> str | None:
+    """The model an Unsloth Studio model-defaults file is for: Studio names them ``<org>_<model>.yaml``
+    (``studio/backend/assets/configs/model_defaults/qwen/unsloth_Qwen3-14B.yaml`` holds the defaults
+    of ``unsloth/Qwen3-14B``) and writes no model key. None for other names (``default.yaml``)."""
+    stem = filename.rsplit(".", 1)[0]
+    org, sep, name = stem.partition("_")
+    return f"{org}/{name}" if sep and org and name else None
+
+
 def model_name(model: str) -> str:
     """``unsloth/Qwen3-14B`` or ``unsloth/Qwen3-14B-unsloth-bnb-4bit`` -> ``Qwen3-14B``: Unsloth's
     re-uploads of a base model, looked up as that model (its pre-quantized checkpoints carry their own
@@ -102,4 +111,6 @@ FRAMEWORK = Framework(
     plan_keys=dict(seq="training.max_seq_length", batch="training.batch_size", rank="lora.lora_r",
                    grad_checkpointing="training.gradient_checkpointing", optimizer="training.optim",
                    lora_dropout="lora.lora_dropout", targets="lora.target_modules"),
-    spell=spell, model_name=model_name, traceable=False, known_latest="2026.10.9")
+    spell=spell, model_name=model_name, traceable=False, known_latest="2026.10.9",
+    examples=(dict(model="M", training=dict(training_type="lora", load_in_4bit=True)),
+              dict(model="M", training=dict(training_type="lora", load_in_4bit=False))))

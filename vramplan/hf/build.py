@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, Scenario
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, RopeCache, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -314,11 +314,30 @@ def prepare(model: Any, arch: Arch, scenario: Scenario) -> Any:
         add_fused_head(model)
     elif scenario.loss is Loss.CHUNKED_CE:
         chunked_ce_loss_class()  # loaded before any fake tensor exists
+    if scenario.rope_cache is not RopeCache.NONE:
+        add_rope_cache(model, arch, scenario)
     model = apply_lora(model, arch, scenario)
     if scenario.bnb_keeps_input:
         interventions.keep_4bit_inputs(model)
     enable_checkpointing(model, scenario)
     return model
+
+
+def add_rope_cache(model: Any, arch: Arch, scenario: Scenario) -> None:
+    """torchtune's precomputed RoPE table(s) (``interventions`` item 16; sizes in
+    ``analytic.weights.rope_cache_bytes``): fp32 non-persistent buffers of torchtune's shapes, one on
+    the decoder or one per layer's attention."""
+    import torch
+
+    n, d = arch.max_position_embeddings, arch.head_dim
+    shape = (n, d // 2, 2) if scenario.rope_cache is RopeCache.SHARED else (n, 2 * d)
+    dev = next(model.parameters()).device
+    decoder = model.get_decoder()
+    owners = [layer.self_attn for layer in decoder.layers] if scenario.rope_cache is RopeCache.PER_LAYER \
+        else [decoder]
+    for m in owners:
+        m.register_buffer("torchtune_rope_cache", torch.empty(shape, dtype=torch.float32, device=dev),
+                          persistent=False)
 
 
 def add_fused_head(model: Any) -> None:

@@ -57,6 +57,18 @@ Index (what and why; the third-party source it concerns; how it is undone):
     is reset on exit.
 15. ``cuda_semantics`` (D): TRL's fused LM head as it runs on CUDA. Source: trl 1.16
     ``kernels/chunked_logprob.py``. Restored: the module attributes put back on exit.
+16. ``rope_cache`` (``vramplan.hf.build.add_rope_cache``): the trace's torchtune program is the
+    transformers model with torchtune's loss; torchtune's own modules also keep a precomputed fp32
+    RoPE table per model (or per layer) as a buffer, which the transformers model lacks, so buffers
+    of that shape are added to the model. Source: torchtune 0.6.1 ``modules/position_embeddings.py``,
+    ``models/qwen2/_positional_embeddings.py``, ``models/*/_component_builders.py``. Restored: lives
+    on our model.
+17. LLaMA-Factory on vramplan's stack (``vramplan.profile.frameworks.llamafactory.adapters``, the
+    ``profile --config`` runner only): its version check off, a placeholder for trl's removed value-head
+    class and a stub ``torchaudio`` for its import, and its checkpoint wrapper handed the bound-method
+    form of transformers 5.24's ``partial(forward, self)``. Source: llamafactory 0.9.5
+    ``extras/misc.py`` (``check_version``), ``data/mm_plugin.py``, ``model/model_utils/checkpointing.py``.
+    Restored: each put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 

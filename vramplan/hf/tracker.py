@@ -101,9 +101,10 @@ class LiveTensorTracker:
         import torch
         from torch.utils._pytree import tree_leaves
 
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                self._add(t.untyped_storage(), self.label)
+        for leaf in tree_leaves(out):
+            for t in _plain(leaf):
+                if t.layout == torch.strided:
+                    self._add(t.untyped_storage(), self.label)
 
     def register(self, tensors: Iterable[Any] | Any, category: str) -> None:
         """Count already-existing tensors (parameters, quantization state) under ``category``.
@@ -113,9 +114,10 @@ class LiveTensorTracker:
 
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
-        for t in tensors:
-            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
-                self._add(t.untyped_storage(), category)
+        for leaf in tensors:
+            for t in _plain(leaf):
+                if t.layout == torch.strided:
+                    self._add(t.untyped_storage(), category)
 
     def retag(self, tensors: Iterable[Any] | Any, category: str) -> None:
         """Move live tensors to ``category`` (e.g. a gradient once it lands in ``.grad``).
@@ -125,8 +127,8 @@ class LiveTensorTracker:
 
         if isinstance(tensors, torch.Tensor):
             tensors = [tensors]
-        for t in tensors:
-            if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        for t in (p for leaf in tensors for p in _plain(leaf)):
+            if t.layout != torch.strided:
                 continue
             s = t.untyped_storage()
             entry = self._live.get(s)
@@ -176,3 +178,19 @@ class LiveTensorTracker:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(*exc)
+
+
+def _plain(t: Any) -> list[Any]:
+    """The tensors holding ``t``'s memory: ``t`` itself, or for a wrapper subclass (torchao's
+    ``NF4Tensor``, a ``DTensor``) its inner tensors, recursively. A wrapper's own storage is a
+    placeholder whose ``nbytes()`` is the logical size (the bf16 size of an NF4 weight) though it
+    holds nothing; counting it would add memory that does not exist."""
+    import torch
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not isinstance(t, torch.Tensor):
+        return []
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [p for n in names for p in _plain(getattr(t, n))]
