@@ -19,7 +19,7 @@ Adding a framework's runner (the framework axis, see docs/design.md):
    ``job.train(trainer)`` (HF-Trainer-based frameworks) or ``job.step_begin()``/``job.step_end()``
    around each optimizer step (own loops);
 2. its name in ``RUNNERS`` below (and out of ``UNAVAILABLE``);
-3. a row in ``tests/frameworks/test_framework_profiles.py``, run in the framework venv by ``.ci/frameworks``.
+3. a row in ``tests/frameworks/test_framework_trainers.py``, run in the framework venv by ``.ci/frameworks``.
 """
 
 from __future__ import annotations
