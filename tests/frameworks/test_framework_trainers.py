@@ -15,7 +15,6 @@ framework venv of .ci/frameworks; skips elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,16 +31,18 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "frameworks"
 REASON = "installed only in the framework venv of .ci/frameworks (its pins would replace vramplan's test stack)"
 
 ROWS = [
-    ("ms-swift", "swift", "swift_qlora.sh", "profile_qwen3", ["--label-fraction", "0.5"]),
-    ("llamafactory", "llamafactory", "llamafactory_qlora.yaml", "profile_qwen3", []),
-    ("axolotl", "axolotl", "axolotl_qlora.yml", "profile_qwen3", []),
-    ("torchtune", "torchtune", "torchtune_qlora.yaml", "profile_llama", []),
+    ("ms-swift", "swift_qlora.sh", "profile_qwen3", ["--label-fraction", "0.5"]),
+    ("llamafactory", "llamafactory_qlora.yaml", "profile_qwen3", []),
+    ("axolotl", "axolotl_qlora.yml", "profile_qwen3", []),
+    ("torchtune", "torchtune_qlora.yaml", "profile_llama", []),
 ]
 
 
-@pytest.mark.parametrize("name,module,config,model,extra", ROWS, ids=[r[0] for r in ROWS])
-def test_profile_config_runs_the_frameworks_own_trainer(cli_run, tmp_path, name, module, config, model, extra):
-    if importlib.util.find_spec(module) is None:
+@pytest.mark.parametrize("name,config,model,extra", ROWS, ids=[r[0] for r in ROWS])
+def test_profile_config_runs_the_frameworks_own_trainer(cli_run, tmp_path, name, config, model, extra):
+    from vramplan.profile.frameworks import installed
+
+    if not installed(name):
         pytest.skip(REASON)
     run = subprocess.run([sys.executable, "-m", "vramplan", "profile", "--config", str(DATA / config), "--model",
                           str(DATA / model), "--seq", "128", "--steps", "3", "--out", str(tmp_path), "--json", *extra],
@@ -58,3 +59,19 @@ def test_profile_config_runs_the_frameworks_own_trainer(cli_run, tmp_path, name,
     code, out, err = cli_run("validate", "--profiles", str(tmp_path), "--json")
     assert code == 0, err
     assert name in json.dumps(json.loads(out))
+
+
+def test_profile_config_refuses_a_change_the_framework_has_no_key_for(tmp_path):
+    """A command-line change the framework's config cannot express (ms-swift has no recipe key) is refused
+    in one line, exit 2: its trainer would run another program than the one priced."""
+    from vramplan.profile.frameworks import installed
+
+    if not installed("ms-swift"):
+        pytest.skip(REASON)
+    run = subprocess.run([sys.executable, "-m", "vramplan", "profile", "--config", str(DATA / "swift_qlora.sh"),
+                          "--model", str(DATA / "profile_qwen3"), "--seq", "128", "--recipe", "hf-peft",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "MODELSCOPE_OFFLINE": "1"})
+    lines = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert run.returncode == 2 and len(lines) == 1 and "no key for it" in lines[0], run.stderr[-2000:]
+    assert not list(tmp_path.iterdir())

@@ -51,8 +51,14 @@ UNAVAILABLE = {
 RUNNERS: dict[str, str] = {"trl": "trl", "hf": "hf", "ms-swift": "ms_swift", "llamafactory": "llamafactory",
                            "axolotl": "axolotl", "torchtune": "torchtune"}
 
-#: Framework -> the module its package installs (where it is not the framework's name).
-IMPORTS = {"ms-swift": "swift", "hf": "transformers"}
+#: Framework -> the modules its trainer needs (where they are not just the framework's name): torchtune's
+#: package imports torchao, which the main venv leaves out (peft 0.21 refuses torchao 0.10 beside it).
+IMPORTS = {"ms-swift": ("swift",), "hf": ("transformers",), "torchtune": ("torchtune", "torchao")}
+
+
+def installed(name: str) -> bool:
+    """Whether framework ``name``'s trainer can be imported here."""
+    return all(importlib.util.find_spec(m) is not None for m in IMPORTS.get(name, (name,)))
 
 #: Where each framework's package is installed for these runs (its pins would replace vramplan's stack).
 INSTALL = {"ms-swift": ".ci/frameworks (a second venv, --no-deps)", "llamafactory": ".ci/frameworks",
@@ -220,7 +226,7 @@ def profile_config(resolved: Any, model_name: str, arch: Any, scenario: Scenario
         raise ProfileRunError(f"profile --config does not run {fw.title}: {UNAVAILABLE.get(fw.name, 'no runner')}; "
                               f"`vramplan profile` with the flags of `vramplan estimate --config` measures "
                               f"vramplan's build of the same scenario")
-    if importlib.util.find_spec(IMPORTS.get(fw.name, fw.name)) is None:
+    if not installed(fw.name):
         raise ProfileRunError(f"profile --config runs {fw.title}'s own trainer, which is not installed here "
                               f"(installed as in {INSTALL.get(fw.name, 'its extra')})")
     if opts.device not in (None, "cpu"):
