@@ -545,3 +545,40 @@ def test_torchtune_rope_cache_bytes_golden():
     assert with_table.allocated_peak_bytes - base.allocated_peak_bytes == 3_758_096_384
     _, res = _resolved("torchtune_qlora.yaml")
     assert res.fields["rope_cache"] == "shared"
+
+
+def test_axolotl_pads_a_command_line_seq_too(cli):
+    """--seq over an axolotl config is its sequence_len, padded as its collator pads it (1000 -> 1024)."""
+    r = cli("estimate", "--config", str(DATA / "axolotl_qlora.yml"), "--seq", "1000", "--json")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert d["scenario"]["seq"] == 1024 and any("--seq 1000 runs at 1024" in n for n in d["config"]["notes"])
+
+
+def test_fit_synthetic_rows_to_the_template():
+    """fit solves the template's frame from two encodings: labels on the answer only (5-token frame, one
+    label for the end token) or on every token (LLaMA-Factory's train_on_prompt: the label count is the
+    template's, not ours), and refuses a template that does not keep one word one token."""
+    from vramplan.profile.frameworks import fit
+    from vramplan.profile.runner import ProfileRunError
+
+    answer_only = lambda u, a: (u + a + 5, a + 1)  # noqa: E731
+    assert fit(answer_only, 128, 64) == (60, 63)
+    every = lambda u, a: (u + a + 5, u + a + 5)  # noqa: E731
+    assert fit(every, 128, 64) == (1, 122)
+    with pytest.raises(ProfileRunError, match="one synthetic word as one token"):
+        fit(lambda u, a: (2 * u + a, a), 128, 64)
+    with pytest.raises(ProfileRunError, match="shorter than the framework's chat frame"):
+        fit(answer_only, 6, 3)
+
+
+def test_profile_runs_offline_and_restores_the_environment(monkeypatch):
+    import os
+
+    from vramplan.profile.frameworks import OFFLINE, offline
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with offline():
+        assert all(os.environ[k] == v for k, v in OFFLINE.items())
+    assert os.environ["WANDB_MODE"] == "online" and "HF_HUB_OFFLINE" not in os.environ

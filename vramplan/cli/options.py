@@ -153,6 +153,14 @@ def pop_run(kwargs: dict[str, Any]) -> Run:
                                            Scenario(quant=quant).quantized_4bit, full=full))
     chosen = dict(fields)
     chosen.update({k: values[k] for k in given})
+    multiple = resolved.framework.seq_multiple
+    if "seq" in given and multiple is not None:  # the command line's length, as the framework pads it
+        m = multiple(loaded.source.data)
+        padded = m * -(-int(chosen["seq"]) // m)
+        if padded != chosen["seq"]:
+            resolved.notes.append(f"{resolved.framework.title} pads each batch to a multiple of {m}: --seq "
+                                  f"{chosen['seq']} runs at {padded} positions, priced so")
+            chosen["seq"] = padded
     if chosen.get("full"):
         from vramplan.scenario import LORA_ONLY_FIELDS
 

@@ -660,6 +660,7 @@ def era_presets() -> dict[str, Any]:
             q, plain = read
             fields = {k: ("dtype" if k == "adapter_dtype" and v != "fp32" else v) for k, v in q.items()}
             only_4bit = tuple(k for k in fields if plain.get(k, _UNSET) != q[k])
+            assert era_name(fw, era) not in out, f"two eras of {fw.name} share the preset name {era_name(fw, era)}"
             out[era_name(fw, era)] = Preset(era_name(fw, era), fields, f"{fw.title} {era.since}+: {era.source}",
                                             quantized_fields=only_4bit)
     return out

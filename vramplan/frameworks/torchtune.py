@@ -76,8 +76,8 @@ def rope_cache(component: Any, kind: str) -> tuple[str, str | None]:
     family = "llama3" if family.startswith("llama3") else "qwen2" if family.startswith("qwen2") else family
     layout = ROPE.get(family)
     if layout is None:
-        return "none", (f"torchtune's RoPE table for the {family} builders is not read here (torchtune 0.6.1 has "
-                        f"none): not priced")
+        return "none", (f"torchtune's RoPE table for the {family} builders is not modelled here (read from "
+                        f"torchtune 0.6.1's llama, mistral, gemma, qwen2 and phi3 builders): not priced")
     if layout == "wide" and kind != "full":
         layout = "per-layer"
     return layout, None

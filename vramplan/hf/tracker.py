@@ -18,6 +18,7 @@ Torch is imported lazily: importing this module costs nothing.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Any, Iterable
 
@@ -186,11 +187,22 @@ def _plain(t: Any) -> list[Any]:
     placeholder whose ``nbytes()`` is the logical size (the bf16 size of an NF4 weight) though it
     holds nothing; counting it would add memory that does not exist."""
     import torch
-    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
     if not isinstance(t, torch.Tensor):
         return []
-    if not is_traceable_wrapper_subclass(t):
+    if not _is_wrapper(t):
         return [t]
     names, _ = t.__tensor_flatten__()
     return [p for n in names for p in _plain(getattr(t, n))]
+
+
+@functools.lru_cache(maxsize=1)
+def _wrapper_check() -> Any:
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    return is_traceable_wrapper_subclass
+
+
+def _is_wrapper(t: Any) -> bool:
+    """A traceable wrapper subclass (``__tensor_flatten__``; the check imported once)."""
+    return bool(_wrapper_check()(t))

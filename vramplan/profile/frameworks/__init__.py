@@ -9,7 +9,10 @@ a per-step hook reads the peak of each step, the first being the warm-up. The pr
 framework and its version (``run.framework``), so ``validate`` compares each framework's prediction
 with its own measurement.
 
-What a runner replaces in the user's config, and nothing else: the model (the random checkpoint of
+The TRL and HF runners build the trainer from the scenario (their configs are the scenario's own
+fields); the others run the framework's own parser on the user's config. What a runner replaces in
+the user's config, and nothing else (plus hub pushes off, and the hub, trackers and telemetry
+offline for the run: ``OFFLINE``): the model (the random checkpoint of
 the resolved architecture, with a word-level chat tokenizer beside it), the dataset (synthetic rows of
 exactly ``seq`` tokens, the label share of ``label_fraction`` where the framework's loss keeps only
 label positions), the output folder, the step count, logging/saving/reporting off, and the CPU.
@@ -29,13 +32,15 @@ import dataclasses
 import importlib
 import importlib.util
 import math
+import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
+from vramplan.errors import VramplanError
 from vramplan.profile.runner import ProfileRunError, RunOptions, predict, prediction_calibration, register_model, \
     save_random_checkpoint
 from vramplan.profile.store import PHASES, SCHEMA, Profile, now_utc
@@ -190,13 +195,16 @@ def words(n: int, start: int = 0) -> str:
 def fit(encode: Callable[[int, int], tuple[int, int]], seq: int, labelled: int) -> tuple[int, int]:
     """User and assistant word counts whose encoding (by the framework's own template, ``encode(n_user,
     n_assistant) -> (tokens, label tokens)``) is exactly ``seq`` tokens with ``labelled`` of them labels,
-    or the fewest labels the template allows. Raises when ``seq`` is shorter than the template's frame."""
+    or the nearest label count the template allows (all of them when the prompt is labelled too, e.g.
+    LLaMA-Factory's ``train_on_prompt``). Raises when ``seq`` is shorter than the template's frame."""
     t1, l1 = encode(1, 1)
     t2, l2 = encode(2, 3)
-    if (t2 - t1, l2 - l1) != (3, 2):
-        raise ProfileRunError("the framework's template does not encode one synthetic word as one token")
-    frame, lframe = t1 - 2, l1 - 1
-    n_a = max(1, labelled - lframe)
+    if t2 - t1 != 3:
+        raise ProfileRunError("the framework's template does not encode one synthetic word as one token "
+                              f"(two more words gave {t2 - t1 - 1} more tokens)")
+    frame = t1 - 2
+    prompt_labelled = (l2 - l1) == 3  # each prompt word is a label too: the label count is not ours to set
+    n_a = max(1, seq - frame - 1) if prompt_labelled else max(1, labelled - (l1 - 1))
     n_u = seq - frame - n_a
     if n_u < 1:
         n_a = max(1, seq - frame - 1)
@@ -217,6 +225,26 @@ def share(kept: int, seq: int) -> float:
     while kept_positions(seq, f) > kept:
         f = math.nextafter(f, 0.0)
     return f
+
+
+#: Set while a framework runs: the run reads only the random checkpoint and synthetic rows here, so no
+#: hub, experiment tracker or telemetry is reached whatever the user's config says.
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "MODELSCOPE_OFFLINE": "1",
+           "WANDB_MODE": "disabled", "AXOLOTL_DO_NOT_TRACK": "1", "SWANLAB_MODE": "disabled"}
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in OFFLINE}
+    os.environ.update(OFFLINE)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def profile_config(resolved: Any, model_name: str, arch: Any, scenario: Scenario, opts: RunOptions) -> Profile:
@@ -246,9 +274,13 @@ def profile_config(resolved: Any, model_name: str, arch: Any, scenario: Scenario
         try:  # the trainers print their metrics on stdout, which carries only vramplan's own output
             with contextlib.redirect_stdout(sys.stderr):
                 try:
-                    runner(fw.name)(job)
-                except (ProfileRunError, KeyboardInterrupt, MemoryError):
+                    with offline():
+                        runner(fw.name)(job)
+                except (VramplanError, KeyboardInterrupt, MemoryError):
                     raise
+                except SystemExit as e:  # a framework's argument parser refusing the config
+                    raise ProfileRunError(f"{fw.title} {resolved.version}'s argument parser refused the config "
+                                          f"(exit {e.code}; its message is above)") from None
                 except Exception as e:  # the framework's own code refusing the run: its words, one line
                     msg = " ".join(str(e).split())[:400]
                     raise ProfileRunError(f"{fw.title} {resolved.version}'s own code stopped the run: "

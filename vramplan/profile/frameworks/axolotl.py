@@ -19,7 +19,7 @@ Replaced in the YAML (the rest is the user's, with the command line's changes ov
   Triton kernels with a CUDA dequantize (``kernels/quantize.py`` asks for the CUDA stream) that cannot
   run on the CPU; the run then uses peft's LoRA layers, which is what vramplan prices (its note, issue
   14). Kernels set true in the YAML are refused;
-- ``AXOLOTL_DO_NOT_TRACK=1`` (axolotl's telemetry, a network call).
+- axolotl's telemetry off (``AXOLOTL_DO_NOT_TRACK=1``, among the package's ``OFFLINE`` settings).
 
 axolotl 0.19 imports ``trl.experimental.prm`` (its process-reward-model trainer) with its other trainers;
 trl 1.16 dropped it. Where it is missing, a placeholder module stands in: it is used only with
@@ -29,8 +29,8 @@ as it is; its ``trainer.train(...)`` goes through ``job.train`` (step callback a
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 import sys
 import types
 from typing import Any
@@ -45,8 +45,9 @@ _DROP = ("resume_from_checkpoint", "auto_resume_from_checkpoints", "hub_model_id
 _KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel", "lora_embedding_kernel")
 
 
-def _trl_prm() -> None:
-    """trl 1.16 has no ``trl.experimental.prm``, which axolotl 0.19's trainer module imports."""
+def _trl_prm() -> bool:
+    """trl 1.16 has no ``trl.experimental.prm``, which axolotl 0.19's trainer module imports: a
+    placeholder module (True when placed, to be removed after the run)."""
     import importlib.util
 
     if importlib.util.find_spec("trl.experimental.prm") is None and "trl.experimental.prm" not in sys.modules:
@@ -54,6 +55,8 @@ def _trl_prm() -> None:
         mod.PRMTrainer = type("PRMTrainer", (), {})  # type: ignore[attr-defined]
         mod.PRMConfig = type("PRMConfig", (), {})  # type: ignore[attr-defined]
         sys.modules["trl.experimental.prm"] = mod
+        return True
+    return False
 
 
 def config(job: Any) -> dict[str, Any]:
@@ -71,11 +74,14 @@ def config(job: Any) -> dict[str, Any]:
         cfg.update(dict.fromkeys(_KERNELS, False))
         job.notes.append("axolotl's fused LoRA kernels (auto-on when unset) need CUDA: run off, with peft's LoRA "
                          "layers (as priced)")
-    multiple = int(cfg.get("pad_to_multiple_of") or 64)
+    from vramplan.frameworks.axolotl import seq_multiple
+
+    multiple = seq_multiple(cfg)
     padded = multiple * math.ceil(sc.seq / multiple)
-    if cfg.get("pad_to_sequence_len") is not False and padded != sc.seq:  # axolotl's collator (builders/causal.py)
-        job.notes.append(f"axolotl pads each batch to a multiple of {multiple} tokens (pad_to_sequence_len unset or "
-                         f"true): the step ran {padded} positions a row, predicted at sequence_len {sc.seq}")
+    if padded != sc.seq:  # axolotl's collator (builders/causal.py): the profile records the length it runs
+        job.notes.append(f"axolotl pads each batch to a multiple of {multiple} tokens: rows of {sc.seq} ran at "
+                         f"{padded} positions, predicted there")
+        job.scenario = dataclasses.replace(sc, seq=padded)
     if str(cfg.get("bf16")).lower() == "auto":
         cfg["bf16"] = sc.dtype.value == "bf16"
     cfg.update(base_model=str(job.ckpt), tokenizer_config=str(job.ckpt), device_map="cpu",
@@ -91,8 +97,7 @@ def config(job: Any) -> dict[str, Any]:
 def run(job: Any) -> None:
     import yaml
 
-    os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
-    _trl_prm()
+    placed = _trl_prm()
     import axolotl.train
     from axolotl.cli.args import TrainerCliArgs
     from axolotl.cli.config import load_cfg
@@ -121,3 +126,5 @@ def run(job: Any) -> None:
     finally:
         axolotl.train.execute_training = execute
         TrainerBuilderBase.hook_pre_create_training_args = hook  # type: ignore[method-assign]
+        if placed:
+            sys.modules.pop("trl.experimental.prm", None)

@@ -115,7 +115,7 @@ def run(job: Any) -> None:
                 overwrite_output_dir=True, overwrite_cache=True, max_steps=job.steps, gradient_accumulation_steps=1,
                 save_strategy="no", eval_strategy="no", report_to="none", logging_steps=10 ** 6, plot_loss=False,
                 use_cpu=True, dataloader_num_workers=0, preprocessing_num_workers=None, streaming=False,
-                tokenized_path=None, disable_tqdm=True)
+                tokenized_path=None, disable_tqdm=True, push_to_hub=False, hub_model_id=None, use_swanlab=False)
     with adapters():
         from llamafactory.hparams import get_train_args
         from llamafactory.train.callbacks import LogCallback, ReporterCallback

@@ -80,7 +80,7 @@ def run(job: Any) -> None:
                  output_dir=str(job.work / "out"), max_steps=job.steps, save_strategy="no", eval_strategy="no",
                  report_to=["none"], logging_steps=10 ** 6, use_cpu=True, dataloader_num_workers=0,
                  dataset_num_proc=1, num_train_epochs=1, lazy_tokenize=False, streaming=False,
-                 gradient_accumulation_steps=1)
+                 gradient_accumulation_steps=1, push_to_hub=False, hub_model_id=None)
     labelled = kept_positions(sc.seq, sc.label_fraction) - 1
 
     class Measured(SwiftSft):
