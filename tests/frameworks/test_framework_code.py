@@ -37,21 +37,14 @@ os.environ.setdefault("MODELSCOPE_OFFLINE", "1")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    """A saved tiny Qwen3 (random bf16 weights) with a word-level chat tokenizer."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen3Config
+    """A saved tiny Qwen3 (random bf16 weights) with the word-level chat tokenizer the profile runners
+    save beside their checkpoints (``vramplan.profile.frameworks.chat_tokenizer``)."""
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from vramplan.profile.frameworks import chat_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_qwen3")
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<think>", "</think>"]
-    words = specials + [f"w{i}" for i in range(400)] + list("abcdefghijklmnopqrstuvwxyz0123456789.,:;!?") + [
-        "user", "assistant", "system"]
-    tk = Tokenizer(models.WordLevel({t: i for i, t in enumerate(words)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  unk_token="<unk>", additional_special_tokens=["<|im_start|>"])
-    tok.chat_template = ("{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + "
-                         "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
-                         "{{'<|im_start|>assistant\n'}}{% endif %}")
+    tok = chat_tokenizer(512)
     tok.save_pretrained(out)
     cfg = Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=16, intermediate_size=128, vocab_size=512, max_position_embeddings=256,

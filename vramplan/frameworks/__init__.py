@@ -257,7 +257,7 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
         src.yaml_file = path
         src.files.append(path)
     for k, v in values.items():
-        _set_dotted(data, k, v)
+        set_dotted(data, k, v)
     src.overrides = values
     src.data = data
     if script is not None:
@@ -296,7 +296,8 @@ def _parse_args(args: list[str]) -> tuple[dict[str, Any], list[Any]]:
     return values, positional
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key (``model.lora_rank``) in nested mappings, making the missing levels."""
     node = data
     parts = key.split(".")
     for p in parts[:-1]:
@@ -502,7 +503,7 @@ def patched_text(resolved: Resolved, changes: list[tuple[str | None, str, Any]]
     if src.yaml_file.suffix.lower() == ".json":
         data = json.loads(text)
         for k, _, v in keyed:
-            _set_dotted(data, str(k), v)
+            set_dotted(data, str(k), v)
         return src.yaml_file, json.dumps(data, indent=2) + "\n", keyed
     return src.yaml_file, patch_yaml(text, [(str(c[0]), c[2]) for c in keyed]), keyed
 

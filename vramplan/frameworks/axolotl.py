@@ -57,13 +57,8 @@ KEYS = (
 _SOURCE = "axolotl 0.19.0: loaders/model.py, utils/schemas/*, utils/config/__init__.py (research §2)"
 
 
-def _multiple(r: b.Reader) -> int:
-    m = r.get("pad_to_multiple_of")
-    return b.integer(m, "pad_to_multiple_of", minimum=1) if m is not None else 64
-
-
 def seq_multiple(data: dict[str, Any]) -> int:
-    """The multiple a batch's length is padded to (1: none), for ``plan``."""
+    """The multiple a batch's length is padded to (1: none), for ``plan`` and the profile runner."""
     pad, m = data.get("pad_to_sequence_len"), data.get("pad_to_multiple_of")
     if pad is not None and not b.boolean(pad, "pad_to_sequence_len"):
         return 1
@@ -74,11 +69,11 @@ def padded_length(r: b.Reader, length: int) -> int:
     """The longest row a batch runs at: axolotl's collator (``core/builders/causal.py``,
     ``build_collator``) pads to a multiple of ``pad_to_multiple_of or 64`` unless ``pad_to_sequence_len``
     is false (true pads every batch to that multiple of ``sequence_len``; unset pads the longest row,
-    which is ``sequence_len`` at worst; ``sample_packing`` sets it true)."""
-    pad = r.get("pad_to_sequence_len")
-    if pad is not None and not b.boolean(pad, "pad_to_sequence_len"):
-        return length
-    m = _multiple(r)
+    which is ``sequence_len`` at worst; ``sample_packing`` sets it true). Both keys read through ``r``
+    (recorded as used or defaulted), the rule is ``seq_multiple``'s."""
+    r.get("pad_to_sequence_len")
+    r.get("pad_to_multiple_of")
+    m = seq_multiple(r.data)
     return m * -(-length // m)
 
 
@@ -154,9 +149,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     length = b.integer(r.get("sequence_len"), "sequence_len")
     out["seq"] = padded_length(r, length)
     if out["seq"] != length:
-        notes.append(f"axolotl's collator pads each batch to a multiple of {_multiple(r)} (pad_to_multiple_of, "
-                     f"default 64; pad_to_sequence_len false turns it off): a row of sequence_len {length} runs at "
-                     f"{out['seq']} positions, priced so")
+        notes.append(f"axolotl's collator pads each batch to a multiple of {seq_multiple(r.data)} "
+                     f"(pad_to_multiple_of, default 64; pad_to_sequence_len false turns it off): a row of "
+                     f"sequence_len {length} runs at {out['seq']} positions, priced so")
     out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
     out["optimizer"] = b.optimizer(r.get("optimizer"), who)
     if r.get("sample_packing"):

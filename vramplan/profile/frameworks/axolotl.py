@@ -6,7 +6,8 @@ Replaced in the YAML (the rest is the user's, with the command line's changes ov
 - ``base_model`` / ``tokenizer_config``: the random checkpoint and its word-level tokenizer (the YAML's
   ``tokenizer_type``, ``base_model_config``, chat template and added/special tokens dropped with it);
 - ``datasets``: axolotl's own ``_synthetic`` type (``prompt_strategies/_synthetic.py``, "for benchmarking
-  memory usage"): ``batch × steps`` pre-tokenized rows of exactly ``sequence_len`` tokens, every
+  memory usage"): ``batch × steps`` pre-tokenized rows of exactly ``sequence_len`` tokens (the priced
+  seq, already a length axolotl's collator does not pad further: ``frameworks.axolotl.padded_length``), every
   position a label (axolotl's loss is the model's, over all positions: ``label_fraction`` 1);
 - ``val_set_size: 0``, ``output_dir`` and ``dataset_prepared_path`` in the run's folder, ``max_steps``,
   ``gradient_accumulation_steps: 1`` (one micro-batch per measured step), saving, evaluation, logging
@@ -29,8 +30,6 @@ as it is; its ``trainer.train(...)`` goes through ``job.train`` (step callback a
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import sys
 import types
 from typing import Any
@@ -74,14 +73,6 @@ def config(job: Any) -> dict[str, Any]:
         cfg.update(dict.fromkeys(_KERNELS, False))
         job.notes.append("axolotl's fused LoRA kernels (auto-on when unset) need CUDA: run off, with peft's LoRA "
                          "layers (as priced)")
-    from vramplan.frameworks.axolotl import seq_multiple
-
-    multiple = seq_multiple(cfg)
-    padded = multiple * math.ceil(sc.seq / multiple)
-    if padded != sc.seq:  # axolotl's collator (builders/causal.py): the profile records the length it runs
-        job.notes.append(f"axolotl pads each batch to a multiple of {multiple} tokens: rows of {sc.seq} ran at "
-                         f"{padded} positions, predicted there")
-        job.scenario = dataclasses.replace(sc, seq=padded)
     if str(cfg.get("bf16")).lower() == "auto":
         cfg["bf16"] = sc.dtype.value == "bf16"
     cfg.update(base_model=str(job.ckpt), tokenizer_config=str(job.ckpt), device_map="cpu",

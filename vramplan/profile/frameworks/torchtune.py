@@ -160,19 +160,14 @@ def model_section(arch: Any, user: dict[str, Any]) -> tuple[dict[str, Any], str]
     return out, mtype
 
 
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    *head, last = key.split(".")
-    for k in head:
-        data = data.setdefault(k, {})
-    data[last] = value
-
-
 def config(job: Any) -> dict[str, Any]:
     """The recipe's config: the user's (its scalars re-read by OmegaConf's YAML loader, as ``tune run``
     reads them: ``lr: 3e-4`` is a float there, a string to PyYAML), the command-line changes, then
     what this run replaces."""
     import yaml
     from omegaconf import OmegaConf
+
+    from vramplan.frameworks import set_dotted
 
     data = OmegaConf.to_container(OmegaConf.create(yaml.safe_dump(dict(job.resolved.source.data))))
     assert isinstance(data, dict)
