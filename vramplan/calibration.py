@@ -30,6 +30,30 @@ CONSTANTS = ("cuda_context_bytes", "cublas_workspace_bytes", "allocator_reserve_
              "allocator_reserve_loss_factor", "fused_dequant_factor", "upper_bound_fraction")
 
 
+#: Threads that each hold a cuBLAS handle, and so a workspace, in a training step: the Python thread
+#: (forward, loss, optimizer step) and the autograd engine's worker thread for the device, which runs
+#: every CUDA backward op (``torch/csrc/autograd/engine.cpp``: ``Engine::start_device_threads``).
+#: PyTorch keeps one workspace per (handle, stream) and handles per thread
+#: (``ATen/cuda/CublasHandlePool.cpp``: thread-local ``PoolWindow``, ``setWorkspaceForHandle``).
+CUBLAS_HANDLES = 2
+
+
+def default_cublas_workspace_bytes(compute_capability: str) -> int:
+    """The cuBLAS workspaces a training step takes from the caching allocator on a GPU of this compute
+    capability when ``CUBLAS_WORKSPACE_CONFIG`` is unset: ``CUBLAS_HANDLES`` × PyTorch's default size.
+
+    ``parseChosenWorkspaceSize`` (``aten/src/ATen/cuda/CublasHandlePool.cpp``, PyTorch main at
+    26a39059) defaults to 4096 KiB × 8 = 32 MiB on sm_90 exactly (Hopper: ``major == 9 && minor ==
+    0``) and to ``:4096:2:16:8`` = 2 × 4 MiB + 8 × 16 KiB = 8,519,680 B on every other architecture
+    (Volta, Turing, Ampere, Ada and Blackwell alike). The cuBLASLt workspace (1 MiB per handle and
+    stream, ``CUBLASLT_WORKSPACE_SIZE`` default, separate unless ``TORCH_CUBLASLT_UNIFIED_WORKSPACE``)
+    is taken only by cuBLASLt calls (biased ``addmm``), not priced here. The H200 profiles' fitted
+    workspace (``data/calibration.json``, 67,207,931 B) is 2 × 32 MiB + 0.1 %."""
+    major, _, minor = str(compute_capability).partition(".")
+    per_handle = 4096 * 8 * 1024 if (major, minor or "0") == ("9", "0") else 4096 * 1024 * 2 + 16 * 1024 * 8
+    return CUBLAS_HANDLES * per_handle
+
+
 class CalibrationError(VramplanError):
     """A calibration file that does not parse or holds impossible values."""
 
@@ -109,6 +133,9 @@ class Calibration:
             if hits:  # the most specific kind wins ("A100 80GB" over "A100")
                 kind = max(hits, key=lambda k: len(name_words(k)))
                 return replace(self, device=kind, per_device={}, **self.per_device[kind])
+            cc = _compute_capability(dev.name)
+            if cc:  # no fit for this card: PyTorch's default workspace for its architecture
+                return replace(self, cublas_workspace_bytes=default_cublas_workspace_bytes(cc))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +159,13 @@ class Calibration:
     def load(cls, path: str | Path) -> "Calibration":
         data = read_json_file(path, "calibration file", CalibrationError)
         return cls.from_dict(data)
+
+
+def _compute_capability(name: str) -> str | None:
+    """The catalog's compute capability for a device name, or None (not a catalog card, or not NVIDIA)."""
+    from vramplan.gpus import compute_capability  # the catalog prices its cards with this module
+
+    return compute_capability(name)
 
 
 @lru_cache(maxsize=1)

@@ -68,6 +68,8 @@ class Gpu:
     usable_fraction: float | None = None
     """Unified memory only: share of RAM the GPU may use."""
     note: str = ""
+    compute_capability: str | None = None
+    """CUDA compute capability ('9.0'), NVIDIA cards only (``Calibration.for_device`` reads it)."""
 
     @property
     def unified(self) -> bool:
@@ -90,7 +92,8 @@ class Gpu:
         return dict(name=self.name, memory_bytes=self.memory_bytes, usable_bytes=self.usable_bytes,
                     vendor=self.vendor, kind=self.kind, figure=self.figure,
                     driver_reserved_bytes=self.driver_reserved_bytes, usable_fraction=self.usable_fraction,
-                    aliases=list(self.aliases), source=self.source, note=self.note)
+                    aliases=list(self.aliases), source=self.source, note=self.note,
+                    compute_capability=self.compute_capability)
 
 
 def _usable(memory: int, reserved: int, fraction: float | None, context: int) -> int:
@@ -110,7 +113,8 @@ def _entry(d: dict[str, Any], calibration: Calibration) -> Gpu:
     return Gpu(name=d["name"], memory_bytes=memory, usable_bytes=_usable(memory, reserved, fraction, context),
                vendor=d["vendor"], kind=d["kind"], source=d["source"], aliases=tuple(d.get("aliases", ())),
                figure=d.get("figure", "reported"), driver_reserved_bytes=reserved,
-               usable_fraction=None if fraction is None else float(fraction), note=d.get("note", ""))
+               usable_fraction=None if fraction is None else float(fraction), note=d.get("note", ""),
+               compute_capability=d.get("compute_capability"))
 
 
 @lru_cache(maxsize=1)
@@ -128,6 +132,25 @@ def _index() -> dict[str, Gpu]:
         for key in (g.name, *g.aliases):
             idx.setdefault(lookup_key(key), g)
     return idx
+
+
+@lru_cache(maxsize=1)
+def _capabilities() -> dict[str, str]:
+    """Lookup key of every catalog name and alias -> its compute capability, read from the data file
+    alone (the calibration asks while the catalog itself is being built)."""
+    data = json.loads(DATA_FILE.read_text(encoding="utf-8"))
+    idx: dict[str, str] = {}
+    for d in data["gpus"]:
+        for key in (d["name"], *d.get("aliases", ())):
+            if d.get("compute_capability"):
+                idx.setdefault(lookup_key(key), d["compute_capability"])
+    return idx
+
+
+def compute_capability(name: str) -> str | None:
+    """The CUDA compute capability of a catalog card, by any name ``find_gpu`` takes; None when the
+    name is not a catalog NVIDIA card."""
+    return _capabilities().get(lookup_key(name))
 
 
 def suggest_gpus(name: str, n: int = 4) -> list[str]:

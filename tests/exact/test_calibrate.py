@@ -35,7 +35,9 @@ def _points(kinds=("allocated", "reserved", "process"), device="A10G", n_seq=(25
 
 
 def test_fit_recovers_the_constants_that_made_the_data():
-    res = fit(_points(), Calibration(), estimator=stub_estimate)
+    # an unnamed CUDA device: a named card without a fit of its own takes PyTorch's default cuBLAS
+    # workspace for its architecture, so only unnamed figures can show the global workspace
+    res = fit(_points(device="cuda"), Calibration(), estimator=stub_estimate)
     fitted = [c for c in res.constants if c.fitted]
     assert len(fitted) == 6
     for c in fitted:  # each constant within three of its stated sigmas of the truth
@@ -252,3 +254,26 @@ def test_for_device_matches_whole_words():
     assert cal.for_device("NVIDIA A100-SXM4-40GB").cuda_context_bytes == 1
     assert cal.for_device("A100 80GB").cuda_context_bytes == 3
     assert cal.for_device("H100").cuda_context_bytes == Calibration().cuda_context_bytes
+
+
+def test_cublas_workspace_of_a_card_without_a_fit_is_pytorchs_default_for_its_architecture():
+    """Two handles (the Python thread and autograd's device thread) × ``parseChosenWorkspaceSize``'s
+    default: 4096 KiB × 8 = 32 MiB on sm_90, ``:4096:2:16:8`` = 8,519,680 B elsewhere (T4 sm_75,
+    A100 sm_80, RTX 4090 sm_89, RTX 5090 sm_120). A card with its own fit keeps the fitted value; an
+    unnamed CUDA device keeps the global constant."""
+    from vramplan.calibration import default_calibration, default_cublas_workspace_bytes
+
+    other = 2 * (2 * 4096 * 1024 + 8 * 16 * 1024)
+    assert other == 17_039_360
+    cal = Calibration(cublas_workspace_bytes=5 * MiB)
+    for card in ("Tesla T4", "NVIDIA A100-SXM4-80GB", "rtx 4090", "RTX 5090", "V100"):
+        assert cal.for_device(card).cublas_workspace_bytes == other, card
+    for card in ("H100", "NVIDIA H100 80GB HBM3", "H200"):
+        assert cal.for_device(card).cublas_workspace_bytes == 64 * MiB, card
+    assert cal.for_device("cuda").cublas_workspace_bytes == 5 * MiB
+    assert cal.for_device("MI300X").cublas_workspace_bytes == 5 * MiB  # no CUDA compute capability
+    assert cal.for_device("cpu").cublas_workspace_bytes == 0
+    shipped = default_calibration()
+    assert shipped.for_device("NVIDIA H200").cublas_workspace_bytes == shipped.per_device["H200"]["cublas_workspace_bytes"]
+    # the H200 fit agrees with the derivation to 0.2 %
+    assert abs(shipped.per_device["H200"]["cublas_workspace_bytes"] / default_cublas_workspace_bytes("9.0") - 1) < 0.002

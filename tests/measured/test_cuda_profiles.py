@@ -7,6 +7,7 @@ figure. No GPU is needed to run these tests: they compare the engine with those 
 """
 
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -148,7 +149,8 @@ def test_cpu_has_no_reserve_even_with_a_loss_factor():
 
 def test_estimate_gpu_flag_takes_that_cards_constants(cli_run):
     """`estimate --gpu H200` prices with the H200's fitted constants (as `plan --gpu` does); a card
-    with no entry of its own gets the global ones."""
+    with no entry of its own gets the global ones, but for the cuBLAS workspace, which is PyTorch's
+    default for its architecture (RTX 4090, sm_89: two handles × 8,519,680 B, not Hopper's 32 MiB)."""
     import json
 
     cal = default_calibration()
@@ -161,7 +163,9 @@ def test_estimate_gpu_flag_takes_that_cards_constants(cli_run):
     code, out, err = cli_run("estimate", "-m", "Qwen3-14B", "--gpu", "rtx4090", "--json")
     assert code == 0, err
     other = json.loads(out)
-    assert other["reserved_peak_bytes"] == estimate(arch, sc, calibration=cal).reserved_peak_bytes
+    ada = replace(cal, cublas_workspace_bytes=2 * (2 * 4096 * 1024 + 8 * 16 * 1024))
+    assert other["reserved_peak_bytes"] == estimate(arch, sc, calibration=ada).reserved_peak_bytes
+    assert other["reserved_peak_bytes"] != estimate(arch, sc, calibration=cal).reserved_peak_bytes
     assert other["reserved_peak_bytes"] != h200["reserved_peak_bytes"]
 
 

@@ -66,6 +66,9 @@ class Dtypes:
         CPU program, where that argument-less call reads CUDA's flag)."""
         return not self.quantized or not self.autocast or not self.cuda
 
+    fp16: bool = False
+    """The compute dtype is fp16 (not bf16): ATen's CUDA softmax takes an fp16 input to an fp32 output
+    directly (``half_to_float``), whose backward returns the fp16 gradient (``eager_softmax_backward``)."""
     cuda: bool = True
     """CUDA semantics (default). ``False`` reproduces what the CPU fake-tensor trace runs: peft's
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
@@ -85,13 +88,16 @@ def norm_out(d: Dtypes, x: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str]):
         self.d, self.r, self.targets = d, rank, targets
         self.tok = 0
         self.quad = 0
         self.const = 0
+        self.core: tuple[int, int, int, int, int] | None = None
+        """Eager attention: (tok, quad, const) saved up to and including the attention core but V and
+        the probabilities copy the matmul with V saves, V's gradient per token, the score dtype."""
 
     def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
@@ -112,7 +118,7 @@ class _Walk:
            lora_A, saved in the LoRA operand dtype lb (autocast casts it to c; without autocast peft
            casts x to the fp32 adapter dtype): lb·i.
         2. dropout = 0: lora_A saves x itself when x already has dtype lb (shared by the group),
-           else its own cast copy lb·i.
+           else its own cast copy lb·i (each module casts x again: peft's ``_cast_input_dtype``).
         3. lora_B saves lora_A's output: lb·r.
         Base layer: bitsandbytes saves nothing and returns x's dtype. An unquantized frozen base under
         autocast saves the bf16 copy of a fp32 weight (fixed bytes) and returns c; a trainable
@@ -150,8 +156,8 @@ class _Walk:
                 if live:
                     self.tok += i * (1 if d.cuda else xin)
                 self.tok += lb * i
-            elif xin == lb and (d.cuda or not d.autocast):
-                shared_x = True
+            elif xin == lb and xin == xd and (d.cuda or not d.autocast):
+                shared_x = True  # no cast: every lora_A of the group saves the one x
             else:
                 self.tok += lb * i
             self.tok += lb * self.r
@@ -196,6 +202,50 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     return w.tok, w.quad, w.const
 
 
+def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,
+                           live_in: bool = True) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+    """One decoder layer at the busiest moment of eager attention's backward: the softmax backward.
+
+    Backward meets the layer from its end: the MLP and o_proj have run their backward (their saved
+    tensors are freed), then ``matmul(probs, V)``'s backward releases V and the probabilities copy it
+    saved, leaving its two gradients; ``.to(query.dtype)``'s backward turns the probabilities'
+    gradient into fp32 (the softmax was asked for ``dtype=torch.float32``). Then
+    ``_softmax_backward_data`` runs with, per score element (b·heads·s·s = T·s·heads):
+    1. the saved fp32 softmax output (still counted in the layer's saved bytes), 4 B;
+    2. its fp32 gradient, 4 B;
+    3. on CUDA, ``softmax_backward_cuda_out``'s ``tmp = grad * output`` (torch 2.13
+       ``ATen/native/cuda/SoftMax.cu``), 4 B; the CPU kernel has none;
+    4. the gradient of the scores, 4 B, or 2 B when CUDA ran an fp16 input through
+       ``_softmax(half_to_float=True)`` (``ATen/native/SoftMax.cpp``: fp16 only, outside autocast,
+       whose fp32 op list casts the scores first).
+    Per token besides: the gradient of the residual (the layer output's, which the residual add
+    passes on) and V's gradient, repeated to every head, in V's own dtype (under autocast the
+    matmul's cast of an fp32 V has run its backward already: it was created after the softmax).
+
+    Returns ((saved tok, quad, const) of the layer still alive: everything saved up to the attention
+    core but V and the probabilities copy; (gradient tok, quad, 0); CUDA temporary per token·s).
+    Zero triples when the layer's attention saves nothing (a frozen layer of a frozen input)."""
+    w = _Walk(d, rank, targets)
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _attention_saved(w, arch, lins, "eager", live_in)
+    if w.core is None:
+        return (0, 0, 0), (0, 0, 0), 0
+    tok, quad, const, v_grad, ad = w.core
+    nh = arch.num_heads
+    half = d.cuda and d.fp16 and not d.autocast and ad == 2
+    grad_in = 2 if half else 4
+    grads = (_promote(d.resid, d.c) * arch.hidden_size + v_grad, (4 + grad_in) * nh, 0)
+    return (tok, quad, const), grads, (4 * nh if d.cuda else 0)
+
+
+def eager_mask_bytes(d: Dtypes) -> int:
+    """Eager attention's additive causal mask per token·s: b × 1 × s × s in the embedding output's
+    dtype (transformers 5.24 ``masking_utils.eager_mask``, ``dtype=inputs_embeds.dtype``), built once
+    per forward and passed to every layer. Gradient checkpointing keeps it (an argument of every
+    checkpointed layer) until layer 0's backward; without checkpointing no op saves it."""
+    return d.resid0
+
+
 def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool) -> tuple[int, bool]:
     """Steps 1-5 of ``layer_saved``: input norm, q/k/v, q/k norms, RoPE and the attention core, then
     o_proj (and Gemma's post-attention norm). Returns (o_proj output dtype, whether it needs a gradient)."""
@@ -232,9 +282,11 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
             w.tok += ad * (q + q + q)
             # softmax(dtype=fp32) saves its fp32 output; the matmul with v saves the probabilities
             # in its operand dtype (a second copy unless everything is fp32).
-            w.quad += 4 * nh + (ad * nh if (ad != 4 or qd != 4) else 0)
+            probs = ad * nh if (ad != 4 or qd != 4) else 0
+            w.quad += 4 * nh + probs
             if arch.attn_logit_softcapping:
                 w.quad += ad * nh  # tanh output
+            w.core = (w.tok - ad * q, w.quad - probs, w.const, qd * q, ad)
         x_o_saved = False  # attn_output.transpose(1, 2).contiguous() is a fresh copy
     else:
         # sdpa (flash / memory-efficient kernel) and flash-attention-2: q, k, v in the kernel dtype

@@ -61,6 +61,18 @@ class Batch(NamedTuple):
     """The loss forward's buffers (``logits.loss_forward_bytes``)."""
     held: int
     """Logits the loop holds (``logits.held_logits_bytes``)."""
+    mask: int = 0
+    """Eager attention's float causal mask, kept by checkpointing (``activations.eager_mask_bytes``)."""
+    sm_last: tuple[int, int, int] | None = None
+    """Eager attention: the last layer at its softmax backward, (layer bytes still saved, gradient
+    buffers, CUDA temporary) (``activations.eager_softmax_backward``); None for other attention."""
+    sm_first: tuple[int, int, int] | None = None
+    """The same for layer 0."""
+    plain_last: int = 0
+    """The last layer's own saved bytes inside ``saved_all`` (no checkpointing): what its softmax
+    moment replaces by ``sm_last``'s saved part."""
+    plain_first: int = 0
+    """The same for layer 0 inside ``saved_first``."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -99,28 +111,64 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
                      + st.sw_n * sw_b)
         saved_first = first_nogc + (sw_b if st.sw_first else 0)
     loss_b, loss_f, held = st.loss_terms(size, seq)
+
+    def softmax(sm: tuple[Coef, Coef, int] | None) -> tuple[int, int, int] | None:
+        if sm is None:
+            return None
+        return _layer(sm[0], T, seq), _layer(sm[1], T, seq), T * seq * sm[2]
+
     return Batch(
         tokens=T, gc=gc, saved_all=saved_all, saved_first=saved_first, last_b=last_rc, first_b=first_rc,
         work_last=_working(st.work_moe if st.last_moe else st.work_dense, T, dequant_factor),
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
-        fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held)
+        fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, mask=T * seq * st.eager_mask,
+        sm_last=softmax(st.sm_moe if st.last_moe else st.sm_dense), sm_first=softmax(st.sm_first),
+        plain_last=0 if gc else last_b, plain_first=0 if gc else _layer(st.first_sv, T, seq))
 
 
 # ------------------------------------------------------------------------- phase totals
 def loss_backward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_all + x.fin + st.head_copy + x.loss_b
+    return x.saved_all + x.mask + x.fin + st.head_copy + x.loss_b
 
 
 def loss_forward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_all + x.fin + st.head_copy + x.loss_f
+    return x.saved_all + x.mask + x.fin + st.head_copy + x.loss_f
+
+
+def _softmax_moment(st: StaticTerms, x: Batch, last: bool) -> int | None:
+    """Eager attention: a layer backward at its softmax backward (``Batch.sm_last`` / ``sm_first``)
+    without the gradients of the other layers: the checkpoints (or every other layer's saved tensors),
+    the mask, the layer's bytes still saved (and reentrant checkpointing's held output), its gradient
+    buffers and CUDA's temporary. None when the attention is not eager."""
+    sm = x.sm_last if last else x.sm_first
+    if sm is None:
+        return None
+    base = (x.saved_all - x.plain_last) if last else (x.saved_first - x.plain_first)
+    held_out = x.tokens * st.reentrant_out if x.gc else 0
+    return base + x.mask + sm[0] + held_out + sm[1] + sm[2]
+
+
+def _mlp_moment(st: StaticTerms, x: Batch, last: bool) -> int:
+    """A layer backward at its MLP's busiest point (``activations.backward_working``), without the
+    gradients of the other layers."""
+    if last:
+        return x.saved_all + x.mask + (x.last_b if x.gc else 0) + sum(x.work_last)
+    return x.saved_first + x.mask + (x.first_b if x.gc else 0) + sum(x.work_first)
+
+
+def _layer_moment(st: StaticTerms, x: Batch, last: bool) -> tuple[int, bool]:
+    """(bytes, whether the softmax backward is the busier moment) of a layer backward."""
+    mlp = _mlp_moment(st, x, last)
+    sm = _softmax_moment(st, x, last)
+    return (sm, True) if (sm is not None and sm > mlp) else (mlp, False)
 
 
 def last_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_all + (x.last_b if x.gc else 0) + sum(x.work_last) + st.head_grad
+    return _layer_moment(st, x, True)[0] + st.head_grad
 
 
 def first_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_first + (x.first_b if x.gc else 0) + sum(x.work_first) + st.grad_total - st.grad_per_layer
+    return _layer_moment(st, x, False)[0] + st.grad_total - st.grad_per_layer
 
 
 def optimizer_step(st: StaticTerms, x: Batch) -> int:
@@ -192,10 +240,17 @@ _LOSS_WHAT = {
 }
 
 
+def _mask_rows(x: Batch) -> list[_Row]:
+    if not x.mask:
+        return []
+    return [("activations/attention_mask", "activations", x.mask,
+             "eager attention's float causal mask, b·s·s, kept by gradient checkpointing")]
+
+
 def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
     back = phase == LOSS_BACKWARD
     what = _LOSS_WHAT[st.loss][back]
-    return [_activation_row(st, x, x.saved_all),
+    return [_activation_row(st, x, x.saved_all), *_mask_rows(x),
             ("activations/final_norm", "activations", x.fin, "final RMSNorm input (fp32) + rsqrt"),
             ("temporary/lm_head_autocast_copy", "temporary", st.head_copy,
              "bf16 copy of the fp32 lm_head weight saved under autocast"),
@@ -206,7 +261,9 @@ def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
 
 def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     grads = st.head_grad if last else st.grad_total - st.grad_per_layer
-    rows = [_activation_row(st, x, x.saved_all if last else x.saved_first)]
+    if _layer_moment(st, x, last)[1]:
+        return grads, _softmax_rows(last, st, x)
+    rows = [_activation_row(st, x, x.saved_all if last else x.saved_first), *_mask_rows(x)]
     if x.gc:
         rows.append(("activations/recompute", "activations", x.last_b if last else x.first_b,
                      "one decoder layer re-run by gradient checkpointing"))
@@ -214,3 +271,23 @@ def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]
     rows.append(("activations/backward", "activations", wk, "gradient buffers inside one layer's backward"))
     rows.append(("temporary/dequant", "temporary", dq, "largest 4-bit weight dequantized to the compute dtype"))
     return grads, rows
+
+
+def _softmax_rows(last: bool, st: StaticTerms, x: Batch) -> list[_Row]:
+    """The rows of a layer backward whose busiest moment is eager attention's softmax backward."""
+    saved, work, tmp = x.sm_last if last else x.sm_first
+    base = (x.saved_all - x.plain_last) if last else (x.saved_first - x.plain_first)
+    rows = [_activation_row(st, x, base), *_mask_rows(x)]
+    if x.gc:
+        rows.append(("activations/recompute", "activations", saved + x.tokens * st.reentrant_out,
+                     "one decoder layer re-run by gradient checkpointing, up to its attention scores "
+                     "(the MLP's and o_proj's saved tensors are freed by now)"))
+    else:
+        rows[0] = _activation_row(st, x, base + saved)
+    rows.append(("activations/backward", "activations", work,
+                 "eager softmax backward: the fp32 score gradients, V's gradient and the residual's"))
+    rows.append(("temporary/softmax_backward", "temporary", tmp,
+                 "CUDA softmax backward's grad * output temporary, b·heads·s·s fp32 (SoftMax.cu)"))
+    rows.append(_NO_DEQUANT)
+    return rows
+

@@ -23,7 +23,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
+from vramplan.scenario import Attn, Dtype, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -75,7 +75,7 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
         norm_w=norm_w, base_w=c, other_w=rs.group_bytes("experts", quantized, c),
         lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
         bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
-        norm_keeps_dtype=keeps, cuda=cuda)
+        norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, cuda=cuda)
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,16 @@ class StaticTerms:
     """Held logits per token (``logits.held_logits_bytes`` over one token; 0 when not held)."""
     held_forward: bool
     """``Hold.LOOP``: the previous step's logits are also alive through this forward."""
+    eager_mask: int
+    """Eager attention under checkpointing: the float causal mask's bytes per token·s
+    (``activations.eager_mask_bytes``), alive from the forward to layer 0's backward; else 0."""
+    sm_dense: tuple[Coef, Coef, int] | None
+    """Eager attention: a dense layer at its softmax backward (``activations.eager_softmax_backward``:
+    saved bytes still alive, gradients, CUDA temporary per token·s); None for other attention."""
+    sm_moe: tuple[Coef, Coef, int] | None
+    """The same for a MoE layer."""
+    sm_first: tuple[Coef, Coef, int] | None
+    """The same for layer 0 (its input needs no gradient without checkpointing under LoRA)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -362,6 +372,13 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     first_sv = moe_sv if first_moe else dense_sv
     if not s.grad_checkpointing and not s.full:
         first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
+    sm_dense = sm_moe = sm_first = None
+    if attn == "eager":
+        sm_dense = act.eager_softmax_backward(arch, d, s.rank, tset, False) if dense else None
+        sm_moe = act.eager_softmax_backward(arch, d, s.rank, tset, True) if nmoe else None
+        sm_first = sm_moe if first_moe else sm_dense
+        if not s.grad_checkpointing and not s.full:
+            sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
     return _LayerTerms(dict(
@@ -372,7 +389,9 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
-        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0), notes)
+        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
+        eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing) else 0,
+        sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first), notes)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:

@@ -69,6 +69,11 @@ Index (what and why; the third-party source it concerns; how it is undone):
     form of transformers 5.24's ``partial(forward, self)``. Source: llamafactory 0.9.5
     ``extras/misc.py`` (``check_version``), ``data/mm_plugin.py``, ``model/model_utils/checkpointing.py``.
     Restored: each put back on exit.
+18. ``cuda_semantics`` (E) and ``softmax_backward_transient`` (F): eager attention's softmax as CUDA
+    runs it (an fp16 input straight to fp32, and the backward's ``grad * output`` temporary). Source:
+    ``ATen/native/SoftMax.cpp`` (``softmax``), ``ATen/native/cuda/SoftMax.cu``
+    (``softmax_backward_cuda_out``). Restored: ``torch.nn.functional.softmax`` put back on exit; the
+    temporary is a tracker callback.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -76,7 +81,7 @@ Where the CPU program allocates differently from the CUDA program
 -----------------------------------------------------------------
 
 The trace runs on CPU (fake tensors). On a CUDA device (``vramplan.device.Device.semantics`` =
-``"cuda"``, the default) it emulates three CUDA behaviours, each at the op or call that differs, so
+``"cuda"``, the default) it emulates the CUDA behaviours below, each at the op or call that differs, so
 the count is what the same program allocates on CUDA; on the CPU device it leaves the CPU program
 exactly as it runs (fake-vs-real tests, CPU profiles):
 
@@ -106,6 +111,19 @@ D. ``cuda_semantics()``: TRL's fused LM head (``Loss.CHUNKED_HEAD``). On CUDA (T
    ``fused_head_positions()`` rows (the compact path's copy), its outputs padded back to every
    position. For a batch of more than one sequence the CPU path's ``reshape`` copy of all positions
    is still alive while the kernel runs (b·(s−1)·H, compute dtype): the one excess left.
+E. ``cuda_semantics()``: eager attention's fp16 softmax. ``eager_attention_forward`` calls
+   ``softmax(scores, dim=-1, dtype=torch.float32)``; ATen's ``softmax`` (``ATen/native/SoftMax.cpp``)
+   runs a CUDA fp16 input through ``_softmax(input, dim, half_to_float=True)`` (no fp32 copy of the
+   scores, and its backward returns the fp16 gradient directly), while every other case, CPU
+   included, first converts the scores to fp32 (``input.toType(dtype)``) and converts the gradient
+   back afterwards; under autocast softmax is on the fp32 list, so the scores are cast first there
+   too. Emulated by routing ``torch.nn.functional.softmax`` with an fp16 input and ``dtype=float32``,
+   outside autocast, to ``torch._softmax(input, dim, True)`` (accepted by the fake kernels).
+F. ``softmax_backward_transient``: on CUDA, ``softmax_backward_cuda_out`` (``ATen/native/cuda/SoftMax.cu``,
+   torch 2.13) first forms ``Tensor tmp = grad * output`` in a temporary of the gradient's size and
+   dtype and hands it to the kernel; the CPU kernel reduces in place. Counted, for the op's duration,
+   as ``temporary/softmax_backward`` (a ``LiveTensorTracker.transient`` callback, with item C's).
+   ``log_softmax``'s backward (the loss) has no such temporary.
 
 An op-level trace (fake or real CPU) sees what an operator returns, not what it allocates and frees
 inside. bitsandbytes 0.50's CUDA kernel for ``bitsandbytes::gemm_4bit``
@@ -255,7 +273,7 @@ def _flash2_standin(module: Any, query: Any, key: Any, value: Any, attention_mas
 # ------------------------------------------------------------------- the CUDA program on CPU
 @contextlib.contextmanager
 def cuda_semantics(enabled: bool = True) -> Iterator[None]:
-    """Emulate behaviours A, B and D of the module docstring while the block runs (no-op if not ``enabled``)."""
+    """Emulate behaviours A, B, D and E of the module docstring while the block runs (no-op if not ``enabled``)."""
     if not enabled:
         yield
         return
@@ -275,8 +293,17 @@ def cuda_semantics(enabled: bool = True) -> Iterator[None]:
             return orig_autocast(*args, **kwargs)
         return orig_autocast() or orig_autocast("cpu")
 
+    orig_softmax = F.softmax
+
+    def softmax(input: Any, dim: Any = None, _stacklevel: int = 3, dtype: Any = None) -> Any:
+        # under autocast (CPU's standing in for CUDA's) softmax is an fp32-list op: the scores are cast first
+        if dtype is torch.float32 and isinstance(input, torch.Tensor) and input.dtype is torch.float16 \
+                and dim is not None and not orig_autocast("cpu"):
+            return torch._softmax(input, dim, True)
+        return orig_softmax(input, dim, _stacklevel, dtype)
+
     with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled), \
-            _trl_fused_head_on_cuda():
+            _attribute(F, "softmax", softmax), _trl_fused_head_on_cuda():
         yield
 
 
@@ -344,6 +371,25 @@ def gemm_4bit_transient(func: Any, args: tuple, kwargs: dict) -> tuple[str, int]
     if absmax_8bit is not None:
         nbytes += 2 * round_up(4 * absmax_8bit.numel())
     return FUSED_DEQUANT, nbytes
+
+
+SOFTMAX_BACKWARD = "temporary/softmax_backward"
+
+
+def softmax_backward_transient(func: Any, args: tuple, kwargs: dict) -> tuple[str, int] | None:
+    """Item F of the module docstring: CUDA's ``grad * output`` temporary inside the softmax backward
+    (the gradient's size and dtype), as a ``LiveTensorTracker.transient`` callback; None for other ops."""
+    import torch
+
+    if func is not torch.ops.aten._softmax_backward_data.default:
+        return None
+    grad = args[0] if args else kwargs["grad_output"]
+    return SOFTMAX_BACKWARD, round_up(grad.numel() * grad.element_size())
+
+
+def cuda_transients(func: Any, args: tuple, kwargs: dict) -> tuple[str, int] | None:
+    """Bytes a CUDA kernel allocates inside one op (items C and F), for the tracker's ``transient``."""
+    return gemm_4bit_transient(func, args, kwargs) or softmax_backward_transient(func, args, kwargs)
 
 
 @contextlib.contextmanager

@@ -43,6 +43,8 @@ NOTES: dict[str, str] = {
     "temporary/backward": "transient backward buffers (input gradients, dequantized weights)",
     "temporary/fused_dequant": "weight dequantized inside bitsandbytes' CUDA gemm_4bit for inputs > 1536 rows "
                                "(CUDA path, see vramplan.hf.interventions)",
+    "temporary/softmax_backward": "CUDA softmax backward's grad * output temporary, score-sized, inside eager "
+                                  "attention's backward (see vramplan.hf.interventions)",
 }
 #: Breakdown order of the traced components.
 ORDER = tuple(NOTES)

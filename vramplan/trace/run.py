@@ -97,13 +97,13 @@ def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
 def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario: Scenario, steps: int, *,
                  fake: bool, seed: int, cuda: bool) -> None:
     """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes).
-    Only the CUDA program counts bitsandbytes' in-kernel dequantization (``gemm_4bit_transient``): the
-    CPU kernel has none."""
+    Only the CUDA program counts the bytes CUDA kernels allocate inside an op (``cuda_transients``:
+    bitsandbytes' in-kernel dequantization, the softmax backward's temporary): the CPU kernels have none."""
     from vramplan.hf import build as B
     from vramplan.hf.tracker import LiveTensorTracker
 
     with LiveTensorTracker(label="activations/saved") as tr:
-        tr.transient = interventions.gemm_4bit_transient if cuda else None
+        tr.transient = interventions.cuda_transients if cuda else None
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
