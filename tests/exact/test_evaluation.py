@@ -192,3 +192,13 @@ def test_torchtune_has_no_validation_loop(tmp_path):
     loaded = F.load([str(cfg)], None, "torchtune", None)
     res = F.resolve(loaded, QWEN06)
     assert "eval_batch" not in res.fields and any("no validation loop" in n for n in res.notes)
+
+
+def test_plan_respects_the_eval_peak(cli_run):
+    """On a T4, Qwen3-0.6B QLoRA fits at 1×2048; a loss-only evaluation at eval batch 8 (24.2 GiB at
+    2048) does not, and the largest sequence the plan offers shrinks."""
+    def largest_seq(*extra: str) -> str:
+        code, out, _ = cli_run("plan", "-m", "Qwen3-0.6B", "--gpu", "T4", *extra)
+        return next(line for line in out.splitlines() if "largest seq" in line)
+
+    assert "2,048" not in largest_seq("--eval-batch", "8") and largest_seq() != largest_seq("--eval-batch", "8")
