@@ -156,6 +156,22 @@ class Hold(_Choice):
     the name (a plain loop without ``del``; torchtune's 2024 recipes hold their shifted logits so)."""
 
 
+class EvalKeep(_Choice):
+    """What the HF Trainer's evaluation loop keeps on the device from each eval batch
+    (transformers 5.24 ``trainer.py`` ``evaluation_loop`` L2974-3048, ``prediction_step`` L3193-3300)."""
+
+    NONE = "none"
+    """Only the loss: ``prediction_loss_only``, which ``Trainer.evaluate`` forces when no
+    ``compute_metrics`` is given (``trainer.py`` L2871-2877)."""
+    LOGITS = "logits"
+    """Every batch's logits and labels, concatenated on the device (``all_preds.add``) until the
+    loop ends or ``eval_accumulation_steps`` moves them to the CPU: fp32 under mixed precision
+    (accelerate 1.15 ``convert_outputs_to_fp32`` wraps the forward), else the lm_head's dtype."""
+    IDS = "ids"
+    """Argmax token ids (int64) and labels: ``preprocess_logits_for_metrics`` reducing the logits
+    first, as LLaMA-Factory's ``compute_accuracy`` does (``train/sft/metric.py::eval_logit_processor``)."""
+
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -255,6 +271,24 @@ class Scenario:
     """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever
     that input needs a gradient, although only the weight is used (0.43.2 keeps the weight only)."""
 
+    eval_batch: int = _field(
+        0, 28, "Evaluation batch size (per_device_eval_batch_size) of the HF Trainer's evaluation loop, run "
+               "while the training state is alive; its peak is priced beside the training peak. 0 = no "
+               "evaluation.", optional=True)
+    """``per_device_eval_batch_size`` of the evaluation run between training steps (0: none). The eval
+    forward runs at ``seq`` under ``torch.no_grad()`` with the model in eval mode."""
+    eval_keep: EvalKeep = _field(
+        EvalKeep.NONE, 29, "What evaluation keeps on the device per batch: none (no compute_metrics, or "
+                           "prediction_loss_only), logits (compute_metrics without preprocess_logits_for_metrics: "
+                           "fp32 under mixed precision) or ids (argmax ids, LLaMA-Factory compute_accuracy).",
+        optional=True)
+    """What ``evaluation_loop`` accumulates on the device (``EvalKeep``)."""
+    eval_samples: int = _field(
+        0, 30, "Eval samples whose kept predictions accumulate on the device: the eval set's size, or "
+               "eval_accumulation_steps × the eval batch when that moves them to the CPU; needs --eval-keep "
+               "logits or ids.", optional=True)
+    """Samples whose predictions are on the device at once (0 unless ``eval_keep`` keeps some)."""
+
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
@@ -303,10 +337,44 @@ class Scenario:
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
+        self._check_eval()
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
             raise ScenarioError("targets: 'all-linear' cannot be combined with module names")
+
+    def _check_eval(self) -> None:
+        """The evaluation fields: sizes, and the combinations the evaluation loop can run."""
+        for name in ("eval_batch", "eval_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ScenarioError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.eval_batch * self.seq > MAX_TOKENS:
+            raise ScenarioError(f"eval_batch × seq = {self.eval_batch * self.seq:,} tokens exceeds the supported "
+                                f"{MAX_TOKENS:,}")
+        if self.eval_batch == 0:
+            if self.eval_keep is not EvalKeep.NONE or self.eval_samples:
+                raise ScenarioError("eval_keep and eval_samples describe an evaluation: set eval_batch too")
+            return
+        if self.eval_keep is EvalKeep.NONE and self.eval_samples:
+            raise ScenarioError("eval_samples counts kept predictions: with eval_keep none nothing is kept "
+                                "(leave eval_samples 0)")
+        if self.eval_keep is not EvalKeep.NONE and self.eval_samples < 1:
+            raise ScenarioError(f"eval_keep {self.eval_keep.value} keeps every eval sample's predictions: give "
+                                "eval_samples (the eval set's size, or eval_accumulation_steps × eval_batch)")
+        if self.loss not in (Loss.HF, Loss.LEGACY):
+            raise ScenarioError(f"evaluation is priced for the model's own loss (loss hf or legacy: the HF "
+                                f"Trainer's prediction_step), not {self.loss.value}")
+        if self.hold_logits is not Hold.NONE:
+            raise ScenarioError("evaluation is the HF Trainer's loop, whose training step keeps no outputs: "
+                                f"hold_logits must be none, not {self.hold_logits.value}")
+
+    @property
+    def eval_batches(self) -> int:
+        """Eval batches whose predictions accumulate on the device (1 when nothing is kept)."""
+        if not self.eval_batch:
+            return 0
+        return max(1, -(-self.eval_samples // self.eval_batch))
 
     @property
     def tokens(self) -> int:

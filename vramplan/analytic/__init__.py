@@ -60,9 +60,27 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=loss_workspace(x.loss_b, x.loss_f, x.held))
     comps.extend(runtime)
     upper = _upper(allocated, runtime, 1.0 + cal.upper_bound_fraction)
-    return Breakdown(tuple(comps), engine="analytic", notes=st.notes, peak_phase=phase, upper=upper,
-                     extra=dict(phases={k: v + st.static for k, v in totals.items()},
-                                trainable_params=st.n_train, calibration=cal.fitted_on))
+    extra = dict(phases={k: v + st.static for k, v in totals.items()}, trainable_params=st.n_train,
+                 calibration=cal.fitted_on)
+    notes = st.notes
+    if x.eval is not None:
+        train = max(v for k, v in totals.items() if k != ph.EVALUATION) + st.static
+        extra.update(training_peak_bytes=train, eval_peak_bytes=x.eval.total + st.static, eval_moment=x.eval.moment)
+        notes += (eval_note(scenario, train, x.eval.total + st.static, x.eval.moment),)
+    return Breakdown(tuple(comps), engine="analytic", notes=notes, peak_phase=phase, upper=upper, extra=extra)
+
+
+def eval_note(scenario: Scenario, train: int, evaluation: int, moment: str) -> str:
+    """The breakdown note saying which peak is larger, the training step's or the evaluation's."""
+    from vramplan.breakdown import fmt_bytes
+
+    kept = ("nothing kept" if scenario.eval_keep.value == "none"
+            else f"{scenario.eval_keep.value} of {scenario.eval_samples} samples kept on the device")
+    larger = "the evaluation's is larger and is the reported peak" if evaluation > train else \
+        "the training step's is larger"
+    return (f"evaluation (eval batch {scenario.eval_batch} × {scenario.seq}, {kept}): peak "
+            f"{fmt_bytes(evaluation)} at its {moment}, training step {fmt_bytes(train)}: {larger}; "
+            "priced with use_cache off (a use_cache=True config also builds a KV cache in each eval forward)")
 
 
 def _upper(allocated: int, runtime: list[Component], f: float) -> Totals:

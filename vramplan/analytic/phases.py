@@ -10,7 +10,10 @@ returns for it. Phases (``PHASES``, in this order):
   dequantized weight, with no LoRA gradient yet;
 - ``first layer backward``: one checkpoint, layer 0 recomputed, every other gradient alive;
 - ``optimizer step``: every gradient + the optimizer's temporaries;
-- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones.
+- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones;
+- ``evaluation`` (``Scenario.eval_batch`` > 0): the HF Trainer's evaluation loop between steps, no
+  gradients, its busiest moment (``vramplan.analytic.evaluation.eval_peak``). The step's reported peak
+  is the larger of it and the training phases.
 
 Held logits (``Scenario.hold_logits``) join every phase but the loss forward, and that one too under
 ``Hold.LOOP`` (the previous step's output is alive until the forward returns).
@@ -20,8 +23,9 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from vramplan.analytic.evaluation import EvalPeak, eval_peak
 from vramplan.analytic.terms import Coef, StaticTerms, Work
-from vramplan.scenario import Loss
+from vramplan.scenario import Loss, kept_positions
 
 LOSS_BACKWARD = "loss backward"
 LOSS_FORWARD = "loss forward"
@@ -29,6 +33,7 @@ LAST_LAYER = "last layer backward"
 FIRST_LAYER = "first layer backward"
 OPTIMIZER = "optimizer step"
 EMBEDDING = "embedding backward"
+EVALUATION = "evaluation"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -73,6 +78,8 @@ class Batch(NamedTuple):
     moment replaces by ``sm_last``'s saved part."""
     plain_first: int = 0
     """The same for layer 0 inside ``saved_first``."""
+    eval: EvalPeak | None = None
+    """The evaluation loop's peak over the static terms (None without evaluation)."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -123,7 +130,18 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
         fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, mask=T * seq * st.eager_mask,
         sm_last=softmax(st.sm_moe if st.last_moe else st.sm_dense), sm_first=softmax(st.sm_first),
-        plain_last=0 if gc else last_b, plain_first=0 if gc else _layer(st.first_sv, T, seq))
+        plain_last=0 if gc else last_b, plain_first=0 if gc else _layer(st.first_sv, T, seq),
+        eval=_evaluation(st, seq))
+
+
+def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
+    """The evaluation's peak at sequence length ``seq`` (None without evaluation)."""
+    if not st.eval_batch:
+        return None
+    return eval_peak(seq=seq, k=kept_positions(seq, st.label_fraction), batch=st.eval_batch,
+                     samples=st.eval_samples, keep=st.eval_keep, V=st.vocab, H=st.hidden, I=st.eval_inter,
+                     ld=st.logits_bytes, hb=st.hidden_bytes, head_copy=st.head_copy, legacy=st.legacy,
+                     resid=st.d.resid, c=st.d.c, dequant=st.eval_dequant, logit_bytes=st.eval_logit_bytes)
 
 
 # ------------------------------------------------------------------------- phase totals
@@ -200,12 +218,17 @@ def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     out = {name: f(st, x) for name, f in _STEPS[full]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
+    if x.eval is not None:
+        out[EVALUATION] = x.eval.total
     return out
 
 
 # ---------------------------------------------------------------------------- components
 def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     """(gradient bytes alive, the other dynamic components) at ``phase``; they sum to its total."""
+    if phase == EVALUATION:
+        assert x.eval is not None
+        return 0, [*x.eval.rows, _NO_DEQUANT]
     if phase in (LOSS_BACKWARD, LOSS_FORWARD):
         grads, rows = 0, _loss_rows(phase, st, x)
     elif phase == EMBEDDING:

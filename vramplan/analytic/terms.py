@@ -16,6 +16,7 @@ from operator import attrgetter
 
 from vramplan.analytic import activations as act
 from vramplan.analytic import adapters as ad
+from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
 from vramplan.analytic import weights as wt
@@ -184,6 +185,18 @@ class StaticTerms:
     """The same for a MoE layer."""
     sm_first: tuple[Coef, Coef, int] | None
     """The same for layer 0 (its input needs no gradient without checkpointing under LoRA)."""
+    eval_batch: int = 0
+    """``Scenario.eval_batch`` (0: no evaluation)."""
+    eval_samples: int = 0
+    """``Scenario.eval_samples``."""
+    eval_keep: str = "none"
+    """``Scenario.eval_keep`` (its value)."""
+    eval_logit_bytes: int = 4
+    """Bytes per logit the evaluation keeps (``evaluation.kept_logits_bytes``)."""
+    eval_inter: int = 0
+    """The MLP width of the eval layer moment (``evaluation.layer_bytes``)."""
+    eval_dequant: int = 0
+    """The dequantized 4-bit weight of the eval layer moment (CUDA, 4-bit; ``evaluation.layer_bytes``)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -251,7 +264,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         grad_total=train.grad_total, grad_per_layer=(train.grad_total - train.head_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes), paged=train.paged,
-        layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets))
+        layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
+        **_eval_terms(arch, s, d, layer.fields))
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -392,6 +406,19 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing) else 0,
         sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first), notes)
+
+
+def _eval_terms(arch: Arch, s: Scenario, d: act.Dtypes, layer: dict) -> dict:
+    """The evaluation loop's coefficients (``vramplan.analytic.evaluation``); none without evaluation."""
+    if not s.eval_batch:
+        return {}
+    work = layer["work_dense"] if layer["dense"] else layer["work_moe"]
+    moe_width = (arch.experts_per_token * arch.moe_intermediate_size) if arch.moe_layers else 0
+    return dict(eval_batch=s.eval_batch, eval_samples=s.eval_samples, eval_keep=s.eval_keep.value,
+                eval_logit_bytes=ev.kept_logits_bytes(lg.logits_dtype_bytes(d.c, d.autocast, d.resid0), d.autocast,
+                                                      s.loss is Loss.LEGACY),
+                eval_inter=arch.intermediate_size if arch.dense_layers else moe_width,
+                eval_dequant=work[3] if (s.quantized_4bit and d.cuda) else 0)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:

@@ -52,6 +52,13 @@ KEYS = (
     Key("fsdp", None, "FSDP (issue 16)"),
     Key("fsdp_config", None, "FSDP (issue 16)"),
     Key("rl", None, "preference training (issue 17)"),
+    Key("val_set_size", 0.0, "validation split: a fraction, or a count when >= 1"),
+    Key("test_datasets", None, "validation datasets"),
+    Key("eval_batch_size", None, "evaluation batch (None = micro_batch_size)"),
+    Key("eval_steps", None, "evaluate every n steps"),
+    Key("evals_per_epoch", None, "evaluations per epoch"),
+    Key("eval_strategy", None, "evaluation strategy"),
+    Key("do_causal_lm_eval", None, "generation metrics in a callback (not priced)"),
 )
 
 _SOURCE = "axolotl 0.19.0: loaders/model.py, utils/schemas/*, utils/config/__init__.py (research §2)"
@@ -166,8 +173,27 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     plugins = r.get("plugins") or []
     for p in plugins if isinstance(plugins, list) else [plugins]:
         notes.append(f"plugin {p}: not yet priced (issue 14)")
+    out.update(_evaluation(r, notes, out["batch"]))
     b.multi_gpu(r, notes, ("deepspeed", "fsdp", "fsdp_config"))
     return out
+
+
+def _evaluation(r: b.Reader, notes: list[str], micro_batch: int) -> dict[str, Any]:
+    """axolotl 0.19: evaluation runs when there is eval data (``val_set_size`` > 0 or ``test_datasets``) and
+    ``eval_steps`` / ``evals_per_epoch`` / ``eval_strategy`` schedule it (``core/builders/base.py``
+    ``_configure_save_and_eval_strategy`` L523-533, ``utils/config/__init__.py`` L257-264); its batch is
+    ``eval_batch_size`` or ``micro_batch_size`` (L215-216). The trainer builders pass no compute_metrics,
+    so the HF loop keeps only the loss."""
+    data = bool(r.get("test_datasets")) or float(r.get("val_set_size") or 0) > 0
+    strategy = r.get("eval_strategy")
+    scheduled = bool(r.get("eval_steps") or r.get("evals_per_epoch")) or (
+        strategy is not None and str(strategy).lower() != "no")
+    if not (data and scheduled):
+        return {}
+    batch = r.get("eval_batch_size")
+    if r.get("do_causal_lm_eval"):
+        notes.append("do_causal_lm_eval: its callback generates for the metrics; not priced")
+    return {"eval_batch": b.integer(batch, "eval_batch_size") if batch is not None else micro_batch}
 
 
 def _attn(r: b.Reader) -> str:

@@ -359,3 +359,67 @@ def multi_gpu(r: Reader, notes: list[str], keys: tuple[str, ...]) -> None:
             notes.append(f"{key.rsplit('.', 1)[-1]}: multi-GPU sharding is not yet priced (issue 16); priced as one "
                          "GPU holding the whole model")
             return
+
+
+#: What the readers of HF-Trainer-based configs assume about ``compute_metrics`` (the script's, never
+#: the config's): none, so ``Trainer.evaluate`` forces ``prediction_loss_only`` and keeps only the loss
+#: (transformers 5.24 ``trainer.py`` L2871-2877).
+NO_METRICS_NOTE = ("compute_metrics is the script's, not the config's: priced without it (the Trainer then keeps "
+                   "only each batch's loss); a script passing compute_metrics keeps every eval sample's logits on "
+                   "the device: add --eval-keep logits --eval-samples N (the eval set, or eval_accumulation_steps "
+                   "× the eval batch)")
+
+
+def hf_evaluation(r: Reader, notes: list[str], prefix: str = "", *, data: bool = True, metrics: str | None = None,
+                  samples: int | None = None, script_metrics: bool = True, strategy: Any = None) -> dict[str, Any]:
+    """HF ``TrainingArguments``' evaluation keys (transformers 5.24 ``training_args.py``, ``trainer.py``
+    L2805-3111; research §5) -> the Scenario's evaluation fields ({} when no evaluation runs during
+    training: ``eval_strategy`` "no", or no eval data).
+
+    ``data``: the framework has eval data (a validation split or set); ``metrics``: what the framework's
+    own ``compute_metrics`` keeps ("ids" or "logits"; None: it sets none); ``samples``: the eval set's
+    size when the config gives it; ``script_metrics``: a plain Trainer script may pass its own
+    ``compute_metrics`` (the assumption is then stated, ``NO_METRICS_NOTE``); ``strategy``: the
+    framework's resolved strategy (default: the config's ``eval_strategy``)."""
+    strategy = str(strategy if strategy is not None else r.get(prefix + "eval_strategy")).strip().lower()
+    if strategy in ("no", "none", "false", "") or not data:
+        return {}
+    batch = integer(r.get(prefix + "per_device_eval_batch_size"), "per_device_eval_batch_size")
+    out: dict[str, Any] = {"eval_batch": batch}
+    if boolean(r.get(prefix + "prediction_loss_only"), "prediction_loss_only"):
+        return out
+    steps = r.get(prefix + "eval_accumulation_steps")
+    per_batch = boolean(r.get(prefix + "batch_eval_metrics"), "batch_eval_metrics")
+    if metrics is None:
+        if script_metrics:
+            notes.append(NO_METRICS_NOTE)
+        return out
+    out["eval_keep"] = metrics
+    if per_batch:
+        out["eval_samples"] = batch
+        notes.append("batch_eval_metrics: each batch's predictions are freed after its metrics, priced with one "
+                     "eval batch kept")
+    elif steps is not None:
+        moved = integer(steps, "eval_accumulation_steps") * batch
+        out["eval_samples"] = min(moved, samples) if samples else moved
+        notes.append(f"eval_accumulation_steps moves the kept predictions to the CPU every {steps} batches: at most "
+                     f"{out['eval_samples']} samples' {metrics} on the device")
+    elif samples:
+        out["eval_samples"] = samples
+    else:
+        out["eval_samples"] = batch
+        notes.append(f"evaluation keeps every eval sample's {metrics} on the device until it ends, and the config "
+                     f"does not give the eval set's size: priced with one eval batch ({batch}), the least; give "
+                     "--eval-samples N (or set eval_accumulation_steps)")
+    return out
+
+
+def eval_set_size(value: Any) -> int | None:
+    """A validation-set size (LLaMA-Factory ``val_size``, axolotl ``val_set_size``, ms-swift
+    ``split_dataset_ratio``): a count when it is at least 1, None for a fraction of the data (the size is
+    the data's)."""
+    try:
+        v = float(value or 0)
+    except (TypeError, ValueError):
+        raise ConfigError(f"validation size: expected a number, got {value!r}") from None
+    return int(v) if v >= 1 else None

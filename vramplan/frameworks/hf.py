@@ -31,6 +31,12 @@ KEYS = (
     Key("training_args.fp16", False, "fp16 autocast"),
     Key("training_args.optim", "adamw_torch_fused", "HF optimizer name"),
     Key("training_args.use_liger_kernel", False, "Liger (issue 14)"),
+    Key("training_args.eval_strategy", "no", "evaluation during training (steps, epoch)",
+        aliases=("training_args.evaluation_strategy",)),
+    Key("training_args.per_device_eval_batch_size", 8, "evaluation batch"),
+    Key("training_args.eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
+    Key("training_args.prediction_loss_only", False, "keep only the loss"),
+    Key("training_args.batch_eval_metrics", False, "metrics per batch (predictions freed per batch)"),
     Key("training_args.deepspeed", None, "DeepSpeed (issue 16)"),
     Key("training_args.fsdp", None, "FSDP (issue 16)"),
 )
@@ -71,6 +77,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["optimizer"] = b.optimizer(r.get("training_args.optim"), who)
     notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
                  "(default 2048)")
+    out.update(b.hf_evaluation(r, notes, "training_args."))
     b.unpriced(r, notes, (("training_args.use_liger_kernel", "Liger kernels"),))
     b.multi_gpu(r, notes, ("training_args.deepspeed", "training_args.fsdp"))
     return out
@@ -83,7 +90,8 @@ FRAMEWORK = Framework(
     keys=KEYS, scenario=scenario, model_key="adapter_config.base_model_name_or_path", style="json",
     plan_keys=dict(batch="training_args.per_device_train_batch_size", rank="adapter_config.r",
                    grad_checkpointing="training_args.gradient_checkpointing", optimizer="training_args.optim",
-                   targets="adapter_config.target_modules", lora_dropout="adapter_config.lora_dropout"),
+                   targets="adapter_config.target_modules", lora_dropout="adapter_config.lora_dropout",
+                   eval_batch="training_args.per_device_eval_batch_size"),
     spell=b.hf_spell, known_latest="5.24.0",
     examples=(dict(training_args=dict(bf16=True), adapter_config=dict(base_model_name_or_path="M", r=8)),
               dict(training_args=dict(bf16=True), adapter_config=dict(base_model_name_or_path="M", r=8))))

@@ -42,6 +42,15 @@ KEYS = (
     Key("neat_packing", False, "packing with a 4D mask (issue 14)"),
     Key("use_unsloth", False, "Unsloth's loader"),
     Key("use_dora", False, "DoRA (issue 14)"),
+    Key("eval_strategy", "no", "evaluation during training (steps, epoch)"),
+    Key("val_size", 0.0, "validation split: a fraction, or a count when >= 1"),
+    Key("eval_dataset", None, "validation datasets"),
+    Key("per_device_eval_batch_size", 8, "evaluation batch (HF default)"),
+    Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
+    Key("prediction_loss_only", False, "keep only the loss"),
+    Key("batch_eval_metrics", False, "metrics per batch"),
+    Key("compute_accuracy", False, "token accuracy: argmax ids kept per eval sample"),
+    Key("predict_with_generate", False, "generation in evaluation (not priced)"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
 )
 
@@ -107,6 +116,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["seq"] = cutoff
     out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
     out["optimizer"] = b.optimizer(r.get("optim"), who)
+    out.update(_evaluation(r, notes))
     b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"), ("enable_liger_kernel", "Liger kernels"),
                           ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
@@ -115,6 +125,26 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if packing or (packing is None and stage == "pt"):
         notes.append("packing: rows of cutoff_len tokens, priced so; the packed mask is not yet priced (issue 14)")
     b.multi_gpu(r, notes, ("deepspeed",))
+    return out
+
+
+def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
+    """LLaMA-Factory 0.9.5 ``train/sft/workflow.py`` L80-86: ``compute_accuracy`` sets ``ComputeAccuracy`` with
+    ``preprocess_logits_for_metrics=eval_logit_processor`` (argmax ids, ``train/sft/metric.py`` L47-58);
+    ``predict_with_generate`` sets ``ComputeSimilarity`` and generates; otherwise no compute_metrics. Eval data:
+    ``val_size`` (a count from 1 on, ``data/data_utils.py`` L109-115) or ``eval_dataset``."""
+    val = r.get("val_size")
+    data = bool(r.get("eval_dataset")) or float(val or 0) > 1e-6
+    generate = b.boolean(r.get("predict_with_generate"), "predict_with_generate")
+    accuracy = b.boolean(r.get("compute_accuracy"), "compute_accuracy")
+    if generate and accuracy:
+        raise b.ConfigError("LLaMA-Factory: predict_with_generate and compute_accuracy cannot be used together "
+                            "(its parser refuses them)")
+    out = b.hf_evaluation(r, notes, data=data, metrics="ids" if accuracy else None, samples=b.eval_set_size(val),
+                          script_metrics=False)
+    if out and generate:
+        notes.append("predict_with_generate: evaluation generates with a KV cache (Seq2SeqTrainer.generate); the "
+                     "generation is not priced, priced as the loss forward of each eval batch")
     return out
 
 

@@ -37,6 +37,16 @@ KEYS = (
     Key("packing", False, "sample packing (issue 14)"),
     Key("padding_free", False, "padding-free batches (issue 14)"),
     Key("use_liger_kernel", False, "Liger kernels (issue 14)"),
+    Key("eval_strategy", None, "None = save_strategy"),
+    Key("save_strategy", "steps", "checkpoint strategy (eval follows it)"),
+    Key("split_dataset_ratio", 0.0, "validation split of the training data"),
+    Key("val_dataset", None, "validation datasets"),
+    Key("per_device_eval_batch_size", 1, "evaluation batch"),
+    Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
+    Key("prediction_loss_only", False, "keep only the loss"),
+    Key("batch_eval_metrics", False, "metrics per batch"),
+    Key("eval_metric", None, "acc = argmax ids per eval sample; nlg = generation (not priced)"),
+    Key("predict_with_generate", False, "generation in evaluation (not priced)"),
     Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
     Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
 )
@@ -112,9 +122,32 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append("ms-swift computes logits only at label positions (use_logits_to_keep): priced at "
                      "--label-fraction of the tokens (default 1.0, every token: the upper bound; give the "
                      "response share of your data, e.g. --label-fraction 0.4)")
+    out.update(_evaluation(r, notes))
     b.unpriced(r, notes, (("packing", "sample packing"), ("padding_free", "padding-free batches"),
                           ("use_liger_kernel", "Liger kernels")))
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    return out
+
+
+def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
+    """ms-swift 4.6: ``eval_strategy`` defaults to ``save_strategy`` and is ``no`` without eval data
+    (``val_dataset`` or ``split_dataset_ratio`` > 0; ``arguments/sft_args.py`` L232-233, L406-416);
+    ``--eval_metric acc`` passes ``AccMetrics`` whose ``preprocess_logits_for_metrics`` keeps argmax ids
+    (``trainers/mixin.py`` L1108-1116, ``metrics/acc.py`` L65-68); none by default (``_init_metric``:
+    ``nlg`` with ``predict_with_generate``)."""
+    data = bool(r.get("val_dataset")) or float(r.get("split_dataset_ratio") or 0) > 0
+    strategy = r.get("eval_strategy")
+    strategy = r.get("save_strategy") if strategy is None else strategy
+    metric = r.get("eval_metric")
+    generate = b.boolean(r.get("predict_with_generate"), "predict_with_generate")
+    metric = str(metric).lower() if metric is not None else ("nlg" if generate else None)
+    if metric not in (None, "acc", "nlg"):
+        raise b.ConfigError(f"ms-swift: eval_metric '{metric}' is not priced (acc, nlg)")
+    out = b.hf_evaluation(r, notes, data=data, metrics="ids" if metric == "acc" else None, script_metrics=False,
+                            strategy=strategy)
+    if out and metric == "nlg":
+        notes.append("eval_metric nlg: evaluation generates (predict_with_generate); the generation is not priced, "
+                     "priced as the loss forward of each eval batch")
     return out
 
 

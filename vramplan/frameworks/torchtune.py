@@ -31,6 +31,8 @@ KEYS = (
     Key("optimizer._component_", "torch.optim.AdamW", "optimizer"),
     Key("loss._component_", "torchtune.modules.loss.CEWithChunkedOutputLoss", "loss"),
     Key("dataset.packed", False, "packing (issue 14)"),
+    Key("dataset_val", None, "validation data: no validation loop in 0.6.1's recipe"),
+    Key("run_val_every_n_steps", None, "validation cadence: no validation loop in 0.6.1's recipe"),
     Key("compile", False, "torch.compile (not priced)"),
 )
 
@@ -170,6 +172,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append("dataset.packed: packing is not yet priced (issue 14)")
     if b.boolean(r.get("compile"), "compile"):
         notes.append("compile: torch.compile changes saved tensors and is not priced; priced eager")
+    if r.get("dataset_val") is not None or r.get("run_val_every_n_steps") is not None:
+        notes.append("dataset_val / run_val_every_n_steps: torchtune 0.6.1's lora_finetune_single_device has no "
+                     "validation loop (grep of the recipe), so nothing is evaluated; priced as training alone")
     return out
 
 

@@ -45,6 +45,11 @@ KEYS = (
     Key("padding_free", False, "padding-free (issue 14)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
     Key("use_liger_kernel", False, "Liger (issue 14)"),
+    Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
+    Key("per_device_eval_batch_size", 8, "evaluation batch (HF default)"),
+    Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
+    Key("prediction_loss_only", False, "keep only the loss"),
+    Key("batch_eval_metrics", False, "metrics per batch"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
     Key("fsdp", None, "FSDP (issue 16)"),
 )
@@ -128,6 +133,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if v >= (1, 15):
         notes.append("TRL >= 1.15 scores only label positions in its fused head on CUDA: --label-fraction "
                      "(default 1.0) lowers that share for completion-only data")
+    evaluation = b.hf_evaluation(r, notes)
+    if evaluation and v >= (1, 15):
+        notes.append("eval_strategy: TRL >= 1.15 evaluates through its fused LM head (prediction_step): that "
+                     "evaluation is not priced; priced as the training step alone")
+    else:
+        out.update(evaluation)
     b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
                           ("activation_offloading", "activation offloading"), ("use_liger_kernel", "Liger kernels")))
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
@@ -146,7 +157,7 @@ FRAMEWORK = Framework(
     launchers=(("trl", "sft"),),
     plan_keys=dict(seq="max_length", batch="per_device_train_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optim", targets="lora_target_modules",
-                   lora_dropout="lora_dropout", attn="attn_implementation"),
+                   lora_dropout="lora_dropout", attn="attn_implementation", eval_batch="per_device_eval_batch_size"),
     spell=b.hf_spell, known_latest="1.16.0",
     examples=(dict(model_name_or_path="M", dtype="bfloat16", use_peft=True, load_in_4bit=True),
               dict(model_name_or_path="M", dtype="bfloat16", use_peft=True)))

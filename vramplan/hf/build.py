@@ -611,3 +611,25 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
     if on_phase:
         on_phase("optimizer")
     optimizer.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def eval_forward(model: Any, batch: dict[str, Any], scenario: Scenario) -> tuple[Any, Any]:
+    """(loss, logits) of one eval batch as the HF Trainer's ``prediction_step`` computes them
+    (transformers 5.24 ``trainer.py`` L3193-3300): under ``torch.no_grad()`` the model's own loss
+    forward (``compute_loss(return_outputs=True)``, autocast as accelerate wraps the forward), and
+    under mixed precision accelerate's ``convert_to_fp32`` on the outputs (``prepare_model``:
+    ``convert_outputs_to_fp32(autocast(forward))``). The model is in eval mode (the caller's)."""
+    import torch
+
+    device_type = batch["input_ids"].device.type
+    with torch.no_grad():
+        with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
+            outputs, loss = _forward_loss(model, batch, scenario)
+        if scenario.autocast and scenario.dtype is not Dtype.FP32:
+            from accelerate.utils import convert_to_fp32
+
+            outputs = convert_to_fp32(outputs)
+        logits = outputs["logits"]
+        del outputs
+    return loss.detach().mean(), logits.detach()

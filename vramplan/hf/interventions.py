@@ -74,6 +74,13 @@ Index (what and why; the third-party source it concerns; how it is undone):
     ``ATen/native/SoftMax.cpp`` (``softmax``), ``ATen/native/cuda/SoftMax.cu``
     (``softmax_backward_cuda_out``). Restored: ``torch.nn.functional.softmax`` put back on exit; the
     temporary is a tracker callback.
+19. ``no_cpu_repack``: the trace's evaluation forward (eval mode, no_grad) leaves the 4-bit weights
+    as they are: on a CPU with AVX512-BF16 a bitsandbytes ``Linear4bit`` in eval mode whose input
+    needs no gradient repacks its weight in place for the CPU kernel (and dequantizes a nested
+    absmax to fp32), a new storage the tracker would count as evaluation memory that never dies; a
+    CUDA input never takes that path (``x.device.type == "cpu"``). Source: bitsandbytes 0.50.2
+    ``nn/modules.py`` (``Linear4bit.forward``, ``support_avx512bf16_for_cpu``), ``functional.py``
+    (``_convert_weight_packed_for_cpu``). Restored: each layer's attribute put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -476,6 +483,19 @@ def keep_4bit_inputs(model: Any) -> int:
             m.register_forward_hook(hook)
             n += 1
     return n
+
+
+# ------------------------------------------------------------------------------ evaluation
+@contextlib.contextmanager
+def no_cpu_repack(model: Any) -> Iterator[None]:
+    """Item 18: no in-place CPU repacking of our model's 4-bit weights while the block runs."""
+    import bitsandbytes as bnb
+
+    with contextlib.ExitStack() as stack:
+        for module in model.modules():
+            if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+                stack.enter_context(_attribute(module, "support_avx512bf16_for_cpu", False))
+        yield
 
 
 # ------------------------------------------------------------------------ gradient checkpointing

@@ -16,6 +16,7 @@ from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.scenario import Scenario
 from vramplan.trace.extrapolate import Figures, figures
+from vramplan.trace.evaluation import PHASE as EVAL_PHASE
 from vramplan.trace.labels import NOTES, ORDER
 from vramplan.trace.notes import trace_notes, versions
 from vramplan.trace.run import trace_run
@@ -82,7 +83,14 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
         "peak_by_category": by_cat,
         "first_step_by_component": {k: int(v) for k, v in fig.first.items() if v},
         "versions": versions(),
+        "phases": dict(fig.phases or {}),
     }
+    if scenario.eval_batch and fig.phases and EVAL_PHASE in fig.phases:
+        from vramplan.analytic import eval_note
+
+        train = max(v for k, v in fig.phases.items() if k != EVAL_PHASE)
+        extra.update(training_peak_bytes=train, eval_peak_bytes=fig.phases[EVAL_PHASE])
+        notes.append(eval_note(scenario, train, fig.phases[EVAL_PHASE], "busiest moment"))
     return Breakdown(tuple(components), engine="trace", notes=tuple(notes), peak_phase=fig.peak_phase,
                      extra=extra)
 

@@ -34,6 +34,8 @@ class Figures:
     """The repeating block the figures were extrapolated with; None when traced at full depth."""
     refused: bool = False
     """Extrapolation was tried and the increments disagreed, so the full model was traced."""
+    phases: dict[str, int] | None = None
+    """The steady step's peak per phase (bytes), for the model's depth."""
 
 
 # ------------------------------------------------------------------------------ layer plan
@@ -93,16 +95,17 @@ def figures(arch: Arch, run: Callable[[int | None], TraceRun], layers: int | Non
         full.refused = True
         return full
     r1, r2 = runs[0], runs[1]
-    first, _ = _extrapolate_step(r1.steps[0], r2.steps[0], r1.layers, period, n)
-    steady, peak_phase = _extrapolate_step(r1.steps[-1], r2.steps[-1], r1.layers, period, n)
+    first, _, _ = _extrapolate_step(r1.steps[0], r2.steps[0], r1.layers, period, n)
+    steady, peak_phase, phases = _extrapolate_step(r1.steps[-1], r2.steps[-1], r1.layers, period, n)
     managed = r1.managed_bytes + (n - r1.layers) // period * (r2.managed_bytes - r1.managed_bytes)
-    return Figures(first, steady, peak_phase, managed, tried, n, period=period)
+    return Figures(first, steady, peak_phase, managed, tried, n, period=period, phases=phases)
 
 
 def measured(run: TraceRun) -> Figures:
     """The figures of one run, as traced."""
     return Figures(run.steps[0].by_name, run.steps[-1].by_name, run.steps[-1].peak_phase,
-                   run.managed_bytes, [run.layers], run.layers)
+                   run.managed_bytes, [run.layers], run.layers,
+                   phases={ph: v[0] for ph, v in run.steps[-1].phases.items()})
 
 
 def _extrapolate(a: dict[str, int], b: dict[str, int], c1: int, period: int, n: int) -> dict[str, int]:
@@ -131,14 +134,17 @@ def _affine(runs: list[TraceRun]) -> bool:
     return True
 
 
-def _extrapolate_step(s1: StepFigures, s2: StepFigures, c1: int, period: int, n: int) -> tuple[dict[str, int], str]:
+def _extrapolate_step(s1: StepFigures, s2: StepFigures, c1: int, period: int, n: int
+                      ) -> tuple[dict[str, int], str, dict[str, int]]:
     """Each phase's peak is affine in the layer count; the step's peak is the largest of them (the
-    phase holding the peak can change with depth, e.g. from backward to the first optimizer step)."""
+    phase holding the peak can change with depth, e.g. from backward to the first optimizer step).
+    Returns (bytes per component at the peak, its phase, every phase's peak)."""
     best: tuple[int, dict[str, int], str] | None = None
+    totals: dict[str, int] = {}
     for phase in s1.phases:
         d = _extrapolate(s1.phases[phase][1], s2.phases[phase][1], c1, period, n)
-        total = sum(d.values())
+        total = totals[phase] = sum(d.values())
         if best is None or total > best[0]:
             best = (total, d, phase)
     assert best is not None
-    return best[1], best[2]
+    return best[1], best[2], totals

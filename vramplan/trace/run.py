@@ -120,6 +120,10 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
                         f"{str(e).splitlines()[0][:120]}), which fake tensors cannot trace; use --method analytic"
                     ) from None
                 run.steps.append(StepFigures(labeller.phases))
+            if scenario.eval_batch:  # the evaluation loop between steps: a phase of the last step
+                from vramplan.trace.evaluation import PHASE, trace_evaluation
+
+                run.steps[-1].phases[PHASE] = trace_evaluation(tr, model, arch, scenario, fake, seed)
             run.managed_bytes = tr.live_by_category().get("managed/paged_optimizer", 0)
             carry.clear()
 
