@@ -316,9 +316,9 @@ class Scenario:
             if lora:
                 raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
                                     "--full trains the base weights in --dtype (leave them unset)")
-        if self.label_fraction < 1.0 and self.loss in (Loss.LEGACY, Loss.CHUNKED_CE, Loss.LIGER):
-            raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf, chunked-head, cce "
-                                f"or unsloth, not {self.loss.value} (it projects every position)")
+        if self.label_fraction < 1.0 and self.loss in (Loss.LEGACY, Loss.CHUNKED_CE):
+            raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf, chunked-head, "
+                                f"liger, cce or unsloth, not {self.loss.value}")
         if self.loss is Loss.CCE and self.dtype is Dtype.FP32:
             raise ScenarioError("loss cce needs --dtype bf16 or fp16: Cut Cross-Entropy's backward asserts "
                                 "half-precision hidden states and classifier (cut_cross_entropy cce_backward.py)")

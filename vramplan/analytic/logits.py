@@ -157,8 +157,8 @@ def liger_chunk_rows(N: int, H: int, V: int) -> int:
     return min(next_pow2(-(-N // inc)), N)
 
 
-def liger_flce_bytes(N: int, H: int, V: int, hb: int, hw: int, c: int, autocast: bool, head_trains: bool
-                     ) -> tuple[int, int]:
+def liger_flce_bytes(N: int, H: int, V: int, hb: int, hw: int, c: int, autocast: bool, head_trains: bool,
+                     rows: int | None = None) -> tuple[int, int]:
     """(forward, backward) bytes of ``LigerFusedLinearCrossEntropyFunction`` over N rows (liger-kernel
     0.8.5 ``ops/fused_linear_cross_entropy.py``; the HF integration ``transformers/model/loss_utils.py``
     ``LigerForCausalLMLoss`` pads and shifts the labels, so every one of the b·s rows is projected).
@@ -178,12 +178,17 @@ def liger_flce_bytes(N: int, H: int, V: int, hb: int, hw: int, c: int, autocast:
        the same bytes.
     Backward (L411-455): the saved ``grad_input`` (and ``grad_weight``), scaled in place by
     ``element_mul_kernel``: nothing new. The kernels need CUDA, so this is the CUDA program on either
-    device."""
-    R = liger_chunk_rows(N, H, V)
+    device.
+    ``rows`` < N: only that many rows reach the loss (ms-swift's ``logits_to_keep`` slices the hidden
+    states to the label positions and its ``LigerForCausalLMLoss`` patch makes them contiguous: a copy
+    of rows·H·hb beside the N·H·hb hidden states); the terms above then count ``rows`` rows."""
+    n = N if rows is None else rows
+    R = liger_chunk_rows(n, H, V)
     ld = c if autocast else hb
     one_dtype = hb == hw and (not autocast or hb == c)
-    saved = N * H * hb + (V * H * hw if head_trains else 0)
-    small = 5 * N + N * H * hb  # + the hidden states themselves, alive in the model's forward
+    saved = n * H * hb + (V * H * hw if head_trains else 0)
+    # + the hidden states themselves (alive in the model's forward) and the kept rows' copy
+    small = 5 * n + N * H * hb + (n * H * hb if n < N else 0)
     if one_dtype:
         return saved + small + R * V * ld, saved
     wcast = c * V * H if (autocast and hw != c) else 0

@@ -200,7 +200,8 @@ class StaticTerms:
             K = batch * max(min(kept_positions(seq, self.label_fraction), seq - 1), 1)
             trains = self.head_grad > 0
             if self.loss is Loss.LIGER:
-                fwd, bwd = lg.liger_flce_bytes(N, H, V, self.hidden_bytes, d.resid0, d.c, d.autocast, trains)
+                fwd, bwd = lg.liger_flce_bytes(N, H, V, self.hidden_bytes, d.resid0, d.c, d.autocast, trains,
+                                               batch * kept_positions(seq, self.label_fraction))
             elif self.loss is Loss.CCE:
                 fwd, bwd = lg.cce_bytes(N, K, H, V, self.hidden_bytes, d.c, d.resid0, trains)
             else:
@@ -421,7 +422,7 @@ def loss_notes(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[str, ...]:
         return ()
     V, H = arch.vocab_size, arch.hidden_size
     if s.loss is Loss.LIGER:
-        rows = lg.liger_chunk_rows(s.tokens, H, V)
+        rows = lg.liger_chunk_rows(s.batch * kept_positions(s.seq, s.label_fraction), H, V)
         out = (f"analytic-only: Liger's fused linear cross-entropy is Triton; priced from liger-kernel 0.8.5's "
                f"allocations (chunks of next_pow2(ceil(b·s / ceil(V/H))) = {rows} rows × V logits in the input "
                "dtype, the b·s × H input gradient built in the forward and kept for backward); the trace "

@@ -44,7 +44,8 @@ KEYS = (
     Key("packing", False, "packing (issue 14)"),
     Key("padding_free", False, "padding-free (issue 14)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
-    Key("use_liger_kernel", False, "Liger (issue 14)"),
+    Key("use_liger_kernel", False, "Liger kernels (>= 1.15: layer kernels only, FLCE forced off)"),
+    Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
     Key("fsdp", None, "FSDP (issue 16)"),
 )
@@ -129,7 +130,17 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append("TRL >= 1.15 scores only label positions in its fused head on CUDA: --label-fraction "
                      "(default 1.0) lowers that share for completion-only data")
     b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
-                          ("activation_offloading", "activation offloading"), ("use_liger_kernel", "Liger kernels")))
+                          ("activation_offloading", "activation offloading")))
+    if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
+        config = b.mapping(r.get("liger_kernel_config"), "liger_kernel_config")
+        if v >= (1, 15) and config.get("fused_linear_cross_entropy"):
+            raise b.ConfigError(f"{who}: liger_kernel_config fused_linear_cross_entropy: true is refused by TRL >= "
+                                "1.15 (it would replace the forward its fused LM head patches)")
+        # 1.15 - 1.16 sft_trainer.py L1125-1140: only the layer kernels, FLCE forced off; before, the HF
+        # Trainer applies Liger's defaults (FLCE on)
+        loss = b.liger(arch, config, notes, who, flce_allowed=v < (1, 15))
+        if loss:
+            out["loss"] = loss
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 

@@ -574,6 +574,8 @@ def _no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> An
     ``lce_forward``, axolotl's CCE ``cce_forward``, Unsloth's ``CausalLM_fast_forward``): the decoder's
     last hidden state and the lm_head weight go to the loss (``vramplan.hf.fused_losses``, interventions
     item 18), the lm_head module never runs, and no logits are returned."""
+    import torch
+
     from vramplan.hf import fused_losses as fl
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -584,6 +586,11 @@ def _no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> An
     hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
     n_valid = labels.shape[0] * max(min(scenario.kept_positions, scenario.seq - 1), 1)
     if scenario.loss is Loss.LIGER:
+        k = scenario.kept_positions
+        if k < scenario.seq:  # ms-swift's logits_to_keep, as in the hf-loss path below; swift's patch copies
+            keep: Any = slice(-k, None) if ids.shape[0] > 1 else torch.arange(scenario.seq - k, scenario.seq,
+                                                                               device=ids.device)
+            hidden, labels = hidden[:, keep, :].contiguous(), labels[:, -k:]
         return fl.liger_loss(hidden, head.weight, labels)
     if scenario.loss is Loss.CCE:
         return fl.cce_loss(hidden, head.weight, labels, n_valid)

@@ -69,6 +69,14 @@ Index (what and why; the third-party source it concerns; how it is undone):
     form of transformers 5.24's ``partial(forward, self)``. Source: llamafactory 0.9.5
     ``extras/misc.py`` (``check_version``), ``data/mm_plugin.py``, ``model/model_utils/checkpointing.py``.
     Restored: each put back on exit.
+18. ``vramplan.hf.fused_losses``: the fused losses whose kernels are Triton (``Loss.LIGER``, ``CCE``,
+    ``UNSLOTH``) stand in as their Python drivers transcribed, allocating the same tensors at the
+    same points with each Triton launch and data-dependent ``nonzero`` left out (the label count is
+    passed in, as item 14 does); the model's forward hands them the decoder's hidden states as the
+    frameworks' patched forwards do (``vramplan.hf.build._no_logits_loss``). Source: liger-kernel 0.8.5
+    ``ops/fused_linear_cross_entropy.py``, cut-cross-entropy 25.1.1 ``cce.py`` (and axolotl's fork),
+    unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
+    autograd functions, called by our own forward).
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
