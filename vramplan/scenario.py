@@ -259,7 +259,8 @@ class Scenario:
     backward runs (``CheckpointFunction.backward``), one more b·s·H residual tensor than non-reentrant."""
     label_fraction: float = _field(
         1.0, 20, "Share of tokens that carry labels when logits are computed only there (ms-swift "
-                 "logits_to_keep, TRL's fused head on CUDA): the response share of your data; 1.0 = every token.",
+                 "logits_to_keep, also with Liger; TRL's fused head on CUDA; CCE's and Unsloth's label rows): the "
+                 "response share of your data; 1.0 = every token.",
         optional=True)
     """Fraction of positions whose logits are computed (ms-swift ``use_logits_to_keep``: only label
     positions reach the lm_head). 1.0 computes every position, the upper bound."""

@@ -263,6 +263,17 @@ def unsloth_flash(K: int, V: int, c: int, head_trains: bool, small_card: bool = 
     return c == 2 and not head_trains and -(-V // UNSLOTH_SPLIT_COLS) > 2 and (small_card or K >= UNSLOTH_FLASH_ROWS)
 
 
+def unsloth_tile_layout(K: int, V: int, budget: int = UNSLOTH_BUDGET) -> tuple[int, int]:
+    """(rows, vocabulary columns) of the tiled path's fp32 tile (``_tiled_layout`` L1088-1097, on a card
+    above 24.5 GiB, no row cap): (1) the tile budget min(256 MiB, budget); (2) rows = min(4096, K,
+    tile budget // (16384·4)); (3) columns = max(tile budget // (4·rows), 16384), rounded down to a
+    multiple of 16384 and at most V rounded up to one."""
+    tb = min(UNSLOTH_TILE_BYTES, budget)
+    R = max(min(UNSLOTH_FLASH_ROWS, K, tb // (UNSLOTH_SPLIT_COLS * 4)), 1)
+    tile = max(tb // (R * 4), UNSLOTH_SPLIT_COLS)
+    return R, min(tile - tile % UNSLOTH_SPLIT_COLS, -(-V // UNSLOTH_SPLIT_COLS) * UNSLOTH_SPLIT_COLS)
+
+
 def unsloth_ce_bytes(N: int, K: int, H: int, V: int, hb: int, hw: int, c: int, head_trains: bool,
                      budget: int = UNSLOTH_BUDGET) -> tuple[int, int]:
     """(forward, backward) bytes of Unsloth's ``fused_linear_cross_entropy`` over N rows, K of them
@@ -291,9 +302,7 @@ def unsloth_ce_bytes(N: int, K: int, H: int, V: int, hb: int, hw: int, c: int, h
         return R * H * c if hb != c else (R * H * hb if K < N else 0)
 
     if unsloth_flash(K, V, c, head_trains):
-        R = max(min(UNSLOTH_FLASH_ROWS, K, min(UNSLOTH_TILE_BYTES, budget) // (UNSLOTH_SPLIT_COLS * 4)), 1)
-        tile = max(min(UNSLOTH_TILE_BYTES, budget) // (R * 4), UNSLOTH_SPLIT_COLS)
-        tile = min(tile - tile % UNSLOTH_SPLIT_COLS, -(-V // UNSLOTH_SPLIT_COLS) * UNSLOTH_SPLIT_COLS)
+        R, tile = unsloth_tile_layout(K, V, budget)
         splits = -(-V // UNSLOTH_SPLIT_COLS)
         fwd = base + 4 * K + R * (-(-tile // 8) * 8) * 4 + 4 * R * H + 4 * R + 4 * 8 * splits * R + rows_copy(R)
     else:

@@ -141,6 +141,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         loss = b.liger(arch, config, notes, who, flce_allowed=v < (1, 15))
         if loss:
             out["loss"] = loss
+            notes.append("use_liger_kernel before TRL 1.15: priced as the HF Trainer applies Liger (its fused linear "
+                         "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 

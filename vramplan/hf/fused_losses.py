@@ -220,10 +220,7 @@ def _unsloth_forward(hidden: Any, weight: Any, n_keep: int) -> tuple[Any, Any]:
         return x.to(compute)
 
     if flash:
-        budget = min(lg.UNSLOTH_TILE_BYTES, lg.UNSLOTH_BUDGET)
-        R = max(min(lg.UNSLOTH_FLASH_ROWS, n_keep, budget // (lg.UNSLOTH_SPLIT_COLS * 4)), 1)
-        tile = max(budget // (R * 4), lg.UNSLOTH_SPLIT_COLS)
-        tile = min(tile - tile % lg.UNSLOTH_SPLIT_COLS, -(-V // lg.UNSLOTH_SPLIT_COLS) * lg.UNSLOTH_SPLIT_COLS)
+        R, tile = lg.unsloth_tile_layout(n_keep, V)  # _tiled_layout
         splits = -(-V // lg.UNSLOTH_SPLIT_COLS)
         lse = torch.empty(n_keep, **f32)
         buf = torch.empty((R, -(-tile // 8) * 8), **f32)
