@@ -102,7 +102,7 @@ def test_stand_in_allocates_the_analytic_term(case):
 #: (model, scenario fields): whole-step cases, both engines within 1 %.
 STEPS = [
     ("Qwen3-14B", dict(loss="liger", recipe="hf-peft", seq=1024)),   # loss-forward peak: the fp32 head's casts
-    ("Qwen3-14B", dict(loss="liger", recipe="trl", seq=2048, batch=2)),
+    ("Qwen3-14B", dict(loss="liger", recipe="plain", seq=2048, batch=2)),
     ("Llama-3.1-8B", dict(loss="liger", recipe="plain", seq=1024, label_fraction=0.5, batch=2)),
     ("Qwen3-14B", dict(loss="liger", quant="none", full=True, recipe="plain", optimizer="sgd", seq=1024)),
     ("Qwen3-14B", dict(loss="cce", recipe="axolotl", seq=2048, batch=2)),

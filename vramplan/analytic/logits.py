@@ -278,7 +278,8 @@ def unsloth_ce_bytes(N: int, K: int, H: int, V: int, hb: int, hw: int, c: int, h
                      budget: int = UNSLOTH_BUDGET) -> tuple[int, int]:
     """(forward, backward) bytes of Unsloth's ``fused_linear_cross_entropy`` over N rows, K of them
     labelled (unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py`` ``_ce_impl`` L1286-1386,
-    ``_tiled_forward`` L1100-1186, ``_ce_backward`` L1700-1714), on CUDA with fp32 logits (sm >= 80).
+    ``_tiled_forward`` L1100-1186, ``_ce_backward`` L1700-1714), on CUDA with fp32 logits (sm >= 80);
+    c is ``_compute_dtype``'s: the autocast dtype, else the head weight's.
 
     Both paths: the hidden states passed in (N·H·hb, held by the model's forward); ``grad_h`` (N·H·hb,
     zeros, saved for backward); ``acc_w`` (V·H·hw) when the head

@@ -205,7 +205,9 @@ class StaticTerms:
             elif self.loss is Loss.CCE:
                 fwd, bwd = lg.cce_bytes(N, K, H, V, self.hidden_bytes, d.c, d.resid0, trains)
             else:
-                fwd, bwd = lg.unsloth_ce_bytes(N, K, H, V, self.hidden_bytes, d.resid0, d.c, trains)
+                # _compute_dtype: the autocast dtype, else the head weight's
+                fwd, bwd = lg.unsloth_ce_bytes(N, K, H, V, self.hidden_bytes, d.resid0, d.c if d.autocast else d.resid0,
+                                               trains)
             return bwd, fwd, 0
         if self.loss is Loss.CHUNKED_CE:
             Tc = batch * -(-seq // lg.TORCHTUNE_CHUNKS)
@@ -442,7 +444,7 @@ def loss_notes(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[str, ...]:
     else:
         K = s.batch * max(min(kept_positions(s.seq, s.label_fraction), s.seq - 1), 1)
         trains = s.full
-        if lg.unsloth_flash(K, V, d.c, trains):
+        if lg.unsloth_flash(K, V, d.c if d.autocast else d.resid0, trains):
             path = "its tiled path (K >= 4096 label rows, V > 32768: 4096-row × 16384-column fp32 tiles of 256 MiB)"
         else:
             rows = lg.unsloth_chunk_rows(K, H, V, 4)
