@@ -507,7 +507,9 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
     if scenario.loss is Loss.CHUNKED_CE:
         return None, _chunked_ce_loss(model, ids, labels)
     if scenario.loss in (Loss.LIGER, Loss.CCE, Loss.UNSLOTH):
-        return None, _no_logits_loss(model, ids, labels, scenario)
+        from vramplan.hf.fused_losses import no_logits_loss
+
+        return None, no_logits_loss(model, ids, labels, scenario)
     k = scenario.kept_positions
     if k >= scenario.seq:
         outputs = model(input_ids=ids, labels=labels, use_cache=False)
@@ -569,34 +571,6 @@ def _chunked_ce_loss(model: Any, ids: Any, labels: Any) -> Any:
     return loss
 
 
-def _no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> Any:
-    """The forward of a model patched with a fused loss that never builds the logits (Liger's
-    ``lce_forward``, axolotl's CCE ``cce_forward``, Unsloth's ``CausalLM_fast_forward``): the decoder's
-    last hidden state and the lm_head weight go to the loss (``vramplan.hf.fused_losses``, interventions
-    item 18), the lm_head module never runs, and no logits are returned."""
-    import torch
-
-    from vramplan.hf import fused_losses as fl
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings()
-    if hasattr(head, "lora_A"):
-        raise TraceUnsupported(f"loss {scenario.loss.value} passes the lm_head weight to its kernel and skips a "
-                               "LoRA adapter on lm_head: leave lm_head out of the LoRA targets")
-    hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
-    n_valid = labels.shape[0] * max(min(scenario.kept_positions, scenario.seq - 1), 1)
-    if scenario.loss is Loss.LIGER:
-        k = scenario.kept_positions
-        if k < scenario.seq:  # ms-swift's logits_to_keep, as in the hf-loss path below; swift's patch copies
-            keep: Any = slice(-k, None) if ids.shape[0] > 1 else torch.arange(scenario.seq - k, scenario.seq,
-                                                                               device=ids.device)
-            hidden, labels = hidden[:, keep, :].contiguous(), labels[:, -k:]
-        return fl.liger_loss(hidden, head.weight, labels)
-    if scenario.loss is Loss.CCE:
-        return fl.cce_loss(hidden, head.weight, labels, n_valid)
-    return fl.unsloth_loss(hidden, head.weight, labels, n_valid)
-
-
 def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
                on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0,
                carry: dict[str, Any] | None = None) -> None:
@@ -614,7 +588,7 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
       ``fused_lm_head=True`` as ``SFTTrainer.compute_loss`` calls it.
     - ``scenario.loss == chunked-ce``: torchtune's chunked output and loss (``_chunked_ce_loss``).
     - ``scenario.loss`` liger / cce / unsloth: the decoder's hidden states into the stand-in of that
-      fused loss (``_no_logits_loss``).
+      fused loss (``vramplan.hf.fused_losses.no_logits_loss``).
     - ``scenario.label_fraction < 1`` (hf loss): logits only at the last ``kept_positions``
       (``logits_to_keep``), labels cut to match.
     - ``scenario.hold_logits``: ``none`` drops the output before backward (``Trainer.compute_loss``

@@ -30,8 +30,63 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.analytic import logits as lg
+from vramplan.scenario import Loss, Scenario
 
 IGNORE = -100
+
+
+def no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> Any:
+    """The forward of a model patched with a fused loss that never builds the logits (Liger's
+    ``lce_forward``, axolotl's CCE ``cce_forward``, Unsloth's ``CausalLM_fast_forward``): the decoder's
+    last hidden state and the lm_head weight go to the loss, the lm_head module never runs, and no
+    logits are returned. On CPU tensors (the trace, fake or real) the stand-ins below; on a CUDA device
+    (``vramplan profile``) the library's own kernel, never a stand-in."""
+    import torch
+
+    from vramplan.hf.build import TraceUnsupported
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    if hasattr(head, "lora_A"):
+        raise TraceUnsupported(f"loss {scenario.loss.value} passes the lm_head weight to its kernel and skips a "
+                               "LoRA adapter on lm_head: leave lm_head out of the LoRA targets")
+    hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
+    n_valid = labels.shape[0] * max(min(scenario.kept_positions, scenario.seq - 1), 1)
+    if scenario.loss is Loss.LIGER:
+        k = scenario.kept_positions
+        if k < scenario.seq:  # ms-swift's logits_to_keep (as build's hf-loss path); swift's patch copies the rows
+            keep: Any = slice(-k, None) if ids.shape[0] > 1 else torch.arange(scenario.seq - k, scenario.seq,
+                                                                               device=ids.device)
+            hidden, labels = hidden[:, keep, :].contiguous(), labels[:, -k:]
+    if ids.device.type == "cuda":
+        return _library_loss(scenario.loss, hidden, head.weight, labels, TraceUnsupported)
+    if scenario.loss is Loss.LIGER:
+        return liger_loss(hidden, head.weight, labels)
+    if scenario.loss is Loss.CCE:
+        return cce_loss(hidden, head.weight, labels, n_valid)
+    return unsloth_loss(hidden, head.weight, labels, n_valid)
+
+
+def _library_loss(loss: Loss, hidden: Any, weight: Any, labels: Any, error: type) -> Any:
+    """The real kernel, called as each framework's patched forward calls it (for CUDA profiles)."""
+    try:
+        if loss is Loss.LIGER:
+            from liger_kernel.transformers.model.loss_utils import LigerForCausalLMLoss
+
+            return LigerForCausalLMLoss(hidden_states=hidden, lm_head_weight=weight, labels=labels,
+                                        hidden_size=hidden.shape[-1])
+        if loss is Loss.CCE:
+            from cut_cross_entropy import linear_cross_entropy
+
+            if weight.dtype != hidden.dtype and hidden.dtype.itemsize == 4:
+                hidden = hidden.to(weight.dtype)  # axolotl's apply_lce
+            return linear_cross_entropy(hidden, weight, labels, shift=True)
+        from unsloth_zoo.fused_losses.chunked_logprob import unsloth_chunked_ce_loss
+
+        return unsloth_chunked_ce_loss(hidden, weight, None, labels)
+    except ImportError:
+        pkg = {Loss.LIGER: "liger-kernel==0.8.5", Loss.CCE: "cut-cross-entropy==25.1.1"}.get(loss, "unsloth_zoo")
+        raise error(f"profiling loss {loss.value} on CUDA runs its own kernel: pip install {pkg}") from None
 
 
 def _autocast() -> tuple[bool, Any]:

@@ -73,7 +73,8 @@ Index (what and why; the third-party source it concerns; how it is undone):
     ``UNSLOTH``) stand in as their Python drivers transcribed, allocating the same tensors at the
     same points with each Triton launch and data-dependent ``nonzero`` left out (the label count is
     passed in, as item 14 does); the model's forward hands them the decoder's hidden states as the
-    frameworks' patched forwards do (``vramplan.hf.build._no_logits_loss``). Source: liger-kernel 0.8.5
+    frameworks' patched forwards do (``fused_losses.no_logits_loss``; on a CUDA device, for profiles, the
+    libraries' own kernels run instead). Source: liger-kernel 0.8.5
     ``ops/fused_linear_cross_entropy.py``, cut-cross-entropy 25.1.1 ``cce.py`` (and axolotl's fork),
     unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
     autograd functions, called by our own forward).
