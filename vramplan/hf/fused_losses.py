@@ -263,7 +263,7 @@ def _unsloth_forward(hidden: Any, weight: Any, n_keep: int) -> tuple[Any, Any]:
     compute = dtype if on else weight.dtype  # _compute_dtype: the autocast dtype, else the head's
     c = torch.empty((), dtype=compute).element_size()
     need_w = weight.requires_grad
-    idx = torch.empty(n_keep, dtype=torch.int64, device=dev)  # keep.nonzero().squeeze(-1)
+    idx = torch.arange(n_keep, device=dev)  # keep.nonzero().squeeze(-1): int64 K (valid rows on real tensors)
     grad_h = torch.zeros((N, H), device=dev, dtype=hidden.dtype)
     acc_w = torch.zeros(weight.shape, device=dev, dtype=weight.dtype) if need_w else None
     w = weight.to(compute)
