@@ -122,6 +122,23 @@ class Loss(_Choice):
     CHUNKED_CE = "chunked-ce"
     """torchtune ``CEWithChunkedOutputLoss`` (0.3 – 0.6): the output projection runs on 8 sequence
     chunks, the loss upcasts and log-softmaxes each chunk in fp32."""
+    LIGER = "liger"
+    """Liger's ``LigerFusedLinearCrossEntropyFunction`` (liger-kernel 0.8.5
+    ``ops/fused_linear_cross_entropy.py``; HF ``use_liger_kernel``, LLaMA-Factory ``enable_liger_kernel``,
+    axolotl's Liger plugin): the b·s rows are projected ``next_pow2(ceil(b·s / ceil(V/H)))`` at a time
+    into one logits buffer in the input dtype; the gradient of the hidden states (b·s × H) is computed in
+    the forward and kept for backward. Triton: priced from its allocations, the trace stands in."""
+    CCE = "cce"
+    """Apple's Cut Cross-Entropy (``cut-cross-entropy`` 25.1.1 and axolotl's fork, ``cce.py``; axolotl's
+    CutCrossEntropyPlugin): the log-sum-exp of each row is computed blockwise in SRAM; the hidden states,
+    the per-row LSE, the valid-row index and a V-sized logit average are kept for backward, which builds
+    the hidden-state gradient. No logits buffer. Triton: priced from its allocations, the trace stands in."""
+    UNSLOTH = "unsloth"
+    """Unsloth's fused linear cross-entropy (unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``
+    ``fused_linear_cross_entropy``): the label rows are projected in chunks whose size follows a rule of
+    rows, hidden and vocabulary under a budget of min(2 GiB, half the free memory); the hidden-state
+    gradient is computed in the forward and scaled into a second b·s × H tensor in backward. Triton:
+    priced from its allocations, the trace stands in."""
 
 
 class RopeCache(_Choice):
@@ -241,7 +258,9 @@ class Scenario:
     compute dtype is what ``autocast_adapter_dtype=False``, torchtune and pure-bf16 loops keep."""
     loss: Loss = _field(
         Loss.HF, 16, "hf: transformers >= 4.46 loss (bf16 logits, fp32 upcast in the loss); legacy: transformers <= "
-                     "4.44 / torchtune 2024 (fp32 logits in the output + a shifted copy).", optional=True)
+                     "4.44 / torchtune 2024 (fp32 logits in the output + a shifted copy); chunked-head: TRL >= 1.15; "
+                     "chunked-ce: torchtune; liger: Liger fused linear CE; cce: Cut Cross-Entropy; unsloth: "
+                     "Unsloth's fused CE (the last three never build the b·s·V logits).", optional=True)
     hold_logits: Hold = _field(
         Hold.NONE, 17, "How long the loop keeps `outputs` (the logits): none (HF Trainer), step (through backward "
                        "and optimizer.step, then deleted) or loop (never deleted: until the next forward rebinds "
@@ -256,7 +275,8 @@ class Scenario:
     backward runs (``CheckpointFunction.backward``), one more b·s·H residual tensor than non-reentrant."""
     label_fraction: float = _field(
         1.0, 20, "Share of tokens that carry labels when logits are computed only there (ms-swift "
-                 "logits_to_keep, TRL's fused head on CUDA): the response share of your data; 1.0 = every token.",
+                 "logits_to_keep, also with Liger; TRL's fused head on CUDA; CCE's and Unsloth's label rows): the "
+                 "response share of your data; 1.0 = every token.",
         optional=True)
     """Fraction of positions whose logits are computed (ms-swift ``use_logits_to_keep``: only label
     positions reach the lm_head). 1.0 computes every position, the upper bound."""
@@ -332,8 +352,11 @@ class Scenario:
                 raise ScenarioError(f"{', '.join(lora)} appl{'ies' if len(lora) == 1 else 'y'} to LoRA adapters; "
                                     "--full trains the base weights in --dtype (leave them unset)")
         if self.label_fraction < 1.0 and self.loss in (Loss.LEGACY, Loss.CHUNKED_CE):
-            raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf or chunked-head, "
-                                f"not {self.loss.value}")
+            raise ScenarioError(f"label_fraction < 1 (logits only at label positions) needs loss hf, chunked-head, "
+                                f"liger, cce or unsloth, not {self.loss.value}")
+        if self.loss is Loss.CCE and self.dtype is Dtype.FP32:
+            raise ScenarioError("loss cce needs --dtype bf16 or fp16: Cut Cross-Entropy's backward asserts "
+                                "half-precision hidden states and classifier (cut_cross_entropy cce_backward.py)")
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")

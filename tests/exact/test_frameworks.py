@@ -49,7 +49,7 @@ SHARED = {
                                    recipe="plain", adapter_dtype="bf16", loss="chunked-head", reentrant=False,
                                    seq=2048, batch=1, dtype="bf16")),
     "unsloth.yaml": ("unsloth", dict(quant="nf4", double_quant=True, rank=8, lora_dropout=0.0, recipe="plain",
-                                     adapter_dtype="fp32", loss="chunked-head", reentrant=True, seq=2048, batch=1,
+                                     adapter_dtype="fp32", loss="unsloth", reentrant=True, seq=2048, batch=1,
                                      optimizer="adamw8bit",
                                      targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"))),
@@ -582,3 +582,102 @@ def test_profile_runs_offline_and_restores_the_environment(monkeypatch):
     with offline():
         assert all(os.environ[k] == v for k, v in OFFLINE.items())
     assert os.environ["WANDB_MODE"] == "online" and "HF_HUB_OFFLINE" not in os.environ
+
+
+# ------------------------------------------------------------------ issue 14: the fused losses' keys
+def _patched(tmp_path, fixture: str, extra: dict, name: str | None = None):
+    """``fixture`` with ``extra`` keys set (YAML or JSON), resolved."""
+    import json
+
+    import yaml
+
+    src = DATA / fixture
+    out = tmp_path / (name or fixture)
+    if src.suffix == ".json":
+        data = json.loads(src.read_text())
+        data.update(extra)
+        out.write_text(json.dumps(data))
+    else:
+        data = yaml.safe_load(src.read_text())
+        data.update(extra)
+        out.write_text(yaml.safe_dump(data))
+    return out
+
+
+def _resolve_files(*paths, version=None, arch=None):
+    loaded = F.load([str(p) for p in paths], None, None, version)
+    return F.resolve(loaded, arch or QWEN)
+
+
+def _no_issue14_liger(notes) -> bool:
+    return not any("Liger" in n and "issue 14" in n for n in notes)
+
+
+def test_hf_use_liger_kernel_prices_liger_flce(tmp_path):
+    args = _patched(tmp_path, "training_args.json", {"use_liger_kernel": True})
+    res = _resolve_files(args, DATA / "adapter_config.json")
+    assert res.fields["loss"] == "liger" and _no_issue14_liger(res.notes)
+    assert any("rope, rms_norm, swiglu" in n for n in res.notes)
+    # liger_kernel_config switches FLCE off: transformers' loss stays, Liger's CE on the full logits is noted
+    off = _patched(tmp_path, "training_args.json", {"use_liger_kernel": True, "liger_kernel_config": {
+        "fused_linear_cross_entropy": False, "cross_entropy": True}}, "off.json")
+    res = _resolve_files(off, DATA / "adapter_config.json")
+    assert res.fields.get("loss", "hf") == "hf" and any("cross_entropy" in n for n in res.notes)
+    # a model_type liger-kernel 0.8.5 has no apply function for: nothing applied
+    moe = resolve("Qwen1.5-MoE-A2.7B")
+    res = _resolve_files(args, DATA / "adapter_config.json", arch=moe)
+    assert res.fields.get("loss", "hf") == "hf" and any("no kernels for model_type qwen2_moe" in n for n in res.notes)
+
+
+def test_llamafactory_enable_liger_kernel(tmp_path):
+    res = _resolve_files(_patched(tmp_path, "llamafactory_qlora.yaml", {"enable_liger_kernel": True}))
+    assert res.fields["loss"] == "liger" and _no_issue14_liger(res.notes)
+    assert _resolve_files(DATA / "llamafactory_qlora.yaml").fields["loss"] == "hf"
+
+
+def test_ms_swift_use_liger_kernel():
+    loaded = F.load([], ["swift", "sft", "--model", "Qwen/Qwen3-14B", "--use_liger_kernel", "true"])
+    res = F.resolve(loaded, QWEN)
+    assert res.fields["loss"] == "liger" and _no_issue14_liger(res.notes)
+    # ms-swift's logits_to_keep still applies: --label-fraction keeps only label rows in Liger's loss
+    assert Scenario(**dict(res.fields, label_fraction=0.4)).kept_positions < res.fields.get("seq", 2048)
+
+
+def test_axolotl_liger_and_cce_plugins(tmp_path):
+    liger = _patched(tmp_path, "axolotl_qlora.yml", {"plugins": ["axolotl.integrations.liger.LigerPlugin"],
+                                                      "liger_fused_linear_cross_entropy": True,
+                                                      "liger_rms_norm": True}, "liger.yml")
+    res = _resolve_files(liger)
+    assert res.fields["loss"] == "liger" and any("rms_norm kernels" in n for n in res.notes)
+    # the plugin alone switches nothing on: every liger_* key defaults to None
+    bare = _patched(tmp_path, "axolotl_qlora.yml", {"plugins": ["axolotl.integrations.liger.LigerPlugin"]}, "b.yml")
+    assert _resolve_files(bare).fields["loss"] == "hf"
+    cce = _patched(tmp_path, "axolotl_qlora.yml",
+                   {"plugins": ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"]}, "cce.yml")
+    res = _resolve_files(cce)
+    assert res.fields["loss"] == "cce" and not any("issue 14" in n and "plugin" in n for n in res.notes)
+    Scenario(**res.fields)  # axolotl casts lm_head back to bf16: a valid CCE scenario
+    both = _patched(tmp_path, "axolotl_qlora.yml", {
+        "plugins": ["axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"],
+        "chunked_cross_entropy": True}, "both.yml")
+    with pytest.raises(F.ConfigError, match="chunked_cross_entropy"):
+        _resolve_files(both)
+    other = _patched(tmp_path, "axolotl_qlora.yml", {"plugins": ["axolotl.integrations.spectrum.SpectrumPlugin"]},
+                     "o.yml")
+    assert any("SpectrumPlugin: not priced" in n for n in _resolve_files(other).notes)
+
+
+def test_trl_liger_keeps_its_fused_head(tmp_path):
+    cfg = _patched(tmp_path, "trl_qlora.yaml", {"use_liger_kernel": True})
+    res = _resolve_files(cfg, version="1.16.0")
+    assert res.fields["loss"] == "chunked-head" and any("rope, rms_norm, swiglu" in n for n in res.notes)
+    assert _resolve_files(cfg, version="0.26.0").fields["loss"] == "liger"  # the HF Trainer applies FLCE there
+    bad = _patched(tmp_path, "trl_qlora.yaml", {"use_liger_kernel": True, "liger_kernel_config": {
+        "fused_linear_cross_entropy": True}}, "bad.yaml")
+    with pytest.raises(F.ConfigError, match="refused by TRL >= 1.15"):
+        _resolve_files(bad, version="1.16.0")
+
+
+def test_unsloth_prices_its_own_fused_ce():
+    _, res = _resolved("unsloth.yaml")
+    assert res.fields["loss"] == "unsloth" and any("2 GiB" in n for n in res.notes)

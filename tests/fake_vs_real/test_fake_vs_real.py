@@ -43,6 +43,10 @@ CASES = {
     "lora-bf16-base": dict(quant="none"),
     "full-ft-sgd": dict(quant="none", full=True, optimizer="sgd", recipe="plain"),
     "no-autocast": dict(autocast=False),
+    # the stand-ins of the Triton losses (vramplan.hf.fused_losses) run on real CPU tensors too
+    "loss-liger": dict(loss="liger"),
+    "loss-cce": dict(loss="cce", recipe="plain"),
+    "loss-unsloth": dict(loss="unsloth"),
 }
 
 

@@ -260,6 +260,12 @@ _LOSS_WHAT = {
                         "TRL fused head: tile + fp32 hidden-state gradient (no b·s·V logits)"),
     Loss.CHUNKED_CE: ("torchtune chunked CE: logits + fp32 log-softmax of every chunk + one chunk's upcast",
                       "torchtune chunked CE: every chunk's log-softmax + one chunk's gradients"),
+    Loss.LIGER: ("Liger FLCE: input gradient (b·s×H) + one chunk's logits (no b·s·V logits)",
+                 "Liger FLCE: the input gradient computed in the forward (no b·s·V logits)"),
+    Loss.CCE: ("Cut Cross-Entropy: saved hidden states + LSE, index, logit average (no logits)",
+               "Cut Cross-Entropy: saved hidden states + their gradient (no logits)"),
+    Loss.UNSLOTH: ("Unsloth fused CE: hidden-state gradient + one chunk's fp32 logits (no b·s·V logits)",
+                   "Unsloth fused CE: the stored hidden-state gradient + its scaled copy (no logits)"),
 }
 
 

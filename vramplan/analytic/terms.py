@@ -31,6 +31,10 @@ SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention score
                       "_supports_sdpa = False): priced with eager attention, which transformers runs when no "
                       "attn_implementation is named; an explicit attn_implementation='sdpa' fails to load")
 
+#: The losses whose Triton kernels never build the logits, priced from their drivers' allocations
+#: (``logits.liger_flce_bytes``, ``cce_bytes``, ``unsloth_ce_bytes``).
+NO_LOGITS = (Loss.LIGER, Loss.CCE, Loss.UNSLOTH)
+
 #: Scenario fields that set the batch's shape; every other field is part of the cache key.
 SHAPE_FIELDS = ("seq", "batch")
 _KEY = attrgetter(*(f.name for f in fields(Scenario) if f.name not in SHAPE_FIELDS))
@@ -214,6 +218,20 @@ class StaticTerms:
             fwd, bwd = lg.fused_head_bytes(batch * max(scored, 1), self.hidden, ld, self.hidden_bytes,
                                            self.head_chunk_copy, self.d.cuda, V)
             return bwd, fwd, 0
+        if self.loss in NO_LOGITS:
+            d, H, N = self.d, self.hidden, batch * seq
+            K = batch * max(min(kept_positions(seq, self.label_fraction), seq - 1), 1)
+            trains = self.head_grad > 0
+            if self.loss is Loss.LIGER:
+                fwd, bwd = lg.liger_flce_bytes(N, H, V, self.hidden_bytes, d.resid0, d.c, d.autocast, trains,
+                                               batch * kept_positions(seq, self.label_fraction))
+            elif self.loss is Loss.CCE:
+                fwd, bwd = lg.cce_bytes(N, K, H, V, self.hidden_bytes, d.c, d.resid0, trains)
+            else:
+                # _compute_dtype: the autocast dtype, else the head weight's
+                fwd, bwd = lg.unsloth_ce_bytes(N, K, H, V, self.hidden_bytes, d.resid0, d.c if d.autocast else d.resid0,
+                                               trains)
+            return bwd, fwd, 0
         if self.loss is Loss.CHUNKED_CE:
             Tc = batch * -(-seq // lg.TORCHTUNE_CHUNKS)
             return (lg.chunked_ce_backward_bytes(V, T, Tc) + cap, lg.chunked_ce_forward_bytes(V, ld, T, Tc) + cap,
@@ -257,7 +275,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     train = _trainable(arch, s, d, unquantized)
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
-    notes = ((attn_note,) if attn_note else ()) + layer.notes
+    notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
@@ -434,12 +452,51 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
     legacy = s.loss is Loss.LEGACY
     fused = s.loss is Loss.CHUNKED_HEAD
-    holds = s.hold_logits is not Hold.NONE and not fused
+    holds = s.hold_logits is not Hold.NONE and not fused and s.loss not in NO_LOGITS
+    no_head_call = fused or s.loss in NO_LOGITS  # the lm_head module never runs: no autocast copy saved
     return dict(
         fin=4 * H + 4 + head_lora + (c * H if s.full else 0),
-        head_copy=0 if fused else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
+        head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
         softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,
         hidden_bytes=act.norm_out(d, d.resid),
         head_chunk_copy=min(V, lg.FUSED_TILE_COLS) * H * ld if (fused and head_w != ld) else 0,
         held=lg.held_logits_bytes(V, ld, 1, legacy, holds),
         held_forward=s.hold_logits is Hold.LOOP and holds)
+
+
+def loss_notes(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[str, ...]:
+    """The breakdown notes of a loss whose Triton kernel the trace cannot run (``NO_LOGITS``)."""
+    if s.loss not in NO_LOGITS:
+        return ()
+    V, H = arch.vocab_size, arch.hidden_size
+    if s.loss is Loss.LIGER:
+        rows = lg.liger_chunk_rows(s.batch * kept_positions(s.seq, s.label_fraction), H, V)
+        out = (f"analytic-only: Liger's fused linear cross-entropy is Triton; priced from liger-kernel 0.8.5's "
+               f"allocations (chunks of next_pow2(ceil(b·s / ceil(V/H))) = {rows} rows × V logits in the input "
+               "dtype, the b·s × H input gradient built in the forward and kept for backward); the trace "
+               "allocates the same tensors in its stead",
+               "Liger's RMSNorm / SwiGLU / RoPE kernels, which the frameworks switch on with it, are priced as "
+               "transformers' modules: an upper bound (LigerRMSNorm saves its input in its own dtype and an fp32 "
+               "rstd per row instead of an fp32 copy of the input; LigerSiLUMulFunction saves gate and up, "
+               "two b·s × I tensors where silu(gate) · up saves three; Liger's RoPE saves only cos and sin)")
+    elif s.loss is Loss.CCE:
+        out = ("analytic-only: Cut Cross-Entropy is Triton; priced from cut-cross-entropy 25.1.1's allocations "
+               "(saved for backward: the hidden states, fp32 LSE and int64 index per label row, an fp32 logit "
+               "average of V; backward adds the hidden-state gradient); the trace allocates the same tensors "
+               "in its stead",)
+        if d.resid0 == 4:
+            out += ("Cut Cross-Entropy's backward asserts a 16-bit classifier: with this recipe's fp32 lm_head the "
+                    "run fails as configured (axolotl casts lm_head back to the compute dtype)",)
+    else:
+        K = s.batch * max(min(kept_positions(s.seq, s.label_fraction), s.seq - 1), 1)
+        trains = s.full
+        if lg.unsloth_flash(K, V, d.c if d.autocast else d.resid0, trains):
+            path = "its tiled path (K >= 4096 label rows, V > 32768: 4096-row × 16384-column fp32 tiles of 256 MiB)"
+        else:
+            rows = lg.unsloth_chunk_rows(K, H, V, 4)
+            path = f"its chunked path ({rows} rows × V fp32 logits per chunk)"
+        out = ("analytic-only: Unsloth's fused cross-entropy is Triton; priced from unsloth_zoo 2026.10.9's "
+               f"allocations, {path}; its chunk budget is min(2 GiB, half the free memory at the first call): "
+               "assumed at least 4 GiB free (budget 2 GiB; less free memory only shrinks the chunks), on a card "
+               "above 24.5 GiB (smaller cards take the tiled path at any row count)",)
+    return out

@@ -43,7 +43,13 @@ KEYS = (
     Key("sample_packing", None, "multipack (issue 14)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
     Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
-    Key("plugins", None, "CCE / Liger plugins (issue 14)"),
+    Key("plugins", None, "integrations: LigerPlugin, CutCrossEntropyPlugin (priced); others noted"),
+    Key("liger_fused_linear_cross_entropy", None, "with LigerPlugin: Liger's FLCE (Loss.LIGER); None = off"),
+    Key("liger_rms_norm", None, "with LigerPlugin: Liger RMSNorm (priced as transformers')"),
+    Key("liger_glu_activation", None, "with LigerPlugin: Liger SwiGLU (priced as transformers')"),
+    Key("liger_rope", None, "with LigerPlugin: Liger RoPE (priced as transformers')"),
+    Key("liger_cross_entropy", None, "with LigerPlugin: Liger CE on the full logits (priced as transformers')"),
+    Key("cut_cross_entropy", True, "with CutCrossEntropyPlugin: on once the plugin is listed (Loss.CCE)"),
     Key("lora_mlp_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
     Key("lora_qkv_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
     Key("lora_o_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
@@ -172,7 +178,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      "priced with the full-vocabulary loss")
     plugins = r.get("plugins") or []
     for p in plugins if isinstance(plugins, list) else [plugins]:
-        notes.append(f"plugin {p}: not yet priced (issue 14)")
+        loss = _plugin_loss(r, str(p), arch, out, notes)
+        if loss:
+            out["loss"] = loss
     out.update(_evaluation(r, notes, out["batch"]))
     b.multi_gpu(r, notes, ("deepspeed", "fsdp", "fsdp_config"))
     return out
@@ -194,6 +202,39 @@ def _evaluation(r: b.Reader, notes: list[str], micro_batch: int) -> dict[str, An
     if r.get("do_causal_lm_eval"):
         notes.append("do_causal_lm_eval: its callback generates for the metrics; not priced")
     return {"eval_batch": b.integer(batch, "eval_batch_size") if batch is not None else micro_batch}
+
+
+#: The plugins whose loss vramplan prices (``integrations/liger``, ``integrations/cut_cross_entropy``).
+LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
+CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
+
+
+def _plugin_loss(r: b.Reader, plugin: str, arch: Any, out: dict[str, Any], notes: list[str]) -> str | None:
+    """The loss one listed plugin gives (None: the plugin leaves the loss alone or is not priced).
+
+    LigerPlugin (``integrations/liger/args.py`` L35-80, ``plugin.py``): every kernel is opt-in by its
+    own ``liger_*`` key (all None), FLCE included. CutCrossEntropyPlugin (``integrations/cut_cross_entropy``
+    ``args.py``, ``__init__.py`` L77-128): ``cut_cross_entropy`` defaults to True once listed, needs bf16
+    or fp16 and refuses ``chunked_cross_entropy``."""
+    who = "axolotl"
+    if plugin == LIGER_PLUGIN:
+        flce = r.get("liger_fused_linear_cross_entropy")
+        config = {"fused_linear_cross_entropy": bool(flce) and b.boolean(flce, "liger_fused_linear_cross_entropy"),
+                  "rope": bool(r.get("liger_rope")), "rms_norm": bool(r.get("liger_rms_norm")),
+                  "swiglu": bool(r.get("liger_glu_activation")), "cross_entropy": bool(r.get("liger_cross_entropy"))}
+        return b.liger(arch, config, notes, who)
+    if plugin == CCE_PLUGIN:
+        if not b.boolean(r.get("cut_cross_entropy"), "cut_cross_entropy"):
+            return None
+        if out.get("dtype") == "fp32" or out.get("autocast") is False:
+            raise b.ConfigError(f"{who}: Cut Cross Entropy requires bf16 or fp16 training (its args.py refuses this "
+                                "config)")
+        if r.get("chunked_cross_entropy"):
+            raise b.ConfigError(f"{who}: Cut Cross Entropy does not support chunked_cross_entropy (its args.py "
+                                "refuses this config)")
+        return "cce"
+    notes.append(f"plugin {plugin}: not priced (vramplan prices the Liger and Cut Cross-Entropy plugins)")
+    return None
 
 
 def _attn(r: b.Reader) -> str:

@@ -423,3 +423,45 @@ def eval_set_size(value: Any) -> int | None:
     except (TypeError, ValueError):
         raise ConfigError(f"validation size: expected a number, got {value!r}") from None
     return int(v) if v >= 1 else None
+
+
+# ----------------------------------------------------------------------------------- Liger kernels
+#: model_types liger-kernel 0.8.5 has an ``apply_liger_kernel_to_*`` for (``transformers/monkey_patch.py``
+#: ``MODEL_TYPE_TO_APPLY_LIGER_FN``, L3904-3970); ``_apply_liger_kernel_to_instance`` applies nothing to others.
+LIGER_MODEL_TYPES = frozenset((
+    "deepseek_v2", "deepseek_v3", "deepseek_v4", "gemma", "gemma2", "gemma3_text", "gemma3", "gemma4_text", "gemma4",
+    "glm4", "glm4v", "glm4v_moe", "gpt_oss", "internvl", "llama", "llama4_text", "llama4", "llava", "granite",
+    "mllama", "mllama_text_model", "ministral", "mistral", "mixtral", "muse_glimmer", "nemotron", "olmo2", "pixtral",
+    "olmo3", "qwen2", "qwen3", "qwen3_moe", "qwen2_vl", "qwen2_vl_text", "qwen2_5_vl", "qwen2_5_vl_text",
+    "qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_vl", "qwen3_vl_text",
+    "qwen3_vl_moe", "qwen3_vl_moe_text", "smollm3", "phi3", "paligemma", "falcon_h1", "smolvlm", "hunyuan_v1_dense",
+    "hunyuan_v1_moe", "exaone4"))
+#: The layer kernels every ``apply_liger_kernel_to_*`` of 0.8.5 turns on by default beside the loss
+#: (e.g. ``apply_liger_kernel_to_qwen3(rope=True, cross_entropy=False, fused_linear_cross_entropy=True,
+#: rms_norm=True, swiglu=True)``, L1817-1823).
+LIGER_LAYER_KERNELS = ("rope", "rms_norm", "swiglu")
+
+
+def liger(arch: Any, config: dict[str, Any], notes: list[str], who: str,
+          model_types: frozenset[str] = LIGER_MODEL_TYPES, flce_allowed: bool = True) -> str | None:
+    """The loss a Liger switch gives ``arch``: ``"liger"`` (``Loss.LIGER``) when the fused linear
+    cross-entropy is on (``config``: the apply function's keyword arguments, e.g. HF's
+    ``liger_kernel_config``; FLCE defaults to on), else None (the framework's own loss stays). Notes say
+    what else Liger switches on and how it is priced. ``model_types``: those the framework applies
+    Liger to; ``flce_allowed`` False: the framework forces FLCE off (TRL >= 1.15)."""
+    mt = getattr(arch, "model_type", None)
+    if mt not in model_types:
+        notes.append(f"{who}: Liger has no kernels for model_type {mt}: none applied, priced without")
+        return None
+    layer = [k for k in LIGER_LAYER_KERNELS if boolean(config.get(k, True), k)]
+    if layer:
+        notes.append(f"Liger's {', '.join(layer)} kernels: priced as transformers' own modules, an upper bound "
+                     "(LigerRMSNorm saves its input and an fp32 rstd per row, no fp32 copy; LigerSiLUMul saves "
+                     "gate and up, not silu(gate) too; Liger's RoPE saves only cos and sin)")
+    flce = flce_allowed and boolean(config.get("fused_linear_cross_entropy", True), "fused_linear_cross_entropy")
+    if not flce:
+        if boolean(config.get("cross_entropy", False), "cross_entropy"):
+            notes.append("Liger's cross_entropy (on the full logits, gradient written in place): priced as "
+                         "transformers' loss, an upper bound")
+        return None
+    return "liger"

@@ -30,7 +30,8 @@ KEYS = (
     Key("training_args.bf16", False, "bf16 autocast"),
     Key("training_args.fp16", False, "fp16 autocast"),
     Key("training_args.optim", "adamw_torch_fused", "HF optimizer name"),
-    Key("training_args.use_liger_kernel", False, "Liger (issue 14)"),
+    Key("training_args.use_liger_kernel", False, "Liger kernels, at train() (FLCE: Loss.LIGER)"),
+    Key("training_args.liger_kernel_config", None, "keyword arguments of Liger's apply function (None = its defaults)"),
     Key("training_args.eval_strategy", "no", "evaluation during training (steps, epoch)",
         aliases=("training_args.evaluation_strategy",)),
     Key("training_args.per_device_eval_batch_size", 8, "evaluation batch"),
@@ -78,7 +79,11 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
                  "(default 2048)")
     out.update(b.hf_evaluation(r, notes, "training_args."))
-    b.unpriced(r, notes, (("training_args.use_liger_kernel", "Liger kernels"),))
+    if b.boolean(r.get("training_args.use_liger_kernel"), "use_liger_kernel"):
+        config = b.mapping(r.get("training_args.liger_kernel_config"), "liger_kernel_config")
+        loss = b.liger(arch, config, notes, who)
+        if loss:
+            out["loss"] = loss
     b.multi_gpu(r, notes, ("training_args.deepspeed", "training_args.fsdp"))
     return out
 

@@ -37,7 +37,7 @@ KEYS = (
     Key("optim", "adamw_torch_fused", "HF optimizer name"),
     Key("upcast_layernorm", False, "norms to fp32"),
     Key("upcast_lmhead_output", False, "fp32 copy of the logits"),
-    Key("enable_liger_kernel", False, "Liger kernels (issue 14)"),
+    Key("enable_liger_kernel", False, "Liger kernels before loading; sft/pt: FLCE (Loss.LIGER)"),
     Key("packing", None, "packing (issue 14)"),
     Key("neat_packing", False, "packing with a 4D mask (issue 14)"),
     Key("use_unsloth", False, "Unsloth's loader"),
@@ -53,6 +53,12 @@ KEYS = (
     Key("predict_with_generate", False, "generation in evaluation (not priced)"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
 )
+
+#: llamafactory 0.9.5 ``model/model_utils/liger_kernel.py`` L39-93: the model_types it applies Liger to.
+LIGER_MODEL_TYPES = frozenset((
+    "gemma", "gemma2", "gemma3", "gemma3_text", "glm", "glm4", "glm4v", "granite", "llama", "llava", "mistral",
+    "mixtral", "mllama", "olmo2", "paligemma", "phi3", "qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3", "qwen3_moe",
+    "qwen3_next", "qwen3_5", "gpt_oss"))
 
 _SOURCE = "llamafactory 0.9.5: hparams/*, model/adapter.py, model/model_utils/checkpointing.py (research §3)"
 
@@ -117,7 +123,13 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
     out["optimizer"] = b.optimizer(r.get("optim"), who)
     out.update(_evaluation(r, notes))
-    b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"), ("enable_liger_kernel", "Liger kernels"),
+    if b.boolean(r.get("enable_liger_kernel"), "enable_liger_kernel"):
+        # model/model_utils/liger_kernel.py L30-101: its own model_type list; pt/sft keep Liger's defaults
+        # (require_logits is False there), so the fused linear cross-entropy is on
+        loss = b.liger(arch, {}, notes, who, model_types=LIGER_MODEL_TYPES)
+        if loss:
+            out["loss"] = loss
+    b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"),
                           ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))

@@ -36,7 +36,7 @@ KEYS = (
     Key("use_logits_to_keep", None, "None = auto: logits only at label positions"),
     Key("packing", False, "sample packing (issue 14)"),
     Key("padding_free", False, "padding-free batches (issue 14)"),
-    Key("use_liger_kernel", False, "Liger kernels (issue 14)"),
+    Key("use_liger_kernel", False, "HF's use_liger_kernel (FLCE: Loss.LIGER)"),
     Key("eval_strategy", None, "None = save_strategy"),
     Key("save_strategy", "steps", "checkpoint strategy (eval follows it)"),
     Key("split_dataset_ratio", 0.0, "validation split of the training data"),
@@ -123,8 +123,15 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      "--label-fraction of the tokens (default 1.0, every token: the upper bound; give the "
                      "response share of your data, e.g. --label-fraction 0.4)")
     out.update(_evaluation(r, notes))
-    b.unpriced(r, notes, (("packing", "sample packing"), ("padding_free", "padding-free batches"),
-                          ("use_liger_kernel", "Liger kernels")))
+    if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
+        # trainers/arguments.py L155, L243-262: forwarded to the HF Trainer, which applies Liger's defaults at
+        # train(); swift's patch of LigerForCausalLMLoss makes the kept hidden states contiguous
+        loss = b.liger(arch, {}, notes, who)
+        if loss:
+            out["loss"] = loss
+            notes.append("ms-swift: Liger's loss is skipped (labels popped) when a loss_scale, custom loss, DFT or "
+                         "channel loss is set (seq2seq_trainer.py L134-140); priced with it")
+    b.unpriced(r, notes, (("packing", "sample packing"), ("padding_free", "padding-free batches")))
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 

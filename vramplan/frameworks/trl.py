@@ -44,7 +44,8 @@ KEYS = (
     Key("packing", False, "packing (issue 14)"),
     Key("padding_free", False, "padding-free (issue 14)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
-    Key("use_liger_kernel", False, "Liger (issue 14)"),
+    Key("use_liger_kernel", False, "Liger kernels (>= 1.15: layer kernels only, FLCE forced off)"),
+    Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
     Key("per_device_eval_batch_size", 8, "evaluation batch (HF default)"),
     Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
@@ -140,7 +141,19 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     else:
         out.update(evaluation)
     b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
-                          ("activation_offloading", "activation offloading"), ("use_liger_kernel", "Liger kernels")))
+                          ("activation_offloading", "activation offloading")))
+    if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
+        config = b.mapping(r.get("liger_kernel_config"), "liger_kernel_config")
+        if v >= (1, 15) and config.get("fused_linear_cross_entropy"):
+            raise b.ConfigError(f"{who}: liger_kernel_config fused_linear_cross_entropy: true is refused by TRL >= "
+                                "1.15 (it would replace the forward its fused LM head patches)")
+        # 1.15 - 1.16 sft_trainer.py L1125-1140: only the layer kernels, FLCE forced off; before, the HF
+        # Trainer applies Liger's defaults (FLCE on)
+        loss = b.liger(arch, config, notes, who, flce_allowed=v < (1, 15))
+        if loss:
+            out["loss"] = loss
+            notes.append("use_liger_kernel before TRL 1.15: priced as the HF Trainer applies Liger (its fused linear "
+                         "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 

@@ -4,10 +4,11 @@ Read from unsloth / unsloth_zoo 2026.10.9 (research §7; ``unsloth_cli/config.py
 ``load_in_4bit`` (nf4, double quant) by default; only the LoRA parameters are made fp32, frozen
 weights stay in the load dtype (``Recipe.PLAIN``); checkpointing ``"unsloth"`` is reentrant and
 offloads each layer input to pinned host memory (not yet priced: issue 14, priced on the GPU);
-the loss is Unsloth's fused linear cross-entropy, which never builds the b·s·V logits. Unsloth's
-kernels need a GPU (on CPU it falls back to plain transformers + peft), so its program cannot be
-traced here: vramplan prices it analytically, its
-loss with the terms of TRL's fused head (``Loss.CHUNKED_HEAD``), the same no-logits design.
+the loss is Unsloth's fused linear cross-entropy (``Loss.UNSLOTH``: ``models/llama.py`` L2081-2150 calls
+``unsloth_fused_ce_loss`` whenever labels are given and ``UNSLOTH_RETURN_LOGITS`` is unset), which never
+builds the b·s·V logits. Unsloth's kernels need a GPU (on CPU it falls back to plain transformers +
+peft), so its program cannot be traced here: vramplan prices it analytically, the loss from
+unsloth_zoo's own chunk rule (``vramplan.analytic.logits.unsloth_ce_bytes``).
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      "(all but the last): not yet priced (issue 14); priced with the checkpoints on the GPU, an "
                      "upper bound")
     out["optimizer"] = b.optimizer(r.get("training.optim"), who)
-    notes.append("Unsloth's fused linear cross-entropy never builds the logits; priced with the terms of TRL's "
-                 "fused head (its chunk budget, up to min(2 GiB, half the free memory), is not modelled)")
+    notes.append("Unsloth's fused linear cross-entropy never builds the logits: priced from unsloth_zoo's chunk "
+                 "rule, its budget min(2 GiB, half the free memory at the first call) taken at 2 GiB (see the "
+                 "breakdown note)")
     if b.boolean(r.get("training.packing"), "packing"):
         notes.append("packing: not yet priced (issue 14)")
     return out
@@ -104,9 +106,9 @@ def spell(fieldname: str, value: Any) -> Any:
 
 FRAMEWORK = Framework(
     name="unsloth", title="Unsloth", package="unsloth",
-    eras=(Era("2026.1", dict(recipe="plain", autocast=True, loss="chunked-head", hold_logits="none"),
-              source="unsloth 2026.10.9 models/llama.py, unsloth_zoo training_utils.py, unsloth_cli/config.py "
-                     "(research §7)"),),
+    eras=(Era("2026.1", dict(recipe="plain", autocast=True, loss="unsloth", hold_logits="none"),
+              source="unsloth 2026.10.9 models/llama.py, unsloth_zoo training_utils.py, "
+                     "fused_losses/fused_linear.py, unsloth_cli/config.py (research §7)"),),
     keys=KEYS, scenario=scenario, model_key="model", style="yaml", launchers=(("unsloth", "train"),),
     plan_keys=dict(seq="training.max_seq_length", batch="training.batch_size", rank="lora.lora_r",
                    grad_checkpointing="training.gradient_checkpointing", optimizer="training.optim",

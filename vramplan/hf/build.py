@@ -506,6 +506,10 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
         return outputs, outputs.loss
     if scenario.loss is Loss.CHUNKED_CE:
         return None, _chunked_ce_loss(model, ids, labels)
+    if scenario.loss in (Loss.LIGER, Loss.CCE, Loss.UNSLOTH):
+        from vramplan.hf.fused_losses import no_logits_loss
+
+        return None, no_logits_loss(model, ids, labels, scenario)
     k = scenario.kept_positions
     if k >= scenario.seq:
         outputs = model(input_ids=ids, labels=labels, use_cache=False)
@@ -583,6 +587,8 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
     - ``scenario.loss == chunked-head``: TRL's fused LM head (``add_fused_head``), called with
       ``fused_lm_head=True`` as ``SFTTrainer.compute_loss`` calls it.
     - ``scenario.loss == chunked-ce``: torchtune's chunked output and loss (``_chunked_ce_loss``).
+    - ``scenario.loss`` liger / cce / unsloth: the decoder's hidden states into the stand-in of that
+      fused loss (``vramplan.hf.fused_losses.no_logits_loss``).
     - ``scenario.label_fraction < 1`` (hf loss): logits only at the last ``kept_positions``
       (``logits_to_keep``), labels cut to match.
     - ``scenario.hold_logits``: ``none`` drops the output before backward (``Trainer.compute_loss``

@@ -81,6 +81,15 @@ Index (what and why; the third-party source it concerns; how it is undone):
     CUDA input never takes that path (``x.device.type == "cpu"``). Source: bitsandbytes 0.50.2
     ``nn/modules.py`` (``Linear4bit.forward``, ``support_avx512bf16_for_cpu``), ``functional.py``
     (``_convert_weight_packed_for_cpu``). Restored: each layer's attribute put back on exit.
+20. ``vramplan.hf.fused_losses``: the fused losses whose kernels are Triton (``Loss.LIGER``, ``CCE``,
+    ``UNSLOTH``) stand in as their Python drivers transcribed, allocating the same tensors at the
+    same points with each Triton launch and data-dependent ``nonzero`` left out (the label count is
+    passed in, as item 14 does); the model's forward hands them the decoder's hidden states as the
+    frameworks' patched forwards do (``fused_losses.no_logits_loss``; on a CUDA device, for profiles, the
+    libraries' own kernels run instead). Source: liger-kernel 0.8.5
+    ``ops/fused_linear_cross_entropy.py``, cut-cross-entropy 25.1.1 ``cce.py`` (and axolotl's fork),
+    unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
+    autograd functions, called by our own forward).
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 

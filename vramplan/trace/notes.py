@@ -5,7 +5,7 @@ from __future__ import annotations
 from vramplan.arch.spec import Arch
 from vramplan.device import Device
 from vramplan.recipes import spec
-from vramplan.scenario import Attn, Optim, Scenario
+from vramplan.scenario import Attn, Loss, Optim, Scenario
 from vramplan.trace.extrapolate import Figures
 
 
@@ -35,6 +35,10 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
             notes.append("fp32 experts: torch grouped_mm's fake-tensor dtype check accepts bf16 only; traced "
                          "through transformers' fallback op with grouped_mm's saving rule (same allocations); on "
                          "CUDA transformers' grouped expert matmul runs peft's fp32 experts (H200 profiles)")
+    if scenario.loss in (Loss.LIGER, Loss.CCE, Loss.UNSLOTH):
+        notes.append(f"analytic-only loss: {scenario.loss.value}'s kernels are Triton; the trace runs a stand-in that "
+                     "allocates what its Python driver allocates on CUDA (vramplan.hf.fused_losses), so the loss "
+                     "term is the analytic engine's, the rest of the step is traced")
     if fig.refused:
         notes.append("short traces did not grow by equal increments, so the full model was traced")
     return notes
