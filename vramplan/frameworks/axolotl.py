@@ -40,7 +40,9 @@ KEYS = (
     Key("sdp_attention", None, "legacy flag: sdpa"),
     Key("eager_attention", None, "legacy flag: eager"),
     Key("optimizer", "adamw_torch_fused", "HF optimizer name"),
-    Key("sample_packing", None, "multipack (issue 14)"),
+    Key("sample_packing", None, "multipack: rows of sequence_len holding several samples"),
+    Key("sdpa_varlen", None, "None = auto varlen_attn for sdpa packing (torch >= 2.10, head_dim <= 256, no "
+                             "sliding window)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
     Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
     Key("plugins", None, "CCE / Liger plugins (issue 14)"),
@@ -154,9 +156,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      f"sequence_len {length} runs at {out['seq']} positions, priced so")
     out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
     out["optimizer"] = b.optimizer(r.get("optimizer"), who)
-    if r.get("sample_packing"):
-        notes.append("sample_packing: rows keep shape micro_batch_size × sequence_len, priced so; the multipack "
-                     "attention mask is not yet priced (issue 14)")
+    if b.boolean(r.get("sample_packing") or False, "sample_packing"):
+        out["packing"] = "packed"  # multipack bins, padded as any batch (pad_to_sequence_len defaults on)
+        out["attn"] = _packed_attn(r, arch, out["attn"], notes)
     off = r.get("activation_offloading")
     if off and str(off).lower() not in ("false", "0"):
         notes.append("activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
@@ -168,6 +170,24 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append(f"plugin {p}: not yet priced (issue 14)")
     b.multi_gpu(r, notes, ("deepspeed", "fsdp", "fsdp_config"))
     return out
+
+
+def _packed_attn(r: b.Reader, arch: Any, attn: str, notes: list[str]) -> str:
+    """The attention multipack rows run (axolotl 0.19 ``loaders/patch_manager.py::_apply_sdpa_varlen_patch``,
+    ``monkeypatch/attention/sdpa_varlen.py``): flash-attention's varlen kernel; with sdpa, ``sdpa_varlen``
+    (None: auto) routes packed rows through torch's ``varlen_attn`` with no mask when torch >= 2.10 on
+    CUDA in 16-bit, head_dim <= 256 and no sliding window; otherwise stock sdpa with the block-diagonal
+    4D mask transformers builds from the position ids."""
+    if attn != "sdpa":
+        return attn
+    opt = r.get("sdpa_varlen")
+    sliding = bool(arch.family.sliding_layers(arch.config, arch.num_layers)) if arch is not None else False
+    if opt is not False and not sliding and (arch is None or arch.head_dim <= 256):
+        notes.append("sample_packing with sdpa: sdpa_varlen (auto) runs packed rows through torch's varlen_attn "
+                     "without a mask (torch >= 2.10, CUDA, 16-bit): priced as flash-attention's varlen kernel, the "
+                     "same saved state; sdpa_varlen: false keeps the b×1×s×s mask")
+        return "flash2"
+    return attn
 
 
 def _attn(r: b.Reader) -> str:
