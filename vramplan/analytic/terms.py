@@ -380,6 +380,10 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     if pk_tok or pk_quad:  # a packed mask reaches every layer's sdpa from the first token on
         sw_layers, sw_tok, sw_quad, window = tuple(range(L)), pk_tok, pk_quad, 0
     m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing)
+    if pk_quad:
+        notes += ("packed rows under sdpa: transformers builds a b×1×s×s block-diagonal mask from the position ids "
+                  "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "
+                  "axolotl's sdpa_varlen) attends per sample without it",)
     unpacked = s.packing is BatchLayout.NONE
     return _LayerTerms(dict(
         layout_tok=0 if unpacked else act.rope_table_bytes(d, arch.head_dim), layout_quad=m_step,
