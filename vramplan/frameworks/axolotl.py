@@ -67,6 +67,13 @@ def seq_multiple(data: dict[str, Any]) -> int:
     return b.integer(m, "pad_to_multiple_of", minimum=1) if m is not None else 64
 
 
+def pads_to_seq(data: dict[str, Any]) -> bool:
+    """``pad_to_sequence_len: true``: axolotl's collator pads every batch to ``sequence_len`` (rounded up to
+    the multiple), not to its longest row (``core/builders/causal.py``, ``build_collator``)."""
+    pad = data.get("pad_to_sequence_len")
+    return pad is not None and b.boolean(pad, "pad_to_sequence_len")
+
+
 def padded_length(r: b.Reader, length: int) -> int:
     """The longest row a batch runs at: axolotl's collator (``core/builders/causal.py``,
     ``build_collator``) pads to a multiple of ``pad_to_multiple_of or 64`` unless ``pad_to_sequence_len``
@@ -211,7 +218,7 @@ FRAMEWORK = Framework(
     eras=(Era("0.19.0", dict(recipe="axolotl", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
     keys=KEYS, scenario=scenario, model_key="base_model", style="yaml",
     launchers=(("axolotl", "train"),),
-    seq_multiple=seq_multiple, plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
+    seq_multiple=seq_multiple, pads_to_seq=pads_to_seq, plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optimizer",
                    lora_dropout="lora_dropout", targets="lora_target_modules"),
     spell=b.hf_spell, companions={"targets": ("lora_target_linear", False)}, known_latest="0.19.0",
