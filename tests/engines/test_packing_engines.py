@@ -84,3 +84,20 @@ def test_eager_packed_delta():
     a0 = estimate(small_llama(), sc).allocated_peak_bytes
     a1 = estimate(small_llama(), sc.replace(packing="packed")).allocated_peak_bytes
     assert t1 - t0 == a1 - a0 == 66_560
+
+
+def test_packed_gemma3_two_masks_two_rotary_tables():
+    """Gemma 3 mixes sliding-window and full layers and runs one rotary module per layer type: packed
+    rows cost two bool masks and two RoPE row tables (tests/exact/test_packing.py: 1,181,696)."""
+    cfg = dict(resolve("gemma-3-1b-pt").config)
+    cfg.update(vocab_size=1024, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+               intermediate_size=512, hidden_size=256, head_dim=64)
+    arch = Arch.from_config(cfg, name="small-gemma3")
+    sc = Scenario(seq=256, batch=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = trace(arch, sc, extrapolate=False).allocated_peak_bytes
+        t1 = trace(arch, sc.replace(packing="packed"), extrapolate=False).allocated_peak_bytes
+    assert t1 - t0 == 1_181_696
+    ours = estimate(arch, sc.replace(packing="packed")).allocated_peak_bytes
+    assert abs(ours / t1 - 1) < 0.01, (ours, t1)

@@ -128,3 +128,28 @@ def test_plan_checks_the_fullest_batch():
     # the packed run is checked at its full rows: more memory than the unpacked run's longest batch
     unpacked = plan("Qwen3-0.6B", "H100", sc, lengths=LENGTHS)
     assert packed.check.need_bytes > unpacked.check.need_bytes > free.check.need_bytes
+
+
+def small_gemma3() -> Arch:
+    """Gemma 3 (two rotary modules, full and sliding-window layers) cut to one sliding and one full layer,
+    H 256, 4 heads of 64 (1 K/V head), V 1024."""
+    cfg = dict(resolve("gemma-3-1b-pt").config)
+    cfg.update(vocab_size=1024, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+               intermediate_size=512, hidden_size=256, head_dim=64)
+    return Arch.from_config(cfg, name="small-gemma3")
+
+
+def test_packed_gemma3_golden():
+    """2 × 256 (T = 512, s = 256), GC, hf-peft (fp32 embedding output), the last layer's backward:
+    RoPE rows of both rotary modules 2 · 2 · 4 B · 64 = 1,024 B/token over T − s = 256: 262,144; position
+    ids 8 · 256 = 2,048; transformers builds the full and the sliding-window bool masks, 2 · T · s =
+    262,144; the recomputed layer's repeated K/V 2 B · 2 · (256 − 64) · 512 = 393,216 and its additive
+    mask 2 B · T · s = 262,144: 1,181,696 (the trace's delta, tests/engines/test_packing_engines.py;
+    the full gemma-3-1b-pt at 2 × 256 gives 1,312,768 in both engines, checked by hand)."""
+    arch = small_gemma3()
+    sc = Scenario(seq=256, batch=2)
+    got = estimate(arch, sc.replace(packing="packed")).allocated_peak_bytes - estimate(arch, sc).allocated_peak_bytes
+    assert got == 1_181_696
+    full = resolve("gemma-3-1b-pt")
+    assert estimate(full, sc.replace(packing="packed")).allocated_peak_bytes - \
+        estimate(full, sc).allocated_peak_bytes == 1_312_768

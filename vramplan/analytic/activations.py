@@ -406,7 +406,7 @@ def packed_attention_saved(arch: Arch, d: Dtypes, attn: str, layout: str) -> tup
     return (tok, quad) if layout == "packed" else (tok, 0)
 
 
-def rope_table_bytes(d: Dtypes, head_dim: int) -> int:
+def rope_table_bytes(d: Dtypes, rotary_dim: int, sets: int = 1) -> int:
     """Bytes per token of the rotary cos and sin tables when the batch carries its own position ids.
 
     transformers' rotary embedding (``modeling_llama.py::LlamaRotaryEmbedding.forward``) returns
@@ -414,18 +414,21 @@ def rope_table_bytes(d: Dtypes, head_dim: int) -> int:
     one shared row (1 × s) without them, every token's row with a packed or padding-free collator's
     (b × s or 1 × b·s). Each layer's RoPE ``mul`` saves them (the same two tensors for every layer), and
     checkpointing keeps them as layer arguments, so they live until the backward ends:
-    2 · resid0 · head_dim per token (resid0 = the embedding output's dtype, x here). The unpacked run's
-    one shared row (2 · resid0 · head_dim · s) is left unpriced, as before."""
-    return 2 * d.resid0 * head_dim
+    2 · resid0 · rotary_dim per token and rotary module (resid0 = the embedding output's dtype, x here;
+    ``sets``: Gemma 3 runs one rotary module per layer type, ``Family.rotary_sets``). The unpacked run's
+    one shared row (2 · resid0 · rotary_dim · s per set) is left unpriced, as before."""
+    return sets * 2 * d.resid0 * rotary_dim
 
 
-def packed_mask_bytes(d: Dtypes, attn: str, layout: str, gc: bool) -> tuple[int, int]:
+def packed_mask_bytes(d: Dtypes, attn: str, layout: str, gc: bool, kinds: int = 1) -> tuple[int, int]:
     """Bytes per token·s of a packed layout's (b, 1, s, s) mask, as (alive from the forward to the end of
     backward, alive all step with the batch).
 
     - ``packed`` under sdpa: transformers' boolean mask (``masking_utils.sdpa_mask``), 1 B per element;
       freed when the model's forward returns unless gradient checkpointing keeps it as every layer's
       argument (``GradientCheckpointingLayer``'s ``partial(forward, **kwargs)``) until the backward.
+      One per mask kind the model builds (``kinds``: a model mixing full and sliding-window layers builds
+      both, ``create_causal_mask`` and ``create_sliding_window_causal_mask``, e.g. Gemma 3, Qwen2).
     - ``packed`` under eager: the float causal-shaped mask transformers builds for eager runs packed
       or not (``masking_utils.eager_mask``): no change from the unpacked run, so nothing here.
     - ``packed-mask``: the collator's float mask in the compute dtype, c B per element, in the batch
@@ -434,7 +437,7 @@ def packed_mask_bytes(d: Dtypes, attn: str, layout: str, gc: bool) -> tuple[int,
     Its construction temporaries on the device (``packed``: the broadcast comparisons, a few bool
     b·s·s tensors at the start of the forward, when activations are still empty) are left out."""
     if layout == "packed" and attn == "sdpa":
-        return (1 if gc else 0), 0
+        return (kinds if gc else 0), 0
     if layout == "packed-mask":
         return 0, d.c
     return 0, 0

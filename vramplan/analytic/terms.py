@@ -379,14 +379,18 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     pk_tok, pk_quad = act.packed_attention_saved(arch, d, attn, layout)
     if pk_tok or pk_quad:  # a packed mask reaches every layer's sdpa from the first token on
         sw_layers, sw_tok, sw_quad, window = tuple(range(L)), pk_tok, pk_quad, 0
-    m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing)
+    slid = arch.family.sliding_layers(arch.config, L)
+    kinds = 2 if 0 < len(slid) < L else 1  # full and sliding-window masks both built
+    m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing, kinds)
     if pk_quad:
         notes += ("packed rows under sdpa: transformers builds a b×1×s×s block-diagonal mask from the position ids "
                   "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "
                   "axolotl's sdpa_varlen) attends per sample without it",)
     unpacked = s.packing is BatchLayout.NONE
     return _LayerTerms(dict(
-        layout_tok=0 if unpacked else act.rope_table_bytes(d, arch.head_dim), layout_quad=m_step,
+        layout_tok=0 if unpacked else act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config),
+                                                           arch.family.rotary_sets(arch.config, L)),
+        layout_quad=m_step,
         batch_tok=0 if unpacked else act.POSITION_ID_BYTES, batch_quad=m_batch,
         dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
         dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
