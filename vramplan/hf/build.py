@@ -557,7 +557,7 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
     if k >= scenario.seq:
         outputs = model(input_ids=ids, labels=labels, use_cache=False, **extra)
         return outputs, outputs.loss
-    if ids.shape[0] * ids.shape[1] != scenario.tokens or ids.shape[1] != scenario.seq:
+    if ids.shape[1] != scenario.seq:
         raise TraceUnsupported("label_fraction < 1 (logits at the label positions) is traced for one sample per "
                                "row of --seq tokens; a padding-free row keeps its labels' positions by index")
     # logits only at the label positions (ms-swift ``use_logits_to_keep``): the last k positions, by
