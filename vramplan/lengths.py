@@ -149,6 +149,33 @@ def packing(lengths: Lengths, seq: int, batch: int) -> Packing:
                    packed_sequences=packed, packed_steps=math.ceil(packed / batch))
 
 
+def longest_batch(lengths: Lengths, layout: str, seq: int, batch: int, *, pad_to_seq: bool = False) -> tuple[int, int]:
+    """(seq, batch) of the micro-batch that holds the most tokens, by batch layout
+    (``Scenario.packing``'s values), where a run's peak strikes:
+
+    - ``none``: every row pads to the batch's longest example (transformers
+      ``DataCollatorForSeq2Seq`` / ``DataCollatorWithPadding`` ``padding=True``, TRL, ms-swift,
+      torchtune ``padded_collate_sft``), so the batch that draws the longest example is
+      ``batch`` × its length; ``pad_to_seq`` (a collator padding to ``max_length``) makes it
+      ``batch`` × ``seq`` whatever the data.
+    - ``padding-free``: the one row holds its examples' real lengths; the fullest draws the ``batch``
+      longest examples, T = their sum, priced as ``batch`` rows of ceil(T / batch) (the layout's one
+      row of batch·seq tokens; at most batch − 1 tokens over T).
+    - ``packed`` / ``packed-mask``: every row is filled to ``seq`` (axolotl multipack bins, TRL bfd,
+      torchtune ``PackedDataset``): ``batch`` × ``seq`` whatever the lengths.
+    Lengths are taken as given (``Lengths.truncate`` first for a run that truncates)."""
+    if seq <= 0 or batch <= 0:
+        raise LengthsError("longest_batch needs a positive seq and batch")
+    if layout in ("packed", "packed-mask"):
+        return seq, batch
+    if layout == "padding-free":
+        longest = sorted(lengths.values)[-batch:]
+        return max(1, -(-sum(longest) // batch)), batch
+    if layout != "none":
+        raise LengthsError(f"unknown batch layout {layout!r}")
+    return (seq if pad_to_seq else lengths.max), batch
+
+
 # ------------------------------------------------------------------------------------------ loading
 def _as_length(value: Any, where: str) -> int | None:
     """An int length from a JSON/CSV cell; None when the cell is text (needs a tokenizer)."""

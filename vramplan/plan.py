@@ -35,7 +35,7 @@ from vramplan.breakdown import Breakdown
 from vramplan.calibration import Calibration
 from vramplan.errors import VramplanError
 from vramplan.gpus import Gpu, find_gpu
-from vramplan.lengths import Lengths, Packing, packing
+from vramplan.lengths import Lengths, Packing, longest_batch, packing
 from vramplan.scenario import MAX_TOKENS, Attn, Dtype, Optim, Quant, Recipe, Scenario
 
 #: estimate(arch, scenario, calibration=None, device=None) -> Breakdown
@@ -269,7 +269,9 @@ class LengthsPlan:
     planned: Check
     """The configuration at ``planned_seq``."""
     longest: Check
-    """The configuration at the longest example (what an unpacked run must survive)."""
+    """The configuration at the fullest micro-batch (``lengths.longest_batch``): the longest example's
+    batch when unpadded rows pad to it, the ``batch`` longest examples in one padding-free row, full
+    rows of seq when packed."""
     covered: float
     """Share of examples no longer than the largest seq that fits (1.0 when all fit)."""
     packing: Packing
@@ -441,10 +443,13 @@ def _raw(key: str, value: Any) -> Any:
 def plan(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None = None, *,
          calibration: Calibration | None = None, bound: str = "upper", lengths: Lengths | None = None,
          percentile: float = 99.0, seq_step: int = 1, suggestions: bool = True,
-         estimator: Estimator | None = None) -> Plan:
+         estimator: Estimator | None = None, pad_to_seq: bool = False) -> Plan:
     """Plan ``scenario`` of ``model`` on ``gpu``.
 
-    With ``lengths`` the scenario's seq becomes the longest example (OOMs strike there); the chosen
+    With ``lengths`` the scenario is checked at the fullest micro-batch its layout can draw (OOMs strike
+    there; ``lengths.longest_batch``): unpacked rows padded to the longest example (to the scenario's
+    seq with ``pad_to_seq``, a collator padding to max length), a padding-free row holding the
+    ``batch`` longest examples, packed rows always full at the scenario's seq. The chosen
     ``percentile`` gives the planned seq to truncate or pack to. Suggestions are computed only for a
     run that does not fit.
     """
@@ -457,10 +462,14 @@ def plan(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None = None
         raise VramplanError(f"percentile must be in (0, 100], got {percentile}")
     notes: list[str] = []
     if lengths is not None:
-        if lengths.max * s.batch > MAX_TOKENS:
+        seq, size = longest_batch(lengths, s.packing.value, s.seq, s.batch, pad_to_seq=pad_to_seq)
+        if seq * size > MAX_TOKENS:
             raise VramplanError(f"longest example ({lengths.max:,} tokens) × batch {s.batch} exceeds the "
                                 f"supported {MAX_TOKENS:,} tokens; truncate with --seq")
-        s = s.replace(seq=lengths.max)
+        if s.packing.value != "none" or pad_to_seq:
+            notes.append(f"fullest micro-batch ({s.packing.value}{', padded to seq' if pad_to_seq else ''}): "
+                         f"{size} × {seq:,} tokens")
+        s = s.replace(seq=seq, batch=size)
     p = Planner(arch, card, calibration=calibration, bound=bound, estimator=estimator)
     check = p.check(s)
     seq_cap = MAX_TOKENS // s.batch

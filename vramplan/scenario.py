@@ -189,6 +189,35 @@ class EvalKeep(_Choice):
     first, as LLaMA-Factory's ``compute_accuracy`` does (``train/sft/metric.py::eval_logit_processor``)."""
 
 
+class BatchLayout(_Choice):
+    """How the micro-batch lays its samples out (the collator's output the model sees).
+
+    What each layout costs, at the same ``seq`` × ``batch`` tokens (``vramplan.analytic.activations``
+    prices it; what the longest batch of a dataset holds is ``vramplan.lengths``):"""
+
+    NONE = "none"
+    """``batch`` rows of ``seq`` tokens, one sample per row (padded): no position ids, no mask beyond
+    the causal one (sdpa runs ``is_causal``)."""
+    PADDING_FREE = "padding-free"
+    """The micro-batch concatenated into one row of ``batch·seq`` tokens with ``position_ids``
+    restarting at every sample (TRL ``padding_free``, ms-swift ``--padding_free`` / ``--packing``,
+    Unsloth's auto padding-free, ``DataCollatorWithFlattening``); flash-attention's varlen kernel
+    attends per sample (transformers ``modeling_flash_attention_utils._is_packed_sequence``), so the
+    attention state is per token. Needs ``attn flash2`` (ms-swift and TRL refuse anything else)."""
+    PACKED = "packed"
+    """``batch`` rows of ``seq`` tokens, each row several samples with per-sample ``position_ids``
+    (axolotl multipack, torchtune ``packed``, LLaMA-Factory ``neat_packing`` with FA2). With flash2 the
+    attention is varlen (per token); with sdpa or eager, transformers 5.24 reads the position ids
+    (``masking_utils.find_packed_sequence_indices``) and builds a b×1×s×s block-diagonal mask: a bool
+    mask for sdpa (the kernel saves its additive copy per layer, and K/V are repeated per query head),
+    the float causal-shaped one for eager."""
+    PACKED_MASK = "packed-mask"
+    """``batch`` rows of ``seq`` tokens whose block-diagonal mask the collator builds itself, b×1×s×s in
+    the compute dtype, passed as ``attention_mask`` (LLaMA-Factory ``neat_packing`` without FA2:
+    ``data/collator.py::prepare_4d_attention_mask``; axolotl's 4D mask without varlen); alive with the
+    batch through the whole step. sdpa or eager only."""
+
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -308,6 +337,13 @@ class Scenario:
                "eval_accumulation_steps × the eval batch when that moves them to the CPU; needs --eval-keep "
                "logits or ids.", optional=True)
     """Samples whose predictions are on the device at once (0 unless ``eval_keep`` keeps some)."""
+    packing: BatchLayout = _field(
+        BatchLayout.NONE, 31, "Batch layout: none (a padded row per sample), padding-free (the micro-batch as one row "
+                          "with position_ids, flash2 varlen), packed (rows of --seq holding several samples, "
+                          "per-sample position_ids) or packed-mask (packed rows with the collator's 4D "
+                          "block-diagonal mask in the compute dtype: LLaMA-Factory neat_packing without FA2).",
+        optional=True)
+    """The micro-batch's layout (``BatchLayout``)."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
@@ -361,6 +397,13 @@ class Scenario:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
         self._check_eval()
+        if self.packing is BatchLayout.PADDING_FREE and self.attn is not Attn.FLASH2:
+            raise ScenarioError(
+                f"padding-free batches need flash-attention's varlen kernel (--attn flash2; ms-swift and TRL refuse "
+                f"{self.attn.value}): with {self.attn.value} the one row would attend as one (batch·seq)² block")
+        if self.packing is BatchLayout.PACKED_MASK and self.attn is Attn.FLASH2:
+            raise ScenarioError("packed-mask is the 4D mask built for sdpa or eager; flash2 takes no mask and "
+                                "attends per sample from the position ids (use --packing packed)")
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:

@@ -85,7 +85,7 @@ def test_fake_equals_real_moe(recipe):
 
 
 def test_without_the_unpacked_hint_fake_tensors_overcount(monkeypatch):
-    """Why ``unpacked_sequences`` exists: under fake tensors transformers cannot read the position ids,
+    """Why ``sequence_layout`` exists: under fake tensors transformers cannot read the position ids,
     assumes packed sequences, builds a 4-D mask and repeats K/V for GQA, so the trace grows above the
     real run. With the hint (the default) fake equals real (tests above)."""
     import contextlib
@@ -97,7 +97,7 @@ def test_without_the_unpacked_hint_fake_tensors_overcount(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         real = trace_run(arch, sc, steps=1, fake=False, device="cpu")
-        monkeypatch.setattr(interventions, "unpacked_sequences", contextlib.nullcontext)
+        monkeypatch.setattr(interventions, "sequence_layout", lambda packed: contextlib.nullcontext())
         fake = trace_run(arch, sc, steps=1, fake=True, device="cpu")
     assert fake.steps[0].phases["forward"][0] > real.steps[0].phases["forward"][0]
 

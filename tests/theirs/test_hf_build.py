@@ -154,7 +154,7 @@ def test_interventions_are_scoped():
     from transformers import AttentionInterface
 
     orig = mu.find_packed_sequence_indices
-    with I.unpacked_sequences():
+    with I.sequence_layout(False):
         assert mu.find_packed_sequence_indices(torch.tensor([[0, 1, 0, 1]])) is None
     assert mu.find_packed_sequence_indices is orig
 

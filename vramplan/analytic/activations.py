@@ -242,7 +242,8 @@ def eager_mask_bytes(d: Dtypes) -> int:
     """Eager attention's additive causal mask per token·s: b × 1 × s × s in the embedding output's
     dtype (transformers 5.24 ``masking_utils.eager_mask``, ``dtype=inputs_embeds.dtype``), built once
     per forward and passed to every layer. Gradient checkpointing keeps it (an argument of every
-    checkpointed layer) until layer 0's backward; without checkpointing no op saves it."""
+    checkpointed layer) until layer 0's backward; without checkpointing no op saves it. A collator's
+    own 4D mask (``BatchLayout.PACKED_MASK``) replaces it (``masking_utils`` passes a 4D mask through)."""
     return d.resid0
 
 
@@ -430,3 +431,66 @@ def sliding_sdpa_saved(arch: Arch, d: Dtypes, attn: str) -> tuple[int, int]:
     ad = d.c if d.autocast else _promote(d.resid, d.c)
     q, kv = arch.num_heads * arch.head_dim, arch.num_kv_heads * arch.head_dim
     return ad * 2 * (q - kv), ad
+
+
+# ----------------------------------------------------------------------- packed batch layouts
+#: Bytes per token of the position ids a packed or padding-free collator adds to the batch (int64).
+POSITION_ID_BYTES = 8
+
+
+def packed_attention_saved(arch: Arch, d: Dtypes, attn: str, layout: str) -> tuple[int, int]:
+    """Extra bytes every decoder layer saves for a packed batch layout (``Scenario.packing``).
+    Returns (per token, per token·s).
+
+    - ``packed`` under sdpa: transformers 5.24 reads the packed position ids
+      (``masking_utils.find_packed_sequence_indices``) and hands sdpa a boolean (b, 1, s, s)
+      block-diagonal mask, so every layer pays what a sliding-window layer pays once its mask exists
+      (``sliding_sdpa_saved``): K/V repeated over the query groups and the kernel's additive copy of
+      the mask in the attention dtype (torch ``attention.cpp::convert_boolean_attn_mask``, saved by
+      the efficient / CPU flash kernel for backward: ``derivatives.yaml``).
+    - ``packed-mask`` under sdpa: the collator's mask is already additive in the compute dtype, so
+      the kernel saves it as is (no per-layer copy); K/V are still repeated (a mask is present:
+      ``sdpa_attention.py::use_gqa_in_sdpa``).
+    - eager: the scores are b·h·s·s per row whatever the mask; flash2 and padding-free rows attend
+      per sample with no mask (varlen): nothing extra."""
+    if attn != "sdpa" or layout not in ("packed", "packed-mask"):
+        return 0, 0
+    tok, quad = sliding_sdpa_saved(arch, d, attn)
+    return (tok, quad) if layout == "packed" else (tok, 0)
+
+
+def rope_table_bytes(d: Dtypes, rotary_dim: int, sets: int = 1) -> int:
+    """Bytes per token of the rotary cos and sin tables when the batch carries its own position ids.
+
+    transformers' rotary embedding (``modeling_llama.py::LlamaRotaryEmbedding.forward``) returns
+    ``cos.to(x.dtype), sin.to(x.dtype)`` of shape (rows, tokens, head_dim) from the position ids' shape:
+    one shared row (1 × s) without them, every token's row with a packed or padding-free collator's
+    (b × s or 1 × b·s). Each layer's RoPE ``mul`` saves them (the same two tensors for every layer), and
+    checkpointing keeps them as layer arguments, so they live until the backward ends:
+    2 · resid0 · rotary_dim per token and rotary module (resid0 = the embedding output's dtype, x here;
+    ``sets``: Gemma 3 runs one rotary module per layer type, ``Family.rotary_sets``). The unpacked run's
+    one shared row (2 · resid0 · rotary_dim · s per set) is left unpriced, as before."""
+    return sets * 2 * d.resid0 * rotary_dim
+
+
+def packed_mask_bytes(d: Dtypes, attn: str, layout: str, gc: bool, kinds: int = 1) -> tuple[int, int]:
+    """Bytes per token·s of a packed layout's (b, 1, s, s) mask, as (alive from the forward to the end of
+    backward, alive all step with the batch).
+
+    - ``packed`` under sdpa: transformers' boolean mask (``masking_utils.sdpa_mask``), 1 B per element;
+      freed when the model's forward returns unless gradient checkpointing keeps it as every layer's
+      argument (``GradientCheckpointingLayer``'s ``partial(forward, **kwargs)``) until the backward.
+      One per mask kind the model builds (``kinds``: a model mixing full and sliding-window layers builds
+      both, ``create_causal_mask`` and ``create_sliding_window_causal_mask``, e.g. Gemma 3, Qwen2).
+    - ``packed`` under eager: the float causal-shaped mask transformers builds for eager runs packed
+      or not (``masking_utils.eager_mask``): no change from the unpacked run, so nothing here.
+    - ``packed-mask``: the collator's float mask in the compute dtype, c B per element, in the batch
+      (llamafactory 0.9.5 ``data/collator.py::prepare_4d_attention_mask``; its int and bool
+      construction temporaries live on the host, in the data loader) for the whole step.
+    Its construction temporaries on the device (``packed``: the broadcast comparisons, a few bool
+    b·s·s tensors at the start of the forward, when activations are still empty) are left out."""
+    if layout == "packed" and attn == "sdpa":
+        return (kinds if gc else 0), 0
+    if layout == "packed-mask":
+        return 0, d.c
+    return 0, 0

@@ -80,6 +80,11 @@ class Batch(NamedTuple):
     """The same for layer 0 inside ``saved_first``."""
     eval: EvalPeak | None = None
     """The evaluation loop's peak over the static terms (None without evaluation)."""
+    layout: int = 0
+    """A packed layout's tensors alive from the forward to the end of backward (RoPE rows, a mask
+    kept by checkpointing)."""
+    layout_batch: int = 0
+    """What the packed collator adds to the batch, alive in every phase (position ids, a 4D mask)."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -131,7 +136,10 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, mask=T * seq * st.eager_mask,
         sm_last=softmax(st.sm_moe if st.last_moe else st.sm_dense), sm_first=softmax(st.sm_first),
         plain_last=0 if gc else last_b, plain_first=0 if gc else _layer(st.first_sv, T, seq),
-        eval=_evaluation(st, seq))
+        eval=_evaluation(st, seq),
+        # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
+        layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
+        layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad)
 
 
 def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
@@ -204,6 +212,8 @@ PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
 }
+#: The phases that run while a packed layout's forward tensors (RoPE rows, a kept mask) are alive.
+_LAYOUT_PHASES = frozenset({LOSS_BACKWARD, LOSS_FORWARD, LAST_LAYER, FIRST_LAYER})
 #: The phases a LoRA step runs (all but the full fine-tuning embedding backward), and a full one.
 _STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k != EMBEDDING), True: tuple(PHASES.items())}
 
@@ -215,7 +225,7 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
-    out = {name: f(st, x) for name, f in _STEPS[full]}
+    out = {name: f(st, x) + x.layout_batch + (x.layout if name in _LAYOUT_PHASES else 0) for name, f in _STEPS[full]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     if x.eval is not None:
@@ -240,6 +250,10 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         rows = [("temporary/optimizer_step", "temporary", st.opt_temp, "optimizer step buffers"), _NO_DEQUANT]
     else:
         grads, rows = _layer_rows(phase == LAST_LAYER, st, x)
+    layout = x.layout_batch + (x.layout if phase in _LAYOUT_PHASES else 0)
+    if layout:
+        rows.append(("activations/packing", "activations", layout,
+                     "packed / padding-free batch: position ids, per-token RoPE cos/sin, block-diagonal mask"))
     if x.held and holds_logits(st, phase):
         rows.append(("logits/held_output", "logits", x.held, "model output kept by the training loop: "
                      + ("fp32 " if st.legacy else "") + "logits, b·s·V"))

@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
+from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -201,6 +201,16 @@ class StaticTerms:
     """The MLP width of the eval layer moment (``evaluation.layer_bytes``)."""
     eval_dequant: int = 0
     """The dequantized 4-bit weight of the eval layer moment (CUDA, 4-bit; ``evaluation.layer_bytes``)."""
+    layout_tok: int = 0
+    """A packed or padding-free batch (``Scenario.packing``): bytes per token alive from the forward to
+    the end of backward (the per-row RoPE cos/sin, ``activations.rope_table_bytes``)."""
+    layout_quad: int = 0
+    """Bytes per token·s alive from the forward to the end of backward (transformers' packed sdpa
+    mask kept by checkpointing, ``activations.packed_mask_bytes``)."""
+    batch_tok: int = 0
+    """Bytes per token the collator adds to the batch, alive all step (int64 position ids)."""
+    batch_quad: int = 0
+    """Bytes per token·s the collator adds to the batch, alive all step (its 4D float mask)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -413,16 +423,34 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
             sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
+    window = arch.config.get("sliding_window") or 0
+    layout = s.packing.value
+    pk_tok, pk_quad = act.packed_attention_saved(arch, d, attn, layout)
+    if pk_tok or pk_quad:  # a packed mask reaches every layer's sdpa from the first token on
+        sw_layers, sw_tok, sw_quad, window = tuple(range(L)), pk_tok, pk_quad, 0
+    slid = arch.family.sliding_layers(arch.config, L)
+    kinds = 2 if 0 < len(slid) < L else 1  # full and sliding-window masks both built
+    m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing, kinds)
+    if pk_quad:
+        notes += ("packed rows under sdpa: transformers builds a b×1×s×s block-diagonal mask from the position ids "
+                  "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "
+                  "axolotl's sdpa_varlen) attends per sample without it",)
+    unpacked = s.packing is BatchLayout.NONE
     return _LayerTerms(dict(
+        layout_tok=0 if unpacked else act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config),
+                                                           arch.family.rotary_sets(arch.config, L)),
+        layout_quad=m_step,
+        batch_tok=0 if unpacked else act.POSITION_ID_BYTES, batch_quad=m_batch,
         dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
         dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
         work_dense=act.backward_working(arch, d, False, tset, s.rank) if dense else (0, 0, 0, 0),
         work_moe=act.backward_working(arch, d, True, tset, s.rank) if nmoe else (0, 0, 0, 0),
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
-        sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
+        sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=window,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
-        eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing) else 0,
+        eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
+                                               and s.packing is not BatchLayout.PACKED_MASK) else 0,
         sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first), notes)
 
 

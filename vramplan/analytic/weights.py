@@ -77,6 +77,14 @@ def _blocks(nbytes: int) -> int:
     return -(-nbytes // ALLOC_BLOCK) * ALLOC_BLOCK
 
 
+def rotary_dim(head_dim: int, cfg: Mapping[str, Any]) -> int:
+    """Rotated dimensions per head: head_dim · ``partial_rotary_factor`` (config.json, or its rope
+    parameters; 1 by default), as transformers' rotary modules size ``inv_freq``."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    factor = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else 1.0)
+    return int(head_dim * (factor or 1.0))
+
+
 def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapping[str, Any]) -> int:
     """Non-parameter buffers of the transformers model, at the allocator's 512 B granularity.
 
@@ -88,9 +96,7 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
     Each tensor is rounded up to 512 B, as the caching allocator (and the trace) count it: e.g.
     Llama / Qwen3 (head_dim 128): 2 × round512(64 · 4) = 1,024 B.
     """
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    factor = cfg.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0) if isinstance(rope, dict) else 1.0)
-    dim = int(head_dim * (factor or 1.0))
+    dim = rotary_dim(head_dim, cfg)
     out = family.rotary_sets(cfg, num_layers) * 2 * _blocks(4 * (dim // 2))
     if family.scaled_embedding:
         out += _blocks(1)

@@ -36,8 +36,9 @@ from vramplan.cli.options import pop_run, scenario_options
 def plan(**kwargs: Any) -> int:
     """Does the run fit, and what is the largest seq, micro-batch and rank that does?
 
-    With --lengths the run is checked at the dataset's longest example (after truncation to --seq when
-    --seq is given). Exit code: 0 fits, 1 does not fit, 2 error.
+    With --lengths the run is checked at the fullest micro-batch its --packing layout draws: the longest
+    example's (after truncation to --seq when --seq is given; the whole seq when the config's collator
+    pads to it), the batch longest examples in one padding-free row, or full packed rows of --seq. Exit code: 0 fits, 1 does not fit, 2 error.
     """
     from vramplan.gpus import resolve_gpu
     from vramplan.plan import plan as make_plan
@@ -53,9 +54,11 @@ def plan(**kwargs: Any) -> int:
     if run.resolved is not None and run.resolved.framework.seq_multiple is not None and \
             click.get_current_context().get_parameter_source("seq_step") is not ParameterSource.COMMANDLINE:
         step = run.resolved.framework.seq_multiple(run.resolved.source.data)  # the lengths it runs at
+    fw = run.resolved.framework if run.resolved is not None else None
+    pad = bool(fw and fw.pads_to_seq and fw.pads_to_seq(run.resolved.source.data))  # type: ignore[union-attr]
     result = make_plan(run.arch, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
-                       seq_step=step)
+                       seq_step=step, pad_to_seq=pad)
     written = _write(run, result, write_to) if write_to else None
     if kwargs["as_json"]:
         out = result.to_dict()

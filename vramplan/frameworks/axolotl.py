@@ -40,7 +40,9 @@ KEYS = (
     Key("sdp_attention", None, "legacy flag: sdpa"),
     Key("eager_attention", None, "legacy flag: eager"),
     Key("optimizer", "adamw_torch_fused", "HF optimizer name"),
-    Key("sample_packing", None, "multipack (issue 14)"),
+    Key("sample_packing", None, "multipack: rows of sequence_len holding several samples"),
+    Key("sdpa_varlen", None, "None = auto varlen_attn for sdpa packing (torch >= 2.10, head_dim <= 256, no "
+                             "sliding window)"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
     Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
     Key("plugins", None, "integrations: LigerPlugin, CutCrossEntropyPlugin (priced); others noted"),
@@ -76,6 +78,13 @@ def seq_multiple(data: dict[str, Any]) -> int:
     if pad is not None and not b.boolean(pad, "pad_to_sequence_len"):
         return 1
     return b.integer(m, "pad_to_multiple_of", minimum=1) if m is not None else 64
+
+
+def pads_to_seq(data: dict[str, Any]) -> bool:
+    """``pad_to_sequence_len: true``: axolotl's collator pads every batch to ``sequence_len`` (rounded up to
+    the multiple), not to its longest row (``core/builders/causal.py``, ``build_collator``)."""
+    pad = data.get("pad_to_sequence_len")
+    return pad is not None and b.boolean(pad, "pad_to_sequence_len")
 
 
 def padded_length(r: b.Reader, length: int) -> int:
@@ -167,9 +176,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      f"sequence_len {length} runs at {out['seq']} positions, priced so")
     out["batch"] = b.integer(r.get("micro_batch_size"), "micro_batch_size")
     out["optimizer"] = b.optimizer(r.get("optimizer"), who)
-    if r.get("sample_packing"):
-        notes.append("sample_packing: rows keep shape micro_batch_size × sequence_len, priced so; the multipack "
-                     "attention mask is not yet priced (issue 14)")
+    if b.boolean(r.get("sample_packing") or False, "sample_packing"):
+        out["packing"] = "packed"  # multipack bins, padded as any batch (pad_to_sequence_len defaults on)
+        out["attn"] = _packed_attn(r, arch, out["attn"], notes)
     off = r.get("activation_offloading")
     if off and str(off).lower() not in ("false", "0"):
         notes.append("activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
@@ -237,6 +246,24 @@ def _plugin_loss(r: b.Reader, plugin: str, arch: Any, out: dict[str, Any], notes
     return None
 
 
+def _packed_attn(r: b.Reader, arch: Any, attn: str, notes: list[str]) -> str:
+    """The attention multipack rows run (axolotl 0.19 ``loaders/patch_manager.py::_apply_sdpa_varlen_patch``,
+    ``monkeypatch/attention/sdpa_varlen.py``): flash-attention's varlen kernel; with sdpa, ``sdpa_varlen``
+    (None: auto) routes packed rows through torch's ``varlen_attn`` with no mask when torch >= 2.10 on
+    CUDA in 16-bit, head_dim <= 256 and no sliding window; otherwise stock sdpa with the block-diagonal
+    4D mask transformers builds from the position ids."""
+    if attn != "sdpa":
+        return attn
+    opt = r.get("sdpa_varlen")
+    sliding = bool(arch.family.sliding_layers(arch.config, arch.num_layers)) if arch is not None else False
+    if opt is not False and not sliding and (arch is None or arch.head_dim <= 256):
+        notes.append("sample_packing with sdpa: sdpa_varlen (auto) runs packed rows through torch's varlen_attn "
+                     "without a mask (torch >= 2.10, CUDA, 16-bit): priced as flash-attention's varlen kernel, the "
+                     "same saved state; sdpa_varlen: false keeps the b×1×s×s mask")
+        return "flash2"
+    return attn
+
+
 def _attn(r: b.Reader) -> str:
     impl = r.get("attn_implementation")
     if impl is not None:
@@ -258,7 +285,7 @@ FRAMEWORK = Framework(
     eras=(Era("0.19.0", dict(recipe="axolotl", autocast=True, loss="hf", hold_logits="none"), source=_SOURCE),),
     keys=KEYS, scenario=scenario, model_key="base_model", style="yaml",
     launchers=(("axolotl", "train"),),
-    seq_multiple=seq_multiple, plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
+    seq_multiple=seq_multiple, pads_to_seq=pads_to_seq, plan_keys=dict(seq="sequence_len", batch="micro_batch_size", rank="lora_r",
                    grad_checkpointing="gradient_checkpointing", optimizer="optimizer",
                    lora_dropout="lora_dropout", targets="lora_target_modules"),
     spell=b.hf_spell, companions={"targets": ("lora_target_linear", False)}, known_latest="0.19.0",

@@ -100,6 +100,10 @@ class Framework:
     seq_multiple: Callable[[dict[str, Any]], int] | None = None
     """config -> the multiple the framework pads each batch's length to (axolotl's collator), so a plan's
     largest sequence is one it runs at unpadded."""
+    pads_to_seq: Callable[[dict[str, Any]], bool] | None = None
+    """config -> whether the collator pads every unpacked batch to the full sequence length (axolotl
+    ``pad_to_sequence_len: true``), so a plan with ``--lengths`` checks rows of seq whatever the data
+    (``vramplan.lengths.longest_batch``); None: batches pad to their longest example."""
     examples: tuple[dict[str, Any], dict[str, Any]] = field(default_factory=lambda: ({}, {}))
     """The smallest QLoRA config and LoRA config in this framework's keys (model ``"M"``): what its
     ``--preset`` eras are resolved from (``vramplan.frameworks.era_presets``)."""

@@ -38,8 +38,8 @@ KEYS = (
     Key("upcast_layernorm", False, "norms to fp32"),
     Key("upcast_lmhead_output", False, "fp32 copy of the logits"),
     Key("enable_liger_kernel", False, "Liger kernels before loading; sft/pt: FLCE (Loss.LIGER)"),
-    Key("packing", None, "packing (issue 14)"),
-    Key("neat_packing", False, "packing with a 4D mask (issue 14)"),
+    Key("packing", None, "None = on only for stage pt: rows of cutoff_len"),
+    Key("neat_packing", False, "packing with per-sample attention: a 4D mask, or varlen with fa2"),
     Key("use_unsloth", False, "Unsloth's loader"),
     Key("use_dora", False, "DoRA (issue 14)"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)"),
@@ -130,12 +130,26 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         if loss:
             out["loss"] = loss
     b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"),
-                          ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
+                          ("use_dora", "DoRA"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))
     packing = r.get("packing")
-    if packing or (packing is None and stage == "pt"):
-        notes.append("packing: rows of cutoff_len tokens, priced so; the packed mask is not yet priced (issue 14)")
+    if b.boolean(r.get("neat_packing"), "neat_packing"):
+        # neat_packing sets packing and block_diag_attn (hparams/data_args.py L185-188, parser.py L519)
+        if out["attn"] == "flash2":
+            if out["batch"] != 1:
+                raise b.ConfigError(f"{who}: neat_packing with fa2 needs per_device_train_batch_size 1 (the collator "
+                                    "asserts it: data/collator.py)")
+            out["packing"] = "packed"
+            notes.append("neat_packing with fa2: the collator drops the mask and flash-attention attends per sample "
+                         "from the position ids (varlen); priced as a packed row")
+        else:
+            out["packing"] = "packed-mask"
+            notes.append("neat_packing without fa2: the collator's (b, 1, cutoff_len, cutoff_len) mask in the compute "
+                         "dtype (data/collator.py::prepare_4d_attention_mask) rides with the batch all step, priced so")
+    elif (b.boolean(packing, "packing") if packing is not None else stage == "pt"):
+        notes.append("packing: rows of cutoff_len tokens filled with several samples that attend across each other "
+                     "(no per-sample positions without neat_packing), priced as full unpacked rows")
     b.multi_gpu(r, notes, ("deepspeed",))
     return out
 

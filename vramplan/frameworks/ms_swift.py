@@ -34,8 +34,9 @@ KEYS = (
     Key("per_device_train_batch_size", 1, "micro-batch"),
     Key("optim", "adamw_torch_fused", "HF optimizer name"),
     Key("use_logits_to_keep", None, "None = auto: logits only at label positions"),
-    Key("packing", False, "sample packing (issue 14)"),
-    Key("padding_free", False, "padding-free batches (issue 14)"),
+    Key("packing", False, "sample packing: rows of packing_length, the micro-batch as one padding-free row"),
+    Key("padding_free", False, "padding-free batches: the micro-batch as one row"),
+    Key("packing_length", None, "None = max_length"),
     Key("use_liger_kernel", False, "HF's use_liger_kernel (FLCE: Loss.LIGER)"),
     Key("eval_strategy", None, "None = save_strategy"),
     Key("save_strategy", "steps", "checkpoint strategy (eval follows it)"),
@@ -131,7 +132,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["loss"] = loss
             notes.append("ms-swift: Liger's loss is skipped (labels popped) when a loss_scale, custom loss, DFT or "
                          "channel loss is set (seq2seq_trainer.py L134-140); priced with it")
-    b.unpriced(r, notes, (("packing", "sample packing"), ("padding_free", "padding-free batches")))
+    _layout(r, out, notes)
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 
@@ -156,6 +157,32 @@ def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
         notes.append("eval_metric nlg: evaluation generates (predict_with_generate); the generation is not priced, "
                      "priced as the loss forward of each eval batch")
     return out
+
+
+def _layout(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
+    """``--packing`` / ``--padding_free`` (ms-swift 4.6 ``arguments/sft_args.py::_check_padding_free``:
+    packing sets padding_free; either needs a flash-attention ``attn_impl``, else ValueError). With
+    padding_free the template concatenates the micro-batch into one row with position ids
+    (``template/base.py``, ``packing_row``); with packing each row is first a bin of samples filled to
+    ``packing_length`` (``base_args.py``: default ``max_length``)."""
+    packing = b.boolean(r.get("packing"), "packing")
+    free = b.boolean(r.get("padding_free"), "padding_free")
+    if not (packing or free):
+        return
+    feature = "packing" if packing else "padding_free"
+    if out["attn"] != "flash2":
+        raise b.ConfigError(f'ms-swift: the "{feature}" feature requires a flash attention implementation '
+                            f"(attn_impl flash_attn or flash_attention_2), as ms-swift refuses otherwise")
+    if packing:
+        length = r.get("packing_length")
+        if length is not None:
+            out["seq"] = b.integer(length, "packing_length")
+        out["packing"] = "packed"
+        notes.append(f"packing: the micro-batch is one padding-free row of {out['batch']} full bins of "
+                     f"{out['seq']} tokens; priced as packed rows (the same tensors under flash-attention's varlen "
+                     "kernel), always full")
+    else:
+        out["packing"] = "padding-free"
 
 
 def _attn(value: Any) -> str:

@@ -30,7 +30,7 @@ KEYS = (
     Key("enable_activation_offloading", False, "offload (issue 14)"),
     Key("optimizer._component_", "torch.optim.AdamW", "optimizer"),
     Key("loss._component_", "torchtune.modules.loss.CEWithChunkedOutputLoss", "loss"),
-    Key("dataset.packed", False, "packing (issue 14)"),
+    Key("dataset.packed", False, "PackedDataset rows of max_seq_len, flex attention"),
     Key("dataset_val", None, "validation data: no validation loop in 0.6.1's recipe"),
     Key("run_val_every_n_steps", None, "validation cadence: no validation loop in 0.6.1's recipe"),
     Key("compile", False, "torch.compile (not priced)"),
@@ -169,7 +169,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if b.boolean(r.get("enable_activation_offloading"), "enable_activation_offloading"):
         notes.append("enable_activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
     if b.boolean(r.get("dataset.packed"), "packed"):
-        notes.append("dataset.packed: packing is not yet priced (issue 14)")
+        out["packing"] = "packed"
+        out["attn"] = "flash2"
+        notes.append("dataset.packed: PackedDataset rows padded to max_seq_len with per-sample positions; the "
+                     "recipe's flex attention takes a BlockMask (modules/attention_utils.py::create_block_causal_mask, "
+                     "O(blocks²), no b·s·s tensor) and saves q, k, v, output and log-sum-exp: priced as "
+                     "flash-attention's varlen kernel")
     if b.boolean(r.get("compile"), "compile"):
         notes.append("compile: torch.compile changes saved tensors and is not priced; priced eager")
     if r.get("dataset_val") is not None or r.get("run_val_every_n_steps") is not None:

@@ -41,8 +41,9 @@ KEYS = (
     Key("attn_implementation", None, "None = sdpa"),
     Key("optim", "adamw_torch_fused", "HF optimizer name"),
     Key("loss_type", "nll", "nll (fused head in >= 1.15) or dft"),
-    Key("packing", False, "packing (issue 14)"),
-    Key("padding_free", False, "padding-free (issue 14)"),
+    Key("packing", False, "packing: bins of max_length; bfd forces padding_free"),
+    Key("packing_strategy", "bfd", "bfd / bfd_split / bfd-requeue (padding-free), wrapped"),
+    Key("padding_free", False, "the micro-batch as one row with position ids"),
     Key("activation_offloading", False, "activation offload (issue 14)"),
     Key("use_liger_kernel", False, "Liger kernels (>= 1.15: layer kernels only, FLCE forced off)"),
     Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
@@ -134,14 +135,14 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if v >= (1, 15):
         notes.append("TRL >= 1.15 scores only label positions in its fused head on CUDA: --label-fraction "
                      "(default 1.0) lowers that share for completion-only data")
+    _layout(r, out, notes, who)
     evaluation = b.hf_evaluation(r, notes)
     if evaluation and v >= (1, 15):
         notes.append("eval_strategy: TRL >= 1.15 evaluates through its fused LM head (prediction_step): that "
                      "evaluation is not priced; priced as the training step alone")
     else:
         out.update(evaluation)
-    b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
-                          ("activation_offloading", "activation offloading")))
+    b.unpriced(r, notes, (("activation_offloading", "activation offloading"),))
     if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
         config = b.mapping(r.get("liger_kernel_config"), "liger_kernel_config")
         if v >= (1, 15) and config.get("fused_linear_cross_entropy"):
@@ -156,6 +157,39 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                          "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
+
+
+def _layout(r: b.Reader, out: dict[str, Any], notes: list[str], who: str) -> None:
+    """``packing`` / ``packing_strategy`` / ``padding_free`` (trl 1.16 ``sft_trainer.py`` L914-931,
+    L999-1003; ``sft_config.py`` L214-250): bfd packing fills bins of ``max_length`` and forces
+    padding_free, which concatenates the micro-batch into one row with position ids and no mask
+    (``DataCollatorForLanguageModeling``); padding_free without packing and with ``max_length`` set is
+    refused. TRL does not refuse padding-free without flash attention (its docs support FA2/3 only):
+    transformers then masks the one row as one block-diagonal (b·s)² mask."""
+    packing = b.boolean(r.get("packing"), "packing")
+    strategy = str(r.get("packing_strategy")).lower()
+    if strategy not in ("bfd", "bfd_split", "bfd-requeue", "wrapped"):
+        raise b.ConfigError(f"{who}: packing_strategy '{strategy}' is not known (bfd, bfd_split, wrapped)")
+    free = b.boolean(r.get("padding_free"), "padding_free") or (packing and strategy != "wrapped")
+    if free and not packing:
+        raise b.ConfigError(f"{who}: padding_free without packing does not enforce max_length and TRL refuses it "
+                            "while max_length is set; enable packing (packing_strategy bfd)")
+    if packing and not free:
+        notes.append("packing_strategy wrapped: full rows of max_length without per-sample position ids (attention "
+                     "crosses samples); priced as unpacked rows of max_length")
+        return
+    if not packing:
+        return
+    if out["attn"] == "flash2":
+        out["packing"] = "packed"
+        notes.append(f"packing (bfd): one padding-free row of {out['batch']} full bins of {out['seq']} tokens; "
+                     "priced as packed rows (the same tensors under flash-attention's varlen kernel)")
+        return
+    rows, length = out["batch"], out["seq"]
+    out.update(packing="packed", batch=1, seq=rows * length)
+    notes.append(f"packing (bfd) with {out['attn']}: TRL's one padding-free row of {rows} × {length} tokens reaches "
+                 f"{out['attn']} with transformers' block-diagonal mask over the whole row, priced as one packed row of "
+                 f"{rows * length} tokens (flash_attention_2 attends per sample instead)")
 
 
 _S = "trl {}: trainer/sft_trainer.py, trainer/model_config.py, models/utils.py (research §4)"

@@ -24,7 +24,7 @@ KEYS = (
     Key("training.max_seq_length", 2048, "tokens per sample"),
     Key("training.load_in_4bit", True, "4-bit base (nf4, double quant)"),
     Key("training.batch_size", 2, "micro-batch"),
-    Key("training.packing", False, "packing (issue 14)"),
+    Key("training.packing", False, "TRL bfd packing: one padding-free row of full bins"),
     Key("training.gradient_checkpointing", "unsloth", "unsloth (offloaded), true, none"),
     Key("training.optim", "adamw_8bit", "the Studio trainer's optimizer for text models"),
     Key("lora.lora_r", 64, "LoRA rank"),
@@ -67,7 +67,15 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                  "rule, its budget min(2 GiB, half the free memory at the first call) taken at 2 GiB (see the "
                  "breakdown note)")
     if b.boolean(r.get("training.packing"), "packing"):
-        notes.append("packing: not yet priced (issue 14)")
+        out["packing"] = "packed"
+        out["attn"] = "flash2"
+        notes.append("packing: TRL's bfd packing (padding-free rows of full max_seq_length bins) under Unsloth's "
+                     "varlen attention (utils/attention_dispatch.py): priced as packed rows, flash-attention's varlen "
+                     "state")
+    else:
+        notes.append("Unsloth's SFTTrainer picks padding-free batches automatically (utils/padding_choice.py "
+                     "heuristic): a padding-free row holds the same tensors as padded rows of the longest sample under "
+                     "its varlen attention; priced as padded rows")
     return out
 
 

@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Dtype, Hold, Loss, Optim, Quant, Recipe, RopeCache, Scenario
+from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Optim, Quant, Recipe, RopeCache, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -470,14 +470,60 @@ def make_optimizer(model: Any, scenario: Scenario) -> Any:
 
 
 def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed: int = 0) -> dict[str, Any]:
-    """``input_ids`` (batch × seq, int64), ``labels`` a copy, no attention mask (an all-ones mask is
-    equivalent: transformers then skips the mask and runs SDPA with ``is_causal``)."""
+    """``input_ids`` (int64, in the shape of ``batch_shape``), ``labels`` a copy, and the layout's
+    ``layout_inputs`` (none for one sample per row: an all-ones mask is equivalent to none, as
+    transformers then skips the mask and runs SDPA with ``is_causal``)."""
     import torch
 
     g = torch.Generator(device="cpu").manual_seed(seed)
-    ids = torch.randint(0, arch.vocab_size, (scenario.batch, scenario.seq), generator=g)
+    ids = torch.randint(0, arch.vocab_size, batch_shape(scenario), generator=g)
     ids = ids.to(device)
-    return {"input_ids": ids, "labels": ids.clone()}
+    return {"input_ids": ids, "labels": ids.clone(), **layout_inputs(scenario, device)}
+
+
+def batch_shape(scenario: Scenario) -> tuple[int, int]:
+    """(rows, tokens per row): one row of batch·seq for padding-free batches, else batch × seq."""
+    if scenario.packing is BatchLayout.PADDING_FREE:
+        return 1, scenario.batch * scenario.seq
+    return scenario.batch, scenario.seq
+
+
+def packed_positions(seq: int) -> list[int]:
+    """Position ids of one packed row of ``seq`` tokens: two samples (the halves), each counting from 0.
+    How many samples share a row changes no tensor's size; two make the row packed."""
+    half = seq // 2
+    return list(range(half)) + list(range(seq - half)) if seq >= 2 else [0]
+
+
+def layout_inputs(scenario: Scenario, device: str = "cpu") -> dict[str, Any]:
+    """The collator's extra inputs for ``scenario.packing``:
+
+    - padding-free: ``position_ids`` (1, batch·seq) restarting at every sample (transformers
+      ``DataCollatorWithFlattening``; TRL ``DataCollatorForLanguageModeling(padding_free=True)``);
+    - packed: ``position_ids`` (batch, seq), two samples per row (``packed_positions``): axolotl's
+      multipack collator (``utils/collators/batching.py``), torchtune ``PackedDataset``;
+    - packed-mask: the same position ids and LLaMA-Factory's 4D mask, (batch, 1, seq, seq) in the
+      compute dtype, 0 where a token may attend and the dtype's minimum elsewhere
+      (llamafactory 0.9.5 ``data/collator.py::prepare_4d_attention_mask``, built on the host by the
+      collator; only its result reaches the device)."""
+    import torch
+
+    layout = scenario.packing
+    if layout is BatchLayout.NONE:
+        return {}
+    if layout is BatchLayout.PADDING_FREE:
+        pos = torch.arange(scenario.seq, device=device).repeat(scenario.batch).unsqueeze(0)
+        return {"position_ids": pos}
+    row = torch.tensor(packed_positions(scenario.seq), device=device)
+    pos = row.unsqueeze(0).repeat(scenario.batch, 1)
+    if layout is BatchLayout.PACKED:
+        return {"position_ids": pos}
+    dtype = torch_dtype(scenario)
+    seg = (row == 0).cumsum(0)  # segment id of each token, from 1 (prepare_4d_attention_mask's input)
+    same = seg.unsqueeze(0) == seg.unsqueeze(1)
+    allowed = same & torch.tril(torch.ones(scenario.seq, scenario.seq, dtype=torch.bool, device=device))
+    mask = torch.where(allowed, torch.zeros((), dtype=dtype, device=device), torch.finfo(dtype).min)
+    return {"position_ids": pos, "attention_mask": mask.expand(scenario.batch, 1, -1, -1).contiguous()}
 
 
 def autocast_context(scenario: Scenario, device_type: str) -> Any:
@@ -493,32 +539,36 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
     import torch
 
     ids, labels = batch["input_ids"], batch["labels"]
+    extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
     if scenario.loss is Loss.LEGACY:
-        outputs = model(input_ids=ids, use_cache=False)
+        outputs = model(input_ids=ids, use_cache=False, **extra)
         outputs["logits"] = outputs["logits"].float()
         shifted = outputs["logits"][..., :-1, :].contiguous()
         targets = labels[..., 1:].contiguous()
         loss = torch.nn.functional.cross_entropy(shifted.view(-1, shifted.shape[-1]), targets.view(-1))
         return outputs, loss
     if scenario.loss is Loss.CHUNKED_HEAD:
-        with interventions.fused_head_positions(labels.shape[0] * min(scenario.kept_positions, scenario.seq - 1)):
-            outputs = model(input_ids=ids, labels=labels, use_cache=False, fused_lm_head=True)
+        with interventions.fused_head_positions(scenario.batch * min(scenario.kept_positions, scenario.seq - 1)):
+            outputs = model(input_ids=ids, labels=labels, use_cache=False, fused_lm_head=True, **extra)
         return outputs, outputs.loss
     if scenario.loss is Loss.CHUNKED_CE:
-        return None, _chunked_ce_loss(model, ids, labels)
+        return None, _chunked_ce_loss(model, ids, labels, extra)
     if scenario.loss in (Loss.LIGER, Loss.CCE, Loss.UNSLOTH):
         from vramplan.hf.fused_losses import no_logits_loss
 
-        return None, no_logits_loss(model, ids, labels, scenario)
+        return None, no_logits_loss(model, ids, labels, scenario, extra)
     k = scenario.kept_positions
     if k >= scenario.seq:
-        outputs = model(input_ids=ids, labels=labels, use_cache=False)
+        outputs = model(input_ids=ids, labels=labels, use_cache=False, **extra)
         return outputs, outputs.loss
+    if ids.shape[1] != scenario.seq:
+        raise TraceUnsupported("label_fraction < 1 (logits at the label positions) is traced for one sample per "
+                               "row of --seq tokens; a padding-free row keeps its labels' positions by index")
     # logits only at the label positions (ms-swift ``use_logits_to_keep``): the last k positions, by
     # an index tensor for one sequence (swift's boolean-mask indexing copies the rows) or a suffix
     # length for a batch
     keep: Any = k if ids.shape[0] > 1 else torch.arange(scenario.seq - k, scenario.seq, device=ids.device)
-    outputs = model(input_ids=ids, labels=labels[:, -k:], use_cache=False, logits_to_keep=keep)
+    outputs = model(input_ids=ids, labels=labels[:, -k:], use_cache=False, logits_to_keep=keep, **extra)
     return outputs, outputs.loss
 
 
@@ -546,7 +596,7 @@ def chunked_ce_loss_class() -> Any:
     return module.CEWithChunkedOutputLoss
 
 
-def _chunked_ce_loss(model: Any, ids: Any, labels: Any) -> Any:
+def _chunked_ce_loss(model: Any, ids: Any, labels: Any, extra: dict[str, Any] | None = None) -> Any:
     """torchtune's loss step on a transformers model: the decoder's normed hidden states cut into
     ``num_output_chunks`` sequence chunks, the output projection per chunk (torchtune's
     ``TransformerDecoder`` with ``set_num_output_chunks(8)``), labels shifted as the recipe shifts
@@ -557,7 +607,7 @@ def _chunked_ce_loss(model: Any, ids: Any, labels: Any) -> Any:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     loss_fn = chunked_ce_loss_class()()
-    hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
+    hidden = base.model(input_ids=ids, use_cache=False, **(extra or {})).last_hidden_state
     head = base.get_output_embeddings()
     if hasattr(head, "lora_A"):
         raise TraceUnsupported("the chunked-ce loss projects with the frozen output weight: leave lm_head out "
@@ -598,7 +648,8 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
     import torch
 
     device_type = batch["input_ids"].device.type
-    with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
+    with interventions.sequence_layout(scenario.packing is not BatchLayout.NONE), \
+            autocast_context(scenario, device_type):
         outputs, loss = _forward_loss(model, batch, scenario)
     held = outputs if scenario.hold_logits is not Hold.NONE else None  # alive to the end of this step
     if scenario.hold_logits is Hold.LOOP and carry is not None:

@@ -35,11 +35,11 @@ from vramplan.scenario import Loss, Scenario
 IGNORE = -100
 
 
-def no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> Any:
+def no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario, extra: dict[str, Any] | None = None) -> Any:
     """The forward of a model patched with a fused loss that never builds the logits (Liger's
     ``lce_forward``, axolotl's CCE ``cce_forward``, Unsloth's ``CausalLM_fast_forward``): the decoder's
     last hidden state and the lm_head weight go to the loss, the lm_head module never runs, and no
-    logits are returned. On CPU tensors (the trace, fake or real) the stand-ins below; on a CUDA device
+    logits are returned (``extra``: the collator's position ids / mask of a packed layout). On CPU tensors (the trace, fake or real) the stand-ins below; on a CUDA device
     (``vramplan profile``) the library's own kernel, never a stand-in."""
     import torch
 
@@ -50,7 +50,7 @@ def no_logits_loss(model: Any, ids: Any, labels: Any, scenario: Scenario) -> Any
     if hasattr(head, "lora_A"):
         raise TraceUnsupported(f"loss {scenario.loss.value} passes the lm_head weight to its kernel and skips a "
                                "LoRA adapter on lm_head: leave lm_head out of the LoRA targets")
-    hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
+    hidden = base.model(input_ids=ids, use_cache=False, **(extra or {})).last_hidden_state
     n_valid = labels.shape[0] * max(min(scenario.kept_positions, scenario.seq - 1), 1)
     if scenario.loss is Loss.LIGER:
         k = scenario.kept_positions

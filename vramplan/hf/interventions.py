@@ -19,9 +19,11 @@ Index (what and why; the third-party source it concerns; how it is undone):
 3. Fake ``Params4bit`` (``vramplan.hf.build.materialize``): under fake tensors the packed weight is a
    plain ``nn.Parameter`` carrying Params4bit's attributes, since ``Params4bit`` cannot wrap a fake
    tensor. Source: ``bitsandbytes/nn/modules.py`` (``Params4bit``). Restored: lives on our model.
-4. ``unpacked_sequences``: ``find_packed_sequence_indices`` answers ``None`` (fake tensors cannot
-   read the position ids and would answer "packed"). Source: ``transformers/masking_utils.py``
-   (``find_packed_sequence_indices``). Restored: the original put back after each training step.
+4. ``sequence_layout``: ``find_packed_sequence_indices`` answers from the batch's known layout
+   (``Scenario.packing``): ``None`` for one sequence per row, the sequence-index tensor for packed or
+   padding-free rows (fake tensors cannot read the position ids and would always answer "packed").
+   Source: ``transformers/masking_utils.py`` (``find_packed_sequence_indices``). Restored: the
+   original put back after each training step.
 5. ``flash2_on_sdpa``: flash-attention-2 cannot run on CPU; its wrapper's fp32 q/k/v cast, then SDPA,
    registered as an attention implementation. Source: ``transformers/integrations/flash_attention.py``,
    ``modeling_utils.py`` (``AttentionInterface.register``). Restored: the previous entry put back.
@@ -232,15 +234,26 @@ def warm_bitsandbytes() -> None:
 
 
 @contextlib.contextmanager
-def unpacked_sequences() -> Iterator[None]:
-    """Tell transformers the batch holds one sequence per row.
+def sequence_layout(packed: bool) -> Iterator[None]:
+    """Tell transformers whether the batch's rows hold one sequence each or several (item 4).
 
-    ``masking_utils.find_packed_sequence_indices`` reads the position ids' values; under fake
-    tensors it cannot, and answers "packed", which builds a 4-D mask and makes SDPA repeat K/V. Our
-    synthetic batch is never packed, so the answer is ``None``, as a real run computes."""
+    ``masking_utils.find_packed_sequence_indices`` reads the position ids' values: it returns the
+    per-token sequence index (``(diff(position_ids) != 1).cumsum(-1)``), or ``None`` when every row
+    is one sequence, a data-dependent ``.all()`` that fake tensors cannot answer (they would answer
+    "packed", which builds a 4-D mask and makes SDPA repeat K/V). The batch's layout
+    (``Scenario.packing``) is known, so the answer is given: ``None`` for one sequence per row (our
+    synthetic unpacked batch, as a real run computes), the index tensor, computed as transformers
+    computes it, for packed or padding-free rows."""
+    import torch
     import transformers.masking_utils as mu
 
-    with _attribute(mu, "find_packed_sequence_indices", lambda position_ids: None):
+    def packed_indices(position_ids: Any) -> Any:
+        # transformers 5.24 masking_utils.py, find_packed_sequence_indices, without the final check
+        first_dummy_value = position_ids[:, :1] - 1
+        position_diff = torch.diff(position_ids, prepend=first_dummy_value, dim=-1)
+        return (position_diff != 1).cumsum(-1)
+
+    with _attribute(mu, "find_packed_sequence_indices", packed_indices if packed else (lambda position_ids: None)):
         yield
 
 

@@ -23,6 +23,14 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
     if scenario.attn is Attn.FLASH2:
         notes.append("flash2 traced as sdpa plus flash-attention-2's own casts of fp32 q/k/v to the compute "
                      "dtype (flash-attn cannot run on CPU)")
+    if scenario.packing.value != "none":
+        inputs = {"padding-free": "one row of the batch's samples with restarting position ids",
+                  "packed": "rows of two samples each with per-sample position ids",
+                  "packed-mask": "rows of two samples each, with LLaMA-Factory's 4D mask"}[scenario.packing.value]
+        notes.append(f"{scenario.packing.value} batch traced on {inputs}; transformers told the rows are packed "
+                     "(fake tensors cannot read the position ids)"
+                     + ("; flash2's varlen kernel traced as sdpa over the whole row (the same saved state)"
+                        if scenario.attn is Attn.FLASH2 else ""))
     if scenario.optimizer.paged:
         notes.append("paged optimizer: state tensors >= 1e5 elements are counted as CUDA managed memory, "
                      "outside the allocated peak")

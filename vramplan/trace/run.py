@@ -129,16 +129,19 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
 
 
 def _batch(arch: Arch, scenario: Scenario, fake: bool, seed: int) -> dict[str, Any]:
-    """The training batch: zeros under fake tensors (values never matter), else ``synthetic_batch``."""
+    """The training batch: zero ids under fake tensors (values never matter), else ``synthetic_batch``;
+    the layout's position ids and mask (``build.layout_inputs``) either way."""
     import torch
 
     from vramplan.hf import build as B
 
     if not fake:
         return B.synthetic_batch(arch, scenario, "cpu", seed=seed)
+    shape = B.batch_shape(scenario)
     return {
-        "input_ids": torch.zeros(scenario.batch, scenario.seq, dtype=torch.long),
-        "labels": torch.zeros(scenario.batch, scenario.seq, dtype=torch.long),
+        "input_ids": torch.zeros(shape, dtype=torch.long),
+        "labels": torch.zeros(shape, dtype=torch.long),
+        **B.layout_inputs(scenario, "cpu"),
     }
 
 
