@@ -156,6 +156,10 @@ class Hold(_Choice):
     the name (a plain loop without ``del``; torchtune's 2024 recipes hold their shifted logits so)."""
 
 
+#: The modules ``Scenario.modules_to_save`` may name (peft ``ModulesToSaveWrapper``): the input embedding
+#: and the output projection, by their transformers names.
+MODULES_TO_SAVE = ("embed_tokens", "lm_head")
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -255,6 +259,20 @@ class Scenario:
     """bitsandbytes < 0.43.2: ``MatMul4Bit`` saves every 4-bit layer's input for backward whenever
     that input needs a gradient, although only the weight is used (0.43.2 keeps the weight only)."""
 
+    dora: bool = _field(
+        False, 22, "DoRA (peft use_dora=True): a trainable magnitude vector per target, and each target's "
+                   "forward also keeps its base and LoRA outputs for the magnitude's gradient.", optional=True)
+    """peft ``LoraConfig(use_dora=True)`` (``tuners/lora/dora.py``): weight-decomposed LoRA."""
+    modules_to_save: tuple[str, ...] = _field(
+        (), 23, "Modules trained in full beside the adapters (peft modules_to_save), e.g. "
+                "embed_tokens,lm_head: a trainable copy, its gradient and optimizer state.", optional=True)
+    """peft ``LoraConfig.modules_to_save``: ``embed_tokens`` and/or ``lm_head``, each wrapped by
+    ``ModulesToSaveWrapper`` (the original kept, a trainable deep copy used)."""
+    lora_fa: bool = _field(
+        False, 24, "LoRA-FA (peft create_lorafa_optimizer): lora_A frozen, only B trained: no A gradient or "
+                   "state, and lora_A saves no input.", optional=True)
+    """peft ``optimizers.create_lorafa_optimizer``: every ``lora_A`` frozen, AdamW on B."""
+
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
@@ -303,6 +321,23 @@ class Scenario:
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
+        mts = self.modules_to_save
+        if isinstance(mts, str):
+            mts = tuple(t.strip() for t in mts.split(",") if t.strip())
+        if not isinstance(mts, (tuple, list)) or not all(isinstance(t, str) and t for t in mts):
+            raise ScenarioError(f"modules_to_save must be module names (strings), got {mts!r}")
+        mts = tuple(dict.fromkeys(mts))
+        bad = [t for t in mts if t not in MODULES_TO_SAVE]
+        if bad:
+            raise ScenarioError(f"modules_to_save: {', '.join(bad)} is not priced (choose from: "
+                                f"{', '.join(MODULES_TO_SAVE)})")
+        object.__setattr__(self, "modules_to_save", mts)
+        if self.lora_fa and self.optimizer is not Optim.ADAMW:
+            raise ScenarioError(f"lora_fa is peft's LoRA-FA optimizer (an AdamW on the B matrices): it replaces "
+                                f"--optimizer, leave it adamw (not {self.optimizer.value})")
+        if self.lora_fa and self.dora:
+            raise ScenarioError("lora_fa and dora: peft's LoRA-FA optimizer pairs every lora_A with its lora_B "
+                                "and has no rule for DoRA's magnitude vectors; choose one")
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
@@ -356,7 +391,7 @@ _ENUM_FIELDS: dict[str, type[_Choice]] = {
     f.name: globals()[f.type] for f in fields(Scenario)
     if isinstance(globals().get(f.type), type) and issubclass(globals()[f.type], _Choice)}
 #: The LoRA-only fields: a full fine-tuning scenario must leave them at their defaults.
-LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype")
+LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype", "dora", "modules_to_save", "lora_fa")
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
 #: The on/off fields (their annotation is ``bool``): only True or False, never a truthy string.
 _BOOL_FIELDS = tuple(f.name for f in fields(Scenario) if f.type == "bool")

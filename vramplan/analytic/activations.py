@@ -66,6 +66,10 @@ class Dtypes:
         CPU program, where that argument-less call reads CUDA's flag)."""
         return not self.quantized or not self.autocast or not self.cuda
 
+    dora: bool = False
+    """DoRA (``Scenario.dora``): each target also saves its base and LoRA outputs (``dora_saved``)."""
+    lora_fa: bool = False
+    """LoRA-FA (``Scenario.lora_fa``): lora_A is frozen, so it saves no input."""
     cuda: bool = True
     """CUDA semantics (default). ``False`` reproduces what the CPU fake-tensor trace runs: peft's
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
@@ -149,7 +153,10 @@ class _Walk:
             if d.dropout:
                 if live:
                     self.tok += i * (1 if d.cuda else xin)
-                self.tok += lb * i
+                if not d.lora_fa:
+                    self.tok += lb * i
+            elif d.lora_fa:
+                pass  # a frozen lora_A saves no input (its weight only, counted below)
             elif xin == lb and (d.cuda or not d.autocast):
                 shared_x = True
             else:
@@ -157,6 +164,11 @@ class _Walk:
             self.tok += lb * self.r
             if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
                 self.const += d.c * self.r * (i + lin.out_features)
+            if d.dora:
+                tok, const, dora_out = dora_saved(d, lin, xd if d.quantized else out, xin, live)
+                self.tok += tok
+                self.const += const
+                out = _promote(out, dora_out)
         lora_x = (d.adapter if (convert and not d.full) else xd) if shared_x else 0
         if shared_x and not x_saved:
             self.tok += lora_x * group[0].in_features
@@ -165,6 +177,41 @@ class _Walk:
             # once per input tensor (q/k/v, gate/up share theirs); nothing new when lora_A already saves x
             self.tok += xd * group[0].in_features
         return out, out_live
+
+
+def dora_saved(d: Dtypes, lin: Linear, base_out: int, xin: int, live: bool = True) -> tuple[int, int, int]:
+    """What DoRA adds to one target's saved tensors: (bytes per token, fixed bytes, output dtype bytes).
+
+    peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.forward`` (``variants.py::DoraLinearVariant``
+    passes ``base_result = result`` when dropout is ``nn.Identity``, else ``None``):
+    1. ``weight_norm`` (detached, o) of the dequantized ``W + s·B·A`` in x's dtype, and
+       ``mag_norm_scale = magnitude / weight_norm`` (o): ``div`` saves ``weight_norm``, the two
+       products save ``mag_norm_scale`` and ``mag_norm_scale - 1`` (o each, the scale's dtype sd =
+       the adapter dtype promoted with x's): (x + 2·sd)·o fixed.
+    2. ``(mag_norm_scale - 1) * base_result`` saves ``base_result`` (o per token): without dropout the
+       base layer's output (its dtype ``base_out``); with dropout a second base matmul
+       ``F.linear(dropout(x), W.to(x.dtype))``, which saves W when x needs a gradient (``live``; o·i:
+       the compute dtype under autocast, else x's dtype; the parameter itself for an unquantized base
+       already in x's dtype) and returns the compute dtype under autocast, else x's.
+    3. ``mag_norm_scale * lora_result`` saves ``lora_result = lora_B(lora_A(x))`` (o, LoRA operand
+       dtype lb).
+    4. The bitsandbytes wrappers add the fp32 DoRA term to the base output without casting back when
+       no conversion ran (autocast on CUDA: ``lora/bnb.py``), so the output is promoted to sd; the
+       plain ``lora.Linear`` and the converting path cast back (``result.to(torch_result_dtype)``).
+    The weight norm's inputs (the dequantized weight, ``B·A`` built from ``lora_B(lora_A(eye))``) are
+    forward transients, freed when the forward returns."""
+    o, i = lin.out_features, lin.in_features
+    sd = _promote(d.adapter, xin)
+    const = (xin + 2 * sd) * o
+    if d.dropout:
+        rb = d.c if d.autocast else xin
+        if live and (d.quantized or d.autocast or xin != d.base_w):
+            const += rb * o * i
+    else:
+        rb = base_out
+    tok = rb * o + d.lora * o
+    out = _promote(base_out, sd) if (d.quantized and not d.lora_input_cast) else base_out
+    return tok, const, out
 
 
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
