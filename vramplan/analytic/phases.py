@@ -10,7 +10,9 @@ returns for it. Phases (``PHASES``, in this order):
   dequantized weight, with no LoRA gradient yet;
 - ``first layer backward``: one checkpoint, layer 0 recomputed, every other gradient alive;
 - ``optimizer step``: every gradient + the optimizer's temporaries;
-- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones.
+- ``embedding backward`` (full fine-tuning, or a trainable embedding copy): every gradient + the
+  tied embedding's extra ones;
+- ``lm_head backward`` (a trainable lm_head copy only): the logits' gradient + lm_head's weight gradient.
 
 Held logits (``Scenario.hold_logits``) join every phase but the loss forward, and that one too under
 ``Hold.LOOP`` (the previous step's output is alive until the forward returns).
@@ -29,6 +31,7 @@ LAST_LAYER = "last layer backward"
 FIRST_LAYER = "first layer backward"
 OPTIMIZER = "optimizer step"
 EMBEDDING = "embedding backward"
+LM_HEAD = "lm_head backward"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -120,7 +123,9 @@ def last_layer_backward(st: StaticTerms, x: Batch) -> int:
 
 
 def first_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_first + (x.first_b if x.gc else 0) + sum(x.work_first) + st.grad_total - st.grad_per_layer
+    """Every gradient but layer 0's and a trainable embedding's (``modules_to_save``), built after it."""
+    return (x.saved_first + (x.first_b if x.gc else 0) + sum(x.work_first) + st.grad_total - st.grad_per_layer
+            - st.embed_grad)
 
 
 def optimizer_step(st: StaticTerms, x: Batch) -> int:
@@ -129,17 +134,37 @@ def optimizer_step(st: StaticTerms, x: Batch) -> int:
 
 def embedding_backward(st: StaticTerms, x: Batch) -> int:
     """Full fine-tuning, tied embeddings: the embedding backward builds a second V·H gradient and
-    autograd accumulates it into lm_head's (a third buffer) while every other gradient exists."""
+    autograd accumulates it into lm_head's (a third buffer) while every other gradient exists. A LoRA
+    run with a trainable embedding copy (``modules_to_save``) has the same moment without the tie:
+    the embedding's V·H gradient (in ``grad_total``) beside the gradient of its output (b·s·H, the
+    embedding's dtype)."""
+    if st.embed_grad:
+        return st.grad_total + x.tokens * st.ckpt0
     return st.grad_total + st.tied_extra + x.tokens * st.hidden * 4
+
+
+def lm_head_backward(st: StaticTerms, x: Batch) -> int:
+    """A trainable lm_head copy (``modules_to_save``): its backward builds the weight gradient (V·H).
+    1. inside the matmul's backward: the logits' gradient (b·s·V, logits dtype), the saved autocast
+       copy of the weight and the new weight gradient (its 16-bit matmul result under autocast);
+    2. after it (the saved copy and the logits' gradient freed): that 16-bit gradient and its fp32
+       cast into the fp32 ``.grad`` (the autocast cast's backward, ``ToCopyBackward``) coexist.
+    Without autocast (or a 16-bit lm_head) the matmul writes the gradient in the weight's dtype."""
+    temp = st.vocab * st.hidden * st.d.c if st.head_copy else 0
+    inside = st.head_copy + x.tokens * st.vocab * st.logits_bytes + (temp or st.head_grad)
+    return x.saved_all + x.fin + max(inside, temp + st.head_grad)
 
 
 #: Phase name -> its dynamic bytes (on top of the static terms), in display order.
 PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
+    LM_HEAD: lm_head_backward,
 }
-#: The phases a LoRA step runs (all but the full fine-tuning embedding backward), and a full one.
-_STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k != EMBEDDING), True: tuple(PHASES.items())}
+#: The phases a LoRA step runs (the embedding backward only when the embedding trains: full
+#: fine-tuning or ``modules_to_save``; the lm_head backward only for a trainable lm_head copy).
+_STEPS = {(emb, head): tuple((k, f) for k, f in PHASES.items() if (k != EMBEDDING or emb) and (k != LM_HEAD or head))
+          for emb in (False, True) for head in (False, True)}
 
 
 def holds_logits(st: StaticTerms, phase: str) -> bool:
@@ -149,7 +174,7 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
-    out = {name: f(st, x) for name, f in _STEPS[full]}
+    out = {name: f(st, x) for name, f in _STEPS[full or bool(st.embed_grad), st.mts_head_input and not full]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     return out
@@ -160,9 +185,16 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     """(gradient bytes alive, the other dynamic components) at ``phase``; they sum to its total."""
     if phase in (LOSS_BACKWARD, LOSS_FORWARD):
         grads, rows = 0, _loss_rows(phase, st, x)
+    elif phase == LM_HEAD:
+        grads = st.head_grad
+        rows = _loss_rows(LOSS_BACKWARD, st, x)
+        rows[2] = ("temporary/lm_head_autocast_copy", "temporary", 0, "freed by the lm_head backward")
+        rows[3] = ("logits/loss", "logits", lm_head_backward(st, x) - grads - x.saved_all - x.fin,
+                   "lm_head backward: logits gradient / the weight gradient's 16-bit matmul result")
     elif phase == EMBEDDING:
         grads = st.grad_total
         rows = [("temporary/embedding_grad", "temporary", embedding_backward(st, x) - grads,
+                 "gradient of the embedding output" if st.embed_grad else
                  "tied embedding: second V·H gradient and its accumulation, + input gradient"), _NO_DEQUANT]
     elif phase == OPTIMIZER:
         grads = st.grad_total
@@ -205,7 +237,7 @@ def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
 
 
 def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
-    grads = st.head_grad if last else st.grad_total - st.grad_per_layer
+    grads = st.head_grad if last else st.grad_total - st.grad_per_layer - st.embed_grad
     rows = [_activation_row(st, x, x.saved_all if last else x.saved_first)]
     if x.gc:
         rows.append(("activations/recompute", "activations", x.last_b if last else x.first_b,

@@ -248,7 +248,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
-        paged=train.paged, embed_grad=train.embed_grad,
+        paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets))
 
 
@@ -395,7 +395,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
     first_sv = moe_sv if first_moe else dense_sv
-    if not s.grad_checkpointing and not s.full:
+    if not s.grad_checkpointing and not s.full and "embed_tokens" not in s.modules_to_save:
         first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
@@ -421,6 +421,10 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
     if any(lin.group == "lm_head" for lin in targets):
         xin = d.adapter if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
+    if "lm_head" in s.modules_to_save and not s.full:
+        # a trainable lm_head copy (peft ModulesToSaveWrapper) saves its input for the weight gradient:
+        # the final norm's output, or its cast copy under autocast
+        head_lora += (c if d.autocast else act.norm_out(d, d.resid)) * H
     legacy = s.loss is Loss.LEGACY
     fused = s.loss is Loss.CHUNKED_HEAD
     holds = s.hold_logits is not Hold.NONE and not fused
