@@ -331,11 +331,14 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
         n_lora = sum(n * k for n, k in sizes)
         pbytes = s.adapter_dtype.nbytes
-        rows.append(("adapter/lora", "adapter", n_lora * pbytes,
-                     f"LoRA A/B, {len(targets)} target kinds, {s.adapter_dtype.value}"
-                     + ("; A frozen (LoRA-FA)" if s.lora_fa else "")))
-        if s.lora_fa:  # only B is trained: no A gradient, no A state
+        if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
             sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+            n_b = sum(n * k for n, k in sizes)
+            rows.append(("weights/lora_A_frozen", "weights", (n_lora - n_b) * pbytes,
+                         f"LoRA-FA: lora_A frozen, {s.adapter_dtype.value}"))
+            n_lora = n_b
+        rows.append(("adapter/lora", "adapter", n_lora * pbytes,
+                     f"LoRA {'B' if s.lora_fa else 'A/B'}, {len(targets)} target kinds, {s.adapter_dtype.value}"))
         if s.dora:
             mag = ad.dora_magnitude_sizes(targets)
             rows.append(("adapter/dora_magnitude", "adapter", sum(n * k for n, k in mag) * pbytes,

@@ -41,7 +41,10 @@ KEYS = (
     Key("packing", None, "packing (issue 14)"),
     Key("neat_packing", False, "packing with a 4D mask (issue 14)"),
     Key("use_unsloth", False, "Unsloth's loader"),
-    Key("use_dora", False, "DoRA (issue 14)"),
+    Key("use_dora", False, "DoRA"),
+    Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
+    Key("additional_target", None, "modules_to_save (embed_tokens, lm_head)"),
+    Key("resize_vocab", False, "true (no additional_target): embed_tokens and lm_head trained in full"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
 )
 
@@ -91,6 +94,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["rank"] = b.integer(r.get("lora_rank"), "lora_rank")
         out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("lora_target"), "lora_target") or ("all-linear",)
+        b.adapter_variant(r, out, "use_dora", "additional_target", "use_rslora")
+        if r.get("additional_target") is None and b.boolean(r.get("resize_vocab"), "resize_vocab"):
+            # model/adapter.py: resize_vocab without additional_target saves both embedding modules
+            out["modules_to_save"] = ("embed_tokens", "lm_head")
     gc = not b.boolean(r.get("disable_gradient_checkpointing"), "disable_gradient_checkpointing")
     out["grad_checkpointing"] = gc
     out["reentrant"] = b.boolean(r.get("use_reentrant_gc"), "use_reentrant_gc")
@@ -108,7 +115,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
     out["optimizer"] = b.optimizer(r.get("optim"), who)
     b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"), ("enable_liger_kernel", "Liger kernels"),
-                          ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
+                          ("neat_packing", "neat packing (4D mask)"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))
     packing = r.get("packing")
