@@ -1,7 +1,7 @@
 """Issue 14 feature 5: DoRA, modules_to_save and LoRA-FA built with real peft 0.21.2 in the trace
 (``vramplan.hf.build.lora_config``, ``create_lorafa_optimizer``), held to the analytic engine within
-1 % on 2-layer models of real width (Llama-3.2-1B, Qwen3-0.6B; Llama-2-7b for modules_to_save, whose
-embeddings are untied), NF4 and unquantized, with and without checkpointing; rsLoRA is memory-neutral
+1 % on 2-layer models of real width (Llama-3.2-1B, Qwen3-0.6B; Llama-2-7b, untied, and Llama-3.2-1B,
+tied, for modules_to_save), NF4 and unquantized, with and without checkpointing; rsLoRA is memory-neutral
 in the trace."""
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ ROWS = [
     ("Llama-2-7b", dict(modules_to_save=("embed_tokens", "lm_head"), seq=512)),
     ("Llama-2-7b", dict(modules_to_save=("embed_tokens", "lm_head"), seq=512, grad_checkpointing=False)),
     ("Llama-2-7b", dict(modules_to_save=("lm_head",), seq=512, grad_checkpointing=False, quant="none")),
+    ("Llama-3.2-1B", dict(modules_to_save=("embed_tokens", "lm_head"), grad_checkpointing=False)),  # tied
 ]
 
 

@@ -145,12 +145,10 @@ def modules_to_save_params(arch: Arch, modules: tuple[str, ...]) -> dict[str, in
     ``lm_head``: V·H). peft 0.21.2 ``utils/other.py::ModulesToSaveWrapper.update``: the original
     module stays (frozen), ``copy.deepcopy(self.original_module)`` is the one the forward uses, its
     parameters ``requires_grad_(True)``; the copy keeps the original's dtype (after the recipe's
-    upcast). Errors (``VramplanError``) on tied embeddings: the copy would untie the shared
-    weight, which vramplan does not price."""
+    upcast). Tied embeddings change nothing here: the copy of the tied lm_head (or embedding) is a
+    new tensor, so the shared original stays frozen and the copy trains on its own (peft's
+    ``ensure_weight_tying`` is off by default)."""
     if not modules:
         return {}
-    if arch.tie_embeddings:
-        raise VramplanError(f"modules_to_save on {arch.name}, whose lm_head shares the embedding weight "
-                            "(tie_word_embeddings): the trainable copy breaks the tie, which is not priced")
     V, H = arch.vocab_size, arch.hidden_size
     return {m: V * H for m in modules}
