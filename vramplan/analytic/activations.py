@@ -89,13 +89,14 @@ def norm_out(d: Dtypes, x: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "dora")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str]):
         self.d, self.r, self.targets = d, rank, targets
         self.tok = 0
         self.quad = 0
         self.const = 0
+        self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
 
     def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
@@ -165,6 +166,14 @@ class _Walk:
             if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
                 self.const += d.c * self.r * (i + lin.out_features)
             if d.dora:
+                # the forward transient of this target, with what the layer has saved before it
+                # the target's input is alive through its forward (counted here unless something saves
+                # it), and so is dropout's output (``x = dropout(x)`` in the variant; peft's wrapper still
+                # holds the undropped x)
+                held_x = 0 if (x_saved or (not d.dropout and xin == lb and (d.cuda or not d.autocast))) else xd * i
+                held_x += xin * i if d.dropout else 0
+                t_tok, t_fixed, t_norm = dora_forward_transient(d, lin, xd, xin)
+                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm))
                 tok, const, dora_out = dora_saved(d, lin, xd if d.quantized else out, xin, live)
                 self.tok += tok
                 self.const += const
@@ -214,6 +223,38 @@ def dora_saved(d: Dtypes, lin: Linear, base_out: int, xin: int, live: bool = Tru
     return tok, const, out
 
 
+def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[int, int, int]:
+    """The bytes one DoRA target's forward holds beyond what it saves, at its busiest moment:
+    (per token, fixed, norm): fixed + max(norm, T · per token) at T tokens. peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.forward``; every local
+    lives until the forward returns:
+    1. ``get_lora_weight``: ``lora_B(lora_A(eye(i)))``: lora_A saves its input for A's gradient (the
+       i×i identity; its compute-dtype copy under autocast), alive while ``lora_weight`` is; then
+       ``lora_weight.to(x.dtype)`` (o·i in x's dtype);
+    2. ``dequantize_module_weight(base_layer).to(x.dtype)``: the base weight in x's dtype (o·i; the
+       parameter itself for an unquantized base already in that dtype);
+    3. ``get_weight_norm``: ``scaling * lora_weight`` and ``weight + that`` (2·o·i, x's dtype), freed
+       with the norm; or, later, the output arithmetic: ``(scale - 1) * base_result``,
+       ``scale * lora_result`` and its ``* scaling`` (3·sd·o per token, sd = the scale's dtype), beside
+       the base layer's cloned output (x's dtype·o per token) when dropout made ``base_result`` a
+       second matmul (else the clone is ``base_result``, already saved)."""
+    o, i = lin.out_features, lin.in_features
+    sd = _promote(d.adapter, xin)
+    eye = (d.c if d.autocast else d.adapter) * i * i
+    weight = xin * o * i if (d.quantized or xin != d.base_w) else 0
+    fixed = eye + xin * o * i + weight
+    return 3 * sd * o + (xd * o if d.dropout else 0), fixed, 2 * xin * o * i
+
+
+def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str,
+                         moe: bool) -> tuple[tuple[int, ...], ...]:
+    """Each DoRA target's forward moment in one layer: (saved per token, per token·s and fixed bytes
+    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm)."""
+    w = _Walk(d, rank, targets)
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, True, moe)
+    return tuple(w.dora)
+
+
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
                 live_in: bool = True) -> tuple[int, int, int]:
     """Bytes autograd holds for one decoder layer, excluding the layer's input tensor itself.
@@ -227,6 +268,12 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     """
     w = _Walk(d, rank, targets)
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, live_in, moe)
+    return w.tok, w.quad, w.const
+
+
+def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_in: bool, moe: bool) -> None:
+    d = w.d
     od, lo = _attention_saved(w, arch, lins, attn, live_in)
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live_in or lo
@@ -240,7 +287,6 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
         _mlp_saved(w, arch, lins, n2, live)
     if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
         w.norm(arch.hidden_size)
-    return w.tok, w.quad, w.const
 
 
 def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool) -> tuple[int, bool]:

@@ -32,6 +32,7 @@ FIRST_LAYER = "first layer backward"
 OPTIMIZER = "optimizer step"
 EMBEDDING = "embedding backward"
 LM_HEAD = "lm_head backward"
+DORA_FORWARD = "DoRA forward"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -64,6 +65,8 @@ class Batch(NamedTuple):
     """The loss forward's buffers (``logits.loss_forward_bytes``)."""
     held: int
     """Logits the loop holds (``logits.held_logits_bytes``)."""
+    seq: int = 0
+    """s, the sequence length (eager attention's per token·s terms)."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -106,7 +109,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         tokens=T, gc=gc, saved_all=saved_all, saved_first=saved_first, last_b=last_rc, first_b=first_rc,
         work_last=_working(st.work_moe if st.last_moe else st.work_dense, T, dequant_factor),
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
-        fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held)
+        fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, seq=seq)
 
 
 # ------------------------------------------------------------------------- phase totals
@@ -155,16 +158,50 @@ def lm_head_backward(st: StaticTerms, x: Batch) -> int:
     return x.saved_all + x.fin + max(inside, temp + st.head_grad)
 
 
+def dora_transient(st: StaticTerms, x: Batch) -> int:
+    """The last layer's busiest DoRA target forward at this batch (``activations.dora_forward_moments``):
+    that target's transient (fixed + the larger of its weight norm and its output arithmetic), plus,
+    under checkpointing, what the recomputed layer has saved before it (without checkpointing the
+    whole layer is already in ``saved_all``)."""
+    T = x.tokens
+    out = 0
+    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+        before = T * tb + T * x.seq * qb + cb if x.gc else 0
+        out = max(out, before + t_fixed + max(T * t_tok, t_norm))
+    return out
+
+
+def _dora_own(st: StaticTerms, x: Batch) -> int:
+    """The busiest target's own transient (the part of ``dora_transient`` that is not saved tensors)."""
+    T, best, own = x.tokens, -1, 0
+    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+        before = T * tb + T * x.seq * qb + cb if x.gc else 0
+        mine = t_fixed + max(T * t_tok, t_norm)
+        if before + mine > best:
+            best, own = before + mine, mine
+    return own
+
+
+def dora_forward(st: StaticTerms, x: Batch) -> int:
+    """DoRA: the last layer's forward (recomputed under checkpointing) at its busiest target. Under
+    checkpointing the recompute runs inside backward, when the first node of the layer's backward
+    unpacks a saved tensor: the gradient of the layer output and its scaled copy (the LoRA/DoRA
+    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype)."""
+    incoming = 2 * x.tokens * st.ckpt if x.gc else 0
+    return x.saved_all + dora_transient(st, x) + incoming
+
+
 #: Phase name -> its dynamic bytes (on top of the static terms), in display order.
 PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
-    LM_HEAD: lm_head_backward,
+    LM_HEAD: lm_head_backward, DORA_FORWARD: dora_forward,
 }
 #: The phases a LoRA step runs (the embedding backward only when the embedding trains: full
 #: fine-tuning or ``modules_to_save``; the lm_head backward only for a trainable lm_head copy).
-_STEPS = {(emb, head): tuple((k, f) for k, f in PHASES.items() if (k != EMBEDDING or emb) and (k != LM_HEAD or head))
-          for emb in (False, True) for head in (False, True)}
+_STEPS = {(emb, head, dora): tuple((k, f) for k, f in PHASES.items()
+                                   if (k != EMBEDDING or emb) and (k != LM_HEAD or head) and (k != DORA_FORWARD or dora))
+          for emb in (False, True) for head in (False, True) for dora in (False, True)}
 
 
 def holds_logits(st: StaticTerms, phase: str) -> bool:
@@ -174,7 +211,8 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
-    out = {name: f(st, x) for name, f in _STEPS[full or bool(st.embed_grad), st.mts_head_input and not full]}
+    out = {name: f(st, x) for name, f in _STEPS[full or bool(st.embed_grad), st.mts_head_input and not full,
+                                                bool(st.dora_fwd)]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     return out
@@ -185,6 +223,20 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     """(gradient bytes alive, the other dynamic components) at ``phase``; they sum to its total."""
     if phase in (LOSS_BACKWARD, LOSS_FORWARD):
         grads, rows = 0, _loss_rows(phase, st, x)
+    elif phase == DORA_FORWARD:
+        grads = 0
+        rows = [_activation_row(st, x, x.saved_all)]
+        if x.gc:
+            rows.append(("activations/recompute", "activations", x.last_b, "one decoder layer re-run by gradient "
+                         "checkpointing"))
+        if x.gc:
+            rows[-1] = ("activations/recompute", "activations", dora_transient(st, x) - _dora_own(st, x),
+                        "the re-run last layer's tensors saved before its busiest DoRA target")
+            rows.append(("activations/backward", "activations", 2 * x.tokens * st.ckpt,
+                         "the re-run layer's output gradient and its scaled copy"))
+        rows += [("temporary/dora_forward", "temporary", _dora_own(st, x) if x.gc else dora_transient(st, x),
+                  "DoRA: a target's full weight in x's dtype, B·A, the identity lora_A saw, the weight norm "
+                  "or the output arithmetic"), _NO_DEQUANT]
     elif phase == LM_HEAD:
         grads = st.head_grad
         rows = _loss_rows(LOSS_BACKWARD, st, x)

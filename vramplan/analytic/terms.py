@@ -180,6 +180,9 @@ class StaticTerms:
     mts_head_input: bool = False
     """``modules_to_save`` with ``lm_head``: the trainable output projection saves its input (the
     final norm's output) for its weight gradient."""
+    dora_fwd: tuple[tuple[int, ...], ...] = ()
+    """DoRA: each target's forward moment in the last layer (``activations.dora_forward_moments``);
+    empty without DoRA."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -249,6 +252,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
         paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
+        dora_fwd=act.dora_forward_moments(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
+                                          (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else (),
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets))
 
 
@@ -382,6 +387,12 @@ class _LayerTerms:
     notes: tuple[str, ...]
 
 
+def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
+    """The names the layer walk treats as LoRA targets (``experts`` for wrapped fused experts)."""
+    parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
+    return frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+
+
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
     """Per-layer saved bytes and backward working sets, dense and MoE, and the sliding-window extras."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
@@ -389,7 +400,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     if parts and s.lora_dropout > 0:
         notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
-    tset = frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+    tset = _target_set(arch, s, targets)
     dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
     moe_set = set(arch.moe_layers)
     first_moe = 0 in moe_set
