@@ -285,6 +285,17 @@ class Scenario:
         if not isinstance(targets, (tuple, list)) or not all(isinstance(t, str) and t for t in targets):
             raise ScenarioError(f"targets must be module names (strings), got {targets!r}")
         object.__setattr__(self, "targets", tuple(targets))
+        mts = self.modules_to_save
+        if isinstance(mts, str):
+            mts = tuple(t.strip() for t in mts.split(",") if t.strip())
+        if not isinstance(mts, (tuple, list)) or not all(isinstance(t, str) and t for t in mts):
+            raise ScenarioError(f"modules_to_save must be module names (strings), got {mts!r}")
+        mts = tuple(dict.fromkeys(mts))
+        bad = [t for t in mts if t not in MODULES_TO_SAVE]
+        if bad:
+            raise ScenarioError(f"modules_to_save: {', '.join(bad)} is not priced (choose from: "
+                                f"{', '.join(MODULES_TO_SAVE)})")
+        object.__setattr__(self, "modules_to_save", mts)
         for name in ("rank", "seq", "batch", "blocksize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -321,17 +332,6 @@ class Scenario:
         if self.bnb_keeps_input and not self.quantized_4bit:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
-        mts = self.modules_to_save
-        if isinstance(mts, str):
-            mts = tuple(t.strip() for t in mts.split(",") if t.strip())
-        if not isinstance(mts, (tuple, list)) or not all(isinstance(t, str) and t for t in mts):
-            raise ScenarioError(f"modules_to_save must be module names (strings), got {mts!r}")
-        mts = tuple(dict.fromkeys(mts))
-        bad = [t for t in mts if t not in MODULES_TO_SAVE]
-        if bad:
-            raise ScenarioError(f"modules_to_save: {', '.join(bad)} is not priced (choose from: "
-                                f"{', '.join(MODULES_TO_SAVE)})")
-        object.__setattr__(self, "modules_to_save", mts)
         if self.lora_fa and self.optimizer is not Optim.ADAMW:
             raise ScenarioError(f"lora_fa is peft's LoRA-FA optimizer (an AdamW on the B matrices): it replaces "
                                 f"--optimizer, leave it adamw (not {self.optimizer.value})")

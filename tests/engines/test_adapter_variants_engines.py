@@ -29,6 +29,10 @@ ROWS = [
     ("Llama-3.2-1B", dict(dora=True, grad_checkpointing=False, targets=("down_proj",))),
     ("Llama-3.2-1B", dict(dora=True)),
     ("Qwen3-0.6B", dict(dora=True, grad_checkpointing=False)),
+    # Llama-2-7b's 32k vocabulary leaves the peak in the layers: DoRA's forward moment (the re-run last
+    # layer's down_proj building its full weight and norm), checkpointed and not
+    ("Llama-2-7b", dict(dora=True, grad_checkpointing=False)),
+    ("Llama-2-7b", dict(dora=True, batch=4)),
     ("Qwen3-0.6B", dict(dora=True, quant="none")),
     ("Llama-3.2-1B", dict(lora_fa=True, grad_checkpointing=False)),
     ("Llama-3.2-1B", dict(lora_fa=True, quant="none")),
