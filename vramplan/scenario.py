@@ -218,6 +218,10 @@ class BatchLayout(_Choice):
     batch through the whole step. sdpa or eager only."""
 
 
+#: The modules ``Scenario.modules_to_save`` may name (peft ``ModulesToSaveWrapper``): the input embedding
+#: and the output projection, by their transformers names.
+MODULES_TO_SAVE = ("embed_tokens", "lm_head")
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -344,6 +348,19 @@ class Scenario:
                           "block-diagonal mask in the compute dtype: LLaMA-Factory neat_packing without FA2).",
         optional=True)
     """The micro-batch's layout (``BatchLayout``)."""
+    dora: bool = _field(
+        False, 22, "DoRA (peft use_dora=True): a trainable magnitude vector per target, and each target's "
+                   "forward also keeps its base and LoRA outputs for the magnitude's gradient.", optional=True)
+    """peft ``LoraConfig(use_dora=True)`` (``tuners/lora/dora.py``): weight-decomposed LoRA."""
+    modules_to_save: tuple[str, ...] = _field(
+        (), 23, "Modules trained in full beside the adapters (peft modules_to_save), e.g. "
+                "embed_tokens,lm_head: a trainable copy, its gradient and optimizer state.", optional=True)
+    """peft ``LoraConfig.modules_to_save``: ``embed_tokens`` and/or ``lm_head``, each wrapped by
+    ``ModulesToSaveWrapper`` (the original kept, a trainable deep copy used)."""
+    lora_fa: bool = _field(
+        False, 24, "LoRA-FA (peft create_lorafa_optimizer): lora_A frozen, only B trained: no A gradient or "
+                   "state, and lora_A saves no input.", optional=True)
+    """peft ``optimizers.create_lorafa_optimizer``: every ``lora_A`` frozen, AdamW on B."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
@@ -357,6 +374,17 @@ class Scenario:
         if not isinstance(targets, (tuple, list)) or not all(isinstance(t, str) and t for t in targets):
             raise ScenarioError(f"targets must be module names (strings), got {targets!r}")
         object.__setattr__(self, "targets", tuple(targets))
+        mts = self.modules_to_save
+        if isinstance(mts, str):
+            mts = tuple(t.strip() for t in mts.split(",") if t.strip())
+        if not isinstance(mts, (tuple, list)) or not all(isinstance(t, str) and t for t in mts):
+            raise ScenarioError(f"modules_to_save must be module names (strings), got {mts!r}")
+        mts = tuple(dict.fromkeys(mts))
+        bad = [t for t in mts if t not in MODULES_TO_SAVE]
+        if bad:
+            raise ScenarioError(f"modules_to_save: {', '.join(bad)} is not priced (choose from: "
+                                f"{', '.join(MODULES_TO_SAVE)})")
+        object.__setattr__(self, "modules_to_save", mts)
         for name in ("rank", "seq", "batch", "blocksize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -404,6 +432,12 @@ class Scenario:
         if self.packing is BatchLayout.PACKED_MASK and self.attn is Attn.FLASH2:
             raise ScenarioError("packed-mask is the 4D mask built for sdpa or eager; flash2 takes no mask and "
                                 "attends per sample from the position ids (use --packing packed)")
+        if self.lora_fa and self.optimizer is not Optim.ADAMW:
+            raise ScenarioError(f"lora_fa is peft's LoRA-FA optimizer (an AdamW on the B matrices): it replaces "
+                                f"--optimizer, leave it adamw (not {self.optimizer.value})")
+        if self.lora_fa and self.dora:
+            raise ScenarioError("lora_fa and dora: peft's LoRA-FA optimizer pairs every lora_A with its lora_B "
+                                "and has no rule for DoRA's magnitude vectors; choose one")
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
@@ -490,7 +524,7 @@ _ENUM_FIELDS: dict[str, type[_Choice]] = {
     f.name: globals()[f.type] for f in fields(Scenario)
     if isinstance(globals().get(f.type), type) and issubclass(globals()[f.type], _Choice)}
 #: The LoRA-only fields: a full fine-tuning scenario must leave them at their defaults.
-LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype")
+LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype", "dora", "modules_to_save", "lora_fa")
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
 #: The on/off fields (their annotation is ``bool``): only True or False, never a truthy string.
 _BOOL_FIELDS = tuple(f.name for f in fields(Scenario) if f.type == "bool")

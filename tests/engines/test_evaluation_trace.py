@@ -60,7 +60,7 @@ def test_eval_peak_trace_vs_analytic_within_1_percent(model, kw, device, moment)
 def test_cpu_4bit_repack_is_not_counted(monkeypatch):
     """A CPU with AVX512-BF16 would make every bitsandbytes Linear4bit repack its weight in place in the
     eval forward (bitsandbytes 0.50.2 ``Linear4bit.forward``): the trace keeps the weights as they are
-    (interventions item 18), so the evaluation's figures do not change and the repack never runs."""
+    (interventions item 19), so the evaluation's figures do not change and the repack never runs."""
     import bitsandbytes.nn.modules as bnb_modules
 
     from vramplan.scenario import Scenario

@@ -69,6 +69,10 @@ class Dtypes:
     fp16: bool = False
     """The compute dtype is fp16 (not bf16): ATen's CUDA softmax takes an fp16 input to an fp32 output
     directly (``half_to_float``), whose backward returns the fp16 gradient (``eager_softmax_backward``)."""
+    dora: bool = False
+    """DoRA (``Scenario.dora``): each target also saves its base and LoRA outputs (``dora_saved``)."""
+    lora_fa: bool = False
+    """LoRA-FA (``Scenario.lora_fa``): lora_A is frozen, so it saves no input."""
     cuda: bool = True
     """CUDA semantics (default). ``False`` reproduces what the CPU fake-tensor trace runs: peft's
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
@@ -88,7 +92,7 @@ def norm_out(d: Dtypes, x: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str]):
         self.d, self.r, self.targets = d, rank, targets
@@ -98,6 +102,7 @@ class _Walk:
         self.core: tuple[int, int, int, int, int] | None = None
         """Eager attention: (tok, quad, const) saved up to and including the attention core but V and
         the probabilities copy the matmul with V saves, V's gradient per token, the score dtype."""
+        self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
 
     def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
@@ -155,7 +160,10 @@ class _Walk:
             if d.dropout:
                 if live:
                     self.tok += i * (1 if d.cuda else xin)
-                self.tok += lb * i
+                if not d.lora_fa:
+                    self.tok += lb * i
+            elif d.lora_fa:
+                pass  # a frozen lora_A saves no input (its weight only, counted below)
             elif xin == lb and xin == xd and (d.cuda or not d.autocast):
                 shared_x = True  # no cast: every lora_A of the group saves the one x
             else:
@@ -163,6 +171,19 @@ class _Walk:
             self.tok += lb * self.r
             if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
                 self.const += d.c * self.r * (i + lin.out_features)
+            if d.dora:
+                # the forward transient of this target, with what the layer has saved before it
+                # the target's input is alive through its forward (counted here unless something saves
+                # it), and so is dropout's output (``x = dropout(x)`` in the variant; peft's wrapper still
+                # holds the undropped x)
+                held_x = 0 if (x_saved or (not d.dropout and xin == lb and (d.cuda or not d.autocast))) else xd * i
+                held_x += xin * i if d.dropout else 0
+                t_tok, t_fixed, t_norm = dora_forward_transient(d, lin, xd, xin)
+                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm))
+                tok, const, dora_out = dora_saved(d, lin, xd if d.quantized else out, xin, live)
+                self.tok += tok
+                self.const += const
+                out = _promote(out, dora_out)
         lora_x = (d.adapter if (convert and not d.full) else xd) if shared_x else 0
         if shared_x and not x_saved:
             self.tok += lora_x * group[0].in_features
@@ -171,6 +192,73 @@ class _Walk:
             # once per input tensor (q/k/v, gate/up share theirs); nothing new when lora_A already saves x
             self.tok += xd * group[0].in_features
         return out, out_live
+
+
+def dora_saved(d: Dtypes, lin: Linear, base_out: int, xin: int, live: bool = True) -> tuple[int, int, int]:
+    """What DoRA adds to one target's saved tensors: (bytes per token, fixed bytes, output dtype bytes).
+
+    peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.forward`` (``variants.py::DoraLinearVariant``
+    passes ``base_result = result`` when dropout is ``nn.Identity``, else ``None``):
+    1. ``weight_norm`` (detached, o) of the dequantized ``W + s·B·A`` in x's dtype, and
+       ``mag_norm_scale = magnitude / weight_norm`` (o): ``div`` saves ``weight_norm``, the two
+       products save ``mag_norm_scale`` and ``mag_norm_scale - 1`` (o each, the scale's dtype sd =
+       the adapter dtype promoted with x's): (x + 2·sd)·o fixed.
+    2. ``(mag_norm_scale - 1) * base_result`` saves ``base_result`` (o per token): without dropout the
+       base layer's output (its dtype ``base_out``); with dropout a second base matmul
+       ``F.linear(dropout(x), W.to(x.dtype))``, which saves W when x needs a gradient (``live``; o·i:
+       the compute dtype under autocast, else x's dtype; the parameter itself for an unquantized base
+       already in x's dtype) and returns the compute dtype under autocast, else x's.
+    3. ``mag_norm_scale * lora_result`` saves ``lora_result = lora_B(lora_A(x))`` (o, LoRA operand
+       dtype lb).
+    4. The bitsandbytes wrappers add the fp32 DoRA term to the base output without casting back when
+       no conversion ran (autocast on CUDA: ``lora/bnb.py``), so the output is promoted to sd; the
+       plain ``lora.Linear`` and the converting path cast back (``result.to(torch_result_dtype)``).
+    The weight norm's inputs (the dequantized weight, ``B·A`` built from ``lora_B(lora_A(eye))``) are
+    forward transients, freed when the forward returns."""
+    o, i = lin.out_features, lin.in_features
+    sd = _promote(d.adapter, xin)
+    const = (xin + 2 * sd) * o
+    if d.dropout:
+        rb = d.c if d.autocast else xin
+        if live and (d.quantized or d.autocast or xin != d.base_w):
+            const += rb * o * i
+    else:
+        rb = base_out
+    tok = rb * o + d.lora * o
+    out = _promote(base_out, sd) if (d.quantized and not d.lora_input_cast) else base_out
+    return tok, const, out
+
+
+def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[int, int, int]:
+    """The bytes one DoRA target's forward holds beyond what it saves, at its busiest moment:
+    (per token, fixed, norm): fixed + max(norm, T · per token) at T tokens. peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.forward``; every local
+    lives until the forward returns:
+    1. ``get_lora_weight``: ``lora_B(lora_A(eye(i)))``: lora_A saves its input for A's gradient (the
+       i×i identity; its compute-dtype copy under autocast), alive while ``lora_weight`` is; then
+       ``lora_weight.to(x.dtype)`` (o·i in x's dtype);
+    2. ``dequantize_module_weight(base_layer).to(x.dtype)``: the base weight in x's dtype (o·i; the
+       parameter itself for an unquantized base already in that dtype);
+    3. ``get_weight_norm``: ``scaling * lora_weight`` and ``weight + that`` (2·o·i, x's dtype), freed
+       with the norm; or, later, the output arithmetic: ``(scale - 1) * base_result``,
+       ``scale * lora_result`` and its ``* scaling`` (3·sd·o per token, sd = the scale's dtype), beside
+       the base layer's cloned output (x's dtype·o per token) when dropout made ``base_result`` a
+       second matmul (else the clone is ``base_result``, already saved)."""
+    o, i = lin.out_features, lin.in_features
+    sd = _promote(d.adapter, xin)
+    eye = (d.c if d.autocast else d.adapter) * i * i
+    weight = xin * o * i if (d.quantized or xin != d.base_w) else 0
+    fixed = eye + xin * o * i + weight
+    return 3 * sd * o + (xd * o if d.dropout else 0), fixed, 2 * xin * o * i
+
+
+def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str,
+                         moe: bool) -> tuple[tuple[int, ...], ...]:
+    """Each DoRA target's forward moment in one layer: (saved per token, per token·s and fixed bytes
+    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm)."""
+    w = _Walk(d, rank, targets)
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, True, moe)
+    return tuple(w.dora)
 
 
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
@@ -186,6 +274,12 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     """
     w = _Walk(d, rank, targets)
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, live_in, moe)
+    return w.tok, w.quad, w.const
+
+
+def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_in: bool, moe: bool) -> None:
+    d = w.d
     od, lo = _attention_saved(w, arch, lins, attn, live_in)
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live_in or lo
@@ -199,7 +293,6 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
         _mlp_saved(w, arch, lins, n2, live)
     if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
         w.norm(arch.hidden_size)
-    return w.tok, w.quad, w.const
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,

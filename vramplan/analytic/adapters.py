@@ -104,3 +104,51 @@ def lora_tensor_sizes(targets: tuple[Linear, ...], rank: int) -> list[tuple[int,
         out.append((rank * lin.in_features, lin.count))
         out.append((rank * lin.out_features, lin.count))
     return out
+
+
+# ------------------------------------------------------------------------------ variants
+def dora_magnitude_sizes(targets: tuple[Linear, ...]) -> list[tuple[int, int]]:
+    """(elements, instances) of DoRA's magnitude vectors: one per target, of its out_features o.
+
+    peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.update_layer``: ``self.weight =
+    nn.Parameter(weight_norm)`` with ``weight_norm = torch.linalg.norm(W + scaling·B·A, dim=1)``, one
+    value per output row; ``lora_magnitude_vector`` joins ``adapter_layer_names`` (``variants.py``
+    ``DoraLinearVariant.init``), so it is trainable and cast to the adapter dtype like A and B."""
+    return [(lin.out_features, lin.count) for lin in targets]
+
+
+def lora_fa_trainable_sizes(targets: tuple[Linear, ...], rank: int) -> list[tuple[int, int]]:
+    """(elements, instances) of the LoRA tensors LoRA-FA trains: B only (o·r per target).
+
+    peft 0.21.2 ``optimizers/lorafa.py::create_lorafa_optimizer``: ``if "lora_A" in name:
+    param.requires_grad_(False)``; ``LoraFAOptimizer.step`` keeps ``exp_avg_B`` / ``exp_avg_sq_B``
+    (``zeros_like(B)``) per (A, B) pair and no state for A."""
+    return [(rank * lin.out_features, lin.count) for lin in targets]
+
+
+def lora_fa_step_temp_bytes(targets: tuple[Linear, ...], rank: int, pbytes: int, c: int) -> int:
+    """The LoRA-FA step's largest per-pair temporary (bytes): peft 0.21.2 ``LoraFAOptimizer.step``
+    updates one (A, B) pair at a time, allocating for it:
+    1. ``A @ A.T`` (r × r), ``torch.eye(r)``, their sum, ``pinv`` of it (r × r each, adapter dtype);
+    2. ``grad_B_orin @ AA_T_inv`` and ``(1/s²) · that`` under bf16 autocast (o × r, c bytes each),
+       ``.to(B.grad.dtype)`` (o × r, adapter bytes);
+    3. ``exp_avg_sq_B.sqrt()`` -> ``denom_B`` (o × r, adapter bytes).
+    The largest B (largest o) decides; freed before the next pair."""
+    if not targets:
+        return 0
+    o = max(lin.out_features for lin in targets)
+    return 4 * rank * rank * pbytes + o * rank * (2 * c + 2 * pbytes)
+
+
+def modules_to_save_params(arch: Arch, modules: tuple[str, ...]) -> dict[str, int]:
+    """Elements of each trainable copy peft's ``ModulesToSaveWrapper`` makes (``embed_tokens``: V·H,
+    ``lm_head``: V·H). peft 0.21.2 ``utils/other.py::ModulesToSaveWrapper.update``: the original
+    module stays (frozen), ``copy.deepcopy(self.original_module)`` is the one the forward uses, its
+    parameters ``requires_grad_(True)``; the copy keeps the original's dtype (after the recipe's
+    upcast). Tied embeddings change nothing here: the copy of the tied lm_head (or embedding) is a
+    new tensor, so the shared original stays frozen and the copy trains on its own (peft's
+    ``ensure_weight_tying`` is off by default)."""
+    if not modules:
+        return {}
+    V, H = arch.vocab_size, arch.hidden_size
+    return {m: V * H for m in modules}

@@ -10,7 +10,9 @@ returns for it. Phases (``PHASES``, in this order):
   dequantized weight, with no LoRA gradient yet;
 - ``first layer backward``: one checkpoint, layer 0 recomputed, every other gradient alive;
 - ``optimizer step``: every gradient + the optimizer's temporaries;
-- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones;
+- ``embedding backward`` (full fine-tuning, or a trainable embedding copy): every gradient + the
+  tied embedding's extra ones;
+- ``lm_head backward`` (a trainable lm_head copy only): the logits' gradient + lm_head's weight gradient.
 - ``evaluation`` (``Scenario.eval_batch`` > 0): the HF Trainer's evaluation loop between steps, no
   gradients, its busiest moment (``vramplan.analytic.evaluation.eval_peak``). The step's reported peak
   is the larger of it and the training phases.
@@ -34,6 +36,8 @@ FIRST_LAYER = "first layer backward"
 OPTIMIZER = "optimizer step"
 EMBEDDING = "embedding backward"
 EVALUATION = "evaluation"
+LM_HEAD = "lm_head backward"
+DORA_FORWARD = "DoRA forward"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -85,6 +89,8 @@ class Batch(NamedTuple):
     kept by checkpointing)."""
     layout_batch: int = 0
     """What the packed collator adds to the batch, alive in every phase (position ids, a 4D mask)."""
+    seq: int = 0
+    """s, the sequence length (eager attention's per token·s terms)."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -139,7 +145,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         eval=_evaluation(st, seq),
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
         layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
-        layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad)
+        layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq)
 
 
 def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
@@ -194,7 +200,8 @@ def last_layer_backward(st: StaticTerms, x: Batch) -> int:
 
 
 def first_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return _layer_moment(st, x, False)[0] + st.grad_total - st.grad_per_layer
+    """Every gradient but layer 0's and a trainable embedding's (``modules_to_save``), built after it."""
+    return _layer_moment(st, x, False)[0] + st.grad_total - st.grad_per_layer - st.embed_grad
 
 
 def optimizer_step(st: StaticTerms, x: Batch) -> int:
@@ -203,19 +210,73 @@ def optimizer_step(st: StaticTerms, x: Batch) -> int:
 
 def embedding_backward(st: StaticTerms, x: Batch) -> int:
     """Full fine-tuning, tied embeddings: the embedding backward builds a second V·H gradient and
-    autograd accumulates it into lm_head's (a third buffer) while every other gradient exists."""
+    autograd accumulates it into lm_head's (a third buffer) while every other gradient exists. A LoRA
+    run with a trainable embedding copy (``modules_to_save``) has the same moment without the tie:
+    the embedding's V·H gradient (in ``grad_total``) beside the gradient of its output (b·s·H, the
+    embedding's dtype)."""
+    if st.embed_grad:
+        return st.grad_total + x.tokens * st.ckpt0
     return st.grad_total + st.tied_extra + x.tokens * st.hidden * 4
+
+
+def lm_head_backward(st: StaticTerms, x: Batch) -> int:
+    """A trainable lm_head copy (``modules_to_save``): its backward builds the weight gradient (V·H).
+    1. inside the matmul's backward: the logits' gradient (b·s·V, logits dtype), the saved autocast
+       copy of the weight and the new weight gradient (its 16-bit matmul result under autocast);
+    2. after it (the saved copy and the logits' gradient freed): that 16-bit gradient and its fp32
+       cast into the fp32 ``.grad`` (the autocast cast's backward, ``ToCopyBackward``) coexist.
+    Without autocast (or a 16-bit lm_head) the matmul writes the gradient in the weight's dtype."""
+    temp = st.vocab * st.hidden * st.d.c if st.head_copy else 0
+    inside = st.head_copy + x.tokens * st.vocab * st.logits_bytes + (temp or st.head_grad)
+    return x.saved_all + x.mask + x.fin + max(inside, temp + st.head_grad)
+
+
+def dora_transient(st: StaticTerms, x: Batch) -> int:
+    """The last layer's busiest DoRA target forward at this batch (``activations.dora_forward_moments``):
+    that target's transient (fixed + the larger of its weight norm and its output arithmetic), plus,
+    under checkpointing, what the recomputed layer has saved before it (without checkpointing the
+    whole layer is already in ``saved_all``)."""
+    T = x.tokens
+    out = 0
+    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+        before = T * tb + T * x.seq * qb + cb if x.gc else 0
+        out = max(out, before + t_fixed + max(T * t_tok, t_norm))
+    return out
+
+
+def _dora_own(st: StaticTerms, x: Batch) -> int:
+    """The busiest target's own transient (the part of ``dora_transient`` that is not saved tensors)."""
+    T, best, own = x.tokens, -1, 0
+    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+        before = T * tb + T * x.seq * qb + cb if x.gc else 0
+        mine = t_fixed + max(T * t_tok, t_norm)
+        if before + mine > best:
+            best, own = before + mine, mine
+    return own
+
+
+def dora_forward(st: StaticTerms, x: Batch) -> int:
+    """DoRA: the last layer's forward (recomputed under checkpointing) at its busiest target. Under
+    checkpointing the recompute runs inside backward, when the first node of the layer's backward
+    unpacks a saved tensor: the gradient of the layer output and its scaled copy (the LoRA/DoRA
+    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype)."""
+    incoming = 2 * x.tokens * st.ckpt if x.gc else 0
+    return x.saved_all + x.mask + dora_transient(st, x) + incoming
 
 
 #: Phase name -> its dynamic bytes (on top of the static terms), in display order.
 PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
+    LM_HEAD: lm_head_backward, DORA_FORWARD: dora_forward,
 }
 #: The phases that run while a packed layout's forward tensors (RoPE rows, a kept mask) are alive.
-_LAYOUT_PHASES = frozenset({LOSS_BACKWARD, LOSS_FORWARD, LAST_LAYER, FIRST_LAYER})
-#: The phases a LoRA step runs (all but the full fine-tuning embedding backward), and a full one.
-_STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k != EMBEDDING), True: tuple(PHASES.items())}
+_LAYOUT_PHASES = frozenset({LOSS_BACKWARD, LOSS_FORWARD, LAST_LAYER, FIRST_LAYER, LM_HEAD, DORA_FORWARD})
+#: The phases a LoRA step runs (the embedding backward only when the embedding trains: full
+#: fine-tuning or ``modules_to_save``; the lm_head backward only for a trainable lm_head copy).
+_STEPS = {(emb, head, dora): tuple((k, f) for k, f in PHASES.items()
+                                   if (k != EMBEDDING or emb) and (k != LM_HEAD or head) and (k != DORA_FORWARD or dora))
+          for emb in (False, True) for head in (False, True) for dora in (False, True)}
 
 
 def holds_logits(st: StaticTerms, phase: str) -> bool:
@@ -225,7 +286,9 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
-    out = {name: f(st, x) + x.layout_batch + (x.layout if name in _LAYOUT_PHASES else 0) for name, f in _STEPS[full]}
+    key = (full or bool(st.embed_grad), st.mts_head_input and not full, bool(st.dora_fwd))
+    out = {name: f(st, x) + x.layout_batch + (x.layout if name in _LAYOUT_PHASES else 0)
+           for name, f in _STEPS[key]}
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     if x.eval is not None:
@@ -241,9 +304,33 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         return 0, [*x.eval.rows, _NO_DEQUANT]
     if phase in (LOSS_BACKWARD, LOSS_FORWARD):
         grads, rows = 0, _loss_rows(phase, st, x)
+    elif phase == DORA_FORWARD:
+        grads = 0
+        rows = [_activation_row(st, x, x.saved_all), *_mask_rows(x)]
+        if x.gc:
+            rows.append(("activations/recompute", "activations", x.last_b, "one decoder layer re-run by gradient "
+                         "checkpointing"))
+        if x.gc:
+            rows[-1] = ("activations/recompute", "activations", dora_transient(st, x) - _dora_own(st, x),
+                        "the re-run last layer's tensors saved before its busiest DoRA target")
+            rows.append(("activations/backward", "activations", 2 * x.tokens * st.ckpt,
+                         "the re-run layer's output gradient and its scaled copy"))
+        rows += [("temporary/dora_forward", "temporary", _dora_own(st, x) if x.gc else dora_transient(st, x),
+                  "DoRA: a target's full weight in x's dtype, B·A, the identity lora_A saw, the weight norm "
+                  "or the output arithmetic"), _NO_DEQUANT]
+    elif phase == LM_HEAD:
+        grads = st.head_grad
+        rows = _loss_rows(LOSS_BACKWARD, st, x)
+        at = {r[0]: i for i, r in enumerate(rows)}
+        rows[at["temporary/lm_head_autocast_copy"]] = ("temporary/lm_head_autocast_copy", "temporary", 0,
+                                                       "freed by the lm_head backward")
+        rows[at["logits/loss"]] = ("logits/loss", "logits", lm_head_backward(st, x) - grads - x.saved_all - x.mask
+                                   - x.fin, "lm_head backward: logits gradient / the weight gradient's 16-bit "
+                                   "matmul result")
     elif phase == EMBEDDING:
         grads = st.grad_total
         rows = [("temporary/embedding_grad", "temporary", embedding_backward(st, x) - grads,
+                 "gradient of the embedding output" if st.embed_grad else
                  "tied embedding: second V·H gradient and its accumulation, + input gradient"), _NO_DEQUANT]
     elif phase == OPTIMIZER:
         grads = st.grad_total
@@ -303,7 +390,7 @@ def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
 
 
 def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
-    grads = st.head_grad if last else st.grad_total - st.grad_per_layer
+    grads = st.head_grad if last else st.grad_total - st.grad_per_layer - st.embed_grad
     if _layer_moment(st, x, last)[1]:
         return grads, _softmax_rows(last, st, x)
     rows = [_activation_row(st, x, x.saved_all if last else x.saved_first), *_mask_rows(x)]

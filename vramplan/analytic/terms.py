@@ -80,7 +80,7 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
         norm_w=norm_w, base_w=c, other_w=rs.group_bytes("experts", quantized, c),
         lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
         bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
-        norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, cuda=cuda)
+        norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, dora=s.dora, lora_fa=s.lora_fa, cuda=cuda)
 
 
 @dataclass(frozen=True)
@@ -211,6 +211,15 @@ class StaticTerms:
     """Bytes per token the collator adds to the batch, alive all step (int64 position ids)."""
     batch_quad: int = 0
     """Bytes per token·s the collator adds to the batch, alive all step (its 4D float mask)."""
+    embed_grad: int = 0
+    """``modules_to_save`` with ``embed_tokens``: the trainable copy's V·H gradient (its dtype), built
+    by the embedding backward after every layer's (0 otherwise)."""
+    mts_head_input: bool = False
+    """``modules_to_save`` with ``lm_head``: the trainable output projection saves its input (the
+    final norm's output) for its weight gradient."""
+    dora_fwd: tuple[tuple[int, ...], ...] = ()
+    """DoRA: each target's forward moment in the last layer (``activations.dora_forward_moments``);
+    empty without DoRA."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -289,9 +298,13 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
-        grad_total=train.grad_total, grad_per_layer=(train.grad_total - train.head_grad) // arch.num_layers,
+        grad_total=train.grad_total,
+        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
-        opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes), paged=train.paged,
+        opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
+        paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
+        dora_fwd=act.dora_forward_moments(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
+                                          (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else (),
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
         **_eval_terms(arch, s, d, layer.fields))
 
@@ -357,6 +370,8 @@ class _Trainable:
     head_grad: int
     tied_extra: int
     paged: int
+    embed_grad: int = 0
+    opt_temp: int = 0
 
 
 def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int, int]]) -> _Trainable:
@@ -371,22 +386,50 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     else:
         targets = ad.target_linears(arch, s.targets, s.rank)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
-        n_train = sum(n * k for n, k in sizes)
+        n_lora = sum(n * k for n, k in sizes)
         pbytes = s.adapter_dtype.nbytes
-        rows.append(("adapter/lora", "adapter", n_train * pbytes,
-                     f"LoRA A/B, {len(targets)} target kinds, {s.adapter_dtype.value}"))
+        if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
+            sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+            n_b = sum(n * k for n, k in sizes)
+            rows.append(("weights/lora_A_frozen", "weights", (n_lora - n_b) * pbytes,
+                         f"LoRA-FA: lora_A frozen, {s.adapter_dtype.value}"))
+            n_lora = n_b
+        rows.append(("adapter/lora", "adapter", n_lora * pbytes,
+                     f"LoRA {'B' if s.lora_fa else 'A/B'}, {len(targets)} target kinds, {s.adapter_dtype.value}"))
+        if s.dora:
+            mag = ad.dora_magnitude_sizes(targets)
+            rows.append(("adapter/dora_magnitude", "adapter", sum(n * k for n, k in mag) * pbytes,
+                         f"DoRA magnitude vectors (out_features per target), {s.adapter_dtype.value}"))
+            sizes = sizes + mag
+        n_train = sum(n * k for n, k in sizes)
     state, paged = opt.optimizer_state_bytes(s.optimizer, sizes, pbytes), 0
     if s.optimizer.paged:
         state, paged = opt.paged_split_bytes(s.optimizer, sizes)
+    # modules_to_save: a trainable copy of each module in its (recipe) dtype, its gradient and state
+    mts = {} if s.full else ad.modules_to_save_params(arch, s.modules_to_save)
+    mts_bytes = {"embed_tokens": d.resid0, "lm_head": d.resid0}
+    mts_grad = {m: n * mts_bytes[m] for m, n in mts.items()}
+    for m, n in mts.items():
+        rows.append((f"adapter/modules_to_save/{m}", "adapter", n * mts_bytes[m],
+                     f"peft ModulesToSaveWrapper: trainable copy of {m}, {mts_bytes[m]} B/param"))
+        st = opt.optimizer_state_bytes(s.optimizer, [(n, 1)], mts_bytes[m])
+        if s.optimizer.paged:
+            dev, man = opt.paged_split_bytes(s.optimizer, [(n, 1)])
+            st, paged = dev, paged + man
+        state += st
+    n_train += sum(mts.values())
     if state or s.optimizer is not opt.Optim.SGD:
         rows.append((f"optimizer/{s.optimizer.value}", "optimizer", state, "optimizer state" + (
             " kept on the device (tensors < 1e5 elements, absmax)" if s.optimizer.paged else "")))
     V, H = arch.vocab_size, arch.hidden_size
     # full fine-tuning: lm_head's gradient (the embedding's, when tied) and the final norm's exist as
     # soon as the lm_head backward has run
-    head_grad = (V * H + H) * pbytes if s.full else 0
+    head_grad = (V * H + H) * pbytes if s.full else mts_grad.get("lm_head", 0)
     tied_extra = 2 * V * H * pbytes if (s.full and arch.tie_embeddings) else 0
-    return _Trainable(rows, targets, n_train, pbytes, n_train * pbytes, head_grad, tied_extra, paged)
+    grad_total = (n_train - sum(mts.values())) * pbytes + sum(mts_grad.values())
+    opt_temp = ad.lora_fa_step_temp_bytes(targets, s.rank, pbytes, d.c) if s.lora_fa else 0
+    return _Trainable(rows, targets, n_train, pbytes, grad_total, head_grad, tied_extra, paged,
+                      mts_grad.get("embed_tokens", 0), opt_temp)
 
 
 # ------------------------------------------------------------------------------ activations
@@ -396,6 +439,12 @@ class _LayerTerms:
     notes: tuple[str, ...]
 
 
+def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
+    """The names the layer walk treats as LoRA targets (``experts`` for wrapped fused experts)."""
+    parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
+    return frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+
+
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
     """Per-layer saved bytes and backward working sets, dense and MoE, and the sliding-window extras."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
@@ -403,7 +452,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     if parts and s.lora_dropout > 0:
         notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
-    tset = frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+    tset = _target_set(arch, s, targets)
     dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
     moe_set = set(arch.moe_layers)
     first_moe = 0 in moe_set
@@ -412,7 +461,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
     first_sv = moe_sv if first_moe else dense_sv
-    if not s.grad_checkpointing and not s.full:
+    if not s.grad_checkpointing and not s.full and "embed_tokens" not in s.modules_to_save:
         first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
     sm_dense = sm_moe = sm_first = None
     if attn == "eager":
@@ -478,6 +527,10 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
     if any(lin.group == "lm_head" for lin in targets):
         xin = d.adapter if (not d.autocast or not d.cuda) else act.norm_out(d, d.resid)
         head_lora = (H * (1 if d.cuda else xin) if d.dropout else 0) + d.lora * (H + s.rank)
+    if "lm_head" in s.modules_to_save and not s.full:
+        # a trainable lm_head copy (peft ModulesToSaveWrapper) saves its input for the weight gradient:
+        # the final norm's output, or its cast copy under autocast
+        head_lora += (c if d.autocast else act.norm_out(d, d.resid)) * H
     legacy = s.loss is Loss.LEGACY
     fused = s.loss is Loss.CHUNKED_HEAD
     holds = s.hold_logits is not Hold.NONE and not fused and s.loss not in NO_LOGITS

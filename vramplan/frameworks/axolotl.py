@@ -24,6 +24,9 @@ KEYS = (
     Key("lora_target_modules", None, "LoRA target names"),
     Key("lora_target_linear", None, "true = every linear but lm_head"),
     Key("peft_autocast_adapter_dtype", None, "false = adapters in torch_dtype"),
+    Key("peft_use_dora", None, "DoRA"),
+    Key("peft_use_rslora", None, "rsLoRA (scaling only: memory-neutral)"),
+    Key("lora_modules_to_save", None, "modules_to_save (embed_tokens, lm_head)"),
     Key("sequence_len", 512, "tokens per row"),
     Key("pad_to_sequence_len", None, "None: pad each batch to a multiple of pad_to_multiple_of; true: of "
                                      "sequence_len; false: no padding to a multiple"),
@@ -141,6 +144,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["targets"] = ("all-linear",)
         else:
             out["targets"] = names or b.peft_default_targets(arch, who)
+        b.adapter_variant(r, out, "peft_use_dora", "lora_modules_to_save", "peft_use_rslora")
         autocast_adapter = r.get("peft_autocast_adapter_dtype")
         if autocast_adapter is not None and not b.boolean(autocast_adapter, "peft_autocast_adapter_dtype"):
             out["adapter_dtype"] = out["dtype"]

@@ -469,3 +469,34 @@ def liger(arch: Any, config: dict[str, Any], notes: list[str], who: str,
                          "transformers' loss, an upper bound")
         return None
     return "liger"
+
+
+def modules_to_save(value: Any, key: str) -> tuple[str, ...]:
+    """peft ``modules_to_save`` names (a list or a comma string; None -> ()). The input embedding
+    and the output projection are priced (``vramplan.scenario.MODULES_TO_SAVE``); any other name is
+    refused in one line."""
+    from vramplan.scenario import MODULES_TO_SAVE
+
+    names = targets(value, key) or ()
+    if names == ("all-linear",):
+        raise ConfigError(f"{key}: 'all' names no module to save")
+    bad = [n for n in names if n not in MODULES_TO_SAVE]
+    if bad:
+        raise ConfigError(f"{key}: {', '.join(bad)} is not priced (vramplan prices a trainable copy of "
+                          f"{' or '.join(MODULES_TO_SAVE)})")
+    return tuple(dict.fromkeys(names))
+
+
+def adapter_variant(r: Reader, out: dict[str, Any], dora: str | None = None, mts: str | None = None,
+                    rslora: str | None = None) -> None:
+    """The adapter-variant keys of a framework, by its key names: DoRA -> ``dora``, its
+    modules_to_save -> ``modules_to_save``. rsLoRA only rescales the update (alpha/√r for alpha/r,
+    peft ``LoraLayer.update_layer``): memory-neutral, so its key is read (validated) and maps to nothing."""
+    if dora and r.get(dora) is not None and boolean(r.get(dora), dora):
+        out["dora"] = True
+    if mts:
+        names = modules_to_save(r.get(mts), mts)
+        if names:
+            out["modules_to_save"] = names
+    if rslora and r.get(rslora) is not None:
+        boolean(r.get(rslora), rslora)

@@ -22,8 +22,9 @@ KEYS = (
     Key("adapter_config.r", 8, "LoRA rank"),
     Key("adapter_config.lora_dropout", 0.0, "LoRA dropout"),
     Key("adapter_config.target_modules", None, "None = peft's per-model default"),
-    Key("adapter_config.use_dora", False, "DoRA (issue 14)"),
-    Key("adapter_config.modules_to_save", None, "fully trained extra modules"),
+    Key("adapter_config.use_dora", False, "DoRA"),
+    Key("adapter_config.modules_to_save", None, "fully trained copies (embed_tokens, lm_head)"),
+    Key("adapter_config.use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
     Key("training_args.per_device_train_batch_size", 8, "micro-batch"),
     Key("training_args.gradient_checkpointing", False, "checkpointing"),
     Key("training_args.gradient_checkpointing_kwargs", None, "use_reentrant (None = non-reentrant)"),
@@ -58,10 +59,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["lora_dropout"] = b.fraction(r.get("adapter_config.lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("adapter_config.target_modules"), "target_modules") or \
             b.peft_default_targets(arch, who)
-        if b.boolean(r.get("adapter_config.use_dora"), "use_dora"):
-            notes.append("use_dora: DoRA is not yet priced (issue 14); priced as LoRA")
-        if r.get("adapter_config.modules_to_save"):
-            notes.append("modules_to_save: fully trained copies of those modules are not priced")
+        b.adapter_variant(r, out, "adapter_config.use_dora", "adapter_config.modules_to_save",
+                          "adapter_config.use_rslora")
         out["quant"] = "none"
         notes.append("training_args.json and adapter_config.json do not say whether the base is quantized: "
                      "unquantized unless --quant says so (--quant nf4 for QLoRA, priced with peft's k-bit "

@@ -41,7 +41,6 @@ KEYS = (
     Key("packing", None, "None = on only for stage pt: rows of cutoff_len"),
     Key("neat_packing", False, "packing with per-sample attention: a 4D mask, or varlen with fa2"),
     Key("use_unsloth", False, "Unsloth's loader"),
-    Key("use_dora", False, "DoRA (issue 14)"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)"),
     Key("val_size", 0.0, "validation split: a fraction, or a count when >= 1"),
     Key("eval_dataset", None, "validation datasets"),
@@ -51,6 +50,10 @@ KEYS = (
     Key("batch_eval_metrics", False, "metrics per batch"),
     Key("compute_accuracy", False, "token accuracy: argmax ids kept per eval sample"),
     Key("predict_with_generate", False, "generation in evaluation (not priced)"),
+    Key("use_dora", False, "DoRA"),
+    Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
+    Key("additional_target", None, "modules_to_save (embed_tokens, lm_head)"),
+    Key("resize_vocab", False, "true (no additional_target): embed_tokens and lm_head trained in full"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
 )
 
@@ -106,6 +109,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["rank"] = b.integer(r.get("lora_rank"), "lora_rank")
         out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("lora_target"), "lora_target") or ("all-linear",)
+        b.adapter_variant(r, out, "use_dora", "additional_target", "use_rslora")
+        if r.get("additional_target") is None and b.boolean(r.get("resize_vocab"), "resize_vocab"):
+            # model/adapter.py: resize_vocab without additional_target saves both embedding modules
+            out["modules_to_save"] = ("embed_tokens", "lm_head")
     gc = not b.boolean(r.get("disable_gradient_checkpointing"), "disable_gradient_checkpointing")
     out["grad_checkpointing"] = gc
     out["reentrant"] = b.boolean(r.get("use_reentrant_gc"), "use_reentrant_gc")
@@ -130,7 +137,6 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         if loss:
             out["loss"] = loss
     b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"),
-                          ("use_dora", "DoRA"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))
     packing = r.get("packing")

@@ -27,6 +27,9 @@ KEYS = (
     Key("lora_dropout", 0.05, "LoRA dropout"),
     Key("target_modules", ["all-linear"], "LoRA targets"),
     Key("lora_dtype", None, "None = peft's fp32 adapters"),
+    Key("use_dora", False, "DoRA"),
+    Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
+    Key("modules_to_save", [], "modules_to_save (embed_tokens, lm_head)"),
     Key("gradient_checkpointing", True, "checkpoint every decoder layer"),
     Key("gradient_checkpointing_kwargs", None, "use_reentrant: None = reentrant on one GPU"),
     Key("attn_impl", None, "None = sdpa"),
@@ -98,6 +101,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
         tg = b.targets(r.get("target_modules"), "target_modules")
         out["targets"] = tg or ("all-linear",)
+        b.adapter_variant(r, out, "use_dora", "modules_to_save", "use_rslora")
         lora_dtype = r.get("lora_dtype")
         if lora_dtype is not None:
             ld = b.dtype(lora_dtype, "lora_dtype")

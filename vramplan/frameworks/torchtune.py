@@ -21,6 +21,7 @@ KEYS = (
     Key("model.apply_lora_to_output", False, "LoRA on the output projection"),
     Key("model.lora_rank", 8, "LoRA rank"),
     Key("model.lora_dropout", 0.0, "LoRA dropout"),
+    Key("model.use_dora", False, "torchtune's own DoRALinear (not priced: refused)"),
     Key("model.quantize_base", None, "NF4 base (set by the qlora_* builders)"),
     Key("checkpointer.checkpoint_dir", None, "where the weights are (its name can name the model)"),
     Key("tokenizer.max_seq_len", None, "truncation length (None: the data's)"),
@@ -134,6 +135,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         if not names:
             raise b.ConfigError(f"{who}: the LoRA builder adapts no module (lora_attn_modules is empty)")
         out["targets"] = tuple(names)
+        if b.boolean(r.get("model.use_dora"), "use_dora"):
+            # torchtune 0.6 modules/peft/dora.py: DoRALinear is its own module (not peft's DoRA layers)
+            raise b.ConfigError(f"{who}: use_dora builds torchtune's own DoRALinear (modules/peft/dora.py), "
+                                "which vramplan does not price (peft's DoRA is --dora)")
         out["rank"] = b.integer(r.get("model.lora_rank"), "lora_rank")
         out["lora_dropout"] = b.fraction(r.get("model.lora_dropout"), "lora_dropout")
         out["adapter_dtype"] = d

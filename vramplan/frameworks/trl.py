@@ -31,6 +31,9 @@ KEYS = (
     Key("lora_r", 16, "LoRA rank"),
     Key("lora_dropout", 0.05, "LoRA dropout"),
     Key("lora_target_modules", None, "None = peft's per-model default"),
+    Key("use_dora", False, "DoRA"),
+    Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
+    Key("lora_modules_to_save", None, "modules_to_save (embed_tokens, lm_head)"),
     Key("max_length", 1024, "tokens per sample"),
     Key("max_seq_length", None, "older spelling of max_length (not read by TRL >= 0.20)"),
     Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
@@ -101,6 +104,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("lora_target_modules"), "lora_target_modules") or \
             b.peft_default_targets(arch, who)
+        b.adapter_variant(r, out, "use_dora", "lora_modules_to_save", "use_rslora")
         if v >= (0, 26) and (four or eight):
             if d == "bf16":
                 out["adapter_dtype"] = d

@@ -30,7 +30,7 @@ KEYS = (
     Key("lora.lora_r", 64, "LoRA rank"),
     Key("lora.lora_dropout", 0.0, "LoRA dropout"),
     Key("lora.target_modules", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "LoRA targets"),
-    Key("lora.use_dora", False, "DoRA (issue 14)"),
+    Key("lora.use_dora", False, "DoRA (priced as peft's DoRA layers)"),
 )
 
 
@@ -51,7 +51,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["lora_dropout"] = b.fraction(r.get("lora.lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("lora.target_modules"), "target_modules") or ("all-linear",)
         if b.boolean(r.get("lora.use_dora"), "use_dora"):
-            notes.append("use_dora: DoRA is not yet priced (issue 14); priced as LoRA")
+            out["dora"] = True
+            notes.append("use_dora: priced as peft's DoRA layers (Unsloth's fused LoRA kernels are not priced)")
     gc = r.get("training.gradient_checkpointing")
     gc = "none" if gc is False else ("true" if gc is True else str(gc).lower())
     if gc not in ("unsloth", "true", "none"):

@@ -263,6 +263,12 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
             msg += (" (peft maps all-linear onto the fused MoE expert and router parameters of transformers 5,"
                     " whose LoRA wrapper has no dropout: use --lora-dropout 0)")
         raise TraceUnsupported(f"peft cannot apply LoRA to {arch.name}: {msg}") from None
+    if scenario.lora_fa:
+        # LoRA-FA (peft ``optimizers/lorafa.py::create_lorafa_optimizer``): every lora_A frozen, as the
+        # optimizer's builder freezes them (make_optimizer builds it)
+        for name, p in model.named_parameters():
+            if "lora_A" in name:
+                p.requires_grad_(False)
     if scenario.adapter_dtype is not Dtype.FP32:
         # adapters kept in the compute dtype (torchtune, pure-bf16 loops; peft with
         # autocast_adapter_dtype=False on a 16-bit base): cast every trainable tensor
@@ -280,7 +286,8 @@ def lora_config(scenario: Scenario) -> Any:
 
     targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
     return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
-                      target_modules=targets, bias="none", task_type="CAUSAL_LM")
+                      target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=scenario.dora,
+                      modules_to_save=list(scenario.modules_to_save) or None)
 
 
 def enable_checkpointing(model: Any, scenario: Scenario) -> None:
@@ -454,6 +461,10 @@ def make_optimizer(model: Any, scenario: Scenario) -> Any:
         raise TraceUnsupported("the scenario leaves no trainable parameter")
     opt = scenario.optimizer
     lr = 1e-4
+    if scenario.lora_fa:
+        from peft.optimizers import create_lorafa_optimizer
+
+        return create_lorafa_optimizer(model, r=scenario.rank, lora_alpha=2 * scenario.rank, lr=lr)
     if opt is Optim.ADAMW:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     if opt is Optim.SGD:

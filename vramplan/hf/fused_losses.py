@@ -1,6 +1,6 @@
 """The trace's stand-ins for the fused losses whose kernels are Triton (``Loss.LIGER``, ``CCE``, ``UNSLOTH``).
 
-``interventions`` item 18. liger-kernel, cut-cross-entropy and unsloth_zoo drive Triton kernels from
+``interventions`` item 20. liger-kernel, cut-cross-entropy and unsloth_zoo drive Triton kernels from
 Python; the kernels allocate nothing, their Python drivers allocate every tensor. Neither runs on CPU
 (and none is a dependency of the trace), so each stand-in below is that driver transcribed, op for op
 where allocation is concerned: the same tensors of the same shapes and dtypes, created and released at

@@ -93,6 +93,17 @@ Index (what and why; the third-party source it concerns; how it is undone):
     unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
     autograd functions, called by our own forward).
 
+21. ``dora_standins``: peft's DoRA on the trace's model. Building on the meta device,
+    ``DoraLinearLayer.update_layer`` cannot compute the magnitude (the column norm of the dequantized
+    base weight: a meta ``Params4bit`` can be neither deep-copied nor dequantized), so on a meta base
+    layer the magnitude is made as an empty ``out_features`` vector of the dtype peft's norm returns
+    (the promotion of the LoRA and base dtypes; ``get_peft_model`` then casts it like A and B). In the
+    step, DoRA's forward dequantizes the base weight with ``dequantize_module_weight``, which knows a
+    ``Params4bit`` by its class name; item 3's stand-in is dequantized as bitsandbytes dequantizes a
+    Params4bit (``bitsandbytes.functional.dequantize_4bit`` with its ``quant_state``). Source: peft
+    0.21.2 ``tuners/lora/dora.py`` (``update_layer``, ``forward``), ``utils/integrations.py``
+    (``dequantize_module_weight``). Restored: both module attributes put back on exit.
+
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
 Where the CPU program allocates differently from the CUDA program
@@ -555,3 +566,43 @@ def _wrapping(checkpoint: Callable[..., Any], wrap: Callable[[Callable[..., Any]
         return checkpoint(wrap(function), *args, **kwargs)
 
     return checkpoint_wrapped
+
+
+@contextlib.contextmanager
+def dora_standins(enabled: bool = True) -> Iterator[None]:
+    """Item 18: peft's DoRA on a meta-built model and on item 3's fake ``Params4bit`` stand-in."""
+    if not enabled:
+        yield
+        return
+    import torch
+    from peft.tuners.lora import dora
+    from peft.utils.integrations import dequantize_module_weight
+
+    original_update = dora.DoraLinearLayer.update_layer
+
+    def update_layer(self: Any, *, base_layer: Any, lora_A: Any, lora_B: Any, scaling: Any,
+                     place_on_cpu: bool = False) -> None:
+        weight = getattr(base_layer, "weight", None)
+        if weight is None or weight.device.type != "meta":
+            return original_update(self, base_layer=base_layer, lora_A=lora_A, lora_B=lora_B, scaling=scaling,
+                                   place_on_cpu=place_on_cpu)
+        # peft: norm(dequantized W + scaling · B·A, dim=1).to(the sum's dtype), one value per output row
+        base_dtype = getattr(base_layer, "compute_dtype", None) or weight.dtype
+        if not base_dtype.is_floating_point:
+            base_dtype = torch.float32
+        dtype = torch.promote_types(lora_A.dtype, base_dtype)
+        self.weight = torch.nn.Parameter(torch.empty(base_layer.out_features, dtype=dtype, device="meta"))
+
+    def dequantize(module: Any) -> Any:
+        w = getattr(module, "weight", None)
+        # item 3's stand-in (under fake tensors its class reads FakeTensor, never Params4bit)
+        if w is not None and type(w).__name__ not in ("Params4bit", "Int8Params") \
+                and getattr(w, "bnb_quantized", False) and getattr(w, "quant_state", None) is not None:
+            import bitsandbytes.functional as F
+
+            return F.dequantize_4bit(w.data, w.quant_state)
+        return dequantize_module_weight(module)
+
+    with _attribute(dora.DoraLinearLayer, "update_layer", update_layer), \
+            _attribute(dora, "dequantize_module_weight", dequantize):
+        yield

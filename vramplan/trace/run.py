@@ -72,7 +72,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     t0 = time.perf_counter()
     run = TraceRun(layers=arch.num_layers if layers is None else layers)
     interventions.warm_bitsandbytes()
-    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2):
+    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), interventions.dora_standins(scenario.dora):
         model = B.build_model(arch, scenario, layers=run.layers)
         with _cpu_program(fake, cuda):
             B.materialize(model, scenario, fake=fake, seed=seed)
