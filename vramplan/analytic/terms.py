@@ -234,6 +234,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     train = _trainable(arch, s, d, unquantized)
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
+    comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
@@ -342,6 +343,29 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
 class _LayerTerms:
     fields: dict
     notes: tuple[str, ...]
+    fused: frozenset[str] = frozenset()
+
+
+#: Breakdown note of a run with fused LoRA kernels, by ``Scenario.lora_kernels``.
+KERNEL_NOTES = {
+    "axolotl": "axolotl 0.19 fused LoRA kernels (kernels/lora.py LoRA_QKV / LoRA_O / LoRA_MLP) on {groups}: their "
+               "saved tensors and backward buffers priced from the source; the trace runs the functions themselves "
+               "(Triton activation through axolotl's registered fake kernels, NF4 dequantization as a same-size "
+               "allocation)",
+    "unsloth": "analytic-only: Unsloth 2026.10.9 fused LoRA kernels (kernels/fast_lora.py LoRA_QKV / LoRA_W / "
+               "LoRA_MLP) on {groups}, priced from the source (importing Unsloth patches transformers, so the trace "
+               "runs peft's layers); the rest of Unsloth's forward (its RMSNorm, attention and loss kernels) is "
+               "priced as transformers'",
+}
+
+
+def _kernel_components(arch: Arch, s: Scenario, d: act.Dtypes, fused: frozenset[str]) -> list[_Row]:
+    """Unsloth's resident dequantization scratch (``activations.unsloth_scratch_bytes``)."""
+    if s.lora_kernels.value != "unsloth":
+        return []
+    n = act.unsloth_scratch_bytes(arch, d.c, fused, d.quantized)
+    return [("temporary/dequant_scratch", "temporary", n,
+             "Unsloth's resident buffer for the largest dequantized 4-bit weight")] if n else []
 
 
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
@@ -355,24 +379,28 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
     moe_set = set(arch.moe_layers)
     first_moe = 0 in moe_set
-    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False) if dense else (0, 0, 0)
-    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True) if nmoe else (0, 0, 0)
+    kernels = s.lora_kernels.value
+    fused, knotes = act.fused_groups(arch, d, kernels, s.kernel_groups, tset)
+    notes += knotes + ((KERNEL_NOTES[kernels].format(groups=", ".join(sorted(fused))),) if fused else ())
+    kw = dict(kernels=kernels, fused=fused)
+    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False, **kw) if dense else (0, 0, 0)
+    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True, **kw) if nmoe else (0, 0, 0)
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
     first_sv = moe_sv if first_moe else dense_sv
     if not s.grad_checkpointing and not s.full:
-        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
+        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False, **kw)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
     return _LayerTerms(dict(
         dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
         dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
-        work_dense=act.backward_working(arch, d, False, tset, s.rank) if dense else (0, 0, 0, 0),
-        work_moe=act.backward_working(arch, d, True, tset, s.rank) if nmoe else (0, 0, 0, 0),
+        work_dense=act.backward_working(arch, d, False, tset, s.rank, **kw) if dense else (0, 0, 0, 0),
+        work_moe=act.backward_working(arch, d, True, tset, s.rank, **kw) if nmoe else (0, 0, 0, 0),
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
-        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0), notes)
+        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0), notes, fused)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:
