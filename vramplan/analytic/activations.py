@@ -401,7 +401,8 @@ def _dense_index(arch: Arch) -> int:
 
 
 def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
-                     rank: int, kernels: str = "none", fused: frozenset[str] = frozenset()) -> tuple[int, int, int, int]:
+                     rank: int, kernels: str = "none", fused: frozenset[str] = frozenset(),
+                     gc: bool = True, reentrant: bool = False) -> tuple[int, int, int, int]:
     """Gradient buffers alive at the busiest point of one decoder layer's backward.
 
     Returns (a, a_fixed, b, b_fixed): the working set is max(a·T + a_fixed, b·T + b_fixed) bytes on
@@ -419,7 +420,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
     """
     if "mlp" in fused and not moe:
-        return fused_mlp_backward(arch, d, kernels, rank)
+        return fused_mlp_backward(arch, d, kernels, rank, gc, reentrant)
     H, c = arch.hidden_size, d.c
     n2 = norm_out(d, _promote(d.resid, c))
     gd = n2 if d.quantized else (c if d.autocast else d.base_w)
@@ -460,42 +461,65 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     return a, a_fixed, b + hpart, deq
 
 
-def fused_mlp_backward(arch: Arch, d: Dtypes, kernels: str, rank: int) -> tuple[int, int, int, int]:
-    """Gradient buffers at the busiest point of a fused LoRA MLP's backward (``backward_working``'s
-    (a, a_fixed, b, b_fixed)), on top of its saved x, gate and up. T tokens; c compute bytes; I, H, r.
-    axolotl 0.19 ``kernels/lora.py::LoRA_MLP.backward`` (``L560-690``):
-    1. ``matmul_lora(grad_output, down_weight.t(), ...)``: the dequantized down weight (c·I·H, freed
-       after the matmul) and its output grad_down, c·I;
-    2. ``swiglu_backward`` writes h, d_gate, d_up into grad_down, gate and up: nothing new;
-    3. the adapters' gradients (``torch.empty_like`` of the c copies, c·r·(i + o) each, fixed) and
-       ``grad_B_up``/``grad_B_gate``, c·r per token each, kept for the input gradient;
-    4. the input gradient: up's weight dequantized again (c·I·H) while ``dX = grad_up @ W.t()``
-       (c·H) is formed, then gate's: the busiest moment, b = c·I + c·H + 2·c·r with b_fixed = c·I·H;
-    5. with dropout the LoRA branch's input gradient ``dX_drop = zeros_like(X_lora)`` (c·H) once the
-       weights are freed: no higher than step 4 at the traced peak (tiny Llama / Qwen3, dropout 0.05), a = b.
-    Unsloth 2026.10.9 ``kernels/fast_lora.py::LoRA_MLP.backward`` (``L458-600``): the same steps, but
-    down's weight is dequantized into the resident scratch buffer (``use_global_buffer``, priced as a
-    static term by ``unsloth_scratch_bytes``) and ``dX`` is written into the saved x
-    (``torch.matmul(df, upW.t(), out=X)``): b = c·I + 2·c·r, b_fixed = c·I·H (up's, then gate's fresh
-    dequantization); the A/B copies ``gateA.to(dtype)`` ... and their gradients are fixed c·r·(i + o).
-    axolotl's traced peak holds one c·H tensor more than these steps name (a constant T·c·H, whatever
-    I, on tiny Llama runs): b includes it, as measured, not as read from the source.
-    Both: the incoming gradient of the MLP output (the layer output's, in its dtype, plus its cast to c
-    when they differ) is alive throughout; a and b include it."""
+def fused_mlp_backward(arch: Arch, d: Dtypes, kernels: str, rank: int, gc: bool = True,
+                       reentrant: bool = False) -> tuple[int, int, int, int]:
+    """The busiest moments of a layer's backward around a fused LoRA MLP, as ``backward_working``'s
+    (a, a_fixed, b, b_fixed): max(a·T + a_fixed, b·T + b_fixed) on top of the layer's saved tensors (x,
+    gate, up, ...). T tokens; c compute bytes; I, H, r; g the incoming gradient of the MLP output (the layer
+    output's, in its dtype o = max(resid, c), plus its cast to c when they differ): g = o·H (+ c·H).
+
+    axolotl 0.19 ``kernels/lora.py``:
+    R. under gradient checkpointing, the layer's recomputed forward reaching the down projection inside
+       ``LoRA_MLP.forward`` (``L414``, ``matmul_lora``: ``W = dequantize(W.t(), W_quant)`` then
+       ``torch.matmul(X, W)``) while g waits: the activation output ``hidden`` (c·I), the down output (c·H),
+       the decoder layer's post-attention residual (o·H, a local of ``LlamaDecoderLayer.forward`` until
+       its last add) and the dequantized down weight (c·I·H): c·I + c·H + o·H + g, fixed c·I·H. The
+       trace's peak is here (tiny Llama / Qwen3, non-reentrant checkpointing).
+    B. ``LoRA_MLP.backward`` (``L560-690``): ``matmul_lora(grad_output, down_weight.t(), ...)`` (grad_down,
+       c·I, and the dequantized weight); ``swiglu_backward`` writes h, d_gate, d_up into grad_down, gate
+       and up (``kernels/swiglu.py:L150-178``: nothing new); ``grad_B_up``/``grad_B_gate`` (c·r per token
+       each) and the adapters' gradients (``torch.empty_like`` of the c copies: c·r·(i + o) each, fixed);
+       then up's weight dequantized again while ``dX = grad_up @ W.t()`` (c·H) forms:
+       c·I + c·H + 2·c·r + g, fixed c·I·H.
+    D. with dropout, ``dX_drop = zeros_like(X_lora)`` (c·H) once the weights are freed: c·I + 2·c·H + 2·c·r + g.
+    b = the larger of R (with checkpointing) and B, b_fixed the dequantized weight; a = D with dropout, else b.
+    Reentrant checkpointing holds the recomputed layer's output through its backward (priced by the
+    phase, ``StaticTerms.reentrant_out``, o·H), which does not exist yet at R: R counts o·H less.
+    Unsloth 2026.10.9 ``kernels/fast_lora.py::LoRA_MLP``: R without the dequantized weight (the forward
+    dequantizes into the resident scratch, ``unsloth_scratch_bytes``) is the a moment; B (``L458-600``)
+    writes ``dX`` into the saved x (``torch.matmul(df, upW.t(), out=X)``) and dequantizes up's and gate's
+    weight fresh (``fast_dequantize`` without the global buffer): b = c·I + 2·c·r + g, fixed c·I·H; the A/B
+    copies ``gateA.to(dtype)`` ... and their gradients are fixed c·r·(i + o) each (a_fixed)."""
     H, c, I = arch.hidden_size, d.c, arch.intermediate_size
     lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch))}
-    out = _promote(d.resid, c)
-    hpart = out * H + (c * H if out != c else 0)
+    o = _promote(d.resid, c)
+    g = o * H + (c * H if o != c else 0)
     mlp = [lins[n] for n in ("gate_proj", "up_proj", "down_proj")]
     small = c * rank * sum(lin.in_features + lin.out_features for lin in mlp)  # the adapters' c gradients
     deq = c * lins["down_proj"].weight_params if d.quantized else 0
+    recompute = c * I + c * H + (0 if reentrant else o * H) + g if gc else 0
     if kernels == "unsloth":
-        b = c * I + 2 * c * rank + hpart
-        return b, 2 * small, b, deq
-    # one more c·H gradient is alive at the traced peak than the lines above account for (the axolotl
-    # trace, tiny Llama, I = 768 / 1536 / 3072: a constant T·c·H short, whatever I); priced as measured
-    b = c * I + 2 * c * H + 2 * c * rank + hpart
-    return b, small, b, deq
+        return recompute, 2 * small, c * I + 2 * c * rank + g, deq
+    b = max(recompute, c * I + c * H + 2 * c * rank + g)
+    a = c * I + 2 * c * H + 2 * c * rank + g if d.dropout else b
+    return a, small, b, deq
+
+
+#: fp32 H-sized tensors transformers' RMSNorm backward holds at its busiest moment, beyond its incoming
+#: gradient (``hidden.to(float32)``, ``pow``, ``mean``, ``rsqrt`` and ``mul`` backward in torch 2.13
+#: ``derivatives.yaml``: counted by the trace's tracker on ``LlamaRMSNorm`` with bf16 and fp32 weights).
+NORM_BACKWARD_FP32 = 5
+
+
+def final_norm_backward_bytes(arch: Arch, d: Dtypes) -> int:
+    """Bytes per token alive beyond every layer's saved tensors at the busiest moment of the final
+    RMSNorm's backward: its own saved fp32 input and rsqrt (4·H + 4) and five fp32 H-sized tensors
+    (``NORM_BACKWARD_FP32``); the lm_head input gradient is released by then (the axolotl trace of tiny
+    Llama without checkpointing: the five fp32 b·s·H buffers and the norm's fp32 input are alive at the
+    peak, no compute-dtype H-sized gradient is). With fused LoRA kernels a layer's backward needs less
+    than this, so without checkpointing it can be the step's peak."""
+    H = arch.hidden_size
+    return 4 * H + 4 + 4 * NORM_BACKWARD_FP32 * H
 
 
 def unsloth_scratch_bytes(arch: Arch, s_c: int, fused: frozenset[str], quantized: bool) -> int:

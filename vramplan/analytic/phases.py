@@ -10,7 +10,9 @@ returns for it. Phases (``PHASES``, in this order):
   dequantized weight, with no LoRA gradient yet;
 - ``first layer backward``: one checkpoint, layer 0 recomputed, every other gradient alive;
 - ``optimizer step``: every gradient + the optimizer's temporaries;
-- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones.
+- ``embedding backward`` (full fine-tuning only): every gradient + the tied embedding's extra ones;
+- ``final norm backward`` (fused LoRA kernels only, ``StaticTerms.norm_back``): every checkpoint (or every
+  saved activation) + the final RMSNorm's backward buffers.
 
 Held logits (``Scenario.hold_logits``) join every phase but the loss forward, and that one too under
 ``Hold.LOOP`` (the previous step's output is alive until the forward returns).
@@ -29,6 +31,7 @@ LAST_LAYER = "last layer backward"
 FIRST_LAYER = "first layer backward"
 OPTIMIZER = "optimizer step"
 EMBEDDING = "embedding backward"
+FINAL_NORM = "final norm backward"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -133,13 +136,20 @@ def embedding_backward(st: StaticTerms, x: Batch) -> int:
     return st.grad_total + st.tied_extra + x.tokens * st.hidden * 4
 
 
+def final_norm_backward(st: StaticTerms, x: Batch) -> int:
+    """Fused LoRA kernels: the final RMSNorm's backward, every layer's saved tensors still alive."""
+    return x.saved_all + x.tokens * st.norm_back + st.head_grad
+
+
 #: Phase name -> its dynamic bytes (on top of the static terms), in display order.
 PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
+    FINAL_NORM: final_norm_backward,
 }
 #: The phases a LoRA step runs (all but the full fine-tuning embedding backward), and a full one.
-_STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k != EMBEDDING), True: tuple(PHASES.items())}
+_STEPS = {False: tuple((k, f) for k, f in PHASES.items() if k not in (EMBEDDING, FINAL_NORM)),
+          True: tuple((k, f) for k, f in PHASES.items() if k != FINAL_NORM)}
 
 
 def holds_logits(st: StaticTerms, phase: str) -> bool:
@@ -150,6 +160,8 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
     out = {name: f(st, x) for name, f in _STEPS[full]}
+    if st.norm_back:
+        out[FINAL_NORM] = final_norm_backward(st, x)
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     return out
@@ -164,6 +176,13 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         grads = st.grad_total
         rows = [("temporary/embedding_grad", "temporary", embedding_backward(st, x) - grads,
                  "tied embedding: second V·H gradient and its accumulation, + input gradient"), _NO_DEQUANT]
+    elif phase == FINAL_NORM:
+        grads = st.head_grad
+        norm_in = x.tokens * (4 * st.hidden + 4)
+        rows = [_activation_row(st, x, x.saved_all),
+                ("activations/final_norm", "activations", norm_in, "final RMSNorm input (fp32) + rsqrt"),
+                ("activations/backward", "activations", x.tokens * st.norm_back - norm_in,
+                 "final RMSNorm backward: five fp32 b·s·H buffers"), _NO_DEQUANT]
     elif phase == OPTIMIZER:
         grads = st.grad_total
         rows = [("temporary/optimizer_step", "temporary", st.opt_temp, "optimizer step buffers"), _NO_DEQUANT]

@@ -174,6 +174,9 @@ class StaticTerms:
     """Held logits per token (``logits.held_logits_bytes`` over one token; 0 when not held)."""
     held_forward: bool
     """``Hold.LOOP``: the previous step's logits are also alive through this forward."""
+    norm_back: int = 0
+    """Fused LoRA kernels: bytes per token over the saved layers while the final norm's backward runs
+    (``activations.final_norm_backward_bytes``); 0 when that moment is not priced as its own phase."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -395,12 +398,15 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     return _LayerTerms(dict(
         dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
         dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
-        work_dense=act.backward_working(arch, d, False, tset, s.rank, **kw) if dense else (0, 0, 0, 0),
+        work_dense=act.backward_working(arch, d, False, tset, s.rank, gc=s.grad_checkpointing,
+                                        reentrant=s.reentrant, **kw)
+        if dense else (0, 0, 0, 0),
         work_moe=act.backward_working(arch, d, True, tset, s.rank, **kw) if nmoe else (0, 0, 0, 0),
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=arch.config.get("sliding_window") or 0,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
-        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0), notes, fused)
+        reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
+        norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:
