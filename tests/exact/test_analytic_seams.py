@@ -23,7 +23,8 @@ CAL = Calibration(cublas_workspace_bytes=0, allocator_reserve_fraction=0.0, cuda
 OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp16", targets=("q_proj",),
              lora_dropout=0.1, full=True, grad_checkpointing=False, attn="eager", optimizer="adamw8bit",
              recipe="trl", autocast=False, adapter_dtype="bf16", loss="legacy", hold_logits="step",
-             bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer")
+             bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer",
+             lora_kernels="axolotl", kernel_groups=("mlp",))
 
 
 def test_full_fine_tuning_holds_the_logits_once():
@@ -70,6 +71,8 @@ def test_cache_key_covers_every_scenario_field(name):
     a = resolve("Qwen3-0.6B")
     base = Scenario(quant="none") if name == "full" else Scenario()
     changed = dict(quant="none") if name == "full" else {}
+    if name == "kernel_groups":  # read only with fused kernels: the base has them on every group
+        base, changed = Scenario(lora_kernels="axolotl"), dict(lora_kernels="axolotl")
     changed[name] = OTHER[name]
     if name in ("quant", "double_quant", "blocksize", "bnb_keeps_input"):
         changed.setdefault("quant", "nf4")
