@@ -356,8 +356,8 @@ KERNEL_NOTES = {
                "(Triton activation through axolotl's registered fake kernels, NF4 dequantization as a same-size "
                "allocation)",
     "unsloth": "analytic-only: Unsloth 2026.10.9 fused LoRA kernels (kernels/fast_lora.py LoRA_QKV / LoRA_W / "
-               "LoRA_MLP) on {groups}, priced from the source (importing Unsloth patches transformers, so the trace "
-               "runs peft's layers); the rest of Unsloth's forward (its RMSNorm, attention and loss kernels) is "
+               "LoRA_MLP) on {groups}, priced from the source (importing Unsloth patches transformers process-wide, so "
+               "the trace engine refuses it); the rest of Unsloth's forward (its RMSNorm, attention and loss kernels) is "
                "priced as transformers'",
 }
 

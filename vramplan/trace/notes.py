@@ -35,6 +35,11 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
             notes.append("fp32 experts: torch grouped_mm's fake-tensor dtype check accepts bf16 only; traced "
                          "through transformers' fallback op with grouped_mm's saving rule (same allocations); on "
                          "CUDA transformers' grouped expert matmul runs peft's fp32 experts (H200 profiles)")
+    if scenario.lora_kernels.value == "axolotl":
+        notes.append("axolotl 0.19's fused LoRA autograd functions run on the fake tensors (groups: "
+                     f"{', '.join(scenario.kernel_groups)}; a group not fully targeted stays on peft's layers): "
+                     "its Triton SwiGLU/GeGLU through axolotl's registered fake kernels, its CUDA NF4 "
+                     "dequantization as the same two allocations (vramplan.hf.interventions item 18)")
     if fig.refused:
         notes.append("short traces did not grow by equal increments, so the full model was traced")
     return notes
