@@ -71,3 +71,20 @@ def test_kernels_change_what_the_trace_counts():
     fused = trace(arch, sc.replace(lora_kernels="axolotl"), extrapolate=False)
     peft = trace(arch, sc, extrapolate=False)
     assert _dynamic(fused) < 0.9 * _dynamic(peft)
+
+
+def test_axolotl_kernels_intervention_is_scoped():
+    """Item 18 undoes its process-wide patches: the attention class's forward and axolotl's dequantizer."""
+    from axolotl.kernels import quantize
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    forward, dequant = LlamaAttention.forward, quantize._ctypes_nf4_dequant
+    trace(_arch("llama"), Scenario(recipe="axolotl", lora_dropout=0.0, seq=64, lora_kernels="axolotl"),
+          extrapolate=False)
+    assert LlamaAttention.forward is forward and "_original_forward" not in LlamaAttention.__dict__
+    assert quantize._ctypes_nf4_dequant is dequant
+    # and a plain run afterwards still traces peft's layers
+    trace(_arch("llama"), Scenario(recipe="axolotl", seq=64), extrapolate=False)

@@ -168,7 +168,6 @@ class _Walk:
             self.tok += xd * group[0].in_features
         return out, out_live
 
-
     def fused_group(self, group: tuple[Linear, ...], xd: int, x_saved: bool, live: bool) -> int:
         """One fused LoRA autograd function over the linears of ``group`` reading x (dtype ``xd``), in
         place of ``linears``; returns the output dtype (the compute dtype c: the dequantized or 16-bit
@@ -176,8 +175,8 @@ class _Walk:
         1. x itself (``ctx.save_for_backward(X, ...)``, axolotl 0.19 ``kernels/lora.py:L907-916`` QKV,
            ``L1682-1688`` O, ``L425-440`` MLP; Unsloth 2026.10.9 ``kernels/fast_lora.py:L845-855``,
            ``L1073``, ``L448``): xd·i, unless x is already saved (o_proj reads sdpa's saved output).
-        2. axolotl: the compute-dtype copies ``A.to(X.dtype)``, ``B.to(X.dtype)`` of every adapter, c·r·(i + o)
-           each (fixed; none when the adapter already has x's dtype). Unsloth saves the fp32 parameters
+        2. axolotl: the copies ``A.to(X.dtype)``, ``B.to(X.dtype)`` of every adapter, xd·r·(i + o) each
+           (fixed; none when the adapter already has x's dtype). Unsloth saves the fp32 parameters
            themselves (``save_for_backward(QA, QB, ...)``): nothing new.
         3. axolotl with dropout: ``nn.Dropout`` runs outside the function (``apply_lora_qkv``,
            ``_apply_dropout``, ``L1260``), one shared mask (bool on CUDA) while x needs a gradient, and the
@@ -196,6 +195,11 @@ class _Walk:
         return d.c
 
 
+#: The projections of each group a fused LoRA kernel covers (``Scenario.kernel_groups``).
+KERNEL_PROJECTIONS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+                      "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
 def fused_groups(arch: Arch, d: Dtypes, kernels: str, groups: tuple[str, ...],
                  targets: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
     """The projection groups (``qkv``, ``o``, ``mlp``) whose fused LoRA kernel runs, and a note for each
@@ -206,11 +210,13 @@ def fused_groups(arch: Arch, d: Dtypes, kernels: str, groups: tuple[str, ...],
     2026.10.9 ``models/llama.py:L5338-5395``, which also needs no base bias), on a dense MLP (neither patches
     a routed MoE block or a fused ``qkv_proj``/``gate_up_proj``), and its input has the compute dtype under
     autocast (Unsloth ``fast_lora.py:L173-185`` ``_autocast_dtype_mismatch`` falls back to peft; axolotl's
-    in-place ``addmm_`` of a c output and X-dtype adapters cannot mix dtypes either)."""
+    ``out.addmm_(X_lora @ A, B)`` in ``matmul_lora`` raises on an fp32 x, "self and mat2 must have the same
+    dtype", as torch 2.13 does for a bf16 autocast output and fp32 B; axolotl's own recipe casts the norms
+    to bf16, so its x is bf16)."""
     if kernels == "none":
         return frozenset(), ()
     lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch) if arch.dense_layers else 0)}
-    names = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "mlp": ("gate_proj", "up_proj", "down_proj")}
+    names = KERNEL_PROJECTIONS
     n1 = norm_out(d, d.resid)
     x_of = {"qkv": n1, "o": d.c if d.autocast else n1, "mlp": norm_out(d, _promote(d.resid, d.c))}
     out, notes = set(), []
@@ -531,9 +537,8 @@ def unsloth_scratch_bytes(arch: Arch, s_c: int, fused: frozenset[str], quantized
     16-bit base (``fast_dequantize`` returns the weight)."""
     if not quantized or not fused:
         return 0
-    names = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "mlp": ("gate_proj", "up_proj", "down_proj")}
     lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch) if arch.dense_layers else 0)}
-    return s_c * max(lins[n].weight_params for g in fused for n in names[g])
+    return s_c * max(lins[n].weight_params for g in fused for n in KERNEL_PROJECTIONS[g])
 
 
 def sliding_sdpa_saved(arch: Arch, d: Dtypes, attn: str) -> tuple[int, int]:
