@@ -222,6 +222,26 @@ class BatchLayout(_Choice):
 #: and the output projection, by their transformers names.
 MODULES_TO_SAVE = ("embed_tokens", "lm_head")
 
+
+class LoraKernels(_Choice):
+    """Whose fused LoRA autograd functions replace peft's per-linear LoRA forward (q/k/v, o, MLP)."""
+
+    NONE = "none"
+    """peft 0.21's ``lora.Linear`` / ``lora/bnb.py::Linear4bit`` forward, one linear at a time."""
+    AXOLOTL = "axolotl"
+    """axolotl 0.19 ``kernels/lora.py`` ``LoRA_QKV`` / ``LoRA_O`` / ``LoRA_MLP`` (patched in by
+    ``monkeypatch/lora_kernels.py``; on by default for lora/qlora): each saves its input and
+    compute-dtype copies of A and B (the MLP also its gate and up outputs)."""
+    UNSLOTH = "unsloth"
+    """Unsloth 2026.10.9 ``kernels/fast_lora.py`` ``LoRA_QKV`` / ``LoRA_W`` / ``LoRA_MLP`` (with
+    ``lora_dropout`` 0): each saves its input (the MLP also gate and up), keeps a resident dequantization
+    scratch buffer and writes the MLP's and QKV's input gradient into the saved input."""
+
+
+#: The projection groups a fused LoRA kernel covers (``Scenario.kernel_groups``).
+KERNEL_GROUPS = ("qkv", "o", "mlp")
+
+
 #: Largest seq × batch accepted (10M tokens); beyond this the budget is meaningless.
 MAX_TOKENS = 10_000_000
 
@@ -361,6 +381,16 @@ class Scenario:
         False, 24, "LoRA-FA (peft create_lorafa_optimizer): lora_A frozen, only B trained: no A gradient or "
                    "state, and lora_A saves no input.", optional=True)
     """peft ``optimizers.create_lorafa_optimizer``: every ``lora_A`` frozen, AdamW on B."""
+    lora_kernels: LoraKernels = _field(
+        LoraKernels.NONE, 37, "Fused LoRA autograd functions instead of peft's per-linear forward: none, axolotl "
+                              "(lora_qkv/o/mlp_kernel, axolotl's default for lora/qlora) or unsloth (with "
+                              "lora_dropout 0).", optional=True)
+    """Fused LoRA kernels (``LoraKernels``); a group whose projections are not all LoRA targets stays on
+    peft's path, as both frameworks leave it."""
+    kernel_groups: tuple[str, ...] = _field(
+        KERNEL_GROUPS, 38, "The groups --lora-kernels fuses: qkv, o, mlp (axolotl lora_qkv_kernel, "
+                           "lora_o_kernel, lora_mlp_kernel).", optional=True)
+    """Projection groups the fused kernels cover (``KERNEL_GROUPS``); only read with ``lora_kernels``."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
@@ -385,6 +415,12 @@ class Scenario:
             raise ScenarioError(f"modules_to_save: {', '.join(bad)} is not priced (choose from: "
                                 f"{', '.join(MODULES_TO_SAVE)})")
         object.__setattr__(self, "modules_to_save", mts)
+        groups = self.kernel_groups
+        if isinstance(groups, str):
+            groups = tuple(g.strip() for g in groups.split(",") if g.strip())
+        if not isinstance(groups, (tuple, list)) or not groups or any(g not in KERNEL_GROUPS for g in groups):
+            raise ScenarioError(f"kernel_groups must name one or more of {', '.join(KERNEL_GROUPS)}, got {groups!r}")
+        object.__setattr__(self, "kernel_groups", tuple(g for g in KERNEL_GROUPS if g in groups))
         for name in ("rank", "seq", "batch", "blocksize"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -438,6 +474,7 @@ class Scenario:
         if self.lora_fa and self.dora:
             raise ScenarioError("lora_fa and dora: peft's LoRA-FA optimizer pairs every lora_A with its lora_B "
                                 "and has no rule for DoRA's magnitude vectors; choose one")
+        self._check_kernels()
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
@@ -475,6 +512,24 @@ class Scenario:
         if not self.eval_batch:
             return 0
         return max(1, -(-self.eval_samples // self.eval_batch))
+    def _check_kernels(self) -> None:
+        """Where the frameworks refuse their fused LoRA kernels (``LoraKernels``)."""
+        if self.lora_kernels is LoraKernels.NONE:
+            if self.kernel_groups != KERNEL_GROUPS:
+                raise ScenarioError("kernel_groups chooses the groups of --lora-kernels, which is none")
+            return
+        if self.quant is Quant.INT8:
+            raise ScenarioError(
+                f"{self.lora_kernels.value}'s fused LoRA kernels dequantize 4-bit or read 16-bit base weights; an 8-bit "
+                "(LLM.int8) base runs peft's layers (use --lora-kernels none)")
+        if self.lora_kernels is LoraKernels.UNSLOTH:
+            if self.lora_dropout > 0:
+                raise ScenarioError(
+                    f"Unsloth 2026.10.9 fuses its LoRA kernels only with lora_dropout 0 (got {self.lora_dropout}; "
+                    "models/llama.py get_peft_model): use --lora-kernels none")
+            if self.dtype is Dtype.FP32:
+                raise ScenarioError("Unsloth 2026.10.9 runs peft's forward on an fp32 base (its fused LoRA kernels "
+                                    "need 16-bit weights): use --lora-kernels none")
 
     @property
     def tokens(self) -> int:
@@ -524,7 +579,8 @@ _ENUM_FIELDS: dict[str, type[_Choice]] = {
     f.name: globals()[f.type] for f in fields(Scenario)
     if isinstance(globals().get(f.type), type) and issubclass(globals()[f.type], _Choice)}
 #: The LoRA-only fields: a full fine-tuning scenario must leave them at their defaults.
-LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype", "dora", "modules_to_save", "lora_fa")
+LORA_ONLY_FIELDS = ("rank", "targets", "lora_dropout", "adapter_dtype", "dora", "modules_to_save", "lora_fa",
+                    "lora_kernels", "kernel_groups")
 _DEFAULTS = {f.name: f.default for f in fields(Scenario)}
 #: The on/off fields (their annotation is ``bool``): only True or False, never a truthy string.
 _BOOL_FIELDS = tuple(f.name for f in fields(Scenario) if f.type == "bool")

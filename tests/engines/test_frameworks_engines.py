@@ -5,7 +5,10 @@ is what vramplan reads from that framework's fixture config (tests/data/framewor
 (real hidden sizes and vocabularies, two decoder layers, 1024 tokens): the trace runs the programs'
 real code paths (peft's k-bit preparation + axolotl's cast-back, reentrant / non-reentrant
 checkpointing, TRL's own fused LM head, torchtune's own chunked loss, logits at label positions) and
-the analytic engine must land within 1 % of it, on the CUDA program and on the CPU one.
+the analytic engine must land within 1 % of it, on the CUDA program and on the CPU one. axolotl's fused
+LoRA kernels (on by default) run axolotl's own autograd functions, so where axolotl is not installed (the
+main venv) its fixture is priced with them off (``lora_kernels none``), peft's layers; the framework venv of
+``.ci/frameworks`` runs them.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def _scenario(name: str, arch, **extra):
     fields = dict(F.resolve(loaded, arch).fields, seq=1024)
     if name == "hf":
         fields["quant"] = "nf4"  # the QLoRA script (the files do not say)
+    if fields.get("lora_kernels") == "axolotl" and importlib.util.find_spec("axolotl") is None:
+        fields.pop("lora_kernels")
+        fields.pop("kernel_groups", None)
     fields.update(extra)
     return Scenario(**fields)
 

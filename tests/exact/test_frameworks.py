@@ -681,3 +681,49 @@ def test_trl_liger_keeps_its_fused_head(tmp_path):
 def test_unsloth_prices_its_own_fused_ce():
     _, res = _resolved("unsloth.yaml")
     assert res.fields["loss"] == "unsloth" and any("2 GiB" in n for n in res.notes)
+
+
+# ------------------------------------------------------------------ fused LoRA kernels (issue 14)
+def _axolotl(extra: dict, arch=None):
+    from vramplan.frameworks.base import Reader
+
+    data = {**dict(base_model="Qwen/Qwen3-14B", adapter="qlora", load_in_4bit=True, lora_r=8,
+                   lora_target_linear=True, bf16=True), **extra}
+    fw = F.framework("axolotl")
+    notes: list[str] = []
+    out = fw.scenario(Reader(fw, fw.eras[0], data), fw.eras[0], arch or QWEN, notes)
+    return out, notes
+
+
+@pytest.mark.parametrize("extra,expected", [
+    ({}, ("axolotl", ("qkv", "o", "mlp"))),                           # auto-on for lora/qlora
+    ({"lora_mlp_kernel": True}, ("axolotl", ("mlp",))),               # one key set: the unset ones stay off
+    ({"lora_embedding_kernel": False}, (None, None)),                 # any kernel key set stops the auto rule
+    ({"lora_o_kernel": False, "lora_qkv_kernel": True, "lora_mlp_kernel": True}, ("axolotl", ("qkv", "mlp"))),
+    ({"trust_remote_code": True}, (None, None)),
+])
+def test_axolotl_fused_lora_kernel_rule(extra, expected):
+    """axolotl 0.19 ``check_auto_enable_lora_kernels`` (utils/schemas/config.py:L1974-2070)."""
+    out, notes = _axolotl(extra)
+    assert (out.get("lora_kernels"), out.get("kernel_groups")) == expected
+    assert not any("issue 14" in n and "kernel" in n for n in notes)
+    if expected[0]:
+        Scenario(**{k: v for k, v in out.items() if k in Scenario.__dataclass_fields__})
+
+
+def test_axolotl_8bit_lora_gets_no_kernels():
+    out, _ = _axolotl(dict(adapter="lora", load_in_4bit=False, load_in_8bit=True))
+    assert out["quant"] == "int8" and "lora_kernels" not in out
+
+
+@pytest.mark.parametrize("dropout,expected", [(0.0, "unsloth"), (0.05, None)])
+def test_unsloth_fuses_only_without_dropout(dropout, expected):
+    from vramplan.frameworks.base import Reader
+
+    fw = F.framework("unsloth")
+    data = {"training": {"training_type": "lora", "load_in_4bit": True, "max_seq_length": 2048, "batch_size": 2},
+            "lora": {"lora_r": 16, "lora_dropout": dropout}}
+    notes: list[str] = []
+    out = fw.scenario(Reader(fw, fw.eras[0], data), fw.eras[0], QWEN, notes)
+    assert out.get("lora_kernels") == expected
+    assert any("runs peft's LoRA forward" in n for n in notes) == (expected is None)

@@ -92,10 +92,12 @@ def norm_out(d: Dtypes, x: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "kernels", "fused")
 
-    def __init__(self, d: Dtypes, rank: int, targets: frozenset[str]):
+    def __init__(self, d: Dtypes, rank: int, targets: frozenset[str], kernels: str = "none",
+                 fused: frozenset[str] = frozenset()):
         self.d, self.r, self.targets = d, rank, targets
+        self.kernels, self.fused = kernels, fused
         self.tok = 0
         self.quad = 0
         self.const = 0
@@ -193,6 +195,76 @@ class _Walk:
             self.tok += xd * group[0].in_features
         return out, out_live
 
+    def fused_group(self, group: tuple[Linear, ...], xd: int, x_saved: bool, live: bool) -> int:
+        """One fused LoRA autograd function over the linears of ``group`` reading x (dtype ``xd``), in
+        place of ``linears``; returns the output dtype (the compute dtype c: the dequantized or 16-bit
+        base weight's matmul under autocast). What it keeps for backward (dropout 0 unless named):
+        1. x itself (``ctx.save_for_backward(X, ...)``, axolotl 0.19 ``kernels/lora.py:L907-916`` QKV,
+           ``L1682-1688`` O, ``L425-440`` MLP; Unsloth 2026.10.9 ``kernels/fast_lora.py:L845-855``,
+           ``L1073``, ``L448``): xd·i, unless x is already saved (o_proj reads sdpa's saved output).
+        2. axolotl: the copies ``A.to(X.dtype)``, ``B.to(X.dtype)`` of every adapter, xd·r·(i + o) each
+           (fixed; none when the adapter already has x's dtype). Unsloth saves the fp32 parameters
+           themselves (``save_for_backward(QA, QB, ...)``): nothing new.
+        3. axolotl with dropout: ``nn.Dropout`` runs outside the function (``apply_lora_qkv``,
+           ``_apply_dropout``, ``L1260``), one shared mask (bool on CUDA) while x needs a gradient, and the
+           function saves the dropped copy ``X_drop``: xd·i.
+        Nothing of the outputs: the group's own outputs are saved by whoever reads them (the MLP's gate and
+        up by ``fused_mlp_saved``). Unsloth's dropout path is refused by ``Scenario`` (its default is 0)."""
+        d = self.d
+        i = group[0].in_features
+        if not x_saved:
+            self.tok += xd * i
+        if self.kernels == "axolotl":
+            if d.dropout:
+                self.tok += (i * (1 if d.cuda else xd) if live else 0) + xd * i
+            if d.adapter != xd:
+                self.const += xd * self.r * sum(lin.in_features + lin.out_features for lin in group)
+        return d.c
+
+
+#: The projections of each group a fused LoRA kernel covers (``Scenario.kernel_groups``).
+KERNEL_PROJECTIONS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",),
+                      "mlp": ("gate_proj", "up_proj", "down_proj")}
+
+
+def fused_groups(arch: Arch, d: Dtypes, kernels: str, groups: tuple[str, ...],
+                 targets: frozenset[str]) -> tuple[frozenset[str], tuple[str, ...]]:
+    """The projection groups (``qkv``, ``o``, ``mlp``) whose fused LoRA kernel runs, and a note for each
+    requested group that stays on peft's path.
+
+    A group is fused when every projection in it is a LoRA target, named separately (axolotl 0.19
+    ``monkeypatch/lora_kernels.py:L563-600`` ``can_patch_qkv/o/mlp``: ``hasattr(module, "lora_A")``; Unsloth
+    2026.10.9 ``models/llama.py:L5338-5395``, which also needs no base bias), on a dense MLP (neither patches
+    a routed MoE block or a fused ``qkv_proj``/``gate_up_proj``), and its input has the compute dtype under
+    autocast (Unsloth ``fast_lora.py:L173-185`` ``_autocast_dtype_mismatch`` falls back to peft; axolotl's
+    ``out.addmm_(X_lora @ A, B)`` in ``matmul_lora`` raises on an fp32 x, "self and mat2 must have the same
+    dtype", as torch 2.13 does for a bf16 autocast output and fp32 B; axolotl's own recipe casts the norms
+    to bf16, so its x is bf16)."""
+    if kernels == "none":
+        return frozenset(), ()
+    lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch) if arch.dense_layers else 0)}
+    names = KERNEL_PROJECTIONS
+    n1 = norm_out(d, d.resid)
+    x_of = {"qkv": n1, "o": d.c if d.autocast else n1, "mlp": norm_out(d, _promote(d.resid, d.c))}
+    out, notes = set(), []
+    for g in groups:
+        why = None
+        if g == "mlp" and not arch.dense_layers:
+            why = "every MLP is a routed MoE block"
+        elif not all(n in lins for n in names[g]):
+            why = "the model fuses these projections in one linear"
+        elif not all(n in targets for n in names[g]):
+            why = "not all of " + ", ".join(names[g]) + " are LoRA targets"
+        elif kernels == "unsloth" and any(lins[n].bias for n in names[g]):
+            why = "Unsloth does not fuse projections with a base bias"
+        elif d.autocast and x_of[g] != d.c:
+            why = f"its input is {8 * x_of[g]}-bit under {8 * d.c}-bit autocast"
+        if why:
+            notes.append(f"{kernels} fused LoRA kernel for {g}: not applied ({why}); priced as peft's layers")
+        else:
+            out.add(g)
+    return frozenset(out), tuple(notes)
+
 
 def dora_saved(d: Dtypes, lin: Linear, base_out: int, xin: int, live: bool = True) -> tuple[int, int, int]:
     """What DoRA adds to one target's saved tensors: (bytes per token, fixed bytes, output dtype bytes).
@@ -262,7 +334,8 @@ def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[st
 
 
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
-                live_in: bool = True) -> tuple[int, int, int]:
+                live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset()
+                ) -> tuple[int, int, int]:
     """Bytes autograd holds for one decoder layer, excluding the layer's input tensor itself.
 
     Returns (per token, per token·s, fixed). ``live_in``: whether the layer input needs a gradient
@@ -270,9 +343,11 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     so nothing before the first LoRA module is saved). A MoE layer's autocast copies of its fp32
     experts are priced by the caller (they depend on how many experts the batch touches).
     The walk: ``_attention_saved`` (steps 1-5), the residual add and pre-MLP norm (step 6), then
-    ``_mlp_saved`` or ``_moe_saved`` (step 7) and Gemma's post-feedforward norm.
+    ``_mlp_saved`` or ``_moe_saved`` (step 7) and Gemma's post-feedforward norm. ``fused``: the groups
+    a fused LoRA kernel of ``kernels`` runs (``fused_groups``), priced by ``_Walk.fused_group`` and
+    ``fused_mlp_saved`` instead.
     """
-    w = _Walk(d, rank, targets)
+    w = _Walk(d, rank, targets, kernels, fused if not moe else fused - {"mlp"})
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
     _layer_walk(w, arch, lins, attn, live_in, moe)
     return w.tok, w.quad, w.const
@@ -296,7 +371,8 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,
-                           live_in: bool = True) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+                           live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset()
+                           ) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
     """One decoder layer at the busiest moment of eager attention's backward: the softmax backward.
 
     Backward meets the layer from its end: the MLP and o_proj have run their backward (their saved
@@ -317,8 +393,10 @@ def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[
 
     Returns ((saved tok, quad, const) of the layer still alive: everything saved up to the attention
     core but V and the probabilities copy; (gradient tok, quad, 0); CUDA temporary per token·s).
-    Zero triples when the layer's attention saves nothing (a frozen layer of a frozen input)."""
-    w = _Walk(d, rank, targets)
+    Zero triples when the layer's attention saves nothing (a frozen layer of a frozen input).
+    ``kernels`` / ``fused``: fused LoRA kernels on q/k/v (``layer_saved``) change what is saved before
+    the scores, not the scores' own tensors."""
+    w = _Walk(d, rank, targets, kernels, fused if not moe else fused - {"mlp"})
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
     _attention_saved(w, arch, lins, "eager", live_in)
     if w.core is None:
@@ -352,7 +430,10 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         w.tok += 4 + (4 * H if d.resid != 4 else 0)
     n1 = norm_out(d, d.resid)
     # 2. q/k/v projections (fused qkv_proj on Phi-3) read the normalised x.
-    if "qkv_proj" in lins:
+    if "qkv" in w.fused:
+        qd = w.fused_group((lins["q_proj"], lins["k_proj"], lins["v_proj"]), n1, False, live)
+        lq = lk = lv = True
+    elif "qkv_proj" in lins:
         qd, lq = w.linears((lins["qkv_proj"],), n1, False, live)
         lk = lv = lq
     else:
@@ -389,7 +470,10 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         if la:
             w.tok += ad * (q + 2 * kv) + ad * q + 4 * nh
         x_o_saved = la  # o_proj reads the saved attention output (same storage)
-    od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
+    if "o" in w.fused:
+        od, lo = w.fused_group((lins["o_proj"],), ad, x_o_saved, la), True
+    else:
+        od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
     if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
         w.norm(H, 1, lo)
         od = norm_out(d, od)
@@ -400,6 +484,9 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down."""
     targets, full = w.targets, w.d.full
     I = arch.intermediate_size
+    if "mlp" in w.fused:
+        fused_mlp_saved(w, (lins["gate_proj"], lins["up_proj"], lins["down_proj"]), n2, live)
+        return
     if "gate_up_proj" in lins:
         gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
         lu = lg
@@ -410,6 +497,24 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).
     w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
     w.linears((lins["down_proj"],), gd, False, lg or lu)
+
+
+def fused_mlp_saved(w: _Walk, mlp: tuple[Linear, Linear, Linear], n2: int, live: bool) -> None:
+    """The fused LoRA MLP (axolotl 0.19 ``kernels/lora.py::LoRA_MLP``, Unsloth 2026.10.9
+    ``kernels/fast_lora.py::LoRA_MLP``): one autograd function for gate, up, act·up and down.
+    1. its input x and (axolotl) the A/B copies of gate and up, as ``_Walk.fused_group``;
+    2. the gate and up outputs, c·I each (axolotl ``save_for_backward(X, X_drop, gate, up, ...)``
+       ``L425-440``; Unsloth ``save_for_backward(..., X, e, g)`` ``L448``);
+    3. nothing of act(gate)·up or of the down projection's LoRA branch: the backward recomputes the
+       activation in place (axolotl ``swiglu_backward``/``geglu_backward`` write h, d_gate, d_up into the
+       gradient, gate and up buffers, ``kernels/swiglu.py:L150-178``; Unsloth
+       ``swiglu_DWf_DW_dfg_kernel``); (axolotl) down's A/B copies, c·r·(I + H), and no dropout on
+       down's input (``LoRA_MLP`` docstring)."""
+    gate, up, down = mlp
+    c = w.fused_group((gate, up), n2, False, live)
+    w.tok += 2 * c * gate.out_features
+    if w.kernels == "axolotl" and w.d.adapter != n2:
+        w.const += n2 * w.r * (down.in_features + down.out_features)
 
 
 def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
@@ -451,7 +556,8 @@ def _dense_index(arch: Arch) -> int:
 
 
 def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
-                     rank: int) -> tuple[int, int, int, int]:
+                     rank: int, kernels: str = "none", fused: frozenset[str] = frozenset(),
+                     gc: bool = True, reentrant: bool = False) -> tuple[int, int, int, int]:
     """Gradient buffers alive at the busiest point of one decoder layer's backward.
 
     Returns (a, a_fixed, b, b_fixed): the working set is max(a·T + a_fixed, b·T + b_fixed) bytes on
@@ -468,6 +574,8 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     In every case the gradient of the layer output and the LoRA output's gradient and its scaled copy
     (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
     """
+    if "mlp" in fused and not moe:
+        return fused_mlp_backward(arch, d, kernels, rank, gc, reentrant)
     H, c = arch.hidden_size, d.c
     n2 = norm_out(d, _promote(d.resid, c))
     gd = n2 if d.quantized else (c if d.autocast else d.base_w)
@@ -506,6 +614,80 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
     return a, a_fixed, b + hpart, deq
+
+
+def fused_mlp_backward(arch: Arch, d: Dtypes, kernels: str, rank: int, gc: bool = True,
+                       reentrant: bool = False) -> tuple[int, int, int, int]:
+    """The busiest moments of a layer's backward around a fused LoRA MLP, as ``backward_working``'s
+    (a, a_fixed, b, b_fixed): max(a·T + a_fixed, b·T + b_fixed) on top of the layer's saved tensors (x,
+    gate, up, ...). T tokens; c compute bytes; I, H, r; g the incoming gradient of the MLP output (the layer
+    output's, in its dtype o = max(resid, c), plus its cast to c when they differ): g = o·H (+ c·H).
+
+    axolotl 0.19 ``kernels/lora.py``:
+    R. under gradient checkpointing, the layer's recomputed forward reaching the down projection inside
+       ``LoRA_MLP.forward`` (``L414``, ``matmul_lora``: ``W = dequantize(W.t(), W_quant)`` then
+       ``torch.matmul(X, W)``) while g waits: the activation output ``hidden`` (c·I), the down output (c·H),
+       the decoder layer's post-attention residual (o·H, a local of ``LlamaDecoderLayer.forward`` until
+       its last add) and the dequantized down weight (c·I·H): c·I + c·H + o·H + g, fixed c·I·H. The
+       trace's peak is here (tiny Llama / Qwen3, non-reentrant checkpointing).
+    B. ``LoRA_MLP.backward`` (``L560-690``): ``matmul_lora(grad_output, down_weight.t(), ...)`` (grad_down,
+       c·I, and the dequantized weight); ``swiglu_backward`` writes h, d_gate, d_up into grad_down, gate
+       and up (``kernels/swiglu.py:L150-178``: nothing new); ``grad_B_up``/``grad_B_gate`` (c·r per token
+       each) and the adapters' gradients (``torch.empty_like`` of the c copies: c·r·(i + o) each, fixed);
+       then up's weight dequantized again while ``dX = grad_up @ W.t()`` (c·H) forms:
+       c·I + c·H + 2·c·r + g, fixed c·I·H.
+    D. with dropout, ``dX_drop = zeros_like(X_lora)`` (c·H) once the weights are freed: c·I + 2·c·H + 2·c·r + g.
+    b = the larger of R (with checkpointing) and B, b_fixed the dequantized weight; a = D with dropout, else b.
+    Reentrant checkpointing holds the recomputed layer's output through its backward (priced by the
+    phase, ``StaticTerms.reentrant_out``, o·H), which does not exist yet at R: R counts o·H less.
+    Unsloth 2026.10.9 ``kernels/fast_lora.py::LoRA_MLP``: R without the dequantized weight (the forward
+    dequantizes into the resident scratch, ``unsloth_scratch_bytes``) is the a moment; B (``L458-600``)
+    writes ``dX`` into the saved x (``torch.matmul(df, upW.t(), out=X)``) and dequantizes up's and gate's
+    weight fresh (``fast_dequantize`` without the global buffer): b = c·I + 2·c·r + g, fixed c·I·H; the A/B
+    copies ``gateA.to(dtype)`` ... and their gradients are fixed c·r·(i + o) each (a_fixed)."""
+    H, c, I = arch.hidden_size, d.c, arch.intermediate_size
+    lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch))}
+    o = _promote(d.resid, c)
+    g = o * H + (c * H if o != c else 0)
+    mlp = [lins[n] for n in ("gate_proj", "up_proj", "down_proj")]
+    small = c * rank * sum(lin.in_features + lin.out_features for lin in mlp)  # the adapters' c gradients
+    deq = c * lins["down_proj"].weight_params if d.quantized else 0
+    recompute = c * I + c * H + (0 if reentrant else o * H) + g if gc else 0
+    if kernels == "unsloth":
+        return recompute, 2 * small, c * I + 2 * c * rank + g, deq
+    b = max(recompute, c * I + c * H + 2 * c * rank + g)
+    a = c * I + 2 * c * H + 2 * c * rank + g if d.dropout else b
+    return a, small, b, deq
+
+
+#: fp32 H-sized tensors transformers' RMSNorm backward holds at its busiest moment, beyond its incoming
+#: gradient (``hidden.to(float32)``, ``pow``, ``mean``, ``rsqrt`` and ``mul`` backward in torch 2.13
+#: ``derivatives.yaml``: counted by the trace's tracker on ``LlamaRMSNorm`` with bf16 and fp32 weights).
+NORM_BACKWARD_FP32 = 5
+
+
+def final_norm_backward_bytes(arch: Arch, d: Dtypes) -> int:
+    """Bytes per token alive beyond every layer's saved tensors at the busiest moment of the final
+    RMSNorm's backward: its own saved fp32 input and rsqrt (4·H + 4) and five fp32 H-sized tensors
+    (``NORM_BACKWARD_FP32``); the lm_head input gradient is released by then (the axolotl trace of tiny
+    Llama without checkpointing: the five fp32 b·s·H buffers and the norm's fp32 input are alive at the
+    peak, no compute-dtype H-sized gradient is). With fused LoRA kernels a layer's backward needs less
+    than this, so without checkpointing it can be the step's peak."""
+    H = arch.hidden_size
+    return 4 * H + 4 + 4 * NORM_BACKWARD_FP32 * H
+
+
+def unsloth_scratch_bytes(arch: Arch, s_c: int, fused: frozenset[str], quantized: bool) -> int:
+    """Unsloth 2026.10.9's resident dequantization scratch: the fused kernels' forward (and the MLP's
+    down backward) dequantize each 4-bit weight into one buffer per device that only grows
+    (``kernels/utils.py:L634-660`` ``_scratch``, ``matmul_lora(..., use_global_buffer=True)`` ``L1855-1890``),
+    so it holds the largest fused weight in the compute dtype (s_c bytes) from the first step on. The
+    bitsandbytes ctypes path (GPUs below sm_70) also keeps an fp32 absmax scratch, not priced. 0 for a
+    16-bit base (``fast_dequantize`` returns the weight)."""
+    if not quantized or not fused:
+        return 0
+    lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch) if arch.dense_layers else 0)}
+    return s_c * max(lins[n].weight_params for g in fused for n in KERNEL_PROJECTIONS[g])
 
 
 def sliding_sdpa_saved(arch: Arch, d: Dtypes, attn: str) -> tuple[int, int]:

@@ -16,6 +16,8 @@ returns for it. Phases (``PHASES``, in this order):
 - ``evaluation`` (``Scenario.eval_batch`` > 0): the HF Trainer's evaluation loop between steps, no
   gradients, its busiest moment (``vramplan.analytic.evaluation.eval_peak``). The step's reported peak
   is the larger of it and the training phases.
+- ``final norm backward`` (fused LoRA kernels only, ``StaticTerms.norm_back``): every checkpoint (or every
+  saved activation) + the final RMSNorm's backward buffers.
 
 Held logits (``Scenario.hold_logits``) join every phase but the loss forward, and that one too under
 ``Hold.LOOP`` (the previous step's output is alive until the forward returns).
@@ -38,6 +40,7 @@ EMBEDDING = "embedding backward"
 EVALUATION = "evaluation"
 LM_HEAD = "lm_head backward"
 DORA_FORWARD = "DoRA forward"
+FINAL_NORM = "final norm backward"
 
 _Row = tuple[str, str, int, str]
 _NO_DEQUANT = ("temporary/dequant", "temporary", 0, "no 4-bit weight is dequantized at this phase")
@@ -264,18 +267,25 @@ def dora_forward(st: StaticTerms, x: Batch) -> int:
     return x.saved_all + x.mask + dora_transient(st, x) + incoming
 
 
+def final_norm_backward(st: StaticTerms, x: Batch) -> int:
+    """Fused LoRA kernels: the final RMSNorm's backward, every layer's saved tensors still alive."""
+    return x.saved_all + x.mask + x.tokens * st.norm_back + st.head_grad
+
+
 #: Phase name -> its dynamic bytes (on top of the static terms), in display order.
 PHASES: dict[str, Callable[[StaticTerms, Batch], int]] = {
     LOSS_BACKWARD: loss_backward, LOSS_FORWARD: loss_forward, LAST_LAYER: last_layer_backward,
     FIRST_LAYER: first_layer_backward, OPTIMIZER: optimizer_step, EMBEDDING: embedding_backward,
-    LM_HEAD: lm_head_backward, DORA_FORWARD: dora_forward,
+    LM_HEAD: lm_head_backward, DORA_FORWARD: dora_forward, FINAL_NORM: final_norm_backward,
 }
 #: The phases that run while a packed layout's forward tensors (RoPE rows, a kept mask) are alive.
-_LAYOUT_PHASES = frozenset({LOSS_BACKWARD, LOSS_FORWARD, LAST_LAYER, FIRST_LAYER, LM_HEAD, DORA_FORWARD})
+_LAYOUT_PHASES = frozenset({LOSS_BACKWARD, LOSS_FORWARD, LAST_LAYER, FIRST_LAYER, LM_HEAD, DORA_FORWARD, FINAL_NORM})
 #: The phases a LoRA step runs (the embedding backward only when the embedding trains: full
-#: fine-tuning or ``modules_to_save``; the lm_head backward only for a trainable lm_head copy).
+#: fine-tuning or ``modules_to_save``; the lm_head backward only for a trainable lm_head copy;
+#: the final norm backward is added by ``totals`` when fused LoRA kernels price it).
 _STEPS = {(emb, head, dora): tuple((k, f) for k, f in PHASES.items()
-                                   if (k != EMBEDDING or emb) and (k != LM_HEAD or head) and (k != DORA_FORWARD or dora))
+                                   if (k != EMBEDDING or emb) and (k != LM_HEAD or head) and (k != DORA_FORWARD or dora)
+                                   and k != FINAL_NORM)
           for emb in (False, True) for head in (False, True) for dora in (False, True)}
 
 
@@ -289,6 +299,8 @@ def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     key = (full or bool(st.embed_grad), st.mts_head_input and not full, bool(st.dora_fwd))
     out = {name: f(st, x) + x.layout_batch + (x.layout if name in _LAYOUT_PHASES else 0)
            for name, f in _STEPS[key]}
+    if st.norm_back:
+        out[FINAL_NORM] = final_norm_backward(st, x) + x.layout_batch + x.layout
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     if x.eval is not None:
@@ -332,6 +344,13 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         rows = [("temporary/embedding_grad", "temporary", embedding_backward(st, x) - grads,
                  "gradient of the embedding output" if st.embed_grad else
                  "tied embedding: second V·H gradient and its accumulation, + input gradient"), _NO_DEQUANT]
+    elif phase == FINAL_NORM:
+        grads = st.head_grad
+        norm_in = x.tokens * (4 * st.hidden + 4)
+        rows = [_activation_row(st, x, x.saved_all),
+                ("activations/final_norm", "activations", norm_in, "final RMSNorm input (fp32) + rsqrt"),
+                ("activations/backward", "activations", x.tokens * st.norm_back - norm_in,
+                 "final RMSNorm backward: five fp32 b·s·H buffers"), _NO_DEQUANT]
     elif phase == OPTIMIZER:
         grads = st.grad_total
         rows = [("temporary/optimizer_step", "temporary", st.opt_temp, "optimizer step buffers"), _NO_DEQUANT]

@@ -220,6 +220,9 @@ class StaticTerms:
     dora_fwd: tuple[tuple[int, ...], ...] = ()
     """DoRA: each target's forward moment in the last layer (``activations.dora_forward_moments``);
     empty without DoRA."""
+    norm_back: int = 0
+    """Fused LoRA kernels: bytes per token over the saved layers while the final norm's backward runs
+    (``activations.final_norm_backward_bytes``); 0 when that moment is not priced as its own phase."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -294,6 +297,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     train = _trainable(arch, s, d, unquantized)
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
+    comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
@@ -437,6 +441,29 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
 class _LayerTerms:
     fields: dict
     notes: tuple[str, ...]
+    fused: frozenset[str] = frozenset()
+
+
+#: Breakdown note of a run with fused LoRA kernels, by ``Scenario.lora_kernels``.
+KERNEL_NOTES = {
+    "axolotl": "axolotl 0.19 fused LoRA kernels (kernels/lora.py LoRA_QKV / LoRA_O / LoRA_MLP) on {groups}: their "
+               "saved tensors and backward buffers priced from the source; the trace runs the functions themselves "
+               "(Triton activation through axolotl's registered fake kernels, NF4 dequantization as a same-size "
+               "allocation)",
+    "unsloth": "analytic-only: Unsloth 2026.10.9 fused LoRA kernels (kernels/fast_lora.py LoRA_QKV / LoRA_W / "
+               "LoRA_MLP) on {groups}, priced from the source (importing Unsloth patches transformers process-wide, so "
+               "the trace engine refuses it); the rest of Unsloth's forward (its RMSNorm, attention and loss kernels) is "
+               "priced as transformers'",
+}
+
+
+def _kernel_components(arch: Arch, s: Scenario, d: act.Dtypes, fused: frozenset[str]) -> list[_Row]:
+    """Unsloth's resident dequantization scratch (``activations.unsloth_scratch_bytes``)."""
+    if s.lora_kernels.value != "unsloth":
+        return []
+    n = act.unsloth_scratch_bytes(arch, d.c, fused, d.quantized)
+    return [("temporary/dequant_scratch", "temporary", n,
+             "Unsloth's resident buffer for the largest dequantized 4-bit weight")] if n else []
 
 
 def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
@@ -456,20 +483,24 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
     moe_set = set(arch.moe_layers)
     first_moe = 0 in moe_set
-    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False) if dense else (0, 0, 0)
-    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True) if nmoe else (0, 0, 0)
+    kernels = s.lora_kernels.value
+    fused, knotes = act.fused_groups(arch, d, kernels, s.kernel_groups, tset)
+    notes += knotes + ((KERNEL_NOTES[kernels].format(groups=", ".join(sorted(fused))),) if fused else ())
+    kw = dict(kernels=kernels, fused=fused)
+    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False, **kw) if dense else (0, 0, 0)
+    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True, **kw) if nmoe else (0, 0, 0)
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
     first_sv = moe_sv if first_moe else dense_sv
     if not s.grad_checkpointing and not s.full and "embed_tokens" not in s.modules_to_save:
-        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False)
+        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False, **kw)
     sm_dense = sm_moe = sm_first = None
     if attn == "eager":
-        sm_dense = act.eager_softmax_backward(arch, d, s.rank, tset, False) if dense else None
-        sm_moe = act.eager_softmax_backward(arch, d, s.rank, tset, True) if nmoe else None
+        sm_dense = act.eager_softmax_backward(arch, d, s.rank, tset, False, **kw) if dense else None
+        sm_moe = act.eager_softmax_backward(arch, d, s.rank, tset, True, **kw) if nmoe else None
         sm_first = sm_moe if first_moe else sm_dense
         if not s.grad_checkpointing and not s.full:
-            sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False)
+            sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False, **kw)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
     window = arch.config.get("sliding_window") or 0
@@ -492,15 +523,18 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         batch_tok=0 if unpacked else act.POSITION_ID_BYTES, batch_quad=m_batch,
         dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
         dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
-        work_dense=act.backward_working(arch, d, False, tset, s.rank) if dense else (0, 0, 0, 0),
-        work_moe=act.backward_working(arch, d, True, tset, s.rank) if nmoe else (0, 0, 0, 0),
+        work_dense=act.backward_working(arch, d, False, tset, s.rank, gc=s.grad_checkpointing,
+                                        reentrant=s.reentrant, **kw)
+        if dense else (0, 0, 0, 0),
+        work_moe=act.backward_working(arch, d, True, tset, s.rank, **kw) if nmoe else (0, 0, 0, 0),
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=window,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
                                                and s.packing is not BatchLayout.PACKED_MASK) else 0,
-        sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first), notes)
+        sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first,
+        norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 
 
 def _eval_terms(arch: Arch, s: Scenario, d: act.Dtypes, layer: dict) -> dict:

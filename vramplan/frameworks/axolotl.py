@@ -55,9 +55,11 @@ KEYS = (
     Key("liger_rope", None, "with LigerPlugin: Liger RoPE (priced as transformers')"),
     Key("liger_cross_entropy", None, "with LigerPlugin: Liger CE on the full logits (priced as transformers')"),
     Key("cut_cross_entropy", True, "with CutCrossEntropyPlugin: on once the plugin is listed (Loss.CCE)"),
-    Key("lora_mlp_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
-    Key("lora_qkv_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
-    Key("lora_o_kernel", None, "fused LoRA kernels, None = auto on (issue 14)"),
+    Key("lora_mlp_kernel", None, "fused LoRA kernel (kernels/lora.py), None = auto on for lora/qlora"),
+    Key("lora_qkv_kernel", None, "fused LoRA kernel (kernels/lora.py), None = auto on for lora/qlora"),
+    Key("lora_o_kernel", None, "fused LoRA kernel (kernels/lora.py), None = auto on for lora/qlora"),
+    Key("lora_embedding_kernel", None, "fused LoRA embedding kernel (an explicit value stops the auto rule)"),
+    Key("trust_remote_code", None, "remote model code (no fused LoRA kernels by default)"),
     Key("fp32_norms", None, "norms kept fp32"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
     Key("fsdp", None, "FSDP (issue 16)"),
@@ -148,11 +150,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         autocast_adapter = r.get("peft_autocast_adapter_dtype")
         if autocast_adapter is not None and not b.boolean(autocast_adapter, "peft_autocast_adapter_dtype"):
             out["adapter_dtype"] = out["dtype"]
-        kernels = [k for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
-                   if r.get(k) is None or b.boolean(r.get(k), k)]
-        if kernels:
-            notes.append(f"axolotl 0.19 turns on its fused LoRA kernels ({', '.join(kernels)}; auto when unset): "
-                         "their saved tensors are not yet priced (issue 14); priced as peft's LoRA layers")
+        out.update(_kernels(r, eight and not four, notes))
         if four:
             from vramplan.breakdown import fmt_bytes
 
@@ -266,6 +264,29 @@ def _packed_attn(r: b.Reader, arch: Any, attn: str, notes: list[str]) -> str:
                      "same saved state; sdpa_varlen: false keeps the b×1×s×s mask")
         return "flash2"
     return attn
+
+
+#: axolotl's fused-kernel keys -> the projection group each fuses (``Scenario.kernel_groups``).
+_KERNEL_KEYS = {"lora_qkv_kernel": "qkv", "lora_o_kernel": "o", "lora_mlp_kernel": "mlp"}
+
+
+def _kernels(r: b.Reader, eight_bit: bool, notes: list[str]) -> dict[str, Any]:
+    """``lora_kernels`` / ``kernel_groups`` from axolotl 0.19's rule (``utils/schemas/config.py:L1974-2070``
+    ``check_auto_enable_lora_kernels``): for lora/qlora without ``rl``, ``trust_remote_code`` or an 8-bit
+    LoRA base, and when none of the four kernel keys is set, all are turned on; once any is set, each
+    unset one stays off. Models that declare the kernels unsupported (``utils/config/__init__.py:L304-322``)
+    and multi-GPU FSDP1 are not modelled (single GPU)."""
+    keys = (*_KERNEL_KEYS, "lora_embedding_kernel")
+    explicit = any(k in r.data for k in keys)
+    auto = not explicit and not r.get("rl") and not r.get("trust_remote_code") and not eight_bit
+    on = [k for k in _KERNEL_KEYS if (auto if k not in r.data else b.boolean(r.get(k), k))]
+    if not on:
+        return {}
+    if eight_bit:
+        notes.append(f"{', '.join(on)}: axolotl's fused LoRA kernels cannot read an 8-bit base; priced as peft's layers")
+        return {}
+    notes.append(f"axolotl 0.19 fused LoRA kernels on ({', '.join(on)}{'; auto for lora/qlora' if auto else ''})")
+    return dict(lora_kernels="axolotl", kernel_groups=tuple(_KERNEL_KEYS[k] for k in on))
 
 
 def _attn(r: b.Reader) -> str:

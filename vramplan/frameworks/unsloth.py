@@ -50,6 +50,11 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["rank"] = b.integer(r.get("lora.lora_r"), "lora_r")
         out["lora_dropout"] = b.fraction(r.get("lora.lora_dropout"), "lora_dropout")
         out["targets"] = b.targets(r.get("lora.target_modules"), "target_modules") or ("all-linear",)
+        if out["lora_dropout"] == 0 and out["dtype"] != "fp32":
+            # models/llama.py:L5325-5345: lora_dropout 0, bias none and a 16-bit base
+            out["lora_kernels"] = "unsloth"
+        else:
+            notes.append("lora_dropout > 0 (or an fp32 base): Unsloth runs peft's LoRA forward, priced so")
         if b.boolean(r.get("lora.use_dora"), "use_dora"):
             out["dora"] = True
             notes.append("use_dora: priced as peft's DoRA layers (Unsloth's fused LoRA kernels are not priced)")

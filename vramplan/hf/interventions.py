@@ -104,6 +104,17 @@ Index (what and why; the third-party source it concerns; how it is undone):
     0.21.2 ``tuners/lora/dora.py`` (``update_layer``, ``forward``), ``utils/integrations.py``
     (``dequantize_module_weight``). Restored: both module attributes put back on exit.
 
+22. ``axolotl_lora_kernels``: axolotl 0.19's fused LoRA autograd functions run on the trace's fake
+    tensors. Its attention rewrite (``patch_self_attn_lora``) is pointed at the model's own attention
+    class (it would read ``base_model``'s config from the hub), then ``apply_lora_kernel_patches`` binds
+    ``apply_qkv`` / ``apply_o`` / the MLP forward as in axolotl's loader. The Triton SwiGLU/GeGLU kernels
+    need no stand-in: axolotl registers them as torch custom ops whose fake kernels allocate what the
+    Triton ones do (``empty_like(gate)`` forward, in place backward; ``kernels/swiglu.py``). The NF4
+    dequantization (``kernels/quantize.py::_ctypes_nf4_dequant``, bitsandbytes' CUDA C entry points) is
+    replaced by the same two allocations without the kernel calls (the output in the compute dtype and
+    the fp32 absmax scratch). Restored: the attention class's ``forward`` and the quantize function put
+    back on exit; the per-module bindings live on our model.
+
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
 Where the CPU program allocates differently from the CUDA program
@@ -606,3 +617,49 @@ def dora_standins(enabled: bool = True) -> Iterator[None]:
     with _attribute(dora.DoraLinearLayer, "update_layer", update_layer), \
             _attribute(dora, "dequantize_module_weight", dequantize):
         yield
+
+
+def axolotl_lora_kernels(groups: tuple[str, ...]) -> Iterator[Callable[[Any], None]]:
+    """Item 22: yields ``apply(model)``, which patches a peft model with axolotl 0.19's fused LoRA
+    kernels for ``groups`` (``Scenario.kernel_groups``) as axolotl's loader does, on fake tensors."""
+    import torch
+
+    try:
+        from axolotl.kernels import quantize
+        from axolotl.monkeypatch import lora_kernels
+        from axolotl.utils.dict import DictDefault
+    except ImportError as e:
+        from vramplan.hf.build import TraceUnsupported
+
+        raise TraceUnsupported(f"the axolotl LoRA kernels run axolotl's own code: pip install --no-deps "
+                               f"axolotl==0.19.0 triton (as .ci/frameworks does) ({e})") from None
+    cfg = DictDefault(base_model="vramplan-trace", lora_qkv_kernel="qkv" in groups,
+                      lora_o_kernel="o" in groups, lora_mlp_kernel="mlp" in groups)
+
+    def dequant(W: Any, absmax: Any, code2: Any, absmax2: Any, offset: Any, blocksize: int, blocksize2: int,
+                shape: Any, dtype: Any) -> Any:
+        # _ctypes_nf4_dequant's two allocations and its in-place offset, without the CUDA C calls
+        out = torch.empty(tuple(shape), dtype=dtype, device=W.device)
+        out_absmax = torch.empty(absmax.numel(), dtype=torch.float32, device=W.device)
+        out_absmax += offset
+        return out.t() if W.shape[0] == 1 else out
+
+    restore: list[tuple[Any, Any]] = []
+
+    def apply(model: Any) -> None:
+        layer = model.get_base_model().get_decoder().layers[0]
+        cls = type(layer.self_attn)
+        if cfg.lora_qkv_kernel or cfg.lora_o_kernel:
+            restore.append((cls, cls.forward))
+            with _attribute(lora_kernels, "get_attention_cls_from_config", lambda _cfg: cls):
+                lora_kernels.patch_self_attn_lora(cfg)
+        lora_kernels.apply_lora_kernel_patches(model, cfg)
+
+    try:
+        with _attribute(quantize, "_ctypes_nf4_dequant", dequant):
+            yield apply
+    finally:
+        for cls, forward in restore:
+            cls.forward = forward
+            if "_original_forward" in cls.__dict__:
+                del cls._original_forward

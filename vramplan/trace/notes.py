@@ -47,6 +47,11 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
         notes.append(f"analytic-only loss: {scenario.loss.value}'s kernels are Triton; the trace runs a stand-in that "
                      "allocates what its Python driver allocates on CUDA (vramplan.hf.fused_losses), so the loss "
                      "term is the analytic engine's, the rest of the step is traced")
+    if scenario.lora_kernels.value == "axolotl":
+        notes.append("axolotl 0.19's fused LoRA autograd functions run on the fake tensors (groups: "
+                     f"{', '.join(scenario.kernel_groups)}; a group not fully targeted stays on peft's layers): "
+                     "its Triton SwiGLU/GeGLU through axolotl's registered fake kernels, its CUDA NF4 "
+                     "dequantization as the same two allocations (vramplan.hf.interventions item 22)")
     if fig.refused:
         notes.append("short traces did not grow by equal increments, so the full model was traced")
     return notes

@@ -72,8 +72,10 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     t0 = time.perf_counter()
     run = TraceRun(layers=arch.num_layers if layers is None else layers)
     interventions.warm_bitsandbytes()
-    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), interventions.dora_standins(scenario.dora):
+    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), interventions.dora_standins(scenario.dora), \
+            _lora_kernels(scenario) as kernels:
         model = B.build_model(arch, scenario, layers=run.layers)
+        kernels(model)
         with _cpu_program(fake, cuda):
             B.materialize(model, scenario, fake=fake, seed=seed)
             with unset_fake_temporarily() if fake else contextlib.nullcontext():
@@ -81,6 +83,21 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
             _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _lora_kernels(scenario: Scenario) -> Any:
+    """The fused LoRA kernels the scenario names, as a context yielding ``apply(model)``
+    (``interventions.axolotl_lora_kernels``); Unsloth's cannot run here (importing Unsloth patches
+    transformers and peft process-wide), so its scenarios are priced by the analytic engine only."""
+    from vramplan.hf.build import TraceUnsupported
+    from vramplan.scenario import LoraKernels
+
+    if scenario.lora_kernels is LoraKernels.UNSLOTH:
+        raise TraceUnsupported("Unsloth's fused LoRA kernels are priced analytically only (importing Unsloth "
+                               "patches transformers and peft for the whole process): use --method analytic")
+    if scenario.lora_kernels is LoraKernels.AXOLOTL:
+        return interventions.axolotl_lora_kernels(scenario.kernel_groups)
+    return contextlib.nullcontext(lambda model: None)
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ Replaced in the YAML (the rest is the user's, with the command line's changes ov
   i.e. the dtype the profile prices;
 - ``lora_{mlp,qkv,o,embedding}_kernel: false`` where unset: axolotl auto-enables its fused LoRA kernels,
   Triton kernels with a CUDA dequantize (``kernels/quantize.py`` asks for the CUDA stream) that cannot
-  run on the CPU; the run then uses peft's LoRA layers, which is what vramplan prices (its note, issue
-  14). Kernels set true in the YAML are refused;
+  run on the CPU; the run then uses peft's LoRA layers, and the profile's scenario records it
+  (``lora_kernels: none``: the engines price what ran, where the config reader prices the kernels).
+  Kernels set true in the YAML are refused;
 - axolotl's telemetry off (``AXOLOTL_DO_NOT_TRACK=1``, among the package's ``OFFLINE`` settings).
 
 axolotl 0.19 imports ``trl.experimental.prm`` (its process-reward-model trainer) with its other trainers;
@@ -71,8 +72,12 @@ def config(job: Any) -> dict[str, Any]:
                               f"on the CPU: profile --config cannot run them (set them false to measure peft's layers)")
     if cfg.get("adapter") in ("lora", "qlora"):
         cfg.update(dict.fromkeys(_KERNELS, False))
+        if job.scenario.lora_kernels.value != "none":
+            from vramplan.scenario import KERNEL_GROUPS
+
+            job.scenario = job.scenario.replace(lora_kernels="none", kernel_groups=KERNEL_GROUPS)
         job.notes.append("axolotl's fused LoRA kernels (auto-on when unset) need CUDA: run off, with peft's LoRA "
-                         "layers (as priced)")
+                         "layers, and priced so (lora_kernels none)")
     if str(cfg.get("bf16")).lower() == "auto":
         cfg["bf16"] = sc.dtype.value == "bf16"
     cfg.update(base_model=str(job.ckpt), tokenizer_config=str(job.ckpt), device_map="cpu",
