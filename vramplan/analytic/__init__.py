@@ -61,8 +61,18 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     comps.extend(runtime)
     upper = _upper(allocated, runtime, 1.0 + cal.upper_bound_fraction)
     return Breakdown(tuple(comps), engine="analytic", notes=st.notes, peak_phase=phase, upper=upper,
+                     host=host_components(scenario, x.host),
                      extra=dict(phases={k: v + st.static for k, v in totals.items()},
                                 trainable_params=st.n_train, calibration=cal.fitted_on))
+
+
+def host_components(scenario: Scenario, host: int) -> tuple[Component, ...]:
+    """The host rows of a breakdown: the pinned copies of activation offloading (none without it)."""
+    if not host:
+        return ()
+    return (Component("host/pinned", "host", host,
+                      f"offload {scenario.offload.value}: page-locked host copies of saved activations "
+                      "(power-of-two blocks of PyTorch's pinned allocator)"),)
 
 
 def _upper(allocated: int, runtime: list[Component], f: float) -> Totals:

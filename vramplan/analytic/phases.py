@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from vramplan.analytic import offload as off
 from vramplan.analytic.terms import Coef, StaticTerms, Work
-from vramplan.scenario import Loss
+from vramplan.scenario import Loss, Offload
 
 LOSS_BACKWARD = "loss backward"
 LOSS_FORWARD = "loss forward"
@@ -61,6 +62,10 @@ class Batch(NamedTuple):
     """The loss forward's buffers (``logits.loss_forward_bytes``)."""
     held: int
     """Logits the loop holds (``logits.held_logits_bytes``)."""
+    saved_last: int = 0
+    """What is left saved when the last layer's backward runs (``saved_all`` without offloading)."""
+    host: int = 0
+    """Host memory of activation offloading (pinned), alive from the forward to the layers' backward."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -98,12 +103,49 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         saved_all = (st.dense * (dense_b + inp) + st.nmoe * (moe_b + inp) - first_b - inp + first_nogc
                      + st.sw_n * sw_b)
         saved_first = first_nogc + (sw_b if st.sw_first else 0)
+    saved_last, host = saved_all, 0
+    if st.offload is not Offload.NONE:
+        saved_all, saved_last, saved_first, host = _offloaded(st, T, gc, full, saved_all, last_b, first_b)
     loss_b, loss_f, held = st.loss_terms(size, seq)
     return Batch(
+        saved_last=saved_last, host=host,
         tokens=T, gc=gc, saved_all=saved_all, saved_first=saved_first, last_b=last_rc, first_b=first_rc,
         work_last=_working(st.work_moe if st.last_moe else st.work_dense, T, dequant_factor),
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
         fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held)
+
+
+def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, last_b: int,
+               first_b: int) -> tuple[int, int, int, int]:
+    """(saved at the loss, at the last layer's backward, at layer 0's backward, host bytes) on the device
+    under ``st.offload`` (``vramplan.analytic.offload``):
+
+    1. checkpoints (and activation offloading with checkpointing, whose hooks see only the layer
+       inputs): the host holds a pinned copy of every layer input; the device keeps layer 0's input
+       under LoRA (a leaf autograd keeps alive), and on CUDA a layer's recompute first copies its input
+       back (the unpack's ``tensor.to(device)``: T·ckpt, layer 0's T·ckpt0); on CPU the host copy is used.
+    2. unsloth: inputs over 2 MiB but the last layer's go to host slots; the device keeps the last
+       layer's input, layer 0's leaf and two restore buffers of the stored size; an fp32 input restored
+       from its bf16 copy is cast back (T·H·4) for its recompute.
+    3. activations without checkpointing: every layer's saved tensors go to host memory; a layer's come
+       back for its backward (its whole saved set, ``last_b`` / ``first_b``)."""
+    L, H = st.layers, st.hidden
+    leaf = 0 if full else T * st.ckpt0
+    if not gc:  # Offload.ACTIVATIONS (validation refuses the checkpoint kinds without checkpointing)
+        return 0, last_b, first_b, saved_all
+    if st.offload is Offload.UNSLOTH:
+        store = off.unsloth_store_bytes(T, H, st.d.resid)
+        host = off.unsloth_host_bytes(store, L)
+        if not off.unsloth_offloads(store):
+            return saved_all, saved_all, T * st.ckpt0, host
+        buf = off.unsloth_gpu_buffers(store)
+        last_in = T * st.ckpt if L > 1 else 0  # the last checkpointed layer keeps its input on the device
+        cast = T * H * 4 if st.d.resid == 4 else 0
+        return leaf + last_in + buf, leaf + last_in + buf, leaf + buf + cast, host
+    host = off.checkpoint_host_bytes(T, st.ckpt0, st.ckpt, L)
+    back = st.d.cuda
+    restored_last = (T * st.ckpt if L > 1 else T * st.ckpt0) if back else 0
+    return leaf, leaf + restored_last, leaf + (T * st.ckpt0 if back else 0), host
 
 
 # ------------------------------------------------------------------------- phase totals
@@ -116,7 +158,7 @@ def loss_forward(st: StaticTerms, x: Batch) -> int:
 
 
 def last_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_all + (x.last_b if x.gc else 0) + sum(x.work_last) + st.head_grad
+    return x.saved_last + (x.last_b if x.gc else 0) + sum(x.work_last) + st.head_grad
 
 
 def first_layer_backward(st: StaticTerms, x: Batch) -> int:
@@ -176,6 +218,9 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
 
 
 def _activation_row(st: StaticTerms, x: Batch, saved: int) -> _Row:
+    if st.offload is not Offload.NONE:
+        return ("activations/checkpoints" if x.gc else "activations/layers", "activations", saved,
+                f"what offload {st.offload.value} leaves on the device (the rest is in host memory)")
     if x.gc:
         return ("activations/checkpoints", "activations", saved, "layer inputs kept by gradient checkpointing")
     return ("activations/layers", "activations", saved, "every decoder layer's saved tensors")
@@ -206,7 +251,7 @@ def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
 
 def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     grads = st.head_grad if last else st.grad_total - st.grad_per_layer
-    rows = [_activation_row(st, x, x.saved_all if last else x.saved_first)]
+    rows = [_activation_row(st, x, x.saved_last if last else x.saved_first)]
     if x.gc:
         rows.append(("activations/recompute", "activations", x.last_b if last else x.first_b,
                      "one decoder layer re-run by gradient checkpointing"))

@@ -23,7 +23,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
+from vramplan.scenario import Attn, Hold, Loss, Offload, Quant, RopeCache, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -41,6 +41,21 @@ Coef = tuple[int, int, int]
 """Saved bytes of one layer: (per token, per token·s, fixed)."""
 Work = tuple[int, int, int, int]
 """A layer backward's working set (``activations.backward_working``)."""
+
+
+#: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
+OFFLOAD_NOTES: dict[Offload, tuple[str, ...]] = {
+    Offload.UNSLOTH: ("analytic-only: Unsloth's offloaded checkpoints (unsloth_zoo UnslothCheckpointFunction, CUDA "
+                      "streams) priced from its source: layer inputs over 2 MiB but the last layer's in pinned host "
+                      "slots (fp32 stored as bf16), two GPU restore buffers (double buffering assumed: more than "
+                      "512 MiB free), the 200-slot start-up pool; layer 0's input also stays on the GPU (a leaf "
+                      "autograd keeps)",),
+    Offload.ACTIVATIONS: ("analytic-only: TRL/torchtune OffloadActivations (CUDA streams) priced from its source: "
+                          "with layer checkpointing only the layer inputs reach its hooks (priced as offloaded "
+                          "checkpoints; the final norm's saved tensors are kept on the GPU, the stash of 5 holds "
+                          "the loss's); without it every layer's saved tensors go to host memory and one layer's "
+                          "come back for its backward (host priced without per-tensor power-of-two rounding)",),
+}
 
 
 def effective_attention(arch: Arch, s: Scenario) -> tuple[Attn, str | None]:
@@ -174,6 +189,8 @@ class StaticTerms:
     """Held logits per token (``logits.held_logits_bytes`` over one token; 0 when not held)."""
     held_forward: bool
     """``Hold.LOOP``: the previous step's logits are also alive through this forward."""
+    offload: Offload = Offload.NONE
+    """Activation offloading (``Scenario.offload``; terms in ``vramplan.analytic.offload``)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -234,14 +251,15 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     train = _trainable(arch, s, d, unquantized)
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
-    notes = ((attn_note,) if attn_note else ()) + layer.notes
+    notes = ((attn_note,) if attn_note else ()) + layer.notes + OFFLOAD_NOTES.get(s.offload, ())
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
         grad_total=train.grad_total, grad_per_layer=(train.grad_total - train.head_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes), paged=train.paged,
-        layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets))
+        layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
+        offload=s.offload)
 
 
 # ---------------------------------------------------------------------------------- weights

@@ -69,6 +69,18 @@ Index (what and why; the third-party source it concerns; how it is undone):
     form of transformers 5.24's ``partial(forward, self)``. Source: llamafactory 0.9.5
     ``extras/misc.py`` (``check_version``), ``data/mm_plugin.py``, ``model/model_utils/checkpointing.py``.
     Restored: each put back on exit.
+18. ``host_offload``: transformers' offloaded checkpoints (``Scenario.offload``) on the CPU the trace
+    runs on. transformers 5.24 wraps each checkpoint in ``save_on_cpu(pin_memory=True,
+    device_type=...)`` (``modeling_utils.py`` L3160-3167), whose pack hook copies the saved layer input
+    into a fresh pinned tensor (``torch/autograd/graph.py``, ``save_on_cpu.pack_to_cpu``) and whose
+    unpack copies it back to the device. On CPU the copy is a CPU tensor like any other, and a real
+    CPU run fails (no pinned allocator without an accelerator). So ``modeling_utils.save_on_cpu`` is
+    replaced, for the block, by torch's own ``save_on_cpu`` built for a device module that is not
+    available here (its ``is_pinnable`` branch off: the same ``empty`` + ``copy_``, unpinned), whose
+    pack hook hands the copy to ``LiveTensorTracker.to_host`` (``host/pinned``: the device loses it,
+    host memory gains it) and, for the CUDA program, whose unpack makes the device copy
+    ``tensor.to("cuda")`` makes (on CPU ``.to`` returns the same tensor), labelled
+    ``activations/offload_restore``. Restored: the module attribute put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -430,6 +442,39 @@ def keep_4bit_inputs(model: Any) -> int:
             m.register_forward_hook(hook)
             n += 1
     return n
+
+
+# ------------------------------------------------------------------------------- host offload
+@contextlib.contextmanager
+def host_offload(to_host: Callable[[Any], None], restored: Callable[[Any], None], cuda: bool) -> Iterator[None]:
+    """Item 18: ``transformers.modeling_utils.save_on_cpu`` replaced for the block by torch's own
+    ``save_on_cpu`` (unpinned branch: the same copy) whose packed copies are handed to ``to_host`` and,
+    when ``cuda``, whose unpack makes a device copy handed to ``restored``."""
+    import torch
+    from torch.autograd.graph import save_on_cpu, saved_tensors_hooks
+    from transformers import modeling_utils
+
+    def offloading(pin_memory: bool = False, device_type: str = "cuda") -> Any:
+        # "cuda" is unavailable on this host: torch takes its own non-pinnable branch (empty + copy_)
+        hooks = save_on_cpu(pin_memory=True, device_type="cuda" if not torch.cuda.is_available() else device_type)
+        pack, unpack = hooks.pack_hook, hooks.unpack_hook
+
+        def pack_to_host(tensor: Any) -> Any:
+            device, packed = pack(tensor)
+            to_host(packed)
+            return device, packed
+
+        def unpack_to_device(packed: Any) -> Any:
+            tensor = unpack(packed)
+            if cuda:  # ``tensor.to(device)`` from host memory makes a fresh device tensor on CUDA
+                tensor = tensor.clone()
+                restored(tensor)
+            return tensor
+
+        return saved_tensors_hooks(pack_to_host, unpack_to_device)
+
+    with _attribute(modeling_utils, "save_on_cpu", offloading):
+        yield
 
 
 # ------------------------------------------------------------------------ gradient checkpointing

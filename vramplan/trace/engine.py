@@ -83,8 +83,11 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
         "first_step_by_component": {k: int(v) for k, v in fig.first.items() if v},
         "versions": versions(),
     }
+    host = tuple(Component(name, "host", int(v), "copies the offload hooks moved to host memory (counted as "
+                                                 "host bytes, in PyTorch's pinned-allocator blocks)")
+                 for name, v in sorted((fig.host or {}).items()) if v)
     return Breakdown(tuple(components), engine="trace", notes=tuple(notes), peak_phase=fig.peak_phase,
-                     extra=extra)
+                     extra=extra, host=host)
 
 
 def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,

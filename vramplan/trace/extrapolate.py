@@ -34,6 +34,8 @@ class Figures:
     """The repeating block the figures were extrapolated with; None when traced at full depth."""
     refused: bool = False
     """Extrapolation was tried and the increments disagreed, so the full model was traced."""
+    host: dict[str, int] | None = None
+    """The steady step's host memory at its host peak, per ``host/`` component (offloaded activations)."""
 
 
 # ------------------------------------------------------------------------------ layer plan
@@ -96,13 +98,14 @@ def figures(arch: Arch, run: Callable[[int | None], TraceRun], layers: int | Non
     first, _ = _extrapolate_step(r1.steps[0], r2.steps[0], r1.layers, period, n)
     steady, peak_phase = _extrapolate_step(r1.steps[-1], r2.steps[-1], r1.layers, period, n)
     managed = r1.managed_bytes + (n - r1.layers) // period * (r2.managed_bytes - r1.managed_bytes)
-    return Figures(first, steady, peak_phase, managed, tried, n, period=period)
+    host = _extrapolate(r1.steps[-1].host, r2.steps[-1].host, r1.layers, period, n)
+    return Figures(first, steady, peak_phase, managed, tried, n, period=period, host=host)
 
 
 def measured(run: TraceRun) -> Figures:
     """The figures of one run, as traced."""
     return Figures(run.steps[0].by_name, run.steps[-1].by_name, run.steps[-1].peak_phase,
-                   run.managed_bytes, [run.layers], run.layers)
+                   run.managed_bytes, [run.layers], run.layers, host=dict(run.steps[-1].host))
 
 
 def _extrapolate(a: dict[str, int], b: dict[str, int], c1: int, period: int, n: int) -> dict[str, int]:
@@ -123,6 +126,9 @@ def _affine(runs: list[TraceRun]) -> bool:
     for sa, sb, sc in zip(a.steps, b.steps, c.steps):
         if not (sa.phases.keys() == sb.phases.keys() == sc.phases.keys()):
             return False
+        for name in set(sa.host) | set(sb.host) | set(sc.host):
+            if sb.host.get(name, 0) - sa.host.get(name, 0) != sc.host.get(name, 0) - sb.host.get(name, 0):
+                return False
         for ph in sa.phases:
             da, db, dc = sa.phases[ph][1], sb.phases[ph][1], sc.phases[ph][1]
             for name in set(da) | set(db) | set(dc):

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from vramplan.arch.spec import Arch
 from vramplan.device import Device
 from vramplan.hf import interventions
-from vramplan.scenario import Attn, Scenario
+from vramplan.scenario import Attn, Offload, Scenario
 from vramplan.trace.labels import Labeller
 
 
@@ -29,6 +29,8 @@ class StepFigures:
     """Peak of each phase (forward, backward, optimizer) of one step, with the bytes per component at it."""
 
     phases: dict[str, tuple[int, dict[str, int]]]
+    host: dict[str, int] = field(default_factory=dict)
+    """Host memory at the step's host peak, per ``host/`` component (offloaded activations)."""
 
     @property
     def peak_phase(self) -> str:
@@ -67,6 +69,11 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     from vramplan.hf import build as B
 
     B.require_torch()
+    if scenario.offload in (Offload.UNSLOTH, Offload.ACTIVATIONS):
+        raise B.TraceUnsupported(
+            f"offload {scenario.offload.value} runs the framework's own CUDA-stream hooks "
+            f"({_OFFLOAD_CODE[scenario.offload]}), which need a CUDA device; use --method analytic (priced "
+            "from their source)")
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     t0 = time.perf_counter()
@@ -81,6 +88,11 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
             _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
     run.seconds = time.perf_counter() - t0
     return run
+
+
+#: The code behind each offload kind the trace cannot run on CPU.
+_OFFLOAD_CODE = {Offload.UNSLOTH: "unsloth_zoo UnslothCheckpointFunction",
+                 Offload.ACTIVATIONS: "TRL/torchtune OffloadActivations"}
 
 
 @contextlib.contextmanager
@@ -107,7 +119,10 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
-        with paged, Labeller(tr).attached(model) as labeller:
+        offload = interventions.host_offload(tr.to_host, lambda t: tr.retag(t, "activations/offload_restore"),
+                                             cuda) if scenario.offload is Offload.CHECKPOINTS \
+            else contextlib.nullcontext()
+        with paged, offload, Labeller(tr).attached(model) as labeller:
             batch = _batch(arch, scenario, fake, seed)
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
@@ -119,7 +134,7 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120]}), which fake tensors cannot trace; use --method analytic"
                     ) from None
-                run.steps.append(StepFigures(labeller.phases))
+                run.steps.append(StepFigures(labeller.phases, dict(tr.host_peak_by_category)))
             run.managed_bytes = tr.live_by_category().get("managed/paged_optimizer", 0)
             carry.clear()
 
