@@ -23,7 +23,7 @@ CAL = Calibration(cublas_workspace_bytes=0, allocator_reserve_fraction=0.0, cuda
 OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp16", targets=("q_proj",),
              lora_dropout=0.1, full=True, grad_checkpointing=False, attn="eager", optimizer="adamw8bit",
              recipe="trl", autocast=False, adapter_dtype="bf16", loss="legacy", hold_logits="step",
-             bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer")
+             bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer", offload="checkpoints")
 
 
 def test_full_fine_tuning_holds_the_logits_once():

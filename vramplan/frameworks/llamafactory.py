@@ -30,7 +30,7 @@ KEYS = (
     Key("lora_target", "all", "all = every linear but lm_head"),
     Key("disable_gradient_checkpointing", False, "checkpointing is on unless disabled"),
     Key("use_reentrant_gc", True, "reentrant checkpointing"),
-    Key("use_unsloth_gc", False, "offloaded checkpoints (issue 14)"),
+    Key("use_unsloth_gc", False, "offloaded checkpoints (every layer input to host memory)"),
     Key("flash_attn", "auto", "auto (= sdpa), sdpa, fa2, disabled"),
     Key("cutoff_len", 2048, "tokens per sample"),
     Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
@@ -107,7 +107,11 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["seq"] = cutoff
     out["batch"] = b.integer(r.get("per_device_train_batch_size"), "per_device_train_batch_size")
     out["optimizer"] = b.optimizer(r.get("optim"), who)
-    b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"), ("enable_liger_kernel", "Liger kernels"),
+    if b.boolean(r.get("use_unsloth_gc"), "use_unsloth_gc") and out.get("grad_checkpointing", True):
+        # model/model_utils/checkpointing.py L42-81: every layer input .to("cpu", non_blocking=True) (pinned on
+        # CUDA), reentrant recompute: the tensors save_on_cpu moves
+        out["offload"] = "checkpoints"
+    b.unpriced(r, notes, (("enable_liger_kernel", "Liger kernels"),
                           ("neat_packing", "neat packing (4D mask)"), ("use_dora", "DoRA"),
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))

@@ -43,7 +43,7 @@ KEYS = (
     Key("loss_type", "nll", "nll (fused head in >= 1.15) or dft"),
     Key("packing", False, "packing (issue 14)"),
     Key("padding_free", False, "padding-free (issue 14)"),
-    Key("activation_offloading", False, "activation offload (issue 14)"),
+    Key("activation_offloading", False, "TRL OffloadActivations"),
     Key("use_liger_kernel", False, "Liger (issue 14)"),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
     Key("fsdp", None, "FSDP (issue 16)"),
@@ -129,7 +129,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         notes.append("TRL >= 1.15 scores only label positions in its fused head on CUDA: --label-fraction "
                      "(default 1.0) lowers that share for completion-only data")
     b.unpriced(r, notes, (("packing", "packing (one padding-free row)"), ("padding_free", "padding-free batches"),
-                          ("activation_offloading", "activation offloading"), ("use_liger_kernel", "Liger kernels")))
+                          ("use_liger_kernel", "Liger kernels")))
+    if b.boolean(r.get("activation_offloading"), "activation_offloading"):
+        out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 
