@@ -165,7 +165,8 @@ class Offload(_Choice):
     """TRL ``OffloadActivations`` (torchtune's, also run by axolotl ``activation_offloading: true``): every
     tensor autograd saves that is at least 1 KiB, but the output head's, goes to pinned host memory; the
     last 5 stay on the GPU while their copy runs. With layer checkpointing on, checkpointing's own hooks
-    save the layer internals, so only the layer inputs reach these hooks."""
+    save the layer internals, so only the layer inputs (and the final norm's and the loss's saved
+    tensors) reach these hooks."""
 
 
 class Hold(_Choice):

@@ -1,8 +1,8 @@
 """Activation offloading (``Scenario.offload``, issue 14): the analytic engine held to the trace.
 
 The trace runs transformers 5.24's own ``offload=True`` checkpointing (``save_on_cpu`` around each
-checkpoint); the tracker counts the copies the pack hook makes as host memory
-(``vramplan.hf.interventions.host_offload``). Tiny 4-layer llama with a small vocabulary, so the
+checkpoint) and TRL 1.16's ``OffloadActivations``; the tracker counts the copies the pack hooks make as
+host memory (``vramplan.hf.interventions.host_offload``, ``trl_offload``). Tiny 4-layer llama with a small vocabulary, so the
 checkpoints weigh: the GPU peak must drop by the same bytes in both engines, the peaks agree within
 1 %, and the host figure agrees to the byte."""
 
@@ -68,3 +68,23 @@ def test_host_golden_qlora():
     a, t = _pair({}, "checkpoints", "cuda")
     assert a.host_bytes == t.host_bytes == 2_097_152
     assert t.host[0].name == "host/pinned"
+
+
+def test_trl_activation_offload_with_checkpointing():
+    """TRL's hooks with layer checkpointing on (TRL's default, axolotl's loader): the device as with
+    offloaded checkpoints, and the host to the byte: 4 layer inputs of 2^19 B + the final norm's fp32
+    input (384·256·4 = 393,216 -> 524,288) and rsqrt (1,536 -> 2,048) + the loss's fp32 log-softmax
+    (384·512·4 = 786,432 -> 1,048,576) and int64 labels (3,072 -> 4,096) = 3,676,160 B."""
+    a, t = _pair({}, "activations", "cuda")
+    assert abs(a.allocated_peak_bytes - t.allocated_peak_bytes) / t.allocated_peak_bytes <= 0.01
+    assert a.host_bytes == t.host_bytes == 3_676_160
+
+
+def test_trl_activation_offload_without_checkpointing():
+    """Without checkpointing every layer's saved tensors go to the host: the device peak within 1 %; the
+    analytic host omits the per-tensor power-of-two rounding, so it is a lower bound of the trace's."""
+    a, t = _pair(dict(grad_checkpointing=False), "activations", "cuda")
+    a0, t0 = _pair(dict(grad_checkpointing=False), "none", "cuda")
+    assert abs(a.allocated_peak_bytes - t.allocated_peak_bytes) / t.allocated_peak_bytes <= 0.01
+    assert t.allocated_peak_bytes < t0.allocated_peak_bytes and a.allocated_peak_bytes < a0.allocated_peak_bytes
+    assert 0 < a.host_bytes <= t.host_bytes <= 2 * a.host_bytes

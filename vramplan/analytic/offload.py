@@ -96,3 +96,21 @@ def unsloth_gpu_buffers(store: int) -> int:
     unsloth enables after the first step when more than 512 MiB of VRAM is free, assumed here) of the
     stored size each (``GPU_BUFFER.resize_``, ``GPU_BUFFER_B.resize_``); none when nothing is offloaded."""
     return 2 * store if unsloth_offloads(store) else 0
+
+
+def trl_offloaded(nbytes: int) -> int:
+    """Pinned bytes TRL's ``OffloadActivations`` takes for one saved tensor of ``nbytes``: a pinned copy
+    (``torch.empty_like(..., pin_memory=True)``) when it is at least ``min_offload_size`` = 1024 B, else
+    nothing (the tensor stays on the GPU)."""
+    return pinned_block(nbytes) if nbytes >= TRL_MIN_OFFLOAD else 0
+
+
+def trl_head_host_bytes(tokens: int, hidden: int, vocab: int) -> int:
+    """Host copies TRL's hooks make after the last decoder layer (the output head itself is excluded by
+    its ``NoOpManager``), transformers 5.24's final RMSNorm and ``ForCausalLMLoss``:
+    1. the norm saves its fp32 input (T·H·4) and the rsqrt (T·4);
+    2. the loss's ``log_softmax`` saves its fp32 output (T·V·4); ``nll_loss`` saves the same storage
+       (deduplicated by TRL's storage key) and the int64 shifted labels (T·8).
+    Each is copied (``trl_offloaded``); the last five stay on the GPU as well (the forward stash) until
+    backward starts, so the device keeps them and the host holds their copies."""
+    return sum(trl_offloaded(n) for n in (tokens * hidden * 4, tokens * 4, tokens * vocab * 4, tokens * 8))

@@ -128,11 +128,15 @@ def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, la
        layer's input, layer 0's leaf and two restore buffers of the stored size; an fp32 input restored
        from its bf16 copy is cast back (T·H·4) for its recompute.
     3. activations without checkpointing: every layer's saved tensors go to host memory; a layer's come
-       back for its backward (its whole saved set, ``last_b`` / ``first_b``)."""
+       back for its backward (its whole saved set, ``last_b`` / ``first_b``); the host holds them
+       without the pinned allocator's per-tensor rounding (a lower bound of it).
+    4. activations, either way: the final norm's and the loss's saved tensors are copied to the host too
+       (``trl_head_host_bytes``) while the forward stash keeps them on the device."""
     L, H = st.layers, st.hidden
     leaf = 0 if full else T * st.ckpt0
+    head = off.trl_head_host_bytes(T, H, st.vocab) if st.offload is Offload.ACTIVATIONS else 0
     if not gc:  # Offload.ACTIVATIONS (validation refuses the checkpoint kinds without checkpointing)
-        return 0, last_b, first_b, saved_all
+        return 0, last_b, first_b, saved_all + head
     if st.offload is Offload.UNSLOTH:
         store = off.unsloth_store_bytes(T, H, st.d.resid)
         host = off.unsloth_host_bytes(store, L)
@@ -142,7 +146,7 @@ def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, la
         last_in = T * st.ckpt if L > 1 else 0  # the last checkpointed layer keeps its input on the device
         cast = T * H * 4 if st.d.resid == 4 else 0
         return leaf + last_in + buf, leaf + last_in + buf, leaf + buf + cast, host
-    host = off.checkpoint_host_bytes(T, st.ckpt0, st.ckpt, L)
+    host = off.checkpoint_host_bytes(T, st.ckpt0, st.ckpt, L) + head
     back = st.d.cuda
     restored_last = (T * st.ckpt if L > 1 else T * st.ckpt0) if back else 0
     return leaf, leaf + restored_last, leaf + (T * st.ckpt0 if back else 0), host

@@ -50,11 +50,11 @@ OFFLOAD_NOTES: dict[Offload, tuple[str, ...]] = {
                       "slots (fp32 stored as bf16), two GPU restore buffers (double buffering assumed: more than "
                       "512 MiB free), the 200-slot start-up pool; layer 0's input also stays on the GPU (a leaf "
                       "autograd keeps)",),
-    Offload.ACTIVATIONS: ("analytic-only: TRL/torchtune OffloadActivations (CUDA streams) priced from its source: "
-                          "with layer checkpointing only the layer inputs reach its hooks (priced as offloaded "
-                          "checkpoints; the final norm's saved tensors are kept on the GPU, the stash of 5 holds "
-                          "the loss's); without it every layer's saved tensors go to host memory and one layer's "
-                          "come back for its backward (host priced without per-tensor power-of-two rounding)",),
+    Offload.ACTIVATIONS: ("TRL/torchtune OffloadActivations: with layer checkpointing only the layer inputs, the final "
+                          "norm's and the loss's saved tensors reach its hooks (the last five stay on the GPU too, "
+                          "the forward stash); without it every layer's saved tensors go to host memory and come "
+                          "back one backward node at a time, and the analytic host figure omits the pinned "
+                          "allocator's per-tensor power-of-two rounding (a lower bound; the trace counts it)",),
 }
 
 

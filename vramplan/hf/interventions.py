@@ -81,6 +81,19 @@ Index (what and why; the third-party source it concerns; how it is undone):
     host memory gains it) and, for the CUDA program, whose unpack makes the device copy
     ``tensor.to("cuda")`` makes (on CPU ``.to`` returns the same tensor), labelled
     ``activations/offload_restore``. Restored: the module attribute put back on exit.
+19. ``trl_offload``: TRL's ``OffloadActivations`` (``Offload.ACTIVATIONS``; trl 1.16
+    ``models/activation_offloading.py``) on the CPU the trace runs on. Its constructor asks
+    ``torch.accelerator.current_accelerator()`` (None on CPU): answered ``cpu`` while it is built, so
+    its own code runs with ``torch.cpu``'s streams (no-op events) and offloads CPU tensors; its
+    ``_get_unique_tensor_key`` reads ``data_ptr`` (refused by fake tensors): keyed by the storage object
+    and offset instead (the same deduplication); its ``__enter__`` / ``__exit__`` flush the allocator and
+    synchronize streams, which ``torch.cpu`` lacks: the state is cleared and the hooks pushed / popped as
+    they do, without the flush and the sync; ``Tensor.record_stream`` (refused for a CPU stream; on CUDA
+    it only delays a block's reuse) is a no-op. The pack hook's
+    copies go to ``LiveTensorTracker.to_host``; for the CUDA program a tensor brought back from the host
+    is a fresh device copy (on CPU ``.to("cpu")`` returns the host tensor), held in TRL's backward stash
+    as the GPU tensor is. Pinned memory only under fake tensors (a real CPU run cannot pin). Restored:
+    the module attributes put back on exit; the hooks live on our model.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -475,6 +488,68 @@ def host_offload(to_host: Callable[[Any], None], restored: Callable[[Any], None]
 
     with _attribute(modeling_utils, "save_on_cpu", offloading):
         yield
+
+
+@contextlib.contextmanager
+def trl_offload(model: Any, to_host: Callable[[Any], None], restored: Callable[[Any], None], cuda: bool,
+                pin: bool) -> Iterator[Callable[[], Any]]:
+    """Item 19: yields a factory of the per-step context TRL's ``SFTTrainer.training_step`` runs in
+    (``get_act_offloading_ctx_manager(model)``: forward and backward inside its saved-tensor hooks)."""
+    import torch
+    from torch.autograd.graph import saved_tensors_hooks
+    from trl.models import activation_offloading as ao
+
+    def key(tensor: Any) -> tuple:
+        return (id(tensor.untyped_storage()), tensor.storage_offset(), tensor.dtype)
+
+    with _attribute(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cpu")):
+        ctx = ao.get_act_offloading_ctx_manager(model, use_pin_memory=pin, use_streams=True)
+    pack, unpack = ctx.pack_hook, ctx.unpack_hook
+
+    def pack_to_host(activation: Any) -> int:
+        tid = pack(activation)
+        entry = ctx.tracker.get(tid)
+        if entry is not None and entry[1]:  # modified: offloaded to a host tensor
+            to_host(entry[0])
+        return tid
+
+    def unpack_to_device(tid: int) -> Any:
+        entry = ctx.tracker.get(tid)
+        back = entry is not None and entry[1] and tid not in ctx.fwd_stash
+        out = unpack(tid)
+        if cuda and back:  # ``.to("cuda")`` from host memory: a fresh device tensor, stashed until the next node
+            out = out.clone()
+            restored(out)
+            if tid in ctx.bwd_tensor_stash:
+                ctx.bwd_tensor_stash[tid] = out
+        return out
+
+    ctx.pack_hook, ctx.unpack_hook = pack_to_host, unpack_to_device
+
+    @contextlib.contextmanager
+    def step() -> Iterator[None]:
+        # OffloadActivations.__enter__ without the allocator flush torch.cpu lacks (empty_cache)
+        ctx.tracker.clear()
+        ctx.storage_to_tensor_id.clear()
+        ctx._storage_key_by_tensor_id.clear()
+        ctx.tensor_id = 0
+        ctx.is_first_forward_call = ctx.is_first_backward_call = True
+        ctx.bwd_tensor_stash.clear()
+        ctx.bwd_ev_stash.clear()
+        ctx.fwd_stash.clear()
+        saved_tensors_hooks.__enter__(ctx)
+        try:
+            yield
+        finally:  # OffloadActivations.__exit__ without the stream sync torch.cpu lacks
+            ctx.bwd_tensor_stash.clear()
+            ctx.bwd_ev_stash.clear()
+            ctx.fwd_stash.clear()
+            saved_tensors_hooks.__exit__(ctx)
+
+    # record_stream (a tensor viewed by its backward node) only delays the block's reuse on CUDA
+    with _attribute(ao, "_get_unique_tensor_key", key), \
+            _attribute(torch.Tensor, "record_stream", lambda self, stream: None):
+        yield step
 
 
 # ------------------------------------------------------------------------ gradient checkpointing

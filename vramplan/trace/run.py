@@ -69,7 +69,7 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     from vramplan.hf import build as B
 
     B.require_torch()
-    if scenario.offload in (Offload.UNSLOTH, Offload.ACTIVATIONS):
+    if scenario.offload is Offload.UNSLOTH:
         raise B.TraceUnsupported(
             f"offload {scenario.offload.value} runs the framework's own CUDA-stream hooks "
             f"({_OFFLOAD_CODE[scenario.offload]}), which need a CUDA device; use --method analytic (priced "
@@ -119,16 +119,21 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
-        offload = interventions.host_offload(tr.to_host, lambda t: tr.retag(t, "activations/offload_restore"),
-                                             cuda) if scenario.offload is Offload.CHECKPOINTS \
-            else contextlib.nullcontext()
-        with paged, offload, Labeller(tr).attached(model) as labeller:
+        restored = lambda t: tr.retag(t, "activations/offload_restore")  # noqa: E731
+        offload: Any = contextlib.nullcontext()
+        if scenario.offload is Offload.CHECKPOINTS:
+            offload = interventions.host_offload(tr.to_host, restored, cuda)
+        elif scenario.offload is Offload.ACTIVATIONS:
+            offload = interventions.trl_offload(model, tr.to_host, restored, cuda, pin=fake)
+        with paged, offload as offload_step, Labeller(tr).attached(model) as labeller:
+            offload_step = offload_step or contextlib.nullcontext  # the per-step hooks (TRL's), if any
             batch = _batch(arch, scenario, fake, seed)
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
                 try:
-                    B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
+                    with offload_step():
+                        B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
                 except _data_dependent_errors() as e:
                     raise B.TraceUnsupported(
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
