@@ -45,6 +45,10 @@ Work = tuple[int, int, int, int]
 
 #: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
 OFFLOAD_NOTES: dict[Offload, tuple[str, ...]] = {
+    Offload.CHECKPOINTS: ("offloaded checkpoints: every layer input is copied to pinned host memory (power-of-two "
+                          "blocks); under LoRA layer 0's input also stays on the GPU (peft's enable_input_require_grads "
+                          "makes it a leaf autograd keeps), and on CUDA each recomputed layer first copies its input "
+                          "back",),
     Offload.UNSLOTH: ("analytic-only: Unsloth's offloaded checkpoints (unsloth_zoo UnslothCheckpointFunction, CUDA "
                       "streams) priced from its source: layer inputs over 2 MiB but the last layer's in pinned host "
                       "slots (fp32 stored as bf16), two GPU restore buffers (double buffering assumed: more than "

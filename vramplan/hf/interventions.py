@@ -77,8 +77,8 @@ Index (what and why; the third-party source it concerns; how it is undone):
     CPU run fails (no pinned allocator without an accelerator). So ``modeling_utils.save_on_cpu`` is
     replaced, for the block, by torch's own ``save_on_cpu`` built for a device module that is not
     available here (its ``is_pinnable`` branch off: the same ``empty`` + ``copy_``, unpinned), whose
-    pack hook hands the copy to ``LiveTensorTracker.to_host`` (``host/pinned``: the device loses it,
-    host memory gains it) and, for the CUDA program, whose unpack makes the device copy
+    pack hook allocates its copy as ``host/pinned`` (``LiveTensorTracker.allocating``: the device never
+    holds it, host memory does) and, for the CUDA program, whose unpack makes the device copy
     ``tensor.to("cuda")`` makes (on CPU ``.to`` returns the same tensor), labelled
     ``activations/offload_restore``. Restored: the module attribute put back on exit.
 19. ``trl_offload``: TRL's ``OffloadActivations`` (``Offload.ACTIVATIONS``; trl 1.16
@@ -92,7 +92,7 @@ Index (what and why; the third-party source it concerns; how it is undone):
     it only delays a block's reuse) is a no-op. The pack hook's
     copies go to ``LiveTensorTracker.to_host``; for the CUDA program a tensor brought back from the host
     is a fresh device copy (on CPU ``.to("cpu")`` returns the host tensor), held in TRL's backward stash
-    as the GPU tensor is. Pinned memory only under fake tensors (a real CPU run cannot pin). Restored:
+    as the GPU tensor is; the pack hook allocates under ``host/pinned``, TRL's device clone of a view moved back. Pinned memory only under fake tensors (a real CPU run cannot pin). Restored:
     the module attributes put back on exit; the hooks live on our model.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
@@ -458,11 +458,18 @@ def keep_4bit_inputs(model: Any) -> int:
 
 
 # ------------------------------------------------------------------------------- host offload
+#: Label of a tensor an offload hook copied back to the device for its backward.
+RESTORED = "activations/offload_restore"
+
+
 @contextlib.contextmanager
-def host_offload(to_host: Callable[[Any], None], restored: Callable[[Any], None], cuda: bool) -> Iterator[None]:
+def host_offload(tracker: Any, cuda: bool) -> Iterator[None]:
     """Item 18: ``transformers.modeling_utils.save_on_cpu`` replaced for the block by torch's own
-    ``save_on_cpu`` (unpinned branch: the same copy) whose packed copies are handed to ``to_host`` and,
-    when ``cuda``, whose unpack makes a device copy handed to ``restored``."""
+    ``save_on_cpu`` (unpinned branch: the same copy) whose pack hook allocates under ``host/pinned``
+    (``tracker.allocating``: the copy is host memory from its first byte) and, when ``cuda``, whose unpack
+    makes a device copy labelled ``activations/offload_restore``."""
+    from vramplan.hf.tracker import HOST_PINNED
+
     import torch
     from torch.autograd.graph import save_on_cpu, saved_tensors_hooks
     from transformers import modeling_utils
@@ -473,15 +480,16 @@ def host_offload(to_host: Callable[[Any], None], restored: Callable[[Any], None]
         pack, unpack = hooks.pack_hook, hooks.unpack_hook
 
         def pack_to_host(tensor: Any) -> Any:
-            device, packed = pack(tensor)
-            to_host(packed)
+            with tracker.allocating(HOST_PINNED):
+                device, packed = pack(tensor)
+            tracker.to_host(packed)
             return device, packed
 
         def unpack_to_device(packed: Any) -> Any:
             tensor = unpack(packed)
             if cuda:  # ``tensor.to(device)`` from host memory makes a fresh device tensor on CUDA
                 tensor = tensor.clone()
-                restored(tensor)
+                tracker.retag(tensor, RESTORED)
             return tensor
 
         return saved_tensors_hooks(pack_to_host, unpack_to_device)
@@ -491,10 +499,13 @@ def host_offload(to_host: Callable[[Any], None], restored: Callable[[Any], None]
 
 
 @contextlib.contextmanager
-def trl_offload(model: Any, to_host: Callable[[Any], None], restored: Callable[[Any], None], cuda: bool,
-                pin: bool) -> Iterator[Callable[[], Any]]:
+def trl_offload(model: Any, tracker: Any, cuda: bool, pin: bool) -> Iterator[Callable[[], Any]]:
     """Item 19: yields a factory of the per-step context TRL's ``SFTTrainer.training_step`` runs in
-    (``get_act_offloading_ctx_manager(model)``: forward and backward inside its saved-tensor hooks)."""
+    (``get_act_offloading_ctx_manager(model)``: forward and backward inside its saved-tensor hooks). The
+    pack hook allocates under ``host/pinned``; TRL's own device clone of a strided view (kept in its
+    forward stash) is moved back to the label it would have had."""
+    from vramplan.hf.tracker import HOST, HOST_PINNED
+
     import torch
     from torch.autograd.graph import saved_tensors_hooks
     from trl.models import activation_offloading as ao
@@ -507,10 +518,15 @@ def trl_offload(model: Any, to_host: Callable[[Any], None], restored: Callable[[
     pack, unpack = ctx.pack_hook, ctx.unpack_hook
 
     def pack_to_host(activation: Any) -> int:
-        tid = pack(activation)
+        label = tracker.label
+        with tracker.allocating(HOST_PINNED):
+            tid = pack(activation)
         entry = ctx.tracker.get(tid)
         if entry is not None and entry[1]:  # modified: offloaded to a host tensor
-            to_host(entry[0])
+            tracker.to_host(entry[0])
+        stashed = ctx.fwd_stash.get(tid)
+        if stashed is not None and (tracker.category_of(stashed[0]) or "").startswith(HOST + "/"):
+            tracker.retag(stashed[0], label)  # TRL's clone of a view: a device tensor
         return tid
 
     def unpack_to_device(tid: int) -> Any:
@@ -519,7 +535,7 @@ def trl_offload(model: Any, to_host: Callable[[Any], None], restored: Callable[[
         out = unpack(tid)
         if cuda and back:  # ``.to("cuda")`` from host memory: a fresh device tensor, stashed until the next node
             out = out.clone()
-            restored(out)
+            tracker.retag(out, RESTORED)
             if tid in ctx.bwd_tensor_stash:
                 ctx.bwd_tensor_stash[tid] = out
         return out

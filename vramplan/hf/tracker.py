@@ -25,9 +25,10 @@ Torch is imported lazily: importing this module costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 #: CUDA caching allocator: every block is a multiple of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
 #: ``kMinBlockSize``). Storages of zero bytes take no block.
@@ -178,8 +179,23 @@ class LiveTensorTracker:
             old = entry[1]
             if old != category:
                 self._free(entry)
-                entry[1] = category
+                entry[0], entry[1] = self._rounded(int(s.nbytes()), category), category
                 self._count(category, entry[0])
+
+    @contextlib.contextmanager
+    def allocating(self, category: str) -> Iterator[None]:
+        """Give ``category`` to the storages allocated inside the block (e.g. ``host/pinned`` inside an
+        offload pack hook, so its copy never counts as device memory), then the label before."""
+        saved, self.label = self.label, category
+        try:
+            yield
+        finally:
+            self.label = saved
+
+    def category_of(self, tensor: Any) -> str | None:
+        """The category of ``tensor``'s storage, None when untracked."""
+        entry = self._live.get(tensor.untyped_storage())
+        return None if entry is None else entry[1]
 
     def to_host(self, tensors: Iterable[Any] | Any, category: str = HOST_PINNED) -> None:
         """Count ``tensors`` as host memory under ``category`` (a ``host/`` one): the copies an offload

@@ -119,12 +119,11 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
-        restored = lambda t: tr.retag(t, "activations/offload_restore")  # noqa: E731
         offload: Any = contextlib.nullcontext()
         if scenario.offload is Offload.CHECKPOINTS:
-            offload = interventions.host_offload(tr.to_host, restored, cuda)
+            offload = interventions.host_offload(tr, cuda)
         elif scenario.offload is Offload.ACTIVATIONS:
-            offload = interventions.trl_offload(model, tr.to_host, restored, cuda, pin=fake)
+            offload = interventions.trl_offload(model, tr, cuda, pin=fake)
         with paged, offload as offload_step, Labeller(tr).attached(model) as labeller:
             offload_step = offload_step or contextlib.nullcontext  # the per-step hooks (TRL's), if any
             batch = _batch(arch, scenario, fake, seed)
