@@ -75,11 +75,17 @@ def layer_plan(arch: Arch) -> tuple[int, int] | None:
 
 # --------------------------------------------------------------------------------- figures
 def figures(arch: Arch, run: Callable[[int | None], TraceRun], layers: int | None = None,
-            extrapolate: bool = True) -> Figures:
+            extrapolate: bool = True, min_first: int = 0) -> Figures:
     """The trace's figures: ``run(n)`` traces n decoder layers (None: all). With ``layers`` the
     first ``layers`` layers are traced and reported; else the model's depth, extrapolated when
-    ``extrapolate`` and ``layer_plan`` allow and the increments agree."""
+    ``extrapolate`` and ``layer_plan`` allow and the increments agree. ``min_first``: the first traced
+    depth is at least this (a term bounded in the layer count, such as TRL's forward stash of 5
+    offloaded tensors, grows only until then; below it three runs can look affine and are not)."""
     plan = layer_plan(arch) if (extrapolate and layers is None) else None
+    if plan is not None and plan[0] < min_first:
+        c1, period = plan
+        c1 += -(-(min_first - c1) // period) * period
+        plan = (c1, period) if c1 + 2 * period < arch.num_layers else None
     if plan is None:
         return measured(run(layers))
     c1, period = plan
