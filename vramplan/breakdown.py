@@ -11,6 +11,10 @@ Totals:
   comparable to ``torch.cuda.max_memory_reserved``;
 - **process total**: reserved plus the ``context`` and ``managed`` runtime items (CUDA context, cuBLAS
   handles, paged optimizer state in managed memory), comparable to nvidia-smi's per-process figure.
+
+Host memory is its own figure, never part of the GPU totals: ``Breakdown.host`` lists the host
+components (category ``host``: ``host/pinned``, ``host/pageable``; activation offloading puts them
+there) and ``host_bytes`` sums them.
 """
 
 from __future__ import annotations
@@ -35,7 +39,9 @@ RUNTIME_CATEGORIES: dict[str, str] = {
     "context": "total",        # CUDA context, cuBLAS/cuDNN handles: outside PyTorch's allocator
     "managed": "total",        # CUDA managed memory (paged optimizers): invisible to the allocator
 }
-CATEGORIES: tuple[str, ...] = ALLOCATED_CATEGORIES + tuple(RUNTIME_CATEGORIES)
+#: Category of host (CPU) memory: a ``Breakdown.host`` component, never part of the GPU totals.
+HOST_CATEGORY = "host"
+CATEGORIES: tuple[str, ...] = ALLOCATED_CATEGORIES + tuple(RUNTIME_CATEGORIES) + (HOST_CATEGORY,)
 _CATEGORY_SET = frozenset(CATEGORIES)
 
 
@@ -105,8 +111,15 @@ class Breakdown:
     when the engine gives one."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Engine-specific figures (trace: first-step peak, timings; analytic: every phase's total...)."""
+    host: tuple[Component, ...] = ()
+    """Host memory of the step (category ``host``: ``host/pinned`` page-locked, ``host/pageable``), apart
+    from every GPU total; empty when the step keeps nothing in host memory."""
 
     def __post_init__(self) -> None:
+        if any(c.category == HOST_CATEGORY for c in self.components):
+            raise ValueError("host components belong in Breakdown.host, not in components")
+        if any(c.category != HOST_CATEGORY for c in self.host):
+            raise ValueError(f"Breakdown.host takes only {HOST_CATEGORY!r} components")
         names = [c.name for c in self.components]
         if len(set(names)) != len(names):
             dupes = {n for n in names if names.count(n) > 1}
@@ -120,6 +133,11 @@ class Breakdown:
     @property
     def runtime(self) -> tuple[Component, ...]:
         return tuple(c for c in self.components if c.is_runtime)
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory (pinned + pageable) at the step's host peak: apart from the GPU totals."""
+        return sum(c.bytes for c in self.host)
 
     @property
     def allocated_peak_bytes(self) -> int:
@@ -149,7 +167,8 @@ class Breakdown:
         return next((c.bytes for c in self.components if c.name == name), 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """JSON-ready; ``host`` and ``host_bytes`` appear only when the step keeps host memory."""
+        out = {
             "engine": self.engine,
             "components": [
                 {"name": c.name, "category": c.category, "bytes": c.bytes, "note": c.note}
@@ -167,6 +186,11 @@ class Breakdown:
             "upper": None if self.upper is None else asdict(self.upper),
             "extra": self.extra,
         }
+        if self.host:
+            out["host"] = [{"name": c.name, "category": c.category, "bytes": c.bytes, "note": c.note}
+                           for c in self.host]
+            out["host_bytes"] = self.host_bytes
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Breakdown":
@@ -182,7 +206,9 @@ class Breakdown:
         legacy = {k: extra.pop(v) for k, v in _LEGACY_UPPER.items() if v in extra}
         if upper is None and len(legacy) == len(_LEGACY_UPPER):
             upper = legacy
-        return cls(tuple(comps), engine=d.get("engine", "analytic"), notes=tuple(d.get("notes", ())),
+        host = tuple(Component(c["name"], c.get("category", HOST_CATEGORY), int(c["bytes"]), c.get("note", ""))
+                     for c in d.get("host", []))
+        return cls(tuple(comps), engine=d.get("engine", "analytic"), notes=tuple(d.get("notes", ())), host=host,
                    peak_phase=None if phase is None else str(phase),
                    upper=None if upper is None else Totals(**{k: int(v) for k, v in upper.items()}),
                    extra=extra)

@@ -64,10 +64,22 @@ class Check:
     point_need_bytes: int
     """The point estimate of the same quantity."""
     breakdown: Breakdown = field(compare=False, repr=False)
+    host_budget_bytes: int | None = None
+    """Host memory available (``plan --host-ram``); None: host memory not checked."""
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory the run holds (activation offloading's pinned copies; ``Breakdown.host_bytes``)."""
+        return self.breakdown.host_bytes
+
+    @property
+    def host_fits(self) -> bool:
+        """The host memory fits ``host_budget_bytes`` (True when it is not checked)."""
+        return self.host_budget_bytes is None or self.host_bytes <= self.host_budget_bytes
 
     @property
     def fits(self) -> bool:
-        return self.need_bytes <= self.budget_bytes
+        return self.need_bytes <= self.budget_bytes and self.host_fits
 
     @property
     def headroom_bytes(self) -> int:
@@ -75,9 +87,17 @@ class Check:
         return self.budget_bytes - self.need_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(fits=self.fits, need_bytes=self.need_bytes, point_need_bytes=self.point_need_bytes,
-                    budget_bytes=self.budget_bytes, headroom_bytes=self.headroom_bytes, bound=self.bound,
-                    seq=self.scenario.seq, batch=self.scenario.batch, rank=self.scenario.rank)
+        out = dict(fits=self.fits, need_bytes=self.need_bytes, point_need_bytes=self.point_need_bytes,
+                   budget_bytes=self.budget_bytes, headroom_bytes=self.headroom_bytes, bound=self.bound,
+                   seq=self.scenario.seq, batch=self.scenario.batch, rank=self.scenario.rank)
+        return {**out, **_host_dict(self)}
+
+
+def _host_dict(c: "Check") -> dict[str, Any]:
+    """The host-memory keys of a check's JSON: present when the run holds host memory or it is checked."""
+    if not c.host_bytes and c.host_budget_bytes is None:
+        return {}
+    return dict(host_bytes=c.host_bytes, host_budget_bytes=c.host_budget_bytes, host_fits=c.host_fits)
 
 
 def need_bytes(b: Breakdown, bound: str = "upper") -> tuple[int, bool]:
@@ -110,11 +130,15 @@ class Planner:
     """Fit checks of one model on one card, memoised per scenario (a plan revisits a few points)."""
 
     def __init__(self, arch: Arch, gpu: Gpu, calibration: Calibration | None = None, bound: str = "upper",
-                 estimator: Estimator | None = None, cache: bool = True) -> None:
+                 estimator: Estimator | None = None, cache: bool = True, host_ram: int | None = None) -> None:
         if bound not in BOUNDS:
             raise VramplanError(f"unknown bound '{bound}' (choose upper or point)")
         self.arch, self.gpu, self.calibration, self.bound = arch, gpu, calibration, bound
         self.budget = gpu.usable(calibration)
+        if host_ram is not None and (isinstance(host_ram, bool) or not isinstance(host_ram, int) or host_ram <= 0):
+            raise VramplanError(f"host RAM must be a positive number of bytes, got {host_ram!r}")
+        self.host_ram = host_ram
+        """Host memory available (bytes): a run whose offloaded activations exceed it does not fit."""
         self.device = None if gpu.kind == "custom" else gpu.name
         self._estimate = estimator or _analytic()
         self._cache: dict[Scenario, Check] | None = {} if cache else None
@@ -133,7 +157,7 @@ class Planner:
         if self.bound == "upper" and not upper:
             self.used_upper = False
         point = need if not upper else need_bytes(b, "point")[0]
-        result = Check(scenario, need, self.budget, "upper" if upper else "point", point, b)
+        result = Check(scenario, need, self.budget, "upper" if upper else "point", point, b, self.host_ram)
         if self._cache is not None:
             self._cache[scenario] = result
         return result
@@ -321,7 +345,7 @@ class Plan:
         return dict(
             model=self.model, gpu=self.gpu.to_dict(), scenario=self.scenario.to_dict(), fits=self.fits,
             bound=self.bound, need_bytes=self.check.need_bytes, point_need_bytes=self.check.point_need_bytes,
-            budget_bytes=self.check.budget_bytes, headroom_bytes=self.headroom_bytes,
+            budget_bytes=self.check.budget_bytes, headroom_bytes=self.headroom_bytes, **_host_dict(self.check),
             max_seq=self.max_seq, seq_cap=self.seq_cap, seq_step=self.seq_step,
             max_batch=self.max_batch, batch_cap=self.batch_cap, max_rank=self.max_rank, rank_cap=self.rank_cap,
             suggestions=[s.to_dict() for s in self.suggestions],
@@ -443,8 +467,12 @@ def _raw(key: str, value: Any) -> Any:
 def plan(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None = None, *,
          calibration: Calibration | None = None, bound: str = "upper", lengths: Lengths | None = None,
          percentile: float = 99.0, seq_step: int = 1, suggestions: bool = True,
-         estimator: Estimator | None = None, pad_to_seq: bool = False) -> Plan:
+         estimator: Estimator | None = None, pad_to_seq: bool = False, host_ram: int | None = None) -> Plan:
     """Plan ``scenario`` of ``model`` on ``gpu``.
+
+    ``host_ram`` (bytes): the host memory available; a run whose host memory (activation offloading's
+    pinned copies, ``Breakdown.host_bytes``) exceeds it does not fit, and the largest seq / batch /
+    rank respect it too.
 
     With ``lengths`` the scenario is checked at the fullest micro-batch its layout can draw (OOMs strike
     there; ``lengths.longest_batch``): unpacked rows padded to the longest example (to the scenario's
@@ -470,7 +498,7 @@ def plan(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None = None
             notes.append(f"fullest micro-batch ({s.packing.value}{', padded to seq' if pad_to_seq else ''}): "
                          f"{size} × {seq:,} tokens")
         s = s.replace(seq=seq, batch=size)
-    p = Planner(arch, card, calibration=calibration, bound=bound, estimator=estimator)
+    p = Planner(arch, card, calibration=calibration, bound=bound, estimator=estimator, host_ram=host_ram)
     check = p.check(s)
     seq_cap = MAX_TOKENS // s.batch
     if seq_step > seq_cap:

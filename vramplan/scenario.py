@@ -159,6 +159,33 @@ class RopeCache(_Choice):
     builders (``lora_qwen2_self_attention``, ``lora_phi3_self_attention``)."""
 
 
+class Offload(_Choice):
+    """Which saved tensors a training loop moves to host memory during the forward (and copies back to
+    the GPU for their backward). Every kind keeps what it moves in pinned (page-locked) host memory."""
+
+    NONE = "none"
+    """Nothing leaves the GPU."""
+    CHECKPOINTS = "checkpoints"
+    """Every checkpointed layer input: transformers 5.24 ``activation_checkpointing_enable(offload=True)``
+    (``gradient_checkpointing_kwargs={"offload": True}``) runs each checkpoint inside
+    ``torch.autograd.graph.save_on_cpu(pin_memory=True)`` (``modeling_utils.py`` L3160-3167), so the layer's
+    saved input goes to pinned host memory and comes back as a fresh device copy when the layer is
+    recomputed; LLaMA-Factory ``use_unsloth_gc`` (its copy of Unsloth's early checkpoint: every layer
+    input ``.to("cpu", non_blocking=True)``, reentrant) and TRL / axolotl activation offloading with
+    layer checkpointing on (only the checkpoint inputs reach its hooks) move the same tensors."""
+    UNSLOTH = "unsloth"
+    """Unsloth's ``use_gradient_checkpointing="unsloth"`` (unsloth_zoo 2026.10.9
+    ``gradient_checkpointing.py``): each checkpointed layer input over 2 MiB but the last layer's is copied
+    into a pinned host slot (fp32 inputs stored as bf16), restored in backward into a persistent GPU buffer
+    of one hidden state (two after the first step when more than 512 MiB of VRAM is free)."""
+    ACTIVATIONS = "activations"
+    """TRL ``OffloadActivations`` (torchtune's, also run by axolotl ``activation_offloading: true``): every
+    tensor autograd saves that is at least 1 KiB, but the output head's, goes to pinned host memory; the
+    last 5 stay on the GPU while their copy runs. With layer checkpointing on, checkpointing's own hooks
+    save the layer internals, so only the layer inputs (and the final norm's and the loss's saved
+    tensors) reach these hooks."""
+
+
 class Hold(_Choice):
     """How long the training loop keeps the model output (and its logits) referenced."""
 
@@ -391,6 +418,14 @@ class Scenario:
         KERNEL_GROUPS, 38, "The groups --lora-kernels fuses: qkv, o, mlp (axolotl lora_qkv_kernel, "
                            "lora_o_kernel, lora_mlp_kernel).", optional=True)
     """Projection groups the fused kernels cover (``KERNEL_GROUPS``); only read with ``lora_kernels``."""
+    offload: Offload = _field(
+        Offload.NONE, 34, "Activation offloading to pinned host memory: none; checkpoints (every checkpointed "
+                          "layer input: HF gradient_checkpointing_kwargs offload, LLaMA-Factory use_unsloth_gc); "
+                          "unsloth (Unsloth's default: all but the last layer input, restored through GPU "
+                          "buffers); activations (TRL / torchtune / axolotl activation offloading: every saved "
+                          "tensor but the output head's). The host bytes are reported apart from the GPU's.",
+        optional=True)
+    """Activation offloading (``Offload``): what leaves the GPU for pinned host memory."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
@@ -475,6 +510,9 @@ class Scenario:
             raise ScenarioError("lora_fa and dora: peft's LoRA-FA optimizer pairs every lora_A with its lora_B "
                                 "and has no rule for DoRA's magnitude vectors; choose one")
         self._check_kernels()
+        if self.offload in (Offload.CHECKPOINTS, Offload.UNSLOTH) and not self.grad_checkpointing:
+            raise ScenarioError(f"offload {self.offload.value} moves gradient checkpoints to host memory and needs "
+                                "--grad-checkpointing")
         if not self.targets:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:

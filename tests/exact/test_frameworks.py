@@ -34,23 +34,23 @@ def _scenario(res) -> Scenario:
 #: The shared QLoRA run (Qwen3-14B, nf4 + double quant, bf16, r=8 on every linear, 1×2048, GC) as each
 #: framework prices it: fixture -> (framework, expected scenario fields).
 SHARED = {
-    "swift_qlora.sh": ("ms-swift", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+    "swift_qlora.sh": ("ms-swift", dict(offload="none", quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
                                         lora_dropout=0.05, recipe="plain", adapter_dtype="fp32", loss="hf",
                                         reentrant=True, seq=2048, batch=1, autocast=True)),
     "swift_args.json": ("ms-swift", dict(quant="nf4", double_quant=True, rank=8, lora_dropout=0.05, recipe="plain",
                                          reentrant=True, seq=2048, batch=1)),
-    "axolotl_qlora.yml": ("axolotl", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+    "axolotl_qlora.yml": ("axolotl", dict(offload="none", quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
                                           lora_dropout=0.05, recipe="axolotl", adapter_dtype="fp32", loss="hf",
                                           reentrant=True, seq=2048, batch=1)),
-    "llamafactory_qlora.yaml": ("llamafactory", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
+    "llamafactory_qlora.yaml": ("llamafactory", dict(offload="none", quant="nf4", double_quant=True, rank=8, targets=("all-linear",),
                                                      lora_dropout=0.0, recipe="plain", adapter_dtype="fp32",
                                                      loss="hf", reentrant=True, seq=2048, batch=1)),
-    "trl_qlora.yaml": ("trl", dict(quant="nf4", double_quant=True, rank=8, targets=("all-linear",), lora_dropout=0.05,
+    "trl_qlora.yaml": ("trl", dict(offload="none", quant="nf4", double_quant=True, rank=8, targets=("all-linear",), lora_dropout=0.05,
                                    recipe="plain", adapter_dtype="bf16", loss="chunked-head", reentrant=False,
                                    seq=2048, batch=1, dtype="bf16")),
     "unsloth.yaml": ("unsloth", dict(quant="nf4", double_quant=True, rank=8, lora_dropout=0.0, recipe="plain",
                                      adapter_dtype="fp32", loss="unsloth", reentrant=True, seq=2048, batch=1,
-                                     optimizer="adamw8bit",
+                                     optimizer="adamw8bit", offload="unsloth",
                                      targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                               "down_proj"))),
 }
@@ -727,3 +727,66 @@ def test_unsloth_fuses_only_without_dropout(dropout, expected):
     out = fw.scenario(Reader(fw, fw.eras[0], data), fw.eras[0], QWEN, notes)
     assert out.get("lora_kernels") == expected
     assert any("runs peft's LoRA forward" in n for n in notes) == (expected is None)
+
+
+def _edited(tmp_path, fixture: str, edits: dict, *extra: str):
+    """``fixture`` with top-level (or dotted) keys replaced, written under its own name in tmp_path."""
+    import yaml
+
+    src = DATA / fixture
+    data = json.loads(src.read_text()) if src.suffix == ".json" else yaml.safe_load(src.read_text())
+    for key, value in edits.items():
+        node, *path = key.split(".")
+        cur = data
+        for part in [node, *path][:-1]:
+            cur = cur.setdefault(part, {})
+        cur[[node, *path][-1]] = value
+    out = tmp_path / fixture
+    out.write_text(json.dumps(data) if src.suffix == ".json" else yaml.safe_dump(data))
+    for e in extra:
+        shutil.copy(DATA / e, tmp_path / e)
+    loaded = F.load([str(out)] + [str(tmp_path / e) for e in extra], None, None, None)
+    return F.resolve(loaded, resolve(loaded.model) if loaded.model else QWEN)
+
+
+#: (fixture, edits, companion files, expected offload, expected checkpointing)
+OFFLOAD_KEYS = {
+    "hf-offload": ("training_args.json", {"gradient_checkpointing": True,
+                                          "gradient_checkpointing_kwargs": {"offload": True}},
+                   ("adapter_config.json",), "checkpoints", True),
+    "hf-no-offload": ("training_args.json", {"gradient_checkpointing": True}, ("adapter_config.json",), "none", True),
+    "trl": ("trl_qlora.yaml", {"activation_offloading": True}, (), "activations", True),
+    "axolotl-true": ("axolotl_qlora.yml", {"activation_offloading": True}, (), "activations", True),
+    "axolotl-gc-offload": ("axolotl_qlora.yml", {"gradient_checkpointing": "offload"}, (), "activations", True),
+    "axolotl-legacy": ("axolotl_qlora.yml", {"activation_offloading": "legacy", "gradient_checkpointing": True}, (),
+                       "checkpoints", True),
+    "torchtune": ("torchtune_qlora.yaml", {"enable_activation_offloading": True}, (), "activations", True),
+    "llamafactory": ("llamafactory_qlora.yaml", {"use_unsloth_gc": True}, (), "checkpoints", True),
+    "unsloth-short": ("unsloth.yaml", {"training.max_seq_length": 256}, (), "none", True),
+    "unsloth-true": ("unsloth.yaml", {"training.gradient_checkpointing": True}, (), "none", True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OFFLOAD_KEYS))
+def test_offload_config_keys(tmp_path, case):
+    fixture, edits, extra, offload, gc = OFFLOAD_KEYS[case]
+    res = _edited(tmp_path, fixture, edits, *extra)
+    s = _scenario(res)
+    assert (s.offload.value, s.grad_checkpointing) == (offload, gc), (case, res.notes)
+    assert not any("offload" in n and "not yet priced" in n for n in res.notes), res.notes
+
+
+def test_offload_host_golden_qwen3_14b():
+    """Qwen3-14B QLoRA (hf-peft: fp32 residual stream), 1 × 4096, offloaded checkpoints:
+    each layer input T·H·4 = 4096 · 5120 · 4 = 83,886,080 B -> pinned block 2^27 = 134,217,728 B;
+    40 layers -> 5,368,709,120 B (5 GiB) of pinned host memory. Unsloth at the same shape stores bf16
+    (41,943,040 B -> 2^26 = 67,108,864 B per slot, 40 slots) + the 200 × 256 KiB start-up pool
+    (52,428,800 B): 2,736,783,360 B."""
+    from vramplan.analytic import estimate
+
+    a = estimate(QWEN, Scenario(seq=4096, offload="checkpoints"))
+    assert a.host_bytes == 5_368_709_120
+    assert [c.name for c in a.host] == ["host/pinned"]
+    u = estimate(QWEN, Scenario(seq=4096, offload="unsloth", reentrant=True))
+    assert u.host_bytes == 2_736_783_360
+    assert estimate(QWEN, Scenario(seq=4096)).host_bytes == 0

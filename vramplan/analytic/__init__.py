@@ -67,7 +67,8 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
         train = max(v for k, v in totals.items() if k != ph.EVALUATION) + st.static
         extra.update(training_peak_bytes=train, eval_peak_bytes=x.eval.total + st.static, eval_moment=x.eval.moment)
         notes += (eval_note(scenario, train, x.eval.total + st.static, x.eval.moment),)
-    return Breakdown(tuple(comps), engine="analytic", notes=notes, peak_phase=phase, upper=upper, extra=extra)
+    return Breakdown(tuple(comps), engine="analytic", notes=notes, peak_phase=phase, upper=upper,
+                     host=host_components(scenario, x.host), extra=extra)
 
 
 def eval_note(scenario: Scenario, train: int, evaluation: int, moment: str) -> str:
@@ -81,6 +82,15 @@ def eval_note(scenario: Scenario, train: int, evaluation: int, moment: str) -> s
     return (f"evaluation (eval batch {scenario.eval_batch} × {scenario.seq}, {kept}): peak "
             f"{fmt_bytes(evaluation)} at its {moment}, training step {fmt_bytes(train)}: {larger}; "
             "priced with use_cache off (a use_cache=True config also builds a KV cache in each eval forward)")
+
+
+def host_components(scenario: Scenario, host: int) -> tuple[Component, ...]:
+    """The host rows of a breakdown: the pinned copies of activation offloading (none without it)."""
+    if not host:
+        return ()
+    return (Component("host/pinned", "host", host,
+                      f"offload {scenario.offload.value}: page-locked host copies of saved activations "
+                      "(power-of-two blocks of PyTorch's pinned allocator)"),)
 
 
 def _upper(allocated: int, runtime: list[Component], f: float) -> Totals:

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+from vramplan.analytic import offload as off
 from vramplan.analytic.evaluation import EvalPeak, eval_peak
 from vramplan.analytic.terms import Coef, StaticTerms, Work
-from vramplan.scenario import Loss, kept_positions
+from vramplan.scenario import Loss, Offload, kept_positions
 
 LOSS_BACKWARD = "loss backward"
 LOSS_FORWARD = "loss forward"
@@ -94,6 +95,10 @@ class Batch(NamedTuple):
     """What the packed collator adds to the batch, alive in every phase (position ids, a 4D mask)."""
     seq: int = 0
     """s, the sequence length (eager attention's per token·s terms)."""
+    saved_last: int = 0
+    """What is left saved when the last layer's backward runs (``saved_all`` without offloading)."""
+    host: int = 0
+    """Host memory of activation offloading (pinned), alive from the forward to the layers' backward."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -131,6 +136,9 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         saved_all = (st.dense * (dense_b + inp) + st.nmoe * (moe_b + inp) - first_b - inp + first_nogc
                      + st.sw_n * sw_b)
         saved_first = first_nogc + (sw_b if st.sw_first else 0)
+    saved_last, host = saved_all, 0
+    if st.offload is not Offload.NONE:
+        saved_all, saved_last, saved_first, host = _offloaded(st, T, gc, full, saved_all, last_b, first_b)
     loss_b, loss_f, held = st.loss_terms(size, seq)
 
     def softmax(sm: tuple[Coef, Coef, int] | None) -> tuple[int, int, int] | None:
@@ -139,6 +147,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         return _layer(sm[0], T, seq), _layer(sm[1], T, seq), T * seq * sm[2]
 
     return Batch(
+        saved_last=saved_last, host=host,
         tokens=T, gc=gc, saved_all=saved_all, saved_first=saved_first, last_b=last_rc, first_b=first_rc,
         work_last=_working(st.work_moe if st.last_moe else st.work_dense, T, dequant_factor),
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
@@ -161,6 +170,43 @@ def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
                      resid=st.d.resid, c=st.d.c, dequant=st.eval_dequant, logit_bytes=st.eval_logit_bytes)
 
 
+def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, last_b: int,
+               first_b: int) -> tuple[int, int, int, int]:
+    """(saved at the loss, at the last layer's backward, at layer 0's backward, host bytes) on the device
+    under ``st.offload`` (``vramplan.analytic.offload``):
+
+    1. checkpoints (and activation offloading with checkpointing, whose hooks see only the layer
+       inputs): the host holds a pinned copy of every layer input; the device keeps layer 0's input
+       under LoRA (a leaf autograd keeps alive), and on CUDA a layer's recompute first copies its input
+       back (the unpack's ``tensor.to(device)``: T·ckpt, layer 0's T·ckpt0); on CPU the host copy is used.
+    2. unsloth: inputs over 2 MiB but the last layer's go to host slots; the device keeps the last
+       layer's input, layer 0's leaf and two restore buffers of the stored size; an fp32 input restored
+       from its bf16 copy is cast back (T·H·4) for its recompute.
+    3. activations without checkpointing: every layer's saved tensors go to host memory; a layer's come
+       back for its backward (its whole saved set, ``last_b`` / ``first_b``); the host holds them
+       without the pinned allocator's per-tensor rounding (a lower bound of it).
+    4. activations, either way: the final norm's and the loss's saved tensors are copied to the host too
+       (``trl_head_host_bytes``) while the forward stash keeps them on the device."""
+    L, H = st.layers, st.hidden
+    leaf = 0 if full else T * st.ckpt0
+    head = off.trl_head_host_bytes(T, H, st.vocab) if st.offload is Offload.ACTIVATIONS else 0
+    if not gc:  # Offload.ACTIVATIONS (validation refuses the checkpoint kinds without checkpointing)
+        return 0, last_b, first_b, saved_all + head
+    if st.offload is Offload.UNSLOTH:
+        store = off.unsloth_store_bytes(T, H, st.d.resid)
+        host = off.unsloth_host_bytes(store, L)
+        if not off.unsloth_offloads(store):
+            return saved_all, saved_all, T * st.ckpt0, host
+        buf = off.unsloth_gpu_buffers(store)
+        last_in = T * st.ckpt if L > 1 else 0  # the last checkpointed layer keeps its input on the device
+        cast = T * H * 4 if st.d.resid == 4 else 0
+        return leaf + last_in + buf, leaf + last_in + buf, leaf + buf + cast, host
+    host = off.checkpoint_host_bytes(T, st.ckpt0, st.ckpt, L) + head
+    back = st.d.cuda
+    restored_last = (T * st.ckpt if L > 1 else T * st.ckpt0) if back else 0
+    return leaf, leaf + restored_last, leaf + (T * st.ckpt0 if back else 0), host
+
+
 # ------------------------------------------------------------------------- phase totals
 def loss_backward(st: StaticTerms, x: Batch) -> int:
     return x.saved_all + x.mask + x.fin + st.head_copy + x.loss_b
@@ -178,7 +224,7 @@ def _softmax_moment(st: StaticTerms, x: Batch, last: bool) -> int | None:
     sm = x.sm_last if last else x.sm_first
     if sm is None:
         return None
-    base = (x.saved_all - x.plain_last) if last else (x.saved_first - x.plain_first)
+    base = (x.saved_last - x.plain_last) if last else (x.saved_first - x.plain_first)
     held_out = x.tokens * st.reentrant_out if x.gc else 0
     return base + x.mask + sm[0] + held_out + sm[1] + sm[2]
 
@@ -187,7 +233,7 @@ def _mlp_moment(st: StaticTerms, x: Batch, last: bool) -> int:
     """A layer backward at its MLP's busiest point (``activations.backward_working``), without the
     gradients of the other layers."""
     if last:
-        return x.saved_all + x.mask + (x.last_b if x.gc else 0) + sum(x.work_last)
+        return x.saved_last + x.mask + (x.last_b if x.gc else 0) + sum(x.work_last)
     return x.saved_first + x.mask + (x.first_b if x.gc else 0) + sum(x.work_first)
 
 
@@ -367,6 +413,9 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
 
 
 def _activation_row(st: StaticTerms, x: Batch, saved: int) -> _Row:
+    if st.offload is not Offload.NONE:
+        return ("activations/checkpoints" if x.gc else "activations/layers", "activations", saved,
+                f"what offload {st.offload.value} leaves on the device (the rest is in host memory)")
     if x.gc:
         return ("activations/checkpoints", "activations", saved, "layer inputs kept by gradient checkpointing")
     return ("activations/layers", "activations", saved, "every decoder layer's saved tensors")
@@ -412,7 +461,7 @@ def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]
     grads = st.head_grad if last else st.grad_total - st.grad_per_layer - st.embed_grad
     if _layer_moment(st, x, last)[1]:
         return grads, _softmax_rows(last, st, x)
-    rows = [_activation_row(st, x, x.saved_all if last else x.saved_first), *_mask_rows(x)]
+    rows = [_activation_row(st, x, x.saved_last if last else x.saved_first), *_mask_rows(x)]
     if x.gc:
         rows.append(("activations/recompute", "activations", x.last_b if last else x.first_b,
                      "one decoder layer re-run by gradient checkpointing"))
@@ -425,7 +474,7 @@ def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]
 def _softmax_rows(last: bool, st: StaticTerms, x: Batch) -> list[_Row]:
     """The rows of a layer backward whose busiest moment is eager attention's softmax backward."""
     saved, work, tmp = x.sm_last if last else x.sm_first
-    base = (x.saved_all - x.plain_last) if last else (x.saved_first - x.plain_first)
+    base = (x.saved_last - x.plain_last) if last else (x.saved_first - x.plain_first)
     rows = [_activation_row(st, x, base), *_mask_rows(x)]
     if x.gc:
         rows.append(("activations/recompute", "activations", saved + x.tokens * st.reentrant_out,

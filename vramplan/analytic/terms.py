@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Quant, RopeCache, Scenario, kept_positions
+from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Offload, Quant, RopeCache, Scenario, kept_positions
 
 #: Note added to both engines' breakdowns when ``effective_attention`` swaps sdpa for eager.
 SDPA_FALLBACK_NOTE = ("{name} does not support sdpa (soft-capped attention scores, transformers' "
@@ -46,6 +46,25 @@ Coef = tuple[int, int, int]
 """Saved bytes of one layer: (per token, per token·s, fixed)."""
 Work = tuple[int, int, int, int]
 """A layer backward's working set (``activations.backward_working``)."""
+
+
+#: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
+OFFLOAD_NOTES: dict[Offload, tuple[str, ...]] = {
+    Offload.CHECKPOINTS: ("offloaded checkpoints: every layer input is copied to pinned host memory (power-of-two "
+                          "blocks); under LoRA layer 0's input also stays on the GPU (peft's enable_input_require_grads "
+                          "makes it a leaf autograd keeps), and on CUDA each recomputed layer first copies its input "
+                          "back",),
+    Offload.UNSLOTH: ("analytic-only: Unsloth's offloaded checkpoints (unsloth_zoo UnslothCheckpointFunction, CUDA "
+                      "streams) priced from its source: layer inputs over 2 MiB but the last layer's in pinned host "
+                      "slots (fp32 stored as bf16), two GPU restore buffers (double buffering assumed: more than "
+                      "512 MiB free), the 200-slot start-up pool; layer 0's input also stays on the GPU (a leaf "
+                      "autograd keeps)",),
+    Offload.ACTIVATIONS: ("TRL/torchtune OffloadActivations: with layer checkpointing only the layer inputs, the final "
+                          "norm's and the loss's saved tensors reach its hooks (the last five stay on the GPU too, "
+                          "the forward stash); without it every layer's saved tensors go to host memory and come "
+                          "back one backward node at a time, and the analytic host figure omits the pinned "
+                          "allocator's per-tensor power-of-two rounding (a lower bound; the trace counts it)",),
+}
 
 
 def effective_attention(arch: Arch, s: Scenario) -> tuple[Attn, str | None]:
@@ -223,6 +242,8 @@ class StaticTerms:
     norm_back: int = 0
     """Fused LoRA kernels: bytes per token over the saved layers while the final norm's backward runs
     (``activations.final_norm_backward_bytes``); 0 when that moment is not priced as its own phase."""
+    offload: Offload = Offload.NONE
+    """Activation offloading (``Scenario.offload``; terms in ``vramplan.analytic.offload``)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -298,7 +319,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
-    notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d)
+    notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
+        + OFFLOAD_NOTES.get(s.offload, ())
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
@@ -310,7 +332,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         dora_fwd=act.dora_forward_moments(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
                                           (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else (),
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
-        **_eval_terms(arch, s, d, layer.fields))
+        **_eval_terms(arch, s, d, layer.fields), offload=s.offload)
 
 
 # ---------------------------------------------------------------------------------- weights

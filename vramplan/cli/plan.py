@@ -25,6 +25,9 @@ from vramplan.cli.options import pop_run, scenario_options
 @click.option("--tokenizer", default=None, help="Local tokenizer directory to count a text column.")
 @click.option("--percentile", type=float, default=99.0, show_default=True,
               help="Percentile of --lengths to plan the seq for (the maximum is always checked).")
+@click.option("--host-ram", "host_ram", default=None, metavar="SIZE",
+              help="Host memory available for offloaded activations, e.g. 64GiB: a run whose host memory "
+                   "exceeds it does not fit.")
 @click.option("--point", is_flag=True, help="Use the point estimate instead of the conservative bound.")
 @click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False), default=None,
               help="Calibration JSON (default: the one shipped).")
@@ -58,7 +61,7 @@ def plan(**kwargs: Any) -> int:
     pad = bool(fw and fw.pads_to_seq and fw.pads_to_seq(run.resolved.source.data))  # type: ignore[union-attr]
     result = make_plan(run.arch, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
-                       seq_step=step, pad_to_seq=pad)
+                       seq_step=step, pad_to_seq=pad, host_ram=_host_ram(kwargs["host_ram"]))
     written = _write(run, result, write_to) if write_to else None
     if kwargs["as_json"]:
         out = result.to_dict()
@@ -90,6 +93,18 @@ def plan(**kwargs: Any) -> int:
             if written["not_written"]:
                 console.print(f"not written (set them by hand): {'; '.join(written['not_written'])}", markup=False)
     return 0 if result.fits else 1
+
+
+def _host_ram(text: str | None) -> int | None:
+    """``--host-ram`` in bytes (IEC units as ``--memory``), or None."""
+    if text is None:
+        return None
+    from vramplan.breakdown import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--host-ram") from None
 
 
 def _write(run: Any, result: Any, out: str) -> dict[str, Any]:

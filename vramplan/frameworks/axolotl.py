@@ -46,7 +46,8 @@ KEYS = (
     Key("sample_packing", None, "multipack: rows of sequence_len holding several samples"),
     Key("sdpa_varlen", None, "None = auto varlen_attn for sdpa packing (torch >= 2.10, head_dim <= 256, no "
                              "sliding window)"),
-    Key("activation_offloading", False, "activation offload (issue 14)"),
+    Key("activation_offloading", False, "true/disk: TRL OffloadActivations; legacy/hidden_states: offloaded "
+                                        "checkpoints"),
     Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
     Key("plugins", None, "integrations: LigerPlugin, CutCrossEntropyPlugin (priced); others noted"),
     Key("liger_fused_linear_cross_entropy", None, "with LigerPlugin: Liger's FLCE (Loss.LIGER); None = off"),
@@ -161,9 +162,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         if r.get("fp32_norms"):
             notes.append("fp32_norms: norms kept fp32 are not priced separately; priced with norms in torch_dtype")
     gc = r.get("gradient_checkpointing")
+    off = r.get("activation_offloading")
+    off = str(off).lower() if off is not None and not isinstance(off, bool) else off
     if isinstance(gc, str) and gc.lower() in ("offload", "offload_disk"):
-        notes.append(f"gradient_checkpointing: {gc} adds activation offloading, not yet priced (issue 14); "
-                     "priced as checkpointing on the GPU")
+        # utils/schemas/validation.py L1576-1593: converted to gradient_checkpointing: true +
+        # activation_offloading: true (or "disk")
+        off = True if gc.lower() == "offload" else "disk"
         gc = True
     out["grad_checkpointing"] = b.boolean(gc, "gradient_checkpointing")
     kwargs = b.mapping(r.get("gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
@@ -181,9 +185,24 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if b.boolean(r.get("sample_packing") or False, "sample_packing"):
         out["packing"] = "packed"  # multipack bins, padded as any batch (pad_to_sequence_len defaults on)
         out["attn"] = _packed_attn(r, arch, out["attn"], notes)
-    off = r.get("activation_offloading")
-    if off and str(off).lower() not in ("false", "0"):
-        notes.append("activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
+    if off in (True, "true", "1"):
+        # TRL OffloadActivations around training_step (core/trainers/mixins/activation_checkpointing.py);
+        # the loader still enables layer checkpointing when gradient_checkpointing is set, so with it
+        # only the checkpoint inputs reach the hooks (loaders/model.py L355-381)
+        out["offload"] = "activations"
+    elif off in ("legacy", "hidden_states"):
+        if not out["grad_checkpointing"]:
+            raise b.ConfigError(f"{who}: activation_offloading {off} offloads checkpoints and needs "
+                                "gradient_checkpointing")
+        # legacy: CPU_Offloaded_Gradient_Checkpointer copies each layer input to the CPU and recomputes;
+        # hidden_states: the checkpoint inputs offloaded (monkeypatch/gradient_checkpointing/offload_cpu.py)
+        out["offload"] = "checkpoints"
+    elif off == "disk":
+        notes.append("activation_offloading: disk writes the activations to disk: priced as offloading to host "
+                     "memory (the host figure is disk space then)")
+        out["offload"] = "activations"
+    elif off not in (None, False, "false", "0"):
+        raise b.ConfigError(f"{who}: activation_offloading '{off}' is not priced (true, legacy, disk, hidden_states)")
     if r.get("chunked_cross_entropy"):
         notes.append("chunked_cross_entropy: axolotl's compiled chunked loss is not yet priced (issue 14); "
                      "priced with the full-vocabulary loss")

@@ -27,7 +27,7 @@ KEYS = (
     Key("adapter_config.use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
     Key("training_args.per_device_train_batch_size", 8, "micro-batch"),
     Key("training_args.gradient_checkpointing", False, "checkpointing"),
-    Key("training_args.gradient_checkpointing_kwargs", None, "use_reentrant (None = non-reentrant)"),
+    Key("training_args.gradient_checkpointing_kwargs", None, "use_reentrant (None = non-reentrant), offload"),
     Key("training_args.bf16", False, "bf16 autocast"),
     Key("training_args.fp16", False, "fp16 autocast"),
     Key("training_args.optim", "adamw_torch_fused", "HF optimizer name"),
@@ -74,6 +74,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["grad_checkpointing"] = gc
     kwargs = b.mapping(r.get("training_args.gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")
     out["reentrant"] = b.boolean(kwargs.get("use_reentrant", False), "use_reentrant")
+    if gc and b.boolean(kwargs.get("offload", False), "offload"):
+        # trainer.py L1503-1528 pops offload and passes it to activation_checkpointing_enable: save_on_cpu
+        out["offload"] = "checkpoints"
     out["optimizer"] = b.optimizer(r.get("training_args.optim"), who)
     notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
                  "(default 2048)")

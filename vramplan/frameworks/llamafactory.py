@@ -30,7 +30,7 @@ KEYS = (
     Key("lora_target", "all", "all = every linear but lm_head"),
     Key("disable_gradient_checkpointing", False, "checkpointing is on unless disabled"),
     Key("use_reentrant_gc", True, "reentrant checkpointing"),
-    Key("use_unsloth_gc", False, "offloaded checkpoints (issue 14)"),
+    Key("use_unsloth_gc", False, "offloaded checkpoints (every layer input to host memory)"),
     Key("flash_attn", "auto", "auto (= sdpa), sdpa, fa2, disabled"),
     Key("cutoff_len", 2048, "tokens per sample"),
     Key("per_device_train_batch_size", 8, "micro-batch (HF default)"),
@@ -136,7 +136,11 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         loss = b.liger(arch, {}, notes, who, model_types=LIGER_MODEL_TYPES)
         if loss:
             out["loss"] = loss
-    b.unpriced(r, notes, (("use_unsloth_gc", "offloaded checkpoints"),
+    if b.boolean(r.get("use_unsloth_gc"), "use_unsloth_gc") and out.get("grad_checkpointing", True):
+        # model/model_utils/checkpointing.py L42-81: every layer input .to("cpu", non_blocking=True) (pinned on
+        # CUDA), reentrant recompute: the tensors save_on_cpu moves
+        out["offload"] = "checkpoints"
+    b.unpriced(r, notes, (
                           ("use_unsloth", "Unsloth's loader"), ("upcast_layernorm", "fp32 norms"),
                           ("upcast_lmhead_output", "the fp32 lm_head output copy")))
     packing = r.get("packing")

@@ -28,7 +28,7 @@ KEYS = (
     Key("batch_size", 2, "micro-batch"),
     Key("dtype", "bf16", "bf16 (fp32 also; fp16 is refused)"),
     Key("enable_activation_checkpointing", False, "checkpoint every layer"),
-    Key("enable_activation_offloading", False, "offload (issue 14)"),
+    Key("enable_activation_offloading", False, "OffloadActivations (needs activation checkpointing)"),
     Key("optimizer._component_", "torch.optim.AdamW", "optimizer"),
     Key("loss._component_", "torchtune.modules.loss.CEWithChunkedOutputLoss", "loss"),
     Key("dataset.packed", False, "PackedDataset rows of max_seq_len, flex attention"),
@@ -172,7 +172,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     else:
         raise b.ConfigError(f"{who}: loss {loss} is not priced yet (CEWithChunkedOutputLoss, CrossEntropyLoss)")
     if b.boolean(r.get("enable_activation_offloading"), "enable_activation_offloading"):
-        notes.append("enable_activation_offloading: not yet priced (issue 14); priced with activations on the GPU")
+        out["offload"] = "activations"  # training/_activation_offloading.py: OffloadActivations
     if b.boolean(r.get("dataset.packed"), "packed"):
         out["packing"] = "packed"
         out["attn"] = "flash2"

@@ -47,7 +47,7 @@ KEYS = (
     Key("packing", False, "packing: bins of max_length; bfd forces padding_free"),
     Key("packing_strategy", "bfd", "bfd / bfd_split / bfd-requeue (padding-free), wrapped"),
     Key("padding_free", False, "the micro-batch as one row with position ids"),
-    Key("activation_offloading", False, "activation offload (issue 14)"),
+    Key("activation_offloading", False, "TRL OffloadActivations"),
     Key("use_liger_kernel", False, "Liger kernels (>= 1.15: layer kernels only, FLCE forced off)"),
     Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
@@ -146,7 +146,6 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                      "evaluation is not priced; priced as the training step alone")
     else:
         out.update(evaluation)
-    b.unpriced(r, notes, (("activation_offloading", "activation offloading"),))
     if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
         config = b.mapping(r.get("liger_kernel_config"), "liger_kernel_config")
         if v >= (1, 15) and config.get("fused_linear_cross_entropy"):
@@ -159,6 +158,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["loss"] = loss
             notes.append("use_liger_kernel before TRL 1.15: priced as the HF Trainer applies Liger (its fused linear "
                          "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
+    if b.boolean(r.get("activation_offloading"), "activation_offloading"):
+        out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
     b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
     return out
 

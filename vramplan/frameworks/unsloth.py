@@ -3,7 +3,7 @@
 Read from unsloth / unsloth_zoo 2026.10.9 (research §7; ``unsloth_cli/config.py`` for the schema):
 ``load_in_4bit`` (nf4, double quant) by default; only the LoRA parameters are made fp32, frozen
 weights stay in the load dtype (``Recipe.PLAIN``); checkpointing ``"unsloth"`` is reentrant and
-offloads each layer input to pinned host memory (not yet priced: issue 14, priced on the GPU);
+offloads each layer input to pinned host memory (``Scenario.offload`` unsloth);
 the loss is Unsloth's fused linear cross-entropy (``Loss.UNSLOTH``: ``models/llama.py`` L2081-2150 calls
 ``unsloth_fused_ce_loss`` whenever labels are given and ``UNSLOTH_RETURN_LOGITS`` is unset), which never
 builds the b·s·V logits. Unsloth's kernels need a GPU (on CPU it falls back to plain transformers +
@@ -65,9 +65,11 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["grad_checkpointing"] = gc != "none"
     out["reentrant"] = True  # Unsloth's checkpoint function is its reentrant CheckpointFunction
     if gc == "unsloth" and out["seq"] >= 512:
-        notes.append("gradient_checkpointing: unsloth offloads each checkpointed layer input to pinned host memory "
-                     "(all but the last): not yet priced (issue 14); priced with the checkpoints on the GPU, an "
-                     "upper bound")
+        # unsloth models/_utils.py L502-515: below max_seq_length 512 Unsloth keeps plain checkpointing
+        out["offload"] = "unsloth"
+    elif gc == "unsloth":
+        notes.append("gradient_checkpointing: unsloth keeps plain checkpointing below max_seq_length 512 "
+                     "(apply_unsloth_gradient_checkpointing): priced without offloading")
     out["optimizer"] = b.optimizer(r.get("training.optim"), who)
     notes.append("Unsloth's fused linear cross-entropy never builds the logits: priced from unsloth_zoo's chunk "
                  "rule, its budget min(2 GiB, half the free memory at the first call) taken at 2 GiB (see the "

@@ -24,7 +24,7 @@ from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Optim, Quant, Recipe, RopeCache, Scenario
+from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Offload, Optim, Quant, Recipe, RopeCache, Scenario
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -298,13 +298,16 @@ def enable_checkpointing(model: Any, scenario: Scenario) -> None:
     ``prepare_model_for_kbit_training`` set (it passes empty kwargs, so torch falls back to
     reentrant); reentrant is what survives when no Trainer re-enables it (peft's prep alone, ms-swift
     on one GPU, LLaMA-Factory, axolotl: ``use_reentrant=True``). Inputs require grad for peft models
-    (reentrant checkpointing needs a layer input that requires grad)."""
+    (reentrant checkpointing needs a layer input that requires grad). ``Offload.CHECKPOINTS`` runs
+    transformers' ``offload=True``; the other offload kinds are frameworks' hooks the trace does not run
+    (``offload_unsupported``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if scenario.grad_checkpointing:
         kwargs = {"use_reentrant": scenario.reentrant}
         enable = getattr(base, "activation_checkpointing_enable", None)
         if enable is not None:
-            enable(activation_checkpointing_kwargs=kwargs)
+            # offloaded checkpoints: transformers' own ``offload=True`` (save_on_cpu around each checkpoint)
+            enable(activation_checkpointing_kwargs=kwargs, offload=scenario.offload is Offload.CHECKPOINTS)
         else:  # pragma: no cover - transformers < 5
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if not scenario.full:

@@ -114,6 +114,31 @@ Index (what and why; the third-party source it concerns; how it is undone):
     replaced by the same two allocations without the kernel calls (the output in the compute dtype and
     the fp32 absmax scratch). Restored: the attention class's ``forward`` and the quantize function put
     back on exit; the per-module bindings live on our model.
+23. ``host_offload``: transformers' offloaded checkpoints (``Scenario.offload``) on the CPU the trace
+    runs on. transformers 5.24 wraps each checkpoint in ``save_on_cpu(pin_memory=True,
+    device_type=...)`` (``modeling_utils.py`` L3160-3167), whose pack hook copies the saved layer input
+    into a fresh pinned tensor (``torch/autograd/graph.py``, ``save_on_cpu.pack_to_cpu``) and whose
+    unpack copies it back to the device. On CPU the copy is a CPU tensor like any other, and a real
+    CPU run fails (no pinned allocator without an accelerator). So ``modeling_utils.save_on_cpu`` is
+    replaced, for the block, by torch's own ``save_on_cpu`` built for a device module that is not
+    available here (its ``is_pinnable`` branch off: the same ``empty`` + ``copy_``, unpinned), whose
+    pack hook allocates its copy as ``host/pinned`` (``LiveTensorTracker.allocating``: the device never
+    holds it, host memory does) and, for the CUDA program, whose unpack makes the device copy
+    ``tensor.to("cuda")`` makes (on CPU ``.to`` returns the same tensor), labelled
+    ``activations/offload_restore``. Restored: the module attribute put back on exit.
+24. ``trl_offload``: TRL's ``OffloadActivations`` (``Offload.ACTIVATIONS``; trl 1.16
+    ``models/activation_offloading.py``) on the CPU the trace runs on. Its constructor asks
+    ``torch.accelerator.current_accelerator()`` (None on CPU): answered ``cpu`` while it is built, so
+    its own code runs with ``torch.cpu``'s streams (no-op events) and offloads CPU tensors; its
+    ``_get_unique_tensor_key`` reads ``data_ptr`` (refused by fake tensors): keyed by the storage object
+    and offset instead (the same deduplication); its ``__enter__`` / ``__exit__`` flush the allocator and
+    synchronize streams, which ``torch.cpu`` lacks: the state is cleared and the hooks pushed / popped as
+    they do, without the flush and the sync; ``Tensor.record_stream`` (refused for a CPU stream; on CUDA
+    it only delays a block's reuse) is a no-op. The pack hook's
+    copies go to ``LiveTensorTracker.to_host``; for the CUDA program a tensor brought back from the host
+    is a fresh device copy (on CPU ``.to("cpu")`` returns the host tensor), held in TRL's backward stash
+    as the GPU tensor is; the pack hook allocates under ``host/pinned``, TRL's device clone of a view moved back. Pinned memory only under fake tensors (a real CPU run cannot pin). Restored:
+    the module attributes put back on exit; the hooks live on our model.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -532,7 +557,7 @@ def keep_4bit_inputs(model: Any) -> int:
 # ------------------------------------------------------------------------------ evaluation
 @contextlib.contextmanager
 def no_cpu_repack(model: Any) -> Iterator[None]:
-    """Item 18: no in-place CPU repacking of our model's 4-bit weights while the block runs."""
+    """Item 19: no in-place CPU repacking of our model's 4-bit weights while the block runs."""
     import bitsandbytes as bnb
 
     with contextlib.ExitStack() as stack:
@@ -540,6 +565,117 @@ def no_cpu_repack(model: Any) -> Iterator[None]:
             if isinstance(module, bnb.nn.Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
                 stack.enter_context(_attribute(module, "support_avx512bf16_for_cpu", False))
         yield
+
+
+# ------------------------------------------------------------------------------- host offload
+#: Label of a tensor an offload hook copied back to the device for its backward.
+RESTORED = "activations/offload_restore"
+
+
+@contextlib.contextmanager
+def host_offload(tracker: Any, cuda: bool) -> Iterator[None]:
+    """Item 23: ``transformers.modeling_utils.save_on_cpu`` replaced for the block by torch's own
+    ``save_on_cpu`` (unpinned branch: the same copy) whose pack hook allocates under ``host/pinned``
+    (``tracker.allocating``: the copy is host memory from its first byte) and, when ``cuda``, whose unpack
+    makes a device copy labelled ``activations/offload_restore``."""
+    from vramplan.hf.tracker import HOST_PINNED
+
+    import torch
+    from torch.autograd.graph import save_on_cpu, saved_tensors_hooks
+    from transformers import modeling_utils
+
+    def offloading(pin_memory: bool = False, device_type: str = "cuda") -> Any:
+        # "cuda" is unavailable on this host: torch takes its own non-pinnable branch (empty + copy_)
+        hooks = save_on_cpu(pin_memory=True, device_type="cuda" if not torch.cuda.is_available() else device_type)
+        pack, unpack = hooks.pack_hook, hooks.unpack_hook
+
+        def pack_to_host(tensor: Any) -> Any:
+            with tracker.allocating(HOST_PINNED):
+                device, packed = pack(tensor)
+            tracker.to_host(packed)
+            return device, packed
+
+        def unpack_to_device(packed: Any) -> Any:
+            tensor = unpack(packed)
+            if cuda:  # ``tensor.to(device)`` from host memory makes a fresh device tensor on CUDA
+                tensor = tensor.clone()
+                tracker.retag(tensor, RESTORED)
+            return tensor
+
+        return saved_tensors_hooks(pack_to_host, unpack_to_device)
+
+    with _attribute(modeling_utils, "save_on_cpu", offloading):
+        yield
+
+
+@contextlib.contextmanager
+def trl_offload(model: Any, tracker: Any, cuda: bool, pin: bool) -> Iterator[Callable[[], Any]]:
+    """Item 24: yields a factory of the per-step context TRL's ``SFTTrainer.training_step`` runs in
+    (``get_act_offloading_ctx_manager(model)``: forward and backward inside its saved-tensor hooks). The
+    pack hook allocates under ``host/pinned``; TRL's own device clone of a strided view (kept in its
+    forward stash) is moved back to the label it would have had."""
+    from vramplan.hf.tracker import HOST, HOST_PINNED
+
+    import torch
+    from torch.autograd.graph import saved_tensors_hooks
+    from trl.models import activation_offloading as ao
+
+    def key(tensor: Any) -> tuple:
+        return (id(tensor.untyped_storage()), tensor.storage_offset(), tensor.dtype)
+
+    with _attribute(torch.accelerator, "current_accelerator", lambda *a, **k: torch.device("cpu")):
+        ctx = ao.get_act_offloading_ctx_manager(model, use_pin_memory=pin, use_streams=True)
+    pack, unpack = ctx.pack_hook, ctx.unpack_hook
+
+    def pack_to_host(activation: Any) -> int:
+        label = tracker.label
+        with tracker.allocating(HOST_PINNED):
+            tid = pack(activation)
+        entry = ctx.tracker.get(tid)
+        if entry is not None and entry[1]:  # modified: offloaded to a host tensor
+            tracker.to_host(entry[0])
+        stashed = ctx.fwd_stash.get(tid)
+        if stashed is not None and (tracker.category_of(stashed[0]) or "").startswith(HOST + "/"):
+            tracker.retag(stashed[0], label)  # TRL's clone of a view: a device tensor
+        return tid
+
+    def unpack_to_device(tid: int) -> Any:
+        entry = ctx.tracker.get(tid)
+        back = entry is not None and entry[1] and tid not in ctx.fwd_stash
+        out = unpack(tid)
+        if cuda and back:  # ``.to("cuda")`` from host memory: a fresh device tensor, stashed until the next node
+            out = out.clone()
+            tracker.retag(out, RESTORED)
+            if tid in ctx.bwd_tensor_stash:
+                ctx.bwd_tensor_stash[tid] = out
+        return out
+
+    ctx.pack_hook, ctx.unpack_hook = pack_to_host, unpack_to_device
+
+    @contextlib.contextmanager
+    def step() -> Iterator[None]:
+        # OffloadActivations.__enter__ without the allocator flush torch.cpu lacks (empty_cache)
+        ctx.tracker.clear()
+        ctx.storage_to_tensor_id.clear()
+        ctx._storage_key_by_tensor_id.clear()
+        ctx.tensor_id = 0
+        ctx.is_first_forward_call = ctx.is_first_backward_call = True
+        ctx.bwd_tensor_stash.clear()
+        ctx.bwd_ev_stash.clear()
+        ctx.fwd_stash.clear()
+        saved_tensors_hooks.__enter__(ctx)
+        try:
+            yield
+        finally:  # OffloadActivations.__exit__ without the stream sync torch.cpu lacks
+            ctx.bwd_tensor_stash.clear()
+            ctx.bwd_ev_stash.clear()
+            ctx.fwd_stash.clear()
+            saved_tensors_hooks.__exit__(ctx)
+
+    # record_stream (a tensor viewed by its backward node) only delays the block's reuse on CUDA
+    with _attribute(ao, "_get_unique_tensor_key", key), \
+            _attribute(torch.Tensor, "record_stream", lambda self, stream: None):
+        yield step
 
 
 # ------------------------------------------------------------------------ gradient checkpointing

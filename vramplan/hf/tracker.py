@@ -13,18 +13,41 @@ Each storage carries a *category* (``weights``, ``activations``, ...): the track
 when it was allocated, or the one given to ``register``/``retag``. At every new peak the per-category
 totals are snapshotted, so ``peak_by_category`` sums exactly to ``peak_bytes``.
 
+Host memory is counted apart. A storage the offload hooks moved to host memory (``to_host``: the
+copy ``save_on_cpu`` or an offload pack hook made, which on the CPU the trace runs on is a CPU tensor
+like every other) carries a ``host/`` category: it leaves ``current_bytes`` (the device) and joins
+``host_bytes``, with its own peak and per-category snapshot (``host_peak_bytes``,
+``host_peak_by_category``). Pinned storages are rounded as PyTorch's pinned-memory allocator rounds
+them (``pinned_block``).
+
 Torch is imported lazily: importing this module costs nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 #: CUDA caching allocator: every block is a multiple of 512 bytes (c10/cuda/CUDACachingAllocator.cpp,
 #: ``kMinBlockSize``). Storages of zero bytes take no block.
 ALLOCATOR_ROUND = 512
+
+
+#: Category prefix of host memory (offloaded activations): never part of the device total.
+HOST = "host"
+#: Category of pinned host storages (rounded by ``pinned_block``).
+HOST_PINNED = "host/pinned"
+
+
+def pinned_block(nbytes: int) -> int:
+    """Bytes PyTorch's pinned-memory allocator takes for a request of ``nbytes``: the next power of two
+    (torch 2.13 ``ATen/core/CachingHostAllocator.h`` ``allocate``, L300-309: ``PowerOf2Ceil(size)`` below
+    ``pinned_max_round_threshold``, unbounded by default). Freed blocks stay cached for reuse."""
+    if nbytes <= 0:
+        return 0
+    return 1 << (int(nbytes) - 1).bit_length()
 
 
 def round_up(nbytes: int, granule: int = ALLOCATOR_ROUND) -> int:
@@ -61,6 +84,10 @@ class LiveTensorTracker:
         self.by_category: dict[str, int] = {}
         self.peak_bytes = 0
         self.peak_by_category: dict[str, int] = {}
+        self.host_bytes = 0
+        """Live host bytes (``host/`` categories)."""
+        self.host_peak_bytes = 0
+        self.host_peak_by_category: dict[str, int] = {}
         self._mode: Any = None
         self.transient: Any = None
         """Optional ``f(func, args, kwargs) -> (category, bytes)`` for memory an operator allocates and
@@ -71,18 +98,25 @@ class LiveTensorTracker:
     def _add(self, storage: Any, category: str) -> None:
         if storage in self._live:
             return
-        nbytes = round_up(int(storage.nbytes()), self.granule)
+        nbytes = self._rounded(int(storage.nbytes()), category)
         entry = [nbytes, category]
         self._live[storage] = entry
         self._count(category, nbytes)
         weakref.finalize(storage, self._free, entry)
 
+    def _rounded(self, nbytes: int, category: str) -> int:
+        return pinned_block(nbytes) if category == HOST_PINNED else round_up(nbytes, self.granule)
+
     def _counted(self, category: str) -> bool:
-        return category.split("/", 1)[0] not in self.uncounted
+        return category.split("/", 1)[0] not in self.uncounted and not _is_host(category)
 
     def _count(self, category: str, nbytes: int) -> None:
         self.by_category[category] = self.by_category.get(category, 0) + nbytes
-        if self._counted(category):
+        if _is_host(category):
+            self.host_bytes += nbytes
+            if self.host_bytes > self.host_peak_bytes:
+                self._host_snapshot()
+        elif self._counted(category):
             self.current_bytes += nbytes
             if self.current_bytes > self.peak_bytes:
                 self._snapshot()
@@ -90,8 +124,14 @@ class LiveTensorTracker:
     def _free(self, entry: list) -> None:
         nbytes, category = entry
         self.by_category[category] -= nbytes
-        if self._counted(category):
+        if _is_host(category):
+            self.host_bytes -= nbytes
+        elif self._counted(category):
             self.current_bytes -= nbytes
+
+    def _host_snapshot(self) -> None:
+        self.host_peak_bytes = self.host_bytes
+        self.host_peak_by_category = {k: v for k, v in self.by_category.items() if v and _is_host(k)}
 
     def _snapshot(self) -> None:
         self.peak_bytes = self.current_bytes
@@ -139,12 +179,52 @@ class LiveTensorTracker:
             old = entry[1]
             if old != category:
                 self._free(entry)
-                entry[1] = category
+                entry[0], entry[1] = self._rounded(int(s.nbytes()), category), category
                 self._count(category, entry[0])
 
-    def reset_peak(self) -> None:
-        """Start a new peak measurement from the current live bytes."""
+    @contextlib.contextmanager
+    def allocating(self, category: str) -> Iterator[None]:
+        """Give ``category`` to the storages allocated inside the block (e.g. ``host/pinned`` inside an
+        offload pack hook, so its copy never counts as device memory), then the label before."""
+        saved, self.label = self.label, category
+        try:
+            yield
+        finally:
+            self.label = saved
+
+    def category_of(self, tensor: Any) -> str | None:
+        """The category of ``tensor``'s storage, None when untracked."""
+        entry = self._live.get(tensor.untyped_storage())
+        return None if entry is None else entry[1]
+
+    def to_host(self, tensors: Iterable[Any] | Any, category: str = HOST_PINNED) -> None:
+        """Count ``tensors`` as host memory under ``category`` (a ``host/`` one): the copies an offload
+        hook made. A tracked storage leaves the device total and is re-rounded as the host allocator
+        rounds it; an untracked one is registered."""
+        import torch
+
+        if not _is_host(category):
+            raise ValueError(f"to_host needs a {HOST}/ category, got {category!r}")
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        for t in (p for leaf in tensors for p in _plain(leaf)):
+            if t.layout != torch.strided:
+                continue
+            s = t.untyped_storage()
+            entry = self._live.get(s)
+            if entry is None:
+                self._add(s, category)
+                continue
+            if entry[1] != category:
+                self._free(entry)
+                entry[0], entry[1] = self._rounded(int(s.nbytes()), category), category
+                self._count(category, entry[0])
+
+    def reset_peak(self, host: bool = True) -> None:
+        """Start a new peak measurement from the current live bytes (the host peak too when ``host``)."""
         self._snapshot()
+        if host:
+            self._host_snapshot()
 
     def live_by_category(self) -> dict[str, int]:
         return {k: v for k, v in self.by_category.items() if v}
@@ -179,6 +259,10 @@ class LiveTensorTracker:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(*exc)
+
+
+def _is_host(category: str) -> bool:
+    return category.split("/", 1)[0] == HOST
 
 
 def _plain(t: Any) -> list[Any]:

@@ -457,6 +457,21 @@ def check_options(arch: Arch, scenario: Scenario, opts: RunOptions) -> None:
 LOADERS = ("auto", "pretrained", "materialize")
 
 
+def _check_offload(scenario: Scenario, kind: str) -> None:
+    """The runner's own step runs transformers' ``offload=True`` (``--offload checkpoints``) on CUDA
+    only: its ``save_on_cpu(pin_memory=True)`` cannot pin without an accelerator; the frameworks' hooks
+    (unsloth, activations) run through their own trainers."""
+    off = scenario.offload.value
+    if off == "none":
+        return
+    if off != "checkpoints":
+        raise ProfileRunError(f"--offload {off} runs inside the framework's own trainer: profile it with "
+                              "--config (or price it with vramplan estimate)")
+    if kind != "cuda":
+        raise ProfileRunError("--offload checkpoints pins host memory (save_on_cpu(pin_memory=True)), which needs "
+                              "a CUDA device; on CPU the trace counts it (vramplan estimate --method trace)")
+
+
 def random_checkpoint_bytes(arch: Arch, scenario: Scenario) -> int:
     """Host memory (and disk) a random-init checkpoint takes: every parameter in the load dtype."""
     return arch.total_params * scenario.dtype.nbytes
@@ -495,6 +510,7 @@ def preflight(model_name: str, arch: Arch, scenarios: list[Scenario], opts: RunO
     info = device_info_for(device)
     for sc in scenarios:
         check_options(arch, sc, opts)
+        _check_offload(sc, info["kind"])
         if sc.attn is Attn.FLASH2 and info["kind"] == "cuda":
             import importlib.util
 

@@ -51,6 +51,7 @@ CATEGORY_COLORS: dict[str, str] = {
     "allocator": "#B0B0B0",    # grey: caching-allocator reserve
     "context": "#6E6E6E",      # dark grey: CUDA context, outside the allocator
     "managed": "#D9D9D9",      # light grey: managed (paged) memory
+    "host": "#9467BD",         # purple: host memory (offloaded activations), never on the GPU bars
 }
 assert set(CATEGORY_COLORS) == set(CATEGORIES), "every category needs exactly one colour"
 

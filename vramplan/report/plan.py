@@ -14,6 +14,8 @@ from vramplan.report.text import mib
 
 def describe(c: Any) -> str:
     """'fits, 1.20 GiB headroom' / 'does not fit: 3.40 GiB short' (a ``vramplan.plan.Check``)."""
+    if not c.host_fits:
+        return f"does not fit: host memory {fmt_bytes(c.host_bytes - c.host_budget_bytes)} short"
     if c.fits:
         return f"fits, {fmt_bytes(c.headroom_bytes)} headroom"
     return f"does not fit: {fmt_bytes(-c.headroom_bytes)} short"
@@ -69,6 +71,10 @@ def _head(p: Any) -> Table:
                   "reported − CUDA context")
     head.add_row("card", f"{fmt_bytes(c.budget_bytes)} usable of {mib(g.memory_bytes)} ({usable_how}; "
                          f"{g.figure} figure)")
+    if c.host_bytes or c.host_budget_bytes is not None:
+        avail = "not checked (--host-ram)" if c.host_budget_bytes is None else \
+            f"of {fmt_bytes(c.host_budget_bytes)} available ({'fits' if c.host_fits else 'does NOT fit'})"
+        head.add_row("host memory", f"{fmt_bytes(c.host_bytes)} pinned (offloaded activations) {avail}")
     head.add_row("run", f"seq {s.seq:,} · micro-batch {s.batch} · "
                         + ("full fine-tuning" if s.full else f"rank {s.rank} · {','.join(s.targets)}")
                         + f" · {s.quant.value} · {s.optimizer.value} · attn {s.attn.value}"

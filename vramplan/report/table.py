@@ -37,6 +37,12 @@ def breakdown_table(bd: Breakdown, title: str = "", headroom: dict[str, Any] | N
         if RUNTIME_CATEGORIES[c.category] == "total":
             t.add_row(c.name, fmt_bytes(c.bytes), f"{100 * c.bytes / alloc:.1f} %", c.note)
     t.add_row("process total", fmt_bytes(bd.total_bytes), "", "≈ nvidia-smi per-process", style="bold cyan")
+    if bd.host:
+        t.add_section()
+        for c in bd.host:
+            t.add_row(c.name, fmt_bytes(c.bytes), "", c.note)
+        t.add_row("host memory", fmt_bytes(bd.host_bytes), "", "pinned + pageable host RAM, not GPU memory",
+                  style="bold magenta")
     if headroom:
         t.add_section()
         left = headroom["headroom_bytes"]

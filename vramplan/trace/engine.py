@@ -14,7 +14,8 @@ from vramplan.device import Device
 from vramplan.engine import runtime_calibration
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
-from vramplan.scenario import Scenario
+from vramplan.analytic.offload import TRL_FWD_STASH
+from vramplan.scenario import Offload, Scenario
 from vramplan.trace.extrapolate import Figures, figures
 from vramplan.trace.evaluation import PHASE as EVAL_PHASE
 from vramplan.trace.labels import NOTES, ORDER
@@ -45,8 +46,10 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
     run_scenario = scenario.replace(attn=attn) if attn is not scenario.attn else scenario
     t0 = time.perf_counter()
     with interventions.quiet_frameworks():
+        # TRL's forward stash keeps up to 5 offloaded tensors: trace past it before extrapolating
+        first = TRL_FWD_STASH + 1 if scenario.offload is Offload.ACTIVATIONS else 0
         fig = figures(arch, lambda n: trace_run(arch, run_scenario, layers=n, steps=steps, device=dev),
-                      layers=layers, extrapolate=extrapolate)
+                      layers=layers, extrapolate=extrapolate, min_first=first)
         bd = _breakdown(arch, run_scenario, fig, calibration, dev, steps, t0)
     if attn_note:
         bd = replace(bd, notes=(attn_note,) + tuple(bd.notes))
@@ -91,8 +94,11 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
         train = max(v for k, v in fig.phases.items() if k != EVAL_PHASE)
         extra.update(training_peak_bytes=train, eval_peak_bytes=fig.phases[EVAL_PHASE])
         notes.append(eval_note(scenario, train, fig.phases[EVAL_PHASE], "busiest moment"))
+    host = tuple(Component(name, "host", int(v), "copies the offload hooks moved to host memory (counted as "
+                                                 "host bytes, in PyTorch's pinned-allocator blocks)")
+                 for name, v in sorted((fig.host or {}).items()) if v)
     return Breakdown(tuple(components), engine="trace", notes=tuple(notes), peak_phase=fig.peak_phase,
-                     extra=extra)
+                     extra=extra, host=host)
 
 
 def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,

@@ -36,6 +36,8 @@ class Figures:
     """Extrapolation was tried and the increments disagreed, so the full model was traced."""
     phases: dict[str, int] | None = None
     """The steady step's peak per phase (bytes), for the model's depth."""
+    host: dict[str, int] | None = None
+    """The steady step's host memory at its host peak, per ``host/`` component (offloaded activations)."""
 
 
 # ------------------------------------------------------------------------------ layer plan
@@ -75,11 +77,17 @@ def layer_plan(arch: Arch) -> tuple[int, int] | None:
 
 # --------------------------------------------------------------------------------- figures
 def figures(arch: Arch, run: Callable[[int | None], TraceRun], layers: int | None = None,
-            extrapolate: bool = True) -> Figures:
+            extrapolate: bool = True, min_first: int = 0) -> Figures:
     """The trace's figures: ``run(n)`` traces n decoder layers (None: all). With ``layers`` the
     first ``layers`` layers are traced and reported; else the model's depth, extrapolated when
-    ``extrapolate`` and ``layer_plan`` allow and the increments agree."""
+    ``extrapolate`` and ``layer_plan`` allow and the increments agree. ``min_first``: the first traced
+    depth is at least this (a term bounded in the layer count, such as TRL's forward stash of 5
+    offloaded tensors, grows only until then; below it three runs can look affine and are not)."""
     plan = layer_plan(arch) if (extrapolate and layers is None) else None
+    if plan is not None and plan[0] < min_first:
+        c1, period = plan
+        c1 += -(-(min_first - c1) // period) * period
+        plan = (c1, period) if c1 + 2 * period < arch.num_layers else None
     if plan is None:
         return measured(run(layers))
     c1, period = plan
@@ -98,14 +106,15 @@ def figures(arch: Arch, run: Callable[[int | None], TraceRun], layers: int | Non
     first, _, _ = _extrapolate_step(r1.steps[0], r2.steps[0], r1.layers, period, n)
     steady, peak_phase, phases = _extrapolate_step(r1.steps[-1], r2.steps[-1], r1.layers, period, n)
     managed = r1.managed_bytes + (n - r1.layers) // period * (r2.managed_bytes - r1.managed_bytes)
-    return Figures(first, steady, peak_phase, managed, tried, n, period=period, phases=phases)
+    host = _extrapolate(r1.steps[-1].host, r2.steps[-1].host, r1.layers, period, n)
+    return Figures(first, steady, peak_phase, managed, tried, n, period=period, phases=phases, host=host)
 
 
 def measured(run: TraceRun) -> Figures:
     """The figures of one run, as traced."""
     return Figures(run.steps[0].by_name, run.steps[-1].by_name, run.steps[-1].peak_phase,
                    run.managed_bytes, [run.layers], run.layers,
-                   phases={ph: v[0] for ph, v in run.steps[-1].phases.items()})
+                   phases={ph: v[0] for ph, v in run.steps[-1].phases.items()}, host=dict(run.steps[-1].host))
 
 
 def _extrapolate(a: dict[str, int], b: dict[str, int], c1: int, period: int, n: int) -> dict[str, int]:
@@ -126,6 +135,9 @@ def _affine(runs: list[TraceRun]) -> bool:
     for sa, sb, sc in zip(a.steps, b.steps, c.steps):
         if not (sa.phases.keys() == sb.phases.keys() == sc.phases.keys()):
             return False
+        for name in set(sa.host) | set(sb.host) | set(sc.host):
+            if sb.host.get(name, 0) - sa.host.get(name, 0) != sc.host.get(name, 0) - sb.host.get(name, 0):
+                return False
         for ph in sa.phases:
             da, db, dc = sa.phases[ph][1], sb.phases[ph][1], sc.phases[ph][1]
             for name in set(da) | set(db) | set(dc):

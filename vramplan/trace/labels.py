@@ -39,6 +39,7 @@ NOTES: dict[str, str] = {
     "optimizer/state": "optimizer state (and its step-time buffers)",
     "activations/saved": "tensors alive from the forward pass (saved for backward, inputs)",
     "activations/recompute": "gradient-checkpointing recomputation inside backward",
+    "activations/offload_restore": "an offloaded checkpoint copied back from host memory for its layer's backward",
     "logits/loss": "logits, fp32 upcast, log-softmax and their gradients",
     "temporary/backward": "transient backward buffers (input gradients, dequantized weights)",
     "temporary/fused_dequant": "weight dequantized inside bitsandbytes' CUDA gemm_4bit for inputs > 1536 rows "
@@ -129,7 +130,7 @@ class Labeller:
     # --------------------------------------------------------------------------------- hooks
     def _record(self, phase: Phase) -> None:
         self.phases[phase.value] = (self.tracker.peak_bytes, dict(self.tracker.peak_by_category))
-        self.tracker.reset_peak()
+        self.tracker.reset_peak(host=False)  # the host peak spans the whole step
 
     def _lm_head_pre(self, module: Any, args: tuple) -> None:
         if self.phase is not Phase.FORWARD:

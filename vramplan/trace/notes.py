@@ -31,6 +31,13 @@ def trace_notes(arch: Arch, scenario: Scenario, fig: Figures, device: Device) ->
                      "(fake tensors cannot read the position ids)"
                      + ("; flash2's varlen kernel traced as sdpa over the whole row (the same saved state)"
                         if scenario.attn is Attn.FLASH2 else ""))
+    if scenario.offload.value != "none":
+        code = {"checkpoints": "transformers' own offload=True (save_on_cpu around each checkpoint)",
+                "activations": "TRL 1.16's own OffloadActivations (its CUDA streams run as torch.cpu streams)"}
+        notes.append(f"offload {scenario.offload.value}: {code.get(scenario.offload.value, '')}; the copies its pack "
+                     "hook makes are counted as host memory (PyTorch's power-of-two pinned blocks), the rest as "
+                     "device memory" + (", and a tensor brought back is a fresh device copy"
+                                        if device.semantics == "cuda" else ""))
     if scenario.optimizer.paged:
         notes.append("paged optimizer: state tensors >= 1e5 elements are counted as CUDA managed memory, "
                      "outside the allocated peak")

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from vramplan.arch.spec import Arch
 from vramplan.device import Device
 from vramplan.hf import interventions
-from vramplan.scenario import Attn, Scenario
+from vramplan.scenario import Attn, Offload, Scenario
 from vramplan.trace.labels import Labeller
 
 
@@ -29,6 +29,8 @@ class StepFigures:
     """Peak of each phase (forward, backward, optimizer) of one step, with the bytes per component at it."""
 
     phases: dict[str, tuple[int, dict[str, int]]]
+    host: dict[str, int] = field(default_factory=dict)
+    """Host memory at the step's host peak, per ``host/`` component (offloaded activations)."""
 
     @property
     def peak_phase(self) -> str:
@@ -67,6 +69,11 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     from vramplan.hf import build as B
 
     B.require_torch()
+    if scenario.offload is Offload.UNSLOTH:
+        raise B.TraceUnsupported(
+            f"offload {scenario.offload.value} runs the framework's own CUDA-stream hooks "
+            f"({_OFFLOAD_CODE[scenario.offload]}), which need a CUDA device; use --method analytic (priced "
+            "from their source)")
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     t0 = time.perf_counter()
@@ -100,6 +107,11 @@ def _lora_kernels(scenario: Scenario) -> Any:
     return contextlib.nullcontext(lambda model: None)
 
 
+#: The code behind each offload kind the trace cannot run on CPU.
+_OFFLOAD_CODE = {Offload.UNSLOTH: "unsloth_zoo UnslothCheckpointFunction",
+                 Offload.ACTIVATIONS: "TRL/torchtune OffloadActivations"}
+
+
 @contextlib.contextmanager
 def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
     """Fake tensors (when ``fake``), the MoE grouped-mm stand-in and, for the CUDA program (``cuda``),
@@ -124,19 +136,26 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
-        with paged, Labeller(tr).attached(model) as labeller:
+        offload: Any = contextlib.nullcontext()
+        if scenario.offload is Offload.CHECKPOINTS:
+            offload = interventions.host_offload(tr, cuda)
+        elif scenario.offload is Offload.ACTIVATIONS:
+            offload = interventions.trl_offload(model, tr, cuda, pin=fake)
+        with paged, offload as offload_step, Labeller(tr).attached(model) as labeller:
+            offload_step = offload_step or contextlib.nullcontext  # the per-step hooks (TRL's), if any
             batch = _batch(arch, scenario, fake, seed)
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
                 try:
-                    B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
+                    with offload_step():
+                        B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
                 except _data_dependent_errors() as e:
                     raise B.TraceUnsupported(
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
                         f"{str(e).splitlines()[0][:120]}), which fake tensors cannot trace; use --method analytic"
                     ) from None
-                run.steps.append(StepFigures(labeller.phases))
+                run.steps.append(StepFigures(labeller.phases, dict(tr.host_peak_by_category)))
             if scenario.eval_batch:  # the evaluation loop between steps: a phase of the last step
                 from vramplan.trace.evaluation import PHASE, trace_evaluation
 
