@@ -259,8 +259,9 @@ def dora_forward(st: StaticTerms, x: Batch) -> int:
     """DoRA: the last layer's forward (recomputed under checkpointing) at its busiest target. Under
     checkpointing the recompute runs inside backward, when the first node of the layer's backward
     unpacks a saved tensor: the gradient of the layer output and its scaled copy (the LoRA/DoRA
-    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype)."""
-    incoming = 2 * x.tokens * st.ckpt if x.gc else 0
+    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype), plus
+    the casts of peft's ``result.to(torch_result_dtype)`` (``st.dora_grad_in`` per token)."""
+    incoming = x.tokens * (2 * st.ckpt + st.dora_grad_in) if x.gc else 0
     return x.saved_all + x.mask + dora_transient(st, x) + incoming
 
 
@@ -313,8 +314,9 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         if x.gc:
             rows[-1] = ("activations/recompute", "activations", dora_transient(st, x) - _dora_own(st, x),
                         "the re-run last layer's tensors saved before its busiest DoRA target")
-            rows.append(("activations/backward", "activations", 2 * x.tokens * st.ckpt,
-                         "the re-run layer's output gradient and its scaled copy"))
+            rows.append(("activations/backward", "activations", x.tokens * (2 * st.ckpt + st.dora_grad_in),
+                         "the re-run layer's output gradient and its scaled copy (and its casts, "
+                         "activations.dora_backward_incoming)"))
         rows += [("temporary/dora_forward", "temporary", _dora_own(st, x) if x.gc else dora_transient(st, x),
                   "DoRA: a target's full weight in x's dtype, B·A, the identity lora_A saw, the weight norm "
                   "or the output arithmetic"), _NO_DEQUANT]
