@@ -180,9 +180,9 @@ class _Walk:
                 held_x = 0 if (x_saved or (not d.dropout and xin == lb and (d.cuda or not d.autocast))) else xd * i
                 held_x += xin * i if d.dropout else 0
                 base_out = xd if d.quantized else out
-                held_x += dora_held(d, lin, xd, xin, base_out)
                 t_tok, t_fixed, t_norm = dora_forward_transient(d, lin, xd, xin)
-                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm))
+                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm,
+                                  dora_held(d, lin, xd, xin, base_out)))
                 self.dora_in = dora_backward_incoming(d, lin, xin, base_out)
                 tok, const, dora_out = dora_saved(d, lin, base_out, xin, live)
                 self.tok += tok
@@ -291,7 +291,8 @@ def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[i
 def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str,
                          moe: bool) -> tuple[tuple[int, ...], ...]:
     """Each DoRA target's forward moment in one layer: (saved per token, per token·s and fixed bytes
-    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm)."""
+    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm, then
+    its ``dora_held`` per token)."""
     w = _Walk(d, rank, targets)
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
     _layer_walk(w, arch, lins, attn, True, moe)
