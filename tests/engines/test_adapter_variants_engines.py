@@ -33,6 +33,10 @@ ROWS = [
     # layer's down_proj building its full weight and norm), checkpointed and not
     ("Llama-2-7b", dict(dora=True, grad_checkpointing=False)),
     ("Llama-2-7b", dict(dora=True, batch=4)),
+    # the same moment on an unquantized base at 2 x 1024: the wrapper's fp32 copy of x, the base output
+    # and the cast gradients entering the re-run layer (activations.dora_held, dora_backward_incoming)
+    ("Llama-2-7b", dict(dora=True, batch=2, quant="none")),
+    ("Llama-2-7b", dict(dora=True, batch=2, quant="none", grad_checkpointing=False)),
     ("Qwen3-0.6B", dict(dora=True, quant="none")),
     ("Llama-3.2-1B", dict(lora_fa=True, grad_checkpointing=False)),
     ("Llama-3.2-1B", dict(lora_fa=True, quant="none")),

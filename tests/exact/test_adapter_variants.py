@@ -80,6 +80,32 @@ def test_dora_saves_more_than_lora():
         estimate(QWEN, Scenario(**nogc)).allocated_peak_bytes + 40 * 512 * 4 * 5120
 
 
+def test_dora_held_and_incoming_golden():
+    # vramplan-debug's down_proj (i 128 -> o 64), unquantized bf16 base under autocast, fp32 adapter:
+    # peft's plain lora.Linear casts x (bf16, 2 B) to fp32 (xin 4 B) and, with dropout (default 0.05),
+    # holds that copy beside the caller's x: 4 x 128 = 512 B per token; the base output (bf16) is
+    # alive through the DoRA forward: 2 x 64 = 128 B -> 640 B per token held.
+    from vramplan.analytic import activations as act
+    from vramplan.analytic.terms import static_terms
+
+    st = static_terms(DEBUG, Scenario(seq=64, dora=True, quant="none"))
+    down = next(lin for lin in DEBUG.layer_linears(1) if lin.name == "down_proj")
+    assert act.dora_held(st.d, down, 2, 4, 2) == 640
+    # no dropout and lora_A computing in bf16 (autocast): the fp32 copy is still unsaved, same 640 B;
+    # the NF4 wrapper (no cast, xin = xd = 2): only the base output, 128 B
+    assert act.dora_held(static_terms(DEBUG, Scenario(seq=64, dora=True, quant="none", lora_dropout=0.0)).d,
+                         down, 2, 4, 2) == 640
+    assert act.dora_held(static_terms(DEBUG, Scenario(seq=64, dora=True)).d, down, 2, 2, 2) == 128
+    # the incoming gradient under checkpointing: result.to(bf16)'s backward casts the layer output's
+    # gradient to fp32 (4 x 64), the add hands the base output's part back in bf16 (2 x 64), and
+    # ``* scaling`` copies the fp32 gradient (4 x 64) in place of the bf16 copy already counted
+    # (- 2 x 64): (8 + 2 - 2) x 64 = 512 B per token
+    assert st.dora_grad_in == 512
+    # the bitsandbytes wrapper under autocast adds the fp32 DoRA term without a cast back: 0
+    assert static_terms(DEBUG, Scenario(seq=64, dora=True)).dora_grad_in == 0
+    assert static_terms(DEBUG, Scenario(seq=64, quant="none")).dora_grad_in == 0
+
+
 def test_defaults_unchanged():
     assert Scenario() == Scenario(dora=False, modules_to_save=(), lora_fa=False)
 

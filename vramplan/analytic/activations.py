@@ -92,7 +92,7 @@ def norm_out(d: Dtypes, x: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "kernels", "fused")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "dora_in", "kernels", "fused")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str], kernels: str = "none",
                  fused: frozenset[str] = frozenset()):
@@ -105,6 +105,7 @@ class _Walk:
         """Eager attention: (tok, quad, const) saved up to and including the attention core but V and
         the probabilities copy the matmul with V saves, V's gradient per token, the score dtype."""
         self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
+        self.dora_in = 0  # the last DoRA target's ``dora_backward_incoming``
 
     def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
@@ -180,9 +181,12 @@ class _Walk:
                 # holds the undropped x)
                 held_x = 0 if (x_saved or (not d.dropout and xin == lb and (d.cuda or not d.autocast))) else xd * i
                 held_x += xin * i if d.dropout else 0
+                base_out = xd if d.quantized else out
                 t_tok, t_fixed, t_norm = dora_forward_transient(d, lin, xd, xin)
-                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm))
-                tok, const, dora_out = dora_saved(d, lin, xd if d.quantized else out, xin, live)
+                self.dora.append((self.tok + held_x, self.quad, self.const, t_tok, t_fixed, t_norm,
+                                  dora_held(d, lin, xd, xin, base_out)))
+                self.dora_in = dora_backward_incoming(d, lin, xin, base_out)
+                tok, const, dora_out = dora_saved(d, lin, base_out, xin, live)
                 self.tok += tok
                 self.const += const
                 out = _promote(out, dora_out)
@@ -301,6 +305,39 @@ def dora_saved(d: Dtypes, lin: Linear, base_out: int, xin: int, live: bool = Tru
     return tok, const, out
 
 
+def dora_held(d: Dtypes, lin: Linear, xd: int, xin: int, base_out: int) -> int:
+    """Bytes per token one DoRA target's wrapper holds through its DoRA forward that are neither saved
+    yet nor in ``dora_forward_transient``. peft 0.21.2 ``tuners/lora/layer.py::Linear.forward``
+    (lines 179-202) and ``variants.py::DoraLinearVariant.forward`` (lines 100-116):
+    1. ``result = self.base_layer(x)``: the base output (o, ``base_out``; the bitsandbytes wrappers'
+       ``result.clone()``, ``lora/bnb.py``), alive from before the weight norm until the DoRA term is
+       added (``base_result = result`` is saved only after, by ``dora_saved``);
+    2. ``x = self._cast_input_dtype(x, lora_A.weight.dtype)``: when that cast makes a new tensor (xin
+       differs from x's dtype xd) the wrapper holds it beside the caller's x, unless lora_A saves it
+       (no dropout and lora_A computing in xin; with dropout lora_A and the second base matmul read
+       ``dropout(x)``)."""
+    o, i = lin.out_features, lin.in_features
+    cast = xin * i if (xin != xd and (d.dropout or xin != d.lora)) else 0
+    return base_out * o + cast
+
+
+def dora_backward_incoming(d: Dtypes, lin: Linear, xin: int, base_out: int) -> int:
+    """Bytes per token the backward creates before the first DoRA node unpacks a saved tensor, beyond
+    the layer output's gradient and its scaled copy (``phases.dora_forward``: 2 · resid · H), when the
+    layer's last linear is this DoRA target. peft 0.21.2 ``tuners/lora/layer.py::Linear.forward``
+    line 204 ``result = result.to(torch_result_dtype)`` casts the sum of the base output and the DoRA
+    term (the scale's dtype sd, ``dora.py::DoraLinearLayer.forward`` line 165) back; its backward
+    casts the gradient to sd (o·sd), the add hands the base output's part back in its own dtype
+    (o·base_out), and ``* scaling`` copies the sd gradient (o·sd, in place of the resid-dtype copy
+    counted in the phase). Nothing extra when no cast back runs (the bitsandbytes wrappers under
+    autocast on CUDA, ``lora/bnb.py``) or sd is the output dtype: 0."""
+    sd = _promote(d.adapter, xin)
+    cast_back = not (d.quantized and not d.lora_input_cast)
+    if not cast_back or sd == base_out:
+        return 0
+    return (2 * sd + base_out - d.resid) * lin.out_features
+
+
 def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[int, int, int]:
     """The bytes one DoRA target's forward holds beyond what it saves, at its busiest moment:
     (per token, fixed, norm): fixed + max(norm, T · per token) at T tokens. peft 0.21.2 ``tuners/lora/dora.py::DoraLinearLayer.forward``; every local
@@ -326,11 +363,22 @@ def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[i
 def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str,
                          moe: bool) -> tuple[tuple[int, ...], ...]:
     """Each DoRA target's forward moment in one layer: (saved per token, per token·s and fixed bytes
-    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm)."""
+    of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm, then
+    its ``dora_held`` per token)."""
     w = _Walk(d, rank, targets)
     lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
     _layer_walk(w, arch, lins, attn, True, moe)
     return tuple(w.dora)
+
+
+def dora_incoming(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool) -> int:
+    """``dora_backward_incoming`` of the last layer's last linear when it is a DoRA target (the
+    gradient reaches it first), else 0."""
+    w = _Walk(d, rank, targets)
+    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, True, moe)
+    last = list(lins)[-1] if lins else None
+    return w.dora_in if last in targets else 0
 
 
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,

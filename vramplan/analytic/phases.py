@@ -282,23 +282,24 @@ def lm_head_backward(st: StaticTerms, x: Batch) -> int:
 
 def dora_transient(st: StaticTerms, x: Batch) -> int:
     """The last layer's busiest DoRA target forward at this batch (``activations.dora_forward_moments``):
-    that target's transient (fixed + the larger of its weight norm and its output arithmetic), plus,
+    that target's transient (fixed + the larger of its weight norm and its output arithmetic) and what
+    its wrapper holds meanwhile (``activations.dora_held``: alive with or without checkpointing), plus,
     under checkpointing, what the recomputed layer has saved before it (without checkpointing the
     whole layer is already in ``saved_all``)."""
     T = x.tokens
     out = 0
-    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+    for tb, qb, cb, t_tok, t_fixed, t_norm, held in st.dora_fwd:
         before = T * tb + T * x.seq * qb + cb if x.gc else 0
-        out = max(out, before + t_fixed + max(T * t_tok, t_norm))
+        out = max(out, before + T * held + t_fixed + max(T * t_tok, t_norm))
     return out
 
 
 def _dora_own(st: StaticTerms, x: Batch) -> int:
     """The busiest target's own transient (the part of ``dora_transient`` that is not saved tensors)."""
     T, best, own = x.tokens, -1, 0
-    for tb, qb, cb, t_tok, t_fixed, t_norm in st.dora_fwd:
+    for tb, qb, cb, t_tok, t_fixed, t_norm, held in st.dora_fwd:
         before = T * tb + T * x.seq * qb + cb if x.gc else 0
-        mine = t_fixed + max(T * t_tok, t_norm)
+        mine = T * held + t_fixed + max(T * t_tok, t_norm)
         if before + mine > best:
             best, own = before + mine, mine
     return own
@@ -308,8 +309,9 @@ def dora_forward(st: StaticTerms, x: Batch) -> int:
     """DoRA: the last layer's forward (recomputed under checkpointing) at its busiest target. Under
     checkpointing the recompute runs inside backward, when the first node of the layer's backward
     unpacks a saved tensor: the gradient of the layer output and its scaled copy (the LoRA/DoRA
-    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype)."""
-    incoming = 2 * x.tokens * st.ckpt if x.gc else 0
+    term's ``* scaling``, the last target's output width H) are alive (2 · T · H, residual dtype), plus
+    the casts of peft's ``result.to(torch_result_dtype)`` (``st.dora_grad_in`` per token)."""
+    incoming = x.tokens * (2 * st.ckpt + st.dora_grad_in) if x.gc else 0
     return x.saved_all + x.mask + dora_transient(st, x) + incoming
 
 
@@ -371,11 +373,12 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         if x.gc:
             rows[-1] = ("activations/recompute", "activations", dora_transient(st, x) - _dora_own(st, x),
                         "the re-run last layer's tensors saved before its busiest DoRA target")
-            rows.append(("activations/backward", "activations", 2 * x.tokens * st.ckpt,
-                         "the re-run layer's output gradient and its scaled copy"))
+            rows.append(("activations/backward", "activations", x.tokens * (2 * st.ckpt + st.dora_grad_in),
+                         "the re-run layer's output gradient and its scaled copy (and its casts, "
+                         "activations.dora_backward_incoming)"))
         rows += [("temporary/dora_forward", "temporary", _dora_own(st, x) if x.gc else dora_transient(st, x),
                   "DoRA: a target's full weight in x's dtype, B·A, the identity lora_A saw, the weight norm "
-                  "or the output arithmetic"), _NO_DEQUANT]
+                  "or the output arithmetic, the base output and x's cast copy its wrapper holds"), _NO_DEQUANT]
     elif phase == LM_HEAD:
         grads = st.head_grad
         rows = _loss_rows(LOSS_BACKWARD, st, x)

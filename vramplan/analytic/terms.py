@@ -244,6 +244,10 @@ class StaticTerms:
     (``activations.final_norm_backward_bytes``); 0 when that moment is not priced as its own phase."""
     offload: Offload = Offload.NONE
     """Activation offloading (``Scenario.offload``; terms in ``vramplan.analytic.offload``)."""
+    dora_grad_in: int = 0
+    """DoRA under checkpointing: bytes per token of the incoming gradient beyond 2 · ``ckpt`` when the
+    last layer's last linear is a DoRA target whose wrapper casts its output back
+    (``activations.dora_incoming``); 0 otherwise."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -331,6 +335,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
         dora_fwd=act.dora_forward_moments(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
                                           (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else (),
+        dora_grad_in=act.dora_incoming(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
+                                       (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
         **_eval_terms(arch, s, d, layer.fields), offload=s.offload)
 
