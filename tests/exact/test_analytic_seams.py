@@ -24,7 +24,8 @@ OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp1
              lora_dropout=0.1, full=True, grad_checkpointing=False, attn="eager", optimizer="adamw8bit",
              recipe="trl", autocast=False, adapter_dtype="bf16", loss="legacy", hold_logits="step",
              bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer",
-             eval_batch=4, eval_keep="logits", eval_samples=8)
+             eval_batch=4, eval_keep="logits", eval_samples=8, liger_rms_norm=True, liger_swiglu=True,
+             liger_rope=True)
 
 
 def test_full_fine_tuning_holds_the_logits_once():

@@ -90,6 +90,16 @@ Index (what and why; the third-party source it concerns; how it is undone):
     ``ops/fused_linear_cross_entropy.py``, cut-cross-entropy 25.1.1 ``cce.py`` (and axolotl's fork),
     unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
     autograd functions, called by our own forward).
+21. ``vramplan.hf.liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (Triton;
+    ``Scenario.liger_rms_norm`` / ``liger_swiglu`` / ``liger_rope``) as autograd stand-ins that save
+    what ``LigerRMSNormFunction`` / ``LigerSiLUMulFunction`` / ``LigerRopeFunction`` save, allocate what
+    their drivers allocate (gradients written into existing buffers where Liger writes them) and
+    compute the values with torch math in row chunks; patched as ``apply_liger_kernel_to_llama`` /
+    ``_qwen3`` patch an instantiated model. Source: liger-kernel 0.8.5 ``ops/rms_norm.py``,
+    ``ops/swiglu.py``, ``ops/rope.py``, ``transformers/monkey_patch.py`` (``_patch_rms_norm_module``,
+    ``_patch_swiglu_module``). Restored: the norms' and MLPs' ``forward`` are instance attributes of
+    our model (they die with it); ``apply_rotary_pos_emb`` of the modeling modules is put back after
+    each training step (``liger_layers.rope_patched``).
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
