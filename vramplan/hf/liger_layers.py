@@ -21,7 +21,10 @@ What each saves (per token; c the tensors' own dtype):
 - SwiGLU: ``save_for_backward(a, b)`` (gate and up); output ``c = empty_like(a)``. Backward writes da
   and db into a and b.
 - RoPE: ``save_for_backward(cos, sin)``; q and k rotated in place (their ``transpose(1, 2).contiguous()``,
-  a no-op on the projections' layout), the same in backward on ``dq`` / ``dk``.
+  a no-op on the projections' layout), the same in backward on ``dq`` / ``dk``. Like Liger's, the stand-in
+  returns views of its inputs without ``mark_dirty``; on real CPU tensors torch 2.x then passes the
+  gradient of those views straight through (checked: the q/k gradients equal the incoming ones), so the
+  RoPE stand-in is right for memory (what the trace counts) but not for gradient values.
 """
 
 from __future__ import annotations
