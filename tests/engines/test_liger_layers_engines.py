@@ -113,3 +113,14 @@ def test_patches_the_modules_apply_liger_kernel_patches():
     model = build.meta_model(arch, Scenario())
     # 2 layers × (input, post-attention, q_norm, k_norm) + the final norm; 2 MLPs
     assert ll.patch_model(model, True, True) == (9, 2)
+
+
+def test_gemma_and_moe_are_refused_by_the_trace():
+    from vramplan.hf.build import TraceUnsupported
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    for model in ("gemma-3-4b-pt", "Qwen1.5-MoE-A2.7B"):
+        arch = grid_mod.reduced_arch(model, 2)
+        with pytest.raises(TraceUnsupported, match="Liger"):
+            trace(arch, Scenario(seq=128, liger_rms_norm=True), extrapolate=False)

@@ -317,9 +317,14 @@ def prepare(model: Any, arch: Arch, scenario: Scenario) -> Any:
     if scenario.rope_cache is not RopeCache.NONE:
         add_rope_cache(model, arch, scenario)
     model = apply_lora(model, arch, scenario)
-    if scenario.liger_rms_norm or scenario.liger_swiglu:
+    if scenario.liger_rms_norm or scenario.liger_swiglu or scenario.liger_rope:
         # interventions item 21: Liger's layer kernels as the HF Trainer applies them, after peft
         from vramplan.hf import liger_layers
+
+        if arch.family.norm_keeps_input_dtype or arch.moe_layers:
+            raise TraceUnsupported("Liger's layer kernels have stand-ins for the Llama-style RMSNorm and SwiGLU MLP "
+                                   "only (not Gemma's offset norms and GeGLU, nor MoE experts): price them "
+                                   "with the analytic engine")
 
         liger_layers.patch_model(model, scenario.liger_rms_norm, scenario.liger_swiglu)
     if scenario.bnb_keeps_input:
