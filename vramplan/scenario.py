@@ -426,6 +426,23 @@ class Scenario:
                           "tensor but the output head's). The host bytes are reported apart from the GPU's.",
         optional=True)
     """Activation offloading (``Offload``): what leaves the GPU for pinned host memory."""
+    liger_rms_norm: bool = _field(
+        False, 41, "Liger's RMSNorm kernel (apply_liger_kernel_to_*(rms_norm=True), on by default with "
+                   "use_liger_kernel): each norm saves its own input and an fp32 rstd per row (no fp32 copy) and "
+                   "returns its input's dtype.", optional=True)
+    """liger-kernel 0.8.5 ``LigerRMSNormFunction`` replaces every RMSNorm (``ops/rms_norm.py``
+    L674-690: ``save_for_backward(X, W, RSTD)``, ``Y`` in ``X.dtype``; backward writes dX into dY)."""
+    liger_swiglu: bool = _field(
+        False, 42, "Liger's SwiGLU kernel (swiglu=True, on by default with use_liger_kernel): the gated MLP "
+                   "saves gate and up only, and its backward writes their gradients into them.", optional=True)
+    """liger-kernel 0.8.5 ``LigerSiLUMulFunction`` (``ops/swiglu.py`` L240-306: ``save_for_backward(a, b)``;
+    ``swiglu_backward`` stores da, db into a and b) in ``LigerSwiGLUMLP`` (dense MLPs only)."""
+    liger_rope: bool = _field(
+        False, 43, "Liger's RoPE kernel (rope=True, on by default with use_liger_kernel): q and k rotated in "
+                   "place, cos and sin saved; the same saved bytes as transformers' RoPE.", optional=True)
+    """liger-kernel 0.8.5 ``LigerRopeFunction`` (``ops/rope.py`` L265-304: ``save_for_backward(cos, sin)``, q and
+    k rotated in their own storage). transformers' ``q * cos + rotate_half(q) * sin`` saves only cos and
+    sin too (``mul`` saves the other operand), so the analytic engine prices both alike; the trace runs it."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():

@@ -618,6 +618,13 @@ def test_hf_use_liger_kernel_prices_liger_flce(tmp_path):
     res = _resolve_files(args, DATA / "adapter_config.json")
     assert res.fields["loss"] == "liger" and _no_issue14_liger(res.notes)
     assert any("rope, rms_norm, swiglu" in n for n in res.notes)
+    # the layer kernels on by default in apply_liger_kernel_to_llama: each its own field
+    assert all(res.fields[f] is True for f in ("liger_rope", "liger_rms_norm", "liger_swiglu"))
+    assert not any("upper bound" in n and "Liger" in n for n in res.notes)
+    part = _patched(tmp_path, "training_args.json", {"use_liger_kernel": True, "liger_kernel_config": {
+        "swiglu": False}}, "part.json")
+    res = _resolve_files(part, DATA / "adapter_config.json")
+    assert res.fields["liger_rms_norm"] and res.fields["liger_rope"] and "liger_swiglu" not in res.fields
     # liger_kernel_config switches FLCE off: transformers' loss stays, Liger's CE on the full logits is noted
     off = _patched(tmp_path, "training_args.json", {"use_liger_kernel": True, "liger_kernel_config": {
         "fused_linear_cross_entropy": False, "cross_entropy": True}}, "off.json")
@@ -632,6 +639,7 @@ def test_hf_use_liger_kernel_prices_liger_flce(tmp_path):
 def test_llamafactory_enable_liger_kernel(tmp_path):
     res = _resolve_files(_patched(tmp_path, "llamafactory_qlora.yaml", {"enable_liger_kernel": True}))
     assert res.fields["loss"] == "liger" and _no_issue14_liger(res.notes)
+    assert res.fields["liger_rms_norm"] and res.fields["liger_swiglu"] and res.fields["liger_rope"]
     assert _resolve_files(DATA / "llamafactory_qlora.yaml").fields["loss"] == "hf"
 
 
@@ -649,6 +657,8 @@ def test_axolotl_liger_and_cce_plugins(tmp_path):
                                                       "liger_rms_norm": True}, "liger.yml")
     res = _resolve_files(liger)
     assert res.fields["loss"] == "liger" and any("rms_norm kernels" in n for n in res.notes)
+    # axolotl switches each kernel by its own key: only liger_rms_norm is on
+    assert res.fields["liger_rms_norm"] and "liger_swiglu" not in res.fields and "liger_rope" not in res.fields
     # the plugin alone switches nothing on: every liger_* key defaults to None
     bare = _patched(tmp_path, "axolotl_qlora.yml", {"plugins": ["axolotl.integrations.liger.LigerPlugin"]}, "b.yml")
     assert _resolve_files(bare).fields["loss"] == "hf"

@@ -78,6 +78,11 @@ class Dtypes:
     ``torch.is_autocast_enabled()`` (CUDA-only) is False under CPU autocast, so peft casts x to the
     fp32 adapter dtype before dropout; and CPU ``F.dropout`` is the composite ``x * mask`` whose mask
     has x's dtype (CUDA's fused ``native_dropout`` keeps a bool mask)."""
+    liger_norm: bool = False
+    """Liger's RMSNorm (``Scenario.liger_rms_norm``, ``liger_norm_saved``); its output keeps the input's
+    dtype, so ``norm_keeps_dtype`` is set with it."""
+    liger_swiglu: bool = False
+    """Liger's SwiGLU MLP (``Scenario.liger_swiglu``, ``liger_swiglu_saved``)."""
 
 
 def _promote(a: int, b: int) -> int:
@@ -87,6 +92,25 @@ def _promote(a: int, b: int) -> int:
 def norm_out(d: Dtypes, x: int) -> int:
     """Bytes per element of an RMSNorm's output for an input of ``x`` bytes."""
     return x if d.norm_keeps_dtype else _promote(d.norm_w, x)
+
+
+def liger_norm_saved(xd: int, width: int, rows: int = 1) -> int:
+    """Bytes per token liger-kernel 0.8.5's ``LigerRMSNormFunction`` saves for ``rows`` vectors of
+    ``width`` with an input of ``xd`` bytes (``ops/rms_norm.py``: ``rms_norm_forward`` L449-523 returns
+    ``X.view(-1, dim)``, the input's own storage, and ``RSTD``, fp32 per row in the llama and gemma
+    casting modes; ``forward`` L674-690 saves ``(X, W, RSTD)``): the input itself, xd·width·rows, and
+    4·rows. No fp32 copy; the weight is a parameter (nothing new), also when it is trainable (dW is
+    computed from X and RSTD, fp32 ``_dW`` of sm_count × width in backward only). Its backward writes
+    dX into dY (``in_place=True``, the default ``_patch_rms_norm_module`` keeps): no new buffer."""
+    return xd * width * rows + 4 * rows
+
+
+def liger_swiglu_saved(gd: int, inter: int) -> int:
+    """Bytes per token liger-kernel 0.8.5's ``LigerSiLUMulFunction`` saves (``ops/swiglu.py`` L240-274:
+    ``save_for_backward(a, b)``, gate and up as their linears returned them, silu recomputed in the
+    kernel): 2·gd·I, where transformers' ``act_fn(gate) * up`` saves gate, up and silu(gate) (3·gd·I).
+    Its output ``c = torch.empty_like(a)`` is the down projection's input, as in transformers."""
+    return 2 * gd * inter
 
 
 class _Walk:
@@ -107,11 +131,16 @@ class _Walk:
         self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
         self.dora_in = 0  # the last DoRA target's ``dora_backward_incoming``
 
-    def norm(self, width: int, rows: int = 1, live: bool = True) -> None:
+    def norm(self, width: int, rows: int = 1, live: bool = True, xd: int = 4) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
         else an fp32 copy: ``hidden_states.to(torch.float32)``) and rsqrt(var) per row (fp32).
         The ``weight * x`` product saves nothing of x while the weight is frozen. Nothing is saved
-        when the input needs no gradient."""
+        when the input needs no gradient. Liger's RMSNorm saves the input (``xd`` bytes) itself instead
+        (``liger_norm_saved``)."""
+        if self.d.liger_norm:
+            if live:
+                self.tok += liger_norm_saved(xd, width, rows)
+            return
         if live:
             self.tok += 4 * width * rows + 4 * rows
         if self.d.full:  # trainable weight: the product also saves the normalised input
@@ -407,15 +436,16 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live_in or lo
     hd1 = _promote(d.resid, od)
-    w.norm(arch.hidden_size, 1, live)
+    w.norm(arch.hidden_size, 1, live, hd1)
     n2 = norm_out(d, hd1)
     # 7. MLP.
     if moe:
         _moe_saved(w, arch, lins, n2, live)
+        md = n2
     else:
-        _mlp_saved(w, arch, lins, n2, live)
+        md = _mlp_saved(w, arch, lins, n2, live)
     if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
-        w.norm(arch.hidden_size)
+        w.norm(arch.hidden_size, xd=md)
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,
@@ -474,8 +504,8 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
     q, kv = nh * hd, nkv * hd
     # 1. input_layernorm on the residual x (bytes resid): fp32 x + rsqrt. When x is fp32 it is the
     #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
-    if live:
-        w.tok += 4 + (4 * H if d.resid != 4 else 0)
+    if live:  # Liger: the input itself (counted by the caller) + the fp32 rstd
+        w.tok += 4 + (4 * H if (d.resid != 4 and not d.liger_norm) else 0)
     n1 = norm_out(d, d.resid)
     # 2. q/k/v projections (fused qkv_proj on Phi-3) read the normalised x.
     if "qkv" in w.fused:
@@ -492,8 +522,8 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         lq = live or d.full or "q_proj" in targets
     # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head.
     if arch.qk_norm:
-        w.norm(hd, nh, lq)
-        w.norm(hd, nkv, lk)
+        w.norm(hd, nh, lq, qd)
+        w.norm(hd, nkv, lk, qd)
         qd = norm_out(d, qd)
     # 4. RoPE saves cos/sin only (shared by all layers, b·s·head_dim: negligible).
     # 5. attention core: saves only if q, k or v needs a gradient.
@@ -523,13 +553,13 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
     else:
         od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
     if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
-        w.norm(H, 1, lo)
+        w.norm(H, 1, lo, od)
         od = norm_out(d, od)
     return od, lo
 
 
-def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
-    """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down."""
+def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> int:
+    """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down. Returns the output dtype."""
     targets, full = w.targets, w.d.full
     I = arch.intermediate_size
     if "mlp" in w.fused:
@@ -543,8 +573,11 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         lg = live or full or "gate_proj" in targets
         lu = live or full or "up_proj" in targets
     # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).
-    w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
-    w.linears((lins["down_proj"],), gd, False, lg or lu)
+    if w.d.liger_swiglu:  # LigerSiLUMulFunction saves gate and up whenever either needs a gradient
+        w.tok += liger_swiglu_saved(gd, I) if (lg or lu) else 0
+    else:
+        w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
+    return w.linears((lins["down_proj"],), gd, False, lg or lu)[0]
 
 
 def fused_mlp_saved(w: _Walk, mlp: tuple[Linear, Linear, Linear], n2: int, live: bool) -> None:
@@ -618,7 +651,8 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     2. base branch: bitsandbytes dequantizes the whole weight (c·I·H, bitsandbytes 0.50.2
        ``MatMul4Bit.backward``) and produces grad_A (c·I) while the LoRA branch's gradient (x·I) waits
        in autograd's input buffer; the branch's saved tensors (mask, lora_A input) are freed by now.
-    3. ``act(gate) * up`` backward: the product's gradient and both factor gradients, 3·g·I.
+    3. ``act(gate) * up`` backward: the product's gradient and both factor gradients, 3·g·I (Liger's
+       SwiGLU: the product's gradient alone, 1·g·I).
     In every case the gradient of the layer output and the LoRA output's gradient and its scaled copy
     (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
     """
@@ -650,7 +684,10 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
         b = c * I + xin * I - saves
     else:
         saves, a_lora, b = 0, 0, c * I
-    a = max(a_lora, 3 * gd * I - saves) + hpart
+    # Liger's SwiGLU backward: the product's gradient only, da and db written into the saved gate and
+    # up (``ops/swiglu.py`` ``swiglu_backward`` L201-237 returns ``a.view``, ``b.view``)
+    act_grads = (1 if (d.liger_swiglu and not moe) else 3) * gd * I
+    a = max(a_lora, act_grads - saves) + hpart
     if moe and "experts" in targets and not arch.shared_expert_intermediate_size:
         # LoRA-wrapped routed experts: when the act·up backward runs, two of the recomputed layer's
         # M-wide tensors per (token, expert) are already released: the act·up product grouped_mm saved

@@ -131,7 +131,8 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         saved_all = T * (st.ckpt0 + (st.layers - 1) * st.ckpt)
         saved_first = T * st.ckpt0
     else:
-        inp = 4 * st.hidden * T if st.d.resid == 4 else 0
+        # a layer's input, when its input norm saves it itself: an fp32 residual, or Liger's RMSNorm
+        inp = (st.d.resid if st.d.liger_norm else 4) * st.hidden * T if (st.d.resid == 4 or st.d.liger_norm) else 0
         first_nogc = _layer(st.first_sv, T, seq) + (inp if full else 0)
         saved_all = (st.dense * (dense_b + inp) + st.nmoe * (moe_b + inp) - first_b - inp + first_nogc
                      + st.sw_n * sw_b)

@@ -91,7 +91,7 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
     up = rs.upcasts(quantized)
     embed_w = rs.group_bytes("embeddings", quantized, c)
     norm_w = rs.group_bytes("norms", quantized, c)
-    keeps = arch.family.norm_keeps_input_dtype
+    keeps = arch.family.norm_keeps_input_dtype or s.liger_rms_norm  # Liger's Y is allocated in X.dtype
     autocast = s.autocast and c == 2
     return act.Dtypes(
         c=c, autocast=autocast, resid=embed_w if keeps else (4 if up and 4 in (embed_w, norm_w) else c),
@@ -99,7 +99,8 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
         norm_w=norm_w, base_w=c, other_w=rs.group_bytes("experts", quantized, c),
         lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
         bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
-        norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, dora=s.dora, lora_fa=s.lora_fa, cuda=cuda)
+        norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, dora=s.dora, lora_fa=s.lora_fa, cuda=cuda,
+        liger_norm=s.liger_rms_norm, liger_swiglu=s.liger_swiglu)
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
-        + OFFLOAD_NOTES.get(s.offload, ())
+        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
@@ -598,13 +599,29 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
     holds = s.hold_logits is not Hold.NONE and not fused and s.loss not in NO_LOGITS
     no_head_call = fused or s.loss in NO_LOGITS  # the lm_head module never runs: no autocast copy saved
     return dict(
-        fin=4 * H + 4 + head_lora + (c * H if s.full else 0),
+        fin=(act.liger_norm_saved(d.resid, H) if d.liger_norm else 4 * H + 4 + (c * H if s.full else 0))
+        + head_lora,
         head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
         softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,
         hidden_bytes=act.norm_out(d, d.resid),
         head_chunk_copy=min(V, lg.FUSED_TILE_COLS) * H * ld if (fused and head_w != ld) else 0,
         held=lg.held_logits_bytes(V, ld, 1, legacy, holds),
         held_forward=s.hold_logits is Hold.LOOP and holds)
+
+
+def liger_layer_notes(arch: Arch, s: Scenario) -> tuple[str, ...]:
+    """The breakdown notes of Liger's layer kernels (``Scenario.liger_rms_norm`` / ``liger_swiglu``)."""
+    out: tuple[str, ...] = ()
+    if s.liger_rms_norm:
+        out += ("Liger's RMSNorm (Triton, liger-kernel 0.8.5): priced from what LigerRMSNormFunction saves, the "
+                "norm's own input and an fp32 rstd per row, and its output in the input's dtype; the trace runs "
+                "a torch stand-in saving the same tensors",)
+    if s.liger_swiglu:
+        moe = " (the dense MLPs only: MoE experts are priced as transformers' own)" if arch.moe_layers else ""
+        out += ("Liger's SwiGLU (Triton, liger-kernel 0.8.5): priced from what LigerSiLUMulFunction saves, gate "
+                "and up, and its backward, which writes their gradients into them" + moe + "; the trace runs a "
+                "torch stand-in saving the same tensors",)
+    return out
 
 
 def loss_notes(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[str, ...]:
@@ -617,11 +634,10 @@ def loss_notes(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[str, ...]:
         out = (f"analytic-only: Liger's fused linear cross-entropy is Triton; priced from liger-kernel 0.8.5's "
                f"allocations (chunks of next_pow2(ceil(b·s / ceil(V/H))) = {rows} rows × V logits in the input "
                "dtype, the b·s × H input gradient built in the forward and kept for backward); the trace "
-               "allocates the same tensors in its stead",
-               "Liger's RMSNorm / SwiGLU / RoPE kernels, which the frameworks switch on with it, are priced as "
-               "transformers' modules: an upper bound (LigerRMSNorm saves its input in its own dtype and an fp32 "
-               "rstd per row instead of an fp32 copy of the input; LigerSiLUMulFunction saves gate and up, "
-               "two b·s × I tensors where silu(gate) · up saves three; Liger's RoPE saves only cos and sin)")
+               "allocates the same tensors in its stead",)
+        if not (s.liger_rms_norm or s.liger_swiglu):
+            out += ("Liger's RMSNorm / SwiGLU kernels, on by default beside its loss, are not priced here "
+                    "(transformers' modules are: set --liger-rms-norm / --liger-swiglu when they are on)",)
     elif s.loss is Loss.CCE:
         out = ("analytic-only: Cut Cross-Entropy is Triton; priced from cut-cross-entropy 25.1.1's allocations "
                "(saved for backward: the hidden states, fp32 LSE and int64 index per label row, an fp32 logit "

@@ -252,7 +252,7 @@ def _plugin_loss(r: b.Reader, plugin: str, arch: Any, out: dict[str, Any], notes
         config = {"fused_linear_cross_entropy": bool(flce) and b.boolean(flce, "liger_fused_linear_cross_entropy"),
                   "rope": bool(r.get("liger_rope")), "rms_norm": bool(r.get("liger_rms_norm")),
                   "swiglu": bool(r.get("liger_glu_activation")), "cross_entropy": bool(r.get("liger_cross_entropy"))}
-        return b.liger(arch, config, notes, who)
+        return b.liger(arch, config, notes, who, out=out)
     if plugin == CCE_PLUGIN:
         if not b.boolean(r.get("cut_cross_entropy"), "cut_cross_entropy"):
             return None

@@ -446,22 +446,34 @@ LIGER_MODEL_TYPES = frozenset((
 LIGER_LAYER_KERNELS = ("rope", "rms_norm", "swiglu")
 
 
+#: Liger's layer kernel switch -> the Scenario field that prices it
+LIGER_LAYER_FIELDS = {"rope": "liger_rope", "rms_norm": "liger_rms_norm", "swiglu": "liger_swiglu"}
+
+
 def liger(arch: Any, config: dict[str, Any], notes: list[str], who: str,
-          model_types: frozenset[str] = LIGER_MODEL_TYPES, flce_allowed: bool = True) -> str | None:
+          model_types: frozenset[str] = LIGER_MODEL_TYPES, flce_allowed: bool = True,
+          out: dict[str, Any] | None = None) -> str | None:
     """The loss a Liger switch gives ``arch``: ``"liger"`` (``Loss.LIGER``) when the fused linear
     cross-entropy is on (``config``: the apply function's keyword arguments, e.g. HF's
     ``liger_kernel_config``; FLCE defaults to on), else None (the framework's own loss stays). Notes say
     what else Liger switches on and how it is priced. ``model_types``: those the framework applies
-    Liger to; ``flce_allowed`` False: the framework forces FLCE off (TRL >= 1.15)."""
+    Liger to; ``flce_allowed`` False: the framework forces FLCE off (TRL >= 1.15). ``out``: the
+    scenario fields being built; the layer kernels that are on (``rope``, ``rms_norm``, ``swiglu``,
+    each on by default in ``apply_liger_kernel_to_<model>``) set ``liger_rope`` / ``liger_rms_norm`` /
+    ``liger_swiglu`` there."""
     mt = getattr(arch, "model_type", None)
     if mt not in model_types:
         notes.append(f"{who}: Liger has no kernels for model_type {mt}: none applied, priced without")
         return None
     layer = [k for k in LIGER_LAYER_KERNELS if boolean(config.get(k, True), k)]
+    if out is not None:
+        out.update({LIGER_LAYER_FIELDS[k]: True for k in layer})
     if layer:
-        notes.append(f"Liger's {', '.join(layer)} kernels: priced as transformers' own modules, an upper bound "
-                     "(LigerRMSNorm saves its input and an fp32 rstd per row, no fp32 copy; LigerSiLUMul saves "
-                     "gate and up, not silu(gate) too; Liger's RoPE saves only cos and sin)")
+        notes.append(f"Liger's {', '.join(layer)} kernels: priced from what their autograd functions save "
+                     f"(liger-kernel 0.8.5; {', '.join('--' + LIGER_LAYER_FIELDS[k].replace('_', '-') for k in layer)})")
+    if layer and getattr(arch, "moe_layers", ()) and "swiglu" in layer:
+        notes.append("Liger's swiglu on a MoE model: its expert kernels are priced as transformers' experts "
+                     "(the dense MLPs, if any, as LigerSiLUMulFunction)")
     flce = flce_allowed and boolean(config.get("fused_linear_cross_entropy", True), "fused_linear_cross_entropy")
     if not flce:
         if boolean(config.get("cross_entropy", False), "cross_entropy"):

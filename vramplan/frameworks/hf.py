@@ -83,7 +83,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out.update(b.hf_evaluation(r, notes, "training_args."))
     if b.boolean(r.get("training_args.use_liger_kernel"), "use_liger_kernel"):
         config = b.mapping(r.get("training_args.liger_kernel_config"), "liger_kernel_config")
-        loss = b.liger(arch, config, notes, who)
+        loss = b.liger(arch, config, notes, who, out=out)
         if loss:
             out["loss"] = loss
     b.multi_gpu(r, notes, ("training_args.deepspeed", "training_args.fsdp"))

@@ -133,7 +133,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if b.boolean(r.get("enable_liger_kernel"), "enable_liger_kernel"):
         # model/model_utils/liger_kernel.py L30-101: its own model_type list; pt/sft keep Liger's defaults
         # (require_logits is False there), so the fused linear cross-entropy is on
-        loss = b.liger(arch, {}, notes, who, model_types=LIGER_MODEL_TYPES)
+        loss = b.liger(arch, {}, notes, who, model_types=LIGER_MODEL_TYPES, out=out)
         if loss:
             out["loss"] = loss
     if b.boolean(r.get("use_unsloth_gc"), "use_unsloth_gc") and out.get("grad_checkpointing", True):

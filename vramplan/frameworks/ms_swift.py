@@ -131,7 +131,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if b.boolean(r.get("use_liger_kernel"), "use_liger_kernel"):
         # trainers/arguments.py L155, L243-262: forwarded to the HF Trainer, which applies Liger's defaults at
         # train(); swift's patch of LigerForCausalLMLoss makes the kept hidden states contiguous
-        loss = b.liger(arch, {}, notes, who)
+        loss = b.liger(arch, {}, notes, who, out=out)
         if loss:
             out["loss"] = loss
             notes.append("ms-swift: Liger's loss is skipped (labels popped) when a loss_scale, custom loss, DFT or "

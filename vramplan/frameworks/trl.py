@@ -153,7 +153,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                                 "1.15 (it would replace the forward its fused LM head patches)")
         # 1.15 - 1.16 sft_trainer.py L1125-1140: only the layer kernels, FLCE forced off; before, the HF
         # Trainer applies Liger's defaults (FLCE on)
-        loss = b.liger(arch, config, notes, who, flce_allowed=v < (1, 15))
+        loss = b.liger(arch, config, notes, who, flce_allowed=v < (1, 15), out=out)
         if loss:
             out["loss"] = loss
             notes.append("use_liger_kernel before TRL 1.15: priced as the HF Trainer applies Liger (its fused linear "

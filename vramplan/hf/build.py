@@ -327,6 +327,16 @@ def prepare(model: Any, arch: Arch, scenario: Scenario) -> Any:
     if scenario.rope_cache is not RopeCache.NONE:
         add_rope_cache(model, arch, scenario)
     model = apply_lora(model, arch, scenario)
+    if scenario.liger_rms_norm or scenario.liger_swiglu or scenario.liger_rope:
+        # interventions item 25: Liger's layer kernels as the HF Trainer applies them, after peft
+        from vramplan.hf import liger_layers
+
+        if arch.family.norm_keeps_input_dtype or arch.moe_layers:
+            raise TraceUnsupported("Liger's layer kernels have stand-ins for the Llama-style RMSNorm and SwiGLU MLP "
+                                   "only (not Gemma's offset norms and GeGLU, nor MoE experts): price them "
+                                   "with the analytic engine")
+
+        liger_layers.patch_model(model, scenario.liger_rms_norm, scenario.liger_swiglu)
     if scenario.bnb_keeps_input:
         interventions.keep_4bit_inputs(model)
     enable_checkpointing(model, scenario)
@@ -659,6 +669,15 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
       returns only the loss); ``step`` keeps it to the end of this step; ``loop`` also keeps it in
       ``carry["outputs"]`` until the next step's forward has returned and rebinds it.
     """
+    from vramplan.hf.liger_layers import rope_patched
+
+    with rope_patched(model, scenario.liger_rope):  # backward too: checkpointing recomputes there
+        _train_step(model, optimizer, batch, scenario, on_phase, max_grad_norm, carry)
+
+
+def _train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
+                on_phase: Callable[[str], None] | None, max_grad_norm: float | None,
+                carry: dict[str, Any] | None) -> None:
     import torch
 
     device_type = batch["input_ids"].device.type
@@ -693,8 +712,10 @@ def eval_forward(model: Any, batch: dict[str, Any], scenario: Scenario) -> tuple
     ``convert_outputs_to_fp32(autocast(forward))``). The model is in eval mode (the caller's)."""
     import torch
 
+    from vramplan.hf.liger_layers import rope_patched
+
     device_type = batch["input_ids"].device.type
-    with torch.no_grad():
+    with torch.no_grad(), rope_patched(model, scenario.liger_rope):
         with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
             outputs, loss = _forward_loss(model, batch, scenario)
         if scenario.autocast and scenario.dtype is not Dtype.FP32:

@@ -92,7 +92,6 @@ Index (what and why; the third-party source it concerns; how it is undone):
     ``ops/fused_linear_cross_entropy.py``, cut-cross-entropy 25.1.1 ``cce.py`` (and axolotl's fork),
     unsloth_zoo 2026.10.9 ``fused_losses/fused_linear.py``. Restored: it patches nothing (our own
     autograd functions, called by our own forward).
-
 21. ``dora_standins``: peft's DoRA on the trace's model. Building on the meta device,
     ``DoraLinearLayer.update_layer`` cannot compute the magnitude (the column norm of the dequantized
     base weight: a meta ``Params4bit`` can be neither deep-copied nor dequantized), so on a meta base
@@ -139,6 +138,16 @@ Index (what and why; the third-party source it concerns; how it is undone):
     is a fresh device copy (on CPU ``.to("cpu")`` returns the host tensor), held in TRL's backward stash
     as the GPU tensor is; the pack hook allocates under ``host/pinned``, TRL's device clone of a view moved back. Pinned memory only under fake tensors (a real CPU run cannot pin). Restored:
     the module attributes put back on exit; the hooks live on our model.
+25. ``vramplan.hf.liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (Triton;
+    ``Scenario.liger_rms_norm`` / ``liger_swiglu`` / ``liger_rope``) as autograd stand-ins that save
+    what ``LigerRMSNormFunction`` / ``LigerSiLUMulFunction`` / ``LigerRopeFunction`` save, allocate what
+    their drivers allocate (gradients written into existing buffers where Liger writes them) and
+    compute the values with torch math in row chunks; patched as ``apply_liger_kernel_to_llama`` /
+    ``_qwen3`` patch an instantiated model. Source: liger-kernel 0.8.5 ``ops/rms_norm.py``,
+    ``ops/swiglu.py``, ``ops/rope.py``, ``transformers/monkey_patch.py`` (``_patch_rms_norm_module``,
+    ``_patch_swiglu_module``). Restored: the norms' and MLPs' ``forward`` are instance attributes of
+    our model (they die with it); ``apply_rotary_pos_emb`` of the modeling modules is put back after
+    each training step (``liger_layers.rope_patched``).
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
