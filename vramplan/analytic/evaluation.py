@@ -159,9 +159,10 @@ def prefill_layer_bytes(H: int, I: int, head_dim: int, resid0: int, resid: int, 
     loop), the attention's residual sum and the MLP's normed input ((resid0 + 2·resid + nout)·H), the
     rotary cos and sin (2·head_dim, the embeddings' dtype), and at up_proj: act(gate) and up's base output
     (2·a·I) with, when up_proj carries LoRA, lora_B's output and its ``* scaling`` (2·lora·I; peft 0.21.2
-    ``lora/bnb.py`` ``Linear4bit.forward``), else act(gate) · up (a·I); the position ids and the input ids'
-    clone of ``prepare_inputs_for_generation`` (2 × 8)."""
-    mlp = 2 * a * I + (2 * lora * I if lora_up else a * I)
+    ``lora/bnb.py`` ``Linear4bit.forward``) and peft's cast of the input to the adapter dtype when it
+    differs (lora·H), else act(gate) · up (a·I); the position ids and the input ids' clone of
+    ``prepare_inputs_for_generation`` (2 × 8)."""
+    mlp = 2 * a * I + (2 * lora * I + (lora * H if lora != nout else 0) if lora_up else a * I)
     return (resid0 + 2 * resid + nout) * H + 2 * head_dim * resid0 + mlp + 2 * ID_BYTES
 
 
@@ -193,6 +194,17 @@ def generation_peak(g: GenTerms, b: int, prompt: int) -> tuple[str, int, int, in
             if sum(cand[1:]) > sum(best[1:]):
                 best = cand
     return best
+
+
+def eval_loss_workspace(*, seq: int, k: int, batch: int, V: int, ld: int, legacy: bool, generates: bool) -> int:
+    """The evaluation's loss workspace, for the caching allocator's reserve when the evaluation is the
+    peak (``runtime.allocator_reserve_bytes``): the logits blocks of one eval batch's loss forward, the
+    same family of b·s·V transients (logits, fp32 upcast, log-softmax: ``logits.loss_forward_bytes``,
+    no soft-capping kept under no_grad) that the training step's loss leaves cached, here over the eval
+    batch. A generating evaluation runs no loss forward: its logits are one position per sequence (0)."""
+    if generates:
+        return 0
+    return loss_forward_bytes(V, ld, False, batch * k, batch * (seq - 1), legacy)
 
 
 class EvalPeak(NamedTuple):

@@ -81,6 +81,16 @@ Index (what and why; the third-party source it concerns; how it is undone):
     CUDA input never takes that path (``x.device.type == "cpu"``). Source: bitsandbytes 0.50.2
     ``nn/modules.py`` (``Linear4bit.forward``, ``support_avx512bf16_for_cpu``), ``functional.py``
     (``_convert_weight_packed_for_cpu``). Restored: each layer's attribute put back on exit.
+20. Generation driven step by step (``vramplan.trace.evaluation.generate``, ``Scenario.eval_new_tokens``):
+    fake tensors cannot run ``model.generate``, whose checks read tensor values (``(attention_mask ==
+    1).all()``, the stopping criteria's ``unfinished_sequences.max() == 0``), so the trace runs its greedy
+    loop itself with transformers' own pieces (``DynamicCache(config=...)``,
+    ``prepare_inputs_for_generation``, ``_update_model_kwargs_for_generation``, ``logits_to_keep=1``),
+    taking the path generate takes for a batch without padding that never meets its EOS; only the prefill,
+    the first and the last decode steps run, the cache, input ids and position ids resized in between to
+    what the skipped steps leave. Each cache layer's ``update`` is wrapped on our cache object to label its
+    bytes. Source: transformers 5.24 ``generation/utils.py`` (``generate``, ``_sample``), ``cache_utils.py``
+    (``DynamicLayer.update``). Restored: the cache and its wrappers are ours and die with the loop.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
