@@ -195,19 +195,20 @@ def _label_cache(tr: Any, cache: Any) -> None:
 
 def _grow(tr: Any, cache: Any, ids: Any, kwargs: dict[str, Any], length: int) -> tuple[Any, dict[str, Any]]:
     """The state before the last decode step: every cache layer at ``length - 1`` positions, the input ids
-    and position ids at ``length`` (what the skipped steps' concatenations leave)."""
+    and position ids at ``length`` (what the skipped steps' concatenations leave; zeros, valid ids on real
+    tensors)."""
     import torch
 
     tr.label = "activations/eval_kv_cache"
     for layer in cache.layers:
         b, h, _, d = layer.keys.shape
-        layer.keys = torch.empty(b, h, length - 1, d, dtype=layer.keys.dtype)
-        layer.values = torch.empty(b, h, length - 1, layer.values.shape[-1], dtype=layer.values.dtype)
+        layer.keys = torch.zeros(b, h, length - 1, d, dtype=layer.keys.dtype)
+        layer.values = torch.zeros(b, h, length - 1, layer.values.shape[-1], dtype=layer.values.dtype)
     tr.label = "logits/eval_predictions"
-    ids = torch.empty(ids.shape[0], length, dtype=ids.dtype)
+    ids = torch.zeros(ids.shape[0], length, dtype=ids.dtype)
     pos = kwargs.get("position_ids")
     if pos is not None:
-        kwargs["position_ids"] = torch.empty(*pos.shape[:-1], length, dtype=pos.dtype)
+        kwargs["position_ids"] = torch.zeros(*pos.shape[:-1], length, dtype=pos.dtype)
     return ids, kwargs
 
 
