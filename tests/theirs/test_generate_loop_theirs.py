@@ -1,8 +1,8 @@
 """The trace's generation loop (``vramplan.trace.evaluation.generate``, interventions item 20) against
 transformers 5.24's own ``model.generate`` on real CPU tensors: the same greedy decoding of a tiny
 2-layer Llama (real tensors, so generate's stopping checks can read their values), counted by the same
-tracker; the peaks agree to the byte up to generate's own small bookkeeping (its stopping criteria's
-and unfinished-sequence flags: a few bytes per sequence, rounded to 512-byte blocks)."""
+tracker; the peaks agree within eight 512-byte blocks (small per-sequence tensors: stopping flags,
+one-token ids)."""
 
 from __future__ import annotations
 
