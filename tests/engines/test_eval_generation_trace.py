@@ -1,7 +1,6 @@
 """Feature 6 of issue 14, generation: the trace's generating evaluation (transformers 5.24's greedy loop
 driven step by step with its DynamicCache, interventions item 20) held to the analytic engine within
-1 %, on 2-layer Qwen3-0.6B (real widths and vocabulary), one case per moment (Llama-3.2-1B at seq 32,
-recipe plain, 1200 new tokens was measured at the decode moment too, but its trace takes minutes here)."""
+1 %, on 2-layer Qwen3-0.6B / Llama-3.2-1B (real widths and vocabularies), each moment."""
 
 from __future__ import annotations
 
@@ -30,6 +29,7 @@ CASES = [
     ("Qwen3-0.6B", dict(seq=32, eval_batch=2, eval_new_tokens=3, eval_keep="ids", eval_samples=5), "prefill"),
     # LLaMA-Factory's dtypes (bf16 K/V, fp32 LoRA), a long generation: the last decode step's update
     ("Qwen3-0.6B", dict(seq=32, eval_batch=2, recipe="plain", eval_new_tokens=600), "decode"),
+    ("Llama-3.2-1B", dict(seq=32, eval_batch=2, recipe="plain", eval_new_tokens=1200), "decode"),
     # full fine-tuning generates under autocast with convert_to_fp32: the last decode step's head
     ("Qwen3-0.6B", dict(seq=32, eval_batch=2, quant="none", full=True, eval_new_tokens=40), "decode head"),
 ]
