@@ -443,6 +443,13 @@ class Scenario:
     """liger-kernel 0.8.5 ``LigerRopeFunction`` (``ops/rope.py`` L265-304: ``save_for_backward(cos, sin)``, q and
     k rotated in their own storage). transformers' ``q * cos + rotate_half(q) * sin`` saves only cos and
     sin too (``mul`` saves the other operand), so the analytic engine prices both alike; the trace runs it."""
+    eval_new_tokens: int = _field(
+        0, 39, "Tokens each eval sequence generates after its prompt of --seq tokens (predict_with_generate: "
+               "LLaMA-Factory, ms-swift eval_metric nlg): the eval loop runs model.generate with a DynamicCache "
+               "instead of the loss forward; 0 = no generation.", optional=True)
+    """New tokens per eval sequence when the evaluation generates (``Seq2SeqTrainer.prediction_step`` ->
+    ``model.generate``, greedy, every sequence running to the length bound): a prefill of ``seq`` tokens,
+    then one forward per new token with the KV cache (``vramplan.analytic.evaluation.generation_peak``)."""
 
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
@@ -537,7 +544,7 @@ class Scenario:
 
     def _check_eval(self) -> None:
         """The evaluation fields: sizes, and the combinations the evaluation loop can run."""
-        for name in ("eval_batch", "eval_samples"):
+        for name in ("eval_batch", "eval_samples", "eval_new_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ScenarioError(f"{name} must be a non-negative integer, got {value!r}")
@@ -545,9 +552,20 @@ class Scenario:
             raise ScenarioError(f"eval_batch × seq = {self.eval_batch * self.seq:,} tokens exceeds the supported "
                                 f"{MAX_TOKENS:,}")
         if self.eval_batch == 0:
-            if self.eval_keep is not EvalKeep.NONE or self.eval_samples:
-                raise ScenarioError("eval_keep and eval_samples describe an evaluation: set eval_batch too")
+            if self.eval_keep is not EvalKeep.NONE or self.eval_samples or self.eval_new_tokens:
+                raise ScenarioError("eval_keep, eval_samples and eval_new_tokens describe an evaluation: set "
+                                    "eval_batch too")
             return
+        if self.eval_new_tokens:
+            if self.eval_keep is EvalKeep.LOGITS:
+                raise ScenarioError("a generating evaluation keeps the generated token ids, not logits: use "
+                                    "eval_keep ids (or none)")
+            if self.attn is not Attn.SDPA:
+                raise ScenarioError(f"generation during evaluation is priced with sdpa attention, not "
+                                    f"{self.attn.value}")
+            if (self.seq + self.eval_new_tokens) * self.eval_batch > MAX_TOKENS:
+                raise ScenarioError(f"eval_batch × (seq + eval_new_tokens) exceeds the supported {MAX_TOKENS:,} "
+                                    "tokens")
         if self.eval_keep is EvalKeep.NONE and self.eval_samples:
             raise ScenarioError("eval_samples counts kept predictions: with eval_keep none nothing is kept "
                                 "(leave eval_samples 0)")

@@ -25,7 +25,7 @@ OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp1
              recipe="trl", autocast=False, adapter_dtype="bf16", loss="legacy", hold_logits="step",
              bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer", packing="packed", dora=True,
              modules_to_save=("lm_head",), lora_fa=True,
-             lora_kernels="axolotl", kernel_groups=("mlp",), eval_batch=4, eval_keep="logits", eval_samples=8,
+             lora_kernels="axolotl", kernel_groups=("mlp",), eval_batch=4, eval_keep="logits", eval_samples=8, eval_new_tokens=16,
              offload="checkpoints", liger_rms_norm=True, liger_swiglu=True, liger_rope=True)
 
 
@@ -83,6 +83,9 @@ def test_cache_key_covers_every_scenario_field(name):
     if name in ("eval_keep", "eval_samples"):  # both describe a kept evaluation: from one that keeps logits
         base = Scenario(eval_batch=4, eval_keep="ids" if name == "eval_keep" else "logits", eval_samples=8)
         changed.update(eval_batch=4, eval_keep="logits", eval_samples=8 if name == "eval_keep" else 16)
+    if name == "eval_new_tokens":  # a generating evaluation, from one that generates fewer tokens
+        base = Scenario(eval_batch=4, eval_new_tokens=8)
+        changed.update(eval_batch=4)
     other = Scenario(**changed)
     assert static_terms(a, base) is static_terms(a, base)
     assert static_terms(a, other) is not static_terms(a, base)

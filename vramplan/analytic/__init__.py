@@ -29,10 +29,24 @@ __all__ = ["estimate", "runtime_components", "static_terms", "effective_attentio
            "loss_workspace_bytes", "StaticTerms", "SDPA_FALLBACK_NOTE"]
 
 
-def loss_workspace_bytes(arch: Arch, scenario: Scenario) -> int:
+def loss_workspace_bytes(arch: Arch, scenario: Scenario, evaluation: bool = False) -> int:
     """The loss workspace of ``scenario`` (``terms.loss_workspace``): the same on every device, since
-    no loss tensor differs between the CPU and CUDA programs."""
-    return static_terms(arch, scenario).loss_workspace(scenario.batch, scenario.seq)
+    no loss tensor differs between the CPU and CUDA programs. ``evaluation``: the allocated peak is the
+    evaluation's, whose eval batches leave their own loss blocks cached (``_eval_workspace``): the
+    larger of the two."""
+    st = static_terms(arch, scenario)
+    ws = st.loss_workspace(scenario.batch, scenario.seq)
+    return max(ws, _eval_workspace(st, scenario)) if evaluation else ws
+
+
+def _eval_workspace(st: StaticTerms, scenario: Scenario) -> int:
+    """``evaluation.eval_loss_workspace`` of the scenario's eval batch (0 without evaluation)."""
+    from vramplan.analytic.evaluation import eval_loss_workspace
+
+    if not scenario.eval_batch:
+        return 0
+    return eval_loss_workspace(seq=scenario.seq, k=scenario.kept_positions, batch=scenario.eval_batch, V=st.vocab,
+                               ld=st.logits_bytes, legacy=st.legacy, generates=bool(scenario.eval_new_tokens))
 
 
 def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = None,
@@ -57,7 +71,10 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
                                   "gradients alive at the peak (set to None after each step)")]
     comps += [Component(*r) for r in rows]
     allocated = st.static + grads + sum(r[2] for r in rows)
-    runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=loss_workspace(x.loss_b, x.loss_f, x.held))
+    loss_ws = loss_workspace(x.loss_b, x.loss_f, x.held)
+    if phase == ph.EVALUATION:  # the evaluation is the peak: its own loss blocks are cached too
+        loss_ws = max(loss_ws, _eval_workspace(st, scenario))
+    runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=loss_ws)
     comps.extend(runtime)
     upper = _upper(allocated, runtime, 1.0 + cal.upper_bound_fraction)
     extra = dict(phases={k: v + st.static for k, v in totals.items()}, trainable_params=st.n_train,
@@ -79,9 +96,14 @@ def eval_note(scenario: Scenario, train: int, evaluation: int, moment: str) -> s
             else f"{scenario.eval_keep.value} of {scenario.eval_samples} samples kept on the device")
     larger = "the evaluation's is larger and is the reported peak" if evaluation > train else \
         "the training step's is larger"
+    if scenario.eval_new_tokens:
+        how = (f"generating {scenario.eval_new_tokens} token(s) per sequence with a DynamicCache (prefill + decode "
+               "steps, no loss forward)")
+    else:
+        how = ("the loss forward builds no KV cache (the Trainer sets model.config.use_cache from "
+               "TrainingArguments.use_cache, False by default)")
     return (f"evaluation (eval batch {scenario.eval_batch} × {scenario.seq}, {kept}): peak "
-            f"{fmt_bytes(evaluation)} at its {moment}, training step {fmt_bytes(train)}: {larger}; "
-            "priced with use_cache off (a use_cache=True config also builds a KV cache in each eval forward)")
+            f"{fmt_bytes(evaluation)} at its {moment}, training step {fmt_bytes(train)}: {larger}; {how}")
 
 
 def host_components(scenario: Scenario, host: int) -> tuple[Component, ...]:

@@ -168,7 +168,8 @@ def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
     return eval_peak(seq=seq, k=kept_positions(seq, st.label_fraction), batch=st.eval_batch,
                      samples=st.eval_samples, keep=st.eval_keep, V=st.vocab, H=st.hidden, I=st.eval_inter,
                      ld=st.logits_bytes, hb=st.hidden_bytes, head_copy=st.head_copy, legacy=st.legacy,
-                     resid=st.d.resid, c=st.d.c, dequant=st.eval_dequant, logit_bytes=st.eval_logit_bytes)
+                     resid=st.d.resid, c=st.d.c, dequant=st.eval_dequant, logit_bytes=st.eval_logit_bytes,
+                     gen=st.eval_gen)
 
 
 def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, last_b: int,

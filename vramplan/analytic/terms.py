@@ -249,6 +249,8 @@ class StaticTerms:
     """DoRA under checkpointing: bytes per token of the incoming gradient beyond 2 · ``ckpt`` when the
     last layer's last linear is a DoRA target whose wrapper casts its output back
     (``activations.dora_incoming``); 0 otherwise."""
+    eval_gen: "ev.GenTerms | None" = None
+    """A generating evaluation's coefficients (``Scenario.eval_new_tokens``; ``evaluation.GenTerms``)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -339,7 +341,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         dora_grad_in=act.dora_incoming(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
                                        (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
-        **_eval_terms(arch, s, d, layer.fields), offload=s.offload)
+        **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload)
 
 
 # ---------------------------------------------------------------------------------- weights
@@ -566,17 +568,37 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 
 
-def _eval_terms(arch: Arch, s: Scenario, d: act.Dtypes, layer: dict) -> dict:
+def _gen_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> ev.GenTerms:
+    """A generating evaluation's coefficients. The model generating is peft's inner causal LM, outside
+    accelerate's autocast (``evaluation.GenTerms``): every projection outputs its input's dtype (a
+    bitsandbytes layer's, or the unquantized weight's), LoRA's branch runs in the adapter dtype; a full
+    fine-tuning model generates through its prepared forward (autocast, ``convert_to_fp32``)."""
+    nout = act.norm_out(d, d.resid)
+    convert = s.full and d.autocast and d.c == 2
+    proj = d.c if convert else (nout if d.quantized else d.base_w)
+    kb, vb = ev.kv_cache_dtypes(proj, d.resid0, d.norm_w, arch.qk_norm)
+    lora_up = not s.full and any(lin.name in ("up_proj", "gate_up_proj") for lin in targets)
+    inter = arch.intermediate_size if arch.dense_layers else arch.experts_per_token * arch.moe_intermediate_size
+    ld = d.c if convert else max(nout, d.resid0)
+    return ev.GenTerms(
+        new_tokens=s.eval_new_tokens, layers=arch.num_layers, kv_tok=arch.kv_out * (kb + vb), v_tok=arch.kv_out * vb,
+        layer_tok=ev.prefill_layer_bytes(arch.hidden_size, inter, arch.head_dim, d.resid0, d.resid, nout, proj,
+                                         d.adapter, lora_up),
+        head_seq=ev.decode_head_bytes(arch.vocab_size, ld, convert), prev_seq=4 * arch.vocab_size)
+
+
+def _eval_terms(arch: Arch, s: Scenario, d: act.Dtypes, layer: dict, targets: tuple[Linear, ...]) -> dict:
     """The evaluation loop's coefficients (``vramplan.analytic.evaluation``); none without evaluation."""
     if not s.eval_batch:
         return {}
+    gen = {"eval_gen": _gen_terms(arch, s, d, targets)} if s.eval_new_tokens else {}
     work = layer["work_dense"] if layer["dense"] else layer["work_moe"]
     moe_width = (arch.experts_per_token * arch.moe_intermediate_size) if arch.moe_layers else 0
     return dict(eval_batch=s.eval_batch, eval_samples=s.eval_samples, eval_keep=s.eval_keep.value,
                 eval_logit_bytes=ev.kept_logits_bytes(lg.logits_dtype_bytes(d.c, d.autocast, d.resid0), d.autocast,
                                                       s.loss is Loss.LEGACY),
                 eval_inter=arch.intermediate_size if arch.dense_layers else moe_width,
-                eval_dequant=work[3] if (s.quantized_4bit and d.cuda) else 0)
+                eval_dequant=work[3] if (s.quantized_4bit and d.cuda) else 0, **gen)
 
 
 def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> dict:

@@ -39,6 +39,8 @@ KEYS = (
     Key("training_args.eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
     Key("training_args.prediction_loss_only", False, "keep only the loss"),
     Key("training_args.batch_eval_metrics", False, "metrics per batch (predictions freed per batch)"),
+    Key("training_args.use_cache", False, "KV cache in every forward (the Trainer sets model.config.use_cache)"),
+    Key("training_args.predict_with_generate", False, "Seq2SeqTrainer generation in evaluation (script's metrics)"),
     Key("training_args.deepspeed", None, "DeepSpeed (issue 16)"),
     Key("training_args.fsdp", None, "FSDP (issue 16)"),
 )
@@ -80,7 +82,17 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     out["optimizer"] = b.optimizer(r.get("training_args.optim"), who)
     notes.append("TrainingArguments carry no sequence length (the data decides it): priced at --seq "
                  "(default 2048)")
-    out.update(b.hf_evaluation(r, notes, "training_args."))
+    evaluation = b.hf_evaluation(r, notes, "training_args.")
+    out.update(evaluation)
+    if evaluation and b.boolean(r.get("training_args.use_cache"), "use_cache"):
+        # transformers 5.24 trainer.py L646: model.config.use_cache = args.use_cache; the models' forward
+        # then builds a DynamicCache (modeling_llama.py L374-375) that the eval forward returns
+        notes.append("use_cache: true makes every eval forward build a KV cache of the whole batch (K + V of every "
+                     "layer); not priced, priced as the Trainer's default use_cache=False")
+    if evaluation and b.boolean(r.get("training_args.predict_with_generate"), "predict_with_generate"):
+        notes.append("predict_with_generate: a Seq2SeqTrainer generates only with the script's compute_metrics "
+                     "(without it prediction_loss_only skips generation); priced without generation, add "
+                     "--eval-new-tokens N (generation_max_length minus the prompt) for a generating evaluation")
     if b.boolean(r.get("training_args.use_liger_kernel"), "use_liger_kernel"):
         config = b.mapping(r.get("training_args.liger_kernel_config"), "liger_kernel_config")
         loss = b.liger(arch, config, notes, who, out=out)

@@ -49,7 +49,10 @@ KEYS = (
     Key("prediction_loss_only", False, "keep only the loss"),
     Key("batch_eval_metrics", False, "metrics per batch"),
     Key("compute_accuracy", False, "token accuracy: argmax ids kept per eval sample"),
-    Key("predict_with_generate", False, "generation in evaluation (not priced)"),
+    Key("predict_with_generate", False, "generation in evaluation (model.generate with a KV cache)"),
+    Key("generation_max_length", None, "generation's total length bound (None = cutoff_len)"),
+    Key("eval_num_beams", None, "beam search in evaluation (None = generation_num_beams)"),
+    Key("generation_num_beams", None, "beam search in evaluation (None = greedy/sampling)"),
     Key("use_dora", False, "DoRA"),
     Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
     Key("additional_target", None, "modules_to_save (embed_tokens, lm_head)"),
@@ -176,12 +179,40 @@ def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
     if generate and accuracy:
         raise b.ConfigError("LLaMA-Factory: predict_with_generate and compute_accuracy cannot be used together "
                             "(its parser refuses them)")
-    out = b.hf_evaluation(r, notes, data=data, metrics="ids" if accuracy else None, samples=b.eval_set_size(val),
-                          script_metrics=False)
+    out = b.hf_evaluation(r, notes, data=data, metrics="ids" if (accuracy or generate) else None,
+                          samples=b.eval_set_size(val), script_metrics=False)
     if out and generate:
-        notes.append("predict_with_generate: evaluation generates with a KV cache (Seq2SeqTrainer.generate); the "
-                     "generation is not priced, priced as the loss forward of each eval batch")
+        out.update(_generation(r, notes))
     return out
+
+
+def _generation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
+    """``predict_with_generate`` (llamafactory 0.9.5): ``CustomSeq2SeqTrainer.prediction_step``
+    (``train/sft/trainer.py`` L165-189) pops the labels and generates (transformers 5.24
+    ``Seq2SeqTrainer.prediction_step`` L290-372: no loss forward without labels), keeping the generated ids
+    (``ComputeSimilarity``). During training ``Seq2SeqTrainer.evaluate`` (L178-193) replaces the trainer's
+    generating arguments by ``max_length=generation_max_length``, which LLaMA-Factory sets to ``cutoff_len``
+    when unset (``hparams/parser.py`` L457): prompt + new tokens <= that bound (prompts are cut so that
+    prompt + response <= cutoff_len, ``data/processor/unsupervised.py``). The busiest case is the longest
+    prompt: priced at cutoff_len tokens with max(1, bound - cutoff_len) new ones."""
+    cutoff = b.integer(r.get("cutoff_len"), "cutoff_len")
+    bound = r.get("generation_max_length")
+    bound = cutoff if bound is None else b.integer(bound, "generation_max_length")
+    beams = r.get("eval_num_beams") or r.get("generation_num_beams")
+    if beams is not None and b.integer(beams, "eval_num_beams") > 1:
+        notes.append(f"num_beams {beams}: beam search holds num_beams × the KV cache and reorders it each step; "
+                     "not priced, priced as greedy decoding")
+    attn = str(r.get("flash_attn")).lower()
+    if attn not in ("auto", "sdpa"):
+        notes.append(f"predict_with_generate: generation is priced with sdpa attention, not flash_attn {attn}; "
+                     "priced as the loss forward of each eval batch")
+        return {}
+    new = max(1, bound - cutoff)
+    notes.append(f"predict_with_generate: evaluation generates (greedy or sampled, every sequence to the length "
+                 f"bound {bound}) with a DynamicCache: priced as the longest prompt, {cutoff} tokens, and {new} new "
+                 "token(s), keeping the generated ids; a model whose generation_config.json sets max_new_tokens "
+                 "generates that many instead (give --eval-new-tokens)")
+    return {"eval_new_tokens": new}
 
 
 def spell(fieldname: str, value: Any) -> Any:

@@ -49,8 +49,10 @@ KEYS = (
     Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
     Key("prediction_loss_only", False, "keep only the loss"),
     Key("batch_eval_metrics", False, "metrics per batch"),
-    Key("eval_metric", None, "acc = argmax ids per eval sample; nlg = generation (not priced)"),
-    Key("predict_with_generate", False, "generation in evaluation (not priced)"),
+    Key("eval_metric", None, "acc = argmax ids per eval sample; nlg = generation's metrics"),
+    Key("predict_with_generate", False, "generation in evaluation (model.generate with a KV cache)"),
+    Key("max_new_tokens", 64, "tokens generated per eval prompt (predict_with_generate)"),
+    Key("num_beams", 1, "beam search in generation"),
     Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
     Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
 )
@@ -157,9 +159,11 @@ def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
         raise b.ConfigError(f"ms-swift: eval_metric '{metric}' is not priced (acc, nlg)")
     out = b.hf_evaluation(r, notes, data=data, metrics="ids" if metric == "acc" else None, script_metrics=False,
                             strategy=strategy)
-    if out and metric == "nlg":
-        notes.append("eval_metric nlg: evaluation generates (predict_with_generate); the generation is not priced, "
-                     "priced as the loss forward of each eval batch")
+    if out and generate:
+        out.update(_generation(r, notes))
+    elif out and metric == "nlg":
+        notes.append("eval_metric nlg without predict_with_generate: evaluation runs the loss forward (no "
+                     "generation), priced so")
     return out
 
 
@@ -187,6 +191,27 @@ def _layout(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
                      "kernel), always full")
     else:
         out["packing"] = "padding-free"
+
+
+def _generation(r: b.Reader, notes: list[str]) -> dict[str, Any]:
+    """ms-swift 4.6 ``predict_with_generate``: ``Seq2SeqTrainer.prediction_step`` (``trainers/seq2seq_trainer.py``
+    L65-100) generates through its ``TransformersEngine`` (batches of ``per_device_eval_batch_size``) with
+    ``max_tokens = model.generation_config.max_new_tokens``, which ``_prepare_generation_config``
+    (``pipelines/train/sft.py`` L44-49) sets from ``--max_new_tokens`` (64, ``arguments/sft_args.py`` L173);
+    it keeps the decoded text (a few bytes per sample) and runs no loss forward."""
+    if b.integer(r.get("num_beams"), "num_beams") > 1:
+        notes.append(f"num_beams {r.get('num_beams')}: beam search holds num_beams × the KV cache; not priced, "
+                     "priced as greedy decoding")
+    if _attn(r.get("attn_impl")) != "sdpa":
+        notes.append("predict_with_generate: generation is priced with sdpa attention only; priced as the loss "
+                     "forward of each eval batch")
+        return {}
+    new = b.integer(r.get("max_new_tokens"), "max_new_tokens")
+    if new < 1:
+        return {}
+    notes.append(f"predict_with_generate: evaluation generates {new} tokens per prompt with a DynamicCache (every "
+                 "sequence to max_new_tokens), the prompt priced at max_length tokens")
+    return {"eval_new_tokens": new}
 
 
 def _attn(value: Any) -> str:

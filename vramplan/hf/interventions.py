@@ -148,6 +148,16 @@ Index (what and why; the third-party source it concerns; how it is undone):
     ``_patch_swiglu_module``). Restored: the norms' and MLPs' ``forward`` are instance attributes of
     our model (they die with it); ``apply_rotary_pos_emb`` of the modeling modules is put back after
     each training step (``liger_layers.rope_patched``).
+26. Generation driven step by step (``vramplan.trace.evaluation.generate``, ``Scenario.eval_new_tokens``):
+    fake tensors cannot run ``model.generate``, whose checks read tensor values (``(attention_mask ==
+    1).all()``, the stopping criteria's ``unfinished_sequences.max() == 0``), so the trace runs its greedy
+    loop itself with transformers' own pieces (``DynamicCache(config=...)``,
+    ``prepare_inputs_for_generation``, ``_update_model_kwargs_for_generation``, ``logits_to_keep=1``),
+    taking the path generate takes for a batch without padding that never meets its EOS; only the prefill,
+    the first and the last decode steps run, the cache, input ids and position ids resized in between to
+    what the skipped steps leave. Each cache layer's ``update`` is wrapped on our cache object to label its
+    bytes. Source: transformers 5.24 ``generation/utils.py`` (``generate``, ``_sample``), ``cache_utils.py``
+    (``DynamicLayer.update``). Restored: the cache and its wrappers are ours and die with the loop.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 

@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from vramplan.analytic import effective_attention
+from vramplan.analytic import effective_attention, loss_workspace_bytes
 from vramplan.analytic.runtime import runtime_components
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import Breakdown, Component
@@ -68,7 +68,8 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
     if fig.managed:
         components.append(Component("managed/paged_optimizer", "managed", int(fig.managed),
                                     "paged optimizer state in CUDA managed memory (tensors >= 1e5 elements)"))
-    runtime, runtime_note = _runtime(arch, scenario, allocated, calibration, skip_managed=bool(fig.managed))
+    runtime, runtime_note = _runtime(arch, scenario, allocated, calibration, skip_managed=bool(fig.managed),
+                                     evaluation=fig.peak_phase == EVAL_PHASE)
     components.extend(runtime)
     notes.append(runtime_note)
     by_cat: dict[str, int] = {}
@@ -102,9 +103,11 @@ def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, d
 
 
 def _runtime(arch: Arch, scenario: Scenario, allocated: int, calibration: Any,
-             skip_managed: bool) -> tuple[list[Component], str]:
-    """The runtime terms an op-level trace cannot see, from the analytic model, and their note."""
-    comps = [c for c in runtime_components(arch, scenario, allocated, calibration)
+             skip_managed: bool, evaluation: bool = False) -> tuple[list[Component], str]:
+    """The runtime terms an op-level trace cannot see, from the analytic model, and their note
+    (``evaluation``: the evaluation is the peak, its loss blocks join the reserve's workspace)."""
+    ws = loss_workspace_bytes(arch, scenario, evaluation=True) if evaluation else None
+    comps = [c for c in runtime_components(arch, scenario, allocated, calibration, loss_workspace=ws)
              if not (skip_managed and c.category == "managed")]
     return comps, ("runtime terms an op-level trace cannot see (CUDA context, cuBLAS workspace, allocator "
                    "reserve) come from the analytic model's runtime_components; bitsandbytes' in-kernel "

@@ -19,6 +19,7 @@ holds fewer bytes at each moment. The peak and the bytes per component at it are
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from vramplan.scenario import EvalKeep, Scenario
@@ -56,11 +57,16 @@ def trace_evaluation(tr: Any, model: Any, arch: Any, scenario: Scenario, fake: b
                 tr.label = "activations/eval_inputs"
                 batch = _eval_batch(arch, scenario, b, fake, seed)
                 tr.label = "activations/eval_layer"
-                loss, logits = B.eval_forward(model, batch, scenario)
+                if scenario.eval_new_tokens:
+                    logits = generate(tr, model, batch["input_ids"], scenario)
+                    loss = None
+                else:
+                    loss, logits = B.eval_forward(model, batch, scenario)
                 tr.label = "logits/eval_predictions"
-                containers["losses"].add(loss.repeat(be))
+                if loss is not None:
+                    containers["losses"].add(loss.repeat(be))
                 if keep is not EvalKeep.NONE:
-                    if keep is EvalKeep.IDS:
+                    if keep is EvalKeep.IDS and not scenario.eval_new_tokens:
                         logits = torch.argmax(logits, dim=-1)
                     labels = batch["labels"].detach()
                     if containers["preds"].tensors is None:
@@ -87,11 +93,15 @@ def _prefill(tr: Any, containers: dict[str, Any], arch: Any, scenario: Scenario,
 
     tr.label = "logits/eval_predictions"
     k = scenario.kept_positions
-    containers["losses"].tensors = torch.empty(n_prev, dtype=torch.float32)
+    if not scenario.eval_new_tokens:  # a generating evaluation has no loss (the labels are not passed)
+        containers["losses"].tensors = torch.empty(n_prev, dtype=torch.float32)
     if scenario.eval_keep is EvalKeep.NONE:
         return None
-    if scenario.eval_keep is EvalKeep.IDS:
-        shape: tuple[int, ...] = (k,)
+    if scenario.eval_new_tokens:  # the generated sequences, prompt + new tokens, int64
+        shape: tuple[int, ...] = (scenario.seq + scenario.eval_new_tokens,)
+        dtype = torch.long
+    elif scenario.eval_keep is EvalKeep.IDS:
+        shape = (k,)
         dtype = torch.long
     else:
         mixed = scenario.autocast and scenario.dtype.value != "fp32"
@@ -103,6 +113,103 @@ def _prefill(tr: Any, containers: dict[str, Any], arch: Any, scenario: Scenario,
     if n_prev == be:
         return containers["preds"].tensors
     return torch.empty(be, *shape, dtype=dtype)
+
+
+def generate(tr: Any, model: Any, input_ids: Any, scenario: Scenario) -> Any:
+    """The generated sequences (b, seq + eval_new_tokens) of one eval batch, by transformers 5.24's greedy
+    decoding loop driven step by step (``GenerationMixin.generate`` -> ``_sample``, ``generation/utils.py``
+    L2584-3010, L3123-3339): fake tensors cannot run ``generate`` itself, whose stopping checks read tensor
+    values (``(attention_mask == 1).all()``, ``unfinished_sequences.max() == 0``), so this loop takes the
+    path they take for a batch without padding that never meets its EOS (interventions item 26).
+
+    As generate does: the position ids from the all-ones mask (``_prepare_position_ids_for_generation``; the
+    mask is then dropped), a ``DynamicCache(config=...)`` (``_prepare_cache_for_generation``),
+    ``logits_to_keep=1``, each forward's inputs from ``prepare_inputs_for_generation`` and its kwargs from
+    ``_update_model_kwargs_for_generation``, ``next_token_logits = outputs.logits[:, -1].to(copy=True,
+    dtype=float32)`` bound until the next one, ``argmax``, ``input_ids = cat([input_ids, next])``, ``del
+    outputs``. The model generating is the causal LM under peft's wrapper (``PeftModel.generate`` ->
+    ``base_model.generate``), which accelerate's autocast does not wrap; a full fine-tuning model's own
+    forward is the prepared one (autocast + ``convert_to_fp32``).
+
+    Only the prefill, the first decode step and the last one run: before the last one every cache layer,
+    the input ids and the position ids are replaced by tensors of the length the skipped steps leave them
+    (each decode step holds less than the last)."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    from vramplan.hf import build as B
+
+    n = scenario.eval_new_tokens
+    peft = hasattr(model, "get_base_model")
+    lm = model.get_base_model() if peft else model
+    ctx = (lambda: B.autocast_context(scenario, input_ids.device.type)) if not peft else contextlib.nullcontext
+    convert = not peft and scenario.autocast and scenario.dtype.value != "fp32"
+    kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids)}
+    kwargs["position_ids"] = lm._prepare_position_ids_for_generation(input_ids, kwargs)
+    kwargs["attention_mask"] = None  # all ones: dropped (``generate`` step 4)
+    kwargs["logits_to_keep"] = 1
+    cache = DynamicCache(config=lm.config.get_text_config(decoder=True))
+    kwargs["cache"] = cache
+    kwargs["use_cache"] = True
+    _label_cache(tr, cache)
+    ids = input_ids
+    next_token_logits = None
+    with torch.no_grad():
+        for step in sorted({0, 1, n - 1} & set(range(n))):  # the prefill, the first and the last decode step
+            if step == n - 1 and step >= 2:
+                ids, kwargs = _grow(tr, cache, ids, kwargs, scenario.seq + n - 1)
+            tr.label = "activations/eval_layer"
+            inputs = lm.prepare_inputs_for_generation(ids, next_sequence_length=1 if step else None,
+                                                      is_first_iteration=not step, **kwargs)
+            with ctx():
+                outputs = lm(**inputs, return_dict=True)
+            del inputs
+            tr.label = "logits/eval_forward"
+            if convert:
+                from accelerate.utils import convert_to_fp32
+
+                outputs = convert_to_fp32(outputs)
+            kwargs = lm._update_model_kwargs_for_generation(outputs, kwargs)
+            next_token_logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32)
+            next_tokens = torch.argmax(next_token_logits, dim=-1)
+            tr.label = "logits/eval_predictions"
+            ids = torch.cat([ids, next_tokens[:, None]], dim=-1)
+            del outputs, next_tokens
+    del next_token_logits, kwargs, cache
+    return ids
+
+
+def _label_cache(tr: Any, cache: Any) -> None:
+    """Count what each cache layer's ``update`` allocates (its ``torch.cat`` of the old and new keys and
+    values) as ``activations/eval_kv_cache``: a wrapper on our cache's own layer objects."""
+    for layer in cache.layers:
+        def update(*args: Any, _orig: Any = layer.update, **kw: Any) -> Any:
+            before = tr.label
+            tr.label = "activations/eval_kv_cache"
+            try:
+                return _orig(*args, **kw)
+            finally:
+                tr.label = before
+        layer.update = update
+
+
+def _grow(tr: Any, cache: Any, ids: Any, kwargs: dict[str, Any], length: int) -> tuple[Any, dict[str, Any]]:
+    """The state before the last decode step: every cache layer at ``length - 1`` positions, the input ids
+    and position ids at ``length`` (what the skipped steps' concatenations leave; zeros, valid ids on real
+    tensors)."""
+    import torch
+
+    tr.label = "activations/eval_kv_cache"
+    for layer in cache.layers:
+        b, h, _, d = layer.keys.shape
+        layer.keys = torch.zeros(b, h, length - 1, d, dtype=layer.keys.dtype)
+        layer.values = torch.zeros(b, h, length - 1, layer.values.shape[-1], dtype=layer.values.dtype)
+    tr.label = "logits/eval_predictions"
+    ids = torch.zeros(ids.shape[0], length, dtype=ids.dtype)
+    pos = kwargs.get("position_ids")
+    if pos is not None:
+        kwargs["position_ids"] = torch.zeros(*pos.shape[:-1], length, dtype=pos.dtype)
+    return ids, kwargs
 
 
 def _head_dtype(arch: Any, scenario: Scenario) -> Any:
