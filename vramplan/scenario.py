@@ -626,7 +626,9 @@ class Scenario:
         for k, v in d.items():
             if isinstance(v, Enum):
                 d[k] = v.value
-        d["targets"] = list(self.targets)
+        for k, v in d.items():
+            if isinstance(v, tuple):  # targets, modules_to_save, kernel_groups
+                d[k] = list(v)
         return d
 
     @classmethod
@@ -636,8 +638,9 @@ class Scenario:
         if unknown:
             raise ScenarioError(f"unknown scenario field(s): {', '.join(sorted(unknown))}")
         kw = dict(d)
-        if "targets" in kw and isinstance(kw["targets"], list):
-            kw["targets"] = tuple(kw["targets"])
+        for k, v in kw.items():
+            if isinstance(v, list):  # the tuple fields, as to_dict writes them
+                kw[k] = tuple(v)
         return cls(**kw)
 
 

@@ -77,7 +77,7 @@ def test_used_defaults_and_ignored_are_recorded():
     assert "lora_target_modules" in res.defaults and res.defaults["lora_target_modules"] is None
     assert {"learning_rate", "num_epochs", "datasets", "lora_alpha"} <= set(res.ignored)
     assert not set(res.ignored) & set(res.used)
-    # every framework note about axolotl's auto-on fused LoRA kernels (priced as peft's, issue 14)
+    # axolotl 0.19 turns its fused LoRA kernels on for lora/qlora by default: the reader says so
     assert any("fused LoRA kernels" in n for n in res.notes)
 
 
@@ -693,7 +693,7 @@ def test_unsloth_prices_its_own_fused_ce():
     assert res.fields["loss"] == "unsloth" and any("2 GiB" in n for n in res.notes)
 
 
-# ------------------------------------------------------------------ fused LoRA kernels (issue 14)
+# ------------------------------------------------------------------ fused LoRA kernels
 def _axolotl(extra: dict, arch=None):
     from vramplan.frameworks.base import Reader
 

@@ -48,7 +48,7 @@ KEYS = (
                              "sliding window)"),
     Key("activation_offloading", False, "true/disk: TRL OffloadActivations; legacy/hidden_states: offloaded "
                                         "checkpoints"),
-    Key("chunked_cross_entropy", None, "compiled chunked CE (issue 14)"),
+    Key("chunked_cross_entropy", None, "compiled chunked CE (not priced: the full-vocabulary loss)"),
     Key("plugins", None, "integrations: LigerPlugin, CutCrossEntropyPlugin (priced); others noted"),
     Key("liger_fused_linear_cross_entropy", None, "with LigerPlugin: Liger's FLCE (Loss.LIGER); None = off"),
     Key("liger_rms_norm", None, "with LigerPlugin: Liger RMSNorm (priced as transformers')"),
@@ -204,7 +204,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     elif off not in (None, False, "false", "0"):
         raise b.ConfigError(f"{who}: activation_offloading '{off}' is not priced (true, legacy, disk, hidden_states)")
     if r.get("chunked_cross_entropy"):
-        notes.append("chunked_cross_entropy: axolotl's compiled chunked loss is not yet priced (issue 14); "
+        notes.append("chunked_cross_entropy: axolotl's compiled chunked loss is not yet priced; "
                      "priced with the full-vocabulary loss")
     plugins = r.get("plugins") or []
     for p in plugins if isinstance(plugins, list) else [plugins]:

@@ -350,10 +350,10 @@ def hf_spell(fieldname: str, value: Any) -> Any:
 
 
 def unpriced(r: Reader, notes: list[str], features: tuple[tuple[str, str], ...]) -> None:
-    """A note for each (key, feature) the config switches on that vramplan does not price yet (issue 14)."""
+    """A note for each (key, feature) the config switches on that vramplan does not price yet."""
     for key, what in features:
         if boolean(r.get(key), key):
-            notes.append(f"{key}: {what} not yet priced (issue 14); priced without it")
+            notes.append(f"{key}: {what} not yet priced; priced without it")
 
 
 def multi_gpu(r: Reader, notes: list[str], keys: tuple[str, ...]) -> None:

@@ -716,7 +716,7 @@ def eval_forward(model: Any, batch: dict[str, Any], scenario: Scenario) -> tuple
 
     device_type = batch["input_ids"].device.type
     with torch.no_grad(), rope_patched(model, scenario.liger_rope):
-        with interventions.unpacked_sequences(), autocast_context(scenario, device_type):
+        with interventions.sequence_layout(False), autocast_context(scenario, device_type):
             outputs, loss = _forward_loss(model, batch, scenario)
         if scenario.autocast and scenario.dtype is not Dtype.FP32:
             from accelerate.utils import convert_to_fp32
