@@ -774,6 +774,7 @@ def dora_standins(enabled: bool = True) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
 def axolotl_lora_kernels(groups: tuple[str, ...]) -> Iterator[Callable[[Any], None]]:
     """Item 22: yields ``apply(model)``, which patches a peft model with axolotl 0.19's fused LoRA
     kernels for ``groups`` (``Scenario.kernel_groups``) as axolotl's loader does, on fake tensors."""
