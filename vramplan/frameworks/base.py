@@ -365,6 +365,16 @@ def multi_gpu(r: Reader, notes: list[str], keys: tuple[str, ...]) -> None:
             return
 
 
+def hf_eval_keys(prefix: str = "", batch: int = 8) -> tuple[Key, ...]:
+    """The HF ``TrainingArguments`` keys that size what evaluation keeps (``hf_evaluation`` reads them),
+    as the framework spells them (``prefix``: ``training_args.`` for the HF pair), with its default eval
+    batch (transformers 5.24 ``training_args.py``: 8; ms-swift's own default is 1)."""
+    return (Key(prefix + "per_device_eval_batch_size", batch, "evaluation batch"),
+            Key(prefix + "eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
+            Key(prefix + "prediction_loss_only", False, "keep only the loss"),
+            Key(prefix + "batch_eval_metrics", False, "metrics per batch (predictions freed per batch)"))
+
+
 #: What the readers of HF-Trainer-based configs assume about ``compute_metrics`` (the script's, never
 #: the config's): none, so ``Trainer.evaluate`` forces ``prediction_loss_only`` and keeps only the loss
 #: (transformers 5.24 ``trainer.py`` L2871-2877).

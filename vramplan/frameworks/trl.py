@@ -51,10 +51,7 @@ KEYS = (
     Key("use_liger_kernel", False, "Liger kernels (>= 1.15: layer kernels only, FLCE forced off)"),
     Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
-    Key("per_device_eval_batch_size", 8, "evaluation batch (HF default)"),
-    Key("eval_accumulation_steps", None, "batches of kept predictions before they move to the CPU"),
-    Key("prediction_loss_only", False, "keep only the loss"),
-    Key("batch_eval_metrics", False, "metrics per batch"),
+    *b.hf_eval_keys(),
     Key("deepspeed", None, "DeepSpeed (issue 16)"),
     Key("fsdp", None, "FSDP (issue 16)"),
 )

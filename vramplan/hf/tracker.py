@@ -176,8 +176,7 @@ class LiveTensorTracker:
             if entry is None:
                 self._add(s, category)
                 continue
-            old = entry[1]
-            if old != category:
+            if entry[1] != category:
                 self._free(entry)
                 entry[0], entry[1] = self._rounded(int(s.nbytes()), category), category
                 self._count(category, entry[0])
@@ -200,25 +199,10 @@ class LiveTensorTracker:
     def to_host(self, tensors: Iterable[Any] | Any, category: str = HOST_PINNED) -> None:
         """Count ``tensors`` as host memory under ``category`` (a ``host/`` one): the copies an offload
         hook made. A tracked storage leaves the device total and is re-rounded as the host allocator
-        rounds it; an untracked one is registered."""
-        import torch
-
+        rounds it (``retag``); an untracked one is registered."""
         if not _is_host(category):
             raise ValueError(f"to_host needs a {HOST}/ category, got {category!r}")
-        if isinstance(tensors, torch.Tensor):
-            tensors = [tensors]
-        for t in (p for leaf in tensors for p in _plain(leaf)):
-            if t.layout != torch.strided:
-                continue
-            s = t.untyped_storage()
-            entry = self._live.get(s)
-            if entry is None:
-                self._add(s, category)
-                continue
-            if entry[1] != category:
-                self._free(entry)
-                entry[0], entry[1] = self._rounded(int(s.nbytes()), category), category
-                self._count(category, entry[0])
+        self.retag(tensors, category)
 
     def reset_peak(self, host: bool = True) -> None:
         """Start a new peak measurement from the current live bytes (the host peak too when ``host``)."""
