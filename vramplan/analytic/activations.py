@@ -567,11 +567,16 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
     before = w.tok
     w.linears((lins["down_proj"],), gd, False, lg or lu)
-    down = lins["down_proj"]
-    # the node before the product's in the backward: down_proj's dropout (its mask) when it has one, else
-    # its lora_A (its input copy): down's saved bytes less lora_B's input (lb·r) and any bf16 A/B copies
-    prev = I * (1 if w.d.cuda else gd) if (w.d.dropout and (lg or lu)) else w.tok - before - w.d.lora * w.r
-    w.mlp_node = gd * I * ((1 if lg else 0) + (1 if lu else 0)) + (max(prev, 0) if "down_proj" in w.targets else 0)
+    # the node before the product's in the backward: a trainable down_proj's matmul (its input), else a
+    # LoRA down_proj's dropout (its mask) when it has one, else its lora_A (its input copy: down's saved
+    # bytes less lora_B's input, lb·r); nothing when down_proj is a frozen untargeted base
+    if full:
+        prev = w.tok - before
+    elif "down_proj" in targets:
+        prev = I * (1 if w.d.cuda else gd) if (w.d.dropout and (lg or lu)) else w.tok - before - w.d.lora * w.r
+    else:
+        prev = 0
+    w.mlp_node = gd * I * ((1 if lg else 0) + (1 if lu else 0)) + max(prev, 0)
 
 
 def fused_mlp_saved(w: _Walk, mlp: tuple[Linear, Linear, Linear], n2: int, live: bool) -> None:
