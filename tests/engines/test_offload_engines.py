@@ -81,13 +81,33 @@ def test_trl_activation_offload_with_checkpointing():
 
 
 def test_trl_activation_offload_without_checkpointing():
-    """Without checkpointing every layer's saved tensors go to the host. The analytic engine brings a
-    layer's whole saved set back for its backward where TRL brings it back one autograd node at a time,
-    so it is an upper bound of the trace's device peak here (1.3 % over on this model: the one case of
-    this feature outside 1 %); the analytic host omits the per-tensor power-of-two rounding, so it is a
-    lower bound of the trace's."""
+    """Without checkpointing every layer's saved tensors >= 1 KiB go to the host, but what TRL keeps on
+    the device: each RMSNorm's fp32 input and rsqrt and the rotary tables, saved twice in a row and
+    deduplicated by TRL's storage key (``offload.trl_resident_bytes``, ``trl_rope_resident``), and in a
+    layer's backward only the running autograd node's and the previous node's restored tensors
+    (``activations.trl_mlp_node``: act(gate)·up's two factors and down_proj's dropout mask). Before
+    this the analytic engine restored a layer's whole saved set: 80,218,030 vs the trace's 79,182,334
+    (+1.3 %); now 78,636,462 (-0.7 %). The trace's peak is a layer's forward (the forward stash and
+    autocast's cached bf16 LoRA weights), which the analytic engine does not price as its own moment; its
+    peak is the last layer's backward (within 1 % of the trace's: 11,459,504 vs 11,363,840 B). The host
+    figure omits the pinned allocator's per-tensor power-of-two rounding (the per-layer walk sums bytes
+    per token, not per tensor), so it stays a lower bound of the trace's."""
     a, t = _pair(dict(grad_checkpointing=False), "activations", "cuda")
     a0, t0 = _pair(dict(grad_checkpointing=False), "none", "cuda")
-    assert 0 <= (a.allocated_peak_bytes - t.allocated_peak_bytes) / t.allocated_peak_bytes <= 0.02
+    assert abs(a.allocated_peak_bytes - t.allocated_peak_bytes) / t.allocated_peak_bytes <= 0.01, \
+        (a.allocated_peak_bytes, t.allocated_peak_bytes)
+    ta, tt = a.extra["phases"]["last layer backward"], t.extra["phases"]["layers backward"]
+    assert abs(ta - tt) / tt <= 0.01, (ta, tt)
     assert t.allocated_peak_bytes < t0.allocated_peak_bytes and a.allocated_peak_bytes < a0.allocated_peak_bytes
     assert 0 < a.host_bytes <= t.host_bytes <= 2 * a.host_bytes
+
+
+def test_trl_activation_offload_without_checkpointing_full():
+    """Full fine-tuning (bf16 residual, trainable norms, SGD), same terms: the norms' fp32 copies and
+    rsqrt and the bf16 rotary tables stay; the restored pair is act(gate)·up's two bf16 factors and
+    down_proj's bf16 input (its weight gradient). Analytic 78,320,638 vs trace 78,816,254 (-0.6 %;
+    +0.5 % before, with the whole layer restored)."""
+    a, t = _pair(dict(CASES["full-sgd"], grad_checkpointing=False), "activations", "cuda")
+    assert abs(a.allocated_peak_bytes - t.allocated_peak_bytes) / t.allocated_peak_bytes <= 0.01, \
+        (a.allocated_peak_bytes, t.allocated_peak_bytes)
+    assert 0 < a.host_bytes <= t.host_bytes

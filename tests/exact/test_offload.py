@@ -70,6 +70,43 @@ def test_offload_without_checkpointing():
     assert any("lower bound" in n for n in o.notes)
 
 
+def _tiny_offload():
+    """The 4-layer llama of ``tests/engines/test_offload_engines.py`` (H = 256, I = 512, 4 heads of 64)."""
+    from vramplan.arch import Arch
+
+    cfg = dict(resolve("vramplan-debug").config)
+    cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
+               vocab_size=512, num_hidden_layers=4)
+    return Arch.from_config(cfg, name="tiny-offload")
+
+
+def test_trl_offload_without_checkpointing_keeps_norms_rope_and_two_nodes():
+    """QLoRA r8 (lora_dropout 0.05), 2 × 192, no checkpointing, TRL ``OffloadActivations``. T = 384.
+    1. resident (``offload.trl_resident_bytes``): each RMSNorm's deduplicated fp32 input and rsqrt,
+       4·256 + 4 = 1,028 B/token; 2 norms a layer = 2,056; layer 0's input norm saves nothing under
+       LoRA (its input needs no gradient) = 1,028.
+    2. rope tables: cos and sin of the one shared row, fp32 (the upcast residual), 64 dims:
+       2·4·64 = 512 B per position; · s = 192 -> 98,304.
+    3. restored pair (``activations.trl_mlp_node``): act(gate)·up saves its two fp32 factors
+       (base bf16 + fp32 LoRA = fp32), 2·4·512 = 4,096, and the node before it, down_proj's bool dropout
+       mask, 512: 4,608 B/token -> 384·4,608 = 1,769,472 (the trace: 2·786,432 + 196,608).
+    Saved at the loss: 384·(1,028 + 3·2,056) + 98,304 = 2,763,264 + 98,304 = 2,861,568.
+    At the last layer's backward: + 1,769,472 = 4,631,040. At layer 0's: 384·1,028 + 98,304 +
+    1,769,472 = 394,752 + 98,304 + 1,769,472 = 2,262,528."""
+    from vramplan.analytic import phases as ph
+    from vramplan.analytic.terms import static_terms
+
+    sc = Scenario(batch=2, seq=192, rank=8, grad_checkpointing=False, offload="activations")
+    st = static_terms(_tiny_offload(), sc)
+    assert st.trl_resident == (2_056, 1_028, 512) and st.trl_node == (4_608, 4_608)
+    x = ph.batch(st, 192, 2, False, False, 1.0)
+    assert (x.saved_all, x.saved_last, x.saved_first) == (2_861_568, 4_631_040, 2_262_528)
+    # every other scenario keeps the defaults (its estimate unchanged)
+    for kw in (dict(offload="none", grad_checkpointing=False), dict(offload="activations")):
+        plain = static_terms(_tiny_offload(), Scenario(batch=2, seq=192, rank=8, **kw))
+        assert plain.trl_resident == (0, 0, 0) and plain.trl_node == (0, 0)
+
+
 def test_default_has_no_host_figure_and_json_is_unchanged():
     b = estimate(QWEN, Scenario())
     assert b.host == () and b.host_bytes == 0

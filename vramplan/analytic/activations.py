@@ -116,7 +116,8 @@ def liger_swiglu_saved(gd: int, inter: int) -> int:
 class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
-    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "dora_in", "kernels", "fused")
+    __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "dora_in", "kernels", "fused",
+                 "mlp_node")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str], kernels: str = "none",
                  fused: frozenset[str] = frozenset()):
@@ -130,6 +131,9 @@ class _Walk:
         the probabilities copy the matmul with V saves, V's gradient per token, the score dtype."""
         self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
         self.dora_in = 0  # the last DoRA target's ``dora_backward_incoming``
+        self.mlp_node = 0
+        """Dense MLP: bytes per token ``act(gate) * up`` saves plus what the autograd node run before it in
+        the backward (down_proj's dropout, else its lora_A) saves (``_mlp_saved``)."""
 
     def norm(self, width: int, rows: int = 1, live: bool = True, xd: int = 4) -> None:
         """RMSNorm of ``rows`` vectors of ``width``: saves x in fp32 (the input itself when it is fp32,
@@ -430,6 +434,23 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     return w.tok, w.quad, w.const
 
 
+def trl_mlp_node(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, live_in: bool = True,
+                 kernels: str = "none", fused: frozenset[str] = frozenset()) -> int:
+    """Bytes per token TRL 1.16's ``OffloadActivations`` holds restored on the device at a dense layer's
+    busiest backward moment without checkpointing: the saved tensors of the autograd node running
+    (``act(gate) * up``: its two factors, g·I each) and of the node unpacked before it (down_proj's
+    dropout mask, or its lora_A's input copy). TRL keeps a node's restored tensors in
+    ``bwd_tensor_stash`` until the next unpacking node's hook has run (``activation_offloading.py``
+    L425-428, L514-522), so at most two nodes' tensors are back at once. 0 for a MoE layer or a fused
+    MLP kernel (not derived; the caller keeps the whole layer's saved set, an upper bound)."""
+    if "mlp" in fused:
+        return 0
+    w = _Walk(d, rank, targets, kernels, fused)
+    lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch))}
+    _layer_walk(w, arch, lins, attn, live_in, False)
+    return w.mlp_node
+
+
 def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_in: bool, moe: bool) -> None:
     d = w.d
     od, lo = _attention_saved(w, arch, lins, attn, live_in)
@@ -577,7 +598,19 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         w.tok += liger_swiglu_saved(gd, I) if (lg or lu) else 0
     else:
         w.tok += gd * I * ((1 if lg else 0) + (1 if lg else 0) + (1 if lu else 0))
-    return w.linears((lins["down_proj"],), gd, False, lg or lu)[0]
+    before = w.tok
+    md = w.linears((lins["down_proj"],), gd, False, lg or lu)[0]
+    # the node before the product's in the backward: a trainable down_proj's matmul (its input), else a
+    # LoRA down_proj's dropout (its mask) when it has one, else its lora_A (its input copy: down's saved
+    # bytes less lora_B's input, lb·r); nothing when down_proj is a frozen untargeted base
+    if full:
+        prev = w.tok - before
+    elif "down_proj" in targets:
+        prev = I * (1 if w.d.cuda else gd) if (w.d.dropout and (lg or lu)) else w.tok - before - w.d.lora * w.r
+    else:
+        prev = 0
+    w.mlp_node = gd * I * ((1 if lg else 0) + (1 if lu else 0)) + max(prev, 0)
+    return md
 
 
 def fused_mlp_saved(w: _Walk, mlp: tuple[Linear, Linear, Linear], n2: int, live: bool) -> None:

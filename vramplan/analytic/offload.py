@@ -114,3 +114,36 @@ def trl_head_host_bytes(tokens: int, hidden: int, vocab: int) -> int:
     Each is copied (``trl_offloaded``); the last five stay on the GPU as well (the forward stash) until
     backward starts, so the device keeps them and the host holds their copies."""
     return sum(trl_offloaded(n) for n in (tokens * hidden * 4, tokens * 4, tokens * vocab * 4, tokens * 8))
+
+
+def trl_resident_bytes(hidden: int, norms: int) -> int:
+    """Bytes per token of one decoder layer that TRL 1.16's ``OffloadActivations`` never moves off the
+    device: its ``norms`` RMSNorms' fp32 input and rsqrt(var).
+
+    transformers 5.24 ``LlamaRMSNorm.forward`` saves the fp32 input twice (``pow(2)`` and the ``mul``
+    by ``rsqrt``) and the rsqrt twice (``rsqrt`` saves its output, the ``mul`` saves it again), four
+    packs in a row. TRL (``models/activation_offloading.py`` L217-225) offloads the first pack of a
+    storage and, while that storage's key is tracked (its tensor is in the forward stash of the last
+    ``max_fwd_stash_size`` = 5 packs, L280-290, L335-338), keeps every later pack of it on the device
+    ("Keep on GPU, don't offload") until its backward: so each norm's 4·H + 4 B per token stay on the
+    device from its forward to its backward, and the host holds their first copy as well."""
+    return norms * (4 * hidden + 4)
+
+
+def trl_rope_resident(table_bytes: int) -> int:
+    """Bytes per sequence position of the rotary cos/sin tables TRL keeps on the device without
+    checkpointing: every layer's RoPE ``mul`` saves the same two tensors, the first layer's pack is
+    offloaded and every later one is deduplicated (as ``trl_resident_bytes``; the key stays tracked
+    because each deduplicated pack re-tracks it, L224, and is never in the forward stash), so the
+    tables (``activations.rope_table_bytes`` per position of the one shared row) live until layer 0's
+    backward."""
+    return table_bytes
+
+
+def trl_restored_bytes(node: int, whole_layer: int) -> int:
+    """Bytes per token TRL has brought back to the device at a layer's busiest backward moment: the
+    current autograd node's and the previous unpacking node's saved tensors (``node``,
+    ``activations.trl_mlp_node``; TRL frees a node's restored tensors in the next node's hook,
+    L425-428 and L514-522). Where ``node`` is not derived (0) the layer's whole saved set
+    (``whole_layer``) is used instead, an upper bound."""
+    return node or whole_layer

@@ -138,8 +138,12 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
                      + st.sw_n * sw_b)
         saved_first = first_nogc + (sw_b if st.sw_first else 0)
     saved_last, host = saved_all, 0
+    plain_last, plain_first = (0, 0) if gc else (last_b, _layer(st.first_sv, T, seq))
     if st.offload is not Offload.NONE:
-        saved_all, saved_last, saved_first, host = _offloaded(st, T, gc, full, saved_all, last_b, first_b)
+        saved_all, saved_last, saved_first, host = _offloaded(st, T, gc, full, saved_all, last_b, first_b, seq)
+        if not gc:  # the eager softmax moment adds the layer's own saved bytes to what stays on the device
+            res0, rope = st.trl_resident[1:]
+            plain_last, plain_first = saved_last - saved_all, saved_first - T * res0 - seq * rope
     loss_b, loss_f, held = st.loss_terms(size, seq)
 
     def softmax(sm: tuple[Coef, Coef, int] | None) -> tuple[int, int, int] | None:
@@ -154,7 +158,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
         fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, mask=T * seq * st.eager_mask,
         sm_last=softmax(st.sm_moe if st.last_moe else st.sm_dense), sm_first=softmax(st.sm_first),
-        plain_last=0 if gc else last_b, plain_first=0 if gc else _layer(st.first_sv, T, seq),
+        plain_last=plain_last, plain_first=plain_first,
         eval=_evaluation(st, seq),
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
         layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
@@ -173,7 +177,7 @@ def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
 
 
 def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, last_b: int,
-               first_b: int) -> tuple[int, int, int, int]:
+               first_b: int, seq: int = 0) -> tuple[int, int, int, int]:
     """(saved at the loss, at the last layer's backward, at layer 0's backward, host bytes) on the device
     under ``st.offload`` (``vramplan.analytic.offload``):
 
@@ -184,16 +188,28 @@ def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, la
     2. unsloth: inputs over 2 MiB but the last layer's go to host slots; the device keeps the last
        layer's input, layer 0's leaf and two restore buffers of the stored size; an fp32 input restored
        from its bf16 copy is cast back (T·H·4) for its recompute.
-    3. activations without checkpointing: every layer's saved tensors go to host memory; a layer's come
-       back for its backward (its whole saved set, ``last_b`` / ``first_b``); the host holds them
-       without the pinned allocator's per-tensor rounding (a lower bound of it).
+    3. activations without checkpointing: every layer's saved tensors go to host memory but what TRL
+       deduplicates (``st.trl_resident``: the norms' fp32 inputs and rsqrt per token of every layer,
+       ``offload.trl_resident_bytes``, and the rotary tables per position, ``trl_rope_resident``), on the
+       device from the forward to the loss; a layer's backward adds the two autograd nodes' restored
+       tensors (``st.trl_node``, ``offload.trl_restored_bytes``; the whole saved set ``last_b`` /
+       ``first_b`` where not derived, MoE and fused MLP kernels), layer 0's with only its own resident
+       bytes and the rotary tables left; the host holds every saved tensor without the pinned
+       allocator's per-tensor rounding (a lower bound of it: the walk sums bytes per token, not per
+       tensor).
     4. activations, either way: the final norm's and the loss's saved tensors are copied to the host too
        (``trl_head_host_bytes``) while the forward stash keeps them on the device."""
     L, H = st.layers, st.hidden
     leaf = 0 if full else T * st.ckpt0
     head = off.trl_head_host_bytes(T, H, st.vocab) if st.offload is Offload.ACTIVATIONS else 0
     if not gc:  # Offload.ACTIVATIONS (validation refuses the checkpoint kinds without checkpointing)
-        return 0, last_b, first_b, saved_all + head
+        res, res0, rope = st.trl_resident
+        kept_all = T * (res0 + (L - 1) * res) + seq * rope
+        kept_first = T * res0 + seq * rope
+        node_last, node_first = st.trl_node
+        last = kept_all + T * node_last if node_last else off.trl_restored_bytes(0, last_b)
+        first = kept_first + T * node_first if node_first else off.trl_restored_bytes(0, first_b)
+        return kept_all, last, first, saved_all + head
     if st.offload is Offload.UNSLOTH:
         store = off.unsloth_store_bytes(T, H, st.d.resid)
         host = off.unsloth_host_bytes(store, L)

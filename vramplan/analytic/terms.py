@@ -61,8 +61,10 @@ OFFLOAD_NOTES: dict[Offload, tuple[str, ...]] = {
                       "autograd keeps)",),
     Offload.ACTIVATIONS: ("TRL/torchtune OffloadActivations: with layer checkpointing only the layer inputs, the final "
                           "norm's and the loss's saved tensors reach its hooks (the last five stay on the GPU too, "
-                          "the forward stash); without it every layer's saved tensors go to host memory and come "
-                          "back one backward node at a time, and the analytic host figure omits the pinned "
+                          "the forward stash); without it every layer's saved tensors go to host memory but the norms' "
+                          "deduplicated inputs and rsqrt and the rotary tables, and come back two backward nodes "
+                          "at a time (a MoE layer or fused MLP kernel: its whole saved set, an upper bound), and "
+                          "the analytic host figure omits the pinned "
                           "allocator's per-tensor power-of-two rounding (a lower bound; the trace counts it)",),
 }
 
@@ -251,6 +253,15 @@ class StaticTerms:
     (``activations.dora_incoming``); 0 otherwise."""
     eval_gen: "ev.GenTerms | None" = None
     """A generating evaluation's coefficients (``Scenario.eval_new_tokens``; ``evaluation.GenTerms``)."""
+    trl_resident: tuple[int, int, int] = (0, 0, 0)
+    """TRL ``OffloadActivations`` without checkpointing: bytes per token a later decoder layer and layer 0
+    keep on the device (their norms' deduplicated fp32 inputs and rsqrt, ``offload.trl_resident_bytes``),
+    and the shared rotary tables' bytes per sequence position (``offload.trl_rope_resident``); zeros
+    otherwise."""
+    trl_node: tuple[int, int] = (0, 0)
+    """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
+    last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
+    derived (MoE, fused MLP kernels: the whole layer's saved set is used)."""
 
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
@@ -341,7 +352,30 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
         dora_grad_in=act.dora_incoming(arch, d, s.rank, _target_set(arch, s, train.targets), attn.value,
                                        (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
-        **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload)
+        **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload,
+        **_trl_terms(arch, s, d, attn.value, train.targets))
+
+
+def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:
+    """``StaticTerms.trl_resident`` / ``trl_node``: only for TRL's activation offloading without
+    checkpointing (every other scenario keeps the defaults, so its estimate is unchanged)."""
+    if s.offload is not Offload.ACTIVATIONS or s.grad_checkpointing:
+        return {}
+    from vramplan.analytic import offload as off
+
+    L, H, npl = arch.num_layers, arch.hidden_size, arch.family.norms_per_layer
+    live0 = s.full or "embed_tokens" in s.modules_to_save  # as ``first_sv`` (layer 0's input needs a gradient)
+    tset = _target_set(arch, s, targets)
+    moe = set(arch.moe_layers)
+    unpacked = s.packing is BatchLayout.NONE  # packed layouts price the rope tables in ``layout_tok``
+    rope = off.trl_rope_resident(act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config),
+                                                      arch.family.rotary_sets(arch.config, L))) if unpacked else 0
+    fused, _ = act.fused_groups(arch, d, s.lora_kernels.value, s.kernel_groups, tset)
+    kw = dict(kernels=s.lora_kernels.value, fused=fused)
+    node = act.trl_mlp_node(arch, d, s.rank, tset, attn, **kw)
+    node0 = act.trl_mlp_node(arch, d, s.rank, tset, attn, live_in=live0, **kw)
+    return dict(trl_resident=(off.trl_resident_bytes(H, npl), off.trl_resident_bytes(H, npl - (0 if live0 else 1)), rope),
+                trl_node=(0 if (L - 1) in moe else node, 0 if 0 in moe else node0))
 
 
 # ---------------------------------------------------------------------------------- weights
