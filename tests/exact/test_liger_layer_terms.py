@@ -70,7 +70,18 @@ def test_swiglu_backward_holds_the_product_gradient_only():
     # transformers max(2·I, 6·I - 3·I) = 3·I; Liger max(2·I, 2·I - 3·I) = 2·I: a drops by I = 14,336.
     arch, off, on = _delta("Llama-3.1-8B", recipe="plain")
     assert off.work_dense[0] - on.work_dense[0] == 14336
-    assert on.work_dense[2] == off.work_dense[2]  # the dequantization moment is unchanged
+    # the dequantization moment (b = c·I + x·I - saves + H part): with a Liger kernel on, only the layer
+    # output's gradient (g·H) is left of the 3·g·H by then (``liger_base_branch_hpart``):
+    # off 2·I + 2·I - 3·I + 3·2·H = 14,336 + 24,576 = 38,912; on 14,336 + 2·4096 = 22,528 (-2·g·H = -16,384)
+    assert off.work_dense[2] == 38912
+    assert on.work_dense[2] == 22528
+    assert on.work_dense[3] == off.work_dense[3]  # the dequantized weight itself is unchanged
+    # kernels off, MoE, or an untargeted down projection: hpart as it was
+    d_off = dtypes(arch, Scenario(recipe="plain"))
+    assert act.liger_base_branch_hpart(d_off, 2, 4096, False, True, 24576) == 24576
+    assert act.liger_base_branch_hpart(on.d, 2, 4096, True, True, 24576) == 24576
+    assert act.liger_base_branch_hpart(on.d, 2, 4096, False, False, 24576) == 24576
+    assert act.liger_base_branch_hpart(on.d, 2, 4096, False, True, 24576) == 8192
 
 
 def test_rope_alone_changes_nothing_and_defaults_are_untouched():

@@ -687,7 +687,9 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     3. ``act(gate) * up`` backward: the product's gradient and both factor gradients, 3·g·I (Liger's
        SwiGLU: the product's gradient alone, 1·g·I).
     In every case the gradient of the layer output and the LoRA output's gradient and its scaled copy
-    (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md).
+    (3 · H in the MLP output dtype) are alive. Checked against the trace (docs/methodology.md). With a
+    Liger layer kernel on, the base branch's moment (b) counts the layer output's gradient alone
+    (``liger_base_branch_hpart``).
     """
     if "mlp" in fused and not moe:
         return fused_mlp_backward(arch, d, kernels, rank, gc, reentrant)
@@ -731,7 +733,30 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     a_fixed = 0
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
-    return a, a_fixed, b + hpart, deq
+    return a, a_fixed, b + liger_base_branch_hpart(d, gd, H, moe, targeted, hpart), deq
+
+
+def liger_base_branch_hpart(d: Dtypes, gd: int, hidden: int, moe: bool, targeted: bool, hpart: int) -> int:
+    """H-sized gradient bytes per token alive at ``backward_working``'s b moment (the down projection's
+    base branch: dequantized weight and grad_A) when a Liger layer kernel (``liger_norm`` or
+    ``liger_swiglu``) is on in a dense layer with a LoRA-targeted down projection: the layer output's
+    gradient alone, gd·H, not ``hpart``'s three. peft 0.21.2 ``lora/bnb.py::Linear4bit.forward`` L548-551
+    builds ``result = result + lora_B(lora_A(dropout(x))) * scaling``; autograd runs that LoRA branch
+    (created last) first, so the ``* scaling`` gradient (the scaled copy) and lora_B's incoming gradient
+    are released once lora_B's backward has run, before bitsandbytes 0.50.2 ``MatMul4Bit.backward``
+    L384 dequantizes (``grad_A = torch.matmul(grad_output, F.dequantize_4bit(B, ...))``). What stays is
+    ``grad_output``, the layer output's gradient (the residual add passes it through; with Liger's
+    RMSNorm as the final norm it is the fused loss's stored gradient, written in place by
+    ``LigerRMSNormFunction.backward``, liger-kernel 0.8.5 ``ops/rms_norm.py`` ``in_place=True``).
+    Counted by the trace's tracker at that moment (tiny Llama-3.1-8B, NF4, plain recipe, bf16 autocast,
+    checkpointing, Liger loss and kernels: dequantized down weight, grad_A, the LoRA branch's dropout
+    gradient and one b·s·H gradient alive). Returns ``hpart`` unchanged with the kernels off (every
+    existing estimate keeps its bytes; the same trace shows one H there too, see issue 14's notes), for
+    MoE layers and when the down projection is not a target; peft's fp32 casts (``hpart`` beyond
+    3·gd·H) are kept."""
+    if not (d.liger_norm or d.liger_swiglu) or moe or not targeted:
+        return hpart
+    return hpart - 2 * gd * hidden
 
 
 def fused_mlp_backward(arch: Arch, d: Dtypes, kernels: str, rank: int, gc: bool = True,
