@@ -6,9 +6,6 @@ CPU profiles measure) on the smaller ``cpu_grid()``. Fresh traces, no cache."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("torch")
@@ -18,10 +15,9 @@ pytest.importorskip("bitsandbytes")
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
-_spec = importlib.util.spec_from_file_location(
-    "analytic_vs_trace", Path(__file__).resolve().parents[2] / "benchmarks" / "analytic_vs_trace.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
+from archhelp import grid_module  # noqa: E402
+
+grid_mod = grid_module()
 GRID = grid_mod.grid()
 CPU_GRID = grid_mod.cpu_grid()
 TOL = 0.03

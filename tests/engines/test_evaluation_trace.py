@@ -4,9 +4,7 @@ engine within 1 %, on 2-layer Qwen3-0.6B / Llama-3.2-1B (real widths and vocabul
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +17,9 @@ pytest.importorskip("accelerate")
 pytestmark = pytest.mark.torch
 warnings.filterwarnings("ignore", category=UserWarning)
 
-_spec = importlib.util.spec_from_file_location(
-    "analytic_vs_trace", Path(__file__).resolve().parents[2] / "benchmarks" / "analytic_vs_trace.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
+from archhelp import grid_module  # noqa: E402
+
+grid_mod = grid_module()
 
 CASES = [
     # logits of 7 samples in batches 2, 2, 2, 1: the concatenation of the last batch is the peak

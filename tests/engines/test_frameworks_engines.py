@@ -27,9 +27,9 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "frameworks"
-_spec = importlib.util.spec_from_file_location("analytic_vs_trace", ROOT / "benchmarks" / "analytic_vs_trace.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
+from archhelp import grid_module  # noqa: E402
+
+grid_mod = grid_module()
 
 FIXTURES = {"ms-swift": ["swift_qlora.sh"], "axolotl": ["axolotl_qlora.yml"],
             "llamafactory": ["llamafactory_qlora.yaml"], "trl": ["trl_qlora.yaml"],

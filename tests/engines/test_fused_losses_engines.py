@@ -10,9 +10,6 @@ otherwise, a trainable head under full fine-tuning, label rows under ``label_fra
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("torch")
@@ -22,10 +19,9 @@ pytest.importorskip("bitsandbytes")
 
 pytestmark = [pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("analytic_vs_trace", ROOT / "benchmarks" / "analytic_vs_trace.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
+from archhelp import grid_module  # noqa: E402
+
+grid_mod = grid_module()
 
 TOL = 0.01
 

@@ -9,9 +9,6 @@ steps on 2-layer models of real width, trace vs analytic within 1 %.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("torch")
@@ -21,10 +18,9 @@ pytest.importorskip("bitsandbytes")
 
 pytestmark = [pytest.mark.torch]
 
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("analytic_vs_trace", ROOT / "benchmarks" / "analytic_vs_trace.py")
-grid_mod = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grid_mod)  # type: ignore[union-attr]
+from archhelp import grid_module  # noqa: E402
+
+grid_mod = grid_module()
 
 TOL = 0.01
 LIGER = dict(liger_rms_norm=True, liger_swiglu=True, liger_rope=True)

@@ -15,17 +15,10 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 pytestmark = pytest.mark.torch
 
+from archhelp import small_gemma3, small_llama  # noqa: E402
 from vramplan.analytic import estimate  # noqa: E402
-from vramplan.arch import Arch, resolve  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
 from vramplan.trace import trace  # noqa: E402
-
-
-def small_llama() -> Arch:
-    cfg = dict(resolve("vramplan-debug").config)
-    cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
-               vocab_size=1024, num_hidden_layers=2)
-    return Arch.from_config(cfg, name="small-llama")
 
 
 def _trace(sc: Scenario, device: str = "cuda") -> int:
@@ -89,10 +82,7 @@ def test_eager_packed_delta():
 def test_packed_gemma3_two_masks_two_rotary_tables():
     """Gemma 3 mixes sliding-window and full layers and runs one rotary module per layer type: packed
     rows cost two bool masks and two RoPE row tables (tests/exact/test_packing.py: 1,181,696)."""
-    cfg = dict(resolve("gemma-3-1b-pt").config)
-    cfg.update(vocab_size=1024, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
-               intermediate_size=512, hidden_size=256, head_dim=64)
-    arch = Arch.from_config(cfg, name="small-gemma3")
+    arch = small_gemma3()
     sc = Scenario(seq=256, batch=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -6,19 +6,12 @@ from __future__ import annotations
 
 import pytest
 
+from archhelp import small_gemma3, small_llama
 from vramplan.analytic import estimate
-from vramplan.arch import Arch, resolve
+from vramplan.arch import resolve
 from vramplan.lengths import from_values, longest_batch
 from vramplan.plan import plan
 from vramplan.scenario import BatchLayout, Scenario, ScenarioError
-
-
-def small_llama() -> Arch:
-    """Debug llama, H 256, 4 heads of 64 (2 K/V heads), I 512, V 1024, 2 layers."""
-    cfg = dict(resolve("vramplan-debug").config)
-    cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
-               vocab_size=1024, num_hidden_layers=2)
-    return Arch.from_config(cfg, name="small-llama")
 
 
 def _delta(layout: str, base: dict | None = None, **kw) -> int:
@@ -128,15 +121,6 @@ def test_plan_checks_the_fullest_batch():
     # the packed run is checked at its full rows: more memory than the unpacked run's longest batch
     unpacked = plan("Qwen3-0.6B", "H100", sc, lengths=LENGTHS)
     assert packed.check.need_bytes > unpacked.check.need_bytes > free.check.need_bytes
-
-
-def small_gemma3() -> Arch:
-    """Gemma 3 (two rotary modules, full and sliding-window layers) cut to one sliding and one full layer,
-    H 256, 4 heads of 64 (1 K/V head), V 1024."""
-    cfg = dict(resolve("gemma-3-1b-pt").config)
-    cfg.update(vocab_size=1024, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
-               intermediate_size=512, hidden_size=256, head_dim=64)
-    return Arch.from_config(cfg, name="small-gemma3")
 
 
 def test_packed_gemma3_golden():

@@ -14,18 +14,11 @@ pytest.importorskip("bitsandbytes")
 pytest.importorskip("peft")
 pytestmark = pytest.mark.torch
 
-from vramplan.arch import Arch, resolve  # noqa: E402
+from archhelp import small_llama  # noqa: E402
 from vramplan.hf import build as B  # noqa: E402
 from vramplan.hf import interventions  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
 from vramplan.trace import trace_run  # noqa: E402
-
-
-def small_llama() -> Arch:
-    cfg = dict(resolve("vramplan-debug").config)
-    cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
-               vocab_size=1024, num_hidden_layers=2)
-    return Arch.from_config(cfg, name="small-llama")
 
 
 BASE = dict(seq=64, batch=2, rank=16)

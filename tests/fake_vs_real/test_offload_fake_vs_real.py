@@ -22,17 +22,11 @@ pytest.importorskip("bitsandbytes")
 pytest.importorskip("peft")
 pytestmark = pytest.mark.torch
 
+from archhelp import small_llama  # noqa: E402
 from vramplan.analytic.offload import pinned_block  # noqa: E402
-from vramplan.arch import Arch, resolve  # noqa: E402
+from vramplan.arch import Arch  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
 from vramplan.trace import trace_run  # noqa: E402
-
-
-def small_llama() -> Arch:
-    cfg = dict(resolve("vramplan-debug").config)
-    cfg.update(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2,
-               vocab_size=1024, num_hidden_layers=2)
-    return Arch.from_config(cfg, name="small-llama")
 
 
 CASES = {"qlora-nonreentrant": dict(), "lora-bf16-reentrant": dict(quant="none", reentrant=True),
