@@ -122,8 +122,21 @@ class Calibration:
 
         A device without a CUDA context or caching allocator (the CPU) has none of those runtime
         terms: context, workspace and allocator reserve are zero there (a ``per_device['cpu']``
-        entry may still override them).
+        entry may still override them). Answers are kept on the instance (the planner asks once per
+        scenario priced, always for the same card).
         """
+        cache = self.__dict__.setdefault("_vramplan_for_device", {})  # frozen: the instance's own dict
+        try:
+            hit = cache.get(device)
+        except TypeError:  # an unhashable argument: Device.parse refuses it below
+            return self._for_device(device)
+        if hit is None:
+            if len(cache) > 256:
+                cache.clear()
+            hit = cache[device] = self._for_device(device)
+        return hit
+
+    def _for_device(self, device: "Device | str | None") -> "Calibration":
         dev = Device.parse(device)
         if not dev.cuda_context:
             over = {**CPU_RUNTIME, **self.per_device.get(dev.kind, {})}
