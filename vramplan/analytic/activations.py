@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
 
 
@@ -394,29 +395,30 @@ def dora_forward_transient(d: Dtypes, lin: Linear, xd: int, xin: int) -> tuple[i
 
 
 def dora_forward_moments(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str,
-                         moe: bool) -> tuple[tuple[int, ...], ...]:
+                         moe: bool, layer: int | None = None) -> tuple[tuple[int, ...], ...]:
     """Each DoRA target's forward moment in one layer: (saved per token, per token·s and fixed bytes
     of the layer before that target, then its ``dora_forward_transient``: per token, fixed, norm, then
     its ``dora_held`` per token)."""
     w = _Walk(d, rank, targets)
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
-    _layer_walk(w, arch, lins, attn, True, moe)
+    lins, sig = _layer_lins(arch, moe, layer)
+    _layer_walk(w, arch, lins, attn, True, sig)
     return tuple(w.dora)
 
 
-def dora_incoming(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool) -> int:
+def dora_incoming(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
+                  layer: int | None = None) -> int:
     """``dora_backward_incoming`` of the last layer's last linear when it is a DoRA target (the
     gradient reaches it first), else 0."""
     w = _Walk(d, rank, targets)
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
-    _layer_walk(w, arch, lins, attn, True, moe)
+    lins, sig = _layer_lins(arch, moe, layer)
+    _layer_walk(w, arch, lins, attn, True, sig)
     last = list(lins)[-1] if lins else None
     return w.dora_in if last in targets else 0
 
 
 def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
-                live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset()
-                ) -> tuple[int, int, int]:
+                live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset(),
+                layer: int | None = None) -> tuple[int, int, int]:
     """Bytes autograd holds for one decoder layer, excluding the layer's input tensor itself.
 
     Returns (per token, per token·s, fixed). ``live_in``: whether the layer input needs a gradient
@@ -429,13 +431,13 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     ``fused_mlp_saved`` instead.
     """
     w = _Walk(d, rank, targets, kernels, fused if not moe else fused - {"mlp"})
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
-    _layer_walk(w, arch, lins, attn, live_in, moe)
+    lins, sig = _layer_lins(arch, moe, layer)
+    _layer_walk(w, arch, lins, attn, live_in, sig)
     return w.tok, w.quad, w.const
 
 
 def trl_mlp_node(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, live_in: bool = True,
-                 kernels: str = "none", fused: frozenset[str] = frozenset()) -> int:
+                 kernels: str = "none", fused: frozenset[str] = frozenset(), layer: int | None = None) -> int:
     """Bytes per token TRL 1.16's ``OffloadActivations`` holds restored on the device at a dense layer's
     busiest backward moment without checkpointing: the saved tensors of the autograd node running
     (``act(gate) * up``: its two factors, g·I each) and of the node unpacked before it (down_proj's
@@ -446,14 +448,33 @@ def trl_mlp_node(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn
     if "mlp" in fused:
         return 0
     w = _Walk(d, rank, targets, kernels, fused)
-    lins = {lin.name: lin for lin in arch.layer_linears(_dense_index(arch))}
-    _layer_walk(w, arch, lins, attn, live_in, False)
+    lins, sig = _layer_lins(arch, False, layer)
+    _layer_walk(w, arch, lins, attn, live_in, sig)
     return w.mlp_node
 
 
-def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_in: bool, moe: bool) -> None:
+def _layer_lins(arch: Arch, moe: bool, layer: int | None) -> tuple[dict[str, Linear], tuple[str, str]]:
+    """The linears of a representative decoder layer, by name, and its (mixer, feed-forward) signature:
+    layer ``layer`` when given, else the first MoE (``moe``) or dense-MLP layer."""
+    if layer is None:
+        layer = arch.moe_layers[0] if moe else _dense_index(arch)
+    return {lin.name: lin for lin in arch.layer_linears(layer)}, arch.signature(layer)
+
+
+def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_in: bool,
+                sig: tuple[str, str]) -> None:
+    """One decoder layer: its token mixer (``_attention_saved``, or the kind's walk in
+    ``vramplan.analytic.mixers``), then its feed-forward block unless it has none."""
     d = w.d
-    od, lo = _attention_saved(w, arch, lins, attn, live_in)
+    mixer, ffn = sig
+    moe = ffn == "moe"
+    if mixer == ATTENTION:
+        od, lo = _attention_saved(w, arch, lins, attn, live_in)
+    else:
+        from vramplan.analytic.mixers import WALKS
+        od, lo = WALKS[mixer](w, arch, lins, attn, live_in)
+    if ffn == "none":
+        return
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live_in or lo
     hd1 = _promote(d.resid, od)
@@ -470,8 +491,8 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,
-                           live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset()
-                           ) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+                           live_in: bool = True, kernels: str = "none", fused: frozenset[str] = frozenset(),
+                           layer: int | None = None) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
     """One decoder layer at the busiest moment of eager attention's backward: the softmax backward.
 
     Backward meets the layer from its end: the MLP and o_proj have run their backward (their saved
@@ -496,7 +517,9 @@ def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[
     ``kernels`` / ``fused``: fused LoRA kernels on q/k/v (``layer_saved``) change what is saved before
     the scores, not the scores' own tensors."""
     w = _Walk(d, rank, targets, kernels, fused if not moe else fused - {"mlp"})
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    lins, sig = _layer_lins(arch, moe, layer)
+    if sig[0] != ATTENTION:
+        return (0, 0, 0), (0, 0, 0), 0
     _attention_saved(w, arch, lins, "eager", live_in)
     if w.core is None:
         return (0, 0, 0), (0, 0, 0), 0
@@ -665,13 +688,14 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
 
 
 def _dense_index(arch: Arch) -> int:
-    moe = set(arch.moe_layers)
-    return next(i for i in range(arch.num_layers) if i not in moe)
+    """The first dense-MLP layer with plain attention (else the first dense-MLP layer, else layer 0)."""
+    dense = [i for i in range(arch.num_layers) if arch.ffn(i) == "dense"]
+    return next((i for i in dense if arch.mixer(i) == ATTENTION), dense[0] if dense else 0)
 
 
 def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
                      rank: int, kernels: str = "none", fused: frozenset[str] = frozenset(),
-                     gc: bool = True, reentrant: bool = False) -> tuple[int, int, int, int]:
+                     gc: bool = True, reentrant: bool = False, layer: int | None = None) -> tuple[int, int, int, int]:
     """Gradient buffers alive at the busiest point of one decoder layer's backward.
 
     Returns (a, a_fixed, b, b_fixed): the working set is max(a·T + a_fixed, b·T + b_fixed) bytes on
@@ -691,6 +715,10 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     Liger layer kernel on, the base branch's moment (b) counts the layer output's gradient alone
     (``liger_base_branch_hpart``).
     """
+    if layer is not None and (arch.signature(layer) != (ATTENTION, "moe" if moe else "dense")):
+        from vramplan.analytic.mixers import backward_working_of
+        return backward_working_of(arch, d, targets, rank, layer, kernels=kernels, fused=fused, gc=gc,
+                                   reentrant=reentrant)
     if "mlp" in fused and not moe:
         return fused_mlp_backward(arch, d, kernels, rank, gc, reentrant)
     H, c = arch.hidden_size, d.c
@@ -702,7 +730,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     else:
         I = arch.intermediate_size
         down = "down_proj"
-    lins = {lin.name: lin for lin in arch.layer_linears(arch.moe_layers[0] if moe else _dense_index(arch))}
+    lins, sig = _layer_lins(arch, moe, layer)
     w_down = lins[down].weight_params if down in lins else 0
     targeted = (down in targets) and not d.full
     convert = d.lora_input_cast

@@ -99,6 +99,10 @@ class Batch(NamedTuple):
     """What is left saved when the last layer's backward runs (``saved_all`` without offloading)."""
     host: int = 0
     """Host memory of activation offloading (pinned), alive from the forward to the layers' backward."""
+    grads_after: int = 0
+    """The LoRA gradients of the layers after ``last_index`` (a hybrid's busier layer of another kind)."""
+    last_index: int = -1
+    """The layer whose backward the ``last layer backward`` phase prices (−1: layer L − 1)."""
 
 
 def _layer(sv: Coef, T: int, s: int) -> int:
@@ -118,15 +122,15 @@ def _working(w: Work, T: int, dequant_factor: float) -> tuple[int, int]:
 def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_factor: float) -> Batch:
     """Multiply the static coefficients out for a batch of ``size`` × ``seq`` tokens."""
     T = seq * size
-    dense_b = _layer(st.dense_sv, T, seq) if st.dense else 0
-    moe_b = _layer(st.moe_sv, T, seq) if st.nmoe else 0
-    last_b = moe_b if st.last_moe else dense_b
-    first_b = moe_b if st.first_moe else dense_b
+    per = [_layer(c.sv, T, seq) for c in st.classes]
+    lc, fc = st.layer_class[-1], st.layer_class[0]
+    last_b, first_b = per[lc], per[fc]
     # sliding-window layers under sdpa once seq reaches the window: repeated K/V + additive mask
     sw_b = T * st.sw_tok + T * seq * st.sw_quad if (st.sw_n and seq >= st.window) else 0
     reent = T * st.reentrant_out  # reentrant checkpointing holds the recomputed layer's output
-    last_rc = last_b + (sw_b if st.sw_last else 0) + reent
-    first_rc = first_b + (sw_b if st.sw_first else 0) + reent
+    last_rc = last_b + (sw_b if (st.layers - 1) in st.sw_layers else 0) + reent
+    first_rc = first_b + (sw_b if 0 in st.sw_layers else 0) + reent
+    inp = 0
     if gc:
         saved_all = T * (st.ckpt0 + (st.layers - 1) * st.ckpt)
         saved_first = T * st.ckpt0
@@ -134,9 +138,9 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         # a layer's input, when its input norm saves it itself: an fp32 residual, or Liger's RMSNorm
         inp = (st.d.resid if st.d.liger_norm else 4) * st.hidden * T if (st.d.resid == 4 or st.d.liger_norm) else 0
         first_nogc = _layer(st.first_sv, T, seq) + (inp if full else 0)
-        saved_all = (st.dense * (dense_b + inp) + st.nmoe * (moe_b + inp) - first_b - inp + first_nogc
+        saved_all = (sum(c.count * (b + inp) for c, b in zip(st.classes, per)) - first_b - inp + first_nogc
                      + st.sw_n * sw_b)
-        saved_first = first_nogc + (sw_b if st.sw_first else 0)
+        saved_first = first_nogc + (sw_b if 0 in st.sw_layers else 0)
     saved_last, host = saved_all, 0
     plain_last, plain_first = (0, 0) if gc else (last_b, _layer(st.first_sv, T, seq))
     if st.offload is not Offload.NONE:
@@ -151,18 +155,40 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
             return None
         return _layer(sm[0], T, seq), _layer(sm[1], T, seq), T * seq * sm[2]
 
-    return Batch(
+    x = Batch(
         saved_last=saved_last, host=host,
         tokens=T, gc=gc, saved_all=saved_all, saved_first=saved_first, last_b=last_rc, first_b=first_rc,
-        work_last=_working(st.work_moe if st.last_moe else st.work_dense, T, dequant_factor),
-        work_first=_working(st.work_moe if st.first_moe else st.work_dense, T, dequant_factor),
+        work_last=_working(st.classes[lc].work, T, dequant_factor),
+        work_first=_working(st.classes[fc].work, T, dequant_factor),
         fin=T * st.fin, loss_b=loss_b, loss_f=loss_f, held=held, mask=T * seq * st.eager_mask,
-        sm_last=softmax(st.sm_moe if st.last_moe else st.sm_dense), sm_first=softmax(st.sm_first),
+        sm_last=softmax(st.classes[lc].sm), sm_first=softmax(st.sm_first),
         plain_last=plain_last, plain_first=plain_first,
         eval=_evaluation(st, seq),
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
         layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
         layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq)
+    if len(st.classes) == 1 or st.offload is not Offload.NONE:
+        return x
+    # a hybrid model: the last layer of each other signature may be the busier layer backward (its
+    # own saved set and working buffers), with fewer checkpoints alive and the later layers' gradients
+    best, best_x = last_layer_backward(st, x), x
+    for n, c in enumerate(st.classes):
+        j = c.last
+        if n == lc or j == 0:
+            continue
+        after = range(j + 1, st.layers)
+        if gc:
+            kept = T * (st.ckpt0 + j * st.ckpt)
+        else:
+            kept = saved_all - sum(per[st.layer_class[i]] + inp + (sw_b if i in st.sw_layers else 0) for i in after)
+        cand = x._replace(
+            saved_last=kept, last_b=per[n] + (sw_b if j in st.sw_layers else 0) + reent,
+            work_last=_working(c.work, T, dequant_factor), sm_last=softmax(c.sm),
+            plain_last=0 if gc else per[n], grads_after=len(after) * st.grad_per_layer, last_index=j)
+        total = last_layer_backward(st, cand)
+        if total > best:
+            best, best_x = total, cand
+    return best_x
 
 
 def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
@@ -263,7 +289,8 @@ def _layer_moment(st: StaticTerms, x: Batch, last: bool) -> tuple[int, bool]:
 
 
 def last_layer_backward(st: StaticTerms, x: Batch) -> int:
-    return _layer_moment(st, x, True)[0] + st.head_grad
+    """The last layer's backward (or, in a hybrid, the last layer of another kind, ``Batch.last_index``)."""
+    return _layer_moment(st, x, True)[0] + st.head_grad + x.grads_after
 
 
 def first_layer_backward(st: StaticTerms, x: Batch) -> int:
@@ -479,7 +506,7 @@ def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
 
 
 def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
-    grads = st.head_grad if last else st.grad_total - st.grad_per_layer - st.embed_grad
+    grads = st.head_grad + x.grads_after if last else st.grad_total - st.grad_per_layer - st.embed_grad
     if _layer_moment(st, x, last)[1]:
         return grads, _softmax_rows(last, st, x)
     rows = [_activation_row(st, x, x.saved_last if last else x.saved_first), *_mask_rows(x)]

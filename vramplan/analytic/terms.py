@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from operator import attrgetter
+from typing import NamedTuple
 
 from vramplan.analytic import activations as act
 from vramplan.analytic import adapters as ad
@@ -20,6 +21,7 @@ from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
 from vramplan.analytic import weights as wt
+from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
 from vramplan.breakdown import Component
 from vramplan.device import SEMANTICS
@@ -46,6 +48,24 @@ Coef = tuple[int, int, int]
 """Saved bytes of one layer: (per token, per token·s, fixed)."""
 Work = tuple[int, int, int, int]
 """A layer backward's working set (``activations.backward_working``)."""
+
+
+class ClassTerms(NamedTuple):
+    """The decoder layers of one (mixer, feed-forward) signature (``Arch.layer_classes``)."""
+
+    count: int
+    sv: Coef
+    """Saved bytes of one such layer (``activations.layer_saved``)."""
+    work: Work
+    """Its backward working set (``activations.backward_working``)."""
+    sm: tuple[Coef, Coef, int] | None
+    """Eager attention: the layer at its softmax backward (``activations.eager_softmax_backward``:
+    saved bytes still alive, gradients, CUDA temporary per token·s); None for other attention or a
+    mixer that is not softmax attention."""
+    last: int
+    """The index of the last such layer."""
+    mixer: str
+    ffn: str
 
 
 #: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
@@ -139,34 +159,21 @@ class StaticTerms:
     """Decoder layers L."""
     hidden: int
     """Residual width H."""
-    dense: int
-    """Dense-MLP layers."""
-    nmoe: int
-    """MoE layers."""
-    first_moe: bool
-    """Layer 0 is a MoE layer."""
-    last_moe: bool
-    """Layer L − 1 is a MoE layer."""
-    dense_sv: Coef
-    """Saved bytes of a dense layer (``activations.layer_saved``)."""
-    moe_sv: Coef
-    """Saved bytes of a MoE layer."""
+    classes: tuple[ClassTerms, ...]
+    """The decoder layers by (mixer, feed-forward) signature (``Arch.layer_classes``), each with its
+    saved bytes and backward working set."""
+    layer_class: tuple[int, ...]
+    """Decoder layer i -> its index in ``classes``."""
     first_sv: Coef
     """Saved bytes of layer 0 without checkpointing (its input needs no gradient under LoRA)."""
-    work_dense: Work
-    """Backward working set of a dense layer (``activations.backward_working``)."""
-    work_moe: Work
-    """Backward working set of a MoE layer."""
     sw_n: int
     """Sliding-window layers that pay sdpa's mask and repeated K/V (0 when none do)."""
     sw_tok: int
     """Their extra saved bytes per token (``activations.sliding_sdpa_saved``)."""
     sw_quad: int
     """Their extra saved bytes per token·s (the additive mask)."""
-    sw_first: bool
-    """Layer 0 slides."""
-    sw_last: bool
-    """Layer L − 1 slides."""
+    sw_layers: frozenset[int]
+    """The layers that pay them."""
     window: int
     """The sliding window (tokens); the extra bytes apply once seq reaches it."""
     ckpt0: int
@@ -204,11 +211,6 @@ class StaticTerms:
     eager_mask: int
     """Eager attention under checkpointing: the float causal mask's bytes per token·s
     (``activations.eager_mask_bytes``), alive from the forward to layer 0's backward; else 0."""
-    sm_dense: tuple[Coef, Coef, int] | None
-    """Eager attention: a dense layer at its softmax backward (``activations.eager_softmax_backward``:
-    saved bytes still alive, gradients, CUDA temporary per token·s); None for other attention."""
-    sm_moe: tuple[Coef, Coef, int] | None
-    """The same for a MoE layer."""
     sm_first: tuple[Coef, Coef, int] | None
     """The same for layer 0 (its input needs no gradient without checkpointing under LoRA)."""
     eval_batch: int = 0
@@ -266,6 +268,22 @@ class StaticTerms:
     def loss_workspace(self, batch: int, seq: int) -> int:
         """``loss_workspace`` of this batch's loss terms."""
         return loss_workspace(*self.loss_terms(batch, seq))
+
+    def of_class(self, mixer: str, ffn: str) -> ClassTerms | None:
+        """The terms of the layers with signature (mixer, ffn), None when the model has none."""
+        return next((c for c in self.classes if (c.mixer, c.ffn) == (mixer, ffn)), None)
+
+    @property
+    def dense_sv(self) -> Coef:
+        """Saved bytes of a plain-attention dense-MLP layer ((0, 0, 0) when there is none)."""
+        c = self.of_class(ATTENTION, "dense")
+        return c.sv if c else (0, 0, 0)
+
+    @property
+    def work_dense(self) -> Work:
+        """Backward working set of a plain-attention dense-MLP layer ((0, 0, 0, 0) when there is none)."""
+        c = self.of_class(ATTENTION, "dense")
+        return c.work if c else (0, 0, 0, 0)
 
     def loss_terms(self, batch: int, seq: int) -> tuple[int, int, int]:
         """(loss backward, loss forward, held logits) bytes for this batch: ``logits.py``'s terms over
@@ -545,27 +563,31 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
     tset = _target_set(arch, s, targets)
-    dense, nmoe, L = arch.dense_layers, len(arch.moe_layers), arch.num_layers
-    moe_set = set(arch.moe_layers)
-    first_moe = 0 in moe_set
+    L = arch.num_layers
     kernels = s.lora_kernels.value
     fused, knotes = act.fused_groups(arch, d, kernels, s.kernel_groups, tset)
     notes += knotes + ((KERNEL_NOTES[kernels].format(groups=", ".join(sorted(fused))),) if fused else ())
     kw = dict(kernels=kernels, fused=fused)
-    dense_sv = act.layer_saved(arch, d, s.rank, tset, attn, False, **kw) if dense else (0, 0, 0)
-    moe_sv = act.layer_saved(arch, d, s.rank, tset, attn, True, **kw) if nmoe else (0, 0, 0)
+    classes, layer_class = [], [0] * L
+    for n, c in enumerate(arch.layer_classes()):
+        moe, rep = c.ffn == "moe", c.layers[0]
+        sm = (act.eager_softmax_backward(arch, d, s.rank, tset, moe, layer=rep, **kw)
+              if attn == "eager" and c.mixer == ATTENTION else None)
+        classes.append(ClassTerms(
+            c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
+            act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
+                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn))
+        for i in c.layers:
+            layer_class[i] = n
+    first = classes[layer_class[0]]
     # layer 0 without checkpointing: its input needs no gradient (peft enables input gradients only
     # for checkpointing), so nothing before the first LoRA module is saved.
-    first_sv = moe_sv if first_moe else dense_sv
+    first_sv, sm_first = first.sv, first.sm
+    first_moe = arch.ffn(0) == "moe"
     if not s.grad_checkpointing and not s.full and "embed_tokens" not in s.modules_to_save:
-        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False, **kw)
-    sm_dense = sm_moe = sm_first = None
-    if attn == "eager":
-        sm_dense = act.eager_softmax_backward(arch, d, s.rank, tset, False, **kw) if dense else None
-        sm_moe = act.eager_softmax_backward(arch, d, s.rank, tset, True, **kw) if nmoe else None
-        sm_first = sm_moe if first_moe else sm_dense
-        if not s.grad_checkpointing and not s.full:
-            sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False, **kw)
+        first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False, layer=0, **kw)
+    if sm_first is not None and not s.grad_checkpointing and not s.full:
+        sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False, layer=0, **kw)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
     window = arch.config.get("sliding_window") or 0
@@ -586,19 +608,14 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
                                                            arch.family.rotary_sets(arch.config, L)),
         layout_quad=m_step,
         batch_tok=0 if unpacked else act.POSITION_ID_BYTES, batch_quad=m_batch,
-        dense=dense, nmoe=nmoe, first_moe=first_moe, last_moe=(L - 1) in moe_set,
-        dense_sv=dense_sv, moe_sv=moe_sv, first_sv=first_sv,
-        work_dense=act.backward_working(arch, d, False, tset, s.rank, gc=s.grad_checkpointing,
-                                        reentrant=s.reentrant, **kw)
-        if dense else (0, 0, 0, 0),
-        work_moe=act.backward_working(arch, d, True, tset, s.rank, **kw) if nmoe else (0, 0, 0, 0),
+        classes=tuple(classes), layer_class=tuple(layer_class), first_sv=first_sv,
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
-        sw_first=0 in sw_layers, sw_last=(L - 1) in sw_layers, window=window,
+        sw_layers=frozenset(sw_layers) if (sw_tok or sw_quad) else frozenset(), window=window,
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
                                                and s.packing is not BatchLayout.PACKED_MASK) else 0,
-        sm_dense=sm_dense, sm_moe=sm_moe, sm_first=sm_first,
+        sm_first=sm_first,
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 
 
@@ -626,7 +643,7 @@ def _eval_terms(arch: Arch, s: Scenario, d: act.Dtypes, layer: dict, targets: tu
     if not s.eval_batch:
         return {}
     gen = {"eval_gen": _gen_terms(arch, s, d, targets)} if s.eval_new_tokens else {}
-    work = layer["work_dense"] if layer["dense"] else layer["work_moe"]
+    work = next((c.work for c in layer["classes"] if c.ffn == "dense"), layer["classes"][0].work)
     moe_width = (arch.experts_per_token * arch.moe_intermediate_size) if arch.moe_layers else 0
     return dict(eval_batch=s.eval_batch, eval_samples=s.eval_samples, eval_keep=s.eval_keep.value,
                 eval_logit_bytes=ev.kept_logits_bytes(lg.logits_dtype_bytes(d.c, d.autocast, d.resid0), d.autocast,

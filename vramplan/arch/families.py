@@ -15,7 +15,7 @@ Each record cites the transformers 5.24 file it mirrors. Adding a family (docs/d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 #: How a family lays out its mixture-of-experts layers (``Arch._moe_fields`` reads the config keys).
 MOE_MIXTRAL = "mixtral"
@@ -70,6 +70,17 @@ class Family:
     """``*ScaledWordEmbedding`` with a scalar ``embed_scale`` buffer."""
     sliding_rule: str | None = None
     """Which layers use sliding-window attention when config.json gives no ``layer_types``."""
+    mixer: str = "attention"
+    """The token-mixer kind of its attention layers (``vramplan.arch.mixers``): ``attention``, or a
+    kind of its own for every such layer (latent attention, say)."""
+    mixer_kinds: Mapping[str, str] = field(default_factory=dict)
+    """config.json ``layer_types`` value -> token-mixer kind, for the values that are not softmax
+    attention (a hybrid's ``linear_attention`` layers, say); unnamed values are ``mixer``."""
+    mixer_rule: str | None = None
+    """How to read each layer's mixer kind when config.json gives it some other way than
+    ``layer_types`` (``layer_mixers``)."""
+    ffn_rule: str | None = None
+    """How to read which layers have no feed-forward block (``ffn_free_layers``); None: all have one."""
     expert_lora_targets: Mapping[str, str] = field(default_factory=dict)
     """v4 module name -> the fused part peft 0.21 adapts for it (``router``, ``gate_up``, ``down``):
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
@@ -93,6 +104,21 @@ class Family:
             return tuple(range(cfg.get("max_window_layers", 0) or 0, num_layers))
         return ()
 
+    def layer_mixers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+        """Each decoder layer's token-mixer kind; () when every layer is plain ``attention``."""
+        types = cfg.get("layer_types")
+        if self.mixer_kinds and isinstance(types, list) and types:
+            kinds = tuple(self.mixer_kinds.get(t, self.mixer) for t in types[:num_layers])
+        elif self.mixer_rule is not None:
+            kinds = MIXER_RULES[self.mixer_rule](cfg, num_layers)
+        else:
+            kinds = (self.mixer,) * num_layers
+        return () if all(k == "attention" for k in kinds) else kinds
+
+    def ffn_free_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
+        """Indices of the decoder layers with no feed-forward block."""
+        return FFN_RULES[self.ffn_rule](cfg, num_layers) if self.ffn_rule is not None else ()
+
     def attention_layer_types(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
         """Distinct attention layer types: config.json ``layer_types`` when given, else Gemma 3's
         derivation from ``sliding_window_pattern`` (layer i is full attention when (i + 1) % pattern == 0)."""
@@ -106,6 +132,12 @@ class Family:
     def rotary_sets(self, cfg: Mapping[str, Any], num_layers: int) -> int:
         """How many inv_freq/original_inv_freq pairs the rotary module holds."""
         return len(self.attention_layer_types(cfg, num_layers)) if self.rotary_per_layer_type else 1
+
+
+#: ``Family.mixer_rule`` name -> (config, layers) -> each layer's mixer kind.
+MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {}
+#: ``Family.ffn_rule`` name -> (config, layers) -> the layers without a feed-forward block.
+FFN_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[int, ...]]] = {}
 
 
 _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_input_dtype=True,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, UNSUPPORTED, Family
+from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
 from vramplan.errors import VramplanError
 
 
@@ -44,6 +45,20 @@ class Linear:
     def params(self) -> int:
         """Elements of all instances, weights and biases."""
         return self.count * (self.weight_params + (self.out_features if self.bias else 0))
+
+
+@dataclass(frozen=True)
+class LayerClass:
+    """Decoder layers that share one (mixer, feed-forward) signature, so save the same tensors."""
+
+    mixer: str
+    ffn: str
+    layers: tuple[int, ...]
+    """Their indices, ascending."""
+
+    @property
+    def count(self) -> int:
+        return len(self.layers)
 
 
 @dataclass(frozen=True)
@@ -213,6 +228,12 @@ class Arch:
     """Gemma 2 tanh soft-capping of the logits (adds logits-sized temporaries)."""
     attn_logit_softcapping: float | None = None
     """Gemma 2 soft-capping of attention scores (forces the eager path)."""
+    mixers: tuple[str, ...] = ()
+    """Per decoder layer, its token-mixer kind (``vramplan.arch.mixers``): ``attention`` (softmax
+    attention over q/k/v/o, sliding or not) or another kind a family declares (``Family.mixer_kinds``).
+    Empty: every layer is ``attention``."""
+    ffn_free: tuple[int, ...] = ()
+    """Decoder layers with no feed-forward block (a hybrid's mixer-only layers)."""
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The config dict this was built from (the text part for nested configs)."""
 
@@ -292,6 +313,8 @@ class Arch:
             sliding_window=cfg.get("sliding_window"),
             final_logit_softcapping=softcap,
             attn_logit_softcapping=attn_softcap,
+            mixers=fam.layer_mixers(cfg, L),
+            ffn_free=fam.ffn_free_layers(cfg, L),
             config=dict(cfg),
             **moe,
         )
@@ -316,19 +339,51 @@ class Arch:
 
     @property
     def dense_layers(self) -> int:
-        return self.num_layers - len(self.moe_layers)
+        """Layers whose feed-forward block is a dense MLP."""
+        return self.num_layers - len(self.moe_layers) - len(set(self.ffn_free) - set(self.moe_layers))
+
+    def mixer(self, layer: int) -> str:
+        """The token-mixer kind of decoder layer ``layer``."""
+        return self.mixers[layer] if self.mixers else ATTENTION
+
+    def ffn(self, layer: int) -> str:
+        """The feed-forward kind of decoder layer ``layer``: ``moe``, ``dense`` or ``none``."""
+        if layer in self.moe_layers:
+            return "moe"
+        return "none" if layer in self.ffn_free else "dense"
+
+    def signature(self, layer: int) -> tuple[str, str]:
+        """(mixer kind, feed-forward kind) of decoder layer ``layer``: layers of one signature save the
+        same tensors."""
+        return self.mixer(layer), self.ffn(layer)
+
+    def layer_classes(self) -> tuple["LayerClass", ...]:
+        """The decoder layers grouped by ``signature``, in order of first appearance."""
+        seen: dict[tuple[str, str], list[int]] = {}
+        for i in range(self.num_layers):
+            seen.setdefault(self.signature(i), []).append(i)
+        return tuple(LayerClass(sig[0], sig[1], tuple(idx)) for sig, idx in seen.items())
+
+    def mixer_layers(self, kind: str) -> int:
+        """How many decoder layers use token mixer ``kind``."""
+        return self.num_layers if not self.mixers and kind == ATTENTION else self.mixers.count(kind)
 
     def linears(self) -> tuple[Linear, ...]:
         """Every ``nn.Linear`` kind in the model, lm_head last (tied or not, it is a Linear)."""
         H, L = self.hidden_size, self.num_layers
         out: list[Linear] = []
-        if self.fused:
-            out.append(Linear("qkv_proj", "attention", H, self.q_out + 2 * self.kv_out, self.qkv_bias, L))
-        else:
-            out.append(Linear("q_proj", "attention", H, self.q_out, self.qkv_bias, L))
-            out.append(Linear("k_proj", "attention", H, self.kv_out, self.qkv_bias, L))
-            out.append(Linear("v_proj", "attention", H, self.kv_out, self.qkv_bias, L))
-        out.append(Linear("o_proj", "attention", self.q_out, H, self.o_bias, L))
+        na = self.mixer_layers(ATTENTION)
+        if na:
+            if self.fused:
+                out.append(Linear("qkv_proj", ATTENTION, H, self.q_out + 2 * self.kv_out, self.qkv_bias, na))
+            else:
+                out.append(Linear("q_proj", ATTENTION, H, self.q_out, self.qkv_bias, na))
+                out.append(Linear("k_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
+                out.append(Linear("v_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
+            out.append(Linear("o_proj", ATTENTION, self.q_out, H, self.o_bias, na))
+        for kind in dict.fromkeys(self.mixers):  # the other mixer kinds, in order of first appearance
+            if kind != ATTENTION:
+                out.extend(MIXERS[kind].linears(self, self.mixers.count(kind)))
         nd = self.dense_layers
         if nd:
             I = self.intermediate_size
@@ -350,15 +405,18 @@ class Arch:
         return tuple(out)
 
     def layer_linears(self, layer: int) -> tuple[Linear, ...]:
-        """The linears of decoder layer ``layer`` (count = 1 each)."""
-        moe = layer in self.moe_layers
+        """The linears of decoder layer ``layer`` (count = 1 each): its mixer's group and its
+        feed-forward block's (``mlp`` for a dense MLP, ``shared_expert`` beside MoE experts)."""
+        mixer, ffn = self.signature(layer)
         keep = []
         for lin in self.linears():
             if lin.group == "lm_head":
                 continue
-            if lin.group == "mlp" and moe:
+            if lin.group == "mlp" and ffn != "dense":
                 continue
-            if lin.group == "shared_expert" and not moe:
+            if lin.group == "shared_expert" and ffn != "moe":
+                continue
+            if is_mixer_group(lin.group) and lin.group != mixer:
                 continue
             keep.append(Linear(lin.name, lin.group, lin.in_features, lin.out_features, lin.bias, 1))
         return tuple(keep)
@@ -396,9 +454,8 @@ class Arch:
     def norm_params(self) -> int:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
-        if self.qk_norm:
-            per_layer += 2 * self.head_dim
-        return self.num_layers * per_layer + self.hidden_size
+        qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
+        return self.num_layers * per_layer + qk + self.hidden_size
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module kind; values sum to ``total_params``."""
@@ -411,6 +468,10 @@ class Arch:
             counts[f"experts.{t.name}"] = t.params
         if self.router_params:
             counts["router"] = self.router_params
+        for kind in dict.fromkeys(self.mixers):
+            if kind != ATTENTION:
+                for key, n in MIXERS[kind].params(self).items():  # conv kernels, gates, norms of the kind
+                    counts[f"{kind}.{key}"] = n * self.mixers.count(kind)
         counts["norms"] = self.norm_params
         counts["lm_head"] = self.lm_head_params
         return counts
