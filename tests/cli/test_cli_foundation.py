@@ -75,8 +75,10 @@ def test_config_missing_field(cli_run, tmp_path):
 
 def test_unsupported_architecture(cli_run, tmp_path):
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({"model_type": "qwen3_next", "hidden_size": 64}))
-    assert "not supported" in _one_line_exit2(cli_run, "estimate", "--model", str(p))
+    p.write_text(json.dumps({"model_type": "rwkv", "hidden_size": 64, "num_hidden_layers": 2,
+                             "num_attention_heads": 4, "vocab_size": 100}))
+    line = _one_line_exit2(cli_run, "estimate", "--model", str(p))
+    assert "'rwkv' is not priced by the analytic engine (RWKV is not modelled" in line and "--method trace" in line
 
 
 def test_usage_error_is_one_line(cli_run):

@@ -89,10 +89,17 @@ def test_bad_field_value():
 
 
 def test_unsupported_model_type():
-    with pytest.raises(ArchError, match="hybrid linear attention"):
-        Arch.from_config(dict(QWEN3_14B, model_type="qwen3_next"))
-    with pytest.raises(ArchError, match="not supported"):
-        Arch.from_config(dict(QWEN3_14B, model_type="gpt2"))
+    """A type with no record builds a stand-in Arch (the trace prices it); the analytic engine refuses it,
+    naming the reason and the trace."""
+    from vramplan.analytic import estimate
+    from vramplan.scenario import Scenario
+
+    arch = Arch.from_config(dict(QWEN3_14B, model_type="mamba"))
+    assert not arch.family.record
+    with pytest.raises(ArchError, match="state-space models are not modelled.*--method trace"):
+        estimate(arch, Scenario())
+    with pytest.raises(ArchError, match="'gpt2' is not priced by the analytic engine"):
+        estimate(Arch.from_config(dict(QWEN3_14B, model_type="gpt2")), Scenario())
 
 
 def test_bad_gqa():

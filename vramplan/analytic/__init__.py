@@ -18,7 +18,8 @@ from vramplan.analytic import phases as ph
 from vramplan.analytic.runtime import runtime_components
 from vramplan.analytic.terms import (SDPA_FALLBACK_NOTE, StaticTerms, effective_attention, loss_workspace,
                                      static_terms)
-from vramplan.arch.spec import Arch
+from vramplan.arch.families import no_record_reason
+from vramplan.arch.spec import Arch, ArchError
 from vramplan.breakdown import RUNTIME_CATEGORIES, Breakdown, Component, Totals
 from vramplan.calibration import Calibration
 from vramplan.device import Device
@@ -59,6 +60,8 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     allocates there, two documented differences, see ``activations.Dtypes.cuda``) and the runtime
     constants (``vramplan.engine.runtime_calibration``).
     """
+    if not arch.family.record:  # no family record: only the trace can price it
+        raise ArchError(no_record_reason(arch))
     dev = Device.parse(device)
     cal = runtime_calibration(calibration, device)
     st = static_terms(arch, scenario, dev.semantics)

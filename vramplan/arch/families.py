@@ -42,6 +42,9 @@ class Family:
     model_type: str
     source: str
     """The transformers 5.24 modeling file the record mirrors."""
+    record: bool = True
+    """False for the stand-in of a ``model_type`` with no record (``generic``): only the trace, which
+    runs transformers' own modeling code, can price it."""
     qkv_bias: bool = False
     """q/k/v carry a bias whatever ``attention_bias`` says (the Qwen2 family hard-codes it)."""
     qk_norm: bool = False
@@ -182,6 +185,21 @@ UNSUPPORTED: dict[str, str] = {
     "lfm2": "hybrid convolution/attention layers are not modelled yet",
     "gpt_oss": "gpt-oss MXFP4 experts are not modelled yet",
 }
+
+
+def generic(model_type: str) -> Family:
+    """The stand-in record of a ``model_type`` vramplan has no record of (every trait at its default)."""
+    return Family(model_type, source="", record=False)
+
+
+def no_record_reason(arch: Any) -> str:
+    """Why the analytic engine cannot price ``arch`` (an ``Arch`` of a type with no record), and what
+    prices it now (one sentence)."""
+    model_type = arch.model_type
+    why = UNSUPPORTED.get(model_type, "no family record")
+    return (f"model_type '{model_type}' is not priced by the analytic engine ({why}; families: "
+            f"{', '.join(sorted(FAMILIES))}): `--method trace` prices it exactly with transformers' own modeling "
+            "code, and docs/adding-a-model.md says how to add its record")
 
 
 def family(model_type: str) -> Family:

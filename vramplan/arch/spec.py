@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, UNSUPPORTED, Family
+from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, Family, generic
 from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
 from vramplan.errors import VramplanError
 
@@ -263,13 +263,13 @@ class Arch:
         if not isinstance(model_type, str):
             raise ArchError(f"config.json field 'model_type' must be a string, got {_show(model_type)}")
         model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
-        if model_type in UNSUPPORTED:
-            raise ArchError(f"model_type '{model_type}' is not supported: {UNSUPPORTED[model_type]}")
-        if model_type not in FAMILIES:
-            raise ArchError(
-                f"model_type '{model_type}' is not supported (supported: {', '.join(sorted(FAMILIES))})"
-            )
-        fam = FAMILIES[model_type]
+        # a model_type with no record gets the stand-in family: the trace (transformers' own modeling
+        # code) prices it; the analytic engine refuses it (``no_record_reason``)
+        fam = FAMILIES.get(model_type) or generic(model_type)
+        if not fam.record and cfg.get("auto_map"):
+            raise ArchError(f"model_type '{model_type}' is a remote-code model (its config.json auto_map names modeling "
+                            "code shipped with the checkpoint): vramplan never runs remote code (trust_remote_code), "
+                            "so neither engine can price it; a transformers-native port (its own model_type) can be")
         _check_optional(cfg)
         H = _int(cfg, "hidden_size", model_type)
         L = _int(cfg, "num_hidden_layers", model_type)
@@ -288,8 +288,10 @@ class Arch:
                 inter = _int(cfg, "intermediate_size", model_type)
             else:
                 inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
-        else:
+        elif fam.record:
             inter = _int(cfg, "intermediate_size", model_type)
+        else:
+            inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
         softcap = cfg.get("final_logit_softcapping") if fam.softcapping else None
         attn_softcap = cfg.get("attn_logit_softcapping") if fam.softcapping else None
         return cls(
@@ -322,8 +324,9 @@ class Arch:
     # ------------------------------------------------------------------------------- modules
     @property
     def family(self) -> Family:
-        """The family record of ``model_type`` (``vramplan.arch.families``)."""
-        return FAMILIES[self.model_type]
+        """The family record of ``model_type`` (``vramplan.arch.families``; the stand-in ``generic``
+        record, ``record`` False, for a type without one)."""
+        return FAMILIES.get(self.model_type) or generic(self.model_type)
 
     @property
     def is_moe(self) -> bool:

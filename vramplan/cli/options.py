@@ -63,13 +63,16 @@ def _option(f: "dataclasses.Field[Any]", kind: Any, multi: bool) -> Callable[...
     return click.option(*names, **kw)
 
 
-def scenario_options(multi: bool = False, config: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def scenario_options(multi: bool = False, config: bool = False,
+                     model: bool = True) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator adding ``--model``, every scenario flag and ``--preset``. With ``multi`` (profile
     sweeps), the fields marked ``sweep`` (--seq/--batch/--rank) take comma lists and arrive as strings.
     With ``config``: ``--config`` / ``--framework`` / ``--framework-version`` and a launch command after
-    ``--`` (``pop_run`` reads them), ``--model`` then optional."""
+    ``--`` (``pop_run`` reads them), ``--model`` then optional. ``model=False``: no ``--model`` (a command
+    over many models)."""
     kinds = typing.get_type_hints(Scenario)
-    opts = [_MODEL_OPT if config else _MODEL] + [_option(f, kinds[f.name], multi) for f in dataclasses.fields(Scenario)]
+    head = [_MODEL_OPT if config else _MODEL] if model else []
+    opts = head + [_option(f, kinds[f.name], multi) for f in dataclasses.fields(Scenario)]
     opts += [_PRESET] + (_CONFIG if config else [])
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -73,9 +73,24 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         if isinstance(cfg.get("mlp_only_layers"), list):
             cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
     cfg["use_cache"] = False
+    _require_known_type(arch)
     with transformers_rejects(arch):
         config = AutoConfig.for_model(model_type, **cfg)
     return config
+
+
+def _require_known_type(arch: Arch) -> None:
+    """A ``model_type`` transformers does not know is a remote-code model (its modeling file ships in the
+    checkpoint's repository, ``auto_map``): vramplan never runs remote code (no ``trust_remote_code``)."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    if arch.model_type not in CONFIG_MAPPING:
+        remote = " (its config's auto_map points at remote code)" if arch.config.get("auto_map") else ""
+        raise TraceUnsupported(
+            f"model_type '{arch.model_type}' is not a transformers {transformers.__version__} model{remote}: vramplan "
+            "never runs remote code (trust_remote_code), so neither engine can price it; a transformers-native "
+            "port of the model (its own model_type) can be priced")
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vramplan.breakdown import fmt_bytes
+from vramplan.errors import VramplanError
 from vramplan.report.text import mib
 
 T = TypeVar("T")
@@ -52,15 +53,59 @@ def model_row(e: Any) -> dict[str, Any]:
                 moe=a.is_moe, source=e.source)
 
 
-def render_models(rows: list[dict[str, Any]], filter: str) -> None:
-    """The registry table (rows of ``model_row``), or a line on stderr when nothing matched."""
-    t = _table(f"vramplan registry ({len(rows)} models)",
-               (("name", "left"), ("hub id", "left"), ("type", "left"), ("params", "right"),
-                ("in 4-bit linears", "right"), ("layers", "right"), ("hidden", "right"), ("vocab", "right")))
+def by_family(entries: list[Any], family: str, everything: Iterable[Any]) -> list[Any]:
+    """The entries of ``family``: a registry family name or a config model_type (case-insensitive);
+    an unknown one is a ``VramplanError`` naming the known ones."""
+    key = family.strip().lower()
+
+    def names(e: Any) -> set[str]:
+        return {e.family.lower(), e.arch().model_type.lower(), str(e.config.get("model_type", "")).lower()}
+
+    known = sorted(set().union(*(names(e) for e in everything)) - {""})
+    if key not in known:
+        raise VramplanError(f"unknown family '{family}' (known: {', '.join(known)})")
+    return [e for e in entries if key in names(e)]
+
+
+def fitting(entries: list[Any], rows: list[dict[str, Any]], gpu: Any, scenario: Any, calibration: Any,
+            bound: str) -> list[dict[str, Any]]:
+    """The rows whose model fits ``gpu`` under ``scenario`` (``vramplan.plan.Planner.check``), each with
+    ``need_bytes``, ``budget_bytes`` and ``headroom_bytes`` added; largest model first. The synthetic test
+    entries are left out."""
+    from vramplan.plan import Planner
+
+    out = []
+    for e, row in zip(entries, rows):
+        if e.source.startswith("synthetic"):  # the test models are no answer to "what fits my card"
+            continue
+        check = Planner(e.arch(), gpu, calibration=calibration, bound=bound).check(scenario)
+        if check.fits:
+            out.append({**row, "need_bytes": check.need_bytes, "budget_bytes": check.budget_bytes,
+                        "headroom_bytes": check.headroom_bytes, "bound": check.bound})
+    return sorted(out, key=lambda r: -r["params"])
+
+
+def render_models(rows: list[dict[str, Any]], filter: str, gpu: str | None = None, scenario: Any = None) -> None:
+    """The registry table (rows of ``model_row``), or a line on stderr when nothing matched; with
+    ``gpu`` (``vramplan models --fits``) the rows that fit, with need and headroom."""
+    title = f"vramplan registry ({len(rows)} models)"
+    cols: tuple[tuple[str, str], ...] = (("name", "left"), ("hub id", "left"), ("type", "left"), ("params", "right"),
+                                         ("in 4-bit linears", "right"), ("layers", "right"), ("hidden", "right"),
+                                         ("vocab", "right"))
+    if gpu is not None:
+        title = (f"fits {gpu} ({len(rows)} models): {scenario.quant.value} r{scenario.rank} "
+                 f"{scenario.batch}×{scenario.seq}")
+        cols = cols[:5] + (("needs", "right"), ("headroom", "right"))
+    t = _table(title, cols)
     for r in rows:
-        t.add_row(r["name"], r["hub_id"], r["model_type"] + (" (MoE)" if r["moe"] else ""),
-                  f"{r['params'] / 1e9:.2f} B", f"{r['quantized_params'] / 1e9:.2f} B",
-                  str(r["layers"]), str(r["hidden"]), f"{r['vocab']:,}")
+        cells = [r["name"], r["hub_id"], r["model_type"] + (" (MoE)" if r["moe"] else ""),
+                 f"{r['params'] / 1e9:.2f} B", f"{r['quantized_params'] / 1e9:.2f} B"]
+        if gpu is not None:
+            cells += [fmt_bytes(r["need_bytes"]), fmt_bytes(r["headroom_bytes"])]
+        else:
+            cells += [str(r["layers"]), str(r["hidden"]), f"{r['vocab']:,}"]
+        t.add_row(*cells)
     Console().print(t)
     if not rows:
-        click.echo(f"no model matches '{filter}'", err=True)
+        what = f"fits {gpu}" if gpu is not None else f"matches '{filter}'"
+        click.echo(f"no model {what}", err=True)

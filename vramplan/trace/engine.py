@@ -53,7 +53,16 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
         bd = _breakdown(arch, run_scenario, fig, calibration, dev, steps, t0)
     if attn_note:
         bd = replace(bd, notes=(attn_note,) + tuple(bd.notes))
+    if not arch.family.record:
+        bd = replace(bd, notes=tuple(bd.notes) + (NO_RECORD_NOTE.format(model_type=arch.model_type),))
     return bd
+
+
+#: The note of a trace of a model_type with no family record (``vramplan.arch.families.generic``).
+NO_RECORD_NOTE = ("model_type '{model_type}' has no family record: this trace of transformers' own modeling code is "
+                  "the only estimate (the analytic engine, plan and the model listings need a record: "
+                  "docs/adding-a-model.md); the allocator reserve's loss share reads the config's hidden size and "
+                  "vocabulary")
 
 
 def _breakdown(arch: Arch, scenario: Scenario, fig: Figures, calibration: Any, device: Device, steps: int,

@@ -1,0 +1,60 @@
+"""``vramplan models --family`` and ``--fits``: the registry by family and by what fits a card, each row
+the same check ``vramplan plan`` makes."""
+
+from __future__ import annotations
+
+import json
+
+from clihelp import one_line_exit2
+from vramplan.arch.lookup import registry
+from vramplan.gpus import resolve_gpu
+from vramplan.plan import Planner
+from vramplan.scenario import Scenario
+
+
+def _rows(cli_run, *args):
+    code, out, err = cli_run("models", *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_family_filter_is_the_model_type(cli_run):
+    rows = _rows(cli_run, "--family", "qwen3")
+    want = {e.name for e in registry() if e.arch().model_type == "qwen3"}
+    assert {r["name"] for r in rows} == want and len(want) >= 5
+    assert {r["model_type"] for r in _rows(cli_run, "--family", "QWEN3_MOE")} == {"qwen3_moe"}
+
+
+def test_unknown_family_one_line(cli_run):
+    line = one_line_exit2(cli_run, "models", "--family", "nope")
+    assert "unknown family 'nope'" in line and "qwen3" in line
+
+
+def test_fits_is_the_planner_check(cli_run):
+    rows = _rows(cli_run, "--fits", "rtx4090", "--seq", "2048")
+    names = {r["name"] for r in rows}
+    gpu = resolve_gpu("rtx4090")
+    sc = Scenario(seq=2048)
+    for e in registry():
+        if e.source.startswith("synthetic"):
+            assert e.name not in names
+            continue
+        check = Planner(e.arch(), gpu).check(sc)
+        assert (e.name in names) == check.fits, e.name
+    for r in rows:
+        assert r["need_bytes"] <= r["budget_bytes"] and r["headroom_bytes"] == r["budget_bytes"] - r["need_bytes"]
+    assert "Qwen3-8B" in names and "Llama-3.1-70B" not in names
+    assert [r["params"] for r in rows] == sorted((r["params"] for r in rows), reverse=True)
+
+
+def test_fits_follows_the_scenario(cli_run):
+    short = {r["name"] for r in _rows(cli_run, "--fits", "rtx4090", "--seq", "512")}
+    long = {r["name"] for r in _rows(cli_run, "--fits", "rtx4090", "--seq", "32768")}
+    assert long < short
+
+
+def test_fits_table_and_empty(cli_run):
+    code, out, err = cli_run("models", "--fits", "rtx4090", "--family", "llama", "--seq", "2048")
+    assert code == 0 and "fits RTX 4090" in out and "headroom" in out
+    code, out, err = cli_run("models", "Llama-3.1-70B", "--memory", "8GiB")
+    assert code == 0 and "no model fits" in err
