@@ -5,11 +5,13 @@ defaults); the analytic engine reads its memory traits (norm dtype, rotary buffe
 scaling, sliding-window rule, which fused expert parameters peft adapts) through ``Arch.family`` and
 never compares ``model_type`` strings itself (tests/theirs/test_families.py pins that).
 
-Each record cites the transformers 5.24 file it mirrors. Adding a family (docs/design.md):
+Each record cites the transformers 5.24 file it mirrors. Adding a family (docs/adding-a-model.md):
 1. one ``Family(...)`` entry in ``FAMILIES`` with its source file;
-2. a registry file ``vramplan/arch/registry/<family>.json`` with a tiny and a real entry;
-3. run the ours-vs-theirs tests (parameter counts on the meta device, analytic vs trace on a shrunk
-   config); a new kind of layer (not a new value of an existing trait) needs a term in the engines.
+2. a registry file ``vramplan/arch/registry/<family>.json``, each entry citing its config.json;
+3. one row (``SHRUNK`` and ``FULL``) of tests/families/test_family_records.py: parameter counts on the
+   meta device, 4-bit bytes against bitsandbytes, analytic vs trace within 1 %. A new kind of layer
+   (not a new value of an existing trait) needs its terms once: a token mixer in
+   ``vramplan.arch.mixers`` and ``vramplan.analytic.mixers``.
 """
 
 from __future__ import annotations
