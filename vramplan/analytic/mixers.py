@@ -28,14 +28,164 @@ Working = Callable[..., "tuple[int, int, int, int]"]
 # ------------------------------------------------------------------------------------- kinds
 # One section per kind: its walk and working functions.
 
+# ---- identity: a layer that is a feed-forward block alone (Nemotron-H ``-`` / ``E``)
+
+
+def identity_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
+    """``NemotronHBlock.forward`` (modeling_nemotron_h.py L890-920) for an ``mlp`` / ``moe`` block: no
+    token mixer; its one pre-norm reads the layer input, so it saves what an attention layer's input
+    norm saves (``activations._attention_saved`` step 1: the fp32 input, the input itself when it is
+    fp32 and counted by the caller, and one rsqrt; a trainable weight's product also its normalised
+    input). Returns (the norm output's dtype, whether it needs a gradient): the feed-forward block
+    reads it directly (``activations.PRENORMED``)."""
+    from vramplan.analytic.activations import norm_out
+    d, H = w.d, arch.hidden_size
+    if live:
+        w.tok += 4 + (4 * H if d.resid != 4 else 0)
+    if d.full:
+        w.tok += 4 * H
+    return norm_out(d, d.resid), live
+
+
+# ---- mamba2: NemotronHMamba2Mixer, transformers' torch path (``torch_forward``)
+#: The SSD scan's einsums run as bmm, which autocast casts to the compute dtype; their operand copies
+#: are what the fallback saves at long sequence (the b·h·c·l·l segment sums).
+
+
+def mamba2_dtypes(d: "Dtypes", pd: int) -> tuple[int, int, int]:
+    """(e, co, conv_x): the einsums' operand dtype (c under autocast, else fp32: ``mamba2_chunk_scan``
+    casts to ``float()``), the conv output's (autocast runs ``F.conv1d`` in c, else the conv weight's
+    dtype ``other_w``) and the dtype the conv saves its input in."""
+    e = d.c if d.autocast else 4
+    co = d.c if d.autocast else d.other_w
+    return e, co, co
+
+
+def mamba2_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
+    """What a Mamba-2 layer saves for backward on transformers 5.24's torch path
+    (``models/nemotron_h/modeling_nemotron_h.py``: ``NemotronHBlock.forward`` L890-920,
+    ``NemotronHMamba2Mixer.forward`` L440-560, ``mamba2_chunk_scan`` L262-365, ``segment_sum`` L105-122,
+    ``causal_conv1d_fn`` L160-180, ``NemotronHRMSNormGated`` L55-72), per token (P = in_proj width,
+    Cd = conv_dim, I = heads·head_dim, nh heads, n state, l chunk, g groups; pd = in_proj output dtype,
+    e = the einsums' dtype, ``mamba2_dtypes``):
+    1. the block's pre-norm (as an attention layer's input norm), in_proj (LoRA as any target);
+    2. ``F.conv1d`` saves its input (a cast copy, conv_x·Cd, or a view of in_proj's output when no
+       cast runs) and silu its output (co·Cd; the K − 1 padded columns are left out);
+    3. dt: ``dt + dt_bias`` (softplus input) and the softplus output (clamp input), pd·nh each, and
+       ``dt.float()`` (4·nh) the x·dt product saves; x in fp32 (a copy, 4·I, or, when the silu output
+       cast back to pd = fp32 is x itself, that whole xBC tensor: 4·Cd);
+    4. the scan: ``exp(segment_sum(A))`` 4·nh·l, G (e·nh·l) and the bmm copy of M (e·nh·l) — the
+       chunk's l × l block per head, the term that grows with the chunk —; the bmm copies of C (twice),
+       B, B_decay (e·nh·n each) and of x·dt (twice, e·I); B itself (4·nh·n) kept by ``B * decay``;
+       ``decay_states`` and ``exp(A_cumsum)`` (4·nh each); the chunk states (e·I·n/l twice, one row's
+       extra chunk e·I·n fixed), C_times_states (e·I);
+    5. the gated norm: ``gate.to(float32)`` (4·I, or in_proj's whole output when it is fp32 already:
+       the gate is a view of it, as is a conv input of in_proj's dtype), its silu output, the scan
+       output, their product (4·I each), rsqrt (4·g); two l × l causal masks (bool, fixed);
+    6. out_proj (peft refuses LoRA on it; a frozen 4-bit layer saves nothing).
+    Read against the tracker on a shrunk model: each tensor's shape and dtype (docs/families.md)."""
+    from vramplan.analytic.activations import norm_out
+    from vramplan.arch.mixers import mamba2_shape
+    d, H = w.d, arch.hidden_size
+    m = mamba2_shape(arch)
+    P, Cd, I, nh, n, l, g = m.in_out, m.conv_dim, m.inner, m.heads, m.state, m.chunk, m.groups
+    if live:
+        w.tok += 4 + (4 * H if d.resid != 4 else 0)
+    if d.full:
+        w.tok += 4 * H
+    n1 = norm_out(d, d.resid)
+    pd, lp = w.linears((lins["in_proj"],), n1, False, live)
+    if not lp:
+        od, lo = w.linears((lins["out_proj"],), n1, False, False)
+        return od, lo
+    e, co, conv_x = mamba2_dtypes(d, pd)
+    conv_view = pd == d.other_w and (not d.autocast or pd == d.c)
+    gate_view = pd == 4
+    if conv_view or gate_view:
+        w.tok += pd * P  # in_proj's output, alive through the views the conv and the gate's silu save
+    if not conv_view:
+        w.tok += conv_x * Cd
+    if d.autocast and d.other_w != d.c:
+        w.const += d.c * Cd * m.conv_kernel  # autocast's copy of the conv weight, saved by the conv
+    w.tok += co * Cd  # silu input: the conv output
+    w.tok += 2 * pd * nh + 4 * nh  # dt + dt_bias, softplus(dt), dt.float()
+    w.tok += 4 * Cd if pd == 4 else 4 * I  # x in fp32
+    w.tok += 4 * nh * l + 2 * e * nh * l  # L, G, M's copy
+    w.tok += 4 * e * nh * n + 4 * nh * n  # C (x2), B, B_decay copies; B
+    w.tok += 2 * e * I + 2 * 4 * nh  # x·dt copies; decay_states, exp(A_cumsum)
+    w.tok += 2 * e * I * n // l + e * I  # chunk states (two copies), C_times_states
+    w.const += e * I * n + 2 * l * l  # one row's extra chunk state; the causal masks
+    w.tok += (0 if gate_view else 4 * I) + 3 * 4 * I + 4 * g  # gated norm
+    od, lo = w.linears((lins["out_proj"],), 4 if n1 == 4 else n1, False, True)
+    return od, lo
+
+
+def mamba2_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, int]:
+    """A Mamba-2 layer's backward working set over its saved tensors, as ``backward_working`` returns
+    it, (a, a_fixed, b, b_fixed):
+    a. the intra-chunk block's backward (``M = G * L``, ``L = exp(segment_sum(A))``): three fp32
+       l × l gradients per head (M's, L's, the exp's) and G's in e, 3·4·I-sized and one e·I gradient,
+       while the gated norm's saved tensors, C_times_states, the bmm copies of M, G, x·dt and the
+       C_times_states operands are already freed: (12 − e)·nh·l − e·(I + nh·n + I·n/l) − 4·g, with the
+       layer output's gradient (the residual's, max(resid, c)·H). Read from the tracker's live set at
+       that moment (a Mamba-2 mixer under CPU autocast, transformers 5.24 torch path).
+    b. in_proj's backward: its output's gradient (pd·P ≤ 4·P), the dequantized weight (c·P·H, fixed),
+       its input gradient (c·H) and the residual's."""
+    from vramplan.arch.mixers import mamba2_shape
+    m = mamba2_shape(arch)
+    H, c = arch.hidden_size, d.c
+    e = c if d.autocast else 4
+    g_out = max(d.resid, c) * H
+    a = (12 - e) * m.heads * m.chunk - e * (m.inner + m.heads * m.state + m.inner * m.state // m.chunk) \
+        - 4 * m.groups + g_out
+    b = 4 * m.in_out + c * H + g_out
+    return a, 0, b, (c * m.in_out * H if d.quantized else 0)
+
+
+def attention_only_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, int]:
+    """An attention layer without a feed-forward block (Nemotron-H ``*``): the attention backward's
+    gradients of q, k, v and of its output (ad·(2·q + 2·kv)) and the layer output's gradient; the
+    base branch of o_proj's backward: its dequantized weight (c·q·H, fixed), grad_A (c·q) and the
+    layer output's gradient."""
+    H, c = arch.hidden_size, d.c
+    q, kv = arch.q_out, arch.kv_out
+    ad = c if d.autocast else max(d.resid, c)
+    g_out = max(d.resid, c) * H
+    return ad * (2 * q + 2 * kv) + g_out, 0, c * q + g_out, (c * q * H if d.quantized else 0)
+
 
 #: kind -> its saved-activation walk (the one place a kind's walk is registered).
 WALKS: dict[str, Walk] = {
+    "identity": identity_walk,
+    "mamba2": mamba2_walk,
 }
 
 #: kind -> the backward working set of its layers (``backward_working_of``).
 WORKING: dict[str, Working] = {
+    "mamba2": lambda arch, d, targets, rank, layer, **kw: mamba2_working(arch, d),
+    "attention": lambda arch, d, targets, rank, layer, **kw: attention_only_working(arch, d),
 }
+
+
+def mamba2_state(arch: "Arch", proj: int) -> int:
+    """One Mamba-2 layer's generation cache per sequence (transformers 5.24 ``cache_utils.py``
+    ``LinearAttentionLayer.lazy_initialization`` / ``update_conv_state``): the conv state, conv_dim ×
+    ``conv_kernel`` in in_proj's output dtype (``proj``), and the SSM state ``zeros_like(final_state)``,
+    heads × head_dim × state in fp32 (the chunk scan's ``float()`` states, no autocast in generate)."""
+    from vramplan.arch.mixers import mamba2_shape
+    m = mamba2_shape(arch)
+    return proj * m.conv_dim * m.conv_kernel + 4 * m.inner * m.state
+
+
+#: kind -> its layer's recurrent generation cache per sequence (kinds without one hold none).
+STATES: dict[str, Callable[["Arch", int], int]] = {
+    "mamba2": mamba2_state,
+}
+
+
+def state_bytes(arch: "Arch", proj: int) -> int:
+    """The recurrent caches of every non-attention layer, bytes per sequence."""
+    return sum(STATES[k](arch, proj) * arch.mixers.count(k) for k in dict.fromkeys(arch.mixers) if k in STATES)
 
 
 def backward_working_of(arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int, layer: int,
