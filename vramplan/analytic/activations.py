@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.arch.mixers import ATTENTION
+from vramplan.arch.mixers import ATTENTION, IDENTITY
 from vramplan.arch.spec import Arch, Linear
 
 
@@ -494,7 +494,7 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
 
 
 #: Token-mixer kinds whose walk is the layer's one pre-norm, read by its feed-forward block directly.
-PRENORMED = frozenset({"identity"})
+PRENORMED = frozenset({IDENTITY})
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,

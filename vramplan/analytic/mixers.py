@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from vramplan.arch.mixers import IDENTITY, MAMBA2
+
 if TYPE_CHECKING:
     from vramplan.analytic.activations import Dtypes, _Walk
     from vramplan.arch.spec import Arch, Linear
@@ -61,6 +63,76 @@ def mamba2_dtypes(d: "Dtypes", pd: int) -> tuple[int, int, int]:
     return e, co, co
 
 
+def mamba2_core(d: "Dtypes", m: "Mamba2Shape", pd: int) -> tuple[int, int]:
+    """(bytes per token, fixed bytes) the torch path saves between in_proj and out_proj (steps 2-5 of
+    ``mamba2_walk``), for an in_proj output of ``pd`` bytes per element."""
+    P, Cd, I, nh, n, l, g = m.in_out, m.conv_dim, m.inner, m.heads, m.state, m.chunk, m.groups
+    e, co, conv_x = mamba2_dtypes(d, pd)
+    conv_view = pd == d.other_w and (not d.autocast or pd == d.c)
+    gate_view = pd == 4
+    tok = const = 0
+    if conv_view or gate_view:
+        tok += pd * P  # in_proj's output, alive through the views the conv and the gate's silu save
+    if not conv_view:
+        tok += conv_x * Cd
+    if d.autocast and d.other_w != d.c:
+        const += d.c * Cd * m.conv_kernel  # autocast's copy of the conv weight, saved by the conv
+    tok += co * Cd  # silu input: the conv output
+    tok += 2 * pd * nh + 4 * nh  # dt + dt_bias, softplus(dt), dt.float()
+    tok += 4 * Cd if pd == 4 else 4 * I  # x in fp32
+    tok += 4 * nh * l + 2 * e * nh * l  # L, G, M's copy: the l x l blocks
+    tok += 4 * e * nh * n + 4 * nh * n  # C (x2), B, B_decay copies; B
+    tok += 2 * e * I + 2 * 4 * nh  # x·dt copies; decay_states, exp(A_cumsum)
+    tok += 2 * e * I * n // l + e * I  # chunk states (two copies), C_times_states
+    const += e * I * n + 2 * l * l  # one row's extra chunk state; the causal masks
+    tok += (0 if gate_view else 4 * I) + 3 * 4 * I + 4 * g  # gated norm
+    return tok, const
+
+
+def mamba2_kernel_core(d: "Dtypes", m: "Mamba2Shape", pd: int) -> tuple[int, int]:
+    """What the CUDA path saves instead (not traced: mamba-ssm 2.3.2 and causal-conv1d are CUDA builds):
+    with mamba-ssm installed, ``NemotronHMamba2Mixer.forward`` runs ``mamba_split_conv1d_scan_combined``
+    in training (modeling_nemotron_h.py L462-485), whose ``MambaSplitConv1dScanCombinedFn.forward``
+    (``mamba_ssm/ops/triton/ssd_combined.py`` L815-895) saves ``zxbcdt`` (in_proj's output, pd·P),
+    ``out_x`` (the scan output before the gated norm, in x's dtype: the conv kernel returns its input's,
+    pd·I) and ``rstd`` (fp32 per group, 4·g), and recomputes the conv, the scan and the norm in backward;
+    under autocast it also saves its c copy of out_proj's weight (c·I·H, fixed, left out here), which
+    it multiplies itself (``F.linear(out, outproj_weight)``, bypassing the out_proj module)."""
+    return pd * (m.in_out + m.inner) + 4 * m.groups, 0
+
+
+def mamba2_note(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset[str]) -> str:
+    """The breakdown note of a model with Mamba-2 layers: the torch path priced, the CUDA kernel's
+    saved bytes beside it (``mamba2_kernel_core``)."""
+    from vramplan.analytic.activations import _Walk, norm_out
+    from vramplan.arch.mixers import mamba2_shape
+    m = mamba2_shape(arch)
+    layer = arch.mixers.index(MAMBA2)
+    lins = {lin.name: lin for lin in arch.layer_linears(layer)}
+    pd, _ = _Walk(d, rank, targets).linears((lins["in_proj"],), norm_out(d, d.resid), False, True)
+    torch_tok = mamba2_core(d, m, pd)[0]
+    kernel_tok = mamba2_kernel_core(d, m, pd)[0]
+    return (f"Mamba-2 layers priced on transformers' torch path (mamba_chunk_scan / causal_conv1d fallbacks: "
+            f"mamba-ssm and causal-conv1d are CUDA builds the trace cannot run): {torch_tok:,} B per token per "
+            f"layer between in_proj and out_proj, {(4 + 2 * (d.c if d.autocast else 4)) * m.heads * m.chunk:,} of "
+            f"them the chunk's {m.chunk}x{m.chunk} segment sums; on CUDA with mamba-ssm 2.3.2 installed the "
+            f"training forward runs mamba_split_conv1d_scan_combined instead, which saves {kernel_tok:,} B per "
+            f"token (in_proj's output, the scan output, an rstd per group), recomputes the rest in backward and "
+            f"multiplies out_proj's weight itself (not priced here; from its source, a bitsandbytes 4-bit "
+            f"out_proj hands it a packed weight)")
+
+
+#: kind -> its breakdown note (how the kind is priced, what a CUDA-only kernel would do instead).
+NOTES: dict[str, Callable[..., str]] = {
+    MAMBA2: mamba2_note,
+}
+
+
+def kind_notes(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset[str]) -> tuple[str, ...]:
+    """The notes of the model's token-mixer kinds (``NOTES``)."""
+    return tuple(NOTES[k](arch, d, rank, targets) for k in dict.fromkeys(arch.mixers) if k in NOTES)
+
+
 def mamba2_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
     """What a Mamba-2 layer saves for backward on transformers 5.24's torch path
     (``models/nemotron_h/modeling_nemotron_h.py``: ``NemotronHBlock.forward`` L890-920,
@@ -88,7 +160,6 @@ def mamba2_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, 
     from vramplan.arch.mixers import mamba2_shape
     d, H = w.d, arch.hidden_size
     m = mamba2_shape(arch)
-    P, Cd, I, nh, n, l, g = m.in_out, m.conv_dim, m.inner, m.heads, m.state, m.chunk, m.groups
     if live:
         w.tok += 4 + (4 * H if d.resid != 4 else 0)
     if d.full:
@@ -98,25 +169,10 @@ def mamba2_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, 
     if not lp:
         od, lo = w.linears((lins["out_proj"],), n1, False, False)
         return od, lo
-    e, co, conv_x = mamba2_dtypes(d, pd)
-    conv_view = pd == d.other_w and (not d.autocast or pd == d.c)
-    gate_view = pd == 4
-    if conv_view or gate_view:
-        w.tok += pd * P  # in_proj's output, alive through the views the conv and the gate's silu save
-    if not conv_view:
-        w.tok += conv_x * Cd
-    if d.autocast and d.other_w != d.c:
-        w.const += d.c * Cd * m.conv_kernel  # autocast's copy of the conv weight, saved by the conv
-    w.tok += co * Cd  # silu input: the conv output
-    w.tok += 2 * pd * nh + 4 * nh  # dt + dt_bias, softplus(dt), dt.float()
-    w.tok += 4 * Cd if pd == 4 else 4 * I  # x in fp32
-    w.tok += 4 * nh * l + 2 * e * nh * l  # L, G, M's copy
-    w.tok += 4 * e * nh * n + 4 * nh * n  # C (x2), B, B_decay copies; B
-    w.tok += 2 * e * I + 2 * 4 * nh  # x·dt copies; decay_states, exp(A_cumsum)
-    w.tok += 2 * e * I * n // l + e * I  # chunk states (two copies), C_times_states
-    w.const += e * I * n + 2 * l * l  # one row's extra chunk state; the causal masks
-    w.tok += (0 if gate_view else 4 * I) + 3 * 4 * I + 4 * g  # gated norm
-    od, lo = w.linears((lins["out_proj"],), 4 if n1 == 4 else n1, False, True)
+    tok, const = mamba2_core(d, m, pd)
+    w.tok += tok
+    w.const += const
+    od, lo = w.linears((lins["out_proj"],), n1, False, True)  # ``scan_output.to(dtype)``: the input's dtype
     return od, lo
 
 
@@ -156,13 +212,13 @@ def attention_only_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, in
 
 #: kind -> its saved-activation walk (the one place a kind's walk is registered).
 WALKS: dict[str, Walk] = {
-    "identity": identity_walk,
-    "mamba2": mamba2_walk,
+    IDENTITY: identity_walk,
+    MAMBA2: mamba2_walk,
 }
 
 #: kind -> the backward working set of its layers (``backward_working_of``).
 WORKING: dict[str, Working] = {
-    "mamba2": lambda arch, d, targets, rank, layer, **kw: mamba2_working(arch, d),
+    MAMBA2: lambda arch, d, targets, rank, layer, **kw: mamba2_working(arch, d),
     "attention": lambda arch, d, targets, rank, layer, **kw: attention_only_working(arch, d),
 }
 
@@ -179,7 +235,7 @@ def mamba2_state(arch: "Arch", proj: int) -> int:
 
 #: kind -> its layer's recurrent generation cache per sequence (kinds without one hold none).
 STATES: dict[str, Callable[["Arch", int], int]] = {
-    "mamba2": mamba2_state,
+    MAMBA2: mamba2_state,
 }
 
 

@@ -357,7 +357,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
-        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s)
+        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) \
+        + mx.kind_notes(arch, d, s.rank, _target_set(arch, s, train.targets))
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),

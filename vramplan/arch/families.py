@@ -178,8 +178,8 @@ def nemotron_h_blocks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
     ``hybrid_override_pattern`` read character by character; its length is the depth (the config class
     ignores ``num_hidden_layers``). Default ``["linear_attention", "moe", "full_attention", "mlp"]``."""
     types = cfg.get("layers_block_type") or cfg.get("layer_types")
-    if isinstance(types, list) and types:
-        return tuple(types)
+    if isinstance(types, list) and types:  # legacy names as ``configuration_utils.remap_legacy_layer_types``
+        return tuple({"mamba": "linear_attention", "attention": "full_attention"}.get(t, t) for t in types)
     pattern = cfg.get("hybrid_override_pattern")
     if isinstance(pattern, str) and pattern:
         return tuple(NEMOTRON_H_BLOCKS.get(ch, ch) for ch in pattern)
@@ -187,7 +187,7 @@ def nemotron_h_blocks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 BLOCK_RULES["nemotron_h"] = nemotron_h_blocks
-MIXER_RULES["nemotron_h"] = lambda cfg, n: tuple(NEMOTRON_H_MIXERS[b] for b in nemotron_h_blocks(cfg)[:n])
+MIXER_RULES["nemotron_h"] = lambda cfg, n: tuple(NEMOTRON_H_MIXERS.get(b, b) for b in nemotron_h_blocks(cfg)[:n])
 FFN_RULES["nemotron_h"] = lambda cfg, n: tuple(i for i, b in enumerate(nemotron_h_blocks(cfg)[:n])
                                                if b in ("linear_attention", "full_attention"))
 
