@@ -177,25 +177,34 @@ def mamba2_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, 
 
 
 def mamba2_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, int]:
-    """A Mamba-2 layer's backward working set over its saved tensors, as ``backward_working`` returns
-    it, (a, a_fixed, b, b_fixed):
-    a. the intra-chunk block's backward (``M = G * L``, ``L = exp(segment_sum(A))``): three fp32
-       l × l gradients per head (M's, L's, the exp's) and G's in e, 3·4·I-sized and one e·I gradient,
-       while the gated norm's saved tensors, C_times_states, the bmm copies of M, G, x·dt and the
-       C_times_states operands are already freed: (12 − e)·nh·l − e·(I + nh·n + I·n/l) − 4·g, with the
-       layer output's gradient (the residual's, max(resid, c)·H). Read from the tracker's live set at
-       that moment (a Mamba-2 mixer under CPU autocast, transformers 5.24 torch path).
-    b. in_proj's backward: its output's gradient (pd·P ≤ 4·P), the dequantized weight (c·P·H, fixed),
-       its input gradient (c·H) and the residual's."""
+    """A Mamba-2 layer's busiest moments over its saved tensors, as ``backward_working`` returns them,
+    (a, a_fixed, b, b_fixed), with g = max(resid, c)·H the gradient of the layer output:
+    a. the larger of
+       - the recomputed forward (checkpointing re-runs the layer inside the backward) at the end of
+         ``mamba2_chunk_scan`` (``output = output + D_residual``), whose locals are alive and not saved:
+         M = G·L (4·nh·l), the fp32 chunked C and B·decay (4·nh·n each), six fp32 I-wide tensors
+         (x·dt and its chunked copy, ``D_residual``, Y_off, Y_diag + Y_off and the sum with
+         ``D_residual``), Y_diag (e·I) and the chunk states (e·I·n/l), while the gated norm's saved
+         tensors (3·4·I + 4·g) do not exist yet; the layer output's gradient and the checkpointed
+         input's (2·g) wait: 4·nh·l + 8·nh·n + 12·I + e·I + e·I·n/l − 4·g + 2·g. The tracker's live set
+         at the shrunk row's peak holds exactly these (tests/families, Nemotron-3-Nano shrunk);
+       - the intra-chunk block's backward (``M = G * L``, ``L = exp(segment_sum(A))``): three fp32
+         l × l gradients per head and G's (e), while the gated norm's saved tensors, C_times_states,
+         the bmm copies of M, G, x·dt and C_times_states' operands are freed:
+         (12 − e)·nh·l − e·(I + nh·n + I·n/l) − 4·g + g (the tracker's live set at that moment on a
+         Mamba-2 mixer under CPU autocast, transformers 5.24 torch path);
+    b. in_proj's backward: its output's gradient (≤ 4·P), the dequantized weight (c·P·H, fixed), its
+       input gradient (c·H) and g."""
     from vramplan.arch.mixers import mamba2_shape
     m = mamba2_shape(arch)
     H, c = arch.hidden_size, d.c
     e = c if d.autocast else 4
+    nh, n, l, I, g = m.heads, m.state, m.chunk, m.inner, m.groups
     g_out = max(d.resid, c) * H
-    a = (12 - e) * m.heads * m.chunk - e * (m.inner + m.heads * m.state + m.inner * m.state // m.chunk) \
-        - 4 * m.groups + g_out
+    fwd = 4 * nh * l + 8 * nh * n + 12 * I + e * I + e * I * n // l - 4 * g + 2 * g_out
+    bwd = (12 - e) * nh * l - e * (I + nh * n + I * n // l) - 4 * g + g_out
     b = 4 * m.in_out + c * H + g_out
-    return a, 0, b, (c * m.in_out * H if d.quantized else 0)
+    return max(fwd, bwd), 0, b, (c * m.in_out * H if d.quantized else 0)
 
 
 def attention_only_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, int]:
