@@ -51,8 +51,13 @@ def _refused_scenario(kw: dict) -> bool:
 
 def _unknown_target(arch, kw: dict) -> bool:
     """A target name the architecture does not have (peft raises the same for it)."""
-    if kw["full"] or kw["targets"] == ("all-linear",):
+    if kw["full"]:
         return False
+    refused = set(arch.family.lora_refused) & set(arch.linear_names())  # peft refuses them (Mamba's out_proj)
+    if kw["targets"] == ("all-linear",):
+        return bool(refused)
+    if refused & set(kw["targets"]):
+        return True
     names = set(arch.linear_names()) | {"lm_head"} | set(arch.family.expert_lora_targets if arch.is_moe else ())
     return any(t not in names for t in kw["targets"])
 

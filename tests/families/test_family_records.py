@@ -25,6 +25,8 @@ from vramplan.arch.families import FAMILIES
 _SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
               vocab_size=1024)
 _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2)
+#: Every linear but Mamba's out_proj, which peft 0.21 refuses on nemotron_h (all-linear included).
+_NEMOTRON_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,23 +40,40 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    # one layer of each block (Mamba-2, attention, relu2 MLP, MoE); peft refuses LoRA on Mamba's out_proj
+    "nemotron_h": ("NVIDIA-Nemotron-3-Nano-30B-A3B", dict(
+        _SMALL, hybrid_override_pattern="M*-E", _layers=4, mamba_num_heads=8, mamba_head_dim=32, n_groups=2,
+        ssm_state_size=32, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
+        moe_shared_expert_intermediate_size=256, _scenario=dict(targets=_NEMOTRON_TARGETS))),
 }
 
 #: model_type -> one full-size registry entry.
 FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
-    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "nemotron_h": "Nemotron-H-8B-Base-8K",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
 _PER_LAYER_LISTS = ("layer_types", "mlp_only_layers")
 
 
-def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
+def row_layers(model_type: str) -> int:
+    """The shrunk depth of a row: 2, or the row's ``_layers`` (a hybrid with more than two layer kinds)."""
+    return SHRUNK[model_type][1].get("_layers", 2)
+
+
+def row_scenario(model_type: str) -> dict[str, Any]:
+    """Scenario fields a row needs (``_scenario``: e.g. LoRA targets peft accepts on the family)."""
+    return dict(SHRUNK[model_type][1].get("_scenario", {}))
+
+
+def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
     """The shrunk config.json of ``model_type``'s row: the entry's config (its text part for a nested
-    one is left nested), the row's overrides, ``layers`` decoder layers and per-layer lists cut."""
+    one is left nested), the row's overrides, ``layers`` decoder layers and per-layer lists cut (a
+    layer-pattern string too)."""
     name, over = SHRUNK[model_type]
+    layers = row_layers(model_type) if layers is None else layers
     cfg = dict(resolve(name).config) if "text_config" not in _raw(name) else dict(_raw(name))
     target = cfg if "text_config" not in cfg else cfg.setdefault("text_config", {})
     target.update({k: v for k, v in over.items() if not k.startswith("_")})
@@ -63,6 +82,8 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
         value = target.get(key)
         if isinstance(value, list) and key not in over:
             target[key] = value[:layers] if key == "layer_types" else [i for i in value if i < layers]
+    if isinstance(target.get("hybrid_override_pattern"), str):
+        target["hybrid_override_pattern"] = target["hybrid_override_pattern"][:layers]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids of the real vocabulary
         if isinstance(target.get(key), int) and target[key] >= target.get("vocab_size", 0):
             target[key] = 0
@@ -76,7 +97,7 @@ def _raw(name: str) -> dict[str, Any]:
     return dict(find_entry(name).config)
 
 
-def shrunk_arch(model_type: str, layers: int = 2) -> Arch:
+def shrunk_arch(model_type: str, layers: int | None = None) -> Arch:
     return Arch.from_config(shrunk_config(model_type, layers), name=f"{model_type}-shrunk")
 
 
@@ -87,7 +108,7 @@ def test_every_family_has_a_row():
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))
 def test_shrunk_config_is_the_family(model_type):
     arch = shrunk_arch(model_type)
-    assert arch.model_type == model_type and arch.num_layers == 2
+    assert arch.model_type == model_type and arch.num_layers == row_layers(model_type)
 
 
 # ------------------------------------------------------------------------- ours vs theirs
@@ -123,7 +144,7 @@ def _both(model_type: str, **kw: Any):
     arch = shrunk_arch(model_type)
     # peft's wrapper of fused expert parameters refuses dropout (``lora.ParamWrapper``)
     drop = {"lora_dropout": 0.0} if FAMILIES[model_type].expert_lora_targets else {}
-    sc = Scenario(**{"seq": 256, **drop, **kw})
+    sc = Scenario(**{"seq": 256, **drop, **row_scenario(model_type), **kw})
     return arch, estimate(arch, sc, device="cuda"), trace(arch, sc, extrapolate=False, device="cuda")
 
 
@@ -159,7 +180,7 @@ def test_full_size_entry_within_1_percent(model_type):
     from vramplan.trace import trace
 
     drop = {"lora_dropout": 0.0} if FAMILIES[model_type].expert_lora_targets else {}
-    arch, sc = resolve(FULL[model_type]), Scenario(seq=2048, rank=16, **drop)
+    arch, sc = resolve(FULL[model_type]), Scenario(seq=2048, rank=16, **drop, **row_scenario(model_type))
     theirs = trace(arch, sc, device="cuda")
     ours = estimate(arch, sc, device="cuda")
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1

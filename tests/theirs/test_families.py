@@ -65,7 +65,11 @@ def built():
 
 
 def _layer(model):
-    return next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    """The first decoder layer with softmax attention (Nemotron-H's layers are ``NemotronHBlock``s of one
+    block each: its first ``*`` layer)."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "HBlock"))]
+    return next((m for m in layers if any(hasattr(c, "q_proj") or hasattr(c, "qkv_proj") for c in m.children())),
+                layers[0])
 
 
 @pytest.mark.torch
@@ -74,7 +78,7 @@ def test_layout_traits_match_the_modeling_code(built, model_type):
     arch, cfg, model = built[model_type]
     fam = FAMILIES[model_type]
     layer = _layer(model)
-    attn = next(m for n, m in layer.named_children() if "attn" in n)
+    attn = next(m for n, m in layer.named_children() if "attn" in n or hasattr(m, "q_proj"))
     assert fam.qk_norm == hasattr(attn, "q_norm") == hasattr(attn, "k_norm")
     assert fam.fused == hasattr(attn, "qkv_proj")
     norms = [n for n, m in layer.named_children() if "norm" in n.lower()]
@@ -87,7 +91,7 @@ def test_layout_traits_match_the_modeling_code(built, model_type):
     assert fam.softcapping == (getattr(cfg, "attn_logit_softcapping", None) is not None)
     assert bool(fam.moe) == arch.is_moe
     if fam.shared_expert:
-        assert any("shared_expert" in n for n, _ in layer.named_modules())
+        assert any("shared_expert" in n for n, _ in model.named_modules())  # a hybrid: in its MoE layers
 
 
 @pytest.mark.torch

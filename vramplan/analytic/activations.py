@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vramplan.arch.mixers import ATTENTION
+from vramplan.arch.mixers import ATTENTION, IDENTITY
 from vramplan.arch.spec import Arch, Linear
 
 
@@ -477,9 +477,12 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
         return
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     live = live_in or lo
-    hd1 = _promote(d.resid, od)
-    w.norm(arch.hidden_size, 1, live, hd1)
-    n2 = norm_out(d, hd1)
+    if mixer in PRENORMED:  # the feed-forward block alone: the mixer walk priced its one pre-norm
+        n2 = od
+    else:
+        hd1 = _promote(d.resid, od)
+        w.norm(arch.hidden_size, 1, live, hd1)
+        n2 = norm_out(d, hd1)
     # 7. MLP.
     if moe:
         _moe_saved(w, arch, lins, n2, live)
@@ -488,6 +491,10 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
         md = _mlp_saved(w, arch, lins, n2, live)
     if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
         w.norm(arch.hidden_size, xd=md)
+
+
+#: Token-mixer kinds whose walk is the layer's one pre-norm, read by its feed-forward block directly.
+PRENORMED = frozenset({IDENTITY})
 
 
 def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], moe: bool,
@@ -609,6 +616,8 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     if "mlp" in w.fused:
         fused_mlp_saved(w, (lins["gate_proj"], lins["up_proj"], lins["down_proj"]), n2, live)
         return
+    if "gate_proj" not in lins and "gate_up_proj" not in lins:
+        return _ungated_mlp_saved(w, lins["up_proj"], lins["down_proj"], n2, live)
     if "gate_up_proj" in lins:
         gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
         lu = lg
@@ -633,6 +642,22 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     else:
         prev = 0
     w.mlp_node = gd * I * ((1 if lg else 0) + (1 if lu else 0)) + max(prev, 0)
+    return md
+
+
+def _ungated_mlp_saved(w: _Walk, up: Linear, down: Linear, n2: int, live: bool) -> int:
+    """``down(act(up(x)))`` (Nemotron-H ``NemotronHMLP``, modeling_nemotron_h.py L640-652) with relu2
+    (``activations.ReLUSquaredActivation``: ``torch.square(relu(x))``): ``relu`` saves its output
+    (``threshold_backward(grad, result)``) and ``square`` its input, the same tensor, u·I; up's output
+    itself is not saved. Returns the output dtype."""
+    ud, lu = w.linears((up,), n2, False, live)
+    lu = lu or w.d.full
+    if lu:
+        w.tok += ud * up.out_features
+    before = w.tok
+    md = w.linears((down,), ud, False, lu)[0]
+    prev = w.tok - before if w.d.full else 0
+    w.mlp_node = ud * up.out_features + prev
     return md
 
 
@@ -661,6 +686,9 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     # transformers 5 ``integrations/moe.py::_grouped_mm`` casts the input to the expert weights' dtype
     # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
     ed = d.other_w
+    if not arch.family.mlp_gated:
+        _ungated_moe_saved(w, arch, lins, n2, live)
+        return
     if live:
         # router: fp32 softmax output (E) + top-k indices (int64) and weights.
         w.tok += 4 * E + 12 * k
@@ -685,6 +713,34 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
         w.linears((lins["shared_expert_gate"],), n2, True, live)
         w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+
+
+def _ungated_moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
+    """Nemotron-H's MoE block (modeling_nemotron_h.py ``NemotronHMoE`` L716-752, ``NemotronHTopkRouter``
+    L755-790, ``NemotronHExperts`` under transformers 5's grouped_mm experts, ``integrations/moe.py``
+    L424-530 with ``has_gate=False``):
+    1. the router runs in fp32 on its fp32 weight (``_keep_in_fp32_modules_strict``): the sigmoid's
+       output (4·E), the group-limited top-k's indices (int64: 2 of each group's scores, the groups
+       kept, the k experts) and ``masked_fill``'s bool mask (E), ``topk_weights /= denominator``'s
+       operands (4·k + 4);
+    2. per (token, expert) pair: relu2's output (the relu result ``square`` and relu save, M), the
+       expert output kept by the multiply with its routing weight (H), the routing weight (4), the
+       sort permutation and the inverse one (int64 each): k·(ed·(M + H) + 20);
+    3. the shared expert, a ``NemotronHMLP`` (up, relu2, down: ``_ungated_mlp_saved``)."""
+    d, targets = w.d, w.targets
+    H, E, k, M = arch.hidden_size, arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+    ed = d.other_w
+    groups = max(int(arch.config.get("n_group") or 1), 1)
+    kept = int(arch.config.get("topk_group") or 1)
+    if live:
+        w.tok += 4 * E + E + 8 * (2 * groups + kept + k) + 4 * k + 4
+        w.tok += k * (ed * (M + H) + 20)
+        if "experts" in targets:
+            w.tok += k * ed * (H + M)
+            w.const += d.other_w * E * 2 * M * H
+    up = next(lin for lin in lins.values() if lin.group == "shared_expert" and lin.name.endswith("up_proj"))
+    down = next(lin for lin in lins.values() if lin.group == "shared_expert" and lin.name.endswith("down_proj"))
+    _ungated_mlp_saved(w, up, down, n2, live)
 
 
 def _dense_index(arch: Arch) -> int:
@@ -726,7 +782,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     gd = n2 if d.quantized else (c if d.autocast else d.base_w)
     if moe:
         I = arch.shared_expert_intermediate_size or arch.experts_per_token * arch.moe_intermediate_size
-        down = "shared_expert.down_proj"
+        down = "shared_expert.down_proj" if arch.family.mlp_gated else "shared_experts.down_proj"
     else:
         I = arch.intermediate_size
         down = "down_proj"

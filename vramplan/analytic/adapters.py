@@ -22,6 +22,15 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
     checks only r > 0); ``rank_notes`` says where a rank exceeds a target's smaller dimension.
     """
     lins = arch.quantizable_linears()
+    refused = [t for t in dict.fromkeys(arch.family.lora_refused) if any(lin.name.split(".")[-1] == t for lin in lins)]
+    asked = refused if targets == ("all-linear",) else [t for t in targets if t in refused]
+    if asked:
+        # peft 0.21.2 ``tuners/tuners_utils.py::_check_lora_target_modules_mamba`` raises for every module it
+        # would wrap, and ``all-linear`` resolves to every nn.Linear but the output layer first
+        ok = ",".join(dict.fromkeys(lin.name.split(".")[-1] for lin in lins if lin.name.split(".")[-1] not in refused))
+        raise VramplanError(f"peft refuses LoRA on {', '.join(asked)} of {arch.name}, a Mamba-based model "
+                            f"(tuners_utils._check_lora_target_modules_mamba; all-linear reaches them too): name the "
+                            f"targets instead, e.g. --targets {ok}")
     if targets == ("all-linear",):
         return lins
     chosen_list: list[Linear] = []

@@ -20,6 +20,7 @@ from vramplan.analytic import adapters as ad
 from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
+from vramplan.analytic import mixers as mx
 from vramplan.analytic import weights as wt
 from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
@@ -356,7 +357,8 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
-        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s)
+        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) \
+        + mx.kind_notes(arch, d, s.rank, _target_set(arch, s, train.targets))
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
@@ -408,6 +410,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
     rows: list[_Row] = _base_linears(qlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
+    if arch.family.router_fp32:
+        buffers += wt.router_bias_bytes(len(arch.moe_layers), arch.num_experts)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
     if s.rope_cache is not RopeCache.NONE:
@@ -418,7 +422,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     bias = sum(lin.count * lin.out_features for lin in qlins if lin.bias)
     groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
-              ("router", arch.router_params, d.other_w), ("experts", arch.expert_params, d.other_w)]
+              ("router", arch.router_params, 4 if arch.family.router_fp32 else d.other_w),
+              ("experts", arch.expert_params, d.other_w), ("mixers", arch.mixer_params, d.other_w)]
     unq = [g for g in groups if g[1]]
     for nm, n, b in unq:
         if s.full:
@@ -632,7 +637,8 @@ def _gen_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ..
     inter = arch.intermediate_size if arch.dense_layers else arch.experts_per_token * arch.moe_intermediate_size
     ld = d.c if convert else max(nout, d.resid0)
     return ev.GenTerms(
-        new_tokens=s.eval_new_tokens, layers=arch.num_layers, kv_tok=arch.kv_out * (kb + vb), v_tok=arch.kv_out * vb,
+        new_tokens=s.eval_new_tokens, layers=arch.mixer_layers(ATTENTION), kv_tok=arch.kv_out * (kb + vb),
+        v_tok=arch.kv_out * vb, state_seq=mx.state_bytes(arch, proj),
         layer_tok=ev.prefill_layer_bytes(arch.hidden_size, inter, arch.head_dim, d.resid0, d.resid, nout, proj,
                                          d.adapter, lora_up),
         head_seq=ev.decode_head_bytes(arch.vocab_size, ld, convert), prev_seq=4 * arch.vocab_size)

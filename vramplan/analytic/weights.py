@@ -103,6 +103,13 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
     return out
 
 
+def router_bias_bytes(moe_layers: int, experts: int) -> int:
+    """The fp32 ``e_score_correction_bias`` buffer of a sigmoid top-k router, E values per MoE layer,
+    each tensor in 512 B blocks (transformers 5.24 ``modeling_nemotron_h.py`` ``NemotronHTopkRouter``,
+    kept fp32 by ``_keep_in_fp32_modules_strict``)."""
+    return moe_layers * _blocks(4 * experts)
+
+
 def rope_cache_bytes(mode: str, head_dim: int, positions: int, num_layers: int) -> int:
     """torchtune's precomputed rotary tables (``Scenario.rope_cache``), fp32, non-persistent buffers
     that move to the device with the model (torchtune 0.6.1):

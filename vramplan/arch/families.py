@@ -35,6 +35,9 @@ SLIDE_ALL = "all"
 """Every layer when ``sliding_window`` is set (``create_sliding_window_causal_mask``)."""
 SLIDE_FROM_MAX_WINDOW = "from_max_window_layers"
 """Qwen2: layers from ``max_window_layers`` on when ``use_sliding_window`` and ``sliding_window``."""
+MOE_PATTERN = "pattern"
+"""Nemotron-H: the layers whose block (``Family.block_rule``) is ``moe``; ``n_routed_experts`` experts
+of width ``moe_intermediate_size``, one shared expert of ``moe_shared_expert_intermediate_size``."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,21 @@ class Family:
     ``layer_types`` (``layer_mixers``)."""
     ffn_rule: str | None = None
     """How to read which layers have no feed-forward block (``ffn_free_layers``); None: all have one."""
+    block_rule: str | None = None
+    """How config.json lists each decoder layer's one block (``BLOCK_RULES``), where a layer is a
+    single mixer *or* feed-forward block (Nemotron-H); the list's length is the depth. None: every
+    layer is a mixer followed by a feed-forward block and ``num_hidden_layers`` is the depth."""
+    mlp_gated: bool = True
+    """The dense MLP, the shared expert and the routed experts are gated (``act(gate) * up``); False:
+    ``down(act(up(x)))`` with no gate projection (Nemotron-H's relu2 MLP)."""
+    rotary: bool = True
+    """Attention applies rotary embeddings (a rotary module with its inv_freq buffers); False: none."""
+    router_fp32: bool = False
+    """The router weight stays fp32 whatever the load dtype (``_keep_in_fp32_modules_strict``), with an
+    fp32 ``e_score_correction_bias`` buffer of E per MoE layer (sigmoid top-k routing)."""
+    lora_refused: tuple[str, ...] = ()
+    """Linear leaf names peft 0.21 refuses to adapt on this model_type (``all-linear`` included):
+    ``tuners_utils._check_lora_target_modules_mamba`` raises for Mamba models' ``out_proj``."""
     expert_lora_targets: Mapping[str, str] = field(default_factory=dict)
     """v4 module name -> the fused part peft 0.21 adapts for it (``router``, ``gate_up``, ``down``):
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
@@ -136,13 +154,47 @@ class Family:
 
     def rotary_sets(self, cfg: Mapping[str, Any], num_layers: int) -> int:
         """How many inv_freq/original_inv_freq pairs the rotary module holds."""
+        if not self.rotary:
+            return 0
         return len(self.attention_layer_types(cfg, num_layers)) if self.rotary_per_layer_type else 1
+
+    def blocks(self, cfg: Mapping[str, Any]) -> tuple[str, ...] | None:
+        """Each decoder layer's block kind by ``block_rule`` (None: not a one-block-per-layer family)."""
+        return BLOCK_RULES[self.block_rule](cfg) if self.block_rule is not None else None
 
 
 #: ``Family.mixer_rule`` name -> (config, layers) -> each layer's mixer kind.
 MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {}
 #: ``Family.ffn_rule`` name -> (config, layers) -> the layers without a feed-forward block.
 FFN_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[int, ...]]] = {}
+#: ``Family.block_rule`` name -> config -> each decoder layer's block kind.
+BLOCK_RULES: dict[str, Callable[[Mapping[str, Any]], tuple[str, ...]]] = {}
+
+
+# ------------------------------------------------------------------------------ nemotron_h
+#: ``NemotronHConfig._pattern_to_list`` (configuration_nemotron_h.py): pattern character -> block.
+NEMOTRON_H_BLOCKS = {"M": "linear_attention", "E": "moe", "*": "full_attention", "-": "mlp"}
+#: Block -> the token-mixer kind of its layer (``identity``: the layer is a feed-forward block alone).
+NEMOTRON_H_MIXERS = {"linear_attention": "mamba2", "full_attention": "attention", "mlp": "identity", "moe": "identity"}
+
+
+def nemotron_h_blocks(cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    """``NemotronHConfig.__post_init__``: ``layers_block_type`` (alias ``layer_types``) when given, else
+    ``hybrid_override_pattern`` read character by character; its length is the depth (the config class
+    ignores ``num_hidden_layers``). Default ``["linear_attention", "moe", "full_attention", "mlp"]``."""
+    types = cfg.get("layers_block_type") or cfg.get("layer_types")
+    if isinstance(types, list) and types:  # legacy names as ``configuration_utils.remap_legacy_layer_types``
+        return tuple({"mamba": "linear_attention", "attention": "full_attention"}.get(t, t) for t in types)
+    pattern = cfg.get("hybrid_override_pattern")
+    if isinstance(pattern, str) and pattern:
+        return tuple(NEMOTRON_H_BLOCKS.get(ch, ch) for ch in pattern)
+    return ("linear_attention", "moe", "full_attention", "mlp")
+
+
+BLOCK_RULES["nemotron_h"] = nemotron_h_blocks
+MIXER_RULES["nemotron_h"] = lambda cfg, n: tuple(NEMOTRON_H_MIXERS.get(b, b) for b in nemotron_h_blocks(cfg)[:n])
+FFN_RULES["nemotron_h"] = lambda cfg, n: tuple(i for i, b in enumerate(nemotron_h_blocks(cfg)[:n])
+                                               if b in ("linear_attention", "full_attention"))
 
 
 _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_input_dtype=True,
@@ -167,6 +219,17 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            class_defaults=dict(head_dim=256)),
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
+    # NemotronHBlock: one pre-norm, one block (Mamba-2 mixer, attention without RoPE, relu2 MLP or
+    # sigmoid-routed MoE with a shared expert), one residual add
+    Family("nemotron_h", "models/nemotron_h/modeling_nemotron_h.py", norms_per_layer=1, moe=MOE_PATTERN,
+           shared_expert=True, mixer_rule="nemotron_h", ffn_rule="nemotron_h", block_rule="nemotron_h",
+           mlp_gated=False, rotary=False, router_fp32=True, lora_refused=("out_proj",),
+           class_defaults=dict(vocab_size=131072, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                               head_dim=128, intermediate_size=21504, mlp_hidden_act="relu2", ssm_state_size=128,
+                               mamba_num_heads=128, mamba_head_dim=64, n_groups=8, conv_kernel=4,
+                               use_conv_bias=True, use_bias=False, chunk_size=128, n_routed_experts=8,
+                               moe_intermediate_size=7688, moe_shared_expert_intermediate_size=7688,
+                               num_experts_per_tok=2, tie_word_embeddings=False, mlp_bias=False)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, Family, generic
+from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, MOE_PATTERN, Family, generic
 from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
 from vramplan.errors import VramplanError
 
@@ -238,6 +238,9 @@ class Arch:
     """The config dict this was built from (the text part for nested configs)."""
 
     def __post_init__(self) -> None:
+        for kind in self.mixers:
+            if kind != ATTENTION and kind not in MIXERS:
+                raise ArchError(f"config.json names a layer kind vramplan does not model ({_show(kind)})")
         if self.num_heads % self.num_kv_heads:
             raise ArchError(
                 f"num_attention_heads ({self.num_heads}) is not a multiple of "
@@ -272,7 +275,13 @@ class Arch:
                             "so neither engine can price it; a transformers-native port (its own model_type) can be")
         _check_optional(cfg)
         H = _int(cfg, "hidden_size", model_type)
-        L = _int(cfg, "num_hidden_layers", model_type)
+        blocks = fam.blocks(cfg)
+        if blocks is not None:  # one block per layer: the block list sets the depth (NemotronHConfig)
+            L = len(blocks)
+            if L > MAX_SIZE["num_hidden_layers"]:
+                raise ArchError(f"config.json lists {L:,} decoder layers: beyond any real model")
+        else:
+            L = _int(cfg, "num_hidden_layers", model_type)
         nh = _int(cfg, "num_attention_heads", model_type)
         nkv = _int(cfg, "num_key_value_heads", model_type, nh)
         head_dim = _int(cfg, "head_dim", model_type, H // nh)
@@ -284,7 +293,7 @@ class Arch:
         moe: dict[str, Any] = {}
         if fam.moe:
             moe = _moe_fields(cfg, fam, L)
-            if len(moe["moe_layers"]) < L:  # some layers keep a dense MLP
+            if len(moe.get("moe_layers", ())) < L:  # some layers keep a dense MLP
                 inter = _int(cfg, "intermediate_size", model_type)
             else:
                 inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
@@ -392,6 +401,8 @@ class Arch:
             I = self.intermediate_size
             if self.fused:
                 out.append(Linear("gate_up_proj", "mlp", H, 2 * I, self.mlp_bias, nd))
+            elif not self.family.mlp_gated:  # NemotronHMLP: up_proj, act, down_proj
+                out.append(Linear("up_proj", "mlp", H, I, self.mlp_bias, nd))
             else:
                 out.append(Linear("gate_proj", "mlp", H, I, self.mlp_bias, nd))
                 out.append(Linear("up_proj", "mlp", H, I, self.mlp_bias, nd))
@@ -399,7 +410,10 @@ class Arch:
         nm = len(self.moe_layers)
         if nm:
             S = self.shared_expert_intermediate_size
-            if S:
+            if S and not self.family.mlp_gated:  # NemotronHMoE.shared_experts: a NemotronHMLP, no gate
+                out.append(Linear("shared_experts.up_proj", "shared_expert", H, S, self.mlp_bias, nm))
+                out.append(Linear("shared_experts.down_proj", "shared_expert", S, H, self.mlp_bias, nm))
+            elif S:
                 out.append(Linear("shared_expert.gate_proj", "shared_expert", H, S, False, nm))
                 out.append(Linear("shared_expert.up_proj", "shared_expert", H, S, False, nm))
                 out.append(Linear("shared_expert.down_proj", "shared_expert", S, H, False, nm))
@@ -438,6 +452,8 @@ class Arch:
         if not nm:
             return ()
         E, H, M = self.num_experts, self.hidden_size, self.moe_intermediate_size
+        if not self.family.mlp_gated:  # NemotronHExperts: up_proj (E, M, H), down_proj (E, H, M)
+            return (ExpertTensor("up_proj", E, M, H, nm), ExpertTensor("down_proj", E, H, M, nm))
         return (
             ExpertTensor("gate_up_proj", E, 2 * M, H, nm),
             ExpertTensor("down_proj", E, H, M, nm),
@@ -480,6 +496,13 @@ class Arch:
         return counts
 
     @property
+    def mixer_params(self) -> int:
+        """Parameters of the token mixers other than attention that are not linear weights (conv
+        kernels, decay and gate vectors, their own norms): unquantized."""
+        return sum(MIXERS[kind].params(self).get(key, 0) * self.mixers.count(kind)
+                   for kind in dict.fromkeys(self.mixers) if kind != ATTENTION for key in MIXERS[kind].params(self))
+
+    @property
     def total_params(self) -> int:
         """Every parameter, tied weights counted once (= ``sum(p.numel())`` in transformers)."""
         return sum(self.param_counts().values())
@@ -511,6 +534,17 @@ class Arch:
 def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
     """Expert counts and which layers are sparse, by the family's MoE layout (``Family.moe``)."""
     model_type = fam.model_type
+    if fam.moe == MOE_PATTERN:  # NemotronHMoE in the layers whose block is ``moe``
+        layers = tuple(i for i, b in enumerate(fam.blocks(cfg) or ()) if b == "moe")
+        if not layers:
+            return {}
+        if cfg.get("moe_latent_size"):
+            raise ArchError("config.json field 'moe_latent_size' (latent MoE projections) is not modelled yet")
+        E = _int(cfg, "n_routed_experts", model_type)
+        return dict(num_experts=E, experts_per_token=_int(cfg, "num_experts_per_tok", model_type),
+                    moe_intermediate_size=_int(cfg, "moe_intermediate_size", model_type),
+                    shared_expert_intermediate_size=_int(cfg, "moe_shared_expert_intermediate_size", model_type),
+                    moe_layers=layers)
     if fam.moe == MOE_MIXTRAL:
         E = _int(cfg, "num_local_experts", model_type)
         k = _int(cfg, "num_experts_per_tok", model_type)

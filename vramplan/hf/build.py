@@ -72,6 +72,8 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
             cfg["layer_types"] = cfg["layer_types"][:layers]
         if isinstance(cfg.get("mlp_only_layers"), list):
             cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
+        if isinstance(cfg.get("hybrid_override_pattern"), str):  # Nemotron-H: the pattern sets the depth
+            cfg["hybrid_override_pattern"] = cfg["hybrid_override_pattern"][:layers]
     cfg["use_cache"] = False
     _require_known_type(arch)
     with transformers_rejects(arch):
