@@ -86,6 +86,27 @@ class Family:
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
     expert parameter (qwen2_moe maps to None there)."""
 
+    qk_norm_over_projection: bool = False
+    """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
+    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output)."""
+    post_norms: bool = False
+    """Norms on the branch outputs only: no input or pre-MLP norm; ``post_attention_layernorm`` on the
+    attention output and ``post_feedforward_layernorm`` on the MLP output before each residual add
+    (``Olmo2DecoderLayer.forward``). The two norms of ``norms_per_layer``."""
+    router_topk_first: bool = False
+    """The router takes the top-k of its raw logits and softmaxes those k (``GraniteMoeTopKRouter``): it
+    saves no E-wide softmax output, unlike Mixtral's softmax-then-top-k."""
+
+    moe_recompute_moment: bool = False
+    """Price the end of a MoE layer's recomputed block under gradient checkpointing with frozen experts
+    (``activations.moe_recompute_end_bytes``) as a moment of its backward. Off for the MoE families
+    priced before issue 15, whose estimates stay as calibrated (the same moment exists there: their
+    shrunk rows with LoRA on attention only are within 1 % of the trace without it)."""
+
+    embedding_multiplier: bool = False
+    """The embedding output is scaled outside the embedding module, a new tensor (Granite:
+    ``inputs_embeds * self.embedding_multiplier``; ``weights.embedding_leaf_factor``)."""
+
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
         config.json ``layer_types`` when given, else the family's ``sliding_rule``."""
@@ -162,6 +183,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            class_defaults=dict(head_dim=256)),
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
+    # issue 15, dense and simple MoE families
+    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_over_projection=True, post_norms=True,
+           norm_keeps_input_dtype=True),
+    Family("granite", "models/granite/modeling_granite.py", embedding_multiplier=True),
+    Family("granitemoe", "models/granitemoe/modeling_granitemoe.py", moe=MOE_MIXTRAL, router_topk_first=True,
+           moe_recompute_moment=True, embedding_multiplier=True),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

@@ -455,6 +455,8 @@ class Arch:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
         qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
+        if self.qk_norm and self.family.qk_norm_over_projection:  # OLMo 2: q_norm(q_out), k_norm(kv_out)
+            qk = (self.q_out + self.kv_out) * self.mixer_layers(ATTENTION)
         return self.num_layers * per_layer + qk + self.hidden_size
 
     def param_counts(self) -> dict[str, int]:
