@@ -42,6 +42,8 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "granite": ("granite-3.3-8b-instruct", _SMALL),
     "granitemoe": ("granite-3.1-3b-a800m-instruct", dict(_SMALL, intermediate_size=128, num_local_experts=8,
                                                          num_experts_per_tok=2)),
+    "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
+    "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -50,7 +52,7 @@ FULL: dict[str, str] = {
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
     "olmo2": "OLMo-2-1124-7B-Instruct", "granite": "granite-3.3-8b-instruct",
-    "granitemoe": "granite-3.1-3b-a800m-instruct",
+    "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

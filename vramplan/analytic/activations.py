@@ -98,6 +98,15 @@ def norm_out(d: Dtypes, x: int) -> int:
     return x if d.norm_keeps_dtype else _promote(d.norm_w, x)
 
 
+def residual_dropout_saved(arch: Arch) -> int:
+    """Bytes per token one residual-branch dropout saves (``Family.residual_dropout_key``; Seed-OSS:
+    transformers 5.24 ``modeling_seed_oss.py`` ``SeedOssAttention.forward`` drops o_proj's output and
+    ``SeedOssMLP.forward`` down_proj's, ``nn.functional.dropout(..., p=residual_dropout, training=True)``):
+    CUDA's fused ``native_dropout`` keeps a bool mask, 1 B per element of the H-wide output (its
+    output is the residual add's operand, saved by nothing). 0 without such a dropout."""
+    return arch.hidden_size if arch.family.residual_dropout(arch.config) > 0 else 0
+
+
 def liger_norm_saved(xd: int, width: int, rows: int = 1) -> int:
     """Bytes per token liger-kernel 0.8.5's ``LigerRMSNormFunction`` saves for ``rows`` vectors of
     ``width`` with an input of ``xd`` bytes (``ops/rms_norm.py``: ``rms_norm_forward`` L449-523 returns
@@ -492,6 +501,7 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
         md = n2
     else:
         md = _mlp_saved(w, arch, lins, n2, live)
+        w.tok += residual_dropout_saved(arch)  # the MLP output needs a gradient (its down_proj is live)
     if arch.norms_per_layer == 4 or post:  # Gemma / OLMo 2 post_feedforward_layernorm
         w.norm(arch.hidden_size, xd=md)
 
@@ -594,6 +604,12 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
             # softmax(dtype=fp32) saves its fp32 output; the matmul with v saves the probabilities
             # in its operand dtype (a second copy unless everything is fp32).
             probs = ad * nh if (ad != 4 or qd != 4) else 0
+            if arch.family.attention_dropout(arch.config) > 0:
+                # attention dropout (``Family.attention_dropout_key``): dropout of the probabilities saves
+                # its bool mask (CUDA ``native_dropout``, 1 B) and the matmul with V saves the dropped
+                # copy (a new tensor even when everything is fp32)
+                probs = ad * nh
+                w.quad += nh
             w.quad += 4 * nh + probs
             if arch.attn_logit_softcapping:
                 w.quad += ad * nh  # tanh output
@@ -610,6 +626,8 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         od, lo = w.fused_group((lins["o_proj"],), ad, x_o_saved, la), True
     else:
         od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
+    if lo:
+        w.tok += residual_dropout_saved(arch)
     if arch.norms_per_layer == 4 or post:  # Gemma / OLMo 2 post_attention_layernorm on the attention output
         w.norm(H, 1, lo, od)
         od = norm_out(d, od)

@@ -304,7 +304,7 @@ class Arch:
             vocab_size=V,
             tie_embeddings=tie,
             qkv_bias=attn_bias or fam.qkv_bias,
-            o_bias=attn_bias,
+            o_bias=bool(_get(cfg, fam.o_bias_key, model_type, False)) if fam.o_bias_key else False,
             mlp_bias=mlp_bias,
             qk_norm=fam.qk_norm,
             norms_per_layer=fam.norms_per_layer,
@@ -387,7 +387,7 @@ class Arch:
         nd = self.dense_layers
         if nd:
             I = self.intermediate_size
-            if self.fused:
+            if self.fused or self.family.fused_gate_up:
                 out.append(Linear("gate_up_proj", "mlp", H, 2 * I, self.mlp_bias, nd))
             else:
                 out.append(Linear("gate_proj", "mlp", H, I, self.mlp_bias, nd))
