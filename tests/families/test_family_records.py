@@ -45,6 +45,12 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
         _SMALL, hybrid_override_pattern="M*-E", _layers=4, mamba_num_heads=8, mamba_head_dim=32, n_groups=2,
         ssm_state_size=32, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=128,
         moe_shared_expert_intermediate_size=256, _scenario=dict(targets=_NEMOTRON_TARGETS))),
+    "olmo2": ("OLMo-2-1124-7B-Instruct", dict(_SMALL, pad_token_id=0, eos_token_id=0)),
+    "granite": ("granite-3.3-8b-instruct", _SMALL),
+    "granitemoe": ("granite-3.1-3b-a800m-instruct", dict(_SMALL, intermediate_size=128, num_local_experts=8,
+                                                         num_experts_per_tok=2)),
+    "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
+    "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -52,6 +58,8 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "nemotron_h": "Nemotron-H-8B-Base-8K",
+    "olmo2": "OLMo-2-1124-7B-Instruct", "granite": "granite-3.3-8b-instruct",
+    "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -84,6 +84,9 @@ class Dtypes:
     dtype, so ``norm_keeps_dtype`` is set with it."""
     liger_swiglu: bool = False
     """Liger's SwiGLU MLP (``Scenario.liger_swiglu``, ``liger_swiglu_saved``)."""
+    gc: bool = False
+    """Gradient checkpointing: every layer's input is a checkpoint the phases count (``StaticTerms.ckpt``),
+    so a post-norm layer's projections reading that input save nothing new of it (``_attention_saved``)."""
 
 
 def _promote(a: int, b: int) -> int:
@@ -93,6 +96,15 @@ def _promote(a: int, b: int) -> int:
 def norm_out(d: Dtypes, x: int) -> int:
     """Bytes per element of an RMSNorm's output for an input of ``x`` bytes."""
     return x if d.norm_keeps_dtype else _promote(d.norm_w, x)
+
+
+def residual_dropout_saved(arch: Arch) -> int:
+    """Bytes per token one residual-branch dropout saves (``Family.residual_dropout_key``; Seed-OSS:
+    transformers 5.24 ``modeling_seed_oss.py`` ``SeedOssAttention.forward`` drops o_proj's output and
+    ``SeedOssMLP.forward`` down_proj's, ``nn.functional.dropout(..., p=residual_dropout, training=True)``):
+    CUDA's fused ``native_dropout`` keeps a bool mask, 1 B per element of the H-wide output (its
+    output is the residual add's operand, saved by nothing). 0 without such a dropout."""
+    return arch.hidden_size if arch.family.residual_dropout(arch.config) > 0 else 0
 
 
 def liger_norm_saved(xd: int, width: int, rows: int = 1) -> int:
@@ -476,20 +488,24 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
     if ffn == "none":
         return
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
+    #    Post-norm layers (``Family.post_norms``, OLMo 2) feed h1 to the MLP as it is.
     live = live_in or lo
     if mixer in PRENORMED:  # the feed-forward block alone: the mixer walk priced its one pre-norm
         n2 = od
     else:
         hd1 = _promote(d.resid, od)
-        w.norm(arch.hidden_size, 1, live, hd1)
-        n2 = norm_out(d, hd1)
+        post = arch.family.post_norms
+        if not post:
+            w.norm(arch.hidden_size, 1, live, hd1)
+        n2 = hd1 if post else norm_out(d, hd1)
     # 7. MLP.
     if moe:
         _moe_saved(w, arch, lins, n2, live)
         md = n2
     else:
         md = _mlp_saved(w, arch, lins, n2, live)
-    if arch.norms_per_layer == 4:  # Gemma post_feedforward_layernorm
+        w.tok += residual_dropout_saved(arch)  # the MLP output needs a gradient (its down_proj is live)
+    if arch.norms_per_layer == 4 or post:  # Gemma / OLMo 2 post_feedforward_layernorm
         w.norm(arch.hidden_size, xd=md)
 
 
@@ -555,24 +571,32 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
     q, kv = nh * hd, nkv * hd
     # 1. input_layernorm on the residual x (bytes resid): fp32 x + rsqrt. When x is fp32 it is the
     #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
-    if live:  # Liger: the input itself (counted by the caller) + the fp32 rstd
+    post = arch.family.post_norms
+    if live and not post:  # Liger: the input itself (counted by the caller) + the fp32 rstd
         w.tok += 4 + (4 * H if (d.resid != 4 and not d.liger_norm) else 0)
-    n1 = norm_out(d, d.resid)
+    n1 = d.resid if post else norm_out(d, d.resid)
+    # post-norm layers (OLMo 2) project the layer input itself: a LoRA input that is x is the checkpoint
+    # (gradient checkpointing) or the fp32 residual the phases count without it (``phases.batch``: inp)
+    x_in_saved = post and (d.gc or (live and (d.resid == 4 or d.liger_norm)))
     # 2. q/k/v projections (fused qkv_proj on Phi-3) read the normalised x.
     if "qkv" in w.fused:
         qd = w.fused_group((lins["q_proj"], lins["k_proj"], lins["v_proj"]), n1, False, live)
         lq = lk = lv = True
     elif "qkv_proj" in lins:
-        qd, lq = w.linears((lins["qkv_proj"],), n1, False, live)
+        qd, lq = w.linears((lins["qkv_proj"],), n1, x_in_saved, live)
         lk = lv = lq
     else:
-        qd, lq = w.linears((lins["q_proj"], lins["k_proj"], lins["v_proj"]), n1, False, live)
+        qd, lq = w.linears((lins["q_proj"], lins["k_proj"], lins["v_proj"]), n1, x_in_saved, live)
         # per-projection liveness (a frozen, non-target projection of a frozen input needs no grad)
         lk = live or d.full or "k_proj" in targets
         lv = live or d.full or "v_proj" in targets
         lq = live or d.full or "q_proj" in targets
     # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head.
-    if arch.qk_norm:
+    if arch.qk_norm and arch.family.qk_norm_over_projection:  # OLMo 2: one norm over each projection
+        w.norm(q, 1, lq, qd)
+        w.norm(kv, 1, lk, qd)
+        qd = norm_out(d, qd)
+    elif arch.qk_norm:
         w.norm(hd, nh, lq, qd)
         w.norm(hd, nkv, lk, qd)
         qd = norm_out(d, qd)
@@ -587,6 +611,12 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
             # softmax(dtype=fp32) saves its fp32 output; the matmul with v saves the probabilities
             # in its operand dtype (a second copy unless everything is fp32).
             probs = ad * nh if (ad != 4 or qd != 4) else 0
+            if arch.family.attention_dropout(arch.config) > 0:
+                # attention dropout (``Family.attention_dropout_key``): dropout of the probabilities saves
+                # its bool mask (CUDA ``native_dropout``, 1 B) and the matmul with V saves the dropped
+                # copy (a new tensor even when everything is fp32)
+                probs = ad * nh
+                w.quad += nh
             w.quad += 4 * nh + probs
             if arch.attn_logit_softcapping:
                 w.quad += ad * nh  # tanh output
@@ -603,7 +633,9 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         od, lo = w.fused_group((lins["o_proj"],), ad, x_o_saved, la), True
     else:
         od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
-    if arch.norms_per_layer == 4:  # Gemma post_attention_layernorm on the attention output
+    if lo:
+        w.tok += residual_dropout_saved(arch)
+    if arch.norms_per_layer == 4 or post:  # Gemma / OLMo 2 post_attention_layernorm on the attention output
         w.norm(H, 1, lo, od)
         od = norm_out(d, od)
     return od, lo
@@ -690,8 +722,9 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         _ungated_moe_saved(w, arch, lins, n2, live)
         return
     if live:
-        # router: fp32 softmax output (E) + top-k indices (int64) and weights.
-        w.tok += 4 * E + 12 * k
+        # router: fp32 softmax output (E) + top-k indices (int64) and weights; a top-k-first router
+        # (``Family.router_topk_first``) softmaxes only the k logits it kept
+        w.tok += (0 if arch.family.router_topk_first else 4 * E) + 12 * k
         if d.autocast and d.other_w != d.c:
             w.const += d.c * E * H  # router weight's bf16 copy, saved for the input gradient
         # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
@@ -813,11 +846,36 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
         # for the down projection (freed by its backward) and the act output the product saved
         # (checked against the trace's live tensors at the peak: Mixtral, Qwen3-MoE)
         a = max(a - 2 * d.other_w * I, hpart)
+    if moe and gc and arch.family.moe_recompute_moment and "experts" not in targets and not d.full:
+        a = max(a, moe_recompute_end_bytes(arch, d, n2) + hpart)
     deq = c * w_down if d.quantized else 0
     a_fixed = 0
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
     return a, a_fixed, b + liger_base_branch_hpart(d, gd, H, moe, targeted, hpart), deq
+
+
+def moe_recompute_end_bytes(arch: Arch, d: Dtypes, xd: int) -> int:
+    """Bytes per token beyond a MoE layer's saved tensors at the end of its recomputed MoE block, under
+    gradient checkpointing with frozen experts (``Family.moe_recompute_moment``): the backward's first
+    unpack (``weighted_out[inv_perm]``'s saved index) re-runs the layer, and the recompute stops once that
+    index exists, when transformers 5.24 ``integrations/moe.py::grouped_mm_experts_forward`` (L424-533)
+    still holds its locals:
+    1. the block's input, ``hidden_states`` (xd·H; the pre-MLP norm's output, saved by nothing while the
+       router and the experts are frozen);
+    2. ``selected_hidden_states_g = hidden_states[perm // num_top_k]`` (L441), k·H in xd (grouped_mm casts
+       a copy to the experts' dtype inside ``_grouped_linear`` and frees it);
+    3. ``weighted_out = proj_out * sample_weights_g.unsqueeze(-1)`` (L524), k·H in the promoted dtype of
+       the experts' output (other_w) and the routing weights (xd: ``GraniteMoeTopKRouter`` returns
+       ``type_as(hidden_states)``);
+    4. the routing bookkeeping, k per token each: ``expert_ids_g``, ``perm``, ``perm // num_top_k``,
+       ``arange`` (int64, 8 B) and ``sample_weights_g`` (xd); ``inv_perm`` is the saved index (in the layer's
+       saved bytes).
+    The caller adds the incoming gradients (``hpart``). Counted by the trace's tracker at the peak (tiny
+    granite-3.1-3b-a800m, NF4, LoRA on attention, bf16 autocast, checkpointing: the gathered input, the
+    weighted output and the block input alive beside the recomputed saved set)."""
+    H, k = arch.hidden_size, arch.experts_per_token
+    return xd * H + k * H * xd + k * H * _promote(d.other_w, xd) + k * (4 * 8 + xd)
 
 
 def liger_base_branch_hpart(d: Dtypes, gd: int, hidden: int, moe: bool, targeted: bool, hpart: int) -> int:

@@ -123,7 +123,7 @@ def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
         lora=c if autocast else s.adapter_dtype.nbytes, adapter=s.adapter_dtype.nbytes,
         bnb_keeps_input=s.bnb_keeps_input, quantized=quantized, dropout=s.lora_dropout > 0, full=s.full,
         norm_keeps_dtype=keeps, fp16=s.dtype is Dtype.FP16, dora=s.dora, lora_fa=s.lora_fa, cuda=cuda,
-        liger_norm=s.liger_rms_norm, liger_swiglu=s.liger_swiglu)
+        liger_norm=s.liger_rms_norm, liger_swiglu=s.liger_swiglu, gc=s.grad_checkpointing)
 
 
 @dataclass(frozen=True)
@@ -616,7 +616,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         classes=tuple(classes), layer_class=tuple(layer_class), first_sv=first_sv,
         sw_n=len(sw_layers) if (sw_tok or sw_quad) else 0, sw_tok=sw_tok, sw_quad=sw_quad,
         sw_layers=frozenset(sw_layers) if (sw_tok or sw_quad) else frozenset(), window=window,
-        ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
+        ckpt0=wt.embedding_leaf_factor(arch.family, s.grad_checkpointing, s.full or "embed_tokens" in s.modules_to_save)
+        * d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
                                                and s.packing is not BatchLayout.PACKED_MASK) else 0,

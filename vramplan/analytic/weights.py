@@ -110,6 +110,18 @@ def router_bias_bytes(moe_layers: int, experts: int) -> int:
     return moe_layers * _blocks(4 * experts)
 
 
+def embedding_leaf_factor(family: Family, gc: bool, embedding_trains: bool) -> int:
+    """How many embedding-sized tensors (resid0·H per token) stay alive from the forward to the end of
+    backward under gradient checkpointing: 1, layer 0's checkpointed input. 2 for a family that scales
+    the embedding output outside the embedding module (``Family.embedding_multiplier``: Granite,
+    ``inputs_embeds = inputs_embeds * self.embedding_multiplier``, ``modeling_granite.py``
+    ``GraniteModel.forward``): peft's ``enable_input_require_grads`` hook (on checkpointing, under LoRA)
+    makes the embedding's own output an autograd leaf, which its ``AccumulateGrad`` node holds until
+    the graph is freed, beside the scaled copy layer 0 reads (the trace's tracker at the peak: the
+    embedding output and the product both alive). A trainable embedding's output is no leaf: 1."""
+    return 2 if (family.embedding_multiplier and gc and not embedding_trains) else 1
+
+
 def rope_cache_bytes(mode: str, head_dim: int, positions: int, num_layers: int) -> int:
     """torchtune's precomputed rotary tables (``Scenario.rope_cache``), fp32, non-persistent buffers
     that move to the device with the model (torchtune 0.6.1):

@@ -109,6 +109,41 @@ class Family:
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
     expert parameter (qwen2_moe maps to None there)."""
 
+    qk_norm_over_projection: bool = False
+    """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
+    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output)."""
+    post_norms: bool = False
+    """Norms on the branch outputs only: no input or pre-MLP norm; ``post_attention_layernorm`` on the
+    attention output and ``post_feedforward_layernorm`` on the MLP output before each residual add
+    (``Olmo2DecoderLayer.forward``). The two norms of ``norms_per_layer``."""
+    router_topk_first: bool = False
+    """The router takes the top-k of its raw logits and softmaxes those k (``GraniteMoeTopKRouter``): it
+    saves no E-wide softmax output, unlike Mixtral's softmax-then-top-k."""
+
+    moe_recompute_moment: bool = False
+    """Price the end of a MoE layer's recomputed block under gradient checkpointing with frozen experts
+    (``activations.moe_recompute_end_bytes``) as a moment of its backward. Off for the MoE families
+    priced before issue 15, whose estimates stay as calibrated (the same moment exists there: their
+    shrunk rows with LoRA on attention only are within 1 % of the trace without it)."""
+
+    embedding_multiplier: bool = False
+    """The embedding output is scaled outside the embedding module, a new tensor (Granite:
+    ``inputs_embeds * self.embedding_multiplier``; ``weights.embedding_leaf_factor``)."""
+
+    fused_gate_up: bool = False
+    """The MLP's gate and up projections are one ``gate_up_proj`` while q/k/v stay separate (GLM:
+    ``GlmMLP``); ``fused`` is Phi-3's layout, which fuses both."""
+    o_bias_key: str | None = "attention_bias"
+    """The config.json field that gives ``o_proj`` its bias: ``attention_bias`` (Llama), another field
+    (Seed-OSS: ``attention_out_bias``), or None for an o_proj without bias whatever the config says
+    (GLM: ``nn.Linear(..., bias=False)``)."""
+    attention_dropout_key: str | None = None
+    """A config field of attention-probability dropout that is on by default in training (Seed-OSS:
+    ``attention_dropout`` = 0.1, passed to the attention kernel as ``dropout_p``); None: no such dropout."""
+    residual_dropout_key: str | None = None
+    """A config field of dropout on the attention and MLP outputs before each residual add (Seed-OSS:
+    ``residual_dropout``, ``SeedOssAttention`` / ``SeedOssMLP``); None: none."""
+
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
         config.json ``layer_types`` when given, else the family's ``sliding_rule``."""
@@ -126,6 +161,21 @@ class Family:
         if rule == SLIDE_FROM_MAX_WINDOW and cfg.get("use_sliding_window") and cfg.get("sliding_window"):
             return tuple(range(cfg.get("max_window_layers", 0) or 0, num_layers))
         return ()
+
+    def attention_dropout(self, cfg: Mapping[str, Any]) -> float:
+        """The attention-probability dropout training runs with (``attention_dropout_key``), 0.0 if none."""
+        return self._rate(cfg, self.attention_dropout_key)
+
+    def residual_dropout(self, cfg: Mapping[str, Any]) -> float:
+        """The residual-branch dropout training runs with (``residual_dropout_key``), 0.0 if none."""
+        return self._rate(cfg, self.residual_dropout_key)
+
+    def _rate(self, cfg: Mapping[str, Any], key: str | None) -> float:
+        if key is None:
+            return 0.0
+        value = cfg.get(key)
+        value = self.class_defaults.get(key, 0.0) if value is None else value
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
     def layer_mixers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
         """Each decoder layer's token-mixer kind; () when every layer is plain ``attention``."""
@@ -230,6 +280,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                                use_conv_bias=True, use_bias=False, chunk_size=128, n_routed_experts=8,
                                moe_intermediate_size=7688, moe_shared_expert_intermediate_size=7688,
                                num_experts_per_tok=2, tie_word_embeddings=False, mlp_bias=False)),
+    # issue 15, dense and simple MoE families
+    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_over_projection=True, post_norms=True,
+           norm_keeps_input_dtype=True),
+    Family("granite", "models/granite/modeling_granite.py", embedding_multiplier=True),
+    Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_bias_key=None,
+           class_defaults=dict(attention_bias=True, head_dim=128, num_key_value_heads=2)),
+    Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_bias_key="attention_out_bias",
+           attention_dropout_key="attention_dropout", residual_dropout_key="residual_dropout",
+           class_defaults=dict(attention_bias=True, attention_out_bias=False, head_dim=128,
+                               attention_dropout=0.1, residual_dropout=0.1)),
+    Family("granitemoe", "models/granitemoe/modeling_granitemoe.py", moe=MOE_MIXTRAL, router_topk_first=True,
+           moe_recompute_moment=True, embedding_multiplier=True),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

@@ -315,7 +315,7 @@ class Arch:
             vocab_size=V,
             tie_embeddings=tie,
             qkv_bias=attn_bias or fam.qkv_bias,
-            o_bias=attn_bias,
+            o_bias=bool(_get(cfg, fam.o_bias_key, model_type, False)) if fam.o_bias_key else False,
             mlp_bias=mlp_bias,
             qk_norm=fam.qk_norm,
             norms_per_layer=fam.norms_per_layer,
@@ -399,7 +399,7 @@ class Arch:
         nd = self.dense_layers
         if nd:
             I = self.intermediate_size
-            if self.fused:
+            if self.fused or self.family.fused_gate_up:
                 out.append(Linear("gate_up_proj", "mlp", H, 2 * I, self.mlp_bias, nd))
             elif not self.family.mlp_gated:  # NemotronHMLP: up_proj, act, down_proj
                 out.append(Linear("up_proj", "mlp", H, I, self.mlp_bias, nd))
@@ -474,6 +474,8 @@ class Arch:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
         qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
+        if self.qk_norm and self.family.qk_norm_over_projection:  # OLMo 2: q_norm(q_out), k_norm(kv_out)
+            qk = (self.q_out + self.kv_out) * self.mixer_layers(ATTENTION)
         return self.num_layers * per_layer + qk + self.hidden_size
 
     def param_counts(self) -> dict[str, int]:

@@ -158,6 +158,11 @@ Index (what and why; the third-party source it concerns; how it is undone):
     what the skipped steps leave. Each cache layer's ``update`` is wrapped on our cache object to label its
     bytes. Source: transformers 5.24 ``generation/utils.py`` (``generate``, ``_sample``), ``cache_utils.py``
     (``DynamicLayer.update``). Restored: the cache and its wrappers are ours and die with the loop.
+27. ``cuda_semantics`` (G): sdpa with attention dropout runs the dropout-free kernel selection, as CUDA's
+    flash / memory-efficient kernels take ``dropout_p`` without materializing anything (CPU's math
+    fallback saves the probabilities and a mask). Source: torch ``derivatives.yaml``
+    (``_scaled_dot_product_flash_attention``), ``aten/src/ATen/native/transformers/sdp_utils_cpp.cpp``.
+    Restored: ``torch.nn.functional.scaled_dot_product_attention`` put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -208,6 +213,14 @@ F. ``softmax_backward_transient``: on CUDA, ``softmax_backward_cuda_out`` (``ATe
    dtype and hands it to the kernel; the CPU kernel reduces in place. Counted, for the op's duration,
    as ``temporary/softmax_backward`` (a ``LiveTensorTracker.transient`` callback, with item C's).
    ``log_softmax``'s backward (the loss) has no such temporary.
+G. ``cuda_semantics()``: attention dropout under sdpa (``dropout_p`` > 0: Seed-OSS trains with
+   ``attention_dropout`` = 0.1). torch 2.13's CUDA flash and memory-efficient kernels apply the dropout
+   inside the kernel and save only its philox seed and offset (``derivatives.yaml``
+   ``_scaled_dot_product_flash_attention``: ``philox_seed``, ``philox_offset``); on CPU the flash kernel
+   refuses dropout (``sdp_utils_cpp.cpp``) and the math fallback saves the b·h·s·s probabilities, a
+   dropout mask and the dropped copy. Emulated by calling ``scaled_dot_product_attention`` with
+   ``dropout_p=0``: the kernel the CUDA call takes, with its saved tensors (the two RNG scalars, 16 B
+   per layer, are left out). The values differ (no dropout); the trace counts bytes.
 
 An op-level trace (fake or real CPU) sees what an operator returns, not what it allocates and frees
 inside. bitsandbytes 0.50's CUDA kernel for ``bitsandbytes::gemm_4bit``
@@ -368,7 +381,7 @@ def _flash2_standin(module: Any, query: Any, key: Any, value: Any, attention_mas
 # ------------------------------------------------------------------- the CUDA program on CPU
 @contextlib.contextmanager
 def cuda_semantics(enabled: bool = True) -> Iterator[None]:
-    """Emulate behaviours A, B, D and E of the module docstring while the block runs (no-op if not ``enabled``)."""
+    """Emulate behaviours A, B, D, E and G of the module docstring while the block runs (no-op if not ``enabled``)."""
     if not enabled:
         yield
         return
@@ -397,8 +410,18 @@ def cuda_semantics(enabled: bool = True) -> Iterator[None]:
             return torch._softmax(input, dim, True)
         return orig_softmax(input, dim, _stacklevel, dtype)
 
+    orig_sdpa = F.scaled_dot_product_attention
+
+    def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+             *args: Any, **kwargs: Any) -> Any:
+        # G: CUDA's flash and memory-efficient kernels take dropout_p themselves (a philox seed and offset,
+        # no mask); CPU's flash kernel refuses it and the math path materializes the probabilities and a
+        # mask. The dropout-free call takes the kernel the same call takes on CUDA.
+        return orig_sdpa(query, key, value, attn_mask, 0.0, *args, **kwargs)
+
     with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled), \
-            _attribute(F, "softmax", softmax), _trl_fused_head_on_cuda():
+            _attribute(F, "softmax", softmax), _attribute(F, "scaled_dot_product_attention", sdpa), \
+            _trl_fused_head_on_cuda():
         yield
 
 
