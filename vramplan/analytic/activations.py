@@ -490,11 +490,11 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     #    Post-norm layers (``Family.post_norms``, OLMo 2) feed h1 to the MLP as it is.
     live = live_in or lo
+    post = arch.family.post_norms
     if mixer in PRENORMED:  # the feed-forward block alone: the mixer walk priced its one pre-norm
         n2 = od
     else:
         hd1 = _promote(d.resid, od)
-        post = arch.family.post_norms
         if not post:
             w.norm(arch.hidden_size, 1, live, hd1)
         n2 = hd1 if post else norm_out(d, hd1)
