@@ -38,6 +38,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    "gpt_oss": ("gpt-oss-20b", dict(_SMALL, num_local_experts=4, num_experts_per_tok=2)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -45,6 +46,7 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "gpt_oss": "gpt-oss-20b",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

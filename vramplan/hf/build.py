@@ -160,6 +160,9 @@ def _check_supported(arch: Arch, scenario: Scenario) -> None:
         raise TraceUnsupported(
             f"{arch.name}: transformers refuses attn_implementation='sdpa' for this model (soft-capped "
             "attention scores, _supports_sdpa = False); use --attn eager (or flash2)")
+    if scenario.attn is Attn.SDPA and arch.family.sdpa_refusal:
+        raise TraceUnsupported(f"{arch.name}: transformers refuses attn_implementation='sdpa' for this model "
+                               f"({arch.family.sdpa_refusal}, _supports_sdpa = False); use --attn eager (or flash2)")
     if scenario.quant is Quant.INT8:
         raise TraceUnsupported("int8 (LLM.int8) layers are not supported by the trace yet; use nf4, fp4 or none")
 
