@@ -580,7 +580,7 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
             tok, quad, probs = sink_softmax_saved(d, ad, qd, q, nh)
             w.tok += tok
             w.quad += quad
-            sd = _promote(ad, d.resid0)
+            sd = sink_scores_dtype(d, ad)
             # the softmax backward runs in the scores' dtype over s + 1 columns (``sink_softmax_backward``)
             w.core = (w.tok - ad * q, w.quad - probs, w.const, qd * q, sd)
         x_o_saved = False
@@ -628,6 +628,14 @@ def sink_softmax_backward(arch: Arch, d: Dtypes, v_grad: int, sd: int) -> tuple[
     return grads, tmp
 
 
+def sink_scores_dtype(d: Dtypes, ad: int) -> int:
+    """Bytes per element of gpt-oss's combined scores: the matmul's output (ad) promoted by the eager
+    mask (``masking_utils.eager_mask``, ``dtype=inputs_embeds.dtype``: resid0) and by ``torch.cat`` with
+    the sinks parameter (the experts' group dtype ``other_w``: fp32 after ``prepare_model_for_kbit_training``,
+    which TRL's and axolotl's casts leave fp32)."""
+    return _promote(_promote(ad, d.resid0), d.other_w)
+
+
 def sink_softmax_saved(d: Dtypes, ad: int, qd: int, q: int, nh: int) -> tuple[int, int, int]:
     """Eager attention with learned sinks (``Family.attention_sinks``): (per token, per token·s, the part
     of the per token·s bytes that the probabilities' matmul operand adds). transformers 5.24
@@ -636,7 +644,8 @@ def sink_softmax_saved(d: Dtypes, ad: int, qd: int, q: int, nh: int) -> tuple[in
     1. ``matmul(query, repeat_kv(key).T)`` and ``matmul(probs, repeat_kv(value))``: q and the repeated k
        and v in the matmul dtype ad (cast copies under autocast): 3·ad·q per token, as plain eager;
     2. ``* scaling``, ``+ attention_mask``, ``cat([scores, sinks])``: nothing; the mask (eager's, in the
-       embedding output's dtype resid0) promotes the scores to sd = max(ad, resid0);
+       embedding output's dtype resid0) and the sinks (a parameter in the experts' dtype, fp32 after the
+       k-bit upcast) promote the scores to sd (``sink_scores_dtype``);
     3. ``combined.max(dim=-1)``: its int64 indices, 8·nh per token (``- max`` saves nothing);
     4. ``softmax(combined, dtype=combined.dtype)``: its output, sd over s + 1 columns (the sink's too):
        sd·nh per token·s + sd·nh per token. No fp32 upcast: the dtype is the scores' own (CUDA autocast's
@@ -645,7 +654,7 @@ def sink_softmax_saved(d: Dtypes, ad: int, qd: int, q: int, nh: int) -> tuple[in
        under autocast, else v's dtype qd; when m is not sd the matmul saves that s-column copy
        (m·nh per token·s), else the slice of the saved probabilities itself (nothing new).
     Dropout is p = 0 (``attention_dropout``): the input itself."""
-    sd = _promote(ad, d.resid0)
+    sd = sink_scores_dtype(d, ad)
     m = d.c if d.autocast else qd
     probs = m * nh if m != sd else 0
     return 3 * ad * q + 8 * nh + sd * nh, sd * nh + probs, probs

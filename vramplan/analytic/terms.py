@@ -140,7 +140,8 @@ def checkpoint_notes(arch: Arch, s: Scenario) -> tuple[str, ...]:
         out += ("a BitsAndBytesConfig cannot load the published MXFP4 checkpoint (transformers raises 'The model "
                 "is quantized with Mxfp4Config but you are passing a BitsAndBytesConfig config'): priced for a bf16 "
                 "copy of it, where bitsandbytes quantizes the attention linears only and the router and the 3-D "
-                "experts stay floating point",)
+                "experts stay floating point (transformers 5.24 never calls bitsandbytes' "
+                "replace_parameter_4bit for 3-D parameters)",)
     if not s.full and s.targets == ("all-linear",):
         out += ("peft 0.21's all-linear reaches q/k/v/o_proj only here (the router and the fused experts are not "
                 "nn.Linear, and peft has no v4 name remapping for gpt_oss); the cookbook's extra "
