@@ -775,20 +775,22 @@ def gpt_oss_moe_saved(d: Dtypes, n2: int, E: int, k: int, M: int, H: int) -> tup
 def gpt_oss_moe_forward_transient(arch: Arch, d: Dtypes, hd1: int) -> int:
     """Bytes per token a gpt-oss MoE block holds beyond its layer's saved tensors at its forward's
     busiest moment, ``(up + 1) * glu`` in ``GptOssExperts._apply_gate`` (transformers 5.24
-    ``integrations/moe.py::grouped_mm_experts_forward`` L436-501, locals alive until it returns): the
-    MLP input (n2·H, the post-attention norm's output) and the post-attention residual h1 when the norm
-    saved an fp32 copy instead of h1 itself (hd1·H); per (token, expert) pair the gathered input
-    ``hidden[perm // k]`` (ed·H), the gathered gate_up bias ``gate_up_proj_bias[expert_ids_g]`` (ed·2M),
-    the clamped up and the product being made (ed·M each), the sorted expert ids (int64) and
-    ``histc``'s input (4 B), less what is saved only after this moment (the down output ed·H, the
-    routing weight ld, ``inv_perm``'s int64): n2·H + k·(4·M·ed + 4 − ld). Without checkpointing this
-    is the last layer's forward; with it the recomputation inside backward, while the layer output's
-    gradients wait (``backward_working``). Checked against the trace's live tensors at its peak (the
-    tiny gpt-oss of the family harness)."""
+    ``integrations/moe.py::grouped_mm_experts_forward`` L436-501, locals alive until it returns):
+    1. the MLP input (n2·H, the post-attention norm's output), and the post-attention residual h1
+       (hd1·H) when the norm saved an fp32 copy instead of h1 itself (Liger's norm saves h1 itself);
+    2. per (token, expert) pair: the gathered input ``hidden[perm // k]`` (ed·H), the gathered bias
+       ``gate_up_proj_bias[expert_ids_g]`` (ed·2M), the clamped up and the product being made (ed·M
+       each), the sorted expert ids (int64) and ``histc``'s input (4 B);
+    3. less what is saved only after this moment: the down output (ed·H), the routing weight (ld) and
+       ``inv_perm`` (int64).
+    Total n2·H (+ hd1·H) + k·(4·M·ed + 4 − ld). Without checkpointing this is the last layer's forward;
+    with it the recomputation inside backward, while the layer output's gradients wait
+    (``backward_working``). Checked against the trace's live tensors at its peak (the tiny gpt-oss of
+    the family harness)."""
     H, k, M, ed = arch.hidden_size, arch.experts_per_token, arch.moe_intermediate_size, d.other_w
     n2 = norm_out(d, hd1)
     ld = d.c if d.autocast else _promote(n2, ed)
-    h1 = hd1 * H if (hd1 != 4 or d.liger_norm) else 0
+    h1 = hd1 * H if (hd1 != 4 and not d.liger_norm) else 0  # Liger's norm saves its input itself
     return n2 * H + h1 + k * (4 * M * ed + 4 - ld)
 
 
@@ -864,8 +866,9 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
         a = max(a - 2 * d.other_w * I, hpart)
     deq = c * w_down if d.quantized else 0
     if moe and arch.family.clamped_swiglu:
-        # gpt-oss: the experts' forward (recomputed under checkpointing, with the layer output's
-        # gradients waiting) outweighs their backward (``gpt_oss_moe_forward_transient``)
+        # gpt-oss: the experts' forward (recomputed under checkpointing) outweighs their backward
+        # (``gpt_oss_moe_forward_transient``); the recomputation runs with three H-sized gradients of the
+        # layer output's dtype waiting (as ``hpart``; counted by the trace's tracker at that moment)
         o = _promote(d.resid, c)
         a = max(a, gpt_oss_moe_forward_transient(arch, d, _promote(d.resid, o)) + (3 * o * H if gc else 0))
     a_fixed = 0
