@@ -51,6 +51,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
                                                          num_experts_per_tok=2)),
     "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
     "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
+    "gpt_oss": ("gpt-oss-20b", dict(_SMALL, num_local_experts=4, num_experts_per_tok=2)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -60,6 +61,7 @@ FULL: dict[str, str] = {
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "nemotron_h": "Nemotron-H-8B-Base-8K",
     "olmo2": "OLMo-2-1124-7B-Instruct", "granite": "granite-3.3-8b-instruct",
     "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
+    "gpt_oss": "gpt-oss-20b",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -548,6 +548,8 @@ def eager_softmax_backward(arch: Arch, d: Dtypes, rank: int, targets: frozenset[
         return (0, 0, 0), (0, 0, 0), 0
     tok, quad, const, v_grad, ad = w.core
     nh = arch.num_heads
+    if arch.family.attention_sinks:
+        return (tok, quad, const), *sink_softmax_backward(arch, d, v_grad, ad)
     half = d.cuda and d.fp16 and not d.autocast and ad == 2
     grad_in = 2 if half else 4
     grads = (_promote(d.resid, d.c) * arch.hidden_size + v_grad, (4 + grad_in) * nh, 0)
@@ -603,7 +605,17 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
     # 4. RoPE saves cos/sin only (shared by all layers, b·s·head_dim: negligible).
     # 5. attention core: saves only if q, k or v needs a gradient.
     la = lq or lk or lv
-    if attn == "eager":
+    if attn == "eager" and arch.family.attention_sinks:
+        ad = d.c if d.autocast else qd
+        if la:
+            tok, quad, probs = sink_softmax_saved(d, ad, qd, q, nh)
+            w.tok += tok
+            w.quad += quad
+            sd = sink_scores_dtype(d, ad)
+            # the softmax backward runs in the scores' dtype over s + 1 columns (``sink_softmax_backward``)
+            w.core = (w.tok - ad * q, w.quad - probs, w.const, qd * q, sd)
+        x_o_saved = False
+    elif attn == "eager":
         ad = d.c if d.autocast else qd
         if la:
             # q, repeat_kv(k), repeat_kv(v) as the matmuls save them (cast copies under autocast).
@@ -639,6 +651,52 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         w.norm(H, 1, lo, od)
         od = norm_out(d, od)
     return od, lo
+
+
+def sink_softmax_backward(arch: Arch, d: Dtypes, v_grad: int, sd: int) -> tuple[tuple[int, int, int], int]:
+    """Eager attention with sinks at its softmax backward: (gradient bytes per token / per token·s / 0,
+    CUDA temporary per token·s), beside the saved probabilities (sd over s + 1 columns). Backward meets
+    ``matmul(probs, V)`` first (its operand and V's copy released, V's gradient left), then the slice
+    ``probs[..., :-1]``, whose backward writes the gradient into zeros of all s + 1 columns (sd), then
+    ``_softmax_backward_data`` in sd (no fp32 upcast: the forward softmax ran in the scores' dtype)
+    making the input gradient (sd, s + 1 columns) and, on CUDA, its ``grad * output`` temporary (sd).
+    Per token besides: the layer output's gradient and V's (as ``eager_softmax_backward``)."""
+    nh = arch.num_heads
+    tmp = sd * nh if d.cuda else 0
+    grads = (_promote(d.resid, d.c) * arch.hidden_size + v_grad + 2 * sd * nh + tmp, 2 * sd * nh, 0)
+    return grads, tmp
+
+
+def sink_scores_dtype(d: Dtypes, ad: int) -> int:
+    """Bytes per element of gpt-oss's combined scores: the matmul's output (ad) promoted by the eager
+    mask (``masking_utils.eager_mask``, ``dtype=inputs_embeds.dtype``: resid0) and by ``torch.cat`` with
+    the sinks parameter (the experts' group dtype ``other_w``: fp32 after ``prepare_model_for_kbit_training``,
+    which TRL's and axolotl's casts leave fp32)."""
+    return _promote(_promote(ad, d.resid0), d.other_w)
+
+
+def sink_softmax_saved(d: Dtypes, ad: int, qd: int, q: int, nh: int) -> tuple[int, int, int]:
+    """Eager attention with learned sinks (``Family.attention_sinks``): (per token, per token·s, the part
+    of the per token·s bytes that the probabilities' matmul operand adds). transformers 5.24
+    ``models/gpt_oss/modeling_gpt_oss.py::eager_attention_forward`` L230-255, what each op saves (torch
+    ``derivatives.yaml``):
+    1. ``matmul(query, repeat_kv(key).T)`` and ``matmul(probs, repeat_kv(value))``: q and the repeated k
+       and v in the matmul dtype ad (cast copies under autocast): 3·ad·q per token, as plain eager;
+    2. ``* scaling``, ``+ attention_mask``, ``cat([scores, sinks])``: nothing; the mask (eager's, in the
+       embedding output's dtype resid0) and the sinks (a parameter in the experts' dtype, fp32 after the
+       k-bit upcast) promote the scores to sd (``sink_scores_dtype``);
+    3. ``combined.max(dim=-1)``: its int64 indices, 8·nh per token (``- max`` saves nothing);
+    4. ``softmax(combined, dtype=combined.dtype)``: its output, sd over s + 1 columns (the sink's too):
+       sd·nh per token·s + sd·nh per token. No fp32 upcast: the dtype is the scores' own (CUDA autocast's
+       ``fp32_set_opt_dtype`` policy leaves an explicit dtype alone);
+    5. ``probs[..., :-1].to(value.dtype)`` and the matmul with v: the operand m is the compute dtype
+       under autocast, else v's dtype qd; when m is not sd the matmul saves that s-column copy
+       (m·nh per token·s), else the slice of the saved probabilities itself (nothing new).
+    Dropout is p = 0 (``attention_dropout``): the input itself."""
+    sd = sink_scores_dtype(d, ad)
+    m = d.c if d.autocast else qd
+    probs = m * nh if m != sd else 0
+    return 3 * ad * q + 8 * nh + sd * nh, sd * nh + probs, probs
 
 
 def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> int:
@@ -721,7 +779,11 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     if not arch.family.mlp_gated:
         _ungated_moe_saved(w, arch, lins, n2, live)
         return
-    if live:
+    if live and arch.family.clamped_swiglu:
+        tok, const = gpt_oss_moe_saved(d, n2, E, k, M, H)
+        w.tok += tok
+        w.const += const
+    elif live:
         # router: fp32 softmax output (E) + top-k indices (int64) and weights; a top-k-first router
         # (``Family.router_topk_first``) softmaxes only the k logits it kept
         w.tok += (0 if arch.family.router_topk_first else 4 * E) + 12 * k
@@ -774,6 +836,49 @@ def _ungated_moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, l
     up = next(lin for lin in lins.values() if lin.group == "shared_expert" and lin.name.endswith("up_proj"))
     down = next(lin for lin in lins.values() if lin.group == "shared_expert" and lin.name.endswith("down_proj"))
     _ungated_mlp_saved(w, up, down, n2, live)
+def gpt_oss_moe_saved(d: Dtypes, n2: int, E: int, k: int, M: int, H: int) -> tuple[int, int]:
+    """What a gpt-oss MoE block saves for backward with frozen experts and router, as (bytes per token,
+    fixed bytes). T tokens, S = k·T (token, expert) pairs; ed = the experts' dtype (``Dtypes.other_w``),
+    ld = the router logits' dtype (the compute dtype under autocast, else the promotion of x and the
+    router weight). transformers 5.24, what each op saves (torch ``derivatives.yaml``):
+    1. router (``GptOssTopKRouter.forward``): ``F.linear(x, W, b)`` saves W (its bf16 autocast copy
+       when W is wider, c·E·H fixed; a frozen W saves no input); ``topk`` its int64 indices (8·k per
+       token); ``softmax`` over the k selected logits its output (ld·k per token);
+    2. ``integrations/moe.py::grouped_mm_experts_forward`` L436-530: ``hidden[perm // k]`` and
+       ``weights[perm]`` save their int64 indices, ``weighted_out[inv_perm]`` its own (3 × 8 per pair);
+       the grouped matmuls of frozen experts save only the expert weight (a parameter) and the in-place
+       bias adds nothing;
+    3. ``GptOssExperts._apply_gate``: both clamps save their input, strided views of the one gate_up
+       output (2M); ``sigmoid`` its output, ``gate * sigmoid`` the clamped gate, ``(up + 1) * glu`` both
+       factors (M each): 6·M·ed per pair;
+    4. ``proj_out * weights[perm]``: the down output (H·ed) and the pair's routing weight (ld).
+    Per token: 8·k + ld·k + k·(24 + ed·(6M + H) + ld)."""
+    ed = d.other_w
+    ld = d.c if d.autocast else _promote(n2, ed)
+    const = d.c * E * H if (d.autocast and ed != d.c) else 0
+    return 8 * k + ld * k + k * (24 + ed * (6 * M + H) + ld), const
+
+
+def gpt_oss_moe_forward_transient(arch: Arch, d: Dtypes, hd1: int) -> int:
+    """Bytes per token a gpt-oss MoE block holds beyond its layer's saved tensors at its forward's
+    busiest moment, ``(up + 1) * glu`` in ``GptOssExperts._apply_gate`` (transformers 5.24
+    ``integrations/moe.py::grouped_mm_experts_forward`` L436-501, locals alive until it returns):
+    1. the MLP input (n2·H, the post-attention norm's output), and the post-attention residual h1
+       (hd1·H) when the norm saved an fp32 copy instead of h1 itself (Liger's norm saves h1 itself);
+    2. per (token, expert) pair: the gathered input ``hidden[perm // k]`` (ed·H), the gathered bias
+       ``gate_up_proj_bias[expert_ids_g]`` (ed·2M), the clamped up and the product being made (ed·M
+       each), the sorted expert ids (int64) and ``histc``'s input (4 B);
+    3. less what is saved only after this moment: the down output (ed·H), the routing weight (ld) and
+       ``inv_perm`` (int64).
+    Total n2·H (+ hd1·H) + k·(4·M·ed + 4 − ld). Without checkpointing this is the last layer's forward;
+    with it the recomputation inside backward, while the layer output's gradients wait
+    (``backward_working``). Checked against the trace's live tensors at its peak (the tiny gpt-oss of
+    the family harness)."""
+    H, k, M, ed = arch.hidden_size, arch.experts_per_token, arch.moe_intermediate_size, d.other_w
+    n2 = norm_out(d, hd1)
+    ld = d.c if d.autocast else _promote(n2, ed)
+    h1 = hd1 * H if (hd1 != 4 and not d.liger_norm) else 0  # Liger's norm saves its input itself
+    return n2 * H + h1 + k * (4 * M * ed + 4 - ld)
 
 
 def _dense_index(arch: Arch) -> int:
@@ -849,6 +954,12 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     if moe and gc and arch.family.moe_recompute_moment and "experts" not in targets and not d.full:
         a = max(a, moe_recompute_end_bytes(arch, d, n2) + hpart)
     deq = c * w_down if d.quantized else 0
+    if moe and arch.family.clamped_swiglu:
+        # gpt-oss: the experts' forward (recomputed under checkpointing) outweighs their backward
+        # (``gpt_oss_moe_forward_transient``); the recomputation runs with three H-sized gradients of the
+        # layer output's dtype waiting (as ``hpart``; counted by the trace's tracker at that moment)
+        o = _promote(d.resid, c)
+        a = max(a, gpt_oss_moe_forward_transient(arch, d, _promote(d.resid, o)) + (3 * o * H if gc else 0))
     a_fixed = 0
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H

@@ -94,14 +94,60 @@ def effective_attention(arch: Arch, s: Scenario) -> tuple[Attn, str | None]:
     """The attention implementation transformers 5.24 actually runs, and a note when it differs.
 
     Gemma 2 (``modeling_gemma2.py``: ``_supports_sdpa = False``, "sdpa does not support softcapping")
-    is the one family here without sdpa, recognised by its attention-score soft-capping. Loading it with
+    is recognised by its attention-score soft-capping, any other family without sdpa by its record
+    (``Family.sdpa_refusal``: gpt-oss, ``_supports_sdpa = False`` for its learned sinks). Loading one with
     no ``attn_implementation`` (the Trainer default), ``PreTrainedModel.get_correct_attn_implementation``
     tries sdpa, catches ``_sdpa_can_dispatch``'s ValueError and falls back to eager; vramplan's default
     ``sdpa`` stands for that default request, so both engines price eager and say so. (An explicit
     ``attn_implementation="sdpa"`` raises instead: ``vramplan.hf.build.meta_model`` does the same.)"""
     if s.attn is Attn.SDPA and arch.attn_logit_softcapping:
         return Attn.EAGER, SDPA_FALLBACK_NOTE.format(name=arch.name)
+    if s.attn is Attn.SDPA and arch.family.sdpa_refusal:  # the same fallback, another reason (gpt-oss sinks)
+        return Attn.EAGER, SDPA_FALLBACK_NOTE.format(name=arch.name).replace(
+            "soft-capped attention scores", arch.family.sdpa_refusal)
     return s.attn, None
+
+
+def checkpoint_notes(arch: Arch, s: Scenario) -> tuple[str, ...]:
+    """What both engines say about a checkpoint that ships MXFP4 experts (config.json
+    ``quantization_config.quant_method == "mxfp4"``, gpt-oss), whose three loading paths transformers
+    5.24 offers for training differ:
+    (a) ``Mxfp4Config(dequantize=True)`` (the OpenAI cookbook, TRL's recipe): ``Mxfp4Dequantize``
+        (``integrations/mxfp4.py``) turns blocks and scales into the parameter's own dtype, the bf16
+        ``GptOssExperts`` of the modeling file: what both engines price (``--quant none``);
+    (b) a ``BitsAndBytesConfig``: refused for the published checkpoint (``quantizers/auto.py``
+        ``merge_quantization_configs`` raises when the checkpoint's config class differs), so it needs a
+        bf16 copy, where bitsandbytes reaches the attention linears only (the router is a bare
+        parameter, the experts 3-D parameters): priced so for a 4-bit ``--quant``;
+    (c) MXFP4 kept (``Mxfp4Config()``, Triton and the ``kernels`` package on compute capability 7.5+):
+        ``Mxfp4HfQuantizer.is_trainable`` is False, ``trainer_utils.validate_quantization_for_training``
+        refuses it, and the Triton ``matmul_ogs`` experts have no backward: it does not train (the note
+        gives what its experts would hold, ``weights.mxfp4_bytes``).
+    Empty for every other checkpoint."""
+    qc = arch.config.get("quantization_config")
+    if not (isinstance(qc, dict) and qc.get("quant_method") == "mxfp4" and arch.moe_layers):
+        return ()
+    gib = 1 << 30
+    kept = sum(t.count * t.num_experts * wt.mxfp4_bytes(t.out_features * t.in_features)
+               for t in arch.expert_tensors() if t.in_features > 1)
+    rs = recipe_spec(s.recipe)
+    eb = rs.group_bytes("experts", s.quant is not Quant.NONE, s.dtype.nbytes)
+    out = (f"{arch.name} ships MXFP4 experts ({kept / gib:.2f} GiB of blocks and scales, 4.25 bits per element); "
+           f"priced as transformers 5.24 loads them for training, dequantized (Mxfp4Config(dequantize=True)) "
+           f"to {arch.expert_params * eb / gib:.2f} GiB at {eb} B/param. Kept as MXFP4 (Mxfp4Config(), Triton "
+           "kernels) the model does not train: Mxfp4HfQuantizer.is_trainable is False, the Trainer refuses it "
+           "(validate_quantization_for_training) and the Triton matmul_ogs experts have no backward",)
+    if s.quant is not Quant.NONE:
+        out += ("a BitsAndBytesConfig cannot load the published MXFP4 checkpoint (transformers raises 'The model "
+                "is quantized with Mxfp4Config but you are passing a BitsAndBytesConfig config'): priced for a bf16 "
+                "copy of it, where bitsandbytes quantizes the attention linears only and the router and the 3-D "
+                "experts stay floating point (transformers 5.24 never calls bitsandbytes' "
+                "replace_parameter_4bit for 3-D parameters)",)
+    if not s.full and s.targets == ("all-linear",):
+        out += ("peft 0.21's all-linear reaches q/k/v/o_proj only here (the router and the fused experts are not "
+                "nn.Linear, and peft has no v4 name remapping for gpt_oss); the cookbook's extra "
+                "target_parameters on a few layers' experts are not priced",)
+    return out
 
 
 def dtypes(arch: Arch, s: Scenario, cuda: bool = True) -> act.Dtypes:
@@ -356,7 +402,7 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     comps = weights + train.comps
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
-    notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
+    notes = ((attn_note,) if attn_note else ()) + checkpoint_notes(arch, s) + layer.notes + loss_notes(arch, s, d) \
         + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) \
         + mx.kind_notes(arch, d, s.rank, _target_set(arch, s, train.targets))
     return StaticTerms(
@@ -423,7 +469,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
               ("router", arch.router_params, 4 if arch.family.router_fp32 else d.other_w),
-              ("experts", arch.expert_params, d.other_w), ("mixers", arch.mixer_params, d.other_w)]
+              ("experts", arch.expert_params, d.other_w), ("mixers", arch.mixer_params, d.other_w),
+              ("sinks", arch.sink_params, d.other_w)]
     unq = [g for g in groups if g[1]]
     for nm, n, b in unq:
         if s.full:

@@ -64,6 +64,20 @@ def int8_weight_bytes(in_features: int, out_features: int) -> tuple[int, int]:
     return in_features * out_features, 4 * out_features
 
 
+#: MXFP4 (OCP microscaling FP4): 32 elements share one uint8 E8M0 scale.
+MXFP4_BLOCK = 32
+
+
+def mxfp4_bytes(n: int) -> int:
+    """An MXFP4 weight of ``n`` elements as gpt-oss ships it: ``*_blocks`` (two FP4 E2M1 codes per
+    uint8, n / 2 bytes) and ``*_scales`` (one uint8 exponent per block of 32, n / 32 bytes): 4.25 bits
+    per element. transformers 5.24 ``integrations/mxfp4.py``: ``Mxfp4GptOssExperts`` holds
+    ``gate_up_proj`` as (E, 2M, H / 2) uint8 and ``_convert_moe_packed_tensors`` reads blocks of
+    16 bytes (32 codes) against one scale each. (Kept for inference, the Triton layout
+    ``swizzle_mxfp4`` may pad these; not priced.)"""
+    return n // 2 + -(-n // MXFP4_BLOCK)
+
+
 def float_bytes(n: int, nbytes: int) -> int:
     """``n`` elements stored in a floating dtype of ``nbytes`` bytes each (2: bf16/fp16, 4: fp32)."""
     return n * nbytes

@@ -143,6 +143,22 @@ class Family:
     residual_dropout_key: str | None = None
     """A config field of dropout on the attention and MLP outputs before each residual add (Seed-OSS:
     ``residual_dropout``, ``SeedOssAttention`` / ``SeedOssMLP``); None: none."""
+    sdpa_refusal: str | None = None
+    """Why transformers refuses sdpa for the family (its ``_supports_sdpa = False``), shown in the note
+    when the default request is priced as eager; None: sdpa runs."""
+    attention_sinks: bool = False
+    """A learned logit per query head joins every softmax (``sinks``, nh parameters per attention
+    layer): eager attention concatenates it to the scores, softmaxes in the scores' dtype and drops it
+    (gpt-oss ``eager_attention_forward``)."""
+    expert_bias: bool = False
+    """The fused experts carry biases: ``gate_up_proj_bias`` (E × 2M) and ``down_proj_bias`` (E × H)
+    per MoE layer, added in place after each grouped matmul (``integrations/moe.py::_grouped_linear``)."""
+    router_bias: bool = False
+    """The router is a linear with a bias (E per MoE layer), and its softmax runs over the k selected
+    logits only, in their dtype (``GptOssTopKRouter.forward``: top-k, then softmax)."""
+    clamped_swiglu: bool = False
+    """The experts' gate is gpt-oss's clamped SwiGLU over interleaved gate/up columns:
+    ``(clamp(up) + 1) * clamp(gate) * sigmoid(alpha * clamp(gate))`` (``GptOssExperts._apply_gate``)."""
 
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
@@ -292,6 +308,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                                attention_dropout=0.1, residual_dropout=0.1)),
     Family("granitemoe", "models/granitemoe/modeling_granitemoe.py", moe=MOE_MIXTRAL, router_topk_first=True,
            moe_recompute_moment=True, embedding_multiplier=True),
+    # gpt-oss: every layer MoE (num_local_experts of width intermediate_size: the Mixtral keys), q/k/v/o biases,
+    # norms returning their input's dtype (``(weight * x).to(input_dtype)``), sinks, biased experts and router
+    Family("gpt_oss", "models/gpt_oss/modeling_gpt_oss.py", moe=MOE_MIXTRAL, norm_keeps_input_dtype=True,
+           sdpa_refusal="learned attention sinks", attention_sinks=True, expert_bias=True, router_bias=True,
+           clamped_swiglu=True, sliding_rule=SLIDE_EVEN,  # GptOssConfig: layer i slides when (i + 1) % 2
+           class_defaults=dict(attention_bias=True, head_dim=64, num_key_value_heads=8, num_attention_heads=64)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
@@ -310,7 +332,6 @@ UNSUPPORTED: dict[str, str] = {
     "deepseek_v3": "multi-head latent attention is not modelled yet",
     "deepseek_v2": "multi-head latent attention is not modelled yet",
     "lfm2": "hybrid convolution/attention layers are not modelled yet",
-    "gpt_oss": "gpt-oss MXFP4 experts are not modelled yet",
 }
 
 

@@ -444,7 +444,14 @@ class Arch:
         is a ``*TopKRouter`` module holding a bare parameter, not an ``nn.Linear``: bitsandbytes
         leaves it unquantized. (peft 0.21 still adapts it for qwen3_moe and mixtral under
         ``all-linear``, through its v4-name remapping.)"""
-        return len(self.moe_layers) * self.num_experts * self.hidden_size
+        bias = self.num_experts if self.family.router_bias else 0  # gpt-oss ``GptOssTopKRouter.bias``
+        return len(self.moe_layers) * (self.num_experts * self.hidden_size + bias)
+
+    @property
+    def sink_params(self) -> int:
+        """Learned attention sinks (``Family.attention_sinks``): one logit per query head per attention
+        layer (gpt-oss ``GptOssAttention.sinks``), a bare parameter bitsandbytes leaves unquantized."""
+        return self.num_heads * self.mixer_layers(ATTENTION) if self.family.attention_sinks else 0
 
     def expert_tensors(self) -> tuple[ExpertTensor, ...]:
         """Fused 3-D expert parameters (empty for dense models)."""
@@ -454,10 +461,13 @@ class Arch:
         E, H, M = self.num_experts, self.hidden_size, self.moe_intermediate_size
         if not self.family.mlp_gated:  # NemotronHExperts: up_proj (E, M, H), down_proj (E, H, M)
             return (ExpertTensor("up_proj", E, M, H, nm), ExpertTensor("down_proj", E, H, M, nm))
-        return (
+        out = (
             ExpertTensor("gate_up_proj", E, 2 * M, H, nm),
             ExpertTensor("down_proj", E, H, M, nm),
         )
+        if self.family.expert_bias:  # gpt-oss: (E, 2M) and (E, H) biases beside the weights
+            out += (ExpertTensor("gate_up_proj_bias", E, 2 * M, 1, nm), ExpertTensor("down_proj_bias", E, H, 1, nm))
+        return out
 
     # -------------------------------------------------------------------------------- counts
     @property
@@ -489,6 +499,8 @@ class Arch:
             counts[f"experts.{t.name}"] = t.params
         if self.router_params:
             counts["router"] = self.router_params
+        if self.sink_params:
+            counts["sinks"] = self.sink_params
         for kind in dict.fromkeys(self.mixers):
             if kind != ATTENTION:
                 for key, n in MIXERS[kind].params(self).items():  # conv kernels, gates, norms of the kind

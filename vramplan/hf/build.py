@@ -177,6 +177,15 @@ def _check_supported(arch: Arch, scenario: Scenario) -> None:
         raise TraceUnsupported(
             f"{arch.name}: transformers refuses attn_implementation='sdpa' for this model (soft-capped "
             "attention scores, _supports_sdpa = False); use --attn eager (or flash2)")
+    if scenario.attn is Attn.FLASH2 and arch.family.sdpa_refusal:
+        # the CPU stand-in for flash-attention-2 runs sdpa (interventions item 5), which transformers refuses
+        # here; on CUDA transformers swaps the request for the model's _compatible_flash_implementations
+        raise TraceUnsupported(f"{arch.name}: the trace's flash-attention stand-in runs on sdpa, which transformers "
+                               f"refuses for this model ({arch.family.sdpa_refusal}); price --attn flash2 with "
+                               "--method analytic, or trace --attn eager")
+    if scenario.attn is Attn.SDPA and arch.family.sdpa_refusal:
+        raise TraceUnsupported(f"{arch.name}: transformers refuses attn_implementation='sdpa' for this model "
+                               f"({arch.family.sdpa_refusal}, _supports_sdpa = False); use --attn eager (or flash2)")
     if scenario.quant is Quant.INT8:
         raise TraceUnsupported("int8 (LLM.int8) layers are not supported by the trace yet; use nf4, fp4 or none")
 

@@ -51,8 +51,11 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
         fig = figures(arch, lambda n: trace_run(arch, run_scenario, layers=n, steps=steps, device=dev),
                       layers=layers, extrapolate=extrapolate, min_first=first)
         bd = _breakdown(arch, run_scenario, fig, calibration, dev, steps, t0)
-    if attn_note:
-        bd = replace(bd, notes=(attn_note,) + tuple(bd.notes))
+    from vramplan.analytic.terms import checkpoint_notes
+
+    extra = ((attn_note,) if attn_note else ()) + checkpoint_notes(arch, scenario)  # gpt-oss's MXFP4 experts
+    if extra:
+        bd = replace(bd, notes=extra + tuple(bd.notes))
     if not arch.family.record:
         bd = replace(bd, notes=tuple(bd.notes) + (NO_RECORD_NOTE.format(model_type=arch.model_type),))
     return bd
