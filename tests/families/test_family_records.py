@@ -38,17 +38,34 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    # layer 0 dense (first_k_dense_replace 1), layer 1 MoE with its shared expert; qk-norm on (GLM-4.6's)
+    "glm4_moe": ("GLM-4.5-Air", dict(_SMALL, moe_intermediate_size=128, n_routed_experts=8, num_experts_per_tok=2,
+                                     use_qk_norm=True, pad_token_id=0)),
+    # partial rotary (rotary_dim 32 of head_dim 64), qk-norm over the whole projection
+    "minimax_m2": ("MiniMax-M2.5", dict(_SMALL, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2,
+                                        rotary_dim=32, attn_type_list=[1, 1])),
+    # layer 0 chunked (RoPE, L2 q/k norm, chunk 128 < seq 256: sdpa's mask) with a dense MLP, layer 1 NoPE MoE
+    "llama4_text": ("vramplan-llama4-scout-text", dict(_SMALL, intermediate_size=128, intermediate_size_mlp=512,
+                                                  num_local_experts=4, num_experts_per_tok=1, moe_layers=[1],
+                                                  no_rope_layers=[1, 0], attention_chunk_size=128)),
+}
+
+#: model_type -> Scenario fields its rows need (peft 0.21.2's all-linear fails on Llama 4's router,
+#: ``vramplan.hf.build.ROUTER_LINEAR_REFUSAL``: its rows name the targets).
+SCENARIO: dict[str, dict[str, Any]] = {
+    "llama4_text": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 }
 
 #: model_type -> one full-size registry entry.
 FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
-    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "glm4_moe": "GLM-4.5-Air",
+    "minimax_m2": "MiniMax-M2.5", "llama4_text": "vramplan-llama4-scout-text",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
-_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers")
+_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers", "moe_layers", "no_rope_layers")
 
 
 def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
@@ -62,7 +79,7 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
         if isinstance(value, list) and key not in over:
-            target[key] = value[:layers] if key == "layer_types" else [i for i in value if i < layers]
+            target[key] = value[:layers] if key in ("layer_types", "no_rope_layers") else [i for i in value if i < layers]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids of the real vocabulary
         if isinstance(target.get(key), int) and target[key] >= target.get("vocab_size", 0):
             target[key] = 0
@@ -123,7 +140,7 @@ def _both(model_type: str, **kw: Any):
     arch = shrunk_arch(model_type)
     # peft's wrapper of fused expert parameters refuses dropout (``lora.ParamWrapper``)
     drop = {"lora_dropout": 0.0} if FAMILIES[model_type].expert_lora_targets else {}
-    sc = Scenario(**{"seq": 256, **drop, **kw})
+    sc = Scenario(**{"seq": 256, **drop, **SCENARIO.get(model_type, {}), **kw})
     return arch, estimate(arch, sc, device="cuda"), trace(arch, sc, extrapolate=False, device="cuda")
 
 
@@ -159,7 +176,7 @@ def test_full_size_entry_within_1_percent(model_type):
     from vramplan.trace import trace
 
     drop = {"lora_dropout": 0.0} if FAMILIES[model_type].expert_lora_targets else {}
-    arch, sc = resolve(FULL[model_type]), Scenario(seq=2048, rank=16, **drop)
+    arch, sc = resolve(FULL[model_type]), Scenario(seq=2048, rank=16, **drop, **SCENARIO.get(model_type, {}))
     theirs = trace(arch, sc, device="cuda")
     ours = estimate(arch, sc, device="cuda")
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1

@@ -103,6 +103,18 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
     return out
 
 
+def expert_bias_buffer_bytes(kind: str | None, moe_layers: int, experts: int, load_bytes: int) -> int:
+    """The routers' ``e_score_correction_bias`` buffers (``Family.expert_bias``): one tensor of E values
+    per MoE layer, a buffer (``prepare_model_for_kbit_training`` upcasts parameters only), each rounded
+    to 512 B. GLM-4.5 keeps it in fp32 (transformers 5.24 ``modeling_glm4_moe.py``
+    ``Glm4MoeTopkRouter.__init__``, ``_keep_in_fp32_modules_strict``); MiniMax-M2 in the load dtype
+    (``MiniMaxM2SparseMoeBlock.__init__``: ``torch.zeros(num_local_experts)`` under the load dtype).
+    E.g. GLM-4.5-Air: 45 layers × round512(4 · 128) = 23,040 B."""
+    if not kind or not moe_layers:
+        return 0
+    return moe_layers * _blocks((4 if kind == "fp32" else load_bytes) * experts)
+
+
 def rope_cache_bytes(mode: str, head_dim: int, positions: int, num_layers: int) -> int:
     """torchtune's precomputed rotary tables (``Scenario.rope_cache``), fp32, non-persistent buffers
     that move to the device with the model (torchtune 0.6.1):

@@ -47,6 +47,22 @@ def is_mixer_group(group: str) -> bool:
 # One section per kind: its linears and params functions, then its ``Mixer`` record.
 
 
+# ---- chunked_attention: Llama 4's local (chunked) RoPE attention layers
+CHUNKED_ATTENTION = "chunked_attention"
+
+
+def _chunked_attention_linears(arch: "Arch", count: int) -> list["Linear"]:
+    """The same q/k/v/o as softmax attention (``Llama4TextAttention.__init__``), in their own group."""
+    return arch.attention_linears(CHUNKED_ATTENTION, count)
+
+
+def _no_params(arch: "Arch") -> dict[str, int]:
+    """Its L2 q/k norm (``Llama4TextL2Norm``) has no weight."""
+    return {}
+
+
 #: Every token-mixer kind but ``ATTENTION`` (the one place a kind is registered).
 MIXERS: dict[str, Mixer] = {m.name: m for m in (
+    Mixer(CHUNKED_ATTENTION, "models/llama4/modeling_llama4.py::Llama4TextAttention (use_rope layers)",
+          _chunked_attention_linears, _no_params),
 )}
