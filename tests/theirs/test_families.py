@@ -86,8 +86,8 @@ def test_layout_traits_match_the_modeling_code(built, model_type):
     assert len(inv) == fam.rotary_sets(arch.config, cfg.num_hidden_layers), inv
     assert fam.softcapping == (getattr(cfg, "attn_logit_softcapping", None) is not None)
     assert bool(fam.moe) == arch.is_moe
-    if fam.shared_expert:
-        assert any("shared_expert" in n for n, _ in layer.named_modules())
+    if fam.shared_expert:  # in the MoE layers (GLM-4.5's layer 0 is dense): the family's module name
+        assert any(n.endswith("." + fam.shared_expert_module) for n, _ in model.named_modules())
 
 
 @pytest.mark.torch
