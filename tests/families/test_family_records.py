@@ -52,6 +52,22 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
     "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt_oss": ("gpt-oss-20b", dict(_SMALL, num_local_experts=4, num_experts_per_tok=2)),
+    # layer 0 dense (first_k_dense_replace 1), layer 1 MoE with its shared expert; qk-norm on (GLM-4.6's)
+    "glm4_moe": ("GLM-4.5-Air", dict(_SMALL, moe_intermediate_size=128, n_routed_experts=8, num_experts_per_tok=2,
+                                     use_qk_norm=True, pad_token_id=0)),
+    # partial rotary (rotary_dim 32 of head_dim 64), qk-norm over the whole projection
+    "minimax_m2": ("MiniMax-M2.5", dict(_SMALL, intermediate_size=128, num_local_experts=8, num_experts_per_tok=2,
+                                        rotary_dim=32, attn_type_list=[1, 1])),
+    # layer 0 chunked (RoPE, L2 q/k norm, chunk 128 < seq 256: sdpa's mask) with a dense MLP, layer 1 NoPE MoE
+    "llama4_text": ("vramplan-llama4-scout-text", dict(_SMALL, intermediate_size=128, intermediate_size_mlp=512,
+                                                  num_local_experts=4, num_experts_per_tok=1, moe_layers=[1],
+                                                  no_rope_layers=[1, 0], attention_chunk_size=128)),
+}
+
+#: model_type -> Scenario fields its rows need (peft 0.21.2's all-linear fails on Llama 4's router,
+#: ``vramplan.hf.build.ROUTER_LINEAR_REFUSAL``: its rows name the targets).
+SCENARIO: dict[str, dict[str, Any]] = {
+    "llama4_text": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 }
 
 #: model_type -> one full-size registry entry.
@@ -61,11 +77,12 @@ FULL: dict[str, str] = {
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "nemotron_h": "Nemotron-H-8B-Base-8K",
     "olmo2": "OLMo-2-1124-7B-Instruct", "granite": "granite-3.3-8b-instruct",
     "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
-    "gpt_oss": "gpt-oss-20b",
+    "gpt_oss": "gpt-oss-20b", "glm4_moe": "GLM-4.5-Air", "minimax_m2": "MiniMax-M2.5",
+    "llama4_text": "vramplan-llama4-scout-text",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
-_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers")
+_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers", "moe_layers", "no_rope_layers")
 
 
 def row_layers(model_type: str) -> int:
@@ -91,7 +108,7 @@ def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
         if isinstance(value, list) and key not in over:
-            target[key] = value[:layers] if key == "layer_types" else [i for i in value if i < layers]
+            target[key] = value[:layers] if key in ("layer_types", "no_rope_layers") else [i for i in value if i < layers]
     if isinstance(target.get("hybrid_override_pattern"), str):
         target["hybrid_override_pattern"] = target["hybrid_override_pattern"][:layers]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids of the real vocabulary

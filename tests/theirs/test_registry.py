@@ -112,7 +112,8 @@ def _hf_model_counts(cfg):
     transformers = pytest.importorskip("transformers")
     cfg = dict(cfg)
     if "text_config" in cfg:
-        cfg = dict(cfg["text_config"], model_type="gemma3_text")
+        from vramplan.arch.families import ALIASES
+        cfg = dict(cfg["text_config"], model_type=ALIASES.get(cfg["model_type"], "gemma3_text"))
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
@@ -120,7 +121,7 @@ def _hf_model_counts(cfg):
         model = transformers.AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
     linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+                 if type(m) is torch.nn.Linear and not n.endswith("lm_head"))  # what bitsandbytes replaces
     return total, linear
 
 

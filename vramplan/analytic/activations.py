@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vramplan.arch.families import EXPERTS_DENSE_BMM, ROUTER_SIGMOID_GROUPED, ROUTER_TOPK_SIGMOID
 from vramplan.arch.mixers import ATTENTION, IDENTITY
 from vramplan.arch.spec import Arch, Linear
 
@@ -565,9 +566,21 @@ def eager_mask_bytes(d: Dtypes) -> int:
     return d.resid0
 
 
-def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool) -> tuple[int, bool]:
+def l2_qk_norm_saved(arch: Arch, lq: bool, lk: bool) -> int:
+    """Bytes per token Llama 4's weightless L2 q/k norm saves (transformers 5.24
+    ``models/llama4/modeling_llama4.py`` ``Llama4TextL2Norm.forward``: ``self._norm(x.float()).type_as(x)``):
+    the fp32 copy of q (k) that ``pow`` and the product save, 4·heads·head_dim, and one fp32 ``rsqrt``
+    per head, 4·heads; no weight, so nothing more under full fine-tuning."""
+    hd = arch.head_dim
+    return (4 * hd * arch.num_heads + 4 * arch.num_heads if lq else 0) + \
+        (4 * hd * arch.num_kv_heads + 4 * arch.num_kv_heads if lk else 0)
+
+
+def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool,
+                     l2_qk: bool = False) -> tuple[int, bool]:
     """Steps 1-5 of ``layer_saved``: input norm, q/k/v, q/k norms, RoPE and the attention core, then
-    o_proj (and Gemma's post-attention norm). Returns (o_proj output dtype, whether it needs a gradient)."""
+    o_proj (and Gemma's post-attention norm). Returns (o_proj output dtype, whether it needs a gradient).
+    ``l2_qk``: Llama 4's weightless L2 q/k norm after RoPE (``l2_qk_norm_saved``)."""
     d, targets = w.d, w.targets
     H, nh, nkv, hd = arch.hidden_size, arch.num_heads, arch.num_kv_heads, arch.head_dim
     q, kv = nh * hd, nkv * hd
@@ -602,6 +615,8 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         w.norm(hd, nh, lq, qd)
         w.norm(hd, nkv, lk, qd)
         qd = norm_out(d, qd)
+    if l2_qk:  # output ``.type_as(x)``: q keeps its dtype
+        w.tok += l2_qk_norm_saved(arch, lq, lk)
     # 4. RoPE saves cos/sin only (shared by all layers, b·s·head_dim: negligible).
     # 5. attention core: saves only if q, k or v needs a gradient.
     la = lq or lk or lv
@@ -769,10 +784,68 @@ def fused_mlp_saved(w: _Walk, mlp: tuple[Linear, Linear, Linear], n2: int, live:
         w.const += n2 * w.r * (down.in_features + down.out_features)
 
 
+def router_saved(arch: Arch, d: Dtypes) -> tuple[int, int]:
+    """Bytes a MoE layer's router saves for backward while its input needs a gradient, by the family's
+    router rule (``Family.router``), as (per token, fixed). E experts, k top-k, c compute bytes.
+
+    - ``softmax`` (Mixtral / Qwen ``*TopKRouter``): the fp32 softmax output (4·E), the top-k indices
+      (int64) and weights (fp32): 4·E + 12·k.
+    - ``sigmoid`` (MiniMax-M2, transformers 5.24 ``modeling_minimax_m2.py`` ``MiniMaxM2TopKRouter.forward``):
+      ``sigmoid(router_logits.float())`` saves its fp32 output (4·E); the top-k of the bias-corrected
+      scores saves its int64 indices (``gather`` saves the same tensor), the renormalised weights fp32:
+      4·E + 12·k.
+    - ``sigmoid_grouped`` (GLM-4.5 ``modeling_glm4_moe.py`` ``Glm4MoeTopkRouter.forward``): the sigmoid output
+      in the logits' dtype (c under autocast, which runs the fp32 ``F.linear`` in c; else fp32); the
+      group top-2 (int64, 2 per group) and group top-k (int64, ``topk_group``) indices; ``masked_fill``'s
+      bool mask (E); the top-k indices and weights: s·E + E + 16·n_group + 8·topk_group + 12·k.
+    - ``softmax`` with ``Family.router_topk_first`` (Granite MoE ``GraniteMoeTopKRouter``): top-k of the raw
+      logits, softmax over those k: 12·k.
+    - ``topk_sigmoid`` (Llama 4 ``Llama4Router.forward``): the top-k of the logits (int64 indices, shared
+      by ``scatter_``), ``sigmoid(scores.float())``'s fp32 output (4·E) and its cast back to the logits'
+      dtype (the experts' input scaling reads it: ``moe_dense_bmm_saved``): 4·E + 8·k.
+    Fixed: under autocast the router's fp32 (or upcast) weight is cast to c for the matmul and saved for
+    the input gradient: c·E·H."""
+    fam, E, k, H = arch.family, arch.num_experts, arch.experts_per_token, arch.hidden_size
+    rw = 4 if fam.router_fp32 else d.other_w
+    const = d.c * E * H if (d.autocast and rw != d.c) else 0
+    if fam.router == ROUTER_SIGMOID_GROUPED:
+        sd = d.c if d.autocast else 4
+        cfg = arch.config
+        groups = int(cfg.get("n_group", fam.class_defaults.get("n_group", 1)) or 1)
+        top_groups = int(cfg.get("topk_group", fam.class_defaults.get("topk_group", 1)) or 1)
+        return sd * E + E + 16 * groups + 8 * top_groups + 12 * k, const
+    if fam.router == ROUTER_TOPK_SIGMOID:
+        return 4 * E + 8 * k, const
+    if fam.router_topk_first:  # softmax over the k kept logits (``GraniteMoeTopKRouter``): no E-wide output
+        return 12 * k, const
+    return 4 * E + 12 * k, const
+
+
+def moe_dense_bmm_saved(arch: Arch, d: Dtypes, n2: int) -> tuple[int, int]:
+    """Bytes Llama 4's routed experts save (``Family.experts`` ``dense_bmm``): every token through every
+    expert (transformers 5.24 ``models/llama4/modeling_llama4.py``: ``Llama4TextMoe.forward`` L150-158,
+    ``Llama4TextExperts.forward`` L60-66), as (per token, fixed), with frozen experts (peft adapts none):
+    1. ``routed_in = hidden.repeat(E, 1) * scores.transpose(0, 1).reshape(-1, 1)``: the product saves
+       both factors: the repeated input (n2·E·H) and the reshaped score column (a copy, its dtype c·E);
+    2. ``torch.bmm(routed_in, gate_up_proj)``: under autocast its output is c, and the weight's cast
+       copy is saved for the input gradient (fixed c·E·2M·H when the experts are not c already);
+       the output (c·E·2M) is kept whole by ``act(gate)`` (its gate half) and the product (its up half);
+    3. ``up * act(gate)``: the act output (c·E·M);
+    4. ``torch.bmm(.., down_proj)``: the down weight's cast copy (fixed c·E·M·H); its input only when
+       the weight needs a gradient (never here).
+    Per token: E·(n2·H + c + 3·c·M); fixed c·3·E·M·H under autocast with non-c experts."""
+    E, H, M, c = arch.num_experts, arch.hidden_size, arch.moe_intermediate_size, d.c
+    ed = c if d.autocast else d.other_w
+    const = c * 3 * E * M * H if (d.autocast and d.other_w != c) else 0
+    return E * (n2 * H + ed + 3 * ed * M), const
+
+
 def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
-    """Sparse MoE block: router, transformers 5's grouped_mm experts, and a gated shared expert."""
+    """Sparse MoE block: router (``router_saved``), the routed experts (transformers 5's grouped_mm, or
+    Llama 4's dense bmm: ``moe_dense_bmm_saved``), and a shared expert (gated or not)."""
     d, targets = w.d, w.targets
     H, E, k, M = arch.hidden_size, arch.num_experts, arch.experts_per_token, arch.moe_intermediate_size
+    fam = arch.family
     # transformers 5 ``integrations/moe.py::_grouped_mm`` casts the input to the expert weights' dtype
     # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
     ed = d.other_w
@@ -784,15 +857,18 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         w.tok += tok
         w.const += const
     elif live:
-        # router: fp32 softmax output (E) + top-k indices (int64) and weights; a top-k-first router
-        # (``Family.router_topk_first``) softmaxes only the k logits it kept
-        w.tok += (0 if arch.family.router_topk_first else 4 * E) + 12 * k
-        if d.autocast and d.other_w != d.c:
-            w.const += d.c * E * H  # router weight's bf16 copy, saved for the input gradient
-        # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
-        # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
-        # weight, gather index (int64).
-        w.tok += k * (ed * (3 * M + H) + 8)
+        tok, const = router_saved(arch, d)
+        w.tok += tok
+        w.const += const
+        if fam.experts == EXPERTS_DENSE_BMM:
+            tok, const = moe_dense_bmm_saved(arch, d, n2)
+            w.tok += tok
+            w.const += const
+        else:
+            # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
+            # act output (M) kept by act/mul, expert output (H) kept by the multiply with its routing
+            # weight, gather index (int64).
+            w.tok += k * (ed * (3 * M + H) + 8)
         if "experts" in targets:
             # grouped_mm saves its inputs (gathered x: H, and the act product: M) only when the
             # expert weights need a gradient (LoRA-wrapped by peft's ParamWrapper): torch
@@ -803,11 +879,27 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
             w.const += d.other_w * E * 3 * M * H
     S = arch.shared_expert_intermediate_size
     if S:
-        sd, ls = w.linears((lins["shared_expert.gate_proj"], lins["shared_expert.up_proj"]), n2, False, live)
+        p = fam.shared_expert_module
+        sd, ls = w.linears((lins[f"{p}.gate_proj"], lins[f"{p}.up_proj"]), n2, False, live)
         w.tok += 3 * sd * S if ls else 0
-        w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
-        w.linears((lins["shared_expert_gate"],), n2, True, live)
-        w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+        w.linears((lins[f"{p}.down_proj"],), sd, False, ls)
+        if fam.shared_expert_gated:
+            w.linears((lins["shared_expert_gate"],), n2, True, live)
+            w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+
+
+def dense_bmm_recompute_end(arch: Arch, d: Dtypes, n2: int) -> int:
+    """Bytes per token beyond a Llama 4 MoE layer's saved tensors at the end of its forward recomputed
+    under gradient checkpointing (``Family.experts`` ``dense_bmm``; transformers 5.24
+    ``models/llama4/modeling_llama4.py`` ``Llama4TextMoe.forward`` L150-158): the locals ``routed_in``
+    (the scaled E-fold input, n2·E·H, read by the bmm's cast and freed when the forward returns) and
+    ``routed_out`` (c·E·H), the block's input ``hidden_states`` (the post-attention norm's output, n2·H,
+    which no op saves), the shared expert's output ``out`` (n2·H: the 4-bit down projection returns its
+    input's dtype) and the routed sum added into it (c·H); and the gradient the backward made before the
+    first saved tensor was unpacked: ``sum(dim=0)``'s expanded gradient, copied by ``reshape`` (c·E·H), and
+    the layer output's (o·H). Checked against the trace's live tensors at the peak (shrunk Llama 4, E = 4)."""
+    E, H, c = arch.num_experts, arch.hidden_size, d.c
+    return n2 * E * H + 2 * c * E * H + 2 * n2 * H + c * H + _promote(d.resid, c) * H
 
 
 def _ungated_moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
@@ -920,7 +1012,7 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     gd = n2 if d.quantized else (c if d.autocast else d.base_w)
     if moe:
         I = arch.shared_expert_intermediate_size or arch.experts_per_token * arch.moe_intermediate_size
-        down = "shared_expert.down_proj" if arch.family.mlp_gated else "shared_experts.down_proj"
+        down = arch.shared_expert_down
     else:
         I = arch.intermediate_size
         down = "down_proj"
@@ -953,6 +1045,8 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
         a = max(a - 2 * d.other_w * I, hpart)
     if moe and gc and arch.family.moe_recompute_moment and "experts" not in targets and not d.full:
         a = max(a, moe_recompute_end_bytes(arch, d, n2) + hpart)
+    if moe and gc and arch.family.experts == EXPERTS_DENSE_BMM:
+        a = max(a, dense_bmm_recompute_end(arch, d, n2))
     deq = c * w_down if d.quantized else 0
     if moe and arch.family.clamped_swiglu:
         # gpt-oss: the experts' forward (recomputed under checkpointing) outweighs their backward

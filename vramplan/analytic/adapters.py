@@ -31,10 +31,16 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
         raise VramplanError(f"peft refuses LoRA on {', '.join(asked)} of {arch.name}, a Mamba-based model "
                             f"(tuners_utils._check_lora_target_modules_mamba; all-linear reaches them too): name the "
                             f"targets instead, e.g. --targets {ok}")
+    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
+    if expert_names:
+        # peft 0.21.2 ``utils/transformers_weight_conversion.py::_convert_peft_config_moe`` moves every
+        # target named like a v4 expert projection to ``target_parameters`` and drops it from
+        # ``target_modules`` (``remaining_target_modules``): a dense MLP's or shared expert's nn.Linear of
+        # that leaf name (GLM-4.5's ``gate_proj`` ...) is then not adapted
+        lins = tuple(lin for lin in lins if lin.name.split(".")[-1] not in expert_names)
     if targets == ("all-linear",):
         return lins
     chosen_list: list[Linear] = []
-    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     head = arch.linears()[-1]
     for t in targets:
         hit = [lin for lin in lins if lin.name == t or lin.name.endswith("." + t)]

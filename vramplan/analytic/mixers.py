@@ -219,10 +219,26 @@ def attention_only_working(arch: "Arch", d: "Dtypes") -> tuple[int, int, int, in
     return ad * (2 * q + 2 * kv) + g_out, 0, c * q + g_out, (c * q * H if d.quantized else 0)
 
 
+# ---- chunked_attention: Llama 4's RoPE layers (local chunks, the L2 q/k norm)
+def chunked_attention_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str,
+                           live: bool) -> tuple[int, bool]:
+    """Llama 4's chunked-attention layer (transformers 5.24 ``models/llama4/modeling_llama4.py``,
+    ``Llama4TextAttention.forward`` L345-395): softmax attention as ``activations._attention_saved``,
+    with RoPE as a complex product (``apply_rotary_emb``: ``view_as_complex(xq.float()) * freqs_cis``
+    saves the shared ``freqs_cis`` only) and, when ``use_qk_norm``, the weightless L2 norm on the
+    rotated q and k (``Llama4TextL2Norm``: ``x.float() * rsqrt(mean(x²) + eps)``, an fp32 copy of q and k
+    and one fp32 rsqrt per head, ``activations.l2_qk_norm_saved``). The chunk mask is priced with the
+    sliding-window layers (``Family.sliding_rule`` ``chunked``)."""
+    from vramplan.analytic.activations import _attention_saved
+    l2 = bool(arch.config.get("use_qk_norm", arch.family.class_defaults.get("use_qk_norm", False)))
+    return _attention_saved(w, arch, lins, attn, live, l2_qk=l2)
+
+
 #: kind -> its saved-activation walk (the one place a kind's walk is registered).
 WALKS: dict[str, Walk] = {
     IDENTITY: identity_walk,
     MAMBA2: mamba2_walk,
+    "chunked_attention": chunked_attention_walk,
 }
 
 #: kind -> the backward working set of its layers (``backward_working_of``).

@@ -170,11 +170,12 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     if len(st.classes) == 1 or st.offload is not Offload.NONE:
         return x
     # a hybrid model: the last layer of each other signature may be the busier layer backward (its
-    # own saved set and working buffers), with fewer checkpoints alive and the later layers' gradients
+    # own saved set and working buffers), with fewer checkpoints alive and the later layers' gradients;
+    # so may the first layer of each signature (the most later layers' gradients alive: GLM-4.5's first
+    # MoE layer, after 44 MoE layers' expert-LoRA gradients, checked against the trace)
     best, best_x = last_layer_backward(st, x), x
-    for n, c in enumerate(st.classes):
-        j = c.last
-        if n == lc or j == 0:
+    for n, c, j in [(n, c, j) for n, c in enumerate(st.classes) for j in dict.fromkeys((c.last, c.first))]:
+        if (n == lc and j == c.last) or j == 0:
             continue
         after = range(j + 1, st.layers)
         if gc:

@@ -67,6 +67,8 @@ class ClassTerms(NamedTuple):
     """The index of the last such layer."""
     mixer: str
     ffn: str
+    first: int = 0
+    """The index of the first such layer (its backward runs with the most gradients alive)."""
 
 
 #: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
@@ -456,10 +458,12 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
     rows: list[_Row] = _base_linears(qlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
-    if arch.family.router_fp32:
-        buffers += wt.router_bias_bytes(len(arch.moe_layers), arch.num_experts)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
+    bias_buf = wt.expert_bias_buffer_bytes(arch.family.score_bias, len(arch.moe_layers), arch.num_experts, s.dtype.nbytes)
+    if bias_buf:
+        rows.append(("weights/expert_bias", "weights", bias_buf,
+                     "e_score_correction_bias buffers (E per MoE layer), 512 B blocks"))
     if s.rope_cache is not RopeCache.NONE:
         rows.append(("weights/rope_cache", "weights",
                      wt.rope_cache_bytes(s.rope_cache.value, arch.head_dim, arch.max_position_embeddings,
@@ -614,6 +618,10 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     if parts and s.lora_dropout > 0:
         notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
+    if not s.full and arch.router_linears and ("all-linear" in s.targets or "router" in s.targets):
+        notes += (f"peft 0.21.2's all-linear reaches {arch.name}'s MoE router (an nn.Linear subclass returning a "
+                  "tuple) and its LoRA wrapper fails in the forward: this run fails as configured; priced without "
+                  "LoRA on the router (name the targets, e.g. q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",)
     tset = _target_set(arch, s, targets)
     L = arch.num_layers
     kernels = s.lora_kernels.value
@@ -628,7 +636,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         classes.append(ClassTerms(
             c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
             act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
-                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn))
+                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn, c.layers[0]))
         for i in c.layers:
             layer_class[i] = n
     first = classes[layer_class[0]]
@@ -642,7 +650,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False, layer=0, **kw)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
-    window = arch.config.get("sliding_window") or 0
+    window = arch.family.window(arch.config)
     layout = s.packing.value
     pk_tok, pk_quad = act.packed_attention_saved(arch, d, attn, layout)
     if pk_tok or pk_quad:  # a packed mask reaches every layer's sdpa from the first token on

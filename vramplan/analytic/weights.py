@@ -117,13 +117,6 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
     return out
 
 
-def router_bias_bytes(moe_layers: int, experts: int) -> int:
-    """The fp32 ``e_score_correction_bias`` buffer of a sigmoid top-k router, E values per MoE layer,
-    each tensor in 512 B blocks (transformers 5.24 ``modeling_nemotron_h.py`` ``NemotronHTopkRouter``,
-    kept fp32 by ``_keep_in_fp32_modules_strict``)."""
-    return moe_layers * _blocks(4 * experts)
-
-
 def embedding_leaf_factor(family: Family, gc: bool, embedding_trains: bool) -> int:
     """How many embedding-sized tensors (resid0·H per token) stay alive from the forward to the end of
     backward under gradient checkpointing: 1, layer 0's checkpointed input. 2 for a family that scales
@@ -134,6 +127,16 @@ def embedding_leaf_factor(family: Family, gc: bool, embedding_trains: bool) -> i
     the graph is freed, beside the scaled copy layer 0 reads (the trace's tracker at the peak: the
     embedding output and the product both alive). A trainable embedding's output is no leaf: 1."""
     return 2 if (family.embedding_multiplier and gc and not embedding_trains) else 1
+def expert_bias_buffer_bytes(kind: str | None, moe_layers: int, experts: int, load_bytes: int) -> int:
+    """The routers' ``e_score_correction_bias`` buffers (``Family.score_bias``): one tensor of E values
+    per MoE layer, a buffer (``prepare_model_for_kbit_training`` upcasts parameters only), each rounded
+    to 512 B. GLM-4.5 keeps it in fp32 (transformers 5.24 ``modeling_glm4_moe.py``
+    ``Glm4MoeTopkRouter.__init__``, ``_keep_in_fp32_modules_strict``; Nemotron-H ``NemotronHTopkRouter``); MiniMax-M2 in the load dtype
+    (``MiniMaxM2SparseMoeBlock.__init__``: ``torch.zeros(num_local_experts)`` under the load dtype).
+    E.g. GLM-4.5-Air: 45 layers × round512(4 · 128) = 23,040 B."""
+    if not kind or not moe_layers:
+        return 0
+    return moe_layers * _blocks((4 if kind == "fp32" else load_bytes) * experts)
 
 
 def rope_cache_bytes(mode: str, head_dim: int, positions: int, num_layers: int) -> int:

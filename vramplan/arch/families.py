@@ -25,6 +25,36 @@ MOE_MIXTRAL = "mixtral"
 MOE_QWEN = "qwen"
 """Layer i sparse unless in ``mlp_only_layers`` and when ``(i + 1) % decoder_sparse_step == 0``;
 ``num_experts`` experts of width ``moe_intermediate_size`` (``Qwen3MoeDecoderLayer.__init__``)."""
+MOE_FIRST_K_DENSE = "first_k_dense"
+"""GLM-4.5 (``Glm4MoeDecoderLayer.__init__``: ``layer_idx >= config.first_k_dense_replace``): layers from
+``first_k_dense_replace`` on sparse, ``n_routed_experts`` experts of width ``moe_intermediate_size`` and
+always-on shared experts of width ``moe_intermediate_size * n_shared_experts`` (``Glm4MoeMoE``)."""
+MOE_INTERLEAVED = "interleaved"
+"""Llama 4 (``Llama4TextConfig.__post_init__``): the layers in ``moe_layers``, by default every
+``interleave_moe_layer_step``-th (``range(step - 1, L, step)``); ``num_local_experts`` experts of width
+``intermediate_size`` and one shared expert of that width (``Llama4TextMoe``); dense layers are
+``intermediate_size_mlp`` wide (``Family.dense_width_key``)."""
+
+#: How a family's router scores the experts (``Family.router``; ``analytic.activations._router_saved``).
+ROUTER_SOFTMAX = "softmax"
+"""Mixtral / Qwen: ``softmax(logits, dtype=float32)`` then top-k."""
+ROUTER_SIGMOID = "sigmoid"
+"""MiniMax-M2 (``MiniMaxM2TopKRouter``): ``sigmoid(logits.float())``, top-k of the scores plus the
+``e_score_correction_bias`` buffer, the top-k scores renormalised."""
+ROUTER_SIGMOID_GROUPED = "sigmoid_grouped"
+"""GLM-4.5 (``Glm4MoeTopkRouter``): fp32 ``F.linear``, sigmoid, group-limited top-k (``n_group`` groups,
+the best ``topk_group`` kept by their top-2 sum, the rest masked) of the bias-corrected scores."""
+ROUTER_TOPK_SIGMOID = "topk_sigmoid"
+"""Llama 4 (``Llama4Router``, an ``nn.Linear``): top-k of the logits, scattered into a -inf row, then
+``sigmoid(scores.float())``: a score per (token, expert), zero off the top-k."""
+
+#: How a family's routed experts run (``Family.experts``).
+EXPERTS_GROUPED = "grouped"
+"""transformers 5 ``@use_experts_implementation`` (``integrations/moe.py``): each token through its
+top-k experts only (``grouped_mm``)."""
+EXPERTS_DENSE_BMM = "dense_bmm"
+"""Llama 4 (``Llama4TextExperts.forward``): every token through every expert, its input scaled by
+the router score (zero off the top-k), two ``torch.bmm`` over the (E, T, ·) stack."""
 
 #: Sliding-window rules (``Family.sliding_rule``), after config.json ``layer_types`` when given.
 SLIDE_PATTERN = "pattern"
@@ -38,6 +68,10 @@ SLIDE_FROM_MAX_WINDOW = "from_max_window_layers"
 MOE_PATTERN = "pattern"
 """Nemotron-H: the layers whose block (``Family.block_rule``) is ``moe``; ``n_routed_experts`` experts
 of width ``moe_intermediate_size``, one shared expert of ``moe_shared_expert_intermediate_size``."""
+SLIDE_CHUNKED = "chunked"
+"""Llama 4: the chunked-attention layers (``llama4_chunked_layers``), local attention within
+``attention_chunk_size`` tokens (``Family.window_key``): sdpa's mask is built (not skipped) once the
+sequence reaches the chunk, as for a sliding window (``masking_utils.create_chunked_causal_mask``)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +98,31 @@ class Family:
     """``MOE_MIXTRAL``, ``MOE_QWEN`` or None (dense)."""
     shared_expert: bool = False
     """A gated always-on shared expert beside the routed ones (Qwen2-MoE)."""
+    shared_expert_module: str = "shared_expert"
+    """The shared expert's module name inside the MoE block (``shared_experts`` in GLM-4.5); its
+    linears are ``<module>.gate_proj`` / ``up_proj`` / ``down_proj``."""
+    shared_expert_gated: bool = True
+    """The shared expert's output is scaled by ``sigmoid(shared_expert_gate(x))`` (Qwen2-MoE); False:
+    added as is (GLM-4.5 ``Glm4MoeMoE``, Llama 4 ``Llama4TextMoe``)."""
+    dense_width_key: str = "intermediate_size"
+    """config.json key of a dense (non-MoE) layer's MLP width (Llama 4: ``intermediate_size_mlp``)."""
+    router: str = ROUTER_SOFTMAX
+    """How the router scores the experts (``ROUTER_*``)."""
+    router_fp32: bool = False
+    """The router weight is kept in fp32 whatever the load dtype (``_keep_in_fp32_modules_strict``:
+    GLM-4.5 ``["e_score_correction_bias", "gate.weight"]``, Nemotron-H's ``NemotronHTopkRouter``)."""
+    router_linear: bool = False
+    """The router is an ``nn.Linear`` subclass (``Llama4Router``): bitsandbytes skips it
+    (``replace_with_bnb_linear`` replaces ``type(module) is nn.Linear`` only), peft's ``all-linear``
+    reaches it (``isinstance``)."""
+    score_bias: str | None = None
+    """Each MoE layer's router ``e_score_correction_bias`` buffer (E values): ``fp32`` (GLM-4.5,
+    Nemotron-H: kept in fp32), ``load`` (MiniMax-M2, the load dtype) or None."""
+    experts: str = EXPERTS_GROUPED
+    """How the routed experts run (``EXPERTS_*``)."""
+    qk_norm_key: str | None = None
+    """config.json key switching the q/k norm on (GLM-4.5 ``use_qk_norm``, default False), overriding
+    ``qk_norm`` (which stays the config class's default)."""
     class_defaults: Mapping[str, Any] = field(default_factory=dict)
     """Fields the config class fills in when config.json omits them (published configs rely on it)."""
     softcapping: bool = False
@@ -78,6 +137,8 @@ class Family:
     """``*ScaledWordEmbedding`` with a scalar ``embed_scale`` buffer."""
     sliding_rule: str | None = None
     """Which layers use sliding-window attention when config.json gives no ``layer_types``."""
+    window_key: str = "sliding_window"
+    """config.json key of the local-attention window (Llama 4: ``attention_chunk_size``)."""
     mixer: str = "attention"
     """The token-mixer kind of its attention layers (``vramplan.arch.mixers``): ``attention``, or a
     kind of its own for every such layer (latent attention, say)."""
@@ -98,9 +159,6 @@ class Family:
     ``down(act(up(x)))`` with no gate projection (Nemotron-H's relu2 MLP)."""
     rotary: bool = True
     """Attention applies rotary embeddings (a rotary module with its inv_freq buffers); False: none."""
-    router_fp32: bool = False
-    """The router weight stays fp32 whatever the load dtype (``_keep_in_fp32_modules_strict``), with an
-    fp32 ``e_score_correction_bias`` buffer of E per MoE layer (sigmoid top-k routing)."""
     lora_refused: tuple[str, ...] = ()
     """Linear leaf names peft 0.21 refuses to adapt on this model_type (``all-linear`` included):
     ``tuners_utils._check_lora_target_modules_mamba`` raises for Mamba models' ``out_proj``."""
@@ -111,7 +169,8 @@ class Family:
 
     qk_norm_over_projection: bool = False
     """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
-    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output)."""
+    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output;
+    MiniMax-M2 normalises before the head split)."""
     post_norms: bool = False
     """Norms on the branch outputs only: no input or pre-MLP norm; ``post_attention_layernorm`` on the
     attention output and ``post_feedforward_layernorm`` on the MLP output before each residual add
@@ -176,6 +235,8 @@ class Family:
             return tuple(range(num_layers))
         if rule == SLIDE_FROM_MAX_WINDOW and cfg.get("use_sliding_window") and cfg.get("sliding_window"):
             return tuple(range(cfg.get("max_window_layers", 0) or 0, num_layers))
+        if rule == SLIDE_CHUNKED:
+            return llama4_chunked_layers(cfg, num_layers)
         return ()
 
     def attention_dropout(self, cfg: Mapping[str, Any]) -> float:
@@ -192,6 +253,10 @@ class Family:
         value = cfg.get(key)
         value = self.class_defaults.get(key, 0.0) if value is None else value
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+    def window(self, cfg: Mapping[str, Any]) -> int:
+        """The local-attention window of the sliding (or chunked) layers, 0 when none."""
+        value = cfg.get(self.window_key, self.class_defaults.get(self.window_key))
+        return int(value or 0)
 
     def layer_mixers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
         """Each decoder layer's token-mixer kind; () when every layer is plain ``attention``."""
@@ -263,6 +328,34 @@ FFN_RULES["nemotron_h"] = lambda cfg, n: tuple(i for i, b in enumerate(nemotron_
                                                if b in ("linear_attention", "full_attention"))
 
 
+def llama4_no_rope_layers(cfg: Mapping[str, Any], num_layers: int) -> list[int]:
+    """Llama 4's ``no_rope_layers`` (1: the layer applies RoPE), as ``Llama4TextConfig.__post_init__``
+    fills it when config.json gives none: ``int((i + 1) % no_rope_layer_interval != 0)`` (interval 4)."""
+    given = cfg.get("no_rope_layers")
+    if isinstance(given, list) and given:
+        return [int(bool(v)) for v in given[:num_layers]]
+    interval = cfg.get("no_rope_layer_interval", 4) or 4
+    return [int((i + 1) % interval != 0) for i in range(num_layers)]
+
+
+def llama4_chunked_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
+    """Llama 4's chunked-attention layers: config.json ``layer_types`` when given, else (as
+    ``Llama4TextConfig.__post_init__``) the RoPE layers when ``attention_chunk_size`` is set."""
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and types:
+        return tuple(i for i, t in enumerate(types[:num_layers]) if t == "chunked_attention")
+    if "attention_chunk_size" in cfg and cfg["attention_chunk_size"] is None:
+        return ()  # (the config class's default is 8192)
+    return tuple(i for i, r in enumerate(llama4_no_rope_layers(cfg, num_layers)) if r)
+
+
+def _llama4_mixers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """Llama 4: ``chunked_attention`` (RoPE, the L2 q/k norm when ``use_qk_norm``, local chunks) on
+    its chunked layers, plain ``attention`` (NoPE, global) on the others (``Llama4TextAttention``)."""
+    chunked = set(llama4_chunked_layers(cfg, num_layers))
+    return tuple("chunked_attention" if i in chunked else "attention" for i in range(num_layers))
+
+
 _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_input_dtype=True,
                rotary_per_layer_type=True, scaled_embedding=True, sliding_rule=SLIDE_PATTERN,
                class_defaults=dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208))
@@ -289,7 +382,8 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     # sigmoid-routed MoE with a shared expert), one residual add
     Family("nemotron_h", "models/nemotron_h/modeling_nemotron_h.py", norms_per_layer=1, moe=MOE_PATTERN,
            shared_expert=True, mixer_rule="nemotron_h", ffn_rule="nemotron_h", block_rule="nemotron_h",
-           mlp_gated=False, rotary=False, router_fp32=True, lora_refused=("out_proj",),
+           mlp_gated=False, rotary=False, router_fp32=True, score_bias="fp32", lora_refused=("out_proj",),
+           shared_expert_module="shared_experts",
            class_defaults=dict(vocab_size=131072, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
                                head_dim=128, intermediate_size=21504, mlp_hidden_act="relu2", ssm_state_size=128,
                                mamba_num_heads=128, mamba_head_dim=64, n_groups=8, conv_kernel=4,
@@ -314,11 +408,30 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            sdpa_refusal="learned attention sinks", attention_sinks=True, expert_bias=True, router_bias=True,
            clamped_swiglu=True, sliding_rule=SLIDE_EVEN,  # GptOssConfig: layer i slides when (i + 1) % 2
            class_defaults=dict(attention_bias=True, head_dim=64, num_key_value_heads=8, num_attention_heads=64)),
+    # peft 0.21 remaps v4 expert names by transformers' ``conversion_mapping._MODEL_TO_CONVERSION_PATTERN``:
+    # glm4_moe -> qwen2_moe's table, minimax_m2 -> mixtral's; llama4 has none (its experts stay unadapted)
+    Family("glm4_moe", "models/glm4_moe/modeling_glm4_moe.py", moe=MOE_FIRST_K_DENSE, shared_expert=True,
+           shared_expert_module="shared_experts", shared_expert_gated=False, router=ROUTER_SIGMOID_GROUPED,
+           router_fp32=True, score_bias="fp32", qk_norm_key="use_qk_norm", o_bias_key=None,
+           expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
+                                "down_proj": "down"},
+           class_defaults=dict(first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1)),
+    Family("minimax_m2", "models/minimax_m2/modeling_minimax_m2.py", moe=MOE_MIXTRAL, qk_norm=True,
+           qk_norm_over_projection=True, router=ROUTER_SIGMOID, score_bias="load",
+           expert_lora_targets={"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"}),
+    # peft 0.21.2's all-linear wraps its router (an nn.Linear subclass) and fails: name the targets
+    Family("llama4_text", "models/llama4/modeling_llama4.py", moe=MOE_INTERLEAVED, shared_expert=True,
+           shared_expert_gated=False, dense_width_key="intermediate_size_mlp", router=ROUTER_TOPK_SIGMOID,
+           router_linear=True, experts=EXPERTS_DENSE_BMM, mixer_rule="llama4", sliding_rule=SLIDE_CHUNKED,
+           window_key="attention_chunk_size",
+           class_defaults=dict(interleave_moe_layer_step=1, use_qk_norm=True, head_dim=128,
+                               attention_chunk_size=8192)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
 ALIASES: dict[str, str] = {
     "gemma3": "gemma3_text",  # Gemma 3 multimodal configs: the text part (``text_config``)
+    "llama4": "llama4_text",  # Llama 4 multimodal configs: the text decoder (``text_config``)
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.
@@ -348,6 +461,11 @@ def no_record_reason(arch: Any) -> str:
     return (f"model_type '{model_type}' is not priced by the analytic engine ({why}; families: "
             f"{', '.join(sorted(FAMILIES))}): `--method trace` prices it exactly with transformers' own modeling "
             "code, and docs/adding-a-model.md says how to add its record")
+MIXER_RULES["llama4"] = _llama4_mixers
+LLAMA4_TEXT = FAMILIES["llama4_text"]
+
+
+
 
 
 def family(model_type: str) -> Family:

@@ -131,9 +131,25 @@ def _mamba2_params(arch: "Arch") -> dict[str, int]:
             "dt_bias": m.heads, "A_log": m.heads, "D": m.heads, "norm": m.inner}
 
 
+# ---- chunked_attention: Llama 4's local (chunked) RoPE attention layers
+CHUNKED_ATTENTION = "chunked_attention"
+
+
+def _chunked_attention_linears(arch: "Arch", count: int) -> list["Linear"]:
+    """The same q/k/v/o as softmax attention (``Llama4TextAttention.__init__``), in their own group."""
+    return arch.attention_linears(CHUNKED_ATTENTION, count)
+
+
+def _no_params(arch: "Arch") -> dict[str, int]:
+    """Its L2 q/k norm (``Llama4TextL2Norm``) has no weight."""
+    return {}
+
+
 #: Every token-mixer kind but ``ATTENTION`` (the one place a kind is registered).
 MIXERS: dict[str, Mixer] = {m.name: m for m in (
     Mixer(IDENTITY, "models/nemotron_h/modeling_nemotron_h.py NemotronHBlock (mlp / moe blocks)", _no_linears,
           _no_params),
     Mixer(MAMBA2, "models/nemotron_h/modeling_nemotron_h.py NemotronHMamba2Mixer", _mamba2_linears, _mamba2_params),
+    Mixer(CHUNKED_ATTENTION, "models/llama4/modeling_llama4.py::Llama4TextAttention (use_rope layers)",
+          _chunked_attention_linears, _no_params),
 )}

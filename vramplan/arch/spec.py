@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, MOE_PATTERN, Family, generic
+from vramplan.arch.families import (ALIASES, FAMILIES, MOE_FIRST_K_DENSE, MOE_INTERLEAVED, MOE_MIXTRAL, MOE_PATTERN,
+                                    Family, generic)
 from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
 from vramplan.errors import VramplanError
 
@@ -294,7 +295,7 @@ class Arch:
         if fam.moe:
             moe = _moe_fields(cfg, fam, L)
             if len(moe.get("moe_layers", ())) < L:  # some layers keep a dense MLP
-                inter = _int(cfg, "intermediate_size", model_type)
+                inter = _int(cfg, fam.dense_width_key, model_type)
             else:
                 inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
         elif fam.record:
@@ -317,7 +318,7 @@ class Arch:
             qkv_bias=attn_bias or fam.qkv_bias,
             o_bias=bool(_get(cfg, fam.o_bias_key, model_type, False)) if fam.o_bias_key else False,
             mlp_bias=mlp_bias,
-            qk_norm=fam.qk_norm,
+            qk_norm=bool(_get(cfg, fam.qk_norm_key, model_type, False)) if fam.qk_norm_key else fam.qk_norm,
             norms_per_layer=fam.norms_per_layer,
             fused=fam.fused,
             max_position_embeddings=int(cfg.get("max_position_embeddings") or 0),
@@ -386,13 +387,7 @@ class Arch:
         out: list[Linear] = []
         na = self.mixer_layers(ATTENTION)
         if na:
-            if self.fused:
-                out.append(Linear("qkv_proj", ATTENTION, H, self.q_out + 2 * self.kv_out, self.qkv_bias, na))
-            else:
-                out.append(Linear("q_proj", ATTENTION, H, self.q_out, self.qkv_bias, na))
-                out.append(Linear("k_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
-                out.append(Linear("v_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
-            out.append(Linear("o_proj", ATTENTION, self.q_out, H, self.o_bias, na))
+            out.extend(self.attention_linears(ATTENTION, na))
         for kind in dict.fromkeys(self.mixers):  # the other mixer kinds, in order of first appearance
             if kind != ATTENTION:
                 out.extend(MIXERS[kind].linears(self, self.mixers.count(kind)))
@@ -414,12 +409,32 @@ class Arch:
                 out.append(Linear("shared_experts.up_proj", "shared_expert", H, S, self.mlp_bias, nm))
                 out.append(Linear("shared_experts.down_proj", "shared_expert", S, H, self.mlp_bias, nm))
             elif S:
-                out.append(Linear("shared_expert.gate_proj", "shared_expert", H, S, False, nm))
-                out.append(Linear("shared_expert.up_proj", "shared_expert", H, S, False, nm))
-                out.append(Linear("shared_expert.down_proj", "shared_expert", S, H, False, nm))
-                out.append(Linear("shared_expert_gate", "shared_expert", H, 1, False, nm))
+                p = self.family.shared_expert_module
+                out.append(Linear(f"{p}.gate_proj", "shared_expert", H, S, False, nm))
+                out.append(Linear(f"{p}.up_proj", "shared_expert", H, S, False, nm))
+                out.append(Linear(f"{p}.down_proj", "shared_expert", S, H, False, nm))
+                if self.family.shared_expert_gated:
+                    out.append(Linear("shared_expert_gate", "shared_expert", H, 1, False, nm))
         out.append(Linear("lm_head", "lm_head", H, self.vocab_size, False, 1))
         return tuple(out)
+
+    def attention_linears(self, group: str, count: int) -> list[Linear]:
+        """q/k/v/o (Phi-3's fused ``qkv_proj``) of ``count`` softmax-attention layers, in ``group``
+        (``attention``, or a kind of softmax attention of its own, e.g. Llama 4's chunked layers)."""
+        H = self.hidden_size
+        if self.fused:
+            out = [Linear("qkv_proj", group, H, self.q_out + 2 * self.kv_out, self.qkv_bias, count)]
+        else:
+            out = [Linear("q_proj", group, H, self.q_out, self.qkv_bias, count),
+                   Linear("k_proj", group, H, self.kv_out, self.qkv_bias, count),
+                   Linear("v_proj", group, H, self.kv_out, self.qkv_bias, count)]
+        out.append(Linear("o_proj", group, self.q_out, H, self.o_bias, count))
+        return out
+
+    @property
+    def shared_expert_down(self) -> str:
+        """The shared expert's down projection's name (``Family.shared_expert_module``)."""
+        return f"{self.family.shared_expert_module}.down_proj"
 
     def layer_linears(self, layer: int) -> tuple[Linear, ...]:
         """The linears of decoder layer ``layer`` (count = 1 each): its mixer's group and its
@@ -437,6 +452,14 @@ class Arch:
                 continue
             keep.append(Linear(lin.name, lin.group, lin.in_features, lin.out_features, lin.bias, 1))
         return tuple(keep)
+
+    @property
+    def router_linears(self) -> tuple[Linear, ...]:
+        """The router as an ``nn.Linear`` subclass (``Family.router_linear``: Llama 4's ``router``),
+        one per MoE layer: peft's ``all-linear`` reaches it, bitsandbytes does not quantize it."""
+        if not (self.family.router_linear and self.moe_layers):
+            return ()
+        return (Linear("router", "router", self.hidden_size, self.num_experts, False, len(self.moe_layers)),)
 
     @property
     def router_params(self) -> int:
@@ -564,6 +587,26 @@ def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
         k = _int(cfg, "num_experts_per_tok", model_type)
         M = _int(cfg, "intermediate_size", model_type)
         return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M, moe_layers=tuple(range(L)))
+    if fam.moe == MOE_FIRST_K_DENSE:
+        E = _int(cfg, "n_routed_experts", model_type)
+        k = _int(cfg, "num_experts_per_tok", model_type)
+        M = _int(cfg, "moe_intermediate_size", model_type)
+        first = _int(cfg, "first_k_dense_replace", model_type)
+        shared = M * _int(cfg, "n_shared_experts", model_type) if fam.shared_expert else 0
+        return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M,
+                    shared_expert_intermediate_size=shared, moe_layers=tuple(range(min(first, L), L)))
+    if fam.moe == MOE_INTERLEAVED:
+        E = _int(cfg, "num_local_experts", model_type)
+        k = _int(cfg, "num_experts_per_tok", model_type)
+        M = _int(cfg, "intermediate_size", model_type)
+        given = cfg.get("moe_layers")
+        if isinstance(given, list):
+            layers = tuple(sorted({int(i) for i in given if 0 <= int(i) < L}))
+        else:
+            step = _int(cfg, "interleave_moe_layer_step", model_type)
+            layers = tuple(range(step - 1, L, step))
+        return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M,
+                    shared_expert_intermediate_size=M if fam.shared_expert else 0, moe_layers=layers)
     E = _int(cfg, "num_experts", model_type)
     k = _int(cfg, "num_experts_per_tok", model_type)
     M = _int(cfg, "moe_intermediate_size", model_type)

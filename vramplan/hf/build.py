@@ -70,10 +70,13 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         cfg["num_hidden_layers"] = layers
         if isinstance(cfg.get("layer_types"), list):
             cfg["layer_types"] = cfg["layer_types"][:layers]
-        if isinstance(cfg.get("mlp_only_layers"), list):
-            cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
         if isinstance(cfg.get("hybrid_override_pattern"), str):  # Nemotron-H: the pattern sets the depth
             cfg["hybrid_override_pattern"] = cfg["hybrid_override_pattern"][:layers]
+        if isinstance(cfg.get("no_rope_layers"), list):  # Llama 4: one flag per layer
+            cfg["no_rope_layers"] = cfg["no_rope_layers"][:layers]
+        for key in ("mlp_only_layers", "moe_layers"):  # layer indices (Llama 4's moe_layers)
+            if isinstance(cfg.get(key), list):
+                cfg[key] = [i for i in cfg[key] if i < layers]
     cfg["use_cache"] = False
     _require_known_type(arch)
     with transformers_rejects(arch):
@@ -272,6 +275,14 @@ def cast_groups(model: Any, groups: frozenset[str], dtype: Any) -> None:
                 p.data = p.data.to(dtype)
 
 
+#: Why peft cannot target a router that is an ``nn.Linear`` subclass (``Family.router_linear``).
+ROUTER_LINEAR_REFUSAL = (
+    "peft 0.21.2 cannot train {name} with all-linear (or a 'router' target): its all-linear reaches the "
+    "MoE router (Llama4Router, an nn.Linear subclass whose forward returns (scores, logits)) and the "
+    "LoRA wrapper's forward fails on that tuple (tuners/lora/layer.py Linear.forward: result.dtype); "
+    "name the targets, e.g. --targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+
+
 def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     """``get_peft_model`` with the scenario's LoRA (alpha = 2r); full fine-tuning trains every
     parameter and returns the model itself."""
@@ -281,6 +292,8 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
         return model
     from peft import get_peft_model
 
+    if arch.family.router_linear and arch.moe_layers and ("all-linear" in scenario.targets or "router" in scenario.targets):
+        raise TraceUnsupported(ROUTER_LINEAR_REFUSAL.format(name=arch.name))
     try:
         model = get_peft_model(model, lora_config(scenario))
     except ValueError as e:

@@ -88,8 +88,11 @@ class Labeller:
     def attached(self, model: Any) -> Iterator["Labeller"]:
         """Hook ``model`` (lm_head, the trainable parameters, the checkpointed layers) for the block."""
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        # the decoder: ``base_model`` (PreTrainedModel's own resolution; Llama4ForCausalLM names its
+        # prefix ``language_model`` but holds the decoder as ``model``, which ``base_model`` falls back to)
+        decoder = getattr(base, base.base_model_prefix, None) or getattr(base, "model")
         handles = [base.get_output_embeddings().register_forward_pre_hook(self._lm_head_pre),
-                   getattr(base, base.base_model_prefix).register_forward_hook(self._decoder_done)]
+                   decoder.register_forward_hook(self._decoder_done)]
         handles += [p.register_post_accumulate_grad_hook(self._grad_landed)
                     for p in model.parameters() if p.requires_grad]
         try:
