@@ -26,6 +26,12 @@ _SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num
               vocab_size=1024)
 _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2)
 
+#: Multi-head latent attention with DeepSeek's MoE: layer 0 dense, layer 1 MoE (8 experts in 2 groups).
+_MLA = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4, vocab_size=1024,
+            q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+            moe_intermediate_size=128, n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+            first_k_dense_replace=1)
+
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama-3.2-1B", _SMALL),
@@ -38,6 +44,11 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    "deepseek_v3": ("DeepSeek-R1", _MLA),
+    "glm4_moe_lite": ("GLM-4.7-Flash", _MLA),
+    # layer 0 runs its own indexer (dsa), layer 1 reuses its top-k (mla)
+    "glm_moe_dsa": ("GLM-5.1", dict(_MLA, index_n_heads=4, index_head_dim=32, index_topk=64,
+                                    indexer_types=["full", "shared"])),
 }
 
 #: model_type -> one full-size registry entry.
@@ -45,10 +56,13 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
-_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers")
+_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers", "mlp_layer_types", "indexer_types")
+#: Of those, the lists of one name per layer (the others list layer indices).
+_NAMED_LISTS = ("layer_types", "mlp_layer_types", "indexer_types")
 
 
 def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
@@ -62,7 +76,7 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
         if isinstance(value, list) and key not in over:
-            target[key] = value[:layers] if key == "layer_types" else [i for i in value if i < layers]
+            target[key] = value[:layers] if key in _NAMED_LISTS else [i for i in value if i < layers]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids of the real vocabulary
         if isinstance(target.get(key), int) and target[key] >= target.get("vocab_size", 0):
             target[key] = 0

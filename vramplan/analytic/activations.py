@@ -540,6 +540,12 @@ def eager_mask_bytes(d: Dtypes) -> int:
     return d.resid0
 
 
+#: Bytes per token·s of the boolean (b, 1, s, s) causal mask GLM-5's model always builds for sdpa
+#: (``GlmMoeDsaModel.forward``: ``create_causal_mask(..., allow_is_causal_skip=False)``, the indexer reads
+#: it); like eager's mask, checkpointing keeps it as every layer's argument until layer 0's backward.
+DSA_CAUSAL_MASK_BYTES = 1
+
+
 def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool) -> tuple[int, bool]:
     """Steps 1-5 of ``layer_saved``: input norm, q/k/v, q/k norms, RoPE and the attention core, then
     o_proj (and Gemma's post-attention norm). Returns (o_proj output dtype, whether it needs a gradient)."""
@@ -662,8 +668,16 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     # (grouped_mm is not autocast-enabled), so experts compute in other_w, autocast or not
     ed = d.other_w
     if live:
-        # router: fp32 softmax output (E) + top-k indices (int64) and weights.
-        w.tok += 4 * E + 12 * k
+        if arch.family.router_fp32:
+            w.tok += sigmoid_router_saved(arch, d)
+            if "router" in targets:
+                # peft's ParamWrapper makes the router weight need a gradient: ``F.linear`` saves its input,
+                # autocast's compute-dtype copy of ``hidden_states.type(float32)`` (an fp32 copy of a
+                # 16-bit input without autocast)
+                w.tok += (d.c if d.autocast else (4 if n2 != 4 else 0)) * H
+        else:
+            # router: fp32 softmax output (E) + top-k indices (int64) and weights.
+            w.tok += 4 * E + 12 * k
         if d.autocast and d.other_w != d.c:
             w.const += d.c * E * H  # router weight's bf16 copy, saved for the input gradient
         # each (token, expert) pair (transformers 5 grouped_mm experts): gate_up output (2M) and
@@ -680,11 +694,30 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
             w.const += d.other_w * E * 3 * M * H
     S = arch.shared_expert_intermediate_size
     if S:
-        sd, ls = w.linears((lins["shared_expert.gate_proj"], lins["shared_expert.up_proj"]), n2, False, live)
+        pre = arch.shared_expert_prefix
+        sd, ls = w.linears((lins[f"{pre}.gate_proj"], lins[f"{pre}.up_proj"]), n2, False, live)
         w.tok += 3 * sd * S if ls else 0
-        w.linears((lins["shared_expert.down_proj"],), sd, False, ls)
-        w.linears((lins["shared_expert_gate"],), n2, True, live)
-        w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+        w.linears((lins[f"{pre}.down_proj"],), sd, False, ls)
+        if arch.shared_expert_gated:
+            w.linears((lins["shared_expert_gate"],), n2, True, live)
+            w.tok += 4 + _promote(sd, n2) * H  # sigmoid output, shared-expert output for the product
+
+
+def sigmoid_router_saved(arch: Arch, d: Dtypes) -> int:
+    """Bytes per token DeepSeek-V3's group-limited sigmoid router saves (transformers 5.24
+    ``modeling_deepseek_v3.py`` ``DeepseekV3TopkRouter.forward`` L125-150), E experts in n_group groups,
+    top-k: ``router_logits.sigmoid()`` saves its output (the logits' dtype: the compute dtype under
+    autocast, which casts ``F.linear``, else fp32); the group ``topk(2)`` and the group ``topk`` save their
+    int64 indices (16·n_group + 8·topk_group); ``masked_fill`` its bool mask (E); the expert ``topk``
+    and ``gather`` one int64 index (8·k, shared); the renormalising division its fp32 denominator and
+    the k weights (4 + 4·k)."""
+    c = arch.config
+    E, k = arch.num_experts, arch.experts_per_token
+    groups = int(c.get("n_group") or 1)
+    topk_group = int(c.get("topk_group") or 1)
+    sd = d.c if d.autocast else 4
+    norm = 4 + 4 * k if c.get("norm_topk_prob", True) else 0
+    return sd * E + 16 * groups + 8 * topk_group + E + 8 * k + norm
 
 
 def _dense_index(arch: Arch) -> int:

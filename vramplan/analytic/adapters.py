@@ -21,11 +21,18 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
     is priced: peft 0.21 builds A (r × i) and B (o × r) whatever r is (``LoraLayer.update_layer``
     checks only r > 0); ``rank_notes`` says where a rank exceeds a target's smaller dimension.
     """
-    lins = arch.quantizable_linears()
+    lins = arch.adaptable_linears()
+    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
+    if expert_names:
+        # peft 0.21 ``utils/transformers_weight_conversion.py::_convert_peft_config_moe`` moves every
+        # target named like a v4 expert or router module (``gate_proj``, ``down_proj``, ``gate``...) to
+        # ``target_parameters`` (the fused expert parameters); an ``nn.Linear`` of that leaf name (a
+        # dense layer's MLP, DeepSeek's ``shared_experts``) is then no target module, and no parameter
+        # match reaches its ``.weight`` either (``BaseTuner._inject_parameters`` suffix match)
+        lins = tuple(lin for lin in lins if lin.name.split(".")[-1] not in expert_names)
     if targets == ("all-linear",):
         return lins
     chosen_list: list[Linear] = []
-    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     head = arch.linears()[-1]
     for t in targets:
         hit = [lin for lin in lins if lin.name == t or lin.name.endswith("." + t)]

@@ -408,6 +408,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
     rows: list[_Row] = _base_linears(qlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
+    if arch.family.router_fp32:  # each MoE router's fp32 e_score_correction_bias (E values, 512 B blocks)
+        buffers += len(arch.moe_layers) * wt.round_block(4 * arch.num_experts)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
     if s.rope_cache is not RopeCache.NONE:
@@ -418,7 +420,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     bias = sum(lin.count * lin.out_features for lin in qlins if lin.bias)
     groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
-              ("router", arch.router_params, d.other_w), ("experts", arch.expert_params, d.other_w)]
+              ("router", arch.router_params, 4 if arch.family.router_fp32 else d.other_w), ("experts", arch.expert_params, d.other_w),
+              ("fp32_linears", arch.fp32_linear_params, 4 if d.quantized else d.base_w)]
     unq = [g for g in groups if g[1]]
     for nm, n, b in unq:
         if s.full:
@@ -472,11 +475,16 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
         pbytes = d.base_w
     else:
         targets = ad.target_linears(arch, s.targets, s.rank)
+        # LoRA on a linear that runs under torch.no_grad (``Linear.no_grad``) is a weight only: no gradient,
+        # so torch's AdamW creates no state for it (``_init_group`` skips ``p.grad is None``)
+        trained = tuple(t for t in targets if not t.no_grad)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
         n_lora = sum(n * k for n, k in sizes)
+        if len(trained) < len(targets):
+            sizes = ad.lora_tensor_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
-            sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+            sizes = ad.lora_fa_trainable_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
             n_b = sum(n * k for n, k in sizes)
             rows.append(("weights/lora_A_frozen", "weights", (n_lora - n_b) * pbytes,
                          f"LoRA-FA: lora_A frozen, {s.adapter_dtype.value}"))
@@ -552,7 +560,8 @@ def _kernel_components(arch: Arch, s: Scenario, d: act.Dtypes, fused: frozenset[
 def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
     """The names the layer walk treats as LoRA targets (``experts`` for wrapped fused experts)."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
-    return frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+    return (frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+            | (frozenset({"router"}) if "router" in parts else frozenset()))
 
 
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
@@ -614,7 +623,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         ckpt0=d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
-                                               and s.packing is not BatchLayout.PACKED_MASK) else 0,
+                                               and s.packing is not BatchLayout.PACKED_MASK)
+        else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first,
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 

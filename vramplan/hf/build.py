@@ -68,8 +68,9 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         if not 1 <= layers <= arch.num_layers:
             raise TraceUnsupported(f"layers must be between 1 and {arch.num_layers}, got {layers}")
         cfg["num_hidden_layers"] = layers
-        if isinstance(cfg.get("layer_types"), list):
-            cfg["layer_types"] = cfg["layer_types"][:layers]
+        for key in ("layer_types", "mlp_layer_types", "indexer_types"):  # per-layer lists of names
+            if isinstance(cfg.get(key), list):
+                cfg[key] = cfg[key][:layers]
         if isinstance(cfg.get("mlp_only_layers"), list):
             cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
     cfg["use_cache"] = False

@@ -195,6 +195,16 @@ D. ``cuda_semantics()``: TRL's fused LM head (``Loss.CHUNKED_HEAD``). On CUDA (T
    ``fused_head_positions()`` rows (the compact path's copy), its outputs padded back to every
    position. For a batch of more than one sequence the CPU path's ``reshape`` copy of all positions
    is still alive while the kernel runs (b·(s−1)·H, compute dtype): the one excess left.
+G. ``cuda_semantics()``: sdpa with a value head dim other than the query's (multi-head latent
+   attention: qk_nope + qk_rope vs v_head_dim). torch 2.13 ``sdp_utils.cpp``: the CUDA flash kernel needs
+   one head dim for q, k and v (``check_head_dim_size_flash``), the memory-efficient kernel only q = k
+   (``check_head_dim_size_mem_efficient``), so CUDA runs ``_scaled_dot_product_efficient_attention``
+   (saves q, k, v, its output and an fp32 log-sum-exp); the CPU dispatcher, without such a kernel, falls
+   back to the math path that materialises the b·h·s·s probabilities. Without dropout, such calls go to
+   the efficient op itself (its fake-tensor kernel; autocast's cast to the compute dtype first, as CUDA
+   autocast casts sdpa; a boolean mask turned into its additive copy in q's dtype, as
+   ``convert_boolean_attn_mask`` does, which the kernel saves). Source: transformers 5.24 ``integrations/sdpa_attention.py``
+   (``torch.nn.functional.scaled_dot_product_attention``). Restored: the function put back on exit.
 E. ``cuda_semantics()``: eager attention's fp16 softmax. ``eager_attention_forward`` calls
    ``softmax(scores, dim=-1, dtype=torch.float32)``; ATen's ``softmax`` (``ATen/native/SoftMax.cpp``)
    runs a CUDA fp16 input through ``_softmax(input, dim, half_to_float=True)`` (no fp32 copy of the
@@ -368,7 +378,7 @@ def _flash2_standin(module: Any, query: Any, key: Any, value: Any, attention_mas
 # ------------------------------------------------------------------- the CUDA program on CPU
 @contextlib.contextmanager
 def cuda_semantics(enabled: bool = True) -> Iterator[None]:
-    """Emulate behaviours A, B, D and E of the module docstring while the block runs (no-op if not ``enabled``)."""
+    """Emulate behaviours A, B, D, E and G of the module docstring while the block runs (no-op if not ``enabled``)."""
     if not enabled:
         yield
         return
@@ -397,8 +407,29 @@ def cuda_semantics(enabled: bool = True) -> Iterator[None]:
             return torch._softmax(input, dim, True)
         return orig_softmax(input, dim, _stacklevel, dtype)
 
+    orig_sdpa = F.scaled_dot_product_attention
+
+    def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
+             is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:
+        if (isinstance(value, torch.Tensor) and query.shape[-1] != value.shape[-1] and dropout_p == 0.0
+                and not enable_gqa and query.shape[-3] == key.shape[-3] == value.shape[-3]
+                and (attn_mask is None or attn_mask.dtype == torch.bool)):
+            if orig_autocast("cpu"):  # sdpa is on CUDA autocast's lower-precision list
+                dt = torch.get_autocast_dtype("cpu")
+                query, key, value = query.to(dt), key.to(dt), value.to(dt)
+            bias = None
+            if attn_mask is not None:  # ``convert_boolean_attn_mask``: an additive copy in q's dtype
+                bias = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
+                bias = bias.masked_fill(attn_mask.logical_not(), float("-inf"))
+                bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+            return torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, bias, True, 0.0, is_causal and bias is None, scale=scale)[0]
+        return orig_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, enable_gqa=enable_gqa)
+
     with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled), \
-            _attribute(F, "softmax", softmax), _trl_fused_head_on_cuda():
+            _attribute(F, "softmax", softmax), _attribute(F, "scaled_dot_product_attention", sdpa), \
+            _trl_fused_head_on_cuda():
         yield
 
 
