@@ -83,3 +83,28 @@ def test_mla_walk():
     w = _Walk(QLORA, 8, frozenset({"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"}))
     od, live = mla_walk(w, a, lins, "sdpa", True)
     assert (w.tok, w.quad, w.const, od, live) == (3_052, 0, 24_832, 2, True)
+
+
+def test_glm5_indexer_layers_and_fp32_weights_proj():
+    """GLM-5.1 (78 layers, no ``indexer_types``: every layer runs its indexer, ``dsa``); ``weights_proj``
+    (6144 → 32 per layer) stays fp32 and out of bitsandbytes: 78 · 6144 · 32 = 15,335,424 parameters; its
+    indexer linears run under torch.no_grad. With ``index_topk_freq`` 4 and ``index_skip_topk_offset`` 3
+    (``GlmMoeDsaConfig.__post_init__``: full when max(i − 3 + 1, 0) % 4 == 0) layers 0-2 and 6 run their
+    own indexer, 3-5 and 7 reuse the previous top-k (``mla``)."""
+    a = resolve("GLM-5.1")
+    assert a.mixers == ("dsa",) * 78 and a.moe_layers == tuple(range(3, 78))
+    assert a.fp32_linear_params == 15_335_424
+    lins = {lin.name: lin for lin in a.linears()}
+    assert not lins["indexer.weights_proj"].quantized and lins["indexer.wq_b"].no_grad
+    assert a.quantized_params + a.fp32_linear_params == sum(
+        lin.count * lin.weight_params for lin in a.adaptable_linears())
+    b = Arch.from_config(dict(a.config, index_topk_freq=4, index_skip_topk_offset=3), name="x")
+    assert b.mixers[:8] == ("dsa", "dsa", "dsa", "mla", "mla", "mla", "dsa", "mla")
+
+
+def test_kimi_k2_reads_as_deepseek_v3():
+    """Kimi-K2-Instruct's config.json says ``model_type: kimi_k2`` (remote code): read as deepseek_v3
+    (``ALIASES``), 61 layers, layer 0 dense, 384 experts of 2048, 64 heads, q_lora_rank 1536."""
+    a = resolve("Kimi-K2-Instruct")
+    assert a.model_type == "deepseek_v3" and a.moe_layers == tuple(range(1, 61)) and a.num_experts == 384
+    assert a.total_params == 1_026_408_209_408

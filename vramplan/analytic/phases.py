@@ -172,9 +172,14 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     # a hybrid model: the last layer of each other signature may be the busier layer backward (its
     # own saved set and working buffers), with fewer checkpoints alive and the later layers' gradients
     best, best_x = last_layer_backward(st, x), x
-    for n, c in enumerate(st.classes):
-        j = c.last
-        if n == lc or j == 0:
+    # the first layer of a class after layer 0 (e.g. DeepSeek's first MoE layer after its dense ones)
+    # meets every later layer's gradients: with large per-layer gradients (LoRA'd fused experts) it is
+    # the class's busiest layer; its later gradients are summed per class (``ClassTerms.grad``)
+    firsts = [(n, c.first, _grads_after(st, c.first)) for n, c in enumerate(st.classes)
+              if c.first > 0 and c.first != c.last and c.grad >= 0]
+    for n, j, grads in [(n, c.last, None) for n, c in enumerate(st.classes)] + firsts:
+        c = st.classes[n]
+        if (n == lc and grads is None) or j == 0:
             continue
         after = range(j + 1, st.layers)
         if gc:
@@ -184,11 +189,17 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         cand = x._replace(
             saved_last=kept, last_b=per[n] + (sw_b if j in st.sw_layers else 0) + reent,
             work_last=_working(c.work, T, dequant_factor), sm_last=softmax(c.sm),
-            plain_last=0 if gc else per[n], grads_after=len(after) * st.grad_per_layer, last_index=j)
+            plain_last=0 if gc else per[n], grads_after=len(after) * st.grad_per_layer if grads is None else grads,
+            last_index=j)
         total = last_layer_backward(st, cand)
         if total > best:
             best, best_x = total, cand
     return best_x
+
+
+def _grads_after(st: StaticTerms, j: int) -> int:
+    """The LoRA gradients of decoder layers j + 1 … L − 1, each layer's own (``ClassTerms.grad``)."""
+    return sum(st.classes[st.layer_class[i]].grad for i in range(j + 1, st.layers))
 
 
 def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:

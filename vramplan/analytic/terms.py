@@ -66,6 +66,11 @@ class ClassTerms(NamedTuple):
     """The index of the last such layer."""
     mixer: str
     ffn: str
+    first: int = -1
+    """The index of the first such layer (−1: not recorded)."""
+    grad: int = -1
+    """Bytes of the LoRA gradients of one such layer (its targets' A and B, and its fused experts' and
+    router's when they are adapted); −1: not derived (full fine-tuning), the per-layer average is used."""
 
 
 #: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
@@ -557,6 +562,21 @@ def _kernel_components(arch: Arch, s: Scenario, d: act.Dtypes, fused: frozenset[
              "Unsloth's resident buffer for the largest dequantized 4-bit weight")] if n else []
 
 
+def _layer_grad_bytes(arch: Arch, s: Scenario, targets: tuple[Linear, ...], layer: int) -> int:
+    """Bytes of decoder layer ``layer``'s LoRA gradients (``ClassTerms.grad``): A and B of each target
+    linear it holds that gets a gradient (``Linear.no_grad`` ones get none), plus, in a MoE layer, its
+    adapted router and fused experts (``adapters.expert_lora_tensors`` per layer); −1 under full
+    fine-tuning or a variant that changes the trained set (DoRA, LoRA-FA)."""
+    if s.full or s.dora or s.lora_fa:
+        return -1
+    names = {t.name for t in targets if not t.no_grad}
+    lins = tuple(lin for lin in arch.layer_linears(layer) if lin.name in names)
+    n = sum(k * e for e, k in ad.lora_tensor_sizes(lins, s.rank))
+    if layer in set(arch.moe_layers):
+        n += sum(e for e, _ in ad.expert_lora_tensors(arch, s.targets, s.rank))
+    return n * s.adapter_dtype.nbytes
+
+
 def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
     """The names the layer walk treats as LoRA targets (``experts`` for wrapped fused experts)."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
@@ -585,7 +605,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         classes.append(ClassTerms(
             c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
             act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
-                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn))
+                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn, c.layers[0],
+            _layer_grad_bytes(arch, s, targets, rep)))
         for i in c.layers:
             layer_class[i] = n
     first = classes[layer_class[0]]

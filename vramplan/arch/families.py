@@ -229,6 +229,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
 #: model_types read as another family: the config's own model_type -> the family's.
 ALIASES: dict[str, str] = {
     "gemma3": "gemma3_text",  # Gemma 3 multimodal configs: the text part (``text_config``)
+    # Kimi-K2's config.json names a remote-code ``kimi_k2`` type that transformers 5.24 does not know; its
+    # ``architectures`` is DeepseekV3ForCausalLM, whose shapes it has: priced (and traced) as deepseek_v3
+    "kimi_k2": "deepseek_v3",
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.
