@@ -159,6 +159,11 @@ Index (what and why; the third-party source it concerns; how it is undone):
     bytes. Source: transformers 5.24 ``generation/utils.py`` (``generate``, ``_sample``), ``cache_utils.py``
     (``DynamicLayer.update``). Restored: the cache and its wrappers are ours and die with the loop.
 
+27. ``cuda_semantics`` (G): sdpa with a value head dim other than the query's (multi-head latent
+    attention) runs as CUDA's memory-efficient kernel instead of the CPU's math fallback. Source: torch
+    ``sdp_utils.cpp`` (kernel selection), transformers ``integrations/sdpa_attention.py``. Restored:
+    ``torch.nn.functional.scaled_dot_product_attention`` put back on exit.
+
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
 Where the CPU program allocates differently from the CUDA program
