@@ -28,6 +28,16 @@ _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_to
 #: Every linear but Mamba's out_proj, which peft 0.21 refuses on nemotron_h (all-linear included).
 _NEMOTRON_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
+#: Multi-head latent attention with DeepSeek's MoE: layer 0 dense, layer 1 MoE (8 experts in 2 groups).
+_MLA = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4, vocab_size=1024,
+            q_lora_rank=64, kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32,
+            moe_intermediate_size=128, n_routed_experts=8, num_experts_per_tok=2, n_group=2, topk_group=1,
+            first_k_dense_replace=1)
+
+#: peft 0.21.2's all-linear fails on Llama 4's router (``vramplan.hf.build.ROUTER_LINEAR_REFUSAL``): its rows
+#: name the targets.
+_LLAMA4_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama-3.2-1B", _SMALL),
@@ -61,13 +71,13 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     # layer 0 chunked (RoPE, L2 q/k norm, chunk 128 < seq 256: sdpa's mask) with a dense MLP, layer 1 NoPE MoE
     "llama4_text": ("vramplan-llama4-scout-text", dict(_SMALL, intermediate_size=128, intermediate_size_mlp=512,
                                                   num_local_experts=4, num_experts_per_tok=1, moe_layers=[1],
-                                                  no_rope_layers=[1, 0], attention_chunk_size=128)),
-}
-
-#: model_type -> Scenario fields its rows need (peft 0.21.2's all-linear fails on Llama 4's router,
-#: ``vramplan.hf.build.ROUTER_LINEAR_REFUSAL``: its rows name the targets).
-SCENARIO: dict[str, dict[str, Any]] = {
-    "llama4_text": dict(targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+                                                  no_rope_layers=[1, 0], attention_chunk_size=128,
+                                                  _scenario=dict(targets=_LLAMA4_TARGETS))),
+    "deepseek_v3": ("DeepSeek-R1", _MLA),
+    "glm4_moe_lite": ("GLM-4.7-Flash", _MLA),
+    # layer 0 runs its own indexer (dsa), layer 1 reuses its top-k (mla)
+    "glm_moe_dsa": ("GLM-5.1", dict(_MLA, index_n_heads=4, index_head_dim=32, index_topk=64,
+                                    indexer_types=["full", "shared"])),
 }
 
 #: model_type -> one full-size registry entry.
@@ -79,10 +89,13 @@ FULL: dict[str, str] = {
     "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
     "gpt_oss": "gpt-oss-20b", "glm4_moe": "GLM-4.5-Air", "minimax_m2": "MiniMax-M2.5",
     "llama4_text": "vramplan-llama4-scout-text",
+    "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
-_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers", "moe_layers", "no_rope_layers")
+_PER_LAYER_LISTS = ("layer_types", "mlp_only_layers", "moe_layers", "no_rope_layers", "mlp_layer_types", "indexer_types")
+#: Of those, the lists of one name (or flag) per layer (the others list layer indices).
+_NAMED_LISTS = ("layer_types", "no_rope_layers", "mlp_layer_types", "indexer_types")
 
 
 def row_layers(model_type: str) -> int:
@@ -108,7 +121,7 @@ def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
         if isinstance(value, list) and key not in over:
-            target[key] = value[:layers] if key in ("layer_types", "no_rope_layers") else [i for i in value if i < layers]
+            target[key] = value[:layers] if key in _NAMED_LISTS else [i for i in value if i < layers]
     if isinstance(target.get("hybrid_override_pattern"), str):
         target["hybrid_override_pattern"] = target["hybrid_override_pattern"][:layers]
     for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids of the real vocabulary

@@ -115,13 +115,21 @@ def _hf_model_counts(cfg):
         from vramplan.arch.families import ALIASES
         cfg = dict(cfg["text_config"], model_type=ALIASES.get(cfg["model_type"], "gemma3_text"))
     model_type = cfg.pop("model_type")
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from vramplan.arch.families import ALIASES
+    if model_type not in CONFIG_MAPPING:  # a remote-code type read as a family (Kimi-K2: deepseek_v3)
+        model_type = ALIASES.get(model_type, model_type)
     cfg.pop("architectures", None)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
+    # from_pretrained leaves the modules a model keeps in fp32 out of the conversion (vramplan.hf.build.meta_model)
+    keep = list(getattr(model, "_keep_in_fp32_modules", None) or [])
     linear = sum(m.weight.numel() for n, m in model.named_modules()
-                 if type(m) is torch.nn.Linear and not n.endswith("lm_head"))  # what bitsandbytes replaces
+                 if type(m) is torch.nn.Linear and not n.endswith("lm_head")  # what bitsandbytes replaces
+                 and not any(k in n for k in keep))
     return total, linear
 
 

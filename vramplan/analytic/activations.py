@@ -576,6 +576,12 @@ def l2_qk_norm_saved(arch: Arch, lq: bool, lk: bool) -> int:
         (4 * hd * arch.num_kv_heads + 4 * arch.num_kv_heads if lk else 0)
 
 
+#: Bytes per token·s of the boolean (b, 1, s, s) causal mask GLM-5's model always builds for sdpa
+#: (``GlmMoeDsaModel.forward``: ``create_causal_mask(..., allow_is_causal_skip=False)``, the indexer reads
+#: it); like eager's mask, checkpointing keeps it as every layer's argument until layer 0's backward.
+DSA_CAUSAL_MASK_BYTES = 1
+
+
 def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live: bool,
                      l2_qk: bool = False) -> tuple[int, bool]:
     """Steps 1-5 of ``layer_saved``: input norm, q/k/v, q/k norms, RoPE and the attention core, then
@@ -794,10 +800,13 @@ def router_saved(arch: Arch, d: Dtypes) -> tuple[int, int]:
       ``sigmoid(router_logits.float())`` saves its fp32 output (4·E); the top-k of the bias-corrected
       scores saves its int64 indices (``gather`` saves the same tensor), the renormalised weights fp32:
       4·E + 12·k.
-    - ``sigmoid_grouped`` (GLM-4.5 ``modeling_glm4_moe.py`` ``Glm4MoeTopkRouter.forward``): the sigmoid output
-      in the logits' dtype (c under autocast, which runs the fp32 ``F.linear`` in c; else fp32); the
-      group top-2 (int64, 2 per group) and group top-k (int64, ``topk_group``) indices; ``masked_fill``'s
-      bool mask (E); the top-k indices and weights: s·E + E + 16·n_group + 8·topk_group + 12·k.
+    - ``sigmoid_grouped`` (GLM-4.5 ``modeling_glm4_moe.py`` ``Glm4MoeTopkRouter.forward``, DeepSeek-V3
+      ``modeling_deepseek_v3.py`` ``DeepseekV3TopkRouter.forward`` L125-150): the sigmoid output in the
+      logits' dtype (c under autocast, which runs the fp32 ``F.linear`` in c; else fp32); the group top-2
+      (int64, 2 per group) and group top-k (int64, ``topk_group``) indices; ``masked_fill``'s bool mask (E);
+      the expert ``topk`` and ``gather`` one int64 index (8·k, shared); with ``norm_topk_prob`` (the
+      default) the renormalising division its fp32 denominator and the k weights (4 + 4·k):
+      s·E + E + 16·n_group + 8·topk_group + 8·k (+ 4 + 4·k).
     - ``softmax`` with ``Family.router_topk_first`` (Granite MoE ``GraniteMoeTopKRouter``): top-k of the raw
       logits, softmax over those k: 12·k.
     - ``topk_sigmoid`` (Llama 4 ``Llama4Router.forward``): the top-k of the logits (int64 indices, shared
@@ -813,7 +822,8 @@ def router_saved(arch: Arch, d: Dtypes) -> tuple[int, int]:
         cfg = arch.config
         groups = int(cfg.get("n_group", fam.class_defaults.get("n_group", 1)) or 1)
         top_groups = int(cfg.get("topk_group", fam.class_defaults.get("topk_group", 1)) or 1)
-        return sd * E + E + 16 * groups + 8 * top_groups + 12 * k, const
+        norm = 4 + 4 * k if cfg.get("norm_topk_prob", True) else 0
+        return sd * E + E + 16 * groups + 8 * top_groups + 8 * k + norm, const
     if fam.router == ROUTER_TOPK_SIGMOID:
         return 4 * E + 8 * k, const
     if fam.router_topk_first:  # softmax over the k kept logits (``GraniteMoeTopKRouter``): no E-wide output
@@ -860,6 +870,11 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
         tok, const = router_saved(arch, d)
         w.tok += tok
         w.const += const
+        if arch.family.router_fp32 and "router" in targets:
+            # peft's ParamWrapper makes the router weight need a gradient: ``F.linear`` saves its input,
+            # autocast's compute-dtype copy of ``hidden_states.type(float32)`` (an fp32 copy of a 16-bit
+            # input without autocast)
+            w.tok += (d.c if d.autocast else (4 if n2 != 4 else 0)) * H
         if fam.experts == EXPERTS_DENSE_BMM:
             tok, const = moe_dense_bmm_saved(arch, d, n2)
             w.tok += tok

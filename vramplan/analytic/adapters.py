@@ -21,7 +21,7 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
     is priced: peft 0.21 builds A (r × i) and B (o × r) whatever r is (``LoraLayer.update_layer``
     checks only r > 0); ``rank_notes`` says where a rank exceeds a target's smaller dimension.
     """
-    lins = arch.quantizable_linears()
+    lins = arch.adaptable_linears()
     refused = [t for t in dict.fromkeys(arch.family.lora_refused) if any(lin.name.split(".")[-1] == t for lin in lins)]
     asked = refused if targets == ("all-linear",) else [t for t in targets if t in refused]
     if asked:
@@ -33,10 +33,11 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
                             f"targets instead, e.g. --targets {ok}")
     expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     if expert_names:
-        # peft 0.21.2 ``utils/transformers_weight_conversion.py::_convert_peft_config_moe`` moves every
-        # target named like a v4 expert projection to ``target_parameters`` and drops it from
-        # ``target_modules`` (``remaining_target_modules``): a dense MLP's or shared expert's nn.Linear of
-        # that leaf name (GLM-4.5's ``gate_proj`` ...) is then not adapted
+        # peft 0.21 ``utils/transformers_weight_conversion.py::_convert_peft_config_moe`` moves every
+        # target named like a v4 expert or router module (``gate_proj``, ``down_proj``, ``gate``...) to
+        # ``target_parameters`` (the fused expert parameters); an ``nn.Linear`` of that leaf name (a
+        # dense layer's MLP, GLM-4.5's and DeepSeek's ``shared_experts``) is then no target module, and no
+        # parameter match reaches its ``.weight`` either (``BaseTuner._inject_parameters`` suffix match)
         lins = tuple(lin for lin in lins if lin.name.split(".")[-1] not in expert_names)
     if targets == ("all-linear",):
         return lins

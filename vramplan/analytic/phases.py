@@ -174,8 +174,16 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     # so may the first layer of each signature (the most later layers' gradients alive: GLM-4.5's first
     # MoE layer, after 44 MoE layers' expert-LoRA gradients, checked against the trace)
     best, best_x = last_layer_backward(st, x), x
-    for n, c, j in [(n, c, j) for n, c in enumerate(st.classes) for j in dict.fromkeys((c.last, c.first))]:
-        if (n == lc and j == c.last) or j == 0:
+    # the first layer of a class after layer 0 (e.g. DeepSeek's first MoE layer after its dense ones)
+    # meets every later layer's gradients: with large per-layer gradients (LoRA'd fused experts) it is
+    # the class's busiest layer; its later gradients are summed per class (``ClassTerms.grad``) where
+    # every class's are derived, else the per-layer average
+    per_class = all(c.grad >= 0 for c in st.classes)
+    firsts = [(n, c.first, _grads_after(st, c.first) if per_class else None) for n, c in enumerate(st.classes)
+              if c.first > 0 and c.first != c.last]
+    for n, j, grads in [(n, c.last, None) for n, c in enumerate(st.classes)] + firsts:
+        c = st.classes[n]
+        if (n == lc and j == c.last and grads is None) or j == 0:
             continue
         after = range(j + 1, st.layers)
         if gc:
@@ -185,11 +193,17 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         cand = x._replace(
             saved_last=kept, last_b=per[n] + (sw_b if j in st.sw_layers else 0) + reent,
             work_last=_working(c.work, T, dequant_factor), sm_last=softmax(c.sm),
-            plain_last=0 if gc else per[n], grads_after=len(after) * st.grad_per_layer, last_index=j)
+            plain_last=0 if gc else per[n], grads_after=len(after) * st.grad_per_layer if grads is None else grads,
+            last_index=j)
         total = last_layer_backward(st, cand)
         if total > best:
             best, best_x = total, cand
     return best_x
+
+
+def _grads_after(st: StaticTerms, j: int) -> int:
+    """The LoRA gradients of decoder layers j + 1 … L − 1, each layer's own (``ClassTerms.grad``)."""
+    return sum(st.classes[st.layer_class[i]].grad for i in range(j + 1, st.layers))
 
 
 def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:

@@ -67,8 +67,11 @@ class ClassTerms(NamedTuple):
     """The index of the last such layer."""
     mixer: str
     ffn: str
-    first: int = 0
-    """The index of the first such layer (its backward runs with the most gradients alive)."""
+    first: int = -1
+    """The index of the first such layer (−1: not recorded)."""
+    grad: int = -1
+    """Bytes of the LoRA gradients of one such layer (its targets' A and B, and its fused experts' and
+    router's when they are adapted); −1: not derived (full fine-tuning), the per-layer average is used."""
 
 
 #: The breakdown note of each offload kind priced from its source alone (the trace cannot run its hooks).
@@ -474,7 +477,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
               ("router", arch.router_params, 4 if arch.family.router_fp32 else d.other_w),
               ("experts", arch.expert_params, d.other_w), ("mixers", arch.mixer_params, d.other_w),
-              ("sinks", arch.sink_params, d.other_w)]
+              ("sinks", arch.sink_params, d.other_w),
+              ("fp32_linears", arch.fp32_linear_params, 4 if d.quantized else d.base_w)]
     unq = [g for g in groups if g[1]]
     for nm, n, b in unq:
         if s.full:
@@ -528,11 +532,16 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
         pbytes = d.base_w
     else:
         targets = ad.target_linears(arch, s.targets, s.rank)
+        # LoRA on a linear that runs under torch.no_grad (``Linear.no_grad``) is a weight only: no gradient,
+        # so torch's AdamW creates no state for it (``_init_group`` skips ``p.grad is None``)
+        trained = tuple(t for t in targets if not t.no_grad)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
         n_lora = sum(n * k for n, k in sizes)
+        if len(trained) < len(targets):
+            sizes = ad.lora_tensor_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
-            sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+            sizes = ad.lora_fa_trainable_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
             n_b = sum(n * k for n, k in sizes)
             rows.append(("weights/lora_A_frozen", "weights", (n_lora - n_b) * pbytes,
                          f"LoRA-FA: lora_A frozen, {s.adapter_dtype.value}"))
@@ -605,10 +614,26 @@ def _kernel_components(arch: Arch, s: Scenario, d: act.Dtypes, fused: frozenset[
              "Unsloth's resident buffer for the largest dequantized 4-bit weight")] if n else []
 
 
+def _layer_grad_bytes(arch: Arch, s: Scenario, targets: tuple[Linear, ...], layer: int) -> int:
+    """Bytes of decoder layer ``layer``'s LoRA gradients (``ClassTerms.grad``): A and B of each target
+    linear it holds that gets a gradient (``Linear.no_grad`` ones get none), plus, in a MoE layer, its
+    adapted router and fused experts (``adapters.expert_lora_tensors`` per layer); −1 under full
+    fine-tuning or a variant that changes the trained set (DoRA, LoRA-FA)."""
+    if s.full or s.dora or s.lora_fa:
+        return -1
+    names = {t.name for t in targets if not t.no_grad}
+    lins = tuple(lin for lin in arch.layer_linears(layer) if lin.name in names)
+    n = sum(k * e for e, k in ad.lora_tensor_sizes(lins, s.rank))
+    if layer in set(arch.moe_layers):
+        n += sum(e for e, _ in ad.expert_lora_tensors(arch, s.targets, s.rank))
+    return n * s.adapter_dtype.nbytes
+
+
 def _target_set(arch: Arch, s: Scenario, targets: tuple[Linear, ...]) -> frozenset[str]:
     """The names the layer walk treats as LoRA targets (``experts`` for wrapped fused experts)."""
     parts = frozenset() if s.full else ad.expert_parts(arch, s.targets)
-    return frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+    return (frozenset(lin.name for lin in targets) | (frozenset({"experts"}) if parts - {"router"} else frozenset())
+            | (frozenset({"router"}) if "router" in parts else frozenset()))
 
 
 def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> _LayerTerms:
@@ -636,7 +661,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         classes.append(ClassTerms(
             c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
             act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
-                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn, c.layers[0]))
+                                 layer=rep, **kw), sm, c.layers[-1], c.mixer, c.ffn, c.layers[0],
+            _layer_grad_bytes(arch, s, targets, rep)))
         for i in c.layers:
             layer_class[i] = n
     first = classes[layer_class[0]]
@@ -675,7 +701,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         * d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
-                                               and s.packing is not BatchLayout.PACKED_MASK) else 0,
+                                               and s.packing is not BatchLayout.PACKED_MASK)
+        else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first,
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 

@@ -91,6 +91,11 @@ def _blocks(nbytes: int) -> int:
     return -(-nbytes // ALLOC_BLOCK) * ALLOC_BLOCK
 
 
+def round_block(nbytes: int) -> int:
+    """``nbytes`` rounded up to the caching allocator's 512 B block (one tensor)."""
+    return _blocks(nbytes)
+
+
 def rotary_dim(head_dim: int, cfg: Mapping[str, Any]) -> int:
     """Rotated dimensions per head: head_dim · ``partial_rotary_factor`` (config.json, or its rope
     parameters; 1 by default), as transformers' rotary modules size ``inv_freq``."""

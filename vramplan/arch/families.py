@@ -56,6 +56,11 @@ EXPERTS_DENSE_BMM = "dense_bmm"
 """Llama 4 (``Llama4TextExperts.forward``): every token through every expert, its input scaled by
 the router score (zero off the top-k), two ``torch.bmm`` over the (E, T, ·) stack."""
 
+MOE_DEEPSEEK = "deepseek"
+"""DeepSeek-V3 layout: layer i sparse where config.json ``mlp_layer_types`` says ``sparse``, else from
+``first_k_dense_replace`` on (``DeepseekV3DecoderLayer.__init__``); ``n_routed_experts`` experts of
+width ``moe_intermediate_size``; the shared experts (``Family.shared_experts_key``) beside them."""
+
 #: Sliding-window rules (``Family.sliding_rule``), after config.json ``layer_types`` when given.
 SLIDE_PATTERN = "pattern"
 """Gemma 3: layer i slides unless (i + 1) % ``sliding_window_pattern`` == 0 (default 6)."""
@@ -123,6 +128,23 @@ class Family:
     qk_norm_key: str | None = None
     """config.json key switching the q/k norm on (GLM-4.5 ``use_qk_norm``, default False), overriding
     ``qk_norm`` (which stays the config class's default)."""
+    shared_experts_key: str | None = None
+    """config.json key counting always-on, ungated shared experts of width ``moe_intermediate_size``,
+    built as one MLP ``shared_experts`` of width count · ``moe_intermediate_size`` (DeepSeek-V3's
+    ``n_shared_experts``: ``DeepseekV3MoE.__init__``); None: none, or Qwen2-MoE's gated one."""
+    dense_prefix_key: str | None = "first_k_dense_replace"
+    """``MOE_DEEPSEEK``: the config.json key of how many leading layers keep a dense MLP when it gives no
+    ``mlp_layer_types`` (its class default in ``class_defaults``); None: the config class reads no such key
+    and keeps ``dense_prefix_default`` leading dense layers."""
+    dense_prefix_default: int = 0
+    """``MOE_DEEPSEEK`` with ``dense_prefix_key`` None: the leading dense layers the config class builds."""
+    dsa_mask: bool = False
+    """The model always builds the causal mask (``allow_is_causal_skip=False``, the indexer reads it) and
+    each latent-attention layer hands sdpa its own top-k-restricted boolean mask
+    (``GlmMoeDsaAttention.forward``): sdpa saves the kernel's additive copy of it per layer."""
+    head_dim_key: str = "head_dim"
+    """config.json key of the rotary head dim (MLA: ``qk_rope_head_dim``, which the config class copies
+    into ``head_dim``)."""
     class_defaults: Mapping[str, Any] = field(default_factory=dict)
     """Fields the config class fills in when config.json omits them (published configs rely on it)."""
     softcapping: bool = False
@@ -294,8 +316,26 @@ class Family:
         return BLOCK_RULES[self.block_rule](cfg) if self.block_rule is not None else None
 
 
+def _indexer_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """GLM-5 (``GlmMoeDsaConfig.__post_init__``): ``indexer_types`` when given, else ``index_topk_pattern``
+    (``F``/``S``), else layer i runs its own indexer when max(i - offset + 1, 0) % freq == 0
+    (``index_topk_freq`` 1, ``index_skip_topk_offset`` 2): ``full`` -> ``dsa``, ``shared`` -> ``mla``."""
+    types = cfg.get("indexer_types")
+    if not (isinstance(types, list) and types):
+        pattern = cfg.get("index_topk_pattern")
+        if pattern is not None:
+            types = [{"F": "full", "S": "shared"}[c] for c in pattern] if isinstance(pattern, str) else list(pattern)
+        else:
+            freq = max(int(cfg.get("index_topk_freq", 1) or 1), 1)
+            offset = int(cfg.get("index_skip_topk_offset", 2) or 0)
+            types = ["full" if (max(i - offset + 1, 0) % freq) == 0 else "shared" for i in range(num_layers)]
+    return tuple("mla" if t == "shared" else "dsa" for t in types[:num_layers])
+
+
 #: ``Family.mixer_rule`` name -> (config, layers) -> each layer's mixer kind.
-MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {}
+MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {
+    "indexer_types": _indexer_layers,
+}
 #: ``Family.ffn_rule`` name -> (config, layers) -> the layers without a feed-forward block.
 FFN_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[int, ...]]] = {}
 #: ``Family.block_rule`` name -> config -> each decoder layer's block kind.
@@ -359,6 +399,16 @@ def _llama4_mixers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
 _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_input_dtype=True,
                rotary_per_layer_type=True, scaled_embedding=True, sliding_rule=SLIDE_PATTERN,
                class_defaults=dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208))
+
+#: Multi-head latent attention (``vramplan.arch.mixers`` ``mla``) with DeepSeek's MoE: fp32 group-limited
+#: sigmoid router, ungated shared experts, leading dense layers. peft 0.21 maps these model_types to the
+#: ``qwen2_moe`` conversion (transformers ``conversion_mapping._MODEL_TO_CONVERSION_PATTERN``), so its
+#: ``_MOE_TARGET_MODULE_MAPPING`` entry applies: ``gate`` -> the router, gate/up/down -> the fused experts.
+_DEEPSEEK = dict(mixer="mla", moe=MOE_DEEPSEEK, shared_experts_key="n_shared_experts", router_fp32=True,
+                 score_bias="fp32", router=ROUTER_SIGMOID_GROUPED, shared_expert_module="shared_experts",
+                 shared_expert_gated=False, head_dim_key="qk_rope_head_dim",
+                 expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
+                                      "down_proj": "down"})
 
 #: Every supported family (the one place a per-model_type fact is written).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -426,12 +476,24 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            window_key="attention_chunk_size",
            class_defaults=dict(interleave_moe_layer_step=1, use_qk_norm=True, head_dim=128,
                                attention_chunk_size=8192)),
+    Family("deepseek_v3", "models/deepseek_v3/modeling_deepseek_v3.py", **_DEEPSEEK,
+           class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
+    # Glm4MoeLiteConfig reads no first_k_dense_replace: without mlp_layer_types, layer 0 alone is dense
+    Family("glm4_moe_lite", "models/glm4_moe_lite/modeling_glm4_moe_lite.py", **_DEEPSEEK,
+           dense_prefix_key=None, dense_prefix_default=1, class_defaults=dict(n_shared_experts=1)),
+    # GLM-5: latent attention + DeepSeek sparse attention's indexer on its "full" layers
+    Family("glm_moe_dsa", "models/glm_moe_dsa/modeling_glm_moe_dsa.py", **dict(_DEEPSEEK, mixer="dsa"),
+           mixer_rule="indexer_types", dsa_mask=True,
+           class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
 ALIASES: dict[str, str] = {
     "gemma3": "gemma3_text",  # Gemma 3 multimodal configs: the text part (``text_config``)
     "llama4": "llama4_text",  # Llama 4 multimodal configs: the text decoder (``text_config``)
+    # Kimi-K2's config.json names a remote-code ``kimi_k2`` type that transformers 5.24 does not know; its
+    # ``architectures`` is DeepseekV3ForCausalLM, whose shapes it has: priced (and traced) as deepseek_v3
+    "kimi_k2": "deepseek_v3",
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.
@@ -442,7 +504,6 @@ UNSUPPORTED: dict[str, str] = {
     "mamba": "state-space models are not modelled",
     "mamba2": "state-space models are not modelled",
     "rwkv": "RWKV is not modelled",
-    "deepseek_v3": "multi-head latent attention is not modelled yet",
     "deepseek_v2": "multi-head latent attention is not modelled yet",
     "lfm2": "hybrid convolution/attention layers are not modelled yet",
 }

@@ -145,6 +145,89 @@ def _no_params(arch: "Arch") -> dict[str, int]:
     return {}
 
 
+# ---------------------------------------------------------------------- mla (latent attention)
+MLA = "mla"
+"""Multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash): q through a low-rank latent
+(``q_a_proj`` -> ``q_a_layernorm`` -> ``q_b_proj``, or one ``q_proj`` when ``q_lora_rank`` is null), k/v
+through one shared latent (``kv_a_proj_with_mqa`` -> ``kv_a_layernorm`` -> ``kv_b_proj``) plus a
+single-head rotary key, heads of qk_nope + qk_rope (q, k) and v_head_dim (v)."""
+
+
+def mla_dims(arch: "Arch") -> dict[str, int]:
+    """The latent sizes of ``arch``'s config (transformers 5.24 ``DeepseekV3Config``): q_lora_rank (0
+    when null), kv_lora_rank, qk_nope / qk_rope / v head dims, qk = nope + rope."""
+    from vramplan.arch.spec import _int
+
+    c, mt = arch.config, arch.model_type
+    qr = c.get("q_lora_rank")
+    dims = dict(q_lora_rank=_int(c, "q_lora_rank", mt) if qr is not None else 0,
+                kv_lora_rank=_int(c, "kv_lora_rank", mt), nope=_int(c, "qk_nope_head_dim", mt),
+                rope=_int(c, "qk_rope_head_dim", mt), v=_int(c, "v_head_dim", mt))
+    dims["qk"] = dims["nope"] + dims["rope"]
+    return dims
+
+
+def _mla_linears(arch: "Arch", n: int) -> list["Linear"]:
+    """``DeepseekV3Attention.__init__`` (modeling_deepseek_v3.py L375-410): the a-projections and o_proj
+    carry ``attention_bias``, the b-projections none."""
+    from vramplan.arch.spec import Linear
+
+    m, H, nh = mla_dims(arch), arch.hidden_size, arch.num_heads
+    bias = bool(arch.config.get("attention_bias"))
+    out = []
+    if m["q_lora_rank"]:
+        out.append(Linear("q_a_proj", MLA, H, m["q_lora_rank"], bias, n))
+        out.append(Linear("q_b_proj", MLA, m["q_lora_rank"], nh * m["qk"], False, n))
+    else:
+        out.append(Linear("q_proj", MLA, H, nh * m["qk"], False, n))
+    out.append(Linear("kv_a_proj_with_mqa", MLA, H, m["kv_lora_rank"] + m["rope"], bias, n))
+    out.append(Linear("kv_b_proj", MLA, m["kv_lora_rank"], nh * (m["nope"] + m["v"]), False, n))
+    out.append(Linear("o_proj", MLA, nh * m["v"], H, bias, n))
+    return out
+
+
+def _mla_params(arch: "Arch") -> dict[str, int]:
+    """The two latent RMSNorms (``q_a_layernorm`` when q is low-rank, ``kv_a_layernorm``)."""
+    m = mla_dims(arch)
+    out = {"kv_a_layernorm": m["kv_lora_rank"]}
+    return {"q_a_layernorm": m["q_lora_rank"], **out} if m["q_lora_rank"] else out
+
+
+# ------------------------------------------------------- dsa (latent attention + sparse indexer)
+DSA = "dsa"
+"""Latent attention whose layer runs DeepSeek sparse attention's indexer (GLM-5, ``GlmMoeDsaAttention``
+with ``indexer_types[i] == "full"``); a ``"shared"`` layer reuses the previous indexer's top-k and is plain
+``mla``. The indexer (``GlmMoeDsaIndexer``) has its own projections: ``wq_b`` (q_lora_rank ->
+index_n_heads · index_head_dim, reading ``q_a_layernorm``'s output), ``wk`` (H -> index_head_dim), a
+LayerNorm ``k_norm`` (weight and bias) and ``weights_proj`` (H -> index_n_heads), which transformers keeps
+in fp32 (``_keep_in_fp32_modules = ["indexer.weights_proj"]``: not quantized). Its forward runs under
+``torch.no_grad``."""
+
+
+def dsa_dims(arch: "Arch") -> dict[str, int]:
+    """The indexer's sizes (``GlmMoeDsaConfig``: index_n_heads 32, index_head_dim 128, index_topk 2048)."""
+    from vramplan.arch.spec import _int
+
+    c, mt = arch.config, arch.model_type
+    return dict(heads=_int(c, "index_n_heads", mt, 32), head_dim=_int(c, "index_head_dim", mt, 128),
+                topk=_int(c, "index_topk", mt, 2048))
+
+
+def _dsa_linears(arch: "Arch", n: int) -> list["Linear"]:
+    from vramplan.arch.spec import Linear
+
+    m, x, H = mla_dims(arch), dsa_dims(arch), arch.hidden_size
+    out = [Linear(lin.name, DSA, lin.in_features, lin.out_features, lin.bias, n) for lin in _mla_linears(arch, n)]
+    out.append(Linear("indexer.wq_b", DSA, m["q_lora_rank"], x["heads"] * x["head_dim"], False, n, no_grad=True))
+    out.append(Linear("indexer.wk", DSA, H, x["head_dim"], False, n, no_grad=True))
+    out.append(Linear("indexer.weights_proj", DSA, H, x["heads"], False, n, quantized=False, no_grad=True))
+    return out
+
+
+def _dsa_params(arch: "Arch") -> dict[str, int]:
+    return {**_mla_params(arch), "indexer.k_norm": 2 * dsa_dims(arch)["head_dim"]}
+
+
 #: Every token-mixer kind but ``ATTENTION`` (the one place a kind is registered).
 MIXERS: dict[str, Mixer] = {m.name: m for m in (
     Mixer(IDENTITY, "models/nemotron_h/modeling_nemotron_h.py NemotronHBlock (mlp / moe blocks)", _no_linears,
@@ -152,4 +235,6 @@ MIXERS: dict[str, Mixer] = {m.name: m for m in (
     Mixer(MAMBA2, "models/nemotron_h/modeling_nemotron_h.py NemotronHMamba2Mixer", _mamba2_linears, _mamba2_params),
     Mixer(CHUNKED_ATTENTION, "models/llama4/modeling_llama4.py::Llama4TextAttention (use_rope layers)",
           _chunked_attention_linears, _no_params),
+    Mixer(MLA, "models/deepseek_v3/modeling_deepseek_v3.py DeepseekV3Attention", _mla_linears, _mla_params),
+    Mixer(DSA, "models/glm_moe_dsa/modeling_glm_moe_dsa.py GlmMoeDsaAttention", _dsa_linears, _dsa_params),
 )}

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from vramplan.arch.families import (ALIASES, FAMILIES, MOE_FIRST_K_DENSE, MOE_INTERLEAVED, MOE_MIXTRAL, MOE_PATTERN,
-                                    Family, generic)
+from vramplan.arch.families import (ALIASES, FAMILIES, MOE_DEEPSEEK, MOE_FIRST_K_DENSE, MOE_INTERLEAVED, MOE_MIXTRAL,
+                                    MOE_PATTERN, Family, generic)
 from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
 from vramplan.errors import VramplanError
 
@@ -36,6 +36,12 @@ class Linear:
     bias: bool
     count: int
     """How many instances the whole model holds (usually one per decoder layer)."""
+    quantized: bool = True
+    """bitsandbytes replaces it (False: a module transformers keeps in fp32, ``_keep_in_fp32_modules``,
+    which ``from_pretrained`` leaves out of the conversion and loads in fp32 under a quantization config)."""
+    no_grad: bool = False
+    """Its forward runs under ``torch.no_grad`` (DeepSeek sparse attention's indexer): LoRA on it saves
+    nothing and gets no gradient, so the optimizer keeps no state for it."""
 
     @property
     def weight_params(self) -> int:
@@ -103,7 +109,9 @@ MAX_SIZE: dict[str, int] = {
     "moe_intermediate_size": 1 << 22, "shared_expert_intermediate_size": 1 << 22,
     "num_attention_heads": 1 << 14, "num_key_value_heads": 1 << 14, "head_dim": 1 << 16,
     "vocab_size": 1 << 27, "num_experts": 1 << 16, "num_local_experts": 1 << 16,
-    "num_experts_per_tok": 1 << 16, "decoder_sparse_step": 10_000,
+    "num_experts_per_tok": 1 << 16, "decoder_sparse_step": 10_000, "n_routed_experts": 1 << 16,
+    "qk_rope_head_dim": 1 << 16, "qk_nope_head_dim": 1 << 16, "v_head_dim": 1 << 16, "kv_lora_rank": 1 << 20,
+    "q_lora_rank": 1 << 20,
 }
 
 
@@ -285,7 +293,7 @@ class Arch:
             L = _int(cfg, "num_hidden_layers", model_type)
         nh = _int(cfg, "num_attention_heads", model_type)
         nkv = _int(cfg, "num_key_value_heads", model_type, nh)
-        head_dim = _int(cfg, "head_dim", model_type, H // nh)
+        head_dim = _int(cfg, fam.head_dim_key, model_type, H // nh)
         V = _int(cfg, "vocab_size", model_type)
         tie = bool(_get(cfg, "tie_word_embeddings", model_type, fam.tie_default))
         attn_bias = bool(_get(cfg, "attention_bias", model_type, False))
@@ -450,7 +458,8 @@ class Arch:
                 continue
             if is_mixer_group(lin.group) and lin.group != mixer:
                 continue
-            keep.append(Linear(lin.name, lin.group, lin.in_features, lin.out_features, lin.bias, 1))
+            keep.append(Linear(lin.name, lin.group, lin.in_features, lin.out_features, lin.bias, 1, lin.quantized,
+                               lin.no_grad))
         return tuple(keep)
 
     @property
@@ -545,8 +554,18 @@ class Arch:
         return sum(self.param_counts().values())
 
     def quantizable_linears(self) -> tuple[Linear, ...]:
-        """The linears bitsandbytes replaces: every ``nn.Linear`` except lm_head."""
+        """The linears bitsandbytes replaces: every ``nn.Linear`` except lm_head (and those transformers
+        keeps in fp32, ``Linear.quantized``)."""
+        return tuple(lin for lin in self.linears() if lin.group != "lm_head" and lin.quantized)
+
+    def adaptable_linears(self) -> tuple[Linear, ...]:
+        """Every ``nn.Linear`` but lm_head: what peft's ``all-linear`` reaches (quantized or not)."""
         return tuple(lin for lin in self.linears() if lin.group != "lm_head")
+
+    @property
+    def fp32_linear_params(self) -> int:
+        """Weights and biases of the linears transformers keeps in fp32 (``Linear.quantized`` False)."""
+        return sum(lin.params for lin in self.linears() if lin.group != "lm_head" and not lin.quantized)
 
     @property
     def quantized_params(self) -> int:
@@ -565,7 +584,7 @@ class Arch:
 
     def linear_names(self) -> tuple[str, ...]:
         """Leaf names peft can target (lm_head excluded)."""
-        return tuple(lin.name.split(".")[-1] for lin in self.quantizable_linears())
+        return tuple(lin.name.split(".")[-1] for lin in self.adaptable_linears())
 
 
 def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
@@ -582,6 +601,26 @@ def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
                     moe_intermediate_size=_int(cfg, "moe_intermediate_size", model_type),
                     shared_expert_intermediate_size=_int(cfg, "moe_shared_expert_intermediate_size", model_type),
                     moe_layers=layers)
+    if fam.moe == MOE_DEEPSEEK:
+        E = _int(cfg, "n_routed_experts", model_type)
+        k = _int(cfg, "num_experts_per_tok", model_type)
+        M = _int(cfg, "moe_intermediate_size", model_type)
+        types = cfg.get("mlp_layer_types")
+        if isinstance(types, list) and types:
+            layers = tuple(i for i, t in enumerate(types[:L]) if t == "sparse")
+        else:
+            key = fam.dense_prefix_key
+            first = cfg.get(key) if key else None
+            if first is None:
+                first = fam.class_defaults.get(key, 0) if key else fam.dense_prefix_default
+            if isinstance(first, bool) or not isinstance(first, int) or first < 0:
+                raise ArchError(f"config.json field '{key}' must be a non-negative integer, got {_show(first)}")
+            layers = tuple(range(min(first, L), L))
+        shared = fam.shared_experts_key and _get(cfg, fam.shared_experts_key, model_type, 0)
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
+            raise ArchError(f"config.json field '{fam.shared_experts_key}' must be a non-negative integer")
+        return dict(num_experts=E, experts_per_token=k, moe_intermediate_size=M,
+                    shared_expert_intermediate_size=shared * M, moe_layers=layers)
     if fam.moe == MOE_MIXTRAL:
         E = _int(cfg, "num_local_experts", model_type)
         k = _int(cfg, "num_experts_per_tok", model_type)

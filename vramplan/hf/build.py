@@ -68,12 +68,11 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         if not 1 <= layers <= arch.num_layers:
             raise TraceUnsupported(f"layers must be between 1 and {arch.num_layers}, got {layers}")
         cfg["num_hidden_layers"] = layers
-        if isinstance(cfg.get("layer_types"), list):
-            cfg["layer_types"] = cfg["layer_types"][:layers]
+        for key in ("layer_types", "mlp_layer_types", "indexer_types", "no_rope_layers"):  # one entry per layer
+            if isinstance(cfg.get(key), list):
+                cfg[key] = cfg[key][:layers]
         if isinstance(cfg.get("hybrid_override_pattern"), str):  # Nemotron-H: the pattern sets the depth
             cfg["hybrid_override_pattern"] = cfg["hybrid_override_pattern"][:layers]
-        if isinstance(cfg.get("no_rope_layers"), list):  # Llama 4: one flag per layer
-            cfg["no_rope_layers"] = cfg["no_rope_layers"][:layers]
         for key in ("mlp_only_layers", "moe_layers"):  # layer indices (Llama 4's moe_layers)
             if isinstance(cfg.get(key), list):
                 cfg[key] = [i for i in cfg[key] if i < layers]

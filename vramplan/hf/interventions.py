@@ -163,6 +163,10 @@ Index (what and why; the third-party source it concerns; how it is undone):
     fallback saves the probabilities and a mask). Source: torch ``derivatives.yaml``
     (``_scaled_dot_product_flash_attention``), ``aten/src/ATen/native/transformers/sdp_utils_cpp.cpp``.
     Restored: ``torch.nn.functional.scaled_dot_product_attention`` put back on exit.
+28. ``cuda_semantics`` (H): sdpa with a value head dim other than the query's (multi-head latent
+    attention) runs as CUDA's memory-efficient kernel instead of the CPU's math fallback. Source: torch
+    ``sdp_utils.cpp`` (kernel selection), transformers ``integrations/sdpa_attention.py``. Restored:
+    ``torch.nn.functional.scaled_dot_product_attention`` put back on exit.
 
 Torch and the frameworks are imported inside the functions: importing this module costs nothing.
 
@@ -200,6 +204,16 @@ D. ``cuda_semantics()``: TRL's fused LM head (``Loss.CHUNKED_HEAD``). On CUDA (T
    ``fused_head_positions()`` rows (the compact path's copy), its outputs padded back to every
    position. For a batch of more than one sequence the CPU path's ``reshape`` copy of all positions
    is still alive while the kernel runs (b·(s−1)·H, compute dtype): the one excess left.
+G. ``cuda_semantics()``: sdpa with a value head dim other than the query's (multi-head latent
+   attention: qk_nope + qk_rope vs v_head_dim). torch 2.13 ``sdp_utils.cpp``: the CUDA flash kernel needs
+   one head dim for q, k and v (``check_head_dim_size_flash``), the memory-efficient kernel only q = k
+   (``check_head_dim_size_mem_efficient``), so CUDA runs ``_scaled_dot_product_efficient_attention``
+   (saves q, k, v, its output and an fp32 log-sum-exp); the CPU dispatcher, without such a kernel, falls
+   back to the math path that materialises the b·h·s·s probabilities. Without dropout, such calls go to
+   the efficient op itself (its fake-tensor kernel; autocast's cast to the compute dtype first, as CUDA
+   autocast casts sdpa; a boolean mask turned into its additive copy in q's dtype, as
+   ``convert_boolean_attn_mask`` does, which the kernel saves). Source: transformers 5.24 ``integrations/sdpa_attention.py``
+   (``torch.nn.functional.scaled_dot_product_attention``). Restored: the function put back on exit.
 E. ``cuda_semantics()``: eager attention's fp16 softmax. ``eager_attention_forward`` calls
    ``softmax(scores, dim=-1, dtype=torch.float32)``; ATen's ``softmax`` (``ATen/native/SoftMax.cpp``)
    runs a CUDA fp16 input through ``_softmax(input, dim, half_to_float=True)`` (no fp32 copy of the
@@ -413,11 +427,27 @@ def cuda_semantics(enabled: bool = True) -> Iterator[None]:
     orig_sdpa = F.scaled_dot_product_attention
 
     def sdpa(query: Any, key: Any, value: Any, attn_mask: Any = None, dropout_p: float = 0.0,
-             *args: Any, **kwargs: Any) -> Any:
+             is_causal: bool = False, scale: Any = None, enable_gqa: bool = False) -> Any:
         # G: CUDA's flash and memory-efficient kernels take dropout_p themselves (a philox seed and offset,
         # no mask); CPU's flash kernel refuses it and the math path materializes the probabilities and a
         # mask. The dropout-free call takes the kernel the same call takes on CUDA.
-        return orig_sdpa(query, key, value, attn_mask, 0.0, *args, **kwargs)
+        dropout_p = 0.0
+        # H: a value head dim other than the query's runs CUDA's memory-efficient kernel (item 28)
+        if (isinstance(value, torch.Tensor) and query.shape[-1] != value.shape[-1]
+                and not enable_gqa and query.shape[-3] == key.shape[-3] == value.shape[-3]
+                and (attn_mask is None or attn_mask.dtype == torch.bool)):
+            if orig_autocast("cpu"):  # sdpa is on CUDA autocast's lower-precision list
+                dt = torch.get_autocast_dtype("cpu")
+                query, key, value = query.to(dt), key.to(dt), value.to(dt)
+            bias = None
+            if attn_mask is not None:  # ``convert_boolean_attn_mask``: an additive copy in q's dtype
+                bias = torch.zeros(attn_mask.shape, dtype=query.dtype, device=query.device)
+                bias = bias.masked_fill(attn_mask.logical_not(), float("-inf"))
+                bias = bias.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+            return torch.ops.aten._scaled_dot_product_efficient_attention(
+                query, key, value, bias, True, 0.0, is_causal and bias is None, scale=scale)[0]
+        return orig_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                         scale=scale, enable_gqa=enable_gqa)
 
     with _attribute(F, "dropout", dropout), _attribute(torch, "is_autocast_enabled", is_autocast_enabled), \
             _attribute(F, "softmax", softmax), _attribute(F, "scaled_dot_product_attention", sdpa), \
