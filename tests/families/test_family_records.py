@@ -43,6 +43,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "granitemoe": ("granite-3.1-3b-a800m-instruct", dict(_SMALL, intermediate_size=128, num_local_experts=8,
                                                          num_experts_per_tok=2)),
     "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
+    "cohere2": ("c4ai-command-r7b-12-2024", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
 }
 
@@ -53,6 +54,7 @@ FULL: dict[str, str] = {
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
     "olmo2": "OLMo-2-1124-7B-Instruct", "granite": "granite-3.3-8b-instruct",
     "granitemoe": "granite-3.1-3b-a800m-instruct", "glm": "glm-4-9b-chat-hf", "seed_oss": "Seed-OSS-36B-Instruct",
+    "cohere2": "c4ai-command-r7b-12-2024",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -121,6 +121,14 @@ class Family:
     """A config field of dropout on the attention and MLP outputs before each residual add (Seed-OSS:
     ``residual_dropout``, ``SeedOssAttention`` / ``SeedOssMLP``); None: none."""
 
+    layer_norm: bool = False
+    """Its norms are mean-subtracting LayerNorms without bias (``Cohere2LayerNorm``): in fp32, ``x - mean``
+    twice (one saved by ``pow``, one by the product with ``rsqrt``) where an RMSNorm saves x once
+    (``activations.layer_norm_saved``)."""
+    parallel_block: bool = False
+    """Attention and MLP read the same normalized input and both add to the residual
+    (``Cohere2DecoderLayer``: ``residual + attn(h) + mlp(h)``, one norm per layer)."""
+
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
         config.json ``layer_types`` when given, else the family's ``sliding_rule``."""
@@ -129,7 +137,7 @@ class Family:
             return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sliding_attention")
         rule = self.sliding_rule
         if rule == SLIDE_PATTERN:
-            p = cfg.get("sliding_window_pattern", 6) or 6
+            p = cfg.get("sliding_window_pattern", self.class_defaults.get("sliding_window_pattern", 6)) or 6
             return tuple(i for i in range(num_layers) if (i + 1) % p)
         if rule == SLIDE_EVEN:
             return tuple(range(0, num_layers, 2))
@@ -216,6 +224,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_over_projection=True, post_norms=True,
            norm_keeps_input_dtype=True),
     Family("granite", "models/granite/modeling_granite.py", embedding_multiplier=True),
+    Family("cohere2", "models/cohere2/modeling_cohere2.py", norms_per_layer=1, tie_default=True,
+           norm_keeps_input_dtype=True, layer_norm=True, parallel_block=True, sliding_rule=SLIDE_PATTERN,
+           class_defaults=dict(sliding_window_pattern=4)),
     Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_bias_key=None,
            class_defaults=dict(attention_bias=True, head_dim=128, num_key_value_heads=2)),
     Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_bias_key="attention_out_bias",
