@@ -604,8 +604,9 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         lk = live or d.full or "k_proj" in targets
         lv = live or d.full or "v_proj" in targets
         lq = live or d.full or "q_proj" in targets
-    # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head.
-    if arch.qk_norm and arch.family.qk_norm_over_projection:  # OLMo 2: one norm over each projection
+    # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head; MiniMax-M2 normalises
+    #    the whole projection (``Family.qk_norm_full``): one rsqrt per token each.
+    if arch.qk_norm and arch.family.qk_norm_full:
         w.norm(q, 1, lq, qd)
         w.norm(kv, 1, lk, qd)
         qd = norm_out(d, qd)

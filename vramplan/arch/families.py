@@ -46,6 +46,8 @@ class Family:
     """q/k/v carry a bias whatever ``attention_bias`` says (the Qwen2 family hard-codes it)."""
     qk_norm: bool = False
     """Per-head RMSNorm on q and k (Qwen3, Gemma 3)."""
+    o_proj_bias: bool = True
+    """o_proj carries ``attention_bias`` too (False: GLM-4.5 builds it with ``bias=False``)."""
     norms_per_layer: int = 2
     """RMSNorms of width H per decoder layer (Gemma: four, around attention and MLP)."""
     tie_default: bool = False
@@ -56,6 +58,9 @@ class Family:
     """``MOE_MIXTRAL``, ``MOE_QWEN`` or None (dense)."""
     shared_expert: bool = False
     """A gated always-on shared expert beside the routed ones (Qwen2-MoE)."""
+    qk_norm_full: bool = False
+    """The q/k RMSNorm spans the whole projection (MiniMax-M2: ``RMSNorm(heads * head_dim)`` before
+    the head split), not each head."""
     class_defaults: Mapping[str, Any] = field(default_factory=dict)
     """Fields the config class fills in when config.json omits them (published configs rely on it)."""
     softcapping: bool = False
@@ -86,9 +91,6 @@ class Family:
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
     expert parameter (qwen2_moe maps to None there)."""
 
-    qk_norm_over_projection: bool = False
-    """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
-    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output)."""
     post_norms: bool = False
     """Norms on the branch outputs only: no input or pre-MLP norm; ``post_attention_layernorm`` on the
     attention output and ``post_feedforward_layernorm`` on the MLP output before each residual add
@@ -110,10 +112,9 @@ class Family:
     fused_gate_up: bool = False
     """The MLP's gate and up projections are one ``gate_up_proj`` while q/k/v stay separate (GLM:
     ``GlmMLP``); ``fused`` is Phi-3's layout, which fuses both."""
-    o_bias_key: str | None = "attention_bias"
-    """The config.json field that gives ``o_proj`` its bias: ``attention_bias`` (Llama), another field
-    (Seed-OSS: ``attention_out_bias``), or None for an o_proj without bias whatever the config says
-    (GLM: ``nn.Linear(..., bias=False)``)."""
+    o_proj_bias_key: str | None = None
+    """A config.json field of its own for o_proj's bias, in place of ``attention_bias`` (Seed-OSS:
+    ``attention_out_bias``)."""
     attention_dropout_key: str | None = None
     """A config field of attention-probability dropout that is on by default in training (Seed-OSS:
     ``attention_dropout`` = 0.1, passed to the attention kernel as ``dropout_p``); None: no such dropout."""
@@ -121,6 +122,9 @@ class Family:
     """A config field of dropout on the attention and MLP outputs before each residual add (Seed-OSS:
     ``residual_dropout``, ``SeedOssAttention`` / ``SeedOssMLP``); None: none."""
 
+    sliding_pattern_default: int = 6
+    """``SLIDE_PATTERN``'s period when config.json gives no ``sliding_window_pattern`` (Gemma 3: 6; Cohere 2:
+    4, the ``Cohere2Config.__post_init__`` default it derives ``layer_types`` from)."""
     layer_norm: bool = False
     """Its norms are mean-subtracting LayerNorms without bias (``Cohere2LayerNorm``): in fp32, ``x - mean``
     twice (one saved by ``pow``, one by the product with ``rsqrt``) where an RMSNorm saves x once
@@ -137,7 +141,7 @@ class Family:
             return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sliding_attention")
         rule = self.sliding_rule
         if rule == SLIDE_PATTERN:
-            p = cfg.get("sliding_window_pattern", self.class_defaults.get("sliding_window_pattern", 6)) or 6
+            p = cfg.get("sliding_window_pattern", self.sliding_pattern_default) or self.sliding_pattern_default
             return tuple(i for i in range(num_layers) if (i + 1) % p)
         if rule == SLIDE_EVEN:
             return tuple(range(0, num_layers, 2))
@@ -221,15 +225,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
     # issue 15, dense and simple MoE families
-    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_over_projection=True, post_norms=True,
+    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_full=True, post_norms=True,
            norm_keeps_input_dtype=True),
     Family("granite", "models/granite/modeling_granite.py", embedding_multiplier=True),
     Family("cohere2", "models/cohere2/modeling_cohere2.py", norms_per_layer=1, tie_default=True,
            norm_keeps_input_dtype=True, layer_norm=True, parallel_block=True, sliding_rule=SLIDE_PATTERN,
-           class_defaults=dict(sliding_window_pattern=4)),
-    Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_bias_key=None,
+           sliding_pattern_default=4),
+    Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_proj_bias=False,
            class_defaults=dict(attention_bias=True, head_dim=128, num_key_value_heads=2)),
-    Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_bias_key="attention_out_bias",
+    Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_proj_bias_key="attention_out_bias",
            attention_dropout_key="attention_dropout", residual_dropout_key="residual_dropout",
            class_defaults=dict(attention_bias=True, attention_out_bias=False, head_dim=128,
                                attention_dropout=0.1, residual_dropout=0.1)),
