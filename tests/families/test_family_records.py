@@ -60,6 +60,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "granitemoe": ("granite-3.1-3b-a800m-instruct", dict(_SMALL, intermediate_size=128, num_local_experts=8,
                                                          num_experts_per_tok=2)),
     "glm": ("glm-4-9b-chat-hf", dict(_SMALL, pad_token_id=0)),
+    "cohere2": ("c4ai-command-r7b-12-2024", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "seed_oss": ("Seed-OSS-36B-Instruct", dict(_SMALL, pad_token_id=0, bos_token_id=0, eos_token_id=0)),
     "gpt_oss": ("gpt-oss-20b", dict(_SMALL, num_local_experts=4, num_experts_per_tok=2)),
     # layer 0 dense (first_k_dense_replace 1), layer 1 MoE with its shared expert; qk-norm on (GLM-4.6's)
@@ -90,6 +91,7 @@ FULL: dict[str, str] = {
     "gpt_oss": "gpt-oss-20b", "glm4_moe": "GLM-4.5-Air", "minimax_m2": "MiniMax-M2.5",
     "llama4_text": "vramplan-llama4-scout-text",
     "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
+    "cohere2": "c4ai-command-r7b-12-2024",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -99,6 +99,16 @@ def norm_out(d: Dtypes, x: int) -> int:
     return x if d.norm_keeps_dtype else _promote(d.norm_w, x)
 
 
+def layer_norm_saved(width: int) -> int:
+    """Bytes per token a mean-subtracting LayerNorm without bias saves while its input needs a gradient
+    (``Family.layer_norm``; transformers 5.24 ``modeling_cohere2.py`` ``Cohere2LayerNorm.forward``
+    L95-102): ``(x - mean).pow(2)`` saves its fp32 base (4·width), the second ``x - mean`` is saved by
+    its product with ``rsqrt`` (4·width), which saves the fp32 ``rsqrt`` per row (4); ``x.to(float32)``
+    and ``mean`` are saved by nothing (``sub`` and ``mean`` keep shapes only), and the frozen weight's
+    product keeps its fp32 weight copy only. 8·width + 4, whatever the input's dtype."""
+    return 8 * width + 4
+
+
 def residual_dropout_saved(arch: Arch) -> int:
     """Bytes per token one residual-branch dropout saves (``Family.residual_dropout_key``; Seed-OSS:
     transformers 5.24 ``modeling_seed_oss.py`` ``SeedOssAttention.forward`` drops o_proj's output and
@@ -131,7 +141,7 @@ class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
     __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "dora_in", "kernels", "fused",
-                 "mlp_node")
+                 "mlp_node", "shared")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str], kernels: str = "none",
                  fused: frozenset[str] = frozenset()):
@@ -145,6 +155,8 @@ class _Walk:
         the probabilities copy the matmul with V saves, V's gradient per token, the score dtype."""
         self.dora: list[tuple[int, ...]] = []  # each DoRA target's forward moment
         self.dora_in = 0  # the last DoRA target's ``dora_backward_incoming``
+        self.shared = False
+        """The last ``linears`` group saved its input x itself (a parallel block's MLP reads the same x)."""
         self.mlp_node = 0
         """Dense MLP: bytes per token ``act(gate) * up`` saves plus what the autograd node run before it in
         the backward (down_proj's dropout, else its lora_A) saves (``_mlp_saved``)."""
@@ -238,6 +250,7 @@ class _Walk:
                 self.const += const
                 out = _promote(out, dora_out)
         lora_x = (d.adapter if (convert and not d.full) else xd) if shared_x else 0
+        self.shared = shared_x and lora_x == xd
         if shared_x and not x_saved:
             self.tok += lora_x * group[0].in_features
         if d.quantized and d.bnb_keeps_input and live and not d.full and not x_saved and lora_x != xd:
@@ -488,6 +501,11 @@ def _layer_walk(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, live_i
         od, lo = WALKS[mixer](w, arch, lins, attn, live_in)
     if ffn == "none":
         return
+    if arch.family.parallel_block and not moe:
+        # the MLP reads the attention's normalized input h (Cohere 2); the residual adds save nothing.
+        # A LoRA input that is h itself was saved by q/k/v's group (``_Walk.shared``) when that saved it.
+        _mlp_saved(w, arch, lins, norm_out(d, d.resid), live_in, x_saved=w.shared)
+        return
     # 6. h1 = x + attn (dtype promotes); the pre-MLP norm saves fp32 h1 (h1 itself when fp32) + rsqrt.
     #    Post-norm layers (``Family.post_norms``, OLMo 2) feed h1 to the MLP as it is.
     live = live_in or lo
@@ -593,7 +611,9 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
     # 1. input_layernorm on the residual x (bytes resid): fp32 x + rsqrt. When x is fp32 it is the
     #    tensor itself; the caller counts x (checkpoint or layer input), so only the rsqrt is new here.
     post = arch.family.post_norms
-    if live and not post:  # Liger: the input itself (counted by the caller) + the fp32 rstd
+    if live and not post and arch.family.layer_norm:
+        w.tok += layer_norm_saved(H)
+    elif live and not post:  # Liger: the input itself (counted by the caller) + the fp32 rstd
         w.tok += 4 + (4 * H if (d.resid != 4 and not d.liger_norm) else 0)
     n1 = d.resid if post else norm_out(d, d.resid)
     # post-norm layers (OLMo 2) project the layer input itself: a LoRA input that is x is the checkpoint
@@ -612,8 +632,9 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         lk = live or d.full or "k_proj" in targets
         lv = live or d.full or "v_proj" in targets
         lq = live or d.full or "q_proj" in targets
-    # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head.
-    if arch.qk_norm and arch.family.qk_norm_over_projection:  # OLMo 2: one norm over each projection
+    # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head; MiniMax-M2 normalises
+    #    the whole projection (``Family.qk_norm_full``): one rsqrt per token each.
+    if arch.qk_norm and arch.family.qk_norm_full:
         w.norm(q, 1, lq, qd)
         w.norm(kv, 1, lk, qd)
         qd = norm_out(d, qd)
@@ -720,8 +741,9 @@ def sink_softmax_saved(d: Dtypes, ad: int, qd: int, q: int, nh: int) -> tuple[in
     return 3 * ad * q + 8 * nh + sd * nh, sd * nh + probs, probs
 
 
-def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> int:
-    """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down. Returns the output dtype."""
+def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool, x_saved: bool = False) -> int:
+    """Dense gated MLP: gate/up (fused on Phi-3), ``act(gate) * up``, down. Returns the output dtype.
+    ``x_saved``: its input is already saved as it is (a parallel block's q/k/v LoRA saved it)."""
     targets, full = w.targets, w.d.full
     I = arch.intermediate_size
     if "mlp" in w.fused:
@@ -730,10 +752,10 @@ def _mlp_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
     if "gate_proj" not in lins and "gate_up_proj" not in lins:
         return _ungated_mlp_saved(w, lins["up_proj"], lins["down_proj"], n2, live)
     if "gate_up_proj" in lins:
-        gd, lg = w.linears((lins["gate_up_proj"],), n2, False, live)
+        gd, lg = w.linears((lins["gate_up_proj"],), n2, x_saved, live)
         lu = lg
     else:
-        gd, _ = w.linears((lins["gate_proj"], lins["up_proj"]), n2, False, live)
+        gd, _ = w.linears((lins["gate_proj"], lins["up_proj"]), n2, x_saved, live)
         lg = live or full or "gate_proj" in targets
         lu = live or full or "up_proj" in targets
     # act(gate) saves gate; act(gate) * up saves up (if gate needs grad) and act (if up does).

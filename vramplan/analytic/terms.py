@@ -761,7 +761,8 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
     holds = s.hold_logits is not Hold.NONE and not fused and s.loss not in NO_LOGITS
     no_head_call = fused or s.loss in NO_LOGITS  # the lm_head module never runs: no autocast copy saved
     return dict(
-        fin=(act.liger_norm_saved(d.resid, H) if d.liger_norm else 4 * H + 4 + (c * H if s.full else 0))
+        fin=(act.liger_norm_saved(d.resid, H) if d.liger_norm else
+             (act.layer_norm_saved(H) if arch.family.layer_norm else 4 * H + 4) + (c * H if s.full else 0))
         + head_lora,
         head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
         softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,

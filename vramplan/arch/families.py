@@ -93,6 +93,8 @@ class Family:
     """q/k/v carry a bias whatever ``attention_bias`` says (the Qwen2 family hard-codes it)."""
     qk_norm: bool = False
     """Per-head RMSNorm on q and k (Qwen3, Gemma 3)."""
+    o_proj_bias: bool = True
+    """o_proj carries ``attention_bias`` too (False: GLM-4.5 builds it with ``bias=False``)."""
     norms_per_layer: int = 2
     """RMSNorms of width H per decoder layer (Gemma: four, around attention and MLP)."""
     tie_default: bool = False
@@ -128,6 +130,10 @@ class Family:
     qk_norm_key: str | None = None
     """config.json key switching the q/k norm on (GLM-4.5 ``use_qk_norm``, default False), overriding
     ``qk_norm`` (which stays the config class's default)."""
+    qk_norm_full: bool = False
+    """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
+    one head (OLMo 2 ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on q_proj's output; MiniMax-M2's
+    ``RMSNorm(heads * head_dim)`` before the head split)."""
     shared_experts_key: str | None = None
     """config.json key counting always-on, ungated shared experts of width ``moe_intermediate_size``,
     built as one MLP ``shared_experts`` of width count · ``moe_intermediate_size`` (DeepSeek-V3's
@@ -189,10 +195,6 @@ class Family:
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
     expert parameter (qwen2_moe maps to None there)."""
 
-    qk_norm_over_projection: bool = False
-    """The q/k RMSNorm spans the whole projection (width heads·head_dim, one rsqrt per token) instead of
-    one head (``Olmo2Attention``: ``Olmo2RMSNorm(num_attention_heads * head_dim)`` on ``q_proj``'s output;
-    MiniMax-M2 normalises before the head split)."""
     post_norms: bool = False
     """Norms on the branch outputs only: no input or pre-MLP norm; ``post_attention_layernorm`` on the
     attention output and ``post_feedforward_layernorm`` on the MLP output before each residual add
@@ -214,10 +216,9 @@ class Family:
     fused_gate_up: bool = False
     """The MLP's gate and up projections are one ``gate_up_proj`` while q/k/v stay separate (GLM:
     ``GlmMLP``); ``fused`` is Phi-3's layout, which fuses both."""
-    o_bias_key: str | None = "attention_bias"
-    """The config.json field that gives ``o_proj`` its bias: ``attention_bias`` (Llama), another field
-    (Seed-OSS: ``attention_out_bias``), or None for an o_proj without bias whatever the config says
-    (GLM: ``nn.Linear(..., bias=False)``)."""
+    o_proj_bias_key: str | None = None
+    """A config.json field of its own for o_proj's bias, in place of ``attention_bias`` (Seed-OSS:
+    ``attention_out_bias``)."""
     attention_dropout_key: str | None = None
     """A config field of attention-probability dropout that is on by default in training (Seed-OSS:
     ``attention_dropout`` = 0.1, passed to the attention kernel as ``dropout_p``); None: no such dropout."""
@@ -241,6 +242,17 @@ class Family:
     """The experts' gate is gpt-oss's clamped SwiGLU over interleaved gate/up columns:
     ``(clamp(up) + 1) * clamp(gate) * sigmoid(alpha * clamp(gate))`` (``GptOssExperts._apply_gate``)."""
 
+    sliding_pattern_default: int = 6
+    """``SLIDE_PATTERN``'s period when config.json gives no ``sliding_window_pattern`` (Gemma 3: 6; Cohere 2:
+    4, the ``Cohere2Config.__post_init__`` default it derives ``layer_types`` from)."""
+    layer_norm: bool = False
+    """Its norms are mean-subtracting LayerNorms without bias (``Cohere2LayerNorm``): in fp32, ``x - mean``
+    twice (one saved by ``pow``, one by the product with ``rsqrt``) where an RMSNorm saves x once
+    (``activations.layer_norm_saved``)."""
+    parallel_block: bool = False
+    """Attention and MLP read the same normalized input and both add to the residual
+    (``Cohere2DecoderLayer``: ``residual + attn(h) + mlp(h)``, one norm per layer)."""
+
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
         config.json ``layer_types`` when given, else the family's ``sliding_rule``."""
@@ -249,7 +261,7 @@ class Family:
             return tuple(i for i, t in enumerate(types[:num_layers]) if t == "sliding_attention")
         rule = self.sliding_rule
         if rule == SLIDE_PATTERN:
-            p = cfg.get("sliding_window_pattern", 6) or 6
+            p = cfg.get("sliding_window_pattern", self.sliding_pattern_default) or self.sliding_pattern_default
             return tuple(i for i in range(num_layers) if (i + 1) % p)
         if rule == SLIDE_EVEN:
             return tuple(range(0, num_layers, 2))
@@ -441,12 +453,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
                                moe_intermediate_size=7688, moe_shared_expert_intermediate_size=7688,
                                num_experts_per_tok=2, tie_word_embeddings=False, mlp_bias=False)),
     # issue 15, dense and simple MoE families
-    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_over_projection=True, post_norms=True,
+    Family("olmo2", "models/olmo2/modeling_olmo2.py", qk_norm=True, qk_norm_full=True, post_norms=True,
            norm_keeps_input_dtype=True),
     Family("granite", "models/granite/modeling_granite.py", embedding_multiplier=True),
-    Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_bias_key=None,
+    Family("cohere2", "models/cohere2/modeling_cohere2.py", norms_per_layer=1, tie_default=True,
+           norm_keeps_input_dtype=True, layer_norm=True, parallel_block=True, sliding_rule=SLIDE_PATTERN,
+           sliding_pattern_default=4),
+    Family("glm", "models/glm/modeling_glm.py", fused_gate_up=True, o_proj_bias=False,
            class_defaults=dict(attention_bias=True, head_dim=128, num_key_value_heads=2)),
-    Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_bias_key="attention_out_bias",
+    Family("seed_oss", "models/seed_oss/modeling_seed_oss.py", o_proj_bias_key="attention_out_bias",
            attention_dropout_key="attention_dropout", residual_dropout_key="residual_dropout",
            class_defaults=dict(attention_bias=True, attention_out_bias=False, head_dim=128,
                                attention_dropout=0.1, residual_dropout=0.1)),
@@ -462,12 +477,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     # glm4_moe -> qwen2_moe's table, minimax_m2 -> mixtral's; llama4 has none (its experts stay unadapted)
     Family("glm4_moe", "models/glm4_moe/modeling_glm4_moe.py", moe=MOE_FIRST_K_DENSE, shared_expert=True,
            shared_expert_module="shared_experts", shared_expert_gated=False, router=ROUTER_SIGMOID_GROUPED,
-           router_fp32=True, score_bias="fp32", qk_norm_key="use_qk_norm", o_bias_key=None,
+           router_fp32=True, score_bias="fp32", qk_norm_key="use_qk_norm", o_proj_bias=False,
            expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
                                 "down_proj": "down"},
            class_defaults=dict(first_k_dense_replace=1, n_shared_experts=1, n_group=1, topk_group=1)),
     Family("minimax_m2", "models/minimax_m2/modeling_minimax_m2.py", moe=MOE_MIXTRAL, qk_norm=True,
-           qk_norm_over_projection=True, router=ROUTER_SIGMOID, score_bias="load",
+           qk_norm_full=True, router=ROUTER_SIGMOID, score_bias="load",
            expert_lora_targets={"gate": "router", "w1": "gate_up", "w3": "gate_up", "w2": "down"}),
     # peft 0.21.2's all-linear wraps its router (an nn.Linear subclass) and fails: name the targets
     Family("llama4_text", "models/llama4/modeling_llama4.py", moe=MOE_INTERLEAVED, shared_expert=True,

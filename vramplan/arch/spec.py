@@ -324,7 +324,8 @@ class Arch:
             vocab_size=V,
             tie_embeddings=tie,
             qkv_bias=attn_bias or fam.qkv_bias,
-            o_bias=bool(_get(cfg, fam.o_bias_key, model_type, False)) if fam.o_bias_key else False,
+            o_bias=bool(_get(cfg, fam.o_proj_bias_key, model_type, False)) if fam.o_proj_bias_key
+            else attn_bias and fam.o_proj_bias,
             mlp_bias=mlp_bias,
             qk_norm=bool(_get(cfg, fam.qk_norm_key, model_type, False)) if fam.qk_norm_key else fam.qk_norm,
             norms_per_layer=fam.norms_per_layer,
@@ -515,9 +516,8 @@ class Arch:
     def norm_params(self) -> int:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
-        qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
-        if self.qk_norm and self.family.qk_norm_over_projection:  # OLMo 2: q_norm(q_out), k_norm(kv_out)
-            qk = (self.q_out + self.kv_out) * self.mixer_layers(ATTENTION)
+        width = (self.q_out + self.kv_out) if self.family.qk_norm_full else 2 * self.head_dim
+        qk = width * self.mixer_layers(ATTENTION) if self.qk_norm else 0
         return self.num_layers * per_layer + qk + self.hidden_size
 
     def param_counts(self) -> dict[str, int]:
