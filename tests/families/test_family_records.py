@@ -55,7 +55,8 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
     """The shrunk config.json of ``model_type``'s row: the entry's config (its text part for a nested
     one is left nested), the row's overrides, ``layers`` decoder layers and per-layer lists cut."""
     name, over = SHRUNK[model_type]
-    cfg = dict(resolve(name).config) if "text_config" not in _raw(name) else dict(_raw(name))
+    raw = _raw(name)
+    cfg = dict(resolve(name).config) if "text_config" not in raw and "vision_config" not in raw else dict(raw)
     target = cfg if "text_config" not in cfg else cfg.setdefault("text_config", {})
     target.update({k: v for k, v in over.items() if not k.startswith("_")})
     target["num_hidden_layers"] = layers
@@ -68,6 +69,8 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
             target[key] = 0
     for key, value in over.get("_top", {}).items():  # overrides of a nested config's outer part
         cfg[key] = value
+    if "_vision" in over:  # overrides of a multimodal config's vision_config (a smaller tower)
+        cfg["vision_config"] = {**dict(cfg.get("vision_config") or {}), **over["_vision"]}
     return cfg
 
 
@@ -94,8 +97,9 @@ def test_shrunk_config_is_the_family(model_type):
 @pytest.mark.torch
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))
 def test_param_counts_match_transformers(model_type):
-    """Every parameter (``sum(numel)`` of the model built on the meta device) and the weights
-    bitsandbytes replaces (the ``Linear4bit`` modules of the same model built for NF4)."""
+    """Every parameter (``sum(numel)`` of the model built on the meta device: a multimodal model's
+    tower too, ``Arch.all_params``) and the weights bitsandbytes replaces (the ``Linear4bit`` modules of
+    the same model built for NF4; a frozen vision tower is skipped, a quantized one's are counted)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("bitsandbytes")
@@ -108,7 +112,11 @@ def test_param_counts_match_transformers(model_type):
     total = sum(p.numel() for p in meta_model(arch, Scenario(quant="none", attn="eager")).parameters())
     q4 = meta_model(arch, Scenario(attn="eager"))
     linear = sum(m.in_features * m.out_features for m in q4.modules() if isinstance(m, bnb.nn.Linear4bit))
-    assert (arch.total_params, arch.quantized_params) == (total, linear)
+    assert (arch.all_params, arch.quantized_params) == (total, linear)
+    if arch.vision is not None:
+        q4v = meta_model(arch, Scenario(attn="eager", vision="quantized"))
+        linear_v = sum(m.in_features * m.out_features for m in q4v.modules() if isinstance(m, bnb.nn.Linear4bit))
+        assert arch.quantized_params + arch.vision.linear_weight_params == linear_v
 
 
 def _both(model_type: str, **kw: Any):

@@ -20,6 +20,7 @@ from vramplan.analytic import adapters as ad
 from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
+from vramplan.analytic import vision as av
 from vramplan.analytic import weights as wt
 from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
@@ -405,8 +406,9 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     buffers, and the unquantized parameter groups. Returns (rows, unquantized groups as (group,
     elements, bytes per element)); under full fine-tuning the groups are trainable ``adapter/`` rows."""
     qlins = arch.quantizable_linears()
+    vlins = av.tower_quantized_linears(arch, s)  # the vision tower's, when bitsandbytes replaces them
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
-    rows: list[_Row] = _base_linears(qlins, s, d, n_q)
+    rows: list[_Row] = _base_linears(qlins + vlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
@@ -425,7 +427,33 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
             rows.append((f"adapter/{nm}", "adapter", n * b, f"trainable, {b} B/param"))
         else:
             rows.append((f"weights/{nm}", "weights", n * b, f"unquantized, {b} B/param"))
+    if arch.vision is not None:
+        rows += _vision_weights(arch, s, d, bool(vlins), unq)
     return rows, unq
+
+
+def _vision_weights(arch: Arch, s: Scenario, d: act.Dtypes, quantized: bool, unq: list) -> list[_Row]:
+    """The vision tower and projector beside the decoder (``vramplan.analytic.vision``): its buffers,
+    and its floating parameters (every one, or all but the linear weights bitsandbytes packed, which
+    ``_base_linears`` prices with the decoder's): biases of bitsandbytes layers in the compute dtype,
+    the rest as the recipe leaves unquantized parameters (fp32 after a k-bit preparation's upcast).
+    Trained in full (``--full --vision trained``), they join the trainable groups ``unq``."""
+    v = arch.vision
+    rows: list[_Row] = [("weights/vision_buffers", "weights", av.tower_buffer_bytes(v),
+                         f"{v.tower.model_type} rotary inv_freq / original_inv_freq (fp32), 512 B blocks")]
+    if quantized:
+        rows.append(("weights/vision_biases", "weights", v.bias_params * d.c, f"bitsandbytes layers' biases, {d.c} B/param"))
+        rows.append(("weights/vision", "weights", v.other_params * d.other_w,
+                     f"{v.tower.model_type} norms, patch embedding, position table: {d.other_w} B/param"))
+        return rows
+    n = v.total_params
+    if s.full and av.tower_trains(arch, s):
+        unq.append(("vision", n, d.base_w))
+        rows.append(("adapter/vision", "adapter", n * d.base_w, f"vision tower trained, {d.base_w} B/param"))
+    else:
+        b = d.base_w if s.full else d.other_w
+        rows.append(("weights/vision", "weights", n * b, f"{v.tower.model_type} tower and projector, frozen, {b} B/param"))
+    return rows
 
 
 def _base_linears(qlins: tuple[Linear, ...], s: Scenario, d: act.Dtypes, n_q: int) -> list[_Row]:

@@ -18,6 +18,7 @@ Torch, transformers, peft and bitsandbytes are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Iterator
 
 from vramplan.arch.spec import Arch
@@ -59,19 +60,24 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
     require_torch()
     from transformers import AutoConfig
 
-    cfg = dict(arch.config)
+    multimodal = arch.vision is not None  # the whole multimodal config, the decoder in text_config or flat
+    cfg = dict(arch.vision.outer) if multimodal else dict(arch.config)
     model_type = arch.model_type
     cfg.pop("model_type", None)
     for key in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype"):
         cfg.pop(key, None)
+    text = cfg
+    if multimodal and isinstance(cfg.get("text_config"), dict):
+        text = cfg["text_config"] = dict(cfg["text_config"])
+        text.pop("dtype", None), text.pop("torch_dtype", None)
     if layers is not None:
         if not 1 <= layers <= arch.num_layers:
             raise TraceUnsupported(f"layers must be between 1 and {arch.num_layers}, got {layers}")
-        cfg["num_hidden_layers"] = layers
-        if isinstance(cfg.get("layer_types"), list):
-            cfg["layer_types"] = cfg["layer_types"][:layers]
-        if isinstance(cfg.get("mlp_only_layers"), list):
-            cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
+        text["num_hidden_layers"] = layers
+        if isinstance(text.get("layer_types"), list):
+            text["layer_types"] = text["layer_types"][:layers]
+        if isinstance(text.get("mlp_only_layers"), list):
+            text["mlp_only_layers"] = [i for i in text["mlp_only_layers"] if i < layers]
     cfg["use_cache"] = False
     with transformers_rejects(arch):
         config = AutoConfig.for_model(model_type, **cfg)
@@ -174,8 +180,11 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
 
     config = hf_config(arch, layers)
     dtype = torch_dtype(scenario)
+    auto = AutoModelForCausalLM
+    if arch.vision is not None:  # the multimodal model itself (tower, projector, decoder, lm_head)
+        from transformers import AutoModelForImageTextToText as auto
     with torch.device("meta"), transformers_rejects(arch):
-        model = AutoModelForCausalLM.from_config(
+        model = auto.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation(scenario)
         )
     qcfg = bnb_config(scenario)
@@ -184,7 +193,7 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
         from transformers.quantizers.base import get_keys_to_not_convert
 
         keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-        skip = list(set(get_keys_to_not_convert(model)) | set(keep_fp32))
+        skip = list(set(get_keys_to_not_convert(model)) | set(keep_fp32) | set(vision_skip_modules(arch, scenario)))
         model = replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=qcfg)
         # from_pretrained loads every non-quantized tensor in ``dtype`` (biases of the new bnb layers
         # were created in the default fp32 on meta).
@@ -196,6 +205,29 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
         model.is_loaded_in_8bit = scenario.quant is Quant.INT8
         model.config.quantization_config = qcfg
     return model
+
+
+def vision_skip_modules(arch: Arch, scenario: Scenario) -> list[str]:
+    """``llm_int8_skip_modules`` entries that keep a frozen vision tower and projector unquantized
+    (``Scenario.vision`` frozen: ms-swift's and Unsloth's skip lists); none otherwise."""
+    from vramplan.scenario import VisionMode
+
+    if arch.vision is None or scenario.vision is not VisionMode.FROZEN:
+        return []
+    return [f"model.{m}" for m in arch.vision.tower.modules]
+
+
+def freeze_vision(model: Any, arch: Arch, scenario: Scenario) -> None:
+    """Full fine-tuning with a frozen tower: its parameters keep ``requires_grad=False`` (ms-swift
+    ``freeze_vit`` / ``freeze_aligner``, LLaMA-Factory ``freeze_vision_tower``)."""
+    from vramplan.scenario import VisionMode
+
+    if arch.vision is None or scenario.vision is VisionMode.TRAINED:
+        return
+    prefixes = tuple(f"model.{m}." for m in arch.vision.tower.modules)
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
 
 
 def apply_recipe(model: Any, scenario: Scenario) -> Any:
@@ -252,11 +284,12 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     if scenario.full:
         for p in model.parameters():
             p.requires_grad_(True)
+        freeze_vision(model, arch, scenario)
         return model
     from peft import get_peft_model
 
     try:
-        model = get_peft_model(model, lora_config(scenario))
+        model = get_peft_model(model, lora_config(scenario, arch))
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "ParamWrapper" in msg and "dropout" in msg:
@@ -279,12 +312,19 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     return model
 
 
-def lora_config(scenario: Scenario) -> Any:
+def lora_config(scenario: Scenario, arch: Arch | None = None) -> Any:
     """peft's ``LoraConfig`` of the scenario (alpha = 2r, no bias), shared with the framework trainers'
     profiles (``vramplan.profile.frameworks``)."""
     from peft import LoraConfig
 
     targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
+    if arch is not None and arch.vision is not None and scenario.vision.value != "trained":
+        # the decoder's linears only (ms-swift's regex over the language model; LLaMA-Factory's
+        # freeze_vision_tower drops the tower's modules from the targets)
+        names = arch.linear_names() if targets == "all-linear" else list(scenario.targets)
+        heads = [n for n in names if n == "lm_head"]
+        body = "|".join(sorted({re.escape(n) for n in names if n != "lm_head"}))
+        targets = rf"^model\.language_model\..*\.({body})$" + ("|^lm_head$" if heads else "")
     return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=scenario.dora,
                       modules_to_save=list(scenario.modules_to_save) or None)
