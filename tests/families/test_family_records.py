@@ -26,6 +26,14 @@ _SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num
               vocab_size=1024)
 _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2)
 
+#: Shrunk vision towers (``_vision``: overrides of the nested vision_config): 2 blocks of width 128.
+_QWEN25_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                   fullatt_block_indexes=[1])
+_QWEN3_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                  deepstack_visual_indexes=[0], num_position_embeddings=64)
+_QWEN3_ROPE = {"mrope_interleaved": True, "mrope_section": [16, 8, 8], "rope_type": "default"}
+_PIXTRAL_VIS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
+
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama-3.2-1B", _SMALL),
@@ -38,6 +46,12 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    # multimodal: the decoder shrunk as above (mrope sections re-cut for head_dim 64), a 2-block tower
+    "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct", dict(_SMALL, rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
+                                                  _vision=_QWEN25_VIS)),
+    "qwen3_vl": ("Qwen3-VL-8B-Instruct", dict(_SMALL, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS)),
+    "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS)),
+    "mistral3": ("Mistral-Small-3.1-24B-Instruct-2503", dict(_SMALL, _vision=_PIXTRAL_VIS)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -45,6 +59,8 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
+    "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
@@ -59,6 +75,8 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
     cfg = dict(resolve(name).config) if "text_config" not in raw and "vision_config" not in raw else dict(raw)
     target = cfg if "text_config" not in cfg else cfg.setdefault("text_config", {})
     target.update({k: v for k, v in over.items() if not k.startswith("_")})
+    if "rope_scaling" in over:  # a published rope_parameters would override the shrunk sections
+        target.pop("rope_parameters", None)
     target["num_hidden_layers"] = layers
     for key in _PER_LAYER_LISTS:
         value = target.get(key)

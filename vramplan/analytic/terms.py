@@ -440,11 +440,11 @@ def _vision_weights(arch: Arch, s: Scenario, d: act.Dtypes, quantized: bool, unq
     Trained in full (``--full --vision trained``), they join the trainable groups ``unq``."""
     v = arch.vision
     rows: list[_Row] = [("weights/vision_buffers", "weights", av.tower_buffer_bytes(v),
-                         f"{v.tower.model_type} rotary inv_freq / original_inv_freq (fp32), 512 B blocks")]
+                         "vision tower rotary inv_freq / original_inv_freq (fp32), 512 B blocks")]
     if quantized:
         rows.append(("weights/vision_biases", "weights", v.bias_params * d.c, f"bitsandbytes layers' biases, {d.c} B/param"))
         rows.append(("weights/vision", "weights", v.other_params * d.other_w,
-                     f"{v.tower.model_type} norms, patch embedding, position table: {d.other_w} B/param"))
+                     f"vision tower norms, patch embedding, position table: {d.other_w} B/param"))
         return rows
     n = v.total_params
     if s.full and av.tower_trains(arch, s):
@@ -452,7 +452,7 @@ def _vision_weights(arch: Arch, s: Scenario, d: act.Dtypes, quantized: bool, unq
         rows.append(("adapter/vision", "adapter", n * d.base_w, f"vision tower trained, {d.base_w} B/param"))
     else:
         b = d.base_w if s.full else d.other_w
-        rows.append(("weights/vision", "weights", n * b, f"{v.tower.model_type} tower and projector, frozen, {b} B/param"))
+        rows.append(("weights/vision", "weights", n * b, f"vision tower and projector, frozen, {b} B/param"))
     return rows
 
 

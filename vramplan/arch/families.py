@@ -176,9 +176,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen3_vl", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLTextModel: Qwen3 layers)", qk_norm=True,
            multimodal=True),
     Family("qwen3_vl_moe", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeTextModel: Qwen3-MoE layers)",
-           qk_norm=True, moe=MOE_QWEN, multimodal=True,
-           expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
-                                "down_proj": "down"}),
+           qk_norm=True, moe=MOE_QWEN, multimodal=True),  # peft 0.21 maps no v4 expert names for it
     Family("mistral3", "models/mistral3/modeling_mistral3.py (Mistral3Model: a MistralModel under text_config)",
            sliding_rule=SLIDE_ALL, multimodal=True, tie_default=True),
 )}
