@@ -32,6 +32,8 @@ _QWEN25_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4,
 _QWEN3_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
                   deepstack_visual_indexes=[0], num_position_embeddings=64)
 _QWEN3_ROPE = {"mrope_interleaved": True, "mrope_section": [16, 8, 8], "rope_type": "default"}
+#: Qwen's image, video and vision start/end token ids moved into the shrunk vocabulary (``_top``).
+_QWEN_IDS = dict(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003)
 _PIXTRAL_VIS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
 
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
@@ -48,9 +50,10 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
     # multimodal: the decoder shrunk as above (mrope sections re-cut for head_dim 64), a 2-block tower
     "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct", dict(_SMALL, rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
-                                                  _vision=_QWEN25_VIS)),
-    "qwen3_vl": ("Qwen3-VL-8B-Instruct", dict(_SMALL, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS)),
-    "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS)),
+                                                  _vision=_QWEN25_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl": ("Qwen3-VL-8B-Instruct", dict(_SMALL, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS,
+                                                       _top=_QWEN_IDS)),
     "mistral3": ("Mistral-Small-3.1-24B-Instruct-2503", dict(_SMALL, _vision=_PIXTRAL_VIS)),
 }
 

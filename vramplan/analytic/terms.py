@@ -261,6 +261,15 @@ class StaticTerms:
     keep on the device (their norms' deduplicated fp32 inputs and rsqrt, ``offload.trl_resident_bytes``),
     and the shared rotary tables' bytes per sequence position (``offload.trl_rope_resident``); zeros
     otherwise."""
+    image_batch: int = 0
+    """A multimodal batch's image inputs per sample, alive all step (``vision.pixel_bytes``)."""
+    image_saved: int = 0
+    """Bytes per sample the images leave saved from the forward to the end of the decoder's backward
+    (``vision.tower_saved_bytes``)."""
+    image_step: int = 0
+    """Bytes per step the same (the merger's autocast weight copies)."""
+    image_tok: int = 0
+    """Bytes per token the placeholder scatter keeps beside layer 0's input (``vision.tower_saved_bytes``)."""
     trl_node: tuple[int, int] = (0, 0)
     """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
     last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
@@ -372,7 +381,18 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
                                        (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
         **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload,
-        **_trl_terms(arch, s, d, attn.value, train.targets))
+        **_trl_terms(arch, s, d, attn.value, train.targets), **_image_terms(arch, s, d))
+
+
+def _image_terms(arch: Arch, s: Scenario, d: act.Dtypes) -> dict:
+    """``StaticTerms.image_*``: a multimodal model's images (``vramplan.analytic.vision``); none
+    for a text-only model or no images (every other estimate keeps the defaults)."""
+    if arch.vision is None or not s.images:
+        return {}
+    a = d.c if d.autocast else d.other_w  # the tower's activations: autocast's dtype, else its weights'
+    per, step = av.tower_saved_bytes(arch, s, a, d.other_w, d.resid0)
+    return dict(image_batch=av.pixel_bytes(arch.vision, s), image_saved=per, image_step=step,
+                image_tok=arch.hidden_size * d.resid0 if (per or step) else 0)
 
 
 def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:

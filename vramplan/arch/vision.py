@@ -57,6 +57,18 @@ class Tower:
     """Element counts of its fp32 buffers (one tensor each)."""
     grid: Callable[["Vision", int, int], tuple[int, int, int]]
     """(vision, width, height) -> (patches, merged features, placeholder tokens) of one image."""
+    inputs: str = "grid_thw"
+    """How the processor hands images to the model: ``grid_thw`` (Qwen: ``pixel_values`` of shape
+    (patches, C·tp·p·p) and ``image_grid_thw``) or ``image_sizes`` (Pixtral: ``pixel_values`` of
+    shape (images, C, h, w) and ``image_sizes``)."""
+    pixels: tuple[int, int] = (0, 0)
+    """Qwen: the processor's (min_pixels, max_pixels) of ``smart_resize``."""
+    walk: str = ""
+    """The name of its saved-tensor walk in ``vramplan.analytic.vision.SAVED`` (what its images
+    leave saved); empty: not priced yet (weights only)."""
+    deepstack: bool = False
+    """Reads ``deepstack_visual_indexes`` (Qwen3-VL: one extra merger per index, whose outputs are
+    added to the first decoder layers' hidden states)."""
 
 
 @dataclass(frozen=True)
@@ -139,17 +151,15 @@ QWEN25_PIXELS = (3136, 12845056)
 QWEN3_PIXELS = (65536, 16777216)
 
 
-def _qwen_grid(pixels: tuple[int, int]) -> Callable[[Vision, int, int], tuple[int, int, int]]:
-    def grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
-        """The processor's ``image_grid_thw`` = (1, h/p, w/p) after ``smart_resize`` (an image is one
-        temporal patch: the processor repeats it ``temporal_patch_size`` times): patches = h·w/p²,
-        features = tokens = patches / merge² (``processing_qwen2_vl.py``: one ``<|image_pad|>`` per
-        merged feature)."""
-        p, m = v.get("patch_size"), v.get("spatial_merge_size")
-        h, w = smart_resize(height, width, p * m, *pixels)
-        patches = (h // p) * (w // p)
-        return patches, patches // (m * m), patches // (m * m)
-    return grid
+def _qwen_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """The processor's ``image_grid_thw`` = (1, h/p, w/p) after ``smart_resize`` with the tower's
+    ``pixels`` bounds (an image is one temporal patch: the processor repeats it
+    ``temporal_patch_size`` times): patches = h·w/p², features = tokens = patches / merge²
+    (``processing_qwen2_vl.py``: one ``<|image_pad|>`` per merged feature)."""
+    p, m = v.get("patch_size"), v.get("spatial_merge_size")
+    h, w = smart_resize(height, width, p * m, *v.tower.pixels)
+    patches = (h // p) * (w // p)
+    return patches, patches // (m * m), patches // (m * m)
 
 
 def _qwen_buffers(v: Vision) -> tuple[int, ...]:
@@ -181,6 +191,12 @@ def _qwen25_params(v: Vision) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------- qwen3_vl_vision
+def _deepstack(v: Vision) -> int:
+    """Deepstack mergers: one per ``deepstack_visual_indexes`` entry (Qwen3-VL); none for Qwen3.5's
+    tower, whose config class has no such field."""
+    return len(v.get("deepstack_visual_indexes") or ()) if v.tower.deepstack else 0
+
+
 def _qwen3_linears(v: Vision) -> list["Linear"]:
     """``Qwen3VLVisionBlock`` × depth: ``attn.qkv``, ``attn.proj``, ``mlp.linear_fc1`` (H -> I),
     ``mlp.linear_fc2``, with bias; ``Qwen3VLVisionPatchMerger`` ``merger`` and one per
@@ -188,7 +204,7 @@ def _qwen3_linears(v: Vision) -> list["Linear"]:
     ``linear_fc2`` (4H -> text width), with bias."""
     H, I, D = v.get("hidden_size"), v.get("intermediate_size"), v.get("depth")
     M = H * v.get("spatial_merge_size") ** 2
-    out, k = v.get("out_hidden_size"), 1 + len(v.get("deepstack_visual_indexes") or ())
+    out, k = v.get("out_hidden_size"), 1 + _deepstack(v)
     return [_lin("attn.qkv", VISION, H, 3 * H, True, D), _lin("attn.proj", VISION, H, H, True, D),
             _lin("mlp.linear_fc1", VISION, H, I, True, D), _lin("mlp.linear_fc2", VISION, I, H, True, D),
             _lin("merger.linear_fc1", PROJECTOR, M, M, True, k), _lin("merger.linear_fc2", PROJECTOR, M, out, True, k)]
@@ -200,7 +216,7 @@ def _qwen3_params(v: Vision) -> dict[str, int]:
     deepstack merger's over 4H (``use_postshuffle_norm=True``)."""
     H, p, tp, C = v.get("hidden_size"), v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
     M = H * v.get("spatial_merge_size") ** 2
-    ds = len(v.get("deepstack_visual_indexes") or ())
+    ds = _deepstack(v)
     return {"patch_embed": H * C * tp * p * p + H, "pos_embed": v.get("num_position_embeddings") * H,
             "norms": 4 * H * v.get("depth") + 2 * H + ds * 2 * M}
 
@@ -264,26 +280,37 @@ _QWEN25_DEFAULTS = dict(depth=32, hidden_size=3584, intermediate_size=3420, num_
 _QWEN3_DEFAULTS = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3, patch_size=16,
                        spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=3584, num_position_embeddings=2304,
                        deepstack_visual_indexes=[8, 16, 24])
+_QWEN35_DEFAULTS = {k: v for k, v in _QWEN3_DEFAULTS.items() if k != "deepstack_visual_indexes"}
 
 #: Every vision tower kind (the one place a tower is registered), by ``vision_config`` ``model_type``.
 TOWERS: dict[str, Tower] = {t.model_type: t for t in (
     Tower("qwen2_5_vl_vision", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VisionTransformerPretrainedModel)",
-          ("visual",), _QWEN25_DEFAULTS, _qwen25_linears, _qwen25_params, _qwen_buffers, _qwen_grid(QWEN25_PIXELS)),
+          ("visual",), _QWEN25_DEFAULTS, _qwen25_linears, _qwen25_params, _qwen_buffers, _qwen_grid, pixels=QWEN25_PIXELS,
+          walk="qwen2_5"),
     Tower("qwen3_vl_vision", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLVisionModel)",
-          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid(QWEN3_PIXELS)),
+          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          deepstack=True),
     Tower("qwen3_vl_moe_vision", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeVisionModel)",
-          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid(QWEN3_PIXELS)),
+          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          deepstack=True),
+    # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
+    # to keep Qwen3-VL's pixel bounds
+    Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
+          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+    Tower("qwen3_5_moe_vision", "models/qwen3_5_moe/modeling_qwen3_5_moe.py (Qwen3_5MoeVisionModel)",
+          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
           "(Mistral3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
                image_size=1024, patch_size=16, head_dim=None),
-          _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid),
+          _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes"),
 )}
 
 #: Outer model_type -> the ``vision_config`` model_type its config class fills in when the config.json
 #: omits it (Qwen2.5-VL's published configs do).
 DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": "qwen3_vl_vision",
-                                 "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral"}
+                                 "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
+                                 "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision"}
 
 
 def vision_of(outer: Mapping[str, Any], text_hidden: int) -> Vision | None:

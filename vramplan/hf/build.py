@@ -541,8 +541,76 @@ def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, arch.vocab_size, batch_shape(scenario), generator=g)
+    if arch.vision is not None:  # no stray image placeholder among the random text ids
+        image_id = arch.vision.outer.get("image_token_id", arch.vision.outer.get("image_token_index"))
+        ids[ids == image_id] = 0
+        for key in ("video_token_id", "vision_start_token_id"):
+            if arch.vision.outer.get(key) is not None:
+                ids[ids == arch.vision.outer[key]] = 0
+    images = {k: t.to(device) for k, t in vision_inputs(arch, scenario, ids).items()}
     ids = ids.to(device)
-    return {"input_ids": ids, "labels": ids.clone(), **layout_inputs(scenario, device)}
+    return {"input_ids": ids, "labels": ids.clone(), **images, **layout_inputs(scenario, device)}
+
+
+def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
+    """The processor's image inputs for ``scenario.images`` images per sample of ``image_size``, and
+    their placeholder tokens written into ``ids`` (in place, from position 1 on: Qwen's
+    ``<|vision_start|>`` + one ``<|image_pad|>`` per merged feature + ``<|vision_end|>``; Mistral 3's
+    rows of ``[IMG]`` per feature, each closed by a break token, here a text id). ``pixel_values``
+    in fp32, as the processors return them (the model casts them to the tower's dtype):
+
+    - Qwen (``Tower.inputs`` ``grid_thw``): ``pixel_values`` (images · patches, C·tp·p²) and
+      ``image_grid_thw`` (images, 3) = (1, h/p, w/p) (transformers 5.24 ``image_processing_qwen2_vl.py``);
+    - Pixtral: ``pixel_values`` (images, C, h, w) and ``image_sizes`` (images, 2) = (h, w) after the
+      resize (``image_processing_pixtral.py``).
+    Empty for a text-only model or no images."""
+    import torch
+
+    v = arch.vision
+    if v is None or not scenario.images:
+        return {}
+    n = scenario.images * ids.shape[0]
+    W, H = scenario.image_wh
+    patches, features, tokens = v.image(W, H)
+    if scenario.images * (tokens + 2) + 1 > ids.shape[1]:
+        raise TraceUnsupported(f"{scenario.images} image(s) of {tokens} tokens each do not fit in --seq {scenario.seq}")
+    image_id = v.outer.get("image_token_id", v.outer.get("image_token_index"))
+    start, end = v.outer.get("vision_start_token_id"), v.outer.get("vision_end_token_id")
+    pos = 1
+    for _ in range(scenario.images):
+        if v.tower.inputs == "grid_thw":
+            for tok, width in ((start, 1), (image_id, features), (end, 1)):
+                if tok is not None:
+                    ids[:, pos:pos + width] = tok
+                    pos += width
+        else:
+            rows = tokens - features  # one break token per row of merged features
+            for _r in range(rows):
+                ids[:, pos:pos + features // rows] = image_id
+                pos += features // rows + 1
+    if v.tower.inputs == "grid_thw":
+        p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
+        gh, gw = _qwen_grid_sides(v, W, H)
+        return {"pixel_values": torch.zeros(n * patches, C * tp * p * p, dtype=torch.float32),
+                "image_grid_thw": torch.tensor([[1, gh, gw]] * n, dtype=torch.long)}
+    P = v.get("patch_size") * v.outer.get("spatial_merge_size", 2)
+    rows = tokens - features
+    h, w = rows * P, (features // rows) * P
+    return {"pixel_values": torch.zeros(n, v.get("num_channels"), h, w, dtype=torch.float32),
+            "image_sizes": torch.tensor([[h, w]] * n, dtype=torch.long)}
+
+
+def _qwen_grid_sides(v: Any, width: int, height: int) -> tuple[int, int]:
+    """(h/p, w/p) of a Qwen image after the processor's resize (``Vision.image``'s grid)."""
+    from vramplan.arch import vision as vis
+
+    p, m = v.get("patch_size"), v.get("spatial_merge_size")
+    h, w = vis.smart_resize(height, width, p * m, *v.tower.pixels)
+    return h // p, w // p
+
+
+#: The image inputs a multimodal batch carries (``vision_inputs``), passed to the model's forward.
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
 
 
 def batch_shape(scenario: Scenario) -> tuple[int, int]:
@@ -603,7 +671,7 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
     import torch
 
     ids, labels = batch["input_ids"], batch["labels"]
-    extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+    extra = {k: batch[k] for k in ("position_ids", "attention_mask", *IMAGE_KEYS) if k in batch}
     if scenario.loss is Loss.LEGACY:
         outputs = model(input_ids=ids, use_cache=False, **extra)
         outputs["logits"] = outputs["logits"].float()
