@@ -270,6 +270,8 @@ class StaticTerms:
     """Bytes per step the same (the merger's autocast weight copies)."""
     image_tok: int = 0
     """Bytes per token the placeholder scatter keeps beside layer 0's input (``vision.tower_saved_bytes``)."""
+    image_quad: int = 0
+    """Bytes per sample² the same (Pixtral's block-diagonal mask over the micro-batch's images)."""
     trl_node: tuple[int, int] = (0, 0)
     """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
     last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
@@ -392,7 +394,8 @@ def _image_terms(arch: Arch, s: Scenario, d: act.Dtypes) -> dict:
     a = d.c if d.autocast else d.other_w  # the tower's activations: autocast's dtype, else its weights'
     per, step = av.tower_saved_bytes(arch, s, a, d.other_w, d.resid0)
     return dict(image_batch=av.pixel_bytes(arch.vision, s), image_saved=per, image_step=step,
-                image_tok=arch.hidden_size * d.resid0 if (per or step) else 0)
+                image_tok=arch.hidden_size * d.resid0 if av.keeps_embedding_copy(arch, s) else 0,
+                image_quad=av.tower_mask_bytes(arch, s, d.other_w))
 
 
 def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:
