@@ -368,12 +368,12 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
-        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s)
+        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) + av.vision_notes(arch, s)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
         grad_total=train.grad_total,
-        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad) // arch.num_layers,
+        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad - train.vision_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
         paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
@@ -510,11 +510,13 @@ class _Trainable:
     paged: int
     embed_grad: int = 0
     opt_temp: int = 0
+    vision_grad: int = 0
 
 
 def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int, int]]) -> _Trainable:
     """LoRA adapters (or every weight, full), their optimizer state, and their gradients' sizes."""
     rows: list[_Row] = []
+    vision_grad = 0  # the tower's adapter gradients: made by the tower's backward, after every decoder layer's
     if s.full:
         targets: tuple[Linear, ...] = ()
         qlins = arch.quantizable_linears()
@@ -524,7 +526,13 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     else:
         targets = ad.target_linears(arch, s.targets, s.rank)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
-        n_lora = sum(n * k for n, k in sizes)
+        # ``--vision trained``: LoRA on the tower's linears too (``vision.tower_lora_targets``); with no
+        # image the tower never runs, its adapters get no gradient and AdamW makes no state for them
+        tower = ad.lora_tensor_sizes(av.tower_lora_targets(arch, s), s.rank)
+        tower_n = sum(n * k for n, k in tower)
+        sizes += tower if s.images else []
+        vision_grad = tower_n * s.adapter_dtype.nbytes if s.images else 0
+        n_lora = sum(n * k for n, k in sizes) + (0 if s.images else tower_n)
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
             sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
@@ -567,7 +575,7 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     grad_total = (n_train - sum(mts.values())) * pbytes + sum(mts_grad.values())
     opt_temp = ad.lora_fa_step_temp_bytes(targets, s.rank, pbytes, d.c) if s.lora_fa else 0
     return _Trainable(rows, targets, n_train, pbytes, grad_total, head_grad, tied_extra, paged,
-                      mts_grad.get("embed_tokens", 0), opt_temp)
+                      mts_grad.get("embed_tokens", 0), opt_temp, vision_grad)
 
 
 # ------------------------------------------------------------------------------ activations

@@ -182,4 +182,26 @@ def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
 
 
 #: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
-SAVED = {"qwen2_5": _qwen25_saved, "qwen3": _qwen3_saved, "pixtral": _pixtral_saved}
+SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved}
+
+
+def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
+    """The breakdown notes of a multimodal model's tower (none for a text-only model)."""
+    v = arch.vision
+    if v is None:
+        return ()
+    out: tuple[str, ...] = ()
+    if s.images:
+        patches, features, tokens = v.image(*s.image_wh)
+        out += (f"{s.images} image(s) of {s.image_size} per sample: {patches} patches, {tokens} placeholder tokens "
+                f"each, counted in --seq {s.seq}",)
+        if tokens * s.images > s.seq:
+            out += (f"the images' {tokens * s.images} placeholder tokens exceed --seq {s.seq}: the frameworks "
+                    "truncate or drop such samples",)
+        if tower_trains(arch, s):
+            out += ("--vision trained: the tower's adapters, gradients and optimizer state are priced; the "
+                    "activations its trained blocks save are not derived yet (the trace counts them)",)
+        elif not v.tower.walk:
+            out += (f"{v.tower.source.split(' ')[0]}: what its images leave saved under checkpointing is not derived yet "
+                    "(the pixel values are priced; the trace counts the rest)",)
+    return out

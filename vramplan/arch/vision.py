@@ -289,10 +289,10 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           walk="qwen2_5"),
     Tower("qwen3_vl_vision", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLVisionModel)",
           ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
-          deepstack=True, walk="qwen3"),
+          deepstack=True, walk="qwen3_vit"),
     Tower("qwen3_vl_moe_vision", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeVisionModel)",
           ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
-          deepstack=True, walk="qwen3"),
+          deepstack=True, walk="qwen3_vit"),
     # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
     # to keep Qwen3-VL's pixel bounds
     Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
