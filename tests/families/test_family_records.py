@@ -38,6 +38,16 @@ _MLA = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_k
 #: name the targets.
 _LLAMA4_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
+#: Shrunk vision towers (``_vision``: overrides of the nested vision_config): 2 blocks of width 128.
+_QWEN25_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                   fullatt_block_indexes=[1])
+_QWEN3_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                  deepstack_visual_indexes=[0], num_position_embeddings=64)
+_QWEN3_ROPE = {"mrope_interleaved": True, "mrope_section": [16, 8, 8], "rope_type": "default"}
+#: Qwen's image, video and vision start/end token ids moved into the shrunk vocabulary (``_top``).
+_QWEN_IDS = dict(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003)
+_PIXTRAL_VIS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
+
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama-3.2-1B", _SMALL),
@@ -79,6 +89,13 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     # layer 0 runs its own indexer (dsa), layer 1 reuses its top-k (mla)
     "glm_moe_dsa": ("GLM-5.1", dict(_MLA, index_n_heads=4, index_head_dim=32, index_topk=64,
                                     indexer_types=["full", "shared"])),
+    # multimodal: the decoder shrunk as above (mrope sections re-cut for head_dim 64), a 2-block tower
+    "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct", dict(_SMALL, rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
+                                                  _vision=_QWEN25_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl": ("Qwen3-VL-8B-Instruct", dict(_SMALL, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS,
+                                                       _top=_QWEN_IDS)),
+    "mistral3": ("Mistral-Small-3.1-24B-Instruct-2503", dict(_SMALL, _vision=_PIXTRAL_VIS)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -92,6 +109,8 @@ FULL: dict[str, str] = {
     "llama4_text": "vramplan-llama4-scout-text",
     "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
     "cohere2": "c4ai-command-r7b-12-2024",
+    "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
+    "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
@@ -116,9 +135,12 @@ def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
     layer-pattern string too)."""
     name, over = SHRUNK[model_type]
     layers = row_layers(model_type) if layers is None else layers
-    cfg = dict(resolve(name).config) if "text_config" not in _raw(name) else dict(_raw(name))
+    raw = _raw(name)
+    cfg = dict(resolve(name).config) if "text_config" not in raw and "vision_config" not in raw else dict(raw)
     target = cfg if "text_config" not in cfg else cfg.setdefault("text_config", {})
     target.update({k: v for k, v in over.items() if not k.startswith("_")})
+    if "rope_scaling" in over:  # a published rope_parameters would override the shrunk sections
+        target.pop("rope_parameters", None)
     target["num_hidden_layers"] = layers
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
@@ -131,6 +153,8 @@ def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
             target[key] = 0
     for key, value in over.get("_top", {}).items():  # overrides of a nested config's outer part
         cfg[key] = value
+    if "_vision" in over:  # overrides of a multimodal config's vision_config (a smaller tower)
+        cfg["vision_config"] = {**dict(cfg.get("vision_config") or {}), **over["_vision"]}
     return cfg
 
 
@@ -157,8 +181,9 @@ def test_shrunk_config_is_the_family(model_type):
 @pytest.mark.torch
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))
 def test_param_counts_match_transformers(model_type):
-    """Every parameter (``sum(numel)`` of the model built on the meta device) and the weights
-    bitsandbytes replaces (the ``Linear4bit`` modules of the same model built for NF4)."""
+    """Every parameter (``sum(numel)`` of the model built on the meta device: a multimodal model's
+    tower too, ``Arch.all_params``) and the weights bitsandbytes replaces (the ``Linear4bit`` modules of
+    the same model built for NF4; a frozen vision tower is skipped, a quantized one's are counted)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("bitsandbytes")
@@ -171,7 +196,11 @@ def test_param_counts_match_transformers(model_type):
     total = sum(p.numel() for p in meta_model(arch, Scenario(quant="none", attn="eager")).parameters())
     q4 = meta_model(arch, Scenario(attn="eager"))
     linear = sum(m.in_features * m.out_features for m in q4.modules() if isinstance(m, bnb.nn.Linear4bit))
-    assert (arch.total_params, arch.quantized_params) == (total, linear)
+    assert (arch.all_params, arch.quantized_params) == (total, linear)
+    if arch.vision is not None:
+        q4v = meta_model(arch, Scenario(attn="eager", vision="quantized"))
+        linear_v = sum(m.in_features * m.out_features for m in q4v.modules() if isinstance(m, bnb.nn.Linear4bit))
+        assert arch.quantized_params + arch.vision.linear_weight_params == linear_v
 
 
 def _both(model_type: str, **kw: Any):
@@ -225,5 +254,23 @@ def test_full_size_entry_within_1_percent(model_type):
     arch, sc = resolve(FULL[model_type]), Scenario(seq=2048, rank=16, **drop, **row_scenario(model_type))
     theirs = trace(arch, sc, device="cuda")
     ours = estimate(arch, sc, device="cuda")
+    err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
+    assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
+
+
+#: The multimodal families (a vision tower kind each) and the scenarios of their image rows.
+_MULTIMODAL = sorted(t for t in SHRUNK if FAMILIES[t].multimodal)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("gc", [True, False], ids=["gc", "no-gc"])
+@pytest.mark.parametrize("model_type", _MULTIMODAL)
+def test_images_within_1_percent_of_trace(model_type, gc):
+    """One 224×224 image per sample (Qwen2.5-VL / Qwen3-VL: 256 patches, 64 tokens; Pixtral: 256
+    patches, 64 features, 72 tokens) on the shrunk model and tower, both engines (the trace on real
+    CPU tensors: the vision path reads tensor values)."""
+    if not gc and model_type != "qwen2_5_vl":
+        pytest.skip("without checkpointing a frozen tower saves nothing: one row (qwen2_5_vl) checks it")
+    arch, ours, theirs = _both(model_type, grad_checkpointing=gc, images=1, image_size="224x224")
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
     assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"

@@ -21,6 +21,7 @@ from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
 from vramplan.analytic import mixers as mx
+from vramplan.analytic import vision as av
 from vramplan.analytic import weights as wt
 from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
@@ -312,6 +313,17 @@ class StaticTerms:
     keep on the device (their norms' deduplicated fp32 inputs and rsqrt, ``offload.trl_resident_bytes``),
     and the shared rotary tables' bytes per sequence position (``offload.trl_rope_resident``); zeros
     otherwise."""
+    image_batch: int = 0
+    """A multimodal batch's image inputs per sample, alive all step (``vision.pixel_bytes``)."""
+    image_saved: int = 0
+    """Bytes per sample the images leave saved from the forward to the end of the decoder's backward
+    (``vision.tower_saved_bytes``)."""
+    image_step: int = 0
+    """Bytes per step the same (the merger's autocast weight copies)."""
+    image_tok: int = 0
+    """Bytes per token the placeholder scatter keeps beside layer 0's input (``vision.tower_saved_bytes``)."""
+    image_quad: int = 0
+    """Bytes per sample² the same (Pixtral's block-diagonal mask over the micro-batch's images)."""
     trl_node: tuple[int, int] = (0, 0)
     """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
     last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
@@ -409,12 +421,12 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + checkpoint_notes(arch, s) + layer.notes + loss_notes(arch, s, d) \
         + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) \
-        + mx.kind_notes(arch, d, s.rank, _target_set(arch, s, train.targets))
+        + mx.kind_notes(arch, d, s.rank, _target_set(arch, s, train.targets)) + av.vision_notes(arch, s)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
         grad_total=train.grad_total,
-        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad) // arch.num_layers,
+        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad - train.vision_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
         paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
@@ -424,7 +436,19 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
                                        (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
         **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload,
-        **_trl_terms(arch, s, d, attn.value, train.targets))
+        **_trl_terms(arch, s, d, attn.value, train.targets), **_image_terms(arch, s, d))
+
+
+def _image_terms(arch: Arch, s: Scenario, d: act.Dtypes) -> dict:
+    """``StaticTerms.image_*``: a multimodal model's images (``vramplan.analytic.vision``); none
+    for a text-only model or no images (every other estimate keeps the defaults)."""
+    if arch.vision is None or not s.images:
+        return {}
+    a = d.c if d.autocast else d.other_w  # the tower's activations: autocast's dtype, else its weights'
+    per, step = av.tower_saved_bytes(arch, s, a, d.other_w, d.resid0)
+    return dict(image_batch=av.pixel_bytes(arch.vision, s), image_saved=per, image_step=step,
+                image_tok=arch.hidden_size * d.resid0 if av.keeps_embedding_copy(arch, s) else 0,
+                image_quad=av.tower_mask_bytes(arch, s, d.other_w))
 
 
 def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:
@@ -458,8 +482,9 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     buffers, and the unquantized parameter groups. Returns (rows, unquantized groups as (group,
     elements, bytes per element)); under full fine-tuning the groups are trainable ``adapter/`` rows."""
     qlins = arch.quantizable_linears()
+    vlins = av.tower_quantized_linears(arch, s)  # the vision tower's, when bitsandbytes replaces them
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
-    rows: list[_Row] = _base_linears(qlins, s, d, n_q)
+    rows: list[_Row] = _base_linears(qlins + vlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
@@ -485,7 +510,33 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
             rows.append((f"adapter/{nm}", "adapter", n * b, f"trainable, {b} B/param"))
         else:
             rows.append((f"weights/{nm}", "weights", n * b, f"unquantized, {b} B/param"))
+    if arch.vision is not None:
+        rows += _vision_weights(arch, s, d, bool(vlins), unq)
     return rows, unq
+
+
+def _vision_weights(arch: Arch, s: Scenario, d: act.Dtypes, quantized: bool, unq: list) -> list[_Row]:
+    """The vision tower and projector beside the decoder (``vramplan.analytic.vision``): its buffers,
+    and its floating parameters (every one, or all but the linear weights bitsandbytes packed, which
+    ``_base_linears`` prices with the decoder's): biases of bitsandbytes layers in the compute dtype,
+    the rest as the recipe leaves unquantized parameters (fp32 after a k-bit preparation's upcast).
+    Trained in full (``--full --vision trained``), they join the trainable groups ``unq``."""
+    v = arch.vision
+    rows: list[_Row] = [("weights/vision_buffers", "weights", av.tower_buffer_bytes(v),
+                         "vision tower rotary inv_freq / original_inv_freq (fp32), 512 B blocks")]
+    if quantized:
+        rows.append(("weights/vision_biases", "weights", v.bias_params * d.c, f"bitsandbytes layers' biases, {d.c} B/param"))
+        rows.append(("weights/vision", "weights", v.other_params * d.other_w,
+                     f"vision tower norms, patch embedding, position table: {d.other_w} B/param"))
+        return rows
+    n = v.total_params
+    if s.full and av.tower_trains(arch, s):
+        unq.append(("vision", n, d.base_w))
+        rows.append(("adapter/vision", "adapter", n * d.base_w, f"vision tower trained, {d.base_w} B/param"))
+    else:
+        b = d.base_w if s.full else d.other_w
+        rows.append(("weights/vision", "weights", n * b, f"vision tower and projector, frozen, {b} B/param"))
+    return rows
 
 
 def _base_linears(qlins: tuple[Linear, ...], s: Scenario, d: act.Dtypes, n_q: int) -> list[_Row]:
@@ -519,11 +570,13 @@ class _Trainable:
     paged: int
     embed_grad: int = 0
     opt_temp: int = 0
+    vision_grad: int = 0
 
 
 def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int, int]]) -> _Trainable:
     """LoRA adapters (or every weight, full), their optimizer state, and their gradients' sizes."""
     rows: list[_Row] = []
+    vision_grad = 0  # the tower's adapter gradients: made by the tower's backward, after every decoder layer's
     if s.full:
         targets: tuple[Linear, ...] = ()
         qlins = arch.quantizable_linears()
@@ -539,6 +592,13 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
         n_lora = sum(n * k for n, k in sizes)
         if len(trained) < len(targets):
             sizes = ad.lora_tensor_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
+        # ``--vision trained``: LoRA on the tower's linears too (``vision.tower_lora_targets``); with no
+        # image the tower never runs, its adapters get no gradient and AdamW makes no state for them
+        tower = ad.lora_tensor_sizes(av.tower_lora_targets(arch, s), s.rank)
+        tower_n = sum(n * k for n, k in tower)
+        sizes += tower if s.images else []
+        vision_grad = tower_n * s.adapter_dtype.nbytes if s.images else 0
+        n_lora += tower_n
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
             sizes = ad.lora_fa_trainable_sizes(trained, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
@@ -581,7 +641,7 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     grad_total = (n_train - sum(mts.values())) * pbytes + sum(mts_grad.values())
     opt_temp = ad.lora_fa_step_temp_bytes(targets, s.rank, pbytes, d.c) if s.lora_fa else 0
     return _Trainable(rows, targets, n_train, pbytes, grad_total, head_grad, tied_extra, paged,
-                      mts_grad.get("embed_tokens", 0), opt_temp)
+                      mts_grad.get("embed_tokens", 0), opt_temp, vision_grad)
 
 
 # ------------------------------------------------------------------------------ activations

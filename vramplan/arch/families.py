@@ -252,6 +252,13 @@ class Family:
     parallel_block: bool = False
     """Attention and MLP read the same normalized input and both add to the residual
     (``Cohere2DecoderLayer``: ``residual + attn(h) + mlp(h)``, one norm per layer)."""
+    multimodal: bool = False
+    """An outer multimodal ``model_type`` (its config.json nests the decoder in ``text_config``, or is
+    flat, beside a ``vision_config``): the record describes its text decoder, ``vramplan.arch.vision``
+    its tower; ``tie_word_embeddings`` is read from the outer config (transformers 5 ties on it)."""
+    tie_reads_text: bool = False
+    """The outer config also ties when its ``text_config`` says so (Qwen2.5-VL's pre-v5 saves:
+    ``Qwen2_5_VLConfig.__post_init__``)."""
 
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
@@ -500,6 +507,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("glm_moe_dsa", "models/glm_moe_dsa/modeling_glm_moe_dsa.py", **dict(_DEEPSEEK, mixer="dsa"),
            mixer_rule="indexer_types", dsa_mask=True,
            class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
+    # multimodal checkpoints: the text decoder's record (the tower is vramplan.arch.vision's)
+    Family("qwen2_5_vl", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VLTextModel: Qwen2 layers)",
+           qkv_bias=True, sliding_rule=SLIDE_FROM_MAX_WINDOW, multimodal=True, tie_reads_text=True),
+    Family("qwen3_vl", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLTextModel: Qwen3 layers)", qk_norm=True,
+           multimodal=True),
+    Family("qwen3_vl_moe", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeTextModel: Qwen3-MoE layers)",
+           qk_norm=True, moe=MOE_QWEN, multimodal=True),  # peft 0.21 maps no v4 expert names for it
+    Family("mistral3", "models/mistral3/modeling_mistral3.py (Mistral3Model: a MistralModel under text_config)",
+           sliding_rule=SLIDE_ALL, multimodal=True, tie_default=True),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
