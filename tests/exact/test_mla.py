@@ -6,7 +6,7 @@ Shapes: transformers 5.24 ``modeling_deepseek_v3.py`` (``DeepseekV3Attention``, 
 
 from __future__ import annotations
 
-from vramplan.analytic.activations import Dtypes, _Walk, sigmoid_router_saved
+from vramplan.analytic.activations import Dtypes, _Walk, router_saved
 from vramplan.analytic.adapters import target_linears
 from vramplan.analytic.mixers import mla_walk
 from vramplan.arch import Arch, resolve
@@ -62,8 +62,9 @@ def test_peft_all_linear_skips_the_dense_and_shared_mlps():
 def test_sigmoid_router_saved():
     """E 8 in 2 groups, top-2, topk_group 1, bf16 autocast: sigmoid output 2·8 = 16, the group topk(2)
     indices 16·2 = 32, the group topk 8·1 = 8, the bool mask 8, the expert topk/gather index 8·2 = 16,
-    the renormalisation 4 + 4·2 = 12: 92 B per token."""
-    assert sigmoid_router_saved(Arch.from_config(SMALL, name="small"), QLORA) == 92
+    the renormalisation 4 + 4·2 = 12: 92 B per token; fixed, autocast's bf16 copy of the fp32 router
+    weight, 2·8·256 = 4,096."""
+    assert router_saved(Arch.from_config(SMALL, name="small"), QLORA) == (92, 4096)
 
 
 def test_mla_walk():
