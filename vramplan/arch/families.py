@@ -81,6 +81,10 @@ class Family:
     ``layer_types`` (``layer_mixers``)."""
     ffn_rule: str | None = None
     """How to read which layers have no feed-forward block (``ffn_free_layers``); None: all have one."""
+    layout: str | None = None
+    """Modules outside the decoder layers and the token embedding that the family adds, and buffers
+    beyond the rotary ones (``vramplan.arch.layouts.LAYOUTS``: Gemma 4's per-layer input embeddings
+    and their projection); None: none."""
     expert_lora_targets: Mapping[str, str] = field(default_factory=dict)
     """v4 module name -> the fused part peft 0.21 adapts for it (``router``, ``gate_up``, ``down``):
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
@@ -144,6 +148,24 @@ _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_inp
                rotary_per_layer_type=True, scaled_embedding=True, sliding_rule=SLIDE_PATTERN,
                class_defaults=dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208))
 
+def _gemma4_mixers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    from vramplan.arch.mixers import gemma4_kinds
+    return gemma4_kinds(cfg, num_layers)
+
+
+MIXER_RULES["gemma4"] = _gemma4_mixers
+"""Gemma 4: each decoder layer is one ``gemma4_*`` kind (``vramplan.arch.mixers``), by its attention type
+and whether it reuses an earlier layer's keys and values (``Gemma4TextConfig.kv_sharing_modes``)."""
+FFN_RULES["in_mixer"] = lambda cfg, num_layers: tuple(range(num_layers))
+"""Every layer's feed-forward block is priced with its mixer kind (the kind walks the whole layer)."""
+
+#: Gemma4TextConfig's fields (transformers 5.24 ``configuration_gemma4.py``) the engines read.
+_GEMMA4_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, tie_word_embeddings=True,
+                        sliding_window=512, vocab_size_per_layer_input=262_144, hidden_size_per_layer_input=256,
+                        attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
+                        use_double_wide_mlp=False, global_head_dim=512)
+
 #: Every supported family (the one place a per-model_type fact is written).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("llama", "models/llama/modeling_llama.py"),
@@ -162,11 +184,16 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            class_defaults=dict(head_dim=256)),
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
+    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", norms_per_layer=4, tie_default=True, softcapping=True,
+           norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
+           sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="gemma4",
+           class_defaults=_GEMMA4_DEFAULTS),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
 ALIASES: dict[str, str] = {
     "gemma3": "gemma3_text",  # Gemma 3 multimodal configs: the text part (``text_config``)
+    "gemma4": "gemma4_text",  # Gemma 4 multimodal configs: the text part (``text_config``)
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.

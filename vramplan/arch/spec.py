@@ -401,6 +401,9 @@ class Arch:
                 out.append(Linear("shared_expert.up_proj", "shared_expert", H, S, False, nm))
                 out.append(Linear("shared_expert.down_proj", "shared_expert", S, H, False, nm))
                 out.append(Linear("shared_expert_gate", "shared_expert", H, 1, False, nm))
+        if self.family.layout is not None:  # model-level linears (group ``model``)
+            from vramplan.arch.layouts import LAYOUTS
+            out.extend(LAYOUTS[self.family.layout].linears(self))
         out.append(Linear("lm_head", "lm_head", H, self.vocab_size, False, 1))
         return tuple(out)
 
@@ -410,7 +413,7 @@ class Arch:
         mixer, ffn = self.signature(layer)
         keep = []
         for lin in self.linears():
-            if lin.group == "lm_head":
+            if lin.group in ("lm_head", "model"):
                 continue
             if lin.group == "mlp" and ffn != "dense":
                 continue
@@ -427,7 +430,7 @@ class Arch:
         is a ``*TopKRouter`` module holding a bare parameter, not an ``nn.Linear``: bitsandbytes
         leaves it unquantized. (peft 0.21 still adapts it for qwen3_moe and mixtral under
         ``all-linear``, through its v4-name remapping.)"""
-        return len(self.moe_layers) * self.num_experts * self.hidden_size
+        return len(self.moe_layers) * self.num_experts * self.hidden_size + self.layout_params("router")
 
     def expert_tensors(self) -> tuple[ExpertTensor, ...]:
         """Fused 3-D expert parameters (empty for dense models)."""
@@ -441,9 +444,16 @@ class Arch:
         )
 
     # -------------------------------------------------------------------------------- counts
+    def layout_params(self, group: str) -> int:
+        """Parameters of weight group ``group`` the family's layout adds (``vramplan.arch.layouts``)."""
+        if self.family.layout is None:
+            return 0
+        from vramplan.arch.layouts import LAYOUTS
+        return LAYOUTS[self.family.layout].params(self).get(group, 0)
+
     @property
     def embed_params(self) -> int:
-        return self.vocab_size * self.hidden_size
+        return self.vocab_size * self.hidden_size + self.layout_params("embeddings")
 
     @property
     def lm_head_params(self) -> int:
@@ -455,7 +465,7 @@ class Arch:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
         qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
-        return self.num_layers * per_layer + qk + self.hidden_size
+        return self.num_layers * per_layer + qk + self.hidden_size + self.layout_params("norms")
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module kind; values sum to ``total_params``."""
@@ -466,6 +476,8 @@ class Arch:
             counts[lin.name] = counts.get(lin.name, 0) + lin.params
         for t in self.expert_tensors():
             counts[f"experts.{t.name}"] = t.params
+        if self.layout_params("experts"):
+            counts["experts"] = self.layout_params("experts")
         if self.router_params:
             counts["router"] = self.router_params
         for kind in dict.fromkeys(self.mixers):
@@ -498,7 +510,7 @@ class Arch:
 
     @property
     def expert_params(self) -> int:
-        return sum(t.params for t in self.expert_tensors())
+        return sum(t.params for t in self.expert_tensors()) + self.layout_params("experts")
 
     def linear_names(self) -> tuple[str, ...]:
         """Leaf names peft can target (lm_head excluded)."""
