@@ -245,6 +245,22 @@ class BatchLayout(_Choice):
     batch through the whole step. sdpa or eager only."""
 
 
+class VisionMode(_Choice):
+    """What a multimodal model's vision tower and projector do in the step (``Scenario.vision``)."""
+
+    FROZEN = "frozen"
+    """Kept in the load dtype (bitsandbytes told to skip them: ms-swift's ``llm_int8_skip_modules``,
+    Unsloth's ``SKIP_QUANTIZATION_MODULES``), no adapter, nothing trained (ms-swift ``freeze_vit`` /
+    ``freeze_aligner``, LLaMA-Factory ``freeze_vision_tower``)."""
+    QUANTIZED = "quantized"
+    """Frozen, its linears replaced by bitsandbytes as ``from_pretrained(quantization_config=...)`` does
+    when nothing skips them (a quantized base only; under ``quant none`` the same as frozen)."""
+    TRAINED = "trained"
+    """Adapted with the decoder: LoRA on its linears too (peft's ``all-linear`` reaches every
+    ``nn.Linear``, ms-swift ``freeze_vit false``, LLaMA-Factory ``freeze_vision_tower false``), or
+    trained in full with ``--full``; quantized with a quantized base."""
+
+
 #: The modules ``Scenario.modules_to_save`` may name (peft ``ModulesToSaveWrapper``): the input embedding
 #: and the output projection, by their transformers names.
 MODULES_TO_SAVE = ("embed_tokens", "lm_head")
@@ -451,6 +467,20 @@ class Scenario:
     ``model.generate``, greedy, every sequence running to the length bound): a prefill of ``seq`` tokens,
     then one forward per new token with the KV cache (``vramplan.analytic.evaluation.generation_peak``)."""
 
+    images: int = _field(
+        0, 44, "Images per sample (multimodal models): each adds its placeholder tokens to --seq (which counts "
+               "every token, image tokens included) and runs the vision tower; 0 = text only (the tower's "
+               "weights are still priced).", optional=True)
+    """Images per sample (``vramplan.arch.vision``: tokens per image from ``image_size``)."""
+    image_size: str = _field(
+        "1024x1024", 45, "Size of each image as WxH pixels, before the processor's resize.", optional=True)
+    """Width × height of each image; the processor's resize rule maps it to patches and tokens."""
+    vision: VisionMode = _field(
+        VisionMode.FROZEN, 46, "The vision tower and projector of a multimodal model: frozen (load dtype, no "
+                               "adapter), quantized (bitsandbytes replaces its linears) or trained (LoRA on its "
+                               "linears, or full with --full).", optional=True)
+    """What the vision tower does (``VisionMode``); ignored for a text-only model."""
+
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
@@ -520,6 +550,10 @@ class Scenario:
             raise ScenarioError(
                 f"bnb_keeps_input describes bitsandbytes' 4-bit matmul and needs quant nf4 or fp4, not {self.quant.value}")
         self._check_eval()
+        if isinstance(self.images, bool) or not isinstance(self.images, int) or not 0 <= self.images <= 1024:
+            raise ScenarioError(f"images must be an integer from 0 to 1024, got {self.images!r}")
+        w, h = parse_image_size(self.image_size)
+        object.__setattr__(self, "image_size", f"{w}x{h}")
         if self.packing is BatchLayout.PADDING_FREE and self.attn is not Attn.FLASH2:
             raise ScenarioError(
                 f"padding-free batches need flash-attention's varlen kernel (--attn flash2; ms-swift and TRL refuse "
@@ -541,6 +575,11 @@ class Scenario:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
             raise ScenarioError("targets: 'all-linear' cannot be combined with module names")
+
+    @property
+    def image_wh(self) -> tuple[int, int]:
+        """``image_size`` as (width, height)."""
+        return parse_image_size(self.image_size)
 
     def _check_eval(self) -> None:
         """The evaluation fields: sizes, and the combinations the evaluation loop can run."""
@@ -642,6 +681,17 @@ class Scenario:
             if isinstance(v, list):  # the tuple fields, as to_dict writes them
                 kw[k] = tuple(v)
         return cls(**kw)
+
+
+def parse_image_size(text: Any) -> tuple[int, int]:
+    """``"WxH"`` -> (W, H), each side from 1 to 65536 pixels (``Scenario.image_size``)."""
+    try:
+        w, h = (int(x) for x in str(text).lower().split("x"))
+    except ValueError:
+        raise ScenarioError(f"image_size must be WxH (e.g. 1024x1024), got {text!r}") from None
+    if not (0 < w <= 1 << 16 and 0 < h <= 1 << 16):
+        raise ScenarioError(f"image_size must be WxH with sides from 1 to 65536, got {text!r}")
+    return w, h
 
 
 def kept_positions(seq: int, fraction: float) -> int:

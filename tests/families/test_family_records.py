@@ -26,6 +26,16 @@ _SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num
               vocab_size=1024)
 _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2)
 
+#: Shrunk vision towers (``_vision``: overrides of the nested vision_config): 2 blocks of width 128.
+_QWEN25_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                   fullatt_block_indexes=[1])
+_QWEN3_VIS = dict(depth=2, hidden_size=128, intermediate_size=256, num_heads=4, out_hidden_size=256,
+                  deepstack_visual_indexes=[0], num_position_embeddings=64)
+_QWEN3_ROPE = {"mrope_interleaved": True, "mrope_section": [16, 8, 8], "rope_type": "default"}
+#: Qwen's image, video and vision start/end token ids moved into the shrunk vocabulary (``_top``).
+_QWEN_IDS = dict(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003)
+_PIXTRAL_VIS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
+
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "llama": ("Llama-3.2-1B", _SMALL),
@@ -38,6 +48,13 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    # multimodal: the decoder shrunk as above (mrope sections re-cut for head_dim 64), a 2-block tower
+    "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct", dict(_SMALL, rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
+                                                  _vision=_QWEN25_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl": ("Qwen3-VL-8B-Instruct", dict(_SMALL, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS, _top=_QWEN_IDS)),
+    "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS,
+                                                       _top=_QWEN_IDS)),
+    "mistral3": ("Mistral-Small-3.1-24B-Instruct-2503", dict(_SMALL, _vision=_PIXTRAL_VIS)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -45,6 +62,8 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
+    "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).
@@ -55,9 +74,12 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
     """The shrunk config.json of ``model_type``'s row: the entry's config (its text part for a nested
     one is left nested), the row's overrides, ``layers`` decoder layers and per-layer lists cut."""
     name, over = SHRUNK[model_type]
-    cfg = dict(resolve(name).config) if "text_config" not in _raw(name) else dict(_raw(name))
+    raw = _raw(name)
+    cfg = dict(resolve(name).config) if "text_config" not in raw and "vision_config" not in raw else dict(raw)
     target = cfg if "text_config" not in cfg else cfg.setdefault("text_config", {})
     target.update({k: v for k, v in over.items() if not k.startswith("_")})
+    if "rope_scaling" in over:  # a published rope_parameters would override the shrunk sections
+        target.pop("rope_parameters", None)
     target["num_hidden_layers"] = layers
     for key in _PER_LAYER_LISTS:
         value = target.get(key)
@@ -68,6 +90,8 @@ def shrunk_config(model_type: str, layers: int = 2) -> dict[str, Any]:
             target[key] = 0
     for key, value in over.get("_top", {}).items():  # overrides of a nested config's outer part
         cfg[key] = value
+    if "_vision" in over:  # overrides of a multimodal config's vision_config (a smaller tower)
+        cfg["vision_config"] = {**dict(cfg.get("vision_config") or {}), **over["_vision"]}
     return cfg
 
 
@@ -94,8 +118,9 @@ def test_shrunk_config_is_the_family(model_type):
 @pytest.mark.torch
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))
 def test_param_counts_match_transformers(model_type):
-    """Every parameter (``sum(numel)`` of the model built on the meta device) and the weights
-    bitsandbytes replaces (the ``Linear4bit`` modules of the same model built for NF4)."""
+    """Every parameter (``sum(numel)`` of the model built on the meta device: a multimodal model's
+    tower too, ``Arch.all_params``) and the weights bitsandbytes replaces (the ``Linear4bit`` modules of
+    the same model built for NF4; a frozen vision tower is skipped, a quantized one's are counted)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("bitsandbytes")
@@ -108,7 +133,11 @@ def test_param_counts_match_transformers(model_type):
     total = sum(p.numel() for p in meta_model(arch, Scenario(quant="none", attn="eager")).parameters())
     q4 = meta_model(arch, Scenario(attn="eager"))
     linear = sum(m.in_features * m.out_features for m in q4.modules() if isinstance(m, bnb.nn.Linear4bit))
-    assert (arch.total_params, arch.quantized_params) == (total, linear)
+    assert (arch.all_params, arch.quantized_params) == (total, linear)
+    if arch.vision is not None:
+        q4v = meta_model(arch, Scenario(attn="eager", vision="quantized"))
+        linear_v = sum(m.in_features * m.out_features for m in q4v.modules() if isinstance(m, bnb.nn.Linear4bit))
+        assert arch.quantized_params + arch.vision.linear_weight_params == linear_v
 
 
 def _both(model_type: str, **kw: Any):

@@ -59,8 +59,14 @@ def built():
     out = {}
     for mt, arch in _one_per_family().items():
         cfg = hf_config(arch, layers=min(LAYERS, arch.num_layers))
+        auto = AutoModelForCausalLM
+        if arch.vision is not None:  # the multimodal model (tower, projector, decoder)
+            from transformers import AutoModelForImageTextToText as auto
         with torch.device("meta"):
-            out[mt] = (arch, cfg, AutoModelForCausalLM.from_config(cfg))
+            model = auto.from_config(cfg)
+        if arch.vision is not None:  # the decoder's config (layer_types, softcapping...)
+            cfg = cfg.get_text_config()
+        out[mt] = (arch, cfg, model)
     return out
 
 
@@ -82,7 +88,8 @@ def test_layout_traits_match_the_modeling_code(built, model_type):
     if fam.qkv_bias:
         assert attn.q_proj.bias is not None and attn.k_proj.bias is not None and attn.v_proj.bias is not None
     assert fam.scaled_embedding == any(n.endswith("embed_scale") for n, _ in model.named_buffers())
-    inv = [n for n, _ in model.named_buffers() if n.endswith("inv_freq") and "original" not in n]
+    inv = [n for n, _ in model.named_buffers() if n.endswith("inv_freq") and "original" not in n
+           and not any(n.startswith(f"model.{m}.") for m in (arch.vision.tower.modules if arch.vision else ()))]
     assert len(inv) == fam.rotary_sets(arch.config, cfg.num_hidden_layers), inv
     assert fam.softcapping == (getattr(cfg, "attn_logit_softcapping", None) is not None)
     assert bool(fam.moe) == arch.is_moe
@@ -112,7 +119,8 @@ def test_sliding_layers_match_the_config_class(built, model_type):
     full = FAMILIES[model_type].sliding_layers(arch.config, arch.num_layers)
     from vramplan.hf.build import hf_config
 
-    types = getattr(hf_config(arch), "layer_types", None)
+    full_cfg = hf_config(arch)
+    types = getattr(full_cfg.get_text_config() if arch.vision is not None else full_cfg, "layer_types", None)
     if types is None:
         pytest.skip(f"{model_type}: the config class derives no layer_types")
     want = tuple(i for i, t in enumerate(types) if t == "sliding_attention")

@@ -107,9 +107,18 @@ def test_hub_unreachable(monkeypatch):
         resolve("someorg/some-model")
 
 
-def _hf_model_counts(cfg):
+def _hf_model_counts(cfg, arch=None):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
+    if arch is not None and arch.vision is not None:  # the multimodal model: tower and decoder
+        from vramplan.hf.build import hf_config
+
+        with torch.device("meta"):
+            model = transformers.AutoModelForImageTextToText.from_config(hf_config(arch))
+        tower = tuple(f"model.{m}." for m in arch.vision.tower.modules)
+        return (sum(p.numel() for p in model.parameters()),
+                sum(m.weight.numel() for n, m in model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head") and not n.startswith(tower)))
     cfg = dict(cfg)
     if "text_config" in cfg:
         cfg = dict(cfg["text_config"], model_type="gemma3_text")
@@ -129,7 +138,7 @@ def _hf_model_counts(cfg):
 def test_ours_vs_transformers(entry):
     """Our count equals sum(numel) of the transformers model built on the meta device, and our
     quantizable count equals the nn.Linear weights bitsandbytes would replace."""
-    total, linear = _hf_model_counts(entry.config)
     arch = entry.arch()
-    assert arch.total_params == total
+    total, linear = _hf_model_counts(entry.config, arch)
+    assert arch.all_params == total
     assert arch.quantized_params == linear

@@ -93,6 +93,10 @@ class Batch(NamedTuple):
     kept by checkpointing)."""
     layout_batch: int = 0
     """What the packed collator adds to the batch, alive in every phase (position ids, a 4D mask)."""
+    images: int = 0
+    """A multimodal batch's image inputs, alive in every phase."""
+    images_live: int = 0
+    """What the images leave saved from the forward to the end of the decoder's backward."""
     seq: int = 0
     """s, the sequence length (eager attention's per token·s terms)."""
     saved_last: int = 0
@@ -173,7 +177,8 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         eval=_evaluation(st, seq),
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
         layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
-        layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq)
+        layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq,
+        images=size * st.image_batch, images_live=size * st.image_saved + st.image_step + T * st.image_tok)
     if len(st.classes) == 1 or st.offload is not Offload.NONE:
         return x
     # a hybrid model: the last layer of each other signature may be the busier layer backward (its
@@ -397,10 +402,10 @@ def holds_logits(st: StaticTerms, phase: str) -> bool:
 def totals(st: StaticTerms, x: Batch, full: bool) -> dict[str, int]:
     """Dynamic bytes of every phase the step runs (the embedding backward only under full fine-tuning)."""
     key = (full or bool(st.embed_grad), st.mts_head_input and not full, bool(st.dora_fwd))
-    out = {name: f(st, x) + x.layout_batch + (x.layout if name in _LAYOUT_PHASES else 0)
+    out = {name: f(st, x) + x.layout_batch + x.images + ((x.layout + x.images_live) if name in _LAYOUT_PHASES else 0)
            for name, f in _STEPS[key]}
     if st.norm_back:
-        out[FINAL_NORM] = final_norm_backward(st, x) + x.layout_batch + x.layout
+        out[FINAL_NORM] = final_norm_backward(st, x) + x.layout_batch + x.layout + x.images + x.images_live
     if x.held:
         out = {k: v + (x.held if holds_logits(st, k) else 0) for k, v in out.items()}
     if x.eval is not None:
@@ -461,6 +466,11 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     if layout:
         rows.append(("activations/packing", "activations", layout,
                      "packed / padding-free batch: position ids, per-token RoPE cos/sin, block-diagonal mask"))
+    images = x.images + (x.images_live if phase in _LAYOUT_PHASES else 0)
+    if images:
+        rows.append(("activations/images", "activations", images,
+                     "images: the batch's pixel values, and under checkpointing what the frozen tower saves "
+                     "(enable_input_require_grads hooks its patch embedding too)"))
     if x.held and holds_logits(st, phase):
         rows.append(("logits/held_output", "logits", x.held, "model output kept by the training loop: "
                      + ("fp32 " if st.legacy else "") + "logits, b·s·V"))

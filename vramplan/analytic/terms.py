@@ -20,6 +20,7 @@ from vramplan.analytic import adapters as ad
 from vramplan.analytic import evaluation as ev
 from vramplan.analytic import logits as lg
 from vramplan.analytic import optimizer as opt
+from vramplan.analytic import vision as av
 from vramplan.analytic import weights as wt
 from vramplan.arch.mixers import ATTENTION
 from vramplan.arch.spec import Arch, Linear
@@ -269,6 +270,15 @@ class StaticTerms:
     """(layer, bytes per token) the model holds from that layer's backward to the end of the backward
     (``vramplan.analytic.mixers.MODEL_HOLD``: Gemma 4's recomputed shared keys and values under
     checkpointing); empty for the other families."""
+    image_batch: int = 0
+    """A multimodal batch's image inputs per sample, alive all step (``vision.pixel_bytes``)."""
+    image_saved: int = 0
+    """Bytes per sample the images leave saved from the forward to the end of the decoder's backward
+    (``vision.tower_saved_bytes``)."""
+    image_step: int = 0
+    """Bytes per step the same (the merger's autocast weight copies)."""
+    image_tok: int = 0
+    """Bytes per token the placeholder scatter keeps beside layer 0's input (``vision.tower_saved_bytes``)."""
     trl_node: tuple[int, int] = (0, 0)
     """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
     last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
@@ -380,7 +390,18 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
                                        (arch.num_layers - 1) in set(arch.moe_layers)) if s.dora else 0,
         layers=arch.num_layers, hidden=arch.hidden_size, **layer.fields, **_head_terms(arch, s, d, train.targets),
         **_eval_terms(arch, s, d, layer.fields, train.targets), offload=s.offload,
-        **_trl_terms(arch, s, d, attn.value, train.targets))
+        **_trl_terms(arch, s, d, attn.value, train.targets), **_image_terms(arch, s, d))
+
+
+def _image_terms(arch: Arch, s: Scenario, d: act.Dtypes) -> dict:
+    """``StaticTerms.image_*``: a multimodal model's images (``vramplan.analytic.vision``); none
+    for a text-only model or no images (every other estimate keeps the defaults)."""
+    if arch.vision is None or not s.images:
+        return {}
+    a = d.c if d.autocast else d.other_w  # the tower's activations: autocast's dtype, else its weights'
+    per, step = av.tower_saved_bytes(arch, s, a, d.other_w, d.resid0)
+    return dict(image_batch=av.pixel_bytes(arch.vision, s), image_saved=per, image_step=step,
+                image_tok=arch.hidden_size * d.resid0 if (per or step) else 0)
 
 
 def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:
@@ -414,8 +435,9 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     buffers, and the unquantized parameter groups. Returns (rows, unquantized groups as (group,
     elements, bytes per element)); under full fine-tuning the groups are trainable ``adapter/`` rows."""
     qlins = arch.quantizable_linears()
+    vlins = av.tower_quantized_linears(arch, s)  # the vision tower's, when bitsandbytes replaces them
     n_q = sum(lin.count * lin.weight_params for lin in qlins)
-    rows: list[_Row] = _base_linears(qlins, s, d, n_q)
+    rows: list[_Row] = _base_linears(qlins + vlins, s, d, n_q)
     buffers = wt.model_buffer_bytes(arch.family, arch.head_dim, arch.num_layers, arch.config)
     rows.append(("weights/buffers", "weights", buffers,
                  "rotary inv_freq / original_inv_freq (fp32) and Gemma's embed_scale, 512 B blocks"))
@@ -434,7 +456,33 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
             rows.append((f"adapter/{nm}", "adapter", n * b, f"trainable, {b} B/param"))
         else:
             rows.append((f"weights/{nm}", "weights", n * b, f"unquantized, {b} B/param"))
+    if arch.vision is not None:
+        rows += _vision_weights(arch, s, d, bool(vlins), unq)
     return rows, unq
+
+
+def _vision_weights(arch: Arch, s: Scenario, d: act.Dtypes, quantized: bool, unq: list) -> list[_Row]:
+    """The vision tower and projector beside the decoder (``vramplan.analytic.vision``): its buffers,
+    and its floating parameters (every one, or all but the linear weights bitsandbytes packed, which
+    ``_base_linears`` prices with the decoder's): biases of bitsandbytes layers in the compute dtype,
+    the rest as the recipe leaves unquantized parameters (fp32 after a k-bit preparation's upcast).
+    Trained in full (``--full --vision trained``), they join the trainable groups ``unq``."""
+    v = arch.vision
+    rows: list[_Row] = [("weights/vision_buffers", "weights", av.tower_buffer_bytes(v),
+                         "vision tower rotary inv_freq / original_inv_freq (fp32), 512 B blocks")]
+    if quantized:
+        rows.append(("weights/vision_biases", "weights", v.bias_params * d.c, f"bitsandbytes layers' biases, {d.c} B/param"))
+        rows.append(("weights/vision", "weights", v.other_params * d.other_w,
+                     f"vision tower norms, patch embedding, position table: {d.other_w} B/param"))
+        return rows
+    n = v.total_params
+    if s.full and av.tower_trains(arch, s):
+        unq.append(("vision", n, d.base_w))
+        rows.append(("adapter/vision", "adapter", n * d.base_w, f"vision tower trained, {d.base_w} B/param"))
+    else:
+        b = d.base_w if s.full else d.other_w
+        rows.append(("weights/vision", "weights", n * b, f"vision tower and projector, frozen, {b} B/param"))
+    return rows
 
 
 def _base_linears(qlins: tuple[Linear, ...], s: Scenario, d: act.Dtypes, n_q: int) -> list[_Row]:

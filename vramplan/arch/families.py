@@ -90,6 +90,14 @@ class Family:
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
     expert parameter (qwen2_moe maps to None there)."""
 
+    multimodal: bool = False
+    """An outer multimodal ``model_type`` (its config.json nests the decoder in ``text_config``, or is
+    flat, beside a ``vision_config``): the record describes its text decoder, ``vramplan.arch.vision``
+    its tower; ``tie_word_embeddings`` is read from the outer config (transformers 5 ties on it)."""
+    tie_reads_text: bool = False
+    """The outer config also ties when its ``text_config`` says so (Qwen2.5-VL's pre-v5 saves:
+    ``Qwen2_5_VLConfig.__post_init__``)."""
+
     def sliding_layers(self, cfg: Mapping[str, Any], num_layers: int) -> tuple[int, ...]:
         """Indices of the decoder layers whose attention is sliding-window, as transformers decides:
         config.json ``layer_types`` when given, else the family's ``sliding_rule``."""
@@ -188,6 +196,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
            sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="gemma4",
            class_defaults=_GEMMA4_DEFAULTS),
+    # multimodal checkpoints: the text decoder's record (the tower is vramplan.arch.vision's)
+    Family("qwen2_5_vl", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VLTextModel: Qwen2 layers)",
+           qkv_bias=True, sliding_rule=SLIDE_FROM_MAX_WINDOW, multimodal=True, tie_reads_text=True),
+    Family("qwen3_vl", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLTextModel: Qwen3 layers)", qk_norm=True,
+           multimodal=True),
+    Family("qwen3_vl_moe", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeTextModel: Qwen3-MoE layers)",
+           qk_norm=True, moe=MOE_QWEN, multimodal=True),  # peft 0.21 maps no v4 expert names for it
+    Family("mistral3", "models/mistral3/modeling_mistral3.py (Mistral3Model: a MistralModel under text_config)",
+           sliding_rule=SLIDE_ALL, multimodal=True, tie_default=True),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

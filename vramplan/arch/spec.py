@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from vramplan.arch.families import ALIASES, FAMILIES, MOE_MIXTRAL, UNSUPPORTED, Family
 from vramplan.arch.mixers import ATTENTION, MIXERS, is_mixer_group
+from vramplan.arch.vision import Vision, vision_of
 from vramplan.errors import VramplanError
 
 
@@ -236,6 +237,10 @@ class Arch:
     """Decoder layers with no feed-forward block (a hybrid's mixer-only layers)."""
     config: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The config dict this was built from (the text part for nested configs)."""
+    vision: Vision | None = None
+    """The vision tower and projector of a multimodal checkpoint (``vramplan.arch.vision``): its
+    ``vision_config`` is of a registered tower kind. None for a text-only model. Its parameters are
+    not in ``param_counts`` / ``linears`` (the decoder's); ``all_params`` adds them."""
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
@@ -253,9 +258,13 @@ class Arch:
         if not isinstance(config, Mapping):
             raise ArchError("config.json must hold a JSON object")
         cfg: Mapping[str, Any] = config
+        outer_type = config.get("model_type")
+        multimodal = isinstance(outer_type, str) and outer_type in FAMILIES and FAMILIES[outer_type].multimodal
         if isinstance(config.get("text_config"), Mapping):
             cfg = dict(config["text_config"])
-            if "model_type" not in cfg and config.get("model_type") in ALIASES:
+            if multimodal:  # the text part is priced by the outer model_type's record
+                cfg["model_type"] = outer_type
+            elif "model_type" not in cfg and config.get("model_type") in ALIASES:
                 cfg["model_type"] = ALIASES[config["model_type"]]
         model_type = cfg.get("model_type")
         if not model_type:
@@ -278,6 +287,8 @@ class Arch:
         head_dim = _int(cfg, "head_dim", model_type, H // nh)
         V = _int(cfg, "vocab_size", model_type)
         tie = bool(_get(cfg, "tie_word_embeddings", model_type, fam.tie_default))
+        if fam.multimodal:  # transformers 5 ties on the outer config's flag (its class default when absent)
+            tie = bool(config.get("tie_word_embeddings", fam.tie_default)) or (fam.tie_reads_text and tie)
         attn_bias = bool(_get(cfg, "attention_bias", model_type, False))
         mlp_bias = bool(_get(cfg, "mlp_bias", model_type, False))
 
@@ -316,6 +327,7 @@ class Arch:
             mixers=fam.layer_mixers(cfg, L),
             ffn_free=fam.ffn_free_layers(cfg, L),
             config=dict(cfg),
+            vision=vision_of(config, H) if fam.multimodal else None,
             **moe,
         )
 
@@ -492,6 +504,16 @@ class Arch:
     def total_params(self) -> int:
         """Every parameter, tied weights counted once (= ``sum(p.numel())`` in transformers)."""
         return sum(self.param_counts().values())
+
+    @property
+    def vision_params(self) -> int:
+        """Parameters of the vision tower and projector (0 for a text-only model)."""
+        return self.vision.total_params if self.vision is not None else 0
+
+    @property
+    def all_params(self) -> int:
+        """Every parameter of the model transformers builds: the decoder's and the vision tower's."""
+        return self.total_params + self.vision_params
 
     def quantizable_linears(self) -> tuple[Linear, ...]:
         """The linears bitsandbytes replaces: every ``nn.Linear`` except lm_head."""

@@ -18,6 +18,7 @@ Torch, transformers, peft and bitsandbytes are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any, Callable, Iterator
 
 from vramplan.arch.spec import Arch
@@ -59,19 +60,24 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
     require_torch()
     from transformers import AutoConfig
 
-    cfg = dict(arch.config)
+    multimodal = arch.vision is not None  # the whole multimodal config, the decoder in text_config or flat
+    cfg = dict(arch.vision.outer) if multimodal else dict(arch.config)
     model_type = arch.model_type
     cfg.pop("model_type", None)
     for key in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype"):
         cfg.pop(key, None)
+    text = cfg
+    if multimodal and isinstance(cfg.get("text_config"), dict):
+        text = cfg["text_config"] = dict(cfg["text_config"])
+        text.pop("dtype", None), text.pop("torch_dtype", None)
     if layers is not None:
         if not 1 <= layers <= arch.num_layers:
             raise TraceUnsupported(f"layers must be between 1 and {arch.num_layers}, got {layers}")
-        cfg["num_hidden_layers"] = layers
-        if isinstance(cfg.get("layer_types"), list):
-            cfg["layer_types"] = cfg["layer_types"][:layers]
-        if isinstance(cfg.get("mlp_only_layers"), list):
-            cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < layers]
+        text["num_hidden_layers"] = layers
+        if isinstance(text.get("layer_types"), list):
+            text["layer_types"] = text["layer_types"][:layers]
+        if isinstance(text.get("mlp_only_layers"), list):
+            text["mlp_only_layers"] = [i for i in text["mlp_only_layers"] if i < layers]
     cfg["use_cache"] = False
     with transformers_rejects(arch):
         config = AutoConfig.for_model(model_type, **cfg)
@@ -174,8 +180,11 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
 
     config = hf_config(arch, layers)
     dtype = torch_dtype(scenario)
+    auto = AutoModelForCausalLM
+    if arch.vision is not None:  # the multimodal model itself (tower, projector, decoder, lm_head)
+        from transformers import AutoModelForImageTextToText as auto
     with torch.device("meta"), transformers_rejects(arch):
-        model = AutoModelForCausalLM.from_config(
+        model = auto.from_config(
             config, dtype=dtype, attn_implementation=attn_implementation(scenario)
         )
     qcfg = bnb_config(scenario)
@@ -184,7 +193,7 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
         from transformers.quantizers.base import get_keys_to_not_convert
 
         keep_fp32 = list(getattr(model, "_keep_in_fp32_modules", None) or [])
-        skip = list(set(get_keys_to_not_convert(model)) | set(keep_fp32))
+        skip = list(set(get_keys_to_not_convert(model)) | set(keep_fp32) | set(vision_skip_modules(arch, scenario)))
         model = replace_with_bnb_linear(model, modules_to_not_convert=skip, quantization_config=qcfg)
         # from_pretrained loads every non-quantized tensor in ``dtype`` (biases of the new bnb layers
         # were created in the default fp32 on meta).
@@ -196,6 +205,29 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
         model.is_loaded_in_8bit = scenario.quant is Quant.INT8
         model.config.quantization_config = qcfg
     return model
+
+
+def vision_skip_modules(arch: Arch, scenario: Scenario) -> list[str]:
+    """``llm_int8_skip_modules`` entries that keep a frozen vision tower and projector unquantized
+    (``Scenario.vision`` frozen: ms-swift's and Unsloth's skip lists); none otherwise."""
+    from vramplan.scenario import VisionMode
+
+    if arch.vision is None or scenario.vision is not VisionMode.FROZEN:
+        return []
+    return [f"model.{m}" for m in arch.vision.tower.modules]
+
+
+def freeze_vision(model: Any, arch: Arch, scenario: Scenario) -> None:
+    """Full fine-tuning with a frozen tower: its parameters keep ``requires_grad=False`` (ms-swift
+    ``freeze_vit`` / ``freeze_aligner``, LLaMA-Factory ``freeze_vision_tower``)."""
+    from vramplan.scenario import VisionMode
+
+    if arch.vision is None or scenario.vision is VisionMode.TRAINED:
+        return
+    prefixes = tuple(f"model.{m}." for m in arch.vision.tower.modules)
+    for name, p in model.named_parameters():
+        if name.startswith(prefixes):
+            p.requires_grad_(False)
 
 
 def apply_recipe(model: Any, scenario: Scenario) -> Any:
@@ -252,11 +284,12 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     if scenario.full:
         for p in model.parameters():
             p.requires_grad_(True)
+        freeze_vision(model, arch, scenario)
         return model
     from peft import get_peft_model
 
     try:
-        model = get_peft_model(model, lora_config(scenario))
+        model = get_peft_model(model, lora_config(scenario, arch))
     except ValueError as e:
         msg = str(e).splitlines()[0]
         if "ParamWrapper" in msg and "dropout" in msg:
@@ -279,12 +312,19 @@ def apply_lora(model: Any, arch: Arch, scenario: Scenario) -> Any:
     return model
 
 
-def lora_config(scenario: Scenario) -> Any:
+def lora_config(scenario: Scenario, arch: Arch | None = None) -> Any:
     """peft's ``LoraConfig`` of the scenario (alpha = 2r, no bias), shared with the framework trainers'
     profiles (``vramplan.profile.frameworks``)."""
     from peft import LoraConfig
 
     targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
+    if arch is not None and arch.vision is not None and scenario.vision.value != "trained":
+        # the decoder's linears only (ms-swift's regex over the language model; LLaMA-Factory's
+        # freeze_vision_tower drops the tower's modules from the targets)
+        names = arch.linear_names() if targets == "all-linear" else list(scenario.targets)
+        heads = [n for n in names if n == "lm_head"]
+        body = "|".join(sorted({re.escape(n) for n in names if n != "lm_head"}))
+        targets = rf"^model\.language_model\..*\.({body})$" + ("|^lm_head$" if heads else "")
     return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=scenario.dora,
                       modules_to_save=list(scenario.modules_to_save) or None)
@@ -501,8 +541,76 @@ def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed
 
     g = torch.Generator(device="cpu").manual_seed(seed)
     ids = torch.randint(0, arch.vocab_size, batch_shape(scenario), generator=g)
+    if arch.vision is not None:  # no stray image placeholder among the random text ids
+        image_id = arch.vision.outer.get("image_token_id", arch.vision.outer.get("image_token_index"))
+        ids[ids == image_id] = 0
+        for key in ("video_token_id", "vision_start_token_id"):
+            if arch.vision.outer.get(key) is not None:
+                ids[ids == arch.vision.outer[key]] = 0
+    images = {k: t.to(device) for k, t in vision_inputs(arch, scenario, ids).items()}
     ids = ids.to(device)
-    return {"input_ids": ids, "labels": ids.clone(), **layout_inputs(scenario, device)}
+    return {"input_ids": ids, "labels": ids.clone(), **images, **layout_inputs(scenario, device)}
+
+
+def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
+    """The processor's image inputs for ``scenario.images`` images per sample of ``image_size``, and
+    their placeholder tokens written into ``ids`` (in place, from position 1 on: Qwen's
+    ``<|vision_start|>`` + one ``<|image_pad|>`` per merged feature + ``<|vision_end|>``; Mistral 3's
+    rows of ``[IMG]`` per feature, each closed by a break token, here a text id). ``pixel_values``
+    in fp32, as the processors return them (the model casts them to the tower's dtype):
+
+    - Qwen (``Tower.inputs`` ``grid_thw``): ``pixel_values`` (images · patches, C·tp·p²) and
+      ``image_grid_thw`` (images, 3) = (1, h/p, w/p) (transformers 5.24 ``image_processing_qwen2_vl.py``);
+    - Pixtral: ``pixel_values`` (images, C, h, w) and ``image_sizes`` (images, 2) = (h, w) after the
+      resize (``image_processing_pixtral.py``).
+    Empty for a text-only model or no images."""
+    import torch
+
+    v = arch.vision
+    if v is None or not scenario.images:
+        return {}
+    n = scenario.images * ids.shape[0]
+    W, H = scenario.image_wh
+    patches, features, tokens = v.image(W, H)
+    if scenario.images * (tokens + 2) + 1 > ids.shape[1]:
+        raise TraceUnsupported(f"{scenario.images} image(s) of {tokens} tokens each do not fit in --seq {scenario.seq}")
+    image_id = v.outer.get("image_token_id", v.outer.get("image_token_index"))
+    start, end = v.outer.get("vision_start_token_id"), v.outer.get("vision_end_token_id")
+    pos = 1
+    for _ in range(scenario.images):
+        if v.tower.inputs == "grid_thw":
+            for tok, width in ((start, 1), (image_id, features), (end, 1)):
+                if tok is not None:
+                    ids[:, pos:pos + width] = tok
+                    pos += width
+        else:
+            rows = tokens - features  # one break token per row of merged features
+            for _r in range(rows):
+                ids[:, pos:pos + features // rows] = image_id
+                pos += features // rows + 1
+    if v.tower.inputs == "grid_thw":
+        p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
+        gh, gw = _qwen_grid_sides(v, W, H)
+        return {"pixel_values": torch.zeros(n * patches, C * tp * p * p, dtype=torch.float32),
+                "image_grid_thw": torch.tensor([[1, gh, gw]] * n, dtype=torch.long)}
+    P = v.get("patch_size") * v.outer.get("spatial_merge_size", 2)
+    rows = tokens - features
+    h, w = rows * P, (features // rows) * P
+    return {"pixel_values": torch.zeros(n, v.get("num_channels"), h, w, dtype=torch.float32),
+            "image_sizes": torch.tensor([[h, w]] * n, dtype=torch.long)}
+
+
+def _qwen_grid_sides(v: Any, width: int, height: int) -> tuple[int, int]:
+    """(h/p, w/p) of a Qwen image after the processor's resize (``Vision.image``'s grid)."""
+    from vramplan.arch import vision as vis
+
+    p, m = v.get("patch_size"), v.get("spatial_merge_size")
+    h, w = vis.smart_resize(height, width, p * m, *v.tower.pixels)
+    return h // p, w // p
+
+
+#: The image inputs a multimodal batch carries (``vision_inputs``), passed to the model's forward.
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
 
 
 def batch_shape(scenario: Scenario) -> tuple[int, int]:
@@ -563,7 +671,7 @@ def _forward_loss(model: Any, batch: dict[str, Any], scenario: Scenario) -> tupl
     import torch
 
     ids, labels = batch["input_ids"], batch["labels"]
-    extra = {k: batch[k] for k in ("position_ids", "attention_mask") if k in batch}
+    extra = {k: batch[k] for k in ("position_ids", "attention_mask", *IMAGE_KEYS) if k in batch}
     if scenario.loss is Loss.LEGACY:
         outputs = model(input_ids=ids, use_cache=False, **extra)
         outputs["logits"] = outputs["logits"].float()

@@ -48,7 +48,10 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
     with interventions.quiet_frameworks():
         # TRL's forward stash keeps up to 5 offloaded tensors: trace past it before extrapolating
         first = TRL_FWD_STASH + 1 if scenario.offload is Offload.ACTIVATIONS else 0
-        fig = figures(arch, lambda n: trace_run(arch, run_scenario, layers=n, steps=steps, device=dev),
+        # images: the vision path reads tensor values (grid sizes, placeholder positions, per-image
+        # attention lengths), which fake tensors cannot: the step runs on real CPU tensors
+        fake = not (arch.vision is not None and scenario.images)
+        fig = figures(arch, lambda n: trace_run(arch, run_scenario, layers=n, steps=steps, device=dev, fake=fake),
                       layers=layers, extrapolate=extrapolate, min_first=first)
         bd = _breakdown(arch, run_scenario, fig, calibration, dev, steps, t0)
     if attn_note:

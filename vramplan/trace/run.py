@@ -174,9 +174,12 @@ def _batch(arch: Arch, scenario: Scenario, fake: bool, seed: int) -> dict[str, A
     if not fake:
         return B.synthetic_batch(arch, scenario, "cpu", seed=seed)
     shape = B.batch_shape(scenario)
+    ids = torch.zeros(shape, dtype=torch.long)
+    images = B.vision_inputs(arch, scenario, ids)
     return {
-        "input_ids": torch.zeros(shape, dtype=torch.long),
-        "labels": torch.zeros(shape, dtype=torch.long),
+        "input_ids": ids,
+        "labels": ids.clone() if images else torch.zeros(shape, dtype=torch.long),
+        **images,
         **B.layout_inputs(scenario, "cpu"),
     }
 

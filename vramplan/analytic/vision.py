@@ -1,0 +1,133 @@
+"""The vision tower of a multimodal model: its weights and what its images leave alive (bytes).
+
+Symbols: the tower's linears (``Vision.linears``: blocks and projector), n_img = images per sample ×
+batch, per image (patches P, merged features F, placeholder tokens T) from ``Vision.image``.
+Sources: transformers 5.24 ``modeling_qwen2_5_vl.py`` / ``modeling_qwen3_vl.py`` /
+``modeling_mistral3.py`` (``get_image_features``, ``get_placeholder_mask``, ``masked_scatter``);
+bitsandbytes 0.50.2 for the quantized linears (``weights.py``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vramplan.analytic import weights as wt
+from vramplan.scenario import Scenario, VisionMode
+
+if TYPE_CHECKING:
+    from vramplan.arch.spec import Arch, Linear
+    from vramplan.arch.vision import Vision
+
+
+def quantizes_tower(arch: "Arch", s: Scenario) -> bool:
+    """Whether bitsandbytes replaces the tower's linears: a quantized base and the tower not skipped
+    (``VisionMode.QUANTIZED``, or ``TRAINED``: peft's LoRA then wraps the ``Linear4bit``)."""
+    return arch.vision is not None and s.quant.value != "none" and s.vision is not VisionMode.FROZEN
+
+
+def tower_quantized_linears(arch: "Arch", s: Scenario) -> tuple["Linear", ...]:
+    """The tower linears bitsandbytes replaces (joined to the decoder's 4-bit / int8 rows)."""
+    return arch.vision.linears() if quantizes_tower(arch, s) else ()
+
+
+def tower_float_params(v: "Vision", quantized: bool) -> int:
+    """Tower parameters kept in floating point: everything but the linear weights bitsandbytes packs
+    (biases, norms, patch embedding, position table), or every parameter when nothing is quantized."""
+    return v.other_params + v.bias_params if quantized else v.total_params
+
+
+def tower_buffer_bytes(v: "Vision") -> int:
+    """The tower's fp32 buffers (rotary ``inv_freq`` / ``original_inv_freq``), each rounded to the
+    allocator's 512 B block (``weights.model_buffer_bytes``' rule)."""
+    return sum(-(-4 * n // wt.ALLOC_BLOCK) * wt.ALLOC_BLOCK for n in v.tower.buffers(v))
+
+
+def image_tokens(v: "Vision", s: Scenario) -> int:
+    """Placeholder tokens per sample: images × tokens per image (``Vision.image``). They are part of
+    ``--seq`` (frameworks count them in ``max_length`` / ``cutoff_len``: the template expands the image
+    placeholders before truncating)."""
+    return s.images * v.image(*s.image_wh)[2] if s.images else 0
+
+
+def tower_trains(arch: "Arch", s: Scenario) -> bool:
+    return arch.vision is not None and s.vision is VisionMode.TRAINED
+
+
+def tower_lora_targets(arch: "Arch", s: Scenario) -> tuple["Linear", ...]:
+    """The tower linears peft adapts when the tower trains: every one under ``all-linear`` (peft's
+    ``_maybe_include_all_linear_layers`` keeps every ``nn.Linear`` but the output head), else those
+    whose leaf name a target names (peft's suffix match)."""
+    if not tower_trains(arch, s) or s.full:
+        return ()
+    lins = arch.vision.linears()
+    if s.targets == ("all-linear",):
+        return lins
+    return tuple(lin for lin in lins if lin.name.split(".")[-1] in s.targets)
+
+
+# ------------------------------------------------------------------------------ images
+def _blk(n: int) -> int:
+    """``n`` bytes in the caching allocator's 512 B blocks."""
+    return -(-n // wt.ALLOC_BLOCK) * wt.ALLOC_BLOCK
+
+
+def pixel_bytes(v: "Vision", s: Scenario) -> int:
+    """The batch's image inputs per sample, alive all step (the collator's tensors, fp32 as the
+    processors return them): Qwen's ``pixel_values`` (patches, C·tp·p²) and ``image_grid_thw``
+    (int64, images × 3); Pixtral's ``pixel_values`` (images, C, h, w) and ``image_sizes``. Summed
+    per sample (one tensor per batch in the trace: the blocks of the per-sample figure are an upper
+    bound by < 512 B)."""
+    if not s.images:
+        return 0
+    patches, features, tokens = v.image(*s.image_wh)
+    if v.tower.inputs == "grid_thw":
+        p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
+        return _blk(4 * s.images * patches * C * tp * p * p) + _blk(8 * 3 * s.images)
+    P = v.get("patch_size")
+    return _blk(4 * s.images * patches * v.get("num_channels") * P * P) + _blk(8 * 2 * s.images)
+
+
+def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: int, resid0: int) -> tuple[int, int]:
+    """(bytes per sample, bytes per step) the images leave saved from the forward until the decoder's
+    backward is done, under gradient checkpointing with a frozen (or quantized) tower.
+
+    transformers 5.24 ``PreTrainedModel.enable_input_require_grads`` (which peft's and the Trainer's
+    checkpointing call) hooks the input embeddings of *every* ``PreTrainedModel`` submodule: the
+    vision tower's too (``_input_embed_layer = "patch_embed"``). The patch embedding's output then
+    requires grad, so the frozen tower records its graph and the decoder's backward flows on through
+    the merger and every tower block down to the patch embedding (input gradients only). Without
+    checkpointing nothing in the tower requires grad and it saves nothing. Priced (Qwen2.5-VL,
+    ``modeling_qwen2_5_vl.py``; P patches, F = P/merge² features, Hv tower width, M = Hv·merge²,
+    a = the tower's activation dtype, autocast's):
+
+    - the patch embedding's output and each checkpointed block's input: (1 + depth)·P·Hv·a;
+    - the rotary cos / sin every block takes (checkpointed with it): 2·P·(Hv/heads)·4 (fp32);
+    - the merger: ``ln_q``'s fp32 input and rsqrt (4·P·Hv + 4·P), ``mlp.0``'s output kept by the
+      GELU (F·M·a), and, under autocast with wider weights, the bf16 copies of ``mlp.0`` / ``mlp.2``
+      (weight and bias) each linear keeps for its input gradient (per step);
+    - the decoder's embedding output stays alive beside the scattered copy that is layer 0's
+      checkpointed input (``masked_scatter``): b·s·H·resid0 per sample, priced by the caller.
+    Returns (per sample, per step); (0, 0) without images or checkpointing."""
+    v = arch.vision
+    if v is None or not s.images or not s.grad_checkpointing or s.full or tower_trains(arch, s):
+        return 0, 0
+    walk = SAVED.get(v.tower.walk)
+    if walk is None:
+        return 0, 0
+    return walk(v, s, act_bytes, weight_bytes)
+
+
+def _qwen25_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
+    patches, features, _ = v.image(*s.image_wh)
+    P, F = s.images * patches, s.images * features
+    Hv, D, heads = v.get("hidden_size"), v.get("depth"), v.get("num_heads")
+    M = Hv * v.get("spatial_merge_size") ** 2
+    out = v.get("out_hidden_size")
+    per = ((1 + D) * _blk(P * Hv * a) + 2 * _blk(4 * P * (Hv // heads))
+           + _blk(4 * P * Hv) + _blk(4 * P) + _blk(F * M * a))
+    step = (_blk(a * M * M) + _blk(a * M) + _blk(a * out * M) + _blk(a * out)) if w != a else 0
+    return per, step
+
+
+#: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
+SAVED = {"qwen2_5": _qwen25_saved}

@@ -1,0 +1,328 @@
+"""Vision towers of multimodal checkpoints: one ``Tower`` record per ``vision_config`` ``model_type``.
+
+A multimodal checkpoint is a text decoder (its ``Family`` record, read from ``text_config`` or the
+flat config) plus a vision tower and the projector that maps the tower's output onto the text width.
+``Arch.from_config`` reads the outer config's ``vision_config``; when its ``model_type`` is in
+``TOWERS``, ``Arch.vision`` holds a ``Vision`` (the record, the vision config with the config
+class's defaults filled in, the outer config). Everything the engines know of a tower comes from
+its record:
+
+- ``linears``: its ``nn.Linear`` kinds (tower blocks and projector/merger), ``group`` ``vision``
+  or ``projector``. They are not in ``Arch.linears()`` (the decoder's), so no decoder term sees
+  them; bitsandbytes replaces them when ``Scenario.vision`` is ``quantized`` or ``trained`` under a
+  quantized base (transformers 5.24 ``from_pretrained`` with a ``BitsAndBytesConfig`` replaces every
+  ``nn.Linear`` but ``get_keys_to_not_convert``'s, which names only ``lm_head`` (and the tied
+  embedding) for these models: ``_keep_in_fp32_modules`` is empty for all of them);
+- ``params``: the parameters that are not linear weights (patch embedding convolutions, norms,
+  position tables, linear biases are counted on the linears), never quantized;
+- ``buffers``: fp32 buffers (the tower's rotary ``inv_freq`` / ``original_inv_freq``);
+- ``grid``: for one image of W × H pixels, (patches the tower attends over, merged features it
+  outputs, placeholder tokens the processor puts in the text), from the processor's resize rule;
+- ``saved``: what autograd keeps of one image when the tower is frozen (``vramplan.analytic.vision``).
+
+Adding a tower (docs/adding-a-model.md): one ``Tower(...)`` in ``TOWERS``, its class defaults, and
+the family record of its checkpoints' outer ``model_type`` (``Family.multimodal``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from vramplan.arch.spec import Linear
+
+VISION = "vision"
+"""``Linear.group`` of a tower block's linears."""
+PROJECTOR = "projector"
+"""``Linear.group`` of the projector / patch merger's linears."""
+
+
+@dataclass(frozen=True)
+class Tower:
+    """What vramplan knows about one vision tower kind (a ``vision_config`` ``model_type``)."""
+
+    model_type: str
+    source: str
+    """The transformers 5.24 modeling file and classes it mirrors."""
+    modules: tuple[str, ...]
+    """Module names (under the multimodal model's ``model``) that hold the tower and projector: the
+    names a framework's skip list / LoRA regex uses (ms-swift ``vision_tower`` / ``aligner``)."""
+    defaults: Mapping[str, Any]
+    """The vision config class's defaults (config.json may omit any of them)."""
+    linears: Callable[["Vision"], list["Linear"]]
+    params: Callable[["Vision"], dict[str, int]]
+    buffers: Callable[["Vision"], tuple[int, ...]]
+    """Element counts of its fp32 buffers (one tensor each)."""
+    grid: Callable[["Vision", int, int], tuple[int, int, int]]
+    """(vision, width, height) -> (patches, merged features, placeholder tokens) of one image."""
+    inputs: str = "grid_thw"
+    """How the processor hands images to the model: ``grid_thw`` (Qwen: ``pixel_values`` of shape
+    (patches, C·tp·p·p) and ``image_grid_thw``) or ``image_sizes`` (Pixtral: ``pixel_values`` of
+    shape (images, C, h, w) and ``image_sizes``)."""
+    pixels: tuple[int, int] = (0, 0)
+    """Qwen: the processor's (min_pixels, max_pixels) of ``smart_resize``."""
+    walk: str = ""
+    """The name of its saved-tensor walk in ``vramplan.analytic.vision.SAVED`` (what its images
+    leave saved); empty: not priced yet (weights only)."""
+    deepstack: bool = False
+    """Reads ``deepstack_visual_indexes`` (Qwen3-VL: one extra merger per index, whose outputs are
+    added to the first decoder layers' hidden states)."""
+
+
+@dataclass(frozen=True)
+class Vision:
+    """The tower of one multimodal checkpoint."""
+
+    tower: Tower
+    config: Mapping[str, Any] = field(compare=False, repr=False)
+    """The vision config, the class defaults filled in."""
+    outer: Mapping[str, Any] = field(compare=False, repr=False)
+    """The outer (multimodal) config.json."""
+    text_hidden: int = 0
+    """The text decoder's width (the projector's output)."""
+
+    def get(self, key: str) -> Any:
+        return self.config.get(key, self.tower.defaults.get(key))
+
+    def linears(self) -> tuple["Linear", ...]:
+        return tuple(self.tower.linears(self))
+
+    def param_counts(self) -> dict[str, int]:
+        """Tower and projector parameters by kind: linears (weights and biases) and the rest."""
+        out: dict[str, int] = {}
+        for lin in self.linears():
+            out[f"vision.{lin.name}"] = out.get(f"vision.{lin.name}", 0) + lin.params
+        for key, n in self.tower.params(self).items():
+            out[f"vision.{key}"] = out.get(f"vision.{key}", 0) + n
+        return out
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.param_counts().values())
+
+    @property
+    def linear_weight_params(self) -> int:
+        return sum(lin.count * lin.weight_params for lin in self.linears())
+
+    @property
+    def bias_params(self) -> int:
+        return sum(lin.count * lin.out_features for lin in self.linears() if lin.bias)
+
+    @property
+    def other_params(self) -> int:
+        """Parameters that are neither linear weights nor their biases (never quantized)."""
+        return sum(self.tower.params(self).values())
+
+    def image(self, width: int, height: int) -> tuple[int, int, int]:
+        """(patches, features, placeholder tokens) of one W × H image."""
+        return self.tower.grid(self, width, height)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def _lin(name: str, group: str, i: int, o: int, bias: bool, count: int) -> "Linear":
+    from vramplan.arch.spec import Linear
+
+    return Linear(name, group, i, o, bias, count)
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen's image resize (transformers 5.24 ``models/qwen2_vl/image_processing_qwen2_vl.py``
+    ``smart_resize``, used by the Qwen2.5-VL and Qwen3-VL processors): both sides a multiple of
+    ``factor`` = patch · merge, the area within [min_pixels, max_pixels], aspect ratio kept."""
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+#: Qwen processors' pixel bounds (not in config.json): Qwen2.5-VL's published
+#: ``preprocessor_config.json`` (``min_pixels`` 3136 = 56², ``max_pixels`` 12845056 = 28²·16384);
+#: Qwen3-VL's (``size`` ``shortest_edge`` 65536, ``longest_edge`` 16777216).
+QWEN25_PIXELS = (3136, 12845056)
+QWEN3_PIXELS = (65536, 16777216)
+
+
+def _qwen_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """The processor's ``image_grid_thw`` = (1, h/p, w/p) after ``smart_resize`` with the tower's
+    ``pixels`` bounds (an image is one temporal patch: the processor repeats it
+    ``temporal_patch_size`` times): patches = h·w/p², features = tokens = patches / merge²
+    (``processing_qwen2_vl.py``: one ``<|image_pad|>`` per merged feature)."""
+    p, m = v.get("patch_size"), v.get("spatial_merge_size")
+    h, w = smart_resize(height, width, p * m, *v.tower.pixels)
+    patches = (h // p) * (w // p)
+    return patches, patches // (m * m), patches // (m * m)
+
+
+def _qwen_buffers(v: Vision) -> tuple[int, ...]:
+    """``*VisionRotaryEmbedding``: ``inv_freq`` and ``original_inv_freq``, head_dim/4 fp32 each
+    (``compute_axial_rope_parameters``: ``arange(0, head_dim // 2, 2)``)."""
+    hd = v.get("hidden_size") // v.get("num_heads")
+    return (hd // 4, hd // 4)
+
+
+# -------------------------------------------------------------------------- qwen2_5_vl_vision
+def _qwen25_linears(v: Vision) -> list["Linear"]:
+    """``Qwen2_5_VLVisionBlock`` × depth: ``attn.qkv`` (H -> 3H), ``attn.proj``, ``mlp.gate_proj`` /
+    ``up_proj`` (H -> I), ``mlp.down_proj``, all with bias; ``Qwen2_5_VLPatchMerger``: ``mlp.0``
+    (4H -> 4H) and ``mlp.2`` (4H -> text width), with bias (merge 2: 4 = merge²)."""
+    H, I, D = v.get("hidden_size"), v.get("intermediate_size"), v.get("depth")
+    M = H * v.get("spatial_merge_size") ** 2
+    out = v.get("out_hidden_size")
+    return [_lin("attn.qkv", VISION, H, 3 * H, True, D), _lin("attn.proj", VISION, H, H, True, D),
+            _lin("mlp.gate_proj", VISION, H, I, True, D), _lin("mlp.up_proj", VISION, H, I, True, D),
+            _lin("mlp.down_proj", VISION, I, H, True, D),
+            _lin("merger.mlp.0", PROJECTOR, M, M, True, 1), _lin("merger.mlp.2", PROJECTOR, M, out, True, 1)]
+
+
+def _qwen25_params(v: Vision) -> dict[str, int]:
+    """``patch_embed.proj``: Conv3d (C·tp·p·p -> H, no bias); ``norm1`` / ``norm2`` RMSNorm (H) per
+    block; the merger's ``ln_q`` RMSNorm (H)."""
+    H, p, tp, C = v.get("hidden_size"), v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
+    return {"patch_embed": H * C * tp * p * p, "norms": 2 * H * v.get("depth") + H}
+
+
+# ---------------------------------------------------------------------------- qwen3_vl_vision
+def _deepstack(v: Vision) -> int:
+    """Deepstack mergers: one per ``deepstack_visual_indexes`` entry (Qwen3-VL); none for Qwen3.5's
+    tower, whose config class has no such field."""
+    return len(v.get("deepstack_visual_indexes") or ()) if v.tower.deepstack else 0
+
+
+def _qwen3_linears(v: Vision) -> list["Linear"]:
+    """``Qwen3VLVisionBlock`` × depth: ``attn.qkv``, ``attn.proj``, ``mlp.linear_fc1`` (H -> I),
+    ``mlp.linear_fc2``, with bias; ``Qwen3VLVisionPatchMerger`` ``merger`` and one per
+    ``deepstack_visual_indexes`` entry (``deepstack_merger_list``): ``linear_fc1`` (4H -> 4H),
+    ``linear_fc2`` (4H -> text width), with bias."""
+    H, I, D = v.get("hidden_size"), v.get("intermediate_size"), v.get("depth")
+    M = H * v.get("spatial_merge_size") ** 2
+    out, k = v.get("out_hidden_size"), 1 + _deepstack(v)
+    return [_lin("attn.qkv", VISION, H, 3 * H, True, D), _lin("attn.proj", VISION, H, H, True, D),
+            _lin("mlp.linear_fc1", VISION, H, I, True, D), _lin("mlp.linear_fc2", VISION, I, H, True, D),
+            _lin("merger.linear_fc1", PROJECTOR, M, M, True, k), _lin("merger.linear_fc2", PROJECTOR, M, out, True, k)]
+
+
+def _qwen3_params(v: Vision) -> dict[str, int]:
+    """``patch_embed.proj`` Conv3d with bias; ``pos_embed`` (``num_position_embeddings`` × H);
+    LayerNorms (weight + bias) ``norm1`` / ``norm2`` per block; the merger's LayerNorm over H, each
+    deepstack merger's over 4H (``use_postshuffle_norm=True``)."""
+    H, p, tp, C = v.get("hidden_size"), v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
+    M = H * v.get("spatial_merge_size") ** 2
+    ds = _deepstack(v)
+    return {"patch_embed": H * C * tp * p * p + H, "pos_embed": v.get("num_position_embeddings") * H,
+            "norms": 4 * H * v.get("depth") + 2 * H + ds * 2 * M}
+
+
+# ------------------------------------------------------------------------------------ pixtral
+def _pixtral_head_dim(v: Vision) -> int:
+    return v.get("head_dim") or v.get("hidden_size") // v.get("num_attention_heads")
+
+
+def _pixtral_linears(v: Vision) -> list["Linear"]:
+    """``PixtralAttentionLayer`` × layers: ``attention.q/k/v/o_proj`` (H -> heads·head_dim, no bias),
+    ``feed_forward.gate/up/down_proj`` (no bias); ``Mistral3MultiModalProjector``:
+    ``patch_merger.merging_layer`` (H·merge² -> H, no bias), ``linear_1`` (H -> text width) and
+    ``linear_2`` (text -> text), bias = ``multimodal_projector_bias`` (outer config)."""
+    H, I, L = v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers")
+    q = v.get("num_attention_heads") * _pixtral_head_dim(v)
+    m = v.outer.get("spatial_merge_size", 2)
+    b = bool(v.outer.get("multimodal_projector_bias", False))
+    T = v.text_hidden
+    return [_lin("attention.q_proj", VISION, H, q, False, L), _lin("attention.k_proj", VISION, H, q, False, L),
+            _lin("attention.v_proj", VISION, H, q, False, L), _lin("attention.o_proj", VISION, q, H, False, L),
+            _lin("feed_forward.gate_proj", VISION, H, I, False, L), _lin("feed_forward.up_proj", VISION, H, I, False, L),
+            _lin("feed_forward.down_proj", VISION, I, H, False, L),
+            _lin("patch_merger.merging_layer", PROJECTOR, H * m * m, H, False, 1),
+            _lin("linear_1", PROJECTOR, H, T, b, 1), _lin("linear_2", PROJECTOR, T, T, b, 1)]
+
+
+def _pixtral_params(v: Vision) -> dict[str, int]:
+    """``patch_conv`` Conv2d (C·p·p -> H, no bias), ``ln_pre`` RMSNorm (H), ``attention_norm`` and
+    ``ffn_norm`` (H) per layer; the projector's ``norm`` RMSNorm (H)."""
+    H, p, C = v.get("hidden_size"), v.get("patch_size"), v.get("num_channels")
+    return {"patch_embed": H * C * p * p, "norms": H + 2 * H * v.get("num_hidden_layers") + H}
+
+
+def _pixtral_buffers(v: Vision) -> tuple[int, ...]:
+    """``PixtralRotaryEmbedding``: ``inv_freq`` and ``original_inv_freq``, head_dim/2 fp32 each."""
+    hd = _pixtral_head_dim(v)
+    return (hd // 2, hd // 2)
+
+
+def _pixtral_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """transformers 5.24 ``models/pixtral/image_processing_pixtral.py::get_resize_output_image_size``
+    and ``processing_pixtral.py``: the longest edge scaled down to ``image_size`` (Mistral Small 3.x:
+    1540, the processor's ``longest_edge``), then each side rounded up to a multiple of P = patch ·
+    merge (the processor's ``patch_size · spatial_merge_size``). The tower attends over the p-patch
+    grid, the projector's patch merger merges merge × merge patches: features = (h/P)·(w/P); the text
+    holds one ``[IMG]`` per feature plus one ``[IMG_BREAK]`` per row (the last one ``[IMG_END]``):
+    tokens = (h/P)·(w/P + 1)."""
+    p, m, edge = v.get("patch_size"), v.outer.get("spatial_merge_size", 2), v.get("image_size")
+    ratio = max(height / edge, width / edge)
+    if ratio > 1:
+        height, width = int(math.floor(height / ratio)), int(math.floor(width / ratio))
+    P = p * m
+    nh, nw = -(-height // P), -(-width // P)
+    return (nh * m) * (nw * m), nh * nw, nh * (nw + 1)
+
+
+_QWEN25_DEFAULTS = dict(depth=32, hidden_size=3584, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
+                        spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=3584,
+                        fullatt_block_indexes=[7, 15, 23, 31])
+_QWEN3_DEFAULTS = dict(depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, in_channels=3, patch_size=16,
+                       spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=3584, num_position_embeddings=2304,
+                       deepstack_visual_indexes=[8, 16, 24])
+_QWEN35_DEFAULTS = {k: v for k, v in _QWEN3_DEFAULTS.items() if k != "deepstack_visual_indexes"}
+
+#: Every vision tower kind (the one place a tower is registered), by ``vision_config`` ``model_type``.
+TOWERS: dict[str, Tower] = {t.model_type: t for t in (
+    Tower("qwen2_5_vl_vision", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VisionTransformerPretrainedModel)",
+          ("visual",), _QWEN25_DEFAULTS, _qwen25_linears, _qwen25_params, _qwen_buffers, _qwen_grid, pixels=QWEN25_PIXELS,
+          walk="qwen2_5"),
+    Tower("qwen3_vl_vision", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLVisionModel)",
+          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          deepstack=True),
+    Tower("qwen3_vl_moe_vision", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeVisionModel)",
+          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          deepstack=True),
+    # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
+    # to keep Qwen3-VL's pixel bounds
+    Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
+          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+    Tower("qwen3_5_moe_vision", "models/qwen3_5_moe/modeling_qwen3_5_moe.py (Qwen3_5MoeVisionModel)",
+          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+    Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
+          "(Mistral3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
+          dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
+               image_size=1024, patch_size=16, head_dim=None),
+          _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes"),
+)}
+
+#: Outer model_type -> the ``vision_config`` model_type its config class fills in when the config.json
+#: omits it (Qwen2.5-VL's published configs do).
+DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": "qwen3_vl_vision",
+                                 "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
+                                 "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision"}
+
+
+def vision_of(outer: Mapping[str, Any], text_hidden: int) -> Vision | None:
+    """The ``Vision`` of a multimodal config.json, None when it has no ``vision_config`` of a known tower."""
+    vc = outer.get("vision_config")
+    if not isinstance(vc, Mapping):
+        return None
+    kind = vc.get("model_type")
+    if not kind or kind == outer.get("model_type"):  # omitted, or an old Qwen2.5-VL save's (its config fixes it)
+        kind = DEFAULT_TOWER.get(outer.get("model_type", ""))
+    tower = TOWERS.get(kind or "")
+    if tower is None:
+        return None
+    cfg = dict(vc)
+    return Vision(tower, cfg, dict(outer), text_hidden)
