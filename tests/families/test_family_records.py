@@ -47,6 +47,17 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_moe": ("Qwen3-30B-A3B", _MOE),
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
+    # Gemma 3 multimodal: a 2-block SigLIP of width 128 on 56 x 56 images (16 patches pooled to 4 features)
+    "gemma3": ("gemma-3-4b-it", dict(_SMALL, layer_types=["sliding_attention", "full_attention"],
+                                     _vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                                  num_attention_heads=2, image_size=56, patch_size=14),
+                                     _top=dict(mm_tokens_per_image=4, image_token_index=1000, boi_token_index=1001,
+                                               eoi_token_index=1002))),
+    # Gemma 4 E2B: per-layer input embeddings (P 32), full layers at global_head_dim 128; kv sharing and the
+    # double-wide MLP need a third layer of a kind (tests/families/test_gemma4.py holds those variants)
+    "gemma4_text": ("gemma-4-E2B-it", dict(_SMALL, global_head_dim=128, vocab_size_per_layer_input=1024,
+                                            hidden_size_per_layer_input=32, num_kv_shared_layers=0,
+                                            layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
     # multimodal: the decoder shrunk as above (mrope sections re-cut for head_dim 64), a 2-block tower
     "qwen2_5_vl": ("Qwen2.5-VL-7B-Instruct", dict(_SMALL, rope_scaling={"type": "mrope", "mrope_section": [16, 8, 8]},
@@ -61,7 +72,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
 FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
-    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct", "gemma4_text": "gemma-4-E2B-it", "gemma3": "gemma-3-4b-it",
     "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
     "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
 }

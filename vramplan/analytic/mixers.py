@@ -168,7 +168,12 @@ def _gemma4_walk(kind: str) -> "Walk":
         7. ``hidden_states *= self.layer_scalar`` (a buffer): nothing.
         ``marks["down"]``: the bytes per token saved up to the down projection (``_gemma4_working``)."""
         from vramplan.analytic.activations import _promote
-        from vramplan.arch.mixers import gemma4_dims
+        from vramplan.arch.mixers import _g4, gemma4_dims
+        from vramplan.errors import VramplanError
+        if _g4(arch.config, "enable_moe_block"):
+            raise VramplanError(f"{arch.name}: Gemma 4's MoE block (enable_moe_block: a router and 3-D experts beside "
+                                "each layer's MLP) is not priced by the analytic engine yet; --method trace prices it "
+                                "exactly (its parameters are counted)")
         d, targets = w.d, w.targets
         g, H = gemma4_dims(arch.config, kind), arch.hidden_size
         nh, hd, nkv = g["heads"], g["head_dim"], g["kv_heads"]
@@ -305,12 +310,12 @@ WORKING: dict[str, Working] = {
 
 #: ``Family.layout`` -> bytes per token the model saves outside its decoder layers (``terms``' ``pre_tok``).
 MODEL_SAVED: dict[str, Callable[..., tuple[int, int, int]]] = {
-    "gemma4": gemma4_model_saved,
+    "per_layer_inputs": gemma4_model_saved,
 }
 
 #: ``Family.layout`` -> (layer, bytes per token) held from that layer's backward on (``terms``' ``kv_hold``).
 MODEL_HOLD: dict[str, Callable[..., tuple[tuple[int, int], ...]]] = {
-    "gemma4": gemma4_kv_hold,
+    "per_layer_inputs": gemma4_kv_hold,
 }
 
 

@@ -60,6 +60,8 @@ class Family:
     """Fields the config class fills in when config.json omits them (published configs rely on it)."""
     softcapping: bool = False
     """Reads ``final_logit_softcapping`` / ``attn_logit_softcapping`` (Gemma 2)."""
+    final_softcapping: bool = False
+    """Reads ``final_logit_softcapping`` only (Gemma 4: its attention scores are not soft-capped)."""
     norm_keeps_input_dtype: bool = False
     """RMSNorm computes in fp32 and returns its input's dtype (``output.type_as(x)``), so an fp32
     norm weight does not promote the residual stream, as Llama's ``weight * x.to(input_dtype)`` does."""
@@ -168,11 +170,12 @@ FFN_RULES["in_mixer"] = lambda cfg, num_layers: tuple(range(num_layers))
 """Every layer's feed-forward block is priced with its mixer kind (the kind walks the whole layer)."""
 
 #: Gemma4TextConfig's fields (transformers 5.24 ``configuration_gemma4.py``) the engines read.
+#: (``head_dim`` and ``num_key_value_heads`` are per-layer attributes there: ``vramplan.arch.mixers.GEMMA4_LAYER_DEFAULTS``.)
 _GEMMA4_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30,
-                        num_attention_heads=8, num_key_value_heads=4, head_dim=256, tie_word_embeddings=True,
+                        num_attention_heads=8, tie_word_embeddings=True,
                         sliding_window=512, vocab_size_per_layer_input=262_144, hidden_size_per_layer_input=256,
                         attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
-                        use_double_wide_mlp=False, global_head_dim=512)
+                        use_double_wide_mlp=False)
 
 #: Every supported family (the one place a per-model_type fact is written).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -191,10 +194,14 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            norm_keeps_input_dtype=True, scaled_embedding=True, sliding_rule=SLIDE_EVEN,
            class_defaults=dict(head_dim=256)),
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
+    # the multimodal checkpoints (Gemma3ForConditionalGeneration: SigLIP tower + projector, the decoder in
+    # text_config); a gemma3 config without a vision_config reads as gemma3_text (ALIASES)
+    Family("gemma3", "models/gemma3/modeling_gemma3.py (Gemma3Model: Gemma3TextModel under text_config)",
+           multimodal=True, **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
-    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", norms_per_layer=4, tie_default=True, softcapping=True,
-           norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
-           sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="gemma4",
+    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", qk_norm=True, norms_per_layer=4, tie_default=True,
+           final_softcapping=True, norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
+           sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="per_layer_inputs",
            class_defaults=_GEMMA4_DEFAULTS),
     # multimodal checkpoints: the text decoder's record (the tower is vramplan.arch.vision's)
     Family("qwen2_5_vl", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VLTextModel: Qwen2 layers)",

@@ -88,6 +88,6 @@ def _gemma4_buffers(cfg: Mapping[str, Any], L: int) -> int:
 
 #: Every family layout (``Family.layout`` names one).
 LAYOUTS: dict[str, Layout] = {lo.name: lo for lo in (
-    Layout("gemma4", "models/gemma4/modeling_gemma4.py Gemma4TextModel", _gemma4_linears, _gemma4_params,
+    Layout("per_layer_inputs", "models/gemma4/modeling_gemma4.py Gemma4TextModel", _gemma4_linears, _gemma4_params,
            _gemma4_buffers),
 )}

@@ -57,9 +57,19 @@ def is_mixer_group(group: str) -> bool:
 GEMMA4_KINDS = ("gemma4_sliding", "gemma4_full", "gemma4_sliding_kv_shared", "gemma4_full_kv_shared")
 
 
+#: ``Gemma4TextConfig.__post_init__``'s ``kwargs.pop("global_head_dim", 512)`` (a keyword, not a field).
+GEMMA4_GLOBAL_HEAD_DIM = 512
+#: ``Gemma4TextConfig``'s defaults of its per-layer attributes (read per layer from ``per_layer_config``).
+GEMMA4_LAYER_DEFAULTS = {"head_dim": 256, "num_key_value_heads": 4}
+
+
 def _g4(cfg: Mapping[str, Any], key: str) -> Any:
     from vramplan.arch.families import FAMILIES
     value = cfg.get(key)
+    if value is None and key == "global_head_dim":
+        return GEMMA4_GLOBAL_HEAD_DIM
+    if value is None and key in GEMMA4_LAYER_DEFAULTS:
+        return GEMMA4_LAYER_DEFAULTS[key]
     return FAMILIES["gemma4_text"].class_defaults.get(key) if value is None else value
 
 

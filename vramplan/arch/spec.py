@@ -260,6 +260,8 @@ class Arch:
         cfg: Mapping[str, Any] = config
         outer_type = config.get("model_type")
         multimodal = isinstance(outer_type, str) and outer_type in FAMILIES and FAMILIES[outer_type].multimodal
+        if multimodal and outer_type in ALIASES and not isinstance(config.get("vision_config"), Mapping):
+            multimodal = False  # Gemma 3: a config with no vision_config prices its text decoder (ALIASES)
         if isinstance(config.get("text_config"), Mapping):
             cfg = dict(config["text_config"])
             if multimodal:  # the text part is priced by the outer model_type's record
@@ -271,7 +273,8 @@ class Arch:
             raise ArchError("config.json is missing required field 'model_type'")
         if not isinstance(model_type, str):
             raise ArchError(f"config.json field 'model_type' must be a string, got {_show(model_type)}")
-        model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
+        if not multimodal:
+            model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
         if model_type in UNSUPPORTED:
             raise ArchError(f"model_type '{model_type}' is not supported: {UNSUPPORTED[model_type]}")
         if model_type not in FAMILIES:
@@ -301,7 +304,7 @@ class Arch:
                 inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
         else:
             inter = _int(cfg, "intermediate_size", model_type)
-        softcap = cfg.get("final_logit_softcapping") if fam.softcapping else None
+        softcap = cfg.get("final_logit_softcapping") if (fam.softcapping or fam.final_softcapping) else None
         attn_softcap = cfg.get("attn_logit_softcapping") if fam.softcapping else None
         return cls(
             name=name or cfg.get("_name_or_path") or model_type,

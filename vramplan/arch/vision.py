@@ -59,8 +59,9 @@ class Tower:
     """(vision, width, height) -> (patches, merged features, placeholder tokens) of one image."""
     inputs: str = "grid_thw"
     """How the processor hands images to the model: ``grid_thw`` (Qwen: ``pixel_values`` of shape
-    (patches, C·tp·p·p) and ``image_grid_thw``) or ``image_sizes`` (Pixtral: ``pixel_values`` of
-    shape (images, C, h, w) and ``image_sizes``)."""
+    (patches, C·tp·p·p) and ``image_grid_thw``), ``image_sizes`` (Pixtral: ``pixel_values`` of
+    shape (images, C, h, w) and ``image_sizes``) or ``pixel_values`` (Gemma 3: (images, C, S, S) alone,
+    S = ``image_size``)."""
     pixels: tuple[int, int] = (0, 0)
     """Qwen: the processor's (min_pixels, max_pixels) of ``smart_resize``."""
     walk: str = ""
@@ -274,6 +275,50 @@ def _pixtral_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
     return (nh * m) * (nw * m), nh * nw, nh * (nw + 1)
 
 
+# -------------------------------------------------------------------------- siglip_vision_model
+def _siglip_linears(v: Vision) -> list["Linear"]:
+    """``SiglipEncoderLayer`` × layers (transformers 5.24 ``models/siglip/modeling_siglip.py``):
+    ``self_attn.q/k/v_proj`` and ``out_proj`` (D -> D), ``mlp.fc1`` (D -> I), ``mlp.fc2``, all with
+    bias. No head (Gemma 3's ``vision_use_head`` is false). Gemma 3's projector
+    (``Gemma3MultiModalProjector``) holds a bare ``mm_input_projection_weight`` parameter, no linear."""
+    D, I, L = v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers")
+    return [_lin("self_attn.q_proj", VISION, D, D, True, L), _lin("self_attn.k_proj", VISION, D, D, True, L),
+            _lin("self_attn.v_proj", VISION, D, D, True, L), _lin("self_attn.out_proj", VISION, D, D, True, L),
+            _lin("mlp.fc1", VISION, D, I, True, L), _lin("mlp.fc2", VISION, I, D, True, L)]
+
+
+def _siglip_patches(v: Vision) -> int:
+    return (v.get("image_size") // v.get("patch_size")) ** 2
+
+
+def _siglip_params(v: Vision) -> dict[str, int]:
+    """``SiglipVisionEmbeddings``: ``patch_embedding`` Conv2d (C·p·p -> D, with bias) and
+    ``position_embedding`` (one row per patch); ``layer_norm1`` / ``layer_norm2`` LayerNorms (weight and
+    bias) per layer and ``post_layernorm``; Gemma 3's projector: ``mm_input_projection_weight``
+    (D × text width) and ``mm_soft_emb_norm`` (``Gemma3RMSNorm``, D)."""
+    D, p, C = v.get("hidden_size"), v.get("patch_size"), v.get("num_channels")
+    return {"patch_embed": D * C * p * p + D, "pos_embed": _siglip_patches(v) * D,
+            "norms": 4 * D * v.get("num_hidden_layers") + 2 * D + D,
+            "mm_input_projection": D * v.text_hidden}
+
+
+def _siglip_buffers(v: Vision) -> tuple[int, ...]:
+    """``SiglipVisionEmbeddings.position_ids``: ``arange(patches)`` int64 (8 B each, as two fp32
+    elements' bytes here)."""
+    return (2 * _siglip_patches(v),)
+
+
+def _siglip_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """Gemma 3's processor resizes every image to the tower's ``image_size`` square (896 × 896,
+    ``image_processing_gemma3.py`` ``size``; no pan-and-scan by default): (896 / 14)² = 4096 patches;
+    the projector average-pools them to ``mm_tokens_per_image`` (256) features; the text holds
+    ``processing_gemma3.py``'s ``full_image_sequence``: ``"\\n\\n" + <start_of_image> + 256 ×
+    <image_soft_token> + <end_of_image> + "\\n\\n"`` (``image_seq_length`` 256): 256 + 2 tokens, plus
+    the two ``\\n\\n`` (one token each in Gemma's vocabulary): 260."""
+    n = v.outer.get("mm_tokens_per_image", 256)
+    return _siglip_patches(v), n, n + 4
+
+
 _QWEN25_DEFAULTS = dict(depth=32, hidden_size=3584, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
                         spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=3584,
                         fullatt_block_indexes=[7, 15, 23, 31])
@@ -299,6 +344,11 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
     Tower("qwen3_5_moe_vision", "models/qwen3_5_moe/modeling_qwen3_5_moe.py (Qwen3_5MoeVisionModel)",
           ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+    Tower("siglip_vision_model", "models/siglip/modeling_siglip.py (SiglipVisionModel) + models/gemma3/"
+          "modeling_gemma3.py (Gemma3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
+          dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
+               image_size=224, patch_size=16, vision_use_head=True),
+          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values"),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
           "(Mistral3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
@@ -310,7 +360,8 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
 #: omits it (Qwen2.5-VL's published configs do).
 DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": "qwen3_vl_vision",
                                  "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
-                                 "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision"}
+                                 "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision",
+                                 "gemma3": "siglip_vision_model"}
 
 
 def vision_of(outer: Mapping[str, Any], text_hidden: int) -> Vision | None:
