@@ -26,7 +26,8 @@ OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp1
              bnb_keeps_input=True, reentrant=True, label_fraction=0.5, rope_cache="per-layer", packing="packed", dora=True,
              modules_to_save=("lm_head",), lora_fa=True,
              lora_kernels="axolotl", kernel_groups=("mlp",), eval_batch=4, eval_keep="logits", eval_samples=8, eval_new_tokens=16,
-             offload="checkpoints", liger_rms_norm=True, liger_swiglu=True, liger_rope=True)
+             offload="checkpoints", liger_rms_norm=True, liger_swiglu=True, liger_rope=True,
+             images=1, image_size="512x512", vision="trained")
 
 
 def test_full_fine_tuning_holds_the_logits_once():

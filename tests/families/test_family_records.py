@@ -204,3 +204,21 @@ def test_full_size_entry_within_1_percent(model_type):
     ours = estimate(arch, sc, device="cuda")
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
     assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
+
+
+#: The multimodal families (a vision tower kind each) and the scenarios of their image rows.
+_MULTIMODAL = sorted(t for t in SHRUNK if FAMILIES[t].multimodal)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("gc", [True, False], ids=["gc", "no-gc"])
+@pytest.mark.parametrize("model_type", _MULTIMODAL)
+def test_images_within_1_percent_of_trace(model_type, gc):
+    """One 224×224 image per sample (Qwen2.5-VL / Qwen3-VL: 256 patches, 64 tokens; Pixtral: 256
+    patches, 64 features, 72 tokens) on the shrunk model and tower, both engines (the trace on real
+    CPU tensors: the vision path reads tensor values)."""
+    if not gc and model_type != "qwen2_5_vl":
+        pytest.skip("without checkpointing a frozen tower saves nothing: one row (qwen2_5_vl) checks it")
+    arch, ours, theirs = _both(model_type, grad_checkpointing=gc, images=1, image_size="224x224")
+    err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
+    assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"

@@ -178,7 +178,8 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
         layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
         layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq,
-        images=size * st.image_batch, images_live=size * st.image_saved + st.image_step + T * st.image_tok)
+        images=size * st.image_batch, images_live=size * st.image_saved + st.image_step + T * st.image_tok
+        + (-(-size * size * st.image_quad // 512) * 512 if st.image_quad else 0))
     if len(st.classes) == 1 or st.offload is not Offload.NONE:
         return x
     # a hybrid model: the last layer of each other signature may be the busier layer backward (its

@@ -279,6 +279,8 @@ class StaticTerms:
     """Bytes per step the same (the merger's autocast weight copies)."""
     image_tok: int = 0
     """Bytes per token the placeholder scatter keeps beside layer 0's input (``vision.tower_saved_bytes``)."""
+    image_quad: int = 0
+    """Bytes per sample² the same (Pixtral's block-diagonal mask over the micro-batch's images)."""
     trl_node: tuple[int, int] = (0, 0)
     """TRL ``OffloadActivations`` without checkpointing: bytes per token restored on the device at the
     last layer's and layer 0's busiest backward moment (``activations.trl_mlp_node``); 0 where not
@@ -375,12 +377,12 @@ def _build(arch: Arch, s: Scenario, d: act.Dtypes) -> StaticTerms:
     layer = _layer_terms(arch, s, d, attn.value, train.targets)
     comps = comps + _kernel_components(arch, s, d, layer.fused)
     notes = ((attn_note,) if attn_note else ()) + layer.notes + loss_notes(arch, s, d) \
-        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s)
+        + OFFLOAD_NOTES.get(s.offload, ()) + liger_layer_notes(arch, s) + av.vision_notes(arch, s)
     return StaticTerms(
         d=d, comps=tuple(Component(*c) for c in comps), static=sum(c[2] for c in comps), notes=notes,
         n_train=train.n_train, grad_name="gradients/" + ("full" if s.full else "lora"),
         grad_total=train.grad_total,
-        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad) // arch.num_layers,
+        grad_per_layer=(train.grad_total - train.head_grad - train.embed_grad - train.vision_grad) // arch.num_layers,
         head_grad=train.head_grad, tied_extra=train.tied_extra,
         opt_temp=opt.optimizer_step_temp_bytes(s.optimizer, train.n_train, train.pbytes) + train.opt_temp,
         paged=train.paged, embed_grad=train.embed_grad, mts_head_input="lm_head" in s.modules_to_save,
@@ -401,7 +403,8 @@ def _image_terms(arch: Arch, s: Scenario, d: act.Dtypes) -> dict:
     a = d.c if d.autocast else d.other_w  # the tower's activations: autocast's dtype, else its weights'
     per, step = av.tower_saved_bytes(arch, s, a, d.other_w, d.resid0)
     return dict(image_batch=av.pixel_bytes(arch.vision, s), image_saved=per, image_step=step,
-                image_tok=arch.hidden_size * d.resid0 if (per or step) else 0)
+                image_tok=arch.hidden_size * d.resid0 if av.keeps_embedding_copy(arch, s) else 0,
+                image_quad=av.tower_mask_bytes(arch, s, d.other_w))
 
 
 def _trl_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tuple[Linear, ...]) -> dict:
@@ -516,11 +519,13 @@ class _Trainable:
     paged: int
     embed_grad: int = 0
     opt_temp: int = 0
+    vision_grad: int = 0
 
 
 def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int, int]]) -> _Trainable:
     """LoRA adapters (or every weight, full), their optimizer state, and their gradients' sizes."""
     rows: list[_Row] = []
+    vision_grad = 0  # the tower's adapter gradients: made by the tower's backward, after every decoder layer's
     if s.full:
         targets: tuple[Linear, ...] = ()
         qlins = arch.quantizable_linears()
@@ -530,7 +535,13 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     else:
         targets = ad.target_linears(arch, s.targets, s.rank)
         sizes = ad.lora_tensor_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
-        n_lora = sum(n * k for n, k in sizes)
+        # ``--vision trained``: LoRA on the tower's linears too (``vision.tower_lora_targets``); with no
+        # image the tower never runs, its adapters get no gradient and AdamW makes no state for them
+        tower = ad.lora_tensor_sizes(av.tower_lora_targets(arch, s), s.rank)
+        tower_n = sum(n * k for n, k in tower)
+        sizes += tower if s.images else []
+        vision_grad = tower_n * s.adapter_dtype.nbytes if s.images else 0
+        n_lora = sum(n * k for n, k in sizes) + (0 if s.images else tower_n)
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
             sizes = ad.lora_fa_trainable_sizes(targets, s.rank) + ad.expert_lora_tensors(arch, s.targets, s.rank)
@@ -573,7 +584,7 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
     grad_total = (n_train - sum(mts.values())) * pbytes + sum(mts_grad.values())
     opt_temp = ad.lora_fa_step_temp_bytes(targets, s.rank, pbytes, d.c) if s.lora_fa else 0
     return _Trainable(rows, targets, n_train, pbytes, grad_total, head_grad, tied_extra, paged,
-                      mts_grad.get("embed_tokens", 0), opt_temp)
+                      mts_grad.get("embed_tokens", 0), opt_temp, vision_grad)
 
 
 # ------------------------------------------------------------------------------ activations

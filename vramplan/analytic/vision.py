@@ -73,8 +73,8 @@ def _blk(n: int) -> int:
 
 def pixel_bytes(v: "Vision", s: Scenario) -> int:
     """The batch's image inputs per sample, alive all step (the collator's tensors, fp32 as the
-    processors return them): Qwen's ``pixel_values`` (patches, C·tp·p²) and ``image_grid_thw``
-    (int64, images × 3); Pixtral's ``pixel_values`` (images, C, h, w) and ``image_sizes``. Summed
+    processors return them): Qwen's ``pixel_values`` (patches, C·tp·p²), ``image_grid_thw``
+    (int64, images × 3) and ``mm_token_type_ids`` (int64 per token); Pixtral's ``pixel_values`` (images, C, h, w) and ``image_sizes``. Summed
     per sample (one tensor per batch in the trace: the blocks of the per-sample figure are an upper
     bound by < 512 B)."""
     if not s.images:
@@ -85,7 +85,8 @@ def pixel_bytes(v: "Vision", s: Scenario) -> int:
         return _blk(4 * s.images * v.get("num_channels") * S * S)
     if v.tower.inputs == "grid_thw":
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
-        return _blk(4 * s.images * patches * C * tp * p * p) + _blk(8 * 3 * s.images)
+        # + the processor's int64 ``mm_token_type_ids`` (one per token)
+        return _blk(4 * s.images * patches * C * tp * p * p) + _blk(8 * 3 * s.images) + _blk(8 * s.seq)
     P = v.get("patch_size")
     return _blk(4 * s.images * patches * v.get("num_channels") * P * P) + _blk(8 * 2 * s.images)
 
@@ -109,7 +110,7 @@ def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: i
       GELU (F·M·a), and, under autocast with wider weights, the bf16 copies of ``mlp.0`` / ``mlp.2``
       (weight and bias) each linear keeps for its input gradient (per step);
     - the decoder's embedding output stays alive beside the scattered copy that is layer 0's
-      checkpointed input (``masked_scatter``): b·s·H·resid0 per sample, priced by the caller.
+      checkpointed input: b·s·H·resid0 per sample (``keeps_embedding_copy``, priced by the caller).
     Returns (per sample, per step); (0, 0) without images or checkpointing."""
     v = arch.vision
     if v is None or not s.images or not s.grad_checkpointing or s.full or tower_trains(arch, s):
@@ -118,6 +119,24 @@ def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: i
     if walk is None:
         return 0, 0
     return walk(v, s, act_bytes, weight_bytes)
+
+
+def keeps_embedding_copy(arch: "Arch", s: Scenario) -> bool:
+    """Under checkpointing with images, the decoder's embedding output (which requires grad: the
+    input-embedding hook) stays alive beside the placeholder-scattered copy that is layer 0's
+    checkpointed input (``masked_scatter``, ``get_placeholder_mask``): one more b·s·H in the
+    embedding's dtype, seen in the trace for every tower here; without checkpointing nothing there
+    requires grad."""
+    return arch.vision is not None and bool(s.images) and s.grad_checkpointing and not s.full
+
+
+def _qwen3_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
+    """Qwen3-VL (``modeling_qwen3_vl.py``): ``Qwen3VLVisionModel`` exposes no input embeddings
+    (no ``_input_embed_layer``), so ``enable_input_require_grads`` leaves the tower alone and the
+    frozen tower saves nothing. Its deepstack features are added to the first decoder layers'
+    hidden states through a clone (``_deepstack_process``), which replaces the layer output it copies
+    (the same size): nothing more."""
+    return 0, 0
 
 
 def _qwen25_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
@@ -132,5 +151,60 @@ def _qwen25_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
     return per, step
 
 
+def _pixtral_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
+    """Pixtral + the Mistral 3 projector (``modeling_pixtral.py``, ``modeling_mistral3.py``): the
+    patch convolution's output (P·Hv·a); ``ln_pre``'s fp32 input and rsqrt; the residual stream in
+    the norms' weight dtype (an fp32 weight promotes it: RMSNorm returns ``weight * x``), so every
+    block input and the last block's output, which the projector's RMSNorm saves with its rsqrt:
+    (layers + 1)·P·Hv·w; the 2-D rotary cos / sin (2·P·head_dim, fp32); the projector's
+    ``linear_1`` output kept by the GELU (F·T·a) and, under autocast with wider weights, the copies
+    of ``merging_layer`` / ``linear_1`` / ``linear_2`` (per step). The block-diagonal attention mask
+    (P_batch² in the norms' dtype) is ``tower_mask_bytes``'."""
+    patches, features, _ = v.image(*s.image_wh)
+    P, F = s.images * patches, s.images * features
+    Hv, L = v.get("hidden_size"), v.get("num_hidden_layers")
+    hd = v.get("head_dim") or Hv // v.get("num_attention_heads")
+    m = v.outer.get("spatial_merge_size", 2)
+    T = v.text_hidden
+    per = (_blk(P * Hv * a) + _blk(4 * P * Hv) + _blk(4 * P) + (L + 1) * _blk(P * Hv * w) + _blk(4 * P)
+           + 2 * _blk(4 * P * hd) + _blk(F * T * a))
+    step = (_blk(a * Hv * m * m * Hv) + _blk(a * T * Hv) + _blk(a * T * T)) if w != a else 0
+    return per, step
+
+
+def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
+    """Pixtral's block-diagonal attention mask over every image of the micro-batch
+    (``modeling_pixtral.py::generate_block_attention_mask``: (1, 1, P_batch, P_batch) filled in the
+    hidden states' dtype), which each checkpointed block keeps as an input: bytes per sample², i.e.
+    w·P² for P patches per sample (× batch²). 0 for other towers, or without checkpointing."""
+    v = arch.vision
+    if v is None or v.tower.walk != "pixtral" or not s.images or not s.grad_checkpointing or s.full:
+        return 0
+    P = s.images * v.image(*s.image_wh)[0]
+    return w * P * P
+
+
 #: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
-SAVED = {"qwen2_5": _qwen25_saved}
+SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved}
+
+
+def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
+    """The breakdown notes of a multimodal model's tower (none for a text-only model)."""
+    v = arch.vision
+    if v is None:
+        return ()
+    out: tuple[str, ...] = ()
+    if s.images:
+        patches, features, tokens = v.image(*s.image_wh)
+        out += (f"{s.images} image(s) of {s.image_size} per sample: {patches} patches, {tokens} placeholder tokens "
+                f"each, counted in --seq {s.seq}",)
+        if tokens * s.images > s.seq:
+            out += (f"the images' {tokens * s.images} placeholder tokens exceed --seq {s.seq}: the frameworks "
+                    "truncate or drop such samples",)
+        if tower_trains(arch, s):
+            out += ("--vision trained: the tower's adapters, gradients and optimizer state are priced; the "
+                    "activations its trained blocks save are not derived yet (the trace counts them)",)
+        elif not v.tower.walk:
+            out += (f"{v.tower.source.split(' ')[0]}: what its images leave saved under checkpointing is not derived yet "
+                    "(the pixel values are priced; the trace counts the rest)",)
+    return out

@@ -334,10 +334,10 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           walk="qwen2_5"),
     Tower("qwen3_vl_vision", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLVisionModel)",
           ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
-          deepstack=True),
+          deepstack=True, walk="qwen3_vit"),
     Tower("qwen3_vl_moe_vision", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeVisionModel)",
           ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
-          deepstack=True),
+          deepstack=True, walk="qwen3_vit"),
     # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
     # to keep Qwen3-VL's pixel bounds
     Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
@@ -353,7 +353,7 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           "(Mistral3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
                image_size=1024, patch_size=16, head_dim=None),
-          _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes"),
+          _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes", walk="pixtral"),
 )}
 
 #: Outer model_type -> the ``vision_config`` model_type its config class fills in when the config.json

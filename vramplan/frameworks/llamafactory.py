@@ -22,6 +22,7 @@ KEYS = (
     Key("quantization_method", "bnb", "bnb"),
     Key("quantization_type", "nf4", "nf4 / fp4"),
     Key("double_quantization", True, "double quantization"),
+    Key("freeze_vision_tower", True, "multimodal: the vision tower frozen (no adapter on it)"),
     Key("bf16", False, "bf16 mixed precision"),
     Key("fp16", False, "fp16 mixed precision"),
     Key("pure_bf16", False, "bf16 weights and adapters, no autocast"),
@@ -105,6 +106,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["quant"] = "int8"
         else:
             raise b.ConfigError(f"{who}: quantization_bit must be 4 or 8, got {bits!r}")
+    if getattr(arch, "vision", None) is not None:  # hparams/finetuning_args.py freeze_vision_tower (default True)
+        out["vision"] = "frozen" if b.boolean(r.get("freeze_vision_tower"), "freeze_vision_tower") else "trained"
     if not out["full"]:
         out["rank"] = b.integer(r.get("lora_rank"), "lora_rank")
         out["lora_dropout"] = b.fraction(r.get("lora_dropout"), "lora_dropout")

@@ -50,6 +50,8 @@ KEYS = (
     Key("predict_with_generate", False, "generation in evaluation (model.generate with a KV cache)"),
     Key("max_new_tokens", 64, "tokens generated per eval prompt (predict_with_generate)"),
     Key("num_beams", 1, "beam search in generation"),
+    Key("freeze_vit", True, "multimodal: the vision tower frozen (skipped by bitsandbytes, no adapter)"),
+    Key("freeze_aligner", True, "multimodal: the projector (aligner) frozen"),
     Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
     Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
 )
@@ -107,6 +109,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             if ld not in ("fp32", torch_dtype):
                 raise b.ConfigError(f"{who}: lora_dtype {ld} with torch_dtype {torch_dtype} is not priced")
             out["adapter_dtype"] = ld
+    if getattr(arch, "vision", None) is not None:  # swift/arguments/tuner_args.py: ViT and aligner frozen by default
+        vit, aligner = b.boolean(r.get("freeze_vit"), "freeze_vit"), b.boolean(r.get("freeze_aligner"), "freeze_aligner")
+        out["vision"] = "frozen" if vit else "trained"
+        if vit and not aligner:
+            notes.append("freeze_aligner false with freeze_vit true: the projector alone trains; priced with the "
+                         "whole tower frozen (--vision trained prices it trained)")
     gc = b.boolean(r.get("gradient_checkpointing"), "gradient_checkpointing")
     out["grad_checkpointing"] = gc
     kwargs = b.mapping(r.get("gradient_checkpointing_kwargs"), "gradient_checkpointing_kwargs")

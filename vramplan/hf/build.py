@@ -562,7 +562,9 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
     in fp32, as the processors return them (the model casts them to the tower's dtype):
 
     - Qwen (``Tower.inputs`` ``grid_thw``): ``pixel_values`` (images · patches, C·tp·p²) and
-      ``image_grid_thw`` (images, 3) = (1, h/p, w/p) (transformers 5.24 ``image_processing_qwen2_vl.py``);
+      ``image_grid_thw`` (images, 3) = (1, h/p, w/p) (transformers 5.24 ``image_processing_qwen2_vl.py``),
+      and ``mm_token_type_ids`` (int64, as ``ids``: 1 at image tokens; ``processing_utils.py``
+      ``create_mm_token_type_ids``, which M-RoPE reads);
     - Pixtral: ``pixel_values`` (images, C, h, w) and ``image_sizes`` (images, 2) = (h, w) after the
       resize (``image_processing_pixtral.py``).
     Empty for a text-only model or no images."""
@@ -599,7 +601,9 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
         gh, gw = _qwen_grid_sides(v, W, H)
         return {"pixel_values": torch.zeros(n * patches, C * tp * p * p, dtype=torch.float32),
-                "image_grid_thw": torch.tensor([[1, gh, gw]] * n, dtype=torch.long)}
+                "image_grid_thw": torch.tensor([[1, gh, gw]] * n, dtype=torch.long),
+                # the processor's per-token modality ids (1 = image), which M-RoPE reads
+                "mm_token_type_ids": (ids == image_id).long()}
     P = v.get("patch_size") * v.outer.get("spatial_merge_size", 2)
     rows = tokens - features
     h, w = rows * P, (features // rows) * P
@@ -617,7 +621,7 @@ def _qwen_grid_sides(v: Any, width: int, height: int) -> tuple[int, int]:
 
 
 #: The image inputs a multimodal batch carries (``vision_inputs``), passed to the model's forward.
-IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids")
 
 
 def batch_shape(scenario: Scenario) -> tuple[int, int]:
