@@ -121,7 +121,8 @@ def _hf_model_counts(cfg, arch=None):
                     if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head") and not n.startswith(tower)))
     cfg = dict(cfg)
     if "text_config" in cfg:
-        cfg = dict(cfg["text_config"], model_type="gemma3_text")
+        text = cfg["text_config"]  # the decoder's own config (gemma3_text, gemma4_text)
+        cfg = dict(text, model_type=text.get("model_type", "gemma3_text"))
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
