@@ -89,7 +89,7 @@ def test_layout_traits_match_the_modeling_code(built, model_type):
         assert attn.q_proj.bias is not None and attn.k_proj.bias is not None and attn.v_proj.bias is not None
     assert fam.scaled_embedding == any(n.endswith("embed_scale") for n, _ in model.named_buffers())
     inv = [n for n, _ in model.named_buffers() if n.endswith("inv_freq") and "original" not in n
-           and not any(n.startswith(f"model.{m}.") for m in (arch.vision.tower.modules if arch.vision else ()))]
+           and not any(n.startswith(f"{m}.") for m in (arch.vision.tower.modules if arch.vision else ()))]
     assert len(inv) == fam.rotary_sets(arch.config, cfg.num_hidden_layers), inv
     assert fam.softcapping == (getattr(cfg, "attn_logit_softcapping", None) is not None)
     assert bool(fam.moe) == arch.is_moe

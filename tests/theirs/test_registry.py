@@ -115,7 +115,7 @@ def _hf_model_counts(cfg, arch=None):
 
         with torch.device("meta"):
             model = transformers.AutoModelForImageTextToText.from_config(hf_config(arch))
-        tower = tuple(f"model.{m}." for m in arch.vision.tower.modules)
+        tower = tuple(f"{m}." for m in arch.vision.tower.modules)
         return (sum(p.numel() for p in model.parameters()),
                 sum(m.weight.numel() for n, m in model.named_modules()
                     if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head") and not n.startswith(tower)))

@@ -118,7 +118,9 @@ def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: i
     walk = SAVED.get(v.tower.walk)
     if walk is None:
         return 0, 0
-    return walk(v, s, act_bytes, weight_bytes)
+    per, step = walk(v, s, act_bytes, weight_bytes)
+    # a quantized tower's projector linears are bitsandbytes layers: no autocast weight copies to keep
+    return per, (0 if quantizes_tower(arch, s) else step)
 
 
 def keeps_embedding_copy(arch: "Arch", s: Scenario) -> bool:
@@ -192,7 +194,7 @@ def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
     """The breakdown notes of a multimodal model's tower (none for a text-only model)."""
     v = arch.vision
     if v is None:
-        return ()
+        return (f"--images {s.images}: {arch.name} has no vision tower here, images ignored",) if s.images else ()
     out: tuple[str, ...] = ()
     if s.images:
         patches, features, tokens = v.image(*s.image_wh)

@@ -47,8 +47,8 @@ class Tower:
     source: str
     """The transformers 5.24 modeling file and classes it mirrors."""
     modules: tuple[str, ...]
-    """Module names (under the multimodal model's ``model``) that hold the tower and projector: the
-    names a framework's skip list / LoRA regex uses (ms-swift ``vision_tower`` / ``aligner``)."""
+    """Module paths in the multimodal model that hold the tower and projector: what a framework's
+    bitsandbytes skip list names (ms-swift ``vision_tower`` / ``aligner``)."""
     defaults: Mapping[str, Any]
     """The vision config class's defaults (config.json may omit any of them)."""
     linears: Callable[["Vision"], list["Linear"]]
@@ -67,6 +67,8 @@ class Tower:
     walk: str = ""
     """The name of its saved-tensor walk in ``vramplan.analytic.vision.SAVED`` (what its images
     leave saved); empty: not priced yet (weights only)."""
+    text_prefix: str = "model.language_model"
+    """The decoder's module path in the multimodal model (the frameworks' LoRA regex covers it)."""
     deepstack: bool = False
     """Reads ``deepstack_visual_indexes`` (Qwen3-VL: one extra merger per index, whose outputs are
     added to the first decoder layers' hidden states)."""
@@ -318,6 +320,46 @@ def _siglip_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
     n = v.outer.get("mm_tokens_per_image", 256)
     return _siglip_patches(v), n, n + 4
 
+# ------------------------------------------------------------------------- llama4_vision_model
+def _llama4_linears(v: Vision) -> list["Linear"]:
+    """``Llama4VisionModel`` (``models/llama4/modeling_llama4.py``): ``patch_embedding.linear`` (the
+    unfolded C·p² -> H, no bias: an ``nn.Linear``, so bitsandbytes reaches it), per layer
+    ``self_attn.q/k/v/o_proj`` (H -> H, bias) and ``mlp.fc1`` / ``fc2`` (H <-> I, bias); the
+    ``vision_adapter.mlp`` (``fc1`` I -> projector_input_dim, ``fc2`` projector_output_dim ->
+    projector_output_dim, no bias); ``Llama4MultiModalProjector.linear_1`` (vision_output_dim -> text
+    width, no bias)."""
+    H, I, L = v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers")
+    C, p = v.get("num_channels"), v.get("patch_size")
+    pin, pout = v.get("projector_input_dim"), v.get("projector_output_dim")
+    return [_lin("patch_embedding.linear", VISION, C * p * p, H, False, 1),
+            *(_lin(f"self_attn.{n}", VISION, H, H, True, L) for n in ("q_proj", "k_proj", "v_proj", "o_proj")),
+            _lin("mlp.fc1", VISION, H, I, True, L), _lin("mlp.fc2", VISION, I, H, True, L),
+            _lin("vision_adapter.mlp.fc1", PROJECTOR, I, pin, False, 1),
+            _lin("vision_adapter.mlp.fc2", PROJECTOR, pout, pout, False, 1),
+            _lin("linear_1", PROJECTOR, v.get("vision_output_dim"), v.text_hidden, False, 1)]
+
+
+def _llama4_params(v: Vision) -> dict[str, int]:
+    """``class_embedding`` (H), ``positional_embedding_vlm`` ((S/p)² + 1) × H, LayerNorms (weight +
+    bias) ``layernorm_pre`` / ``layernorm_post`` and two per layer."""
+    H, L = v.get("hidden_size"), v.get("num_hidden_layers")
+    n = (v.get("image_size") // v.get("patch_size")) ** 2 + 1
+    return {"embeddings": H + n * H, "norms": 4 * H + 4 * H * L}
+
+
+def _llama4_buffers(v: Vision) -> tuple[int, ...]:
+    """``Llama4VisionRotaryEmbedding.freqs_ci``: ((S/p)² + 1) × 1 × head_dim/2 complex64, counted as
+    fp32 pairs."""
+    n = (v.get("image_size") // v.get("patch_size")) ** 2 + 1
+    return (n * (v.get("hidden_size") // v.get("num_attention_heads")),)
+
+
+def _no_images(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    from vramplan.arch.spec import ArchError
+
+    raise ArchError(f"{v.tower.model_type}: images are not modelled for this tower (its weights are priced; "
+                    "use --images 0)")
+
 
 _QWEN25_DEFAULTS = dict(depth=32, hidden_size=3584, intermediate_size=3420, num_heads=16, in_channels=3, patch_size=14,
                         spatial_merge_size=2, temporal_patch_size=2, window_size=112, out_hidden_size=3584,
@@ -330,27 +372,33 @@ _QWEN35_DEFAULTS = {k: v for k, v in _QWEN3_DEFAULTS.items() if k != "deepstack_
 #: Every vision tower kind (the one place a tower is registered), by ``vision_config`` ``model_type``.
 TOWERS: dict[str, Tower] = {t.model_type: t for t in (
     Tower("qwen2_5_vl_vision", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VisionTransformerPretrainedModel)",
-          ("visual",), _QWEN25_DEFAULTS, _qwen25_linears, _qwen25_params, _qwen_buffers, _qwen_grid, pixels=QWEN25_PIXELS,
+          ("model.visual",), _QWEN25_DEFAULTS, _qwen25_linears, _qwen25_params, _qwen_buffers, _qwen_grid, pixels=QWEN25_PIXELS,
           walk="qwen2_5"),
     Tower("qwen3_vl_vision", "models/qwen3_vl/modeling_qwen3_vl.py (Qwen3VLVisionModel)",
-          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          ("model.visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
           deepstack=True, walk="qwen3_vit"),
     Tower("qwen3_vl_moe_vision", "models/qwen3_vl_moe/modeling_qwen3_vl_moe.py (Qwen3VLMoeVisionModel)",
-          ("visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          ("model.visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
           deepstack=True, walk="qwen3_vit"),
     # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
     # to keep Qwen3-VL's pixel bounds
     Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
-          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
     Tower("qwen3_5_moe_vision", "models/qwen3_5_moe/modeling_qwen3_5_moe.py (Qwen3_5MoeVisionModel)",
-          ("visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+    Tower("llama4_vision_model", "models/llama4/modeling_llama4.py (Llama4VisionModel, Llama4MultiModalProjector)",
+          ("vision_model", "multi_modal_projector"),
+          dict(hidden_size=768, num_hidden_layers=34, num_attention_heads=16, num_channels=3, intermediate_size=5632,
+               vision_output_dim=7680, image_size=448, patch_size=14, projector_input_dim=4096,
+               projector_output_dim=4096),
+          _llama4_linears, _llama4_params, _llama4_buffers, _no_images, text_prefix="language_model"),
     Tower("siglip_vision_model", "models/siglip/modeling_siglip.py (SiglipVisionModel) + models/gemma3/"
-          "modeling_gemma3.py (Gemma3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
+          "modeling_gemma3.py (Gemma3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
                image_size=224, patch_size=16, vision_use_head=True),
           _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values"),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
-          "(Mistral3MultiModalProjector)", ("vision_tower", "multi_modal_projector"),
+          "(Mistral3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
                image_size=1024, patch_size=16, head_dim=None),
           _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes", walk="pixtral"),
@@ -361,6 +409,7 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
 DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": "qwen3_vl_vision",
                                  "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
                                  "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision",
+                                 "llama4": "llama4_vision_model",
                                  "gemma3": "siglip_vision_model"}
 
 

@@ -216,7 +216,7 @@ def vision_skip_modules(arch: Arch, scenario: Scenario) -> list[str]:
 
     if arch.vision is None or scenario.vision is not VisionMode.FROZEN:
         return []
-    return [f"model.{m}" for m in arch.vision.tower.modules]
+    return list(arch.vision.tower.modules)
 
 
 def freeze_vision(model: Any, arch: Arch, scenario: Scenario) -> None:
@@ -226,7 +226,7 @@ def freeze_vision(model: Any, arch: Arch, scenario: Scenario) -> None:
 
     if arch.vision is None or scenario.vision is VisionMode.TRAINED:
         return
-    prefixes = tuple(f"model.{m}." for m in arch.vision.tower.modules)
+    prefixes = tuple(f"{m}." for m in arch.vision.tower.modules)
     for name, p in model.named_parameters():
         if name.startswith(prefixes):
             p.requires_grad_(False)
@@ -326,7 +326,7 @@ def lora_config(scenario: Scenario, arch: Arch | None = None) -> Any:
         names = arch.linear_names() if targets == "all-linear" else list(scenario.targets)
         heads = [n for n in names if n == "lm_head"]
         body = "|".join(sorted({re.escape(n) for n in names if n != "lm_head"}))
-        targets = rf"^model\.language_model\..*\.({body})$" + ("|^lm_head$" if heads else "")
+        targets = rf"^{re.escape(arch.vision.tower.text_prefix)}\..*\.({body})$" + ("|^lm_head$" if heads else "")
     return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=scenario.dora,
                       modules_to_save=list(scenario.modules_to_save) or None)

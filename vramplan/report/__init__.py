@@ -24,7 +24,7 @@ def estimate_json(arch: Any, scenario: Any, bd: Any, headroom: dict[str, Any] | 
     one the scenario again (issue 3's key)."""
     d = bd.to_dict()
     out: dict[str, Any] = {
-        "model": {"name": arch.name, "params": arch.total_params, "quantized_params": arch.quantized_params},
+        "model": {"name": arch.name, "params": arch.all_params, "quantized_params": arch.quantized_params},
         "scenario": scenario.to_dict(),
         "config": config if config is not None else scenario.to_dict(),
         "engine": bd.engine,

@@ -47,7 +47,7 @@ def model_row(e: Any) -> dict[str, Any]:
     """One registry entry as the ``vramplan models --json`` row."""
     a = e.arch()
     return dict(name=e.name, hub_id=e.hub_id, family=e.family, model_type=a.model_type,
-                params=a.total_params, quantized_params=a.quantized_params,
+                params=a.all_params, quantized_params=a.quantized_params,
                 layers=a.num_layers, hidden=a.hidden_size, vocab=a.vocab_size,
                 moe=a.is_moe, source=e.source)
 

@@ -25,7 +25,7 @@ def mib(n: int) -> str:
 def estimate_title(arch: Any, s: Any, engine: str) -> str:
     """The heading of ``vramplan estimate``: model, size and the scenario's main choices."""
     what = "full fine-tuning" if s.full else f"LoRA r={s.rank} on {','.join(s.targets)}"
-    return (f"{arch.name} ({arch.total_params / 1e9:.2f} B params) · {s.quant.value} · {what} · "
+    return (f"{arch.name} ({arch.all_params / 1e9:.2f} B params) · {s.quant.value} · {what} · "
             f"{s.batch}×{s.seq} · {s.recipe.value} · {s.optimizer.value} · "
             f"GC {'on' if s.grad_checkpointing else 'off'} · {s.attn.value} · {engine}")
 
