@@ -59,6 +59,17 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_moe": ("Qwen3-30B-A3B", _MOE),
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
+    # Gemma 3 multimodal: a 2-block SigLIP of width 128 on 56 x 56 images (16 patches pooled to 4 features)
+    "gemma3": ("gemma-3-4b-it", dict(_SMALL, layer_types=["sliding_attention", "full_attention"],
+                                     _vision=dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                                  num_attention_heads=2, image_size=56, patch_size=14),
+                                     _top=dict(mm_tokens_per_image=4, image_token_index=1000, boi_token_index=1001,
+                                               eoi_token_index=1002))),
+    # Gemma 4 E2B: per-layer input embeddings (P 32), full layers at global_head_dim 128; kv sharing and the
+    # double-wide MLP need a third layer of a kind (tests/families/test_gemma4.py holds those variants)
+    "gemma4_text": ("gemma-4-E2B-it", dict(_SMALL, global_head_dim=128, vocab_size_per_layer_input=1024,
+                                            hidden_size_per_layer_input=32, num_kv_shared_layers=0,
+                                            layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
     # one layer of each block (Mamba-2, attention, relu2 MLP, MoE); peft refuses LoRA on Mamba's out_proj
     "nemotron_h": ("NVIDIA-Nemotron-3-Nano-30B-A3B", dict(
@@ -108,7 +119,7 @@ FULL: dict[str, str] = {
     "gpt_oss": "gpt-oss-20b", "glm4_moe": "GLM-4.5-Air", "minimax_m2": "MiniMax-M2.5",
     "llama4_text": "vramplan-llama4-scout-text",
     "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
-    "cohere2": "c4ai-command-r7b-12-2024",
+    "cohere2": "c4ai-command-r7b-12-2024", "gemma4_text": "gemma-4-E2B-it", "gemma3": "gemma-3-4b-it",
     "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
     "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
 }

@@ -122,7 +122,8 @@ def _hf_model_counts(cfg, arch=None):
     cfg = dict(cfg)
     if "text_config" in cfg:
         from vramplan.arch.families import ALIASES
-        cfg = dict(cfg["text_config"], model_type=ALIASES.get(cfg["model_type"], "gemma3_text"))
+        text = cfg["text_config"]  # the decoder's own config (gemma3_text, gemma4_text)
+        cfg = dict(text, model_type=text.get("model_type") or ALIASES.get(cfg["model_type"], "gemma3_text"))
     model_type = cfg.pop("model_type")
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 

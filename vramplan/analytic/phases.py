@@ -145,6 +145,13 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         saved_all = (sum(c.count * (b + inp) for c, b in zip(st.classes, per)) - first_b - inp + first_nogc
                      + st.sw_n * sw_b)
         saved_first = first_nogc + (sw_b if 0 in st.sw_layers else 0)
+    # the model's own saved tensors outside the layers (``StaticTerms.pre``: Gemma 4's per-layer inputs)
+    pre = T * st.pre[0] + seq * st.pre[1] + (T * seq * st.pre[2] if seq >= st.window else 0)
+    saved_all, saved_first = saved_all + pre, saved_first + pre
+
+    def held_after(j: int) -> int:  # ``StaticTerms.kv_hold``: held once a later layer's backward ran
+        return T * sum(b for i, b in st.kv_hold if i > j)
+    saved_first += held_after(0)
     saved_last, host = saved_all, 0
     plain_last, plain_first = (0, 0) if gc else (last_b, _layer(st.first_sv, T, seq))
     if st.offload is not Offload.NONE:
@@ -193,7 +200,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
             continue
         after = range(j + 1, st.layers)
         if gc:
-            kept = T * (st.ckpt0 + j * st.ckpt)
+            kept = T * (st.ckpt0 + j * st.ckpt) + pre + held_after(j)
         else:
             kept = saved_all - sum(per[st.layer_class[i]] + inp + (sw_b if i in st.sw_layers else 0) for i in after)
         cand = x._replace(

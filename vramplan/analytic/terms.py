@@ -313,6 +313,15 @@ class StaticTerms:
     keep on the device (their norms' deduplicated fp32 inputs and rsqrt, ``offload.trl_resident_bytes``),
     and the shared rotary tables' bytes per sequence position (``offload.trl_rope_resident``); zeros
     otherwise."""
+    pre: tuple[int, int, int] = (0, 0, 0)
+    """What the model saves outside its decoder layers, alive from the forward to the end of the
+    backward (``Family.layout``: ``vramplan.analytic.mixers.MODEL_SAVED``, Gemma 4's per-layer inputs and
+    rotary tables): bytes per token, per sequence position, and per token·s once seq reaches the
+    sliding window; zeros for the other families."""
+    kv_hold: tuple[tuple[int, int], ...] = ()
+    """(layer, bytes per token) the model holds from that layer's backward to the end of the backward
+    (``vramplan.analytic.mixers.MODEL_HOLD``: Gemma 4's recomputed shared keys and values under
+    checkpointing); empty for the other families."""
     image_batch: int = 0
     """A multimodal batch's image inputs per sample, alive all step (``vision.pixel_bytes``)."""
     image_saved: int = 0
@@ -763,8 +772,22 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
                                                and s.packing is not BatchLayout.PACKED_MASK)
         else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
-        sm_first=sm_first,
+        sm_first=sm_first, pre=_model_saved(arch, d, s, tset, attn), kv_hold=_model_hold(arch, d, s, tset, attn),
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
+
+
+def _model_saved(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], attn: str) -> tuple[int, int, int]:
+    """``StaticTerms.pre``: the family layout's saved bytes outside the decoder layers (zeros without one)."""
+    from vramplan.analytic.mixers import MODEL_SAVED
+    rule = MODEL_SAVED.get(arch.family.layout or "")
+    return rule(arch, d, s.rank, tset, s.grad_checkpointing, attn) if rule else (0, 0, 0)
+
+
+def _model_hold(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], attn: str) -> tuple[tuple[int, int], ...]:
+    """``StaticTerms.kv_hold``: what the family layout holds from a layer's backward on (empty without one)."""
+    from vramplan.analytic.mixers import MODEL_HOLD
+    rule = MODEL_HOLD.get(arch.family.layout or "")
+    return rule(arch, d, s.rank, tset, s.grad_checkpointing, attn) if rule else ()
 
 
 def _gen_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ...]) -> ev.GenTerms:

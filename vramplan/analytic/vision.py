@@ -80,6 +80,9 @@ def pixel_bytes(v: "Vision", s: Scenario) -> int:
     if not s.images:
         return 0
     patches, features, tokens = v.image(*s.image_wh)
+    if v.tower.inputs == "pixel_values":  # Gemma 3: (images, C, S, S) at the tower's image_size, nothing else
+        S = v.get("image_size")
+        return _blk(4 * s.images * v.get("num_channels") * S * S)
     if v.tower.inputs == "grid_thw":
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
         # + the processor's int64 ``mm_token_type_ids`` (one per token)

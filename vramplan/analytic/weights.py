@@ -112,9 +112,13 @@ def model_buffer_bytes(family: Family, head_dim: int, num_layers: int, cfg: Mapp
        ``partial_rotary_factor`` (1 by default); one pair per attention layer type for families with
        ``Family.rotary_per_layer_type`` (Gemma 3), else one pair (``Family.rotary_sets``).
     2. A scaled embedding (``Family.scaled_embedding``, Gemma): one scalar ``embed_scale`` (a 512 B block).
+    A family with a ``Family.layout`` counts its own (Gemma 4: ``vramplan.arch.layouts``).
     Each tensor is rounded up to 512 B, as the caching allocator (and the trace) count it: e.g.
     Llama / Qwen3 (head_dim 128): 2 × round512(64 · 4) = 1,024 B.
     """
+    if family.layout is not None:  # the family's own buffers (``vramplan.arch.layouts``)
+        from vramplan.arch.layouts import LAYOUTS
+        return LAYOUTS[family.layout].buffers(cfg, num_layers)
     dim = rotary_dim(head_dim, cfg)
     out = family.rotary_sets(cfg, num_layers) * 2 * _blocks(4 * (dim // 2))
     if family.scaled_embedding:

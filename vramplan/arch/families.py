@@ -155,6 +155,8 @@ class Family:
     """Fields the config class fills in when config.json omits them (published configs rely on it)."""
     softcapping: bool = False
     """Reads ``final_logit_softcapping`` / ``attn_logit_softcapping`` (Gemma 2)."""
+    final_softcapping: bool = False
+    """Reads ``final_logit_softcapping`` only (Gemma 4: its attention scores are not soft-capped)."""
     norm_keeps_input_dtype: bool = False
     """RMSNorm computes in fp32 and returns its input's dtype (``output.type_as(x)``), so an fp32
     norm weight does not promote the residual stream, as Llama's ``weight * x.to(input_dtype)`` does."""
@@ -190,6 +192,10 @@ class Family:
     lora_refused: tuple[str, ...] = ()
     """Linear leaf names peft 0.21 refuses to adapt on this model_type (``all-linear`` included):
     ``tuners_utils._check_lora_target_modules_mamba`` raises for Mamba models' ``out_proj``."""
+    layout: str | None = None
+    """Modules outside the decoder layers and the token embedding that the family adds, and buffers
+    beyond the rotary ones (``vramplan.arch.layouts.LAYOUTS``: Gemma 4's per-layer input embeddings
+    and their projection); None: none."""
     expert_lora_targets: Mapping[str, str] = field(default_factory=dict)
     """v4 module name -> the fused part peft 0.21 adapts for it (``router``, ``gate_up``, ``down``):
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
@@ -428,6 +434,24 @@ _DEEPSEEK = dict(mixer="mla", moe=MOE_DEEPSEEK, shared_experts_key="n_shared_exp
                  shared_expert_gated=False, head_dim_key="qk_rope_head_dim",
                  expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
                                       "down_proj": "down"})
+def _gemma4_mixers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    from vramplan.arch.mixers import gemma4_kinds
+    return gemma4_kinds(cfg, num_layers)
+
+
+MIXER_RULES["gemma4"] = _gemma4_mixers
+"""Gemma 4: each decoder layer is one ``gemma4_*`` kind (``vramplan.arch.mixers``), by its attention type
+and whether it reuses an earlier layer's keys and values (``Gemma4TextConfig.kv_sharing_modes``)."""
+FFN_RULES["in_mixer"] = lambda cfg, num_layers: tuple(range(num_layers))
+"""Every layer's feed-forward block is priced with its mixer kind (the kind walks the whole layer)."""
+
+#: Gemma4TextConfig's fields (transformers 5.24 ``configuration_gemma4.py``) the engines read.
+#: (``head_dim`` and ``num_key_value_heads`` are per-layer attributes there: ``vramplan.arch.mixers.GEMMA4_LAYER_DEFAULTS``.)
+_GEMMA4_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=9216, num_hidden_layers=30,
+                        num_attention_heads=8, tie_word_embeddings=True,
+                        sliding_window=512, vocab_size_per_layer_input=262_144, hidden_size_per_layer_input=256,
+                        attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
+                        use_double_wide_mlp=False)
 
 #: Every supported family (the one place a per-model_type fact is written).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -446,6 +470,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            norm_keeps_input_dtype=True, scaled_embedding=True, sliding_rule=SLIDE_EVEN,
            class_defaults=dict(head_dim=256)),
     Family("gemma3_text", "models/gemma3/modeling_gemma3.py", **_GEMMA3),
+    # the multimodal checkpoints (Gemma3ForConditionalGeneration: SigLIP tower + projector, the decoder in
+    # text_config); a gemma3 config without a vision_config reads as gemma3_text (ALIASES)
+    Family("gemma3", "models/gemma3/modeling_gemma3.py (Gemma3Model: Gemma3TextModel under text_config)",
+           multimodal=True, **_GEMMA3),
     Family("phi3", "models/phi3/modeling_phi3.py", fused=True, sliding_rule=SLIDE_ALL),
     # NemotronHBlock: one pre-norm, one block (Mamba-2 mixer, attention without RoPE, relu2 MLP or
     # sigmoid-routed MoE with a shared expert), one residual add
@@ -507,6 +535,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("glm_moe_dsa", "models/glm_moe_dsa/modeling_glm_moe_dsa.py", **dict(_DEEPSEEK, mixer="dsa"),
            mixer_rule="indexer_types", dsa_mask=True,
            class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
+    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", qk_norm=True, norms_per_layer=4, tie_default=True,
+           final_softcapping=True, norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
+           sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="per_layer_inputs",
+           class_defaults=_GEMMA4_DEFAULTS),
     # multimodal checkpoints: the text decoder's record (the tower is vramplan.arch.vision's)
     Family("qwen2_5_vl", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VLTextModel: Qwen2 layers)",
            qkv_bias=True, sliding_rule=SLIDE_FROM_MAX_WINDOW, multimodal=True, tie_reads_text=True),
@@ -525,6 +557,7 @@ ALIASES: dict[str, str] = {
     # Kimi-K2's config.json names a remote-code ``kimi_k2`` type that transformers 5.24 does not know; its
     # ``architectures`` is DeepseekV3ForCausalLM, whose shapes it has: priced (and traced) as deepseek_v3
     "kimi_k2": "deepseek_v3",
+    "gemma4": "gemma4_text",  # Gemma 4 multimodal configs: the text part (``text_config``)
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.

@@ -272,6 +272,8 @@ class Arch:
         cfg: Mapping[str, Any] = config
         outer_type = config.get("model_type")
         multimodal = isinstance(outer_type, str) and outer_type in FAMILIES and FAMILIES[outer_type].multimodal
+        if multimodal and outer_type in ALIASES and not isinstance(config.get("vision_config"), Mapping):
+            multimodal = False  # Gemma 3: a config with no vision_config prices its text decoder (ALIASES)
         if isinstance(config.get("text_config"), Mapping):
             cfg = dict(config["text_config"])
             if multimodal:  # the text part is priced by the outer model_type's record
@@ -283,7 +285,8 @@ class Arch:
             raise ArchError("config.json is missing required field 'model_type'")
         if not isinstance(model_type, str):
             raise ArchError(f"config.json field 'model_type' must be a string, got {_show(model_type)}")
-        model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
+        if not multimodal:
+            model_type = ALIASES.get(model_type, model_type)  # e.g. a flat gemma3 config without text_config
         # a model_type with no record gets the stand-in family: the trace (transformers' own modeling
         # code) prices it; the analytic engine refuses it (``no_record_reason``)
         fam = FAMILIES.get(model_type) or generic(model_type)
@@ -321,7 +324,7 @@ class Arch:
             inter = _int(cfg, "intermediate_size", model_type)
         else:
             inter = _int(cfg, "intermediate_size", model_type, 0) if cfg.get("intermediate_size") else 0
-        softcap = cfg.get("final_logit_softcapping") if fam.softcapping else None
+        softcap = cfg.get("final_logit_softcapping") if (fam.softcapping or fam.final_softcapping) else None
         attn_softcap = cfg.get("attn_logit_softcapping") if fam.softcapping else None
         return cls(
             name=name or cfg.get("_name_or_path") or model_type,
@@ -436,6 +439,9 @@ class Arch:
                 out.append(Linear(f"{p}.down_proj", "shared_expert", S, H, False, nm))
                 if self.family.shared_expert_gated:
                     out.append(Linear("shared_expert_gate", "shared_expert", H, 1, False, nm))
+        if self.family.layout is not None:  # model-level linears (group ``model``)
+            from vramplan.arch.layouts import LAYOUTS
+            out.extend(LAYOUTS[self.family.layout].linears(self))
         out.append(Linear("lm_head", "lm_head", H, self.vocab_size, False, 1))
         return tuple(out)
 
@@ -463,7 +469,7 @@ class Arch:
         mixer, ffn = self.signature(layer)
         keep = []
         for lin in self.linears():
-            if lin.group == "lm_head":
+            if lin.group in ("lm_head", "model"):
                 continue
             if lin.group == "mlp" and ffn != "dense":
                 continue
@@ -490,7 +496,7 @@ class Arch:
         leaves it unquantized. (peft 0.21 still adapts it for qwen3_moe and mixtral under
         ``all-linear``, through its v4-name remapping.)"""
         bias = self.num_experts if self.family.router_bias else 0  # gpt-oss ``GptOssTopKRouter.bias``
-        return len(self.moe_layers) * (self.num_experts * self.hidden_size + bias)
+        return len(self.moe_layers) * (self.num_experts * self.hidden_size + bias) + self.layout_params("router")
 
     @property
     def sink_params(self) -> int:
@@ -515,9 +521,16 @@ class Arch:
         return out
 
     # -------------------------------------------------------------------------------- counts
+    def layout_params(self, group: str) -> int:
+        """Parameters of weight group ``group`` the family's layout adds (``vramplan.arch.layouts``)."""
+        if self.family.layout is None:
+            return 0
+        from vramplan.arch.layouts import LAYOUTS
+        return LAYOUTS[self.family.layout].params(self).get(group, 0)
+
     @property
     def embed_params(self) -> int:
-        return self.vocab_size * self.hidden_size
+        return self.vocab_size * self.hidden_size + self.layout_params("embeddings")
 
     @property
     def lm_head_params(self) -> int:
@@ -530,7 +543,7 @@ class Arch:
         per_layer = self.norms_per_layer * self.hidden_size
         width = (self.q_out + self.kv_out) if self.family.qk_norm_full else 2 * self.head_dim
         qk = width * self.mixer_layers(ATTENTION) if self.qk_norm else 0
-        return self.num_layers * per_layer + qk + self.hidden_size
+        return self.num_layers * per_layer + qk + self.hidden_size + self.layout_params("norms")
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module kind; values sum to ``total_params``."""
@@ -541,6 +554,8 @@ class Arch:
             counts[lin.name] = counts.get(lin.name, 0) + lin.params
         for t in self.expert_tensors():
             counts[f"experts.{t.name}"] = t.params
+        if self.layout_params("experts"):
+            counts["experts"] = self.layout_params("experts")
         if self.router_params:
             counts["router"] = self.router_params
         if self.sink_params:
@@ -602,7 +617,7 @@ class Arch:
 
     @property
     def expert_params(self) -> int:
-        return sum(t.params for t in self.expert_tensors())
+        return sum(t.params for t in self.expert_tensors()) + self.layout_params("experts")
 
     def linear_names(self) -> tuple[str, ...]:
         """Leaf names peft can target (lm_head excluded)."""

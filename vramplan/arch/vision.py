@@ -59,8 +59,9 @@ class Tower:
     """(vision, width, height) -> (patches, merged features, placeholder tokens) of one image."""
     inputs: str = "grid_thw"
     """How the processor hands images to the model: ``grid_thw`` (Qwen: ``pixel_values`` of shape
-    (patches, C·tp·p·p) and ``image_grid_thw``) or ``image_sizes`` (Pixtral: ``pixel_values`` of
-    shape (images, C, h, w) and ``image_sizes``)."""
+    (patches, C·tp·p·p) and ``image_grid_thw``), ``image_sizes`` (Pixtral: ``pixel_values`` of
+    shape (images, C, h, w) and ``image_sizes``) or ``pixel_values`` (Gemma 3: (images, C, S, S) alone,
+    S = ``image_size``)."""
     pixels: tuple[int, int] = (0, 0)
     """Qwen: the processor's (min_pixels, max_pixels) of ``smart_resize``."""
     walk: str = ""
@@ -276,6 +277,49 @@ def _pixtral_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
     return (nh * m) * (nw * m), nh * nw, nh * (nw + 1)
 
 
+# -------------------------------------------------------------------------- siglip_vision_model
+def _siglip_linears(v: Vision) -> list["Linear"]:
+    """``SiglipEncoderLayer`` × layers (transformers 5.24 ``models/siglip/modeling_siglip.py``):
+    ``self_attn.q/k/v_proj`` and ``out_proj`` (D -> D), ``mlp.fc1`` (D -> I), ``mlp.fc2``, all with
+    bias. No head (Gemma 3's ``vision_use_head`` is false). Gemma 3's projector
+    (``Gemma3MultiModalProjector``) holds a bare ``mm_input_projection_weight`` parameter, no linear."""
+    D, I, L = v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers")
+    return [_lin("self_attn.q_proj", VISION, D, D, True, L), _lin("self_attn.k_proj", VISION, D, D, True, L),
+            _lin("self_attn.v_proj", VISION, D, D, True, L), _lin("self_attn.out_proj", VISION, D, D, True, L),
+            _lin("mlp.fc1", VISION, D, I, True, L), _lin("mlp.fc2", VISION, I, D, True, L)]
+
+
+def _siglip_patches(v: Vision) -> int:
+    return (v.get("image_size") // v.get("patch_size")) ** 2
+
+
+def _siglip_params(v: Vision) -> dict[str, int]:
+    """``SiglipVisionEmbeddings``: ``patch_embedding`` Conv2d (C·p·p -> D, with bias) and
+    ``position_embedding`` (one row per patch); ``layer_norm1`` / ``layer_norm2`` LayerNorms (weight and
+    bias) per layer and ``post_layernorm``; Gemma 3's projector: ``mm_input_projection_weight``
+    (D × text width) and ``mm_soft_emb_norm`` (``Gemma3RMSNorm``, D)."""
+    D, p, C = v.get("hidden_size"), v.get("patch_size"), v.get("num_channels")
+    return {"patch_embed": D * C * p * p + D, "pos_embed": _siglip_patches(v) * D,
+            "norms": 4 * D * v.get("num_hidden_layers") + 2 * D + D,
+            "mm_input_projection": D * v.text_hidden}
+
+
+def _siglip_buffers(v: Vision) -> tuple[int, ...]:
+    """``SiglipVisionEmbeddings.position_ids``: ``arange(patches)`` int64 (8 B each, as two fp32
+    elements' bytes here)."""
+    return (2 * _siglip_patches(v),)
+
+
+def _siglip_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """Gemma 3's processor resizes every image to the tower's ``image_size`` square (896 × 896,
+    ``image_processing_gemma3.py`` ``size``; no pan-and-scan by default): (896 / 14)² = 4096 patches;
+    the projector average-pools them to ``mm_tokens_per_image`` (256) features; the text holds
+    ``processing_gemma3.py``'s ``full_image_sequence``: ``"\\n\\n" + <start_of_image> + 256 ×
+    <image_soft_token> + <end_of_image> + "\\n\\n"`` (``image_seq_length`` 256): 256 + 2 tokens, plus
+    the two ``\\n\\n`` (one token each in Gemma's vocabulary): 260."""
+    n = v.outer.get("mm_tokens_per_image", 256)
+    return _siglip_patches(v), n, n + 4
+
 # ------------------------------------------------------------------------- llama4_vision_model
 def _llama4_linears(v: Vision) -> list["Linear"]:
     """``Llama4VisionModel`` (``models/llama4/modeling_llama4.py``): ``patch_embedding.linear`` (the
@@ -348,6 +392,11 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
                vision_output_dim=7680, image_size=448, patch_size=14, projector_input_dim=4096,
                projector_output_dim=4096),
           _llama4_linears, _llama4_params, _llama4_buffers, _no_images, text_prefix="language_model"),
+    Tower("siglip_vision_model", "models/siglip/modeling_siglip.py (SiglipVisionModel) + models/gemma3/"
+          "modeling_gemma3.py (Gemma3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
+          dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
+               image_size=224, patch_size=16, vision_use_head=True),
+          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values"),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
           "(Mistral3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
@@ -360,7 +409,8 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
 DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": "qwen3_vl_vision",
                                  "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
                                  "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision",
-                                 "llama4": "llama4_vision_model"}
+                                 "llama4": "llama4_vision_model",
+                                 "gemma3": "siglip_vision_model"}
 
 
 def vision_of(outer: Mapping[str, Any], text_hidden: int) -> Vision | None:

@@ -82,6 +82,8 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         for key in ("mlp_only_layers", "moe_layers"):  # layer indices (Llama 4's moe_layers)
             if isinstance(text.get(key), list):
                 text[key] = [i for i in text[key] if i < layers]
+        if isinstance(text.get("num_kv_shared_layers"), int):  # Gemma 4: the last layers reuse keys/values
+            text["num_kv_shared_layers"] = max(0, text["num_kv_shared_layers"] - (arch.num_layers - layers))
     cfg["use_cache"] = False
     _require_known_type(arch)
     with transformers_rejects(arch):
@@ -618,7 +620,9 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
     start, end = v.outer.get("vision_start_token_id"), v.outer.get("vision_end_token_id")
     pos = 1
     for _ in range(scenario.images):
-        if v.tower.inputs == "grid_thw":
+        if v.tower.inputs == "pixel_values":  # Gemma 3: <start_of_image>, the soft tokens, <end_of_image>
+            start, end = v.outer.get("boi_token_index"), v.outer.get("eoi_token_index")
+        if v.tower.inputs in ("grid_thw", "pixel_values"):
             for tok, width in ((start, 1), (image_id, features), (end, 1)):
                 if tok is not None:
                     ids[:, pos:pos + width] = tok
@@ -628,6 +632,9 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
             for _r in range(rows):
                 ids[:, pos:pos + features // rows] = image_id
                 pos += features // rows + 1
+    if v.tower.inputs == "pixel_values":  # every image resized to the tower's square (Gemma 3's processor)
+        S = v.get("image_size")
+        return {"pixel_values": torch.zeros(n, v.get("num_channels"), S, S, dtype=torch.float32)}
     if v.tower.inputs == "grid_thw":
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
         gh, gw = _qwen_grid_sides(v, W, H)

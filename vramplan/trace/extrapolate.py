@@ -51,7 +51,7 @@ def _layer_keys(arch: Arch) -> list[tuple[Any, ...]]:
     keys = []
     for i in range(arch.num_layers):
         t = types[i] if isinstance(types, list) and i < len(types) else None
-        keys.append((t, i in moe))
+        keys.append((t, i in moe, arch.mixer(i)))  # the mixer kind: e.g. Gemma 4's kv-shared layers
     return keys
 
 
