@@ -49,11 +49,12 @@ def test_minimax_m25_layout():
 
 def test_router_saved_by_rule():
     """Per token, E = 128, k = 8, under bf16 autocast (c = 2), n_group = topk_group = 1:
-    - GLM-4.5-Air (sigmoid_grouped): 2·128 (bf16 sigmoid) + 128 (mask) + 16 + 8 + 12·8 = 504; fixed: the fp32
+    - GLM-4.5-Air (sigmoid_grouped, norm_topk_prob): 2·128 (bf16 sigmoid) + 128 (mask) + 16 + 8 + the top-k
+      index 8·8 + the renormalisation's denominator and weights 4 + 4·8 = 508; fixed: the fp32
       router weight's bf16 copy 2·128·4096 = 1,048,576;
     - softmax (Qwen3-MoE rule on the same sizes): 4·128 + 96 = 608."""
     a = resolve("GLM-4.5-Air")
-    assert act.router_saved(a, _d()) == (504, 1_048_576)
+    assert act.router_saved(a, _d()) == (508, 1_048_576)
     m = resolve("MiniMax-M2.5")
     # MiniMax-M2.5 (sigmoid): 4·256 + 12·8 = 1,120; fixed 2·256·3072 = 1,572,864 (upcast router)
     assert act.router_saved(m, _d()) == (1_120, 1_572_864)
