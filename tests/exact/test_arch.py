@@ -96,7 +96,7 @@ def test_unsupported_model_type():
 
     arch = Arch.from_config(dict(QWEN3_14B, model_type="mamba"))
     assert not arch.family.record
-    with pytest.raises(ArchError, match="state-space models are not modelled.*--method trace"):
+    with pytest.raises(ArchError, match="selective scan has no token-mixer kind.*--method trace"):
         estimate(arch, Scenario())
     with pytest.raises(ArchError, match="'gpt2' is not priced by the analytic engine"):
         estimate(Arch.from_config(dict(QWEN3_14B, model_type="gpt2")), Scenario())

@@ -562,14 +562,13 @@ ALIASES: dict[str, str] = {
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.
 UNSUPPORTED: dict[str, str] = {
-    "qwen3_next": "hybrid linear attention (Gated DeltaNet) is not modelled yet",
-    "jamba": "hybrid Mamba/attention layers are not modelled yet",
-    "falcon_h1": "hybrid Mamba/attention layers are not modelled yet",
-    "mamba": "state-space models are not modelled",
-    "mamba2": "state-space models are not modelled",
+    "jamba": "its Mamba-1 selective-scan layers have no token-mixer kind",
+    "falcon_h1": "its parallel Mamba-2 + attention layers have no record (the mamba2 kind exists)",
+    "mamba": "Mamba-1's selective scan has no token-mixer kind",
+    "mamba2": "a pure Mamba-2 model has no record (the mamba2 kind exists)",
     "rwkv": "RWKV is not modelled",
-    "deepseek_v2": "multi-head latent attention is not modelled yet",
-    "lfm2": "hybrid convolution/attention layers are not modelled yet",
+    "deepseek_v2": "DeepSeek-V2's MoE layout has no record (latent attention, the mla kind, exists)",
+    "lfm2": "its short-convolution layers have no token-mixer kind",
 }
 
 
