@@ -1,7 +1,8 @@
 """Issue 15's closing table: each family's representative full-size model (``FULL`` of
 tests/families/test_family_records.py), QLoRA NF4, LoRA r16 on every linear, 1 × 2048, the HF stack
 (hf-peft recipe, bf16 autocast, sdpa, non-reentrant checkpointing), lora_dropout 0 where peft wraps fused
-experts (its ``ParamWrapper`` refuses dropout), on an H200, priced by both engines.
+experts (its ``ParamWrapper`` refuses dropout) and named targets where peft's all-linear fails, on an H200,
+priced by both engines.
 
     python benchmarks/families.py [--analytic-only] [--only TYPE,TYPE]
 
@@ -26,18 +27,28 @@ GiB = 1024**3
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def representatives() -> dict[str, str]:
-    """model_type -> its full-size registry entry (the harness's ``FULL``)."""
+def _harness():
+    """tests/families/test_family_records.py, loaded once (its ``FULL`` and ``row_scenario``)."""
     path = ROOT / "tests" / "families" / "test_family_records.py"
     spec = importlib.util.spec_from_file_location("family_records", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return dict(module.FULL)
+    return module
+
+
+HARNESS = _harness()
+
+
+def representatives() -> dict[str, str]:
+    """model_type -> its full-size registry entry (the harness's ``FULL``)."""
+    return dict(HARNESS.FULL)
 
 
 def scenario(model_type: str) -> Scenario:
+    """The harness's full-size scenario: r16 1×2048, dropout 0 where peft wraps fused experts, and the
+    targets a family's row names where all-linear fails in peft (Nemotron-H's out_proj, Llama 4's router)."""
     drop = {"lora_dropout": 0.0} if FAMILIES[model_type].expert_lora_targets else {}
-    return Scenario(seq=2048, rank=16, **drop)
+    return Scenario(seq=2048, rank=16, **drop, **HARNESS.row_scenario(model_type))
 
 
 def main() -> None:
