@@ -25,6 +25,10 @@ from vramplan.arch.families import FAMILIES
 _SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
               vocab_size=1024)
 _MOE = dict(_SMALL, moe_intermediate_size=128, num_experts=8, num_experts_per_tok=2)
+#: Gated DeltaNet hybrids: one linear-attention layer and one full-attention layer, q/k repeated to the
+#: value heads (2 key heads, 4 value heads) as in every published size.
+_DELTANET = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64, linear_value_head_dim=64,
+                 linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention"])
 
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
@@ -38,6 +42,9 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma2": ("gemma-2-2b", _SMALL),
     "gemma3_text": ("gemma-3-1b-pt", dict(_SMALL, layer_types=["sliding_attention", "full_attention"])),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
+    "qwen3_next": ("Qwen3-Next-80B-A3B-Instruct", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
+    "qwen3_5_text": ("Qwen3.5-0.8B", dict(_SMALL, **_DELTANET)),
+    "qwen3_5_moe_text": ("Agents-A1", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -45,6 +52,7 @@ FULL: dict[str, str] = {
     "llama": "Llama-3.1-8B", "mistral": "Mistral-7B-v0.3", "mixtral": "Mixtral-8x7B-v0.1", "qwen2": "Qwen2.5-7B",
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
+    "qwen3_next": "Qwen3-Next-80B-A3B-Instruct", "qwen3_5_text": "Qwen3.5-0.8B", "qwen3_5_moe_text": "Agents-A1",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

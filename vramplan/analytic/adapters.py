@@ -21,11 +21,15 @@ def target_linears(arch: Arch, targets: tuple[str, ...], rank: int) -> tuple[Lin
     is priced: peft 0.21 builds A (r × i) and B (o × r) whatever r is (``LoraLayer.update_layer``
     checks only r > 0); ``rank_notes`` says where a rank exceeds a target's smaller dimension.
     """
-    lins = arch.quantizable_linears()
+    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
+    # peft 0.21.2 ``utils/transformers_weight_conversion.py::_convert_peft_config_moe`` moves every target
+    # whose leaf name is a v4 expert name (``gate_proj``, ``up_proj``, ``down_proj``... ending the name)
+    # to ``target_parameters`` and drops it from ``target_modules``: a linear of that name (a shared
+    # expert's, a dense MLP's) is then not adapted at all (Qwen3-Next's shared expert)
+    lins = tuple(lin for lin in arch.quantizable_linears() if lin.name.split(".")[-1] not in expert_names)
     if targets == ("all-linear",):
         return lins
     chosen_list: list[Linear] = []
-    expert_names = arch.family.expert_lora_targets if arch.is_moe else {}
     head = arch.linears()[-1]
     for t in targets:
         hit = [lin for lin in lins if lin.name == t or lin.name.endswith("." + t)]

@@ -136,6 +136,10 @@ class GenTerms(NamedTuple):
     and their fp32 copy (``decode_head_bytes``)."""
     prev_seq: int
     """The previous step's fp32 next-token logits per sequence (4·V), alive through a decode forward."""
+    state_seq: int = 0
+    """Per sequence, the cache of the layers whose token mixer keeps a fixed-size state instead of K/V
+    (``Arch.cache_state_bytes``: a gated DeltaNet layer's convolution window and recurrent state); 0 when
+    every layer is attention (``layers`` then counts only the attention layers)."""
 
 
 def kv_cache_dtypes(proj: int, resid0: int, norm_w: int, qk_norm: bool) -> tuple[int, int]:
@@ -183,11 +187,12 @@ def generation_peak(g: GenTerms, b: int, prompt: int) -> tuple[str, int, int, in
       step's next-token logits and the input and position ids (2 × 8 per position);
     - ``decode head``: the same step at its head, every layer at m + 1 (``decode_head_bytes``)."""
     T = b * prompt
-    best = ("prefill", kv_cache_bytes(T, g.layers, g.kv_tok), T * g.layer_tok, 0)
+    state = b * g.state_seq  # recurrent layers: a fixed state per sequence, whatever the length
+    best = ("prefill", kv_cache_bytes(T, g.layers, g.kv_tok) + state, T * g.layer_tok, 0)
     n = g.new_tokens
     if n >= 2:
         m = prompt + n - 2
-        cache = kv_cache_bytes(b * (m + 1), g.layers, g.kv_tok)
+        cache = kv_cache_bytes(b * (m + 1), g.layers, g.kv_tok) + state
         book = 2 * ID_BYTES * b * (m + 1)
         for cand in (("decode", cache + b * m * g.v_tok, 0, b * g.prev_seq + book),
                      ("decode head", cache, 0, b * g.head_seq + book)):

@@ -418,7 +418,8 @@ def _weight_components(arch: Arch, s: Scenario, d: act.Dtypes) -> tuple[list[_Ro
     bias = sum(lin.count * lin.out_features for lin in qlins if lin.bias)
     groups = [("embeddings", arch.embed_params, d.resid0), ("lm_head", arch.lm_head_params, d.resid0),
               ("norms", arch.norm_params, d.norm_w), ("biases", bias, d.c if d.quantized else d.base_w),
-              ("router", arch.router_params, d.other_w), ("experts", arch.expert_params, d.other_w)]
+              ("router", arch.router_params, d.other_w), ("experts", arch.expert_params, d.other_w),
+              ("mixer", arch.mixer_params, d.other_w)]  # convolution kernels, decay vectors (Mixer.params)
     unq = [g for g in groups if g[1]]
     for nm, n, b in unq:
         if s.full:
@@ -563,6 +564,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         notes += (f"peft 0.21 refuses lora_dropout > 0 on {arch.name}'s fused experts/router (ParamWrapper): "
                  "this run fails as configured; priced as if those wrappers had no dropout",)
     tset = _target_set(arch, s, targets)
+    from vramplan.analytic.mixers import NOTES
+    notes += tuple(NOTES[k](arch, d) for k in dict.fromkeys(arch.mixers) if k in NOTES)
     L = arch.num_layers
     kernels = s.lora_kernels.value
     fused, knotes = act.fused_groups(arch, d, kernels, s.kernel_groups, tset)
@@ -632,7 +635,8 @@ def _gen_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, ..
     inter = arch.intermediate_size if arch.dense_layers else arch.experts_per_token * arch.moe_intermediate_size
     ld = d.c if convert else max(nout, d.resid0)
     return ev.GenTerms(
-        new_tokens=s.eval_new_tokens, layers=arch.num_layers, kv_tok=arch.kv_out * (kb + vb), v_tok=arch.kv_out * vb,
+        new_tokens=s.eval_new_tokens, layers=arch.cache_layers(), kv_tok=arch.kv_out * (kb + vb), v_tok=arch.kv_out * vb,
+        state_seq=arch.cache_state_bytes(proj),
         layer_tok=ev.prefill_layer_bytes(arch.hidden_size, inter, arch.head_dim, d.resid0, d.resid, nout, proj,
                                          d.adapter, lora_up),
         head_seq=ev.decode_head_bytes(arch.vocab_size, ld, convert), prev_seq=4 * arch.vocab_size)

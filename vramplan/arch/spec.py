@@ -257,6 +257,10 @@ class Arch:
             cfg = dict(config["text_config"])
             if "model_type" not in cfg and config.get("model_type") in ALIASES:
                 cfg["model_type"] = ALIASES[config["model_type"]]
+            inner = FAMILIES.get(ALIASES.get(cfg.get("model_type"), cfg.get("model_type")))  # type: ignore[arg-type]
+            for key in (inner.outer_keys if inner else ()):  # outer fields the text model inherits
+                if key not in cfg and key in config:
+                    cfg[key] = config[key]
         model_type = cfg.get("model_type")
         if not model_type:
             raise ArchError("config.json is missing required field 'model_type'")
@@ -377,7 +381,8 @@ class Arch:
             if self.fused:
                 out.append(Linear("qkv_proj", ATTENTION, H, self.q_out + 2 * self.kv_out, self.qkv_bias, na))
             else:
-                out.append(Linear("q_proj", ATTENTION, H, self.q_out, self.qkv_bias, na))
+                gate = 2 if self.family.attn_output_gate else 1  # gated attention: query and gate
+                out.append(Linear("q_proj", ATTENTION, H, gate * self.q_out, self.qkv_bias, na))
                 out.append(Linear("k_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
                 out.append(Linear("v_proj", ATTENTION, H, self.kv_out, self.qkv_bias, na))
             out.append(Linear("o_proj", ATTENTION, self.q_out, H, self.o_bias, na))
@@ -455,7 +460,24 @@ class Arch:
         """Decoder-layer norms, q/k norms and the final norm."""
         per_layer = self.norms_per_layer * self.hidden_size
         qk = 2 * self.head_dim * self.mixer_layers(ATTENTION) if self.qk_norm else 0
-        return self.num_layers * per_layer + qk + self.hidden_size
+        own = sum(MIXERS[k].norms(self) * self.mixers.count(k) for k in dict.fromkeys(self.mixers) if k != ATTENTION)
+        return self.num_layers * per_layer + qk + own + self.hidden_size
+
+    @property
+    def mixer_params(self) -> int:
+        """Parameters of the token mixers other than attention that are neither linear weights nor norms
+        (convolution kernels, decay and gate vectors: ``Mixer.params``); bitsandbytes leaves them as loaded."""
+        return sum(n * self.mixers.count(k) for k in dict.fromkeys(self.mixers) if k != ATTENTION
+                   for n in MIXERS[k].params(self).values())
+
+    def cache_layers(self) -> int:
+        """Decoder layers that keep a KV cache when generating (their mixer is softmax attention)."""
+        return self.mixer_layers(ATTENTION)
+
+    def cache_state_bytes(self, proj: int) -> int:
+        """Bytes per sequence the other mixers' layers keep in a generation cache (``Mixer.cache_state``)."""
+        return sum(MIXERS[k].cache_state(self, proj) * self.mixers.count(k) for k in dict.fromkeys(self.mixers)
+                   if k != ATTENTION and MIXERS[k].cache_state is not None)
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module kind; values sum to ``total_params``."""
