@@ -65,7 +65,9 @@ def built():
 
 
 def _layer(model):
-    return next(m for m in model.modules() if type(m).__name__.endswith("DecoderLayer"))
+    """The first decoder layer, or in a hybrid the first one whose token mixer is softmax attention."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    return next((m for m in layers if hasattr(m, "self_attn")), layers[0])
 
 
 @pytest.mark.torch

@@ -111,8 +111,8 @@ def _hf_model_counts(cfg):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     cfg = dict(cfg)
-    if "text_config" in cfg:
-        cfg = dict(cfg["text_config"], model_type="gemma3_text")
+    if "text_config" in cfg:  # the text model: its own model_type (Qwen3.5), gemma3_text where unnamed
+        cfg = {"model_type": "gemma3_text", **cfg["text_config"]}
     model_type = cfg.pop("model_type")
     cfg.pop("architectures", None)
     config = transformers.AutoConfig.for_model(model_type, **cfg)
