@@ -47,6 +47,10 @@ _QWEN3_ROPE = {"mrope_interleaved": True, "mrope_section": [16, 8, 8], "rope_typ
 #: Qwen's image, video and vision start/end token ids moved into the shrunk vocabulary (``_top``).
 _QWEN_IDS = dict(image_token_id=1000, video_token_id=1001, vision_start_token_id=1002, vision_end_token_id=1003)
 _PIXTRAL_VIS = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, head_dim=32)
+#: Gated DeltaNet hybrids: one linear-attention layer and one full-attention layer, q/k repeated to the
+#: value heads (2 key heads, 4 value heads) as in every published size.
+_DELTANET = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=64, linear_value_head_dim=64,
+                 linear_conv_kernel_dim=4, layer_types=["linear_attention", "full_attention"])
 
 #: model_type -> (registry entry, overrides of its config for the 2-layer shrunk model).
 SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
@@ -107,6 +111,9 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_vl_moe": ("Qwen3-VL-30B-A3B-Instruct", dict(_MOE, rope_scaling=_QWEN3_ROPE, _vision=_QWEN3_VIS,
                                                        _top=_QWEN_IDS)),
     "mistral3": ("Mistral-Small-3.1-24B-Instruct-2503", dict(_SMALL, _vision=_PIXTRAL_VIS)),
+    "qwen3_next": ("Qwen3-Next-80B-A3B-Instruct", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
+    "qwen3_5_text": ("Qwen3.5-0.8B", dict(_SMALL, **_DELTANET)),
+    "qwen3_5_moe_text": ("Agents-A1", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
 }
 
 #: model_type -> one full-size registry entry.
@@ -122,6 +129,7 @@ FULL: dict[str, str] = {
     "cohere2": "c4ai-command-r7b-12-2024", "gemma4_text": "gemma-4-E2B-it", "gemma3": "gemma-3-4b-it",
     "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
     "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
+    "qwen3_next": "Qwen3-Next-80B-A3B-Instruct", "qwen3_5_text": "Qwen3.5-0.8B", "qwen3_5_moe_text": "Agents-A1",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

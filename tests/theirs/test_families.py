@@ -71,8 +71,8 @@ def built():
 
 
 def _layer(model):
-    """The first decoder layer with softmax attention (Nemotron-H's layers are ``NemotronHBlock``s of one
-    block each: its first ``*`` layer)."""
+    """The first decoder layer, or in a hybrid the first one whose token mixer is softmax attention
+    (Nemotron-H's layers are ``NemotronHBlock``s of one block each: its first ``*`` layer)."""
     layers = [m for m in model.modules() if type(m).__name__.endswith(("DecoderLayer", "HBlock"))]
     return next((m for m in layers if any(hasattr(c, "q_proj") or hasattr(c, "qkv_proj") for c in m.children())),
                 layers[0])

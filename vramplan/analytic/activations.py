@@ -632,6 +632,7 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         lk = live or d.full or "k_proj" in targets
         lv = live or d.full or "v_proj" in targets
         lq = live or d.full or "q_proj" in targets
+    qd_raw = qd  # q_proj's output dtype (a gated attention's gate)
     # 3. per-head q/k RMSNorm (Qwen3, Gemma 3): fp32 q and k + one rsqrt per head; MiniMax-M2 normalises
     #    the whole projection (``Family.qk_norm_full``): one rsqrt per token each.
     if arch.qk_norm and arch.family.qk_norm_full:
@@ -683,10 +684,22 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         if la:
             w.tok += ad * (q + 2 * kv) + ad * q + 4 * nh
         x_o_saved = la  # o_proj reads the saved attention output (same storage)
+    o_in = ad
+    if arch.family.attn_output_gate and la:
+        # gated attention (``Qwen3NextAttention.forward``): ``attn_output * torch.sigmoid(gate)``, gate the
+        # second half of q_proj's output: sigmoid saves its output (gd · q) while the gate needs a gradient,
+        # the product saves the attention output (``attn_output.reshape(...).contiguous()``, a copy of the
+        # kernel's output in the trace: ad · q) and o_proj reads the new product (the two dtypes promoted).
+        # When q_proj's output is already fp32, q_norm's ``x.float()`` is the query view itself, so the
+        # norm keeps the whole query-and-gate output alive (gd · q more than its fp32 copy of the query)
+        gd = qd_raw
+        if lq:
+            w.tok += gd * q + ad * q + (gd * q if (arch.qk_norm and gd == 4 and not d.liger_norm) else 0)
+        o_in, x_o_saved = _promote(ad, gd), False
     if "o" in w.fused:
-        od, lo = w.fused_group((lins["o_proj"],), ad, x_o_saved, la), True
+        od, lo = w.fused_group((lins["o_proj"],), o_in, x_o_saved, la), True
     else:
-        od, lo = w.linears((lins["o_proj"],), ad, x_o_saved, la)
+        od, lo = w.linears((lins["o_proj"],), o_in, x_o_saved, la)
     if lo:
         w.tok += residual_dropout_saved(arch)
     if arch.norms_per_layer == 4 or post:  # Gemma / OLMo 2 post_attention_layernorm on the attention output

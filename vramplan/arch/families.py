@@ -196,6 +196,18 @@ class Family:
     """Modules outside the decoder layers and the token embedding that the family adds, and buffers
     beyond the rotary ones (``vramplan.arch.layouts.LAYOUTS``: Gemma 4's per-layer input embeddings
     and their projection); None: none."""
+    attn_output_gate: bool = False
+    """Gated attention (Qwen3-Next, Qwen3.5): ``q_proj`` outputs the query and a gate of the same width
+    (``2 · heads · head_dim``), and the attention output is multiplied by ``sigmoid(gate)`` before
+    ``o_proj`` (``Qwen3NextAttention.forward``)."""
+    deltanet_split: bool = False
+    """The gated DeltaNet mixer projects with four linears ``in_proj_qkv``, ``in_proj_z``, ``in_proj_b``,
+    ``in_proj_a`` (Qwen3.5, ``Qwen3_5GatedDeltaNet``) instead of ``in_proj_qkvz`` and ``in_proj_ba``
+    (Qwen3-Next)."""
+    outer_keys: tuple[str, ...] = ()
+    """Keys of a nested config's outer part that the text model inherits when its ``text_config`` lacks
+    them (Qwen3.5: ``tie_word_embeddings`` is written beside ``text_config``, and
+    ``Qwen3_5ForConditionalGeneration`` ties its lm_head by the outer value)."""
     expert_lora_targets: Mapping[str, str] = field(default_factory=dict)
     """v4 module name -> the fused part peft 0.21 adapts for it (``router``, ``gate_up``, ``down``):
     ``utils/transformers_weight_conversion.py`` ``_MOE_TARGET_MODULE_MAPPING``. Empty: peft adapts no
@@ -421,6 +433,25 @@ def _llama4_mixers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
     return tuple("chunked_attention" if i in chunked else "attention" for i in range(num_layers))
 
 
+def _full_attention_interval(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """Qwen3-Next / Qwen3.5 without ``layer_types``: layer i is full attention when (i + 1) % interval
+    == 0 (``full_attention_interval``, default 4), else gated DeltaNet (``Qwen3NextConfig.__post_init__``,
+    ``Qwen3_5TextConfig.__post_init__``)."""
+    p = cfg.get("full_attention_interval", 4) or 4
+    return tuple("attention" if (i + 1) % p == 0 else "gated_deltanet" for i in range(num_layers))
+
+
+MIXER_RULES["full_attention_interval"] = _full_attention_interval
+
+
+#: Qwen3-Next and Qwen3.5 (``models/qwen3_next``, ``models/qwen3_5``, ``models/qwen3_5_moe``): 3 gated
+#: DeltaNet layers to 1 gated full-attention layer, zero-centred RMSNorm ``(1 + weight)`` returning the
+#: input's dtype (``Qwen3NextRMSNorm.forward``: ``output.type_as(x)``), q/k norms on full attention.
+_QWEN_HYBRID = dict(qk_norm=True, norm_keeps_input_dtype=True, attn_output_gate=True,
+                    mixer_kinds={"linear_attention": "gated_deltanet"}, mixer_rule="full_attention_interval")
+_DELTANET_DEFAULTS = dict(linear_conv_kernel_dim=4, linear_key_head_dim=128, linear_value_head_dim=128,
+                          linear_num_key_heads=16, linear_num_value_heads=32)
+
 _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_input_dtype=True,
                rotary_per_layer_type=True, scaled_embedding=True, sliding_rule=SLIDE_PATTERN,
                class_defaults=dict(num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=262208))
@@ -548,6 +579,18 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            qk_norm=True, moe=MOE_QWEN, multimodal=True),  # peft 0.21 maps no v4 expert names for it
     Family("mistral3", "models/mistral3/modeling_mistral3.py (Mistral3Model: a MistralModel under text_config)",
            sliding_rule=SLIDE_ALL, multimodal=True, tie_default=True),
+    # peft 0.21 remaps qwen3_next's expert names (``_MODEL_TO_CONVERSION_PATTERN``: qwen3_next -> qwen2_moe);
+    # qwen3_5_moe_text maps to qwen3_5_text, which has no expert mapping: peft adapts no expert parameter
+    Family("qwen3_next", "models/qwen3_next/modeling_qwen3_next.py", moe=MOE_QWEN, shared_expert=True,
+           class_defaults=dict(_DELTANET_DEFAULTS, head_dim=256), **_QWEN_HYBRID,
+           expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
+                                "down_proj": "down"}),
+    Family("qwen3_5_text", "models/qwen3_5/modeling_qwen3_5.py", deltanet_split=True,
+           outer_keys=("tie_word_embeddings",), class_defaults=dict(_DELTANET_DEFAULTS, head_dim=256),
+           **_QWEN_HYBRID),
+    Family("qwen3_5_moe_text", "models/qwen3_5_moe/modeling_qwen3_5_moe.py", deltanet_split=True, moe=MOE_QWEN,
+           shared_expert=True, outer_keys=("tie_word_embeddings",),
+           class_defaults=dict(_DELTANET_DEFAULTS, head_dim=256), **_QWEN_HYBRID),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
@@ -558,6 +601,8 @@ ALIASES: dict[str, str] = {
     # ``architectures`` is DeepseekV3ForCausalLM, whose shapes it has: priced (and traced) as deepseek_v3
     "kimi_k2": "deepseek_v3",
     "gemma4": "gemma4_text",  # Gemma 4 multimodal configs: the text part (``text_config``)
+    "qwen3_5": "qwen3_5_text",  # Qwen3.5 multimodal configs: the text part
+    "qwen3_5_moe": "qwen3_5_moe_text",
 }
 
 #: Known model_types deliberately not modelled yet, with the reason shown to users.

@@ -280,6 +280,10 @@ class Arch:
                 cfg["model_type"] = outer_type
             elif "model_type" not in cfg and config.get("model_type") in ALIASES:
                 cfg["model_type"] = ALIASES[config["model_type"]]
+            inner = FAMILIES.get(ALIASES.get(cfg.get("model_type"), cfg.get("model_type")))  # type: ignore[arg-type]
+            for key in (inner.outer_keys if inner else ()):  # outer fields the text model inherits
+                if key not in cfg and key in config:
+                    cfg[key] = config[key]
         model_type = cfg.get("model_type")
         if not model_type:
             raise ArchError("config.json is missing required field 'model_type'")
@@ -449,10 +453,11 @@ class Arch:
         """q/k/v/o (Phi-3's fused ``qkv_proj``) of ``count`` softmax-attention layers, in ``group``
         (``attention``, or a kind of softmax attention of its own, e.g. Llama 4's chunked layers)."""
         H = self.hidden_size
+        gate = 2 if self.family.attn_output_gate else 1  # gated attention (Qwen3-Next): query and gate
         if self.fused:
             out = [Linear("qkv_proj", group, H, self.q_out + 2 * self.kv_out, self.qkv_bias, count)]
         else:
-            out = [Linear("q_proj", group, H, self.q_out, self.qkv_bias, count),
+            out = [Linear("q_proj", group, H, gate * self.q_out, self.qkv_bias, count),
                    Linear("k_proj", group, H, self.kv_out, self.qkv_bias, count),
                    Linear("v_proj", group, H, self.kv_out, self.qkv_bias, count)]
         out.append(Linear("o_proj", group, self.q_out, H, self.o_bias, count))
@@ -543,7 +548,8 @@ class Arch:
         per_layer = self.norms_per_layer * self.hidden_size
         width = (self.q_out + self.kv_out) if self.family.qk_norm_full else 2 * self.head_dim
         qk = width * self.mixer_layers(ATTENTION) if self.qk_norm else 0
-        return self.num_layers * per_layer + qk + self.hidden_size + self.layout_params("norms")
+        own = sum(MIXERS[k].norms(self) * self.mixers.count(k) for k in dict.fromkeys(self.mixers) if k != ATTENTION)
+        return self.num_layers * per_layer + qk + own + self.hidden_size + self.layout_params("norms")
 
     def param_counts(self) -> dict[str, int]:
         """Parameters per module kind; values sum to ``total_params``."""
