@@ -34,7 +34,7 @@ def test_qwen3_next_linears_and_params():
     assert (p["gated_deltanet.conv1d"], p["gated_deltanet.A_log"], p["gated_deltanet.dt_bias"]) == (
         1_179_648, 1_152, 1_152)
     assert a.mixer_params == 1_179_648 + 2 * 1_152
-    assert [c.count for c in a.layer_classes()] == [36, 12] and a.cache_layers() == 12
+    assert [c.count for c in a.layer_classes()] == [36, 12] and a.mixer_layers("attention") == 12
 
 
 def test_qwen3_5_reads_the_text_part_and_the_outer_tie():
