@@ -85,8 +85,8 @@ def test_rslora_is_memory_neutral(monkeypatch):
     plain = trace(arch, sc, extrapolate=False)
     original = build.lora_config
 
-    def rslora(scenario):
-        cfg = original(scenario)
+    def rslora(scenario, arch=None):
+        cfg = original(scenario, arch)
         cfg.use_rslora = True
         return cfg
 
