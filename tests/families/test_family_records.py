@@ -265,16 +265,20 @@ KNOWN_FULL_SIZE_GAPS: dict[str, str] = {
     "qwen3_5_moe_text": "Agents-A1 (the Qwen3.5-35B-A3B shape): the full-depth trace reads higher than the analytic "
                         "engine (-3.8 % in the helper's run before the merge; the same model cut to 4 and 8 layers "
                         "agrees within 0.005 %), not diagnosed yet",
-    "qwen3_next": "not verified at full depth: its trace did not finish in this session's runs, and the same kind "
-                  "of gated-DeltaNet MoE hybrid (qwen3_5_moe_text) misses 1 %",
+}
+#: Full-size rows not run by the suite, with why (their trace's cost is not known to fit the CI budget).
+SKIPPED_FULL_SIZE: dict[str, str] = {
+    "qwen3_next": "not verified at full depth: its trace (48 layers, 512 fp32 experts through transformers' expert "
+                  "loop) did not finish within 20 min here; run benchmarks/families.py --only qwen3_next",
 }
 
 
 @pytest.mark.torch
 @pytest.mark.slow
-@pytest.mark.parametrize("model_type", [pytest.param(t, marks=pytest.mark.xfail(reason=KNOWN_FULL_SIZE_GAPS[t],
-                                                                                strict=False))
-                                        if t in KNOWN_FULL_SIZE_GAPS else t for t in sorted(FULL)])
+@pytest.mark.parametrize("model_type", [
+    pytest.param(t, marks=pytest.mark.xfail(reason=KNOWN_FULL_SIZE_GAPS[t], strict=False)) if t in KNOWN_FULL_SIZE_GAPS
+    else pytest.param(t, marks=pytest.mark.skip(reason=SKIPPED_FULL_SIZE[t])) if t in SKIPPED_FULL_SIZE
+    else t for t in sorted(FULL)])
 def test_full_size_entry_within_1_percent(model_type):
     pytest.importorskip("torch")
     from vramplan.analytic import estimate
