@@ -60,6 +60,7 @@ def _no_linears(arch: "Arch", count: int) -> list["Linear"]:
 
 
 def _no_params(arch: "Arch") -> dict[str, int]:
+    """No parameters but linear weights (an ``identity`` layer; Llama 4's weightless L2 q/k norm)."""
     return {}
 
 
@@ -141,11 +142,6 @@ CHUNKED_ATTENTION = "chunked_attention"
 def _chunked_attention_linears(arch: "Arch", count: int) -> list["Linear"]:
     """The same q/k/v/o as softmax attention (``Llama4TextAttention.__init__``), in their own group."""
     return arch.attention_linears(CHUNKED_ATTENTION, count)
-
-
-def _no_params(arch: "Arch") -> dict[str, int]:
-    """Its L2 q/k norm (``Llama4TextL2Norm``) has no weight."""
-    return {}
 
 
 # ---------------------------------------------------------------------- mla (latent attention)
