@@ -15,6 +15,8 @@ extrapolated from short models, ``vramplan.trace``).
 
 from __future__ import annotations
 
+import copy
+import json
 from typing import Any
 
 import pytest
@@ -179,7 +181,7 @@ def shrunk_config(model_type: str, layers: int | None = None) -> dict[str, Any]:
 
 def _raw(name: str) -> dict[str, Any]:
     from vramplan.arch import find_entry
-    return dict(find_entry(name).config)
+    return copy.deepcopy(dict(find_entry(name).config))  # the shrunk row must not edit the cached registry
 
 
 def shrunk_arch(model_type: str, layers: int | None = None) -> Arch:
@@ -188,6 +190,21 @@ def shrunk_arch(model_type: str, layers: int | None = None) -> Arch:
 
 def test_every_family_has_a_row():
     assert set(SHRUNK) == set(FAMILIES) == set(FULL)
+
+
+@pytest.mark.parametrize("model_type", sorted(SHRUNK))
+def test_shrunk_rows_leave_the_registry_as_stored(model_type):
+    """The registry is cached for the process: cutting a row (a nested text_config too) and editing the
+    resolved Arch's config must not reach the stored entry that the full-size row resolves later."""
+    from vramplan.arch import find_entry
+    entry = find_entry(SHRUNK[model_type][0])
+    before = json.dumps(entry.config, sort_keys=True)
+    shrunk_config(model_type)
+    arch = resolve(entry.name)
+    for value in arch.config.values():
+        if isinstance(value, (dict, list)):
+            value.clear()
+    assert json.dumps(entry.config, sort_keys=True) == before
 
 
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))

@@ -6,6 +6,7 @@ as JSON, and no code from a model repository is executed.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import http.client
 import json
@@ -41,7 +42,9 @@ class RegistryEntry:
     aliases: tuple[str, ...] = ()
 
     def arch(self) -> Arch:
-        return Arch.from_config(self.config, name=self.name)
+        # a copy: the registry is cached for the process, and an Arch's config (or a caller's edit of
+        # it) must never reach the stored entry
+        return Arch.from_config(copy.deepcopy(self.config), name=self.name)
 
 
 def _norm(name: str) -> str:
