@@ -49,6 +49,13 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     # layer 0 runs its own indexer (dsa), layer 1 reuses its top-k (mla)
     "glm_moe_dsa": ("GLM-5.1", dict(_MLA, index_n_heads=4, index_head_dim=32, index_topk=64,
                                     indexer_types=["full", "shared"])),
+    # layer 0 Kimi Delta Attention with a dense MLP, layer 1 NoPE latent attention with MoE (Kimi's key names)
+    "kimi_linear": ("Kimi-Linear-48B-A3B-Instruct", dict(
+        hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4, vocab_size=1024,
+        kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, moe_intermediate_size=128,
+        num_experts=8, num_experts_per_token=2, num_shared_experts=1, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+        linear_attn_config=dict(num_heads=4, head_dim=64, short_conv_kernel_size=4, kda_layers=[1],
+                                full_attn_layers=[2]))),
 }
 
 #: model_type -> one full-size registry entry.
@@ -57,6 +64,7 @@ FULL: dict[str, str] = {
     "qwen2_moe": "Qwen1.5-MoE-A2.7B", "qwen3": "Qwen3-8B", "qwen3_moe": "Qwen3-30B-A3B", "gemma2": "gemma-2-9b",
     "gemma3_text": "gemma-3-4b-pt", "phi3": "Phi-3-mini-4k-instruct",
     "deepseek_v3": "Moonlight-16B-A3B-Instruct", "glm4_moe_lite": "GLM-4.7-Flash", "glm_moe_dsa": "GLM-5.1",
+    "kimi_linear": "Kimi-Linear-48B-A3B-Instruct",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -79,6 +79,14 @@ class Family:
     """The router weight and its ``e_score_correction_bias`` buffer (E fp32 per MoE layer) stay fp32
     whatever the load dtype (``_keep_in_fp32_modules_strict = ["e_score_correction_bias",
     "gate.weight"]``); the router runs ``F.linear(x.float(), weight.float())``."""
+    experts_key: str = "n_routed_experts"
+    """``MOE_DEEPSEEK``: config.json key of the routed expert count (Kimi Linear's ``num_experts``)."""
+    experts_per_token_key: str = "num_experts_per_tok"
+    """``MOE_DEEPSEEK``: config.json key of the experts each token is routed to (``num_experts_per_token``)."""
+    mla_rope: bool = True
+    """Latent attention rotates its qk_rope slice (DeepSeek's ``apply_rotary_pos_emb_interleave``); False: NoPE
+    latent attention with no rotary module at all (Kimi Linear's ``KimiLinearAttention``: q is a view of
+    its projection, and the model holds no ``inv_freq`` buffers)."""
     head_dim_key: str = "head_dim"
     """config.json key of the rotary head dim (MLA: ``qk_rope_head_dim``, which the config class copies
     into ``head_dim``)."""
@@ -157,6 +165,8 @@ class Family:
 
     def rotary_sets(self, cfg: Mapping[str, Any], num_layers: int) -> int:
         """How many inv_freq/original_inv_freq pairs the rotary module holds."""
+        if not self.mla_rope:
+            return 0
         return len(self.attention_layer_types(cfg, num_layers)) if self.rotary_per_layer_type else 1
 
 
@@ -176,9 +186,31 @@ def _indexer_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
     return tuple("mla" if t == "shared" else "dsa" for t in types[:num_layers])
 
 
+def _kda_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """Kimi Linear (``KimiLinearConfig.__post_init__``): ``layer_types`` when given (``linear_attention`` ->
+    ``kda``), else ``linear_attn_config`` ``kda_layers`` / ``full_attn_layers`` (1-based layer numbers, as
+    the checkpoint writes them), else layer i is full attention when i and i % 4 == 0; full attention
+    layers are latent attention (``mla``)."""
+    types = cfg.get("layer_types")
+    if not (isinstance(types, list) and types):
+        lac = cfg.get("linear_attn_config") or {}
+        if "full_attn_layers" in lac and "kda_layers" in lac:
+            types = [None] * num_layers
+            for n in lac["full_attn_layers"]:
+                if 1 <= n <= num_layers:
+                    types[n - 1] = "full_attention"
+            for n in lac["kda_layers"]:
+                if 1 <= n <= num_layers:
+                    types[n - 1] = "linear_attention"
+        else:
+            types = ["full_attention" if i and i % 4 == 0 else "linear_attention" for i in range(num_layers)]
+    return tuple("kda" if t == "linear_attention" else "mla" for t in types[:num_layers])
+
+
 #: ``Family.mixer_rule`` name -> (config, layers) -> each layer's mixer kind.
 MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {
     "indexer_types": _indexer_layers,
+    "kda_layers": _kda_layers,
 }
 #: ``Family.ffn_rule`` name -> (config, layers) -> the layers without a feed-forward block.
 FFN_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[int, ...]]] = {}
@@ -224,6 +256,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("glm_moe_dsa", "models/glm_moe_dsa/modeling_glm_moe_dsa.py", **dict(_DEEPSEEK, mixer="dsa"),
            mixer_rule="indexer_types", dsa_mask=True,
            class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
+    # Kimi Linear: Kimi Delta Attention layers and NoPE latent attention, DeepSeek's MoE under Kimi's key names;
+    # its own weight conversion (not qwen2_moe's): peft adapts no expert parameter
+    Family("kimi_linear", "models/kimi_linear/modeling_kimi_linear.py",
+           **dict(_DEEPSEEK, expert_lora_targets={}, shared_experts_key="num_shared_experts"),
+           mixer_rule="kda_layers", mla_rope=False,
+           experts_key="num_experts", experts_per_token_key="num_experts_per_token",
+           class_defaults=dict(first_k_dense_replace=1, num_shared_experts=1, num_experts=256,
+                               num_experts_per_token=8, moe_intermediate_size=1024, qk_rope_head_dim=64,
+                               qk_nope_head_dim=128, v_head_dim=128, kv_lora_rank=512)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.
