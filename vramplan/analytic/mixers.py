@@ -101,7 +101,7 @@ def mla_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, liv
 KDA_CHUNK = 64
 
 
-def kda_core_saved(nh: int, dk: int, chunk: int = KDA_CHUNK) -> int:
+def kda_core_saved(nh: int, dk: int, chunk: int = KDA_CHUNK, autocast_c: int = 0) -> int:
     """Bytes per token transformers 5.24's torch ``chunk_kimi_delta_attention`` (``modeling_kimi_linear.py``
     L468-568; fla's ``chunk_kda`` Triton kernel runs instead when installed on CUDA) saves for backward, for
     nh heads of width dk = dv, with ``use_qk_l2norm_in_kernel=True``. Every input is made a contiguous
@@ -122,17 +122,28 @@ def kda_core_saved(nh: int, dk: int, chunk: int = KDA_CHUNK) -> int:
        ``k_cumdecay_i @ S`` the chunk's k_cumdecay (D); ``attn_intra @ v_new`` the intra-chunk attention
        (C per head) and v_new (D); ``S * exp(g_last)`` that exp (dk per chunk and head); ``k_i *
        exp(g_last - g_i)`` the exp (D), its matmul the product (D).
-    Exact when the sequence is a multiple of C (each sample is padded to one); the 1/C terms rounded down
+    Under autocast (``autocast_c`` = the compute dtype's bytes c < 4: ``matmul`` is on its lower-precision
+    list) each matmul saves c copies of its fp32 operands and returns c: v_beta, k_beta · exp(g), q · exp(g)
+    and k · exp(g_last − g), saved only by their matmuls, shrink to c (D each); k_cumdecay and v_new are
+    matmul outputs in c (D each); the intra-chunk attention's copy is c (C per head); attn + eye gets two c
+    copies (one per matmul) for its fp32 one; S keeps its fp32 self (the decay multiply) plus two c copies
+    per chunk. Exact when the sequence is a multiple of C (each sample is padded to one); the 1/C terms rounded down
     to whole bytes per token. The output (written chunk by chunk, cast back) saves nothing."""
     f, C, D = 4, chunk, nh * dk
     per_d = 15 * D + 3 * C * D  # q, k, v, k (pad), k_beta, v_beta, exp(g), k_beta·exp, chunk loop's 7
     per_h = nh * (2 + 1 + C + C)  # two l2 norms, beta, attn + eye, intra-chunk attention
     sub = nh * sum(i + i * i for i in range(1, C))  # forward-substitution clones per chunk
     per_chunk = nh * dk * dk + D + sub  # S per chunk, exp(g_last) per chunk
-    return f * (per_d + per_h) + (f * per_chunk) // C
+    out = f * (per_d + per_h) + (f * per_chunk) // C
+    c = autocast_c
+    if c and c < f:
+        out -= (f - c) * (6 * D + nh * C) + (f * nh * C - 2 * c * nh * C)
+        out += (2 * c * nh * dk * dk) // C
+    return out
 
 
-def kda_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
+def kda_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool,
+             upto_core: bool = False) -> tuple[int, bool]:
     """A Kimi Delta Attention layer's token mixer (``KimiLinearDeltaAttention.forward``,
     ``modeling_kimi_linear.py`` L612-716), priced as transformers' torch fallbacks (no fla, no
     causal-conv1d, as the trace runs them):
@@ -169,12 +180,42 @@ def kda_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, liv
     w.tok += 2 * cd * 3 * D  # 3. conv1d input, silu input
     w.tok += 4 * D + 4 * D + D + pd * nh  # 4. exp(g), 1 + exp(g), where's condition; sigmoid(b)
     w.const += 4 * nh
-    w.tok += kda_core_saved(nh, hd)  # 5.
+    w.tok += kda_core_saved(nh, hd, autocast_c=d.c if d.autocast else 0)  # 5.
+    if upto_core:
+        return pd, True
     w.tok += 12 * D + 4 * nh  # 6. o_norm
     w.const += 4 * hd
     if d.full:
         w.tok += 4 * D
     return w.linears((lins["o_proj"],), pd, False, True)
+
+
+def kda_backward_working(arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int, layer: int,
+                         **kw: Any) -> tuple[int, int, int, int]:
+    """The busiest moment of a KDA layer's backward (torch fallback): the first accumulation of the pairwise
+    decay's gradient in the chunk loop's backward. ``decay_mask[:, :, i]``'s ``SelectBackward`` builds a
+    zero tensor of the whole decay (``select_backward``: C · D fp32 per token) for each chunk; autograd's
+    input buffer holds the last chunk's, and the next chunk's is added out of place: three whole-decay
+    gradients alive at once, 3 · 4 · C · D per token. By then the backward has freed what the layer saved
+    after the delta rule (``o_norm``, ``o_proj``, the feed-forward block: the layer's saved set less
+    ``kda_walk`` up to the core) and the last chunk's loop tensors (per chunk and sample, C positions of:
+    the pairwise product (4 · C · D), exp(g_i), q · exp and k · exp's exps and products, v_new, the intra
+    attention, the state S and its copies). Returns (a, a_fixed, 0, 0): a_fixed is the one chunk freed,
+    for one sample (a batch of b frees b chunks: the figure is then up to (b − 1) chunks high)."""
+    from vramplan.analytic.activations import _Walk, _layer_lins, layer_saved
+    from vramplan.arch.mixers import kda_dims
+    moe = arch.signature(layer)[1] == "moe"
+    tok, _, _ = layer_saved(arch, d, rank, targets, "sdpa", moe, layer=layer,
+                            **{k: v for k, v in kw.items() if k in ("kernels", "fused")})
+    w = _Walk(d, rank, targets)
+    lins, _ = _layer_lins(arch, moe, layer)
+    kda_walk(w, arch, lins, "sdpa", True, upto_core=True)
+    post = tok - w.tok
+    m = kda_dims(arch)
+    f, C, D, nh, dk = 4, KDA_CHUNK, m["qkv"], m["heads"], m["head_dim"]
+    c = d.c if (d.autocast and d.c < f) else f
+    loop = f * (C * D + 3 * D) + c * (3 * D + nh * C) + ((f + (2 * c if c < f else 0)) * nh * dk * dk) // C
+    return 3 * f * C * D - post, -loop * C, 0, 0
 
 
 def kda_note(arch: "Arch") -> str:
@@ -196,6 +237,7 @@ WALKS: dict[str, Walk] = {
 
 #: kind -> the backward working set of its layers (``backward_working_of``).
 WORKING: dict[str, Working] = {
+    "kda": kda_backward_working,
 }
 
 
