@@ -116,6 +116,13 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "qwen3_next": ("Qwen3-Next-80B-A3B-Instruct", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
     "qwen3_5_text": ("Qwen3.5-0.8B", dict(_SMALL, **_DELTANET)),
     "qwen3_5_moe_text": ("Agents-A1", dict(_MOE, shared_expert_intermediate_size=128, **_DELTANET)),
+    # layer 0 Kimi Delta Attention with a dense MLP, layer 1 NoPE latent attention with MoE (Kimi's key names)
+    "kimi_linear": ("Kimi-Linear-48B-A3B-Instruct", dict(
+        hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4, vocab_size=1024,
+        kv_lora_rank=32, qk_nope_head_dim=32, qk_rope_head_dim=16, v_head_dim=32, moe_intermediate_size=128,
+        num_experts=8, num_experts_per_token=2, num_shared_experts=1, pad_token_id=0, bos_token_id=0, eos_token_id=0,
+        linear_attn_config=dict(num_heads=4, head_dim=64, short_conv_kernel_size=4, kda_layers=[1],
+                                full_attn_layers=[2]))),
 }
 
 #: model_type -> one full-size registry entry.
@@ -132,6 +139,7 @@ FULL: dict[str, str] = {
     "qwen2_5_vl": "Qwen2.5-VL-7B-Instruct", "qwen3_vl": "Qwen3-VL-8B-Instruct",
     "qwen3_vl_moe": "Qwen3-VL-30B-A3B-Instruct", "mistral3": "Mistral-Small-3.1-24B-Instruct-2503",
     "qwen3_next": "Qwen3-Next-80B-A3B-Instruct", "qwen3_5_text": "Qwen3.5-0.8B", "qwen3_5_moe_text": "Agents-A1",
+    "kimi_linear": "Kimi-Linear-48B-A3B-Instruct",
 }
 
 #: Per-layer config lists cut to the shrunk depth (their first entries kept).

@@ -148,6 +148,10 @@ class Family:
     """The model always builds the causal mask (``allow_is_causal_skip=False``, the indexer reads it) and
     each latent-attention layer hands sdpa its own top-k-restricted boolean mask
     (``GlmMoeDsaAttention.forward``): sdpa saves the kernel's additive copy of it per layer."""
+    experts_key: str = "n_routed_experts"
+    """``MOE_DEEPSEEK``: config.json key of the routed expert count (Kimi Linear's ``num_experts``)."""
+    experts_per_token_key: str = "num_experts_per_tok"
+    """``MOE_DEEPSEEK``: config.json key of the experts each token is routed to (``num_experts_per_token``)."""
     head_dim_key: str = "head_dim"
     """config.json key of the rotary head dim (MLA: ``qk_rope_head_dim``, which the config class copies
     into ``head_dim``)."""
@@ -188,7 +192,8 @@ class Family:
     """The dense MLP, the shared expert and the routed experts are gated (``act(gate) * up``); False:
     ``down(act(up(x)))`` with no gate projection (Nemotron-H's relu2 MLP)."""
     rotary: bool = True
-    """Attention applies rotary embeddings (a rotary module with its inv_freq buffers); False: none."""
+    """Attention applies rotary embeddings (a rotary module with its inv_freq buffers); False: none
+    (Nemotron-H; Kimi Linear's NoPE latent attention, whose q is a view of its projection)."""
     lora_refused: tuple[str, ...] = ()
     """Linear leaf names peft 0.21 refuses to adapt on this model_type (``all-linear`` included):
     ``tuners_utils._check_lora_target_modules_mamba`` raises for Mamba models' ``out_proj``."""
@@ -369,9 +374,31 @@ def _indexer_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
     return tuple("mla" if t == "shared" else "dsa" for t in types[:num_layers])
 
 
+def _kda_layers(cfg: Mapping[str, Any], num_layers: int) -> tuple[str, ...]:
+    """Kimi Linear (``KimiLinearConfig.__post_init__``): ``layer_types`` when given (``linear_attention`` ->
+    ``kda``), else ``linear_attn_config`` ``kda_layers`` / ``full_attn_layers`` (1-based layer numbers, as
+    the checkpoint writes them), else layer i is full attention when i and i % 4 == 0; full attention
+    layers are latent attention (``mla``)."""
+    types = cfg.get("layer_types")
+    if not (isinstance(types, list) and types):
+        lac = cfg.get("linear_attn_config") or {}
+        if "full_attn_layers" in lac and "kda_layers" in lac:
+            types = [None] * num_layers
+            for n in lac["full_attn_layers"]:
+                if 1 <= n <= num_layers:
+                    types[n - 1] = "full_attention"
+            for n in lac["kda_layers"]:
+                if 1 <= n <= num_layers:
+                    types[n - 1] = "linear_attention"
+        else:
+            types = ["full_attention" if i and i % 4 == 0 else "linear_attention" for i in range(num_layers)]
+    return tuple("kda" if t == "linear_attention" else "mla" for t in types[:num_layers])
+
+
 #: ``Family.mixer_rule`` name -> (config, layers) -> each layer's mixer kind.
 MIXER_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[str, ...]]] = {
     "indexer_types": _indexer_layers,
+    "kda_layers": _kda_layers,
 }
 #: ``Family.ffn_rule`` name -> (config, layers) -> the layers without a feed-forward block.
 FFN_RULES: dict[str, Callable[[Mapping[str, Any], int], tuple[int, ...]]] = {}
@@ -591,6 +618,15 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("qwen3_5_moe_text", "models/qwen3_5_moe/modeling_qwen3_5_moe.py", deltanet_split=True, moe=MOE_QWEN,
            shared_expert=True, outer_keys=("tie_word_embeddings",),
            class_defaults=dict(_DELTANET_DEFAULTS, head_dim=256), **_QWEN_HYBRID),
+    # Kimi Linear: Kimi Delta Attention layers and NoPE latent attention, DeepSeek's MoE under Kimi's key names;
+    # its own weight conversion (not qwen2_moe's): peft adapts no expert parameter
+    Family("kimi_linear", "models/kimi_linear/modeling_kimi_linear.py",
+           **dict(_DEEPSEEK, expert_lora_targets={}, shared_experts_key="num_shared_experts"),
+           mixer_rule="kda_layers", rotary=False,
+           experts_key="num_experts", experts_per_token_key="num_experts_per_token",
+           class_defaults=dict(first_k_dense_replace=1, num_shared_experts=1, num_experts=256,
+                               num_experts_per_token=8, moe_intermediate_size=1024, qk_rope_head_dim=64,
+                               qk_nope_head_dim=128, v_head_dim=128, kv_lora_rank=512)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

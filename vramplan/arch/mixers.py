@@ -398,6 +398,51 @@ def _deltanet_norms(arch: "Arch") -> int:
     return deltanet_dims(arch).dv
 
 
+# ------------------------------------------------------------- kda (Kimi Delta Attention)
+KDA = "kda"
+"""Kimi Delta Attention (``KimiLinearDeltaAttention``, transformers 5.24 ``modeling_kimi_linear.py``
+L571-716): a gated delta rule with a per-channel decay. q/k/v projections (H -> num_heads · head_dim
+each, ``linear_attn_config`` ``num_heads`` / ``head_dim``), one depthwise causal ``conv1d`` over the
+three (kernel ``short_conv_kernel_size``, no bias), the forget gate (``forget_gate.f_a_proj`` H -> head_dim,
+``f_b_proj`` head_dim -> qkv, fp32 ``dt_bias`` of qkv, ``A_log`` per head), ``b_proj`` (H -> heads, the
+beta), the output gate (``g_a_proj`` H -> head_dim, ``g_b_proj`` head_dim -> qkv), a gated RMSNorm
+``o_norm`` over head_dim and ``o_proj`` (qkv -> H); no biases."""
+
+
+def kda_dims(arch: "Arch") -> dict[str, int]:
+    """``KimiLinearConfig.__post_init__``: ``linear_attn_config`` ``num_heads`` (32), ``head_dim`` (128),
+    ``short_conv_kernel_size`` (4), else the flat ``linear_num_heads`` / ``linear_head_dim`` /
+    ``linear_conv_kernel_dim``; qkv = heads · head_dim."""
+    from vramplan.arch.spec import _int
+
+    c, mt = arch.config, arch.model_type
+    lac = c.get("linear_attn_config") or {}
+    nh = _int(lac, "num_heads", mt, _int(c, "linear_num_heads", mt, 32))
+    hd = _int(lac, "head_dim", mt, _int(c, "linear_head_dim", mt, 128))
+    k = _int(lac, "short_conv_kernel_size", mt, _int(c, "linear_conv_kernel_dim", mt, 4))
+    return dict(heads=nh, head_dim=hd, kernel=k, qkv=nh * hd)
+
+
+def _kda_linears(arch: "Arch", n: int) -> list["Linear"]:
+    """``KimiLinearDeltaAttention.__init__`` (L575-610) and ``KimiLinearForgetGate.__init__`` (L321-330)."""
+    from vramplan.arch.spec import Linear
+
+    m, H = kda_dims(arch), arch.hidden_size
+    D, hd = m["qkv"], m["head_dim"]
+    return [Linear("q_proj", KDA, H, D, False, n), Linear("k_proj", KDA, H, D, False, n),
+            Linear("v_proj", KDA, H, D, False, n),
+            Linear("forget_gate.f_a_proj", KDA, H, hd, False, n), Linear("forget_gate.f_b_proj", KDA, hd, D, False, n),
+            Linear("b_proj", KDA, H, m["heads"], False, n),
+            Linear("g_a_proj", KDA, H, hd, False, n), Linear("g_b_proj", KDA, hd, D, False, n),
+            Linear("o_proj", KDA, D, H, False, n)]
+
+
+def _kda_params(arch: "Arch") -> dict[str, int]:
+    """The depthwise conv kernel (3 · qkv × kernel), ``dt_bias`` (qkv, kept fp32: ``_keep_in_fp32_modules_strict``),
+    ``A_log`` (heads) and ``o_norm`` (head_dim)."""
+    m = kda_dims(arch)
+    return {"conv1d": 3 * m["qkv"] * m["kernel"], "forget_gate.dt_bias": m["qkv"], "forget_gate.A_log": m["heads"],
+            "o_norm": m["head_dim"]}
 
 
 #: Every token-mixer kind but ``ATTENTION`` (the one place a kind is registered).
@@ -413,4 +458,5 @@ MIXERS: dict[str, Mixer] = {m.name: m for m in (
       for k in GEMMA4_KINDS),
     Mixer(GATED_DELTANET, "models/qwen3_next/modeling_qwen3_next.py::Qwen3NextGatedDeltaNet",
           _deltanet_linears, _deltanet_params, _deltanet_norms),
+    Mixer(KDA, "models/kimi_linear/modeling_kimi_linear.py KimiLinearDeltaAttention", _kda_linears, _kda_params),
 )}

@@ -111,6 +111,7 @@ MAX_SIZE: dict[str, int] = {
     "num_attention_heads": 1 << 14, "num_key_value_heads": 1 << 14, "head_dim": 1 << 16,
     "vocab_size": 1 << 27, "num_experts": 1 << 16, "num_local_experts": 1 << 16,
     "num_experts_per_tok": 1 << 16, "decoder_sparse_step": 10_000, "n_routed_experts": 1 << 16,
+    "num_experts_per_token": 1 << 16,
     "qk_rope_head_dim": 1 << 16, "qk_nope_head_dim": 1 << 16, "v_head_dim": 1 << 16, "kv_lora_rank": 1 << 20,
     "q_lora_rank": 1 << 20,
 }
@@ -645,8 +646,8 @@ def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
                     shared_expert_intermediate_size=_int(cfg, "moe_shared_expert_intermediate_size", model_type),
                     moe_layers=layers)
     if fam.moe == MOE_DEEPSEEK:
-        E = _int(cfg, "n_routed_experts", model_type)
-        k = _int(cfg, "num_experts_per_tok", model_type)
+        E = _int(cfg, fam.experts_key, model_type)
+        k = _int(cfg, fam.experts_per_token_key, model_type)
         M = _int(cfg, "moe_intermediate_size", model_type)
         types = cfg.get("mlp_layer_types")
         if isinstance(types, list) and types:
