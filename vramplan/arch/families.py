@@ -143,7 +143,9 @@ class Family:
     ``mlp_layer_types`` (its class default in ``class_defaults``); None: the config class reads no such key
     and keeps ``dense_prefix_default`` leading dense layers."""
     dense_prefix_default: int = 0
-    """``MOE_DEEPSEEK`` with ``dense_prefix_key`` None: the leading dense layers the config class builds."""
+    """``MOE_DEEPSEEK``: the leading dense layers the config class builds when config.json names none and
+    the key is no class attribute (Kimi Linear's ``kwargs.get("first_k_dense_replace", 1)``); with
+    ``dense_prefix_key`` None, always."""
     dsa_mask: bool = False
     """The model always builds the causal mask (``allow_is_causal_skip=False``, the indexer reads it) and
     each latent-attention layer hands sdpa its own top-k-restricted boolean mask
@@ -624,9 +626,10 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
            **dict(_DEEPSEEK, expert_lora_targets={}, shared_experts_key="num_shared_experts"),
            mixer_rule="kda_layers", rotary=False,
            experts_key="num_experts", experts_per_token_key="num_experts_per_token",
-           class_defaults=dict(first_k_dense_replace=1, num_shared_experts=1, num_experts=256,
-                               num_experts_per_token=8, moe_intermediate_size=1024, qk_rope_head_dim=64,
-                               qk_nope_head_dim=128, v_head_dim=128, kv_lora_rank=512)),
+           dense_prefix_default=1,
+           class_defaults=dict(num_shared_experts=1, num_experts=256, num_experts_per_token=8,
+                               moe_intermediate_size=1024, qk_rope_head_dim=64, qk_nope_head_dim=128,
+                               v_head_dim=128, kv_lora_rank=512)),
 )}
 
 #: model_types read as another family: the config's own model_type -> the family's.

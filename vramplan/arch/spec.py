@@ -656,7 +656,7 @@ def _moe_fields(cfg: Mapping[str, Any], fam: Family, L: int) -> dict[str, Any]:
             key = fam.dense_prefix_key
             first = cfg.get(key) if key else None
             if first is None:
-                first = fam.class_defaults.get(key, 0) if key else fam.dense_prefix_default
+                first = fam.class_defaults.get(key, fam.dense_prefix_default) if key else fam.dense_prefix_default
             if isinstance(first, bool) or not isinstance(first, int) or first < 0:
                 raise ArchError(f"config.json field '{key}' must be a non-negative integer, got {_show(first)}")
             layers = tuple(range(min(first, L), L))

@@ -82,6 +82,12 @@ def hf_config(arch: Arch, layers: int | None = None) -> Any:
         for key in ("mlp_only_layers", "moe_layers"):  # layer indices (Llama 4's moe_layers)
             if isinstance(text.get(key), list):
                 text[key] = [i for i in text[key] if i < layers]
+        lac = text.get("linear_attn_config")
+        if isinstance(lac, dict):  # Kimi Linear: 1-based layer numbers of each mixer kind
+            text["linear_attn_config"] = lac = dict(lac)
+            for key in ("kda_layers", "full_attn_layers"):
+                if isinstance(lac.get(key), list):
+                    lac[key] = [n for n in lac[key] if isinstance(n, int) and n <= layers]
         if isinstance(text.get("num_kv_shared_layers"), int):  # Gemma 4: the last layers reuse keys/values
             text["num_kv_shared_layers"] = max(0, text["num_kv_shared_layers"] - (arch.num_layers - layers))
     cfg["use_cache"] = False
