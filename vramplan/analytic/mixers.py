@@ -829,7 +829,7 @@ def kda_backward_working(arch: "Arch", d: "Dtypes", targets: frozenset[str], ran
     return 3 * f * C * D - post, -loop * C, 0, 0
 
 
-def kda_note(arch: "Arch") -> str:
+def kda_note(arch: "Arch", d: "Dtypes", rank: int = 0, targets: frozenset[str] = frozenset()) -> str:
     """The breakdown note of a model with KDA layers: the torch fallback priced, not fla's kernel."""
     from vramplan.arch.mixers import KDA, kda_dims
     m = kda_dims(arch)
@@ -837,6 +837,9 @@ def kda_note(arch: "Arch") -> str:
             f"(chunk_kimi_delta_attention, chunk {KDA_CHUNK}, fp32), {kda_core_saved(m['heads'], m['head_dim']):,} B "
             f"per token per layer in the delta rule; on CUDA with flash-linear-attention installed its chunk_kda "
             f"kernel saves far less (q, k, v, g, beta and chunk-local matrices; states recomputed), not priced here")
+
+
+NOTES["kda"] = kda_note
 
 
 #: kind -> its saved-activation walk (the one place a kind's walk is registered).
