@@ -2,6 +2,7 @@
 
 import builtins
 import warnings
+from typing import Callable
 
 import pytest
 
@@ -16,6 +17,8 @@ from vramplan.errors import VramplanError  # noqa: E402
 from vramplan.hf.tracker import round_up  # noqa: E402
 from vramplan.scenario import Scenario  # noqa: E402
 from vramplan.trace import NOTES, layer_plan, trace, trace_run  # noqa: E402
+from vramplan.trace.extrapolate import figures  # noqa: E402
+from vramplan.trace.run import StepFigures, TraceRun  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning)
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -99,6 +102,38 @@ def test_extrapolation_on_a_real_config():
     assert fast.extra["layers_traced"] == [1, 2, 3]
     assert fast.extra["steady_step_peak_bytes"] == full.extra["steady_step_peak_bytes"]
     assert fast.allocated_peak_bytes == full.allocated_peak_bytes
+
+
+def _rounded_norm_stack(layers: int, tensors_per_layer: int = 37) -> int:
+    """clip_grad_norm_'s stack of one fp32 norm per trainable tensor, as the allocator holds it (512-B blocks)."""
+    return -(-4 * tensors_per_layer * layers // 512) * 512
+
+
+def _synthetic_runs(extra: Callable[[int], int]) -> Callable[[int | None], TraceRun]:
+    """Runs whose optimizer phase holds 1 MiB of state per layer plus ``extra(layers)`` bytes."""
+    def run(n: int | None) -> TraceRun:
+        layers = 40 if n is None else n
+        by = {"optimizer/state": (1 << 20) * layers + extra(layers), "weights/float": 1 << 30}
+        return TraceRun(layers, [StepFigures({"optimizer": (sum(by.values()), by)})] * 2)
+    return run
+
+
+def test_extrapolation_allows_one_rounding_unit_and_no_more():
+    """A figure affine in the layer count but rounded up to 512 B (the norm stack: 37 tensors per layer, so
+    its rounding drifts from block to block) extrapolates, within 512 B per block of the truth; a figure that
+    really curves (2 KiB x layers squared) is refused and the model traced whole."""
+    arch = llama(40)  # plan: 1, 2, 3 layers, then 37 blocks of one layer
+    assert [_rounded_norm_stack(n) for n in (1, 2, 3)] == [512, 512, 512]  # 148, 296, 444 B
+    assert [_rounded_norm_stack(n) for n in (3, 4, 5)] == [512, 1024, 1024]  # increments 512, 0: off by 512
+    fig = figures(arch, _synthetic_runs(_rounded_norm_stack))
+    assert fig.traced == [1, 2, 3] and fig.period == 1 and not fig.refused
+    assert abs(fig.steady["optimizer/state"] - ((1 << 20) * 40 + _rounded_norm_stack(40))) <= 512 * 39
+    fig = figures(arch, _synthetic_runs(lambda n: _rounded_norm_stack(n + 2)))  # traces 3, 4, 5: 512 apart
+    truth = (1 << 20) * 40 + _rounded_norm_stack(42)
+    assert fig.traced == [1, 2, 3] and fig.period == 1
+    assert abs(fig.steady["optimizer/state"] - truth) <= 512 * 39
+    fig = figures(arch, _synthetic_runs(lambda n: 2048 * n * n))
+    assert fig.refused and fig.traced[-1] == 40 and fig.steady["optimizer/state"] == (1 << 20) * 40 + 2048 * 1600
 
 
 # ------------------------------------------------------------------------------ golden terms

@@ -289,14 +289,6 @@ def test_analytic_within_1_percent_of_trace(model_type, gc):
 KNOWN_FULL_SIZE_GAPS: dict[str, str] = {}
 #: Full-size rows not run by the suite, with why (their trace's cost is not known to fit the CI budget).
 SKIPPED_FULL_SIZE: dict[str, str] = {
-    "qwen3_5_moe_text": "Agents-A1 (the Qwen3.5-35B-A3B shape): its full-depth trace ran over 18 min here without "
-                        "finishing (the extrapolation check most likely refuses, tracing ever deeper); traced whole "
-                        "at 4, 8, 12 and 16 layers it agrees within 0.005 % and grows by the same bytes per block "
-                        "as the analytic engine (the -3.8 % of earlier CI runs was measured after the shrunk row had "
-                        "edited the cached entry); run benchmarks/families.py --only qwen3_5_moe_text",
-    "qwen3_next": "not verified at full depth: its trace (48 layers of 512 fp32 experts) was still running after "
-                  "4 min in a CI run where every other full-size row took under a minute; run "
-                  "benchmarks/families.py --only qwen3_next",
 }
 
 
