@@ -10,6 +10,9 @@ Each kind registers, under its ``Mixer`` name:
   working set of a layer of that kind, as ``activations.backward_working`` returns it, for layers
   whose busiest backward moment is not a plain attention layer's MLP (a layer without a
   feed-forward block, or a mixer whose backward outweighs its MLP's).
+- ``MOMENTS[kind](arch, d, targets, rank, layer, attn) -> (held, gradients, per token·s) or None``: a moment
+  of the layer's backward beside its MLP's (a forward transient of the kind re-run by checkpointing),
+  priced by ``phases`` as eager attention's softmax moment (``terms``' ``ClassTerms.sm``).
 
 Every function cites the transformers 5.24 code it mirrors (file, lines).
 """
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from vramplan.arch.mixers import IDENTITY, MAMBA2
+from vramplan.arch.mixers import DSA, IDENTITY, MAMBA2, dsa_dims, mla_dims
 
 if TYPE_CHECKING:
     from vramplan.analytic.activations import Dtypes, _Walk
@@ -235,29 +238,15 @@ def chunked_attention_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", 
 
 
 # ---------------------------------------------------------------------- mla (latent attention)
-def mla_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
-    """What one latent-attention block saves (transformers 5.24 ``modeling_deepseek_v3.py``
-    ``DeepseekV3Attention.forward`` L424-470, ``expand_kv`` L410-422), in its order:
-    1. ``input_layernorm`` as softmax attention's (its rsqrt, and the fp32 copy of a 16-bit input);
-    2. the two projections of the normalised x (``q_a_proj`` or ``q_proj``, ``kv_a_proj_with_mqa``:
-       ``_Walk.linears`` prices LoRA on them, one shared input);
-    3. ``q_a_layernorm`` (width q_lora_rank) and ``kv_a_layernorm`` on the kv_lora_rank slice of the
-       compressed kv: each an fp32 copy + rsqrt; a slice already fp32 is saved as it is, a view that
-       keeps the whole (kv_lora_rank + qk_rope) output alive; then ``q_b_proj`` and ``kv_b_proj``;
-    4. the interleaved RoPE (``apply_rotary_pos_emb_interleave``): its products save the shared cos/sin
-       only, and the two ``cat`` save nothing; ``key_states`` is a fresh buffer (``new_empty`` +
-       ``copy_``), ``value_states`` a view of ``kv_b_proj``'s output;
-    5. sdpa on nh heads of qk = nope + rope (q, k) and v_head_dim (v), no padding of v: the kernel saves
-       q, k and v in the attention dtype (autocast's cast copies, else the tensors themselves: v is then
-       the view, whose storage is the whole kv_b output, nope + v per head), its output (nh·v) and an fp32
-       log-sum-exp per head; eager saves q, k, v and the nh·s fp32 probabilities and their copy;
-    6. ``o_proj`` on the attention output (the saved kernel output, same storage).
-    Returns (o_proj output dtype, whether it needs a gradient)."""
-    from vramplan.analytic.activations import _promote, norm_out
-    from vramplan.arch.mixers import mla_dims
+def mla_prefix(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", live: bool) -> tuple[int, int, bool, bool]:
+    """``mla_walk`` steps 1-3 (``DeepseekV3Attention.forward`` L424-441): the input norm, the two
+    projections of the normalised x, ``q_a_layernorm`` + ``q_b_proj`` and ``kv_a_layernorm`` +
+    ``kv_b_proj``, added to ``w``. Returns (q_b_proj's output dtype, kv_b_proj's, whether the q and the kv
+    paths need a gradient)."""
+    from vramplan.analytic.activations import norm_out
 
     d, targets = w.d, w.targets
-    H, nh = arch.hidden_size, arch.num_heads
+    H = arch.hidden_size
     m = mla_dims(arch)
 
     def needs(name: str, x_live: bool) -> bool:
@@ -278,7 +267,33 @@ def mla_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, liv
     if lkv and pd == 4 and not d.liger_norm:
         w.tok += 4 * m["rope"]  # the fp32 slice is a view: the saved input keeps k_rot's columns too
     kvd, _ = w.linears((lins["kv_b_proj"],), norm_out(d, pd), False, lkv)
-    lkv = needs("kv_b_proj", lkv)
+    return qd, kvd, lq, needs("kv_b_proj", lkv)
+
+
+def mla_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool) -> tuple[int, bool]:
+    """What one latent-attention block saves (transformers 5.24 ``modeling_deepseek_v3.py``
+    ``DeepseekV3Attention.forward`` L424-470, ``expand_kv`` L410-422), in its order:
+    1. ``input_layernorm`` as softmax attention's (its rsqrt, and the fp32 copy of a 16-bit input);
+    2. the two projections of the normalised x (``q_a_proj`` or ``q_proj``, ``kv_a_proj_with_mqa``:
+       ``_Walk.linears`` prices LoRA on them, one shared input);
+    3. ``q_a_layernorm`` (width q_lora_rank) and ``kv_a_layernorm`` on the kv_lora_rank slice of the
+       compressed kv: each an fp32 copy + rsqrt; a slice already fp32 is saved as it is, a view that
+       keeps the whole (kv_lora_rank + qk_rope) output alive; then ``q_b_proj`` and ``kv_b_proj``;
+    4. the interleaved RoPE (``apply_rotary_pos_emb_interleave``): its products save the shared cos/sin
+       only, and the two ``cat`` save nothing; ``key_states`` is a fresh buffer (``new_empty`` +
+       ``copy_``), ``value_states`` a view of ``kv_b_proj``'s output;
+    5. sdpa on nh heads of qk = nope + rope (q, k) and v_head_dim (v), no padding of v: the kernel saves
+       q, k and v in the attention dtype (autocast's cast copies, else the tensors themselves: v is then
+       the view, whose storage is the whole kv_b output, nope + v per head), its output (nh·v) and an fp32
+       log-sum-exp per head; eager saves q, k, v and the nh·s fp32 probabilities and their copy;
+    6. ``o_proj`` on the attention output (the saved kernel output, same storage).
+    Returns (o_proj output dtype, whether it needs a gradient)."""
+    from vramplan.analytic.activations import _promote
+
+    d = w.d
+    nh = arch.num_heads
+    m = mla_dims(arch)
+    qd, kvd, lq, lkv = mla_prefix(w, arch, lins, live)
     # q_pass cat the rotated q_rot (cos/sin in the embedding output's dtype); NoPE latent attention
     # (``Family.rotary`` False, Kimi Linear) views the projection itself
     qsd = _promote(qd, d.resid0) if arch.family.rotary else qd
@@ -299,6 +314,107 @@ def mla_walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, liv
                 w.quad += ad  # the kernel's additive copy of the layer's (b, 1, s, s) top-k mask
         x_o_saved = la
     return w.linears((lins["o_proj"],), ad, x_o_saved, la)
+
+
+# ---------------------------------------------------------- dsa (latent attention + sparse indexer)
+# transformers 5.24 ``models/glm_moe_dsa/modeling_glm_moe_dsa.py``. The block saves what ``mla`` saves (the
+# indexer runs under ``torch.no_grad``, L184: it saves nothing, ``WALKS["dsa"]``); its score tensors are a
+# forward transient, priced as a moment of the layer's recomputation under checkpointing (``MOMENTS``).
+
+def dsa_indexer_scores(d: "Dtypes", heads: int) -> int:
+    """Bytes per token·s of the indexer's busiest moment, ``GlmMoeDsaIndexer.forward`` L229:
+    ``scores = torch.matmul(q.float(), k.transpose(-1, -2).float().unsqueeze(1)) * self.softmax_scale``
+    makes the (b, s, index_n_heads, s) product and its scaled copy, both alive while the multiply runs
+    (the matmul's result is freed once the name is rebound; ``F.relu`` then makes one more of the same
+    size as the product is freed: two at once again). Under autocast the matmul runs in the compute dtype
+    (``torch.matmul`` is on autocast's lower-precision list, so the ``.float()`` casts are cast back);
+    without it in fp32. The weighted head sum (L234, b·s·s), the mask (L237-240) and the top-k (L242-243)
+    come after, each smaller than two (b, s, heads, s) tensors for heads >= 2: 2 · heads · sd."""
+    sd = d.c if d.autocast else 4
+    return 2 * heads * sd
+
+
+def dsa_indexer_locals(arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int,
+                       lins: "dict[str, Linear]") -> tuple[int, int]:
+    """(bytes per token, fixed bytes) a ``dsa`` layer holds at ``dsa_indexer_scores``' moment besides
+    what it has saved (``dsa_recompute_moment``): the tensors ``GlmMoeDsaAttention.forward`` (L371-416)
+    and ``GlmMoeDsaIndexer.forward`` (L212-229) still reference, none of them saved by autograd:
+    1. the attention's input (the layer's normalised x, n1·H: the decoder layer's local), unless the
+       first projections' lora_A saved it itself (no cast: ``_Walk.shared``);
+    2. ``q_resid`` (q_a_layernorm's output, q_lora_rank; the indexer reads it), ``q_states`` (q_b_proj's
+       output, nh·qk: ``q_pass`` views it), ``k_pass`` (kv_a_layernorm's output, kv_lora_rank), the
+       expanded latent (kv_b_proj's output, nh·(nope + v): ``value_states`` views it), the rotated
+       ``q_rot`` (nh·rope) and ``k_rot`` (rope) in the dtype of the product with the rotary table
+       (the embedding output's), ``query_states`` (the ``cat``, nh·qk) and ``key_states`` (``new_empty``
+       in kv_b_proj's output dtype, nh·qk);
+    3. the indexer's: ``wq_b``'s output (index_n_heads·index_head_dim; ``q_pass`` views it), its rotated
+       rope part and the ``cat`` q (the same width, rope and all), ``k_norm``'s output (a LayerNorm:
+       fp32 under autocast), its rotated rope part and the ``cat`` k (index_head_dim each);
+    4. fixed: autocast's bf16 copies of the LoRA A and B of ``wq_b`` and ``wk`` when they are targets
+       (peft wraps them; under ``no_grad`` they save nothing).
+    The ``.float()`` and autocast casts of q and k are freed when the matmul returns."""
+    from vramplan.analytic.activations import _promote, _Walk, norm_out
+
+    m, x = mla_dims(arch), dsa_dims(arch)
+    H, nh, ih, idim, rope = arch.hidden_size, arch.num_heads, x["heads"], x["head_dim"], m["rope"]
+    w = _Walk(d, rank, targets)  # scratch: output dtypes (and the indexer's LoRA copies, ``const``)
+    n1 = norm_out(d, d.resid)
+    pd, _ = w.linears((lins["q_a_proj"], lins["kv_a_proj_with_mqa"]), n1, False, True)
+    first_shared = w.shared
+    nq = norm_out(d, pd)
+    qd, _ = w.linears((lins["q_b_proj"],), nq, False, True)
+    kvd, _ = w.linears((lins["kv_b_proj"],), nq, False, True)
+    rot = _promote(qd, d.resid0)
+    tok = (0 if first_shared else n1 * H) + nq * m["q_lora_rank"] + qd * nh * m["qk"] + nq * m["kv_lora_rank"]
+    tok += kvd * nh * (m["nope"] + m["v"]) + rot * nh * rope + _promote(pd, d.resid0) * rope
+    tok += rot * nh * m["qk"] + kvd * nh * m["qk"]
+    ix = _Walk(d, rank, targets)
+    qi, _ = ix.linears((lins["indexer.wq_b"],), nq, False, False)
+    kd, _ = ix.linears((lins["indexer.wk"],), n1, False, False)
+    kn = 4 if d.autocast else _promote(kd, d.norm_w)
+    qr, kr = _promote(qi, d.resid0), _promote(kn, d.resid0)
+    tok += qi * ih * idim + qr * ih * (rope + idim)  # wq_b's output, its rotated rope part, the cat
+    tok += kn * idim + kr * (rope + idim)  # k_norm's output, its rotated rope part, the cat
+    return tok, ix.const
+
+
+def dsa_recompute_moment(arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int, layer: int,
+                         attn: str) -> tuple[tuple[int, int, int], tuple[int, int, int], int] | None:
+    """A ``dsa`` layer's backward under gradient checkpointing at its indexer's scores: the first node of
+    the layer's backward that unpacks a saved tensor re-runs the layer, whose indexer
+    (``GlmMoeDsaIndexer.forward``, L184-243, under ``torch.no_grad``) makes b·s·s score tensors per head.
+    In ``phases``' softmax-moment form, (what the re-run layer holds, gradient buffers, per token·s):
+    1. held: the block's saved tensors up to the indexer call (``mla_walk`` steps 1-3: the input norm,
+       q_a/kv_a, q_a_layernorm, q_b_proj, kv_a_layernorm, kv_b_proj) and its live locals
+       (``dsa_indexer_locals``);
+    2. gradients: the layer output's (o·H) and, when the MLP's (a MoE layer's: the shared expert's, which
+       ``GlmMoeDsaMoE.forward`` L566-573 adds last, so its backward runs first) down projection is a
+       frozen 4-bit linear, its input gradient (gd·I: bitsandbytes' ``MatMul4Bit`` saves no tensor, so
+       its backward runs before the first unpack, ``act(gate) * up``'s); a LoRA-targeted down projection
+       unpacks first (lora_B's input), with the output's gradient and its ``* scaling`` copy (2·o·H);
+    3. per token·s: ``dsa_indexer_scores``.
+    None without checkpointing (the indexer then runs in the forward only) or with eager attention
+    (not derived). Checked against the trace's live tensors at the peak (shrunk GLM-5.1, 1 × 1024)."""
+    from vramplan.analytic.activations import _promote, _Walk, norm_out
+
+    if not d.gc or attn == "eager":
+        return None
+    lins = {lin.name: lin for lin in arch.layer_linears(layer)}
+    w = _Walk(d, rank, targets)
+    mla_prefix(w, arch, lins, True)
+    tok, fixed = dsa_indexer_locals(arch, d, targets, rank, lins)
+    H = arch.hidden_size
+    n2 = norm_out(d, _promote(d.resid, d.c))
+    gd = n2 if d.quantized else (d.c if d.autocast else d.base_w)
+    o = _promote(d.resid, n2)
+    moe = arch.ffn(layer) == "moe"
+    down = arch.shared_expert_down if moe else "down_proj"
+    width = arch.shared_expert_intermediate_size if moe else arch.intermediate_size
+    if width and (down not in targets) and d.quantized and not d.full:
+        grads = o * H + gd * width
+    else:
+        grads = 2 * o * H
+    return (w.tok + tok, w.quad, w.const + fixed), (grads, 0, 0), dsa_indexer_scores(d, dsa_dims(arch)["heads"])
 
 
 # ------------------------------------------------------------------------------------ gemma4
@@ -848,11 +964,18 @@ WALKS: dict[str, Walk] = {
     MAMBA2: mamba2_walk,
     "chunked_attention": chunked_attention_walk,
     "mla": mla_walk,
-    "dsa": mla_walk,  # the indexer runs under torch.no_grad: it saves nothing (``dsa_forward_bytes``)
+    DSA: mla_walk,  # the indexer runs under torch.no_grad: it saves nothing (its scores: ``dsa_recompute_moment``)
     **{k: _gemma4_walk(k) for k in ("gemma4_sliding", "gemma4_full", "gemma4_sliding_kv_shared",
                                     "gemma4_full_kv_shared")},
     "gated_deltanet": _deltanet_walk,
     "kda": kda_walk,
+}
+
+#: kind -> a moment of its layers' backward beside the MLP's (``terms``' ``ClassTerms.sm``, priced by ``phases``
+#: as eager attention's softmax moment): ``(arch, d, targets, rank, layer, attn) -> (held, gradients, per
+#: token·s) or None``.
+MOMENTS: dict[str, Callable[..., Any]] = {
+    DSA: dsa_recompute_moment,
 }
 
 #: kind -> the backward working set of its layers (``backward_working_of``).

@@ -164,7 +164,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     def softmax(sm: tuple[Coef, Coef, int] | None) -> tuple[int, int, int] | None:
         if sm is None:
             return None
-        return _layer(sm[0], T, seq), _layer(sm[1], T, seq), T * seq * sm[2]
+        return (_layer(sm[0], T, seq), _layer(sm[1], T, seq), T * seq * sm[2], *sm[3:])
 
     x = Batch(
         saved_last=saved_last, host=host,
@@ -553,8 +553,12 @@ def _layer_rows(last: bool, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]
 
 
 def _softmax_rows(last: bool, st: StaticTerms, x: Batch) -> list[_Row]:
-    """The rows of a layer backward whose busiest moment is eager attention's softmax backward."""
-    saved, work, tmp = x.sm_last if last else x.sm_first
+    """The rows of a layer backward whose busiest moment is eager attention's softmax backward (or a
+    token-mixer kind's own moment, ``mixers.MOMENTS``: the kind named last in the tuple)."""
+    sm = x.sm_last if last else x.sm_first
+    saved, work, tmp = sm[:3]
+    if len(sm) > 3:
+        return _kind_moment_rows(sm[3], last, st, x)
     base = (x.saved_last - x.plain_last) if last else (x.saved_first - x.plain_first)
     rows = [_activation_row(st, x, base), *_mask_rows(x)]
     if x.gc:
@@ -570,3 +574,25 @@ def _softmax_rows(last: bool, st: StaticTerms, x: Batch) -> list[_Row]:
     rows.append(_NO_DEQUANT)
     return rows
 
+
+#: A token-mixer kind's moment (``mixers.MOMENTS``) -> what its rows say: the re-run layer's tensors,
+#: its gradient buffers, its per token·s transient.
+_KIND_MOMENT_ROWS: dict[str, tuple[str, str, str, str]] = {
+    "dsa": ("the re-run layer up to its DSA indexer: the latent attention's saved tensors and live locals, the "
+            "indexer's q and k (mixers.dsa_indexer_locals)",
+            "the layer output's gradient and the MLP down projection's input gradient waiting for the recompute",
+            "temporary/dsa_indexer_scores",
+            "DSA indexer: q·kᵀ per indexer head and its scaled copy, b·index_heads·s·s (no_grad, forward "
+            "transient: mixers.dsa_indexer_scores)"),
+}
+
+
+def _kind_moment_rows(kind: str, last: bool, st: StaticTerms, x: Batch) -> list[_Row]:
+    """The rows of a layer backward at its token-mixer kind's own moment (checkpointing only)."""
+    saved, work, tmp = (x.sm_last if last else x.sm_first)[:3]
+    held_what, work_what, tmp_name, tmp_what = _KIND_MOMENT_ROWS[kind]
+    base = (x.saved_last - x.plain_last) if last else (x.saved_first - x.plain_first)
+    return [_activation_row(st, x, base), *_mask_rows(x),
+            ("activations/recompute", "activations", saved + x.tokens * st.reentrant_out, held_what),
+            ("activations/backward", "activations", work, work_what),
+            (tmp_name, "temporary", tmp, tmp_what), _NO_DEQUANT]

@@ -726,7 +726,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     for n, c in enumerate(arch.layer_classes()):
         moe, rep = c.ffn == "moe", c.layers[0]
         sm = (act.eager_softmax_backward(arch, d, s.rank, tset, moe, layer=rep, **kw)
-              if attn == "eager" and c.mixer == ATTENTION else None)
+              if attn == "eager" and c.mixer == ATTENTION else _kind_moment(arch, d, s, tset, c.mixer, rep, attn))
         classes.append(ClassTerms(
             c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
             act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
@@ -774,6 +774,17 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first, pre=_model_saved(arch, d, s, tset, attn), kv_hold=_model_hold(arch, d, s, tset, attn),
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
+
+
+def _kind_moment(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], kind: str, layer: int,
+                 attn: str) -> tuple | None:
+    """``ClassTerms.sm`` of a token-mixer kind with a moment of its own (``mixers.MOMENTS``), tagged with the
+    kind (``phases`` names its rows by it); None for the other kinds, full fine-tuning and fused kernels."""
+    from vramplan.analytic.mixers import MOMENTS
+    if kind not in MOMENTS or s.full or s.lora_kernels.value != "none":
+        return None
+    moment = MOMENTS[kind](arch, d, tset, s.rank, layer, attn)
+    return None if moment is None else (*moment, kind)
 
 
 def _model_saved(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], attn: str) -> tuple[int, int, int]:
