@@ -6,7 +6,7 @@ Shapes: transformers 5.24 ``modeling_deepseek_v3.py`` (``DeepseekV3Attention``, 
 
 from __future__ import annotations
 
-from vramplan.analytic.activations import Dtypes, _Walk, router_saved
+from vramplan.analytic.activations import Dtypes, _layer_lins, _Walk, backward_working, moe_output_backward, router_saved
 from vramplan.analytic.adapters import target_linears
 from vramplan.analytic.mixers import mla_walk
 from vramplan.arch import Arch, resolve
@@ -109,3 +109,24 @@ def test_kimi_k2_reads_as_deepseek_v3():
     a = resolve("Kimi-K2-Instruct")
     assert a.model_type == "deepseek_v3" and a.moe_layers == tuple(range(1, 61)) and a.num_experts == 384
     assert a.total_params == 1_026_408_209_408
+
+
+def test_moe_output_backward_moments():
+    """SMALL's MoE layer, QLORA, LoRA r 8 on the five MLA projections, the router and the fused experts
+    (peft's ParamWrapper): ``DeepseekV3MoE.forward`` adds the shared expert last, so its backward runs first.
+    B per token, H 256, k 2, M 128, E 8, experts fp32 (ed 4), routing weights bf16 (autocast): wd 4.
+    Waiting throughout: the layer output's gradient 4·256 and the shared expert's input gradient 4·256;
+    freed: the shared expert's saved act·up (frozen, 3·4·128 = 1,536) and ``inv_perm`` (8·2 = 16): 496.
+    1. ``proj_out * sample_weights_g`` backward: 3·2·256·4 = 6,144 → 6,640, nothing fixed;
+    2. the down projection's grouped_mm backward: − the saved down output 2·256·4, + its gradient 2·256·4,
+       + the input gradient 2·128·4 = 1,024 → 1,520; fixed, the effective weight's gradient 4·8·128·256 =
+       1,048,576.
+    ``backward_working`` keeps the shared expert's down-projection moment first, without an expert gradient
+    (a_fixed 0), then these two. At 1 × 1024 under checkpointing: 6,640 · 1,024 = 6,799,360 on top of the
+    recomputed layer, the trace's live gradients (8,388,608) less the freed 1,589,248."""
+    a = Arch.from_config(SMALL, name="small")
+    targets = frozenset({"q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj", "experts", "router"})
+    lins, _ = _layer_lins(a, True, None)
+    assert moe_output_backward(a, QLORA, 4, targets, 8, lins) == (6_640, 0, 1_520, 1_048_576)
+    assert moe_output_backward(a, QLORA, 4, targets - {"experts"}, 8, lins) == (6_640, 0)
+    assert backward_working(a, QLORA, True, targets, 8) == (4_608, 0, 3_328, 65_536, 6_640, 0, 1_520, 1_048_576)

@@ -1,6 +1,7 @@
 """Shrunk family rows at 1 × 1024: terms that grow with the sequence faster than the seq-256 rows show.
 
-At seq 256 a per token·s term (GLM-5's DSA indexer scores) hides under the layer's saved tensors; at 1024 it becomes the
+At seq 256 a per token·s term (GLM-5's DSA indexer scores) or a per-token moment of a MoE layer's backward
+(DeepSeek's routed-expert output gradients) hides under the layer's saved tensors; at 1024 it becomes the
 peak. Each row builds the harness's shrunk model (``test_family_records.shrunk_arch``) and holds the
 analytic allocated peak within 1 % of the trace's, with and without gradient checkpointing.
 """
@@ -14,6 +15,8 @@ from test_family_records import _both
 #: model_type -> why it has a 1 × 1024 row.
 LONG_ROWS = {
     "glm_moe_dsa": "the DSA indexer's b·heads·s·s scores in the recomputed layer (mixers.dsa_recompute_moment)",
+    "deepseek_v3": "the routed experts' output gradients (activations.moe_output_backward)",
+    "glm4_moe_lite": "DeepSeek's MoE block (activations.moe_output_backward)",
 }
 
 

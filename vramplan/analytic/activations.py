@@ -927,7 +927,12 @@ def _moe_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: boo
             # the effective weight stacks W + B·A (``baddbmm``, E·(2M·H + H·M) in the experts'
             # dtype) are saved for the input gradient.
             w.const += d.other_w * E * 3 * M * H
-    S = arch.shared_expert_intermediate_size
+    _shared_expert_saved(w, arch, lins, n2, live)
+
+
+def _shared_expert_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], n2: int, live: bool) -> None:
+    """A gated MoE block's shared expert (gate/up, act·up, down; Qwen2-MoE's sigmoid gate on its output)."""
+    S, fam, H = arch.shared_expert_intermediate_size, arch.family, arch.hidden_size
     if S:
         p = fam.shared_expert_module
         sd, ls = w.linears((lins[f"{p}.gate_proj"], lins[f"{p}.up_proj"]), n2, False, live)
@@ -1107,7 +1112,48 @@ def backward_working(arch: Arch, d: Dtypes, moe: bool, targets: frozenset[str],
     a_fixed = 0
     if moe and "experts" in targets:
         a_fixed = d.other_w * arch.num_experts * arch.moe_intermediate_size * H
-    return a, a_fixed, b + liger_base_branch_hpart(d, gd, H, moe, targeted, hpart), deq
+    work = (a, a_fixed, b + liger_base_branch_hpart(d, gd, H, moe, targeted, hpart), deq)
+    if moe and arch.family.moe_output_moment and arch.family.experts != EXPERTS_DENSE_BMM \
+            and not arch.family.clamped_swiglu and not d.full:
+        # the shared expert's down projection (``a``) runs before any routed expert's backward: no expert
+        # gradient yet; the routed experts' moments follow (``moe_output_backward``)
+        return (a, 0, *work[2:], *moe_output_backward(arch, d, n2, targets, rank, lins))
+    return work
+
+
+def moe_output_backward(arch: Arch, d: Dtypes, n2: int, targets: frozenset[str], rank: int,
+                        lins: dict[str, Linear]) -> tuple[int, ...]:
+    """The routed experts' backward in DeepSeek's MoE block (``Family.moe_output_moment``), as extra
+    (per token, fixed) moments of ``backward_working``'s tuple. ``DeepseekV3MoE.forward`` (transformers 5.24
+    ``models/deepseek_v3/modeling_deepseek_v3.py`` L215-222) adds the shared expert last: its backward (its
+    saved tensors then freed) runs before the routed experts', whose input gradient it leaves accumulated
+    (n2·H). Then ``integrations/moe.py::grouped_mm_experts_forward`` (L424-537) backward, k (token, expert)
+    pairs per token, wd = the routed output's dtype (the experts' ed promoted with the routing weights'):
+    1. ``weighted_out.view(T, k, H).sum(1)`` and ``weighted_out[inv_perm]`` (L529-535): the expanded
+       gradient's copy and the index backward's zeros (k·H·wd each; CUDA scatters in place; under a
+       ``TorchDispatchMode`` torch's ``index_backward`` takes the out-of-place ``index_put`` and the trace
+       counts a third, never more than moment 2); the saved ``inv_perm`` (int64) is freed;
+    2. ``proj_out * sample_weights_g`` (L524) backward: the gradient (k·H·wd), its product with the routing
+       weight (the down output's gradient) and with the down output (reduced to the weight's gradient
+       after): 3·k·H·wd, with the layer output's gradient (o·H) and the shared expert's input gradient;
+    3. with LoRA-wrapped experts, the down projection's ``grouped_mm`` backward: its saved output (k·H·ed)
+       and the routed gradient freed, the down output's gradient (k·H·wd), the input gradient (k·M·ed) and
+       the effective weight's gradient (fixed E·M·H·ed; the gate_up one comes after the act·up backward
+       has freed the block's M-wide tensors).
+    Less, at every moment, the shared expert's saved bytes (``_shared_expert_saved``) and ``inv_perm``.
+    Returns (moment 2 per token, 0) and, with LoRA-wrapped experts, (moment 3 per token, its fixed bytes).
+    Checked against the trace's live tensors at the peak (shrunk DeepSeek-R1, 1 × 256 and 1 × 1024)."""
+    H, k, M, E = arch.hidden_size, arch.experts_per_token, arch.moe_intermediate_size, arch.num_experts
+    ed = d.other_w
+    wd = _promote(ed, d.c if d.autocast else 4)  # the router's F.linear on fp32: autocast gives c
+    o = _promote(d.resid, n2)
+    w = _Walk(d, rank, targets)
+    _shared_expert_saved(w, arch, lins, n2, True)
+    held = o * H + (n2 * H if arch.shared_expert_intermediate_size else 0) - w.tok - 8 * k
+    out = (held + 3 * k * H * wd, 0)
+    if "experts" in targets:
+        out += (held - k * H * ed + k * H * wd + k * M * ed, ed * E * M * H)
+    return out
 
 
 def moe_recompute_end_bytes(arch: Arch, d: Dtypes, xd: int) -> int:

@@ -116,10 +116,12 @@ def _layer(sv: Coef, T: int, s: int) -> int:
 
 def _working(w: Work, T: int, dequant_factor: float) -> tuple[int, int]:
     """(gradient buffers, transient dequantized weight) at a layer backward's busiest point: the
-    larger of the gradient moment (a·T + a_fixed) and the dequantization moment (b·T + deq·factor)."""
+    larger of the gradient moments (a·T + a_fixed, and any further (per token, fixed) pairs the tuple
+    carries after its first four) and the dequantization moment (b·T + deq·factor)."""
     dq = int(w[3] * dequant_factor)
-    if T * w[0] + w[1] >= T * w[2] + dq:
-        return T * w[0] + w[1], 0
+    grad = max([T * w[0] + w[1]] + [T * w[i] + w[i + 1] for i in range(4, len(w), 2)])
+    if grad >= T * w[2] + dq:
+        return grad, 0
     return T * w[2], dq
 
 

@@ -48,8 +48,9 @@ _CACHE_MAX = 4096
 
 Coef = tuple[int, int, int]
 """Saved bytes of one layer: (per token, per token·s, fixed)."""
-Work = tuple[int, int, int, int]
-"""A layer backward's working set (``activations.backward_working``)."""
+Work = tuple[int, ...]
+"""A layer backward's working set (``activations.backward_working``): (a, a_fixed, b, b_fixed), then any
+further gradient moments as (per token, fixed) pairs."""
 
 
 class ClassTerms(NamedTuple):

@@ -234,6 +234,13 @@ class Family:
     priced before issue 15, whose estimates stay as calibrated (the same moment exists there: their
     shrunk rows with LoRA on attention only are within 1 % of the trace without it)."""
 
+    moe_output_moment: bool = False
+    """Price the routed experts' output backward as moments of a MoE layer's backward
+    (``activations.moe_output_backward``): DeepSeek's MoE block adds its shared expert after the routed
+    experts (``DeepseekV3MoE.forward``), so the shared expert's backward runs first (no expert gradient
+    exists yet) and is freed when the routed experts' output gradients are made. Off for the MoE families
+    priced before, whose estimates stay as calibrated."""
+
     embedding_multiplier: bool = False
     """The embedding output is scaled outside the embedding module, a new tensor (Granite:
     ``inputs_embeds * self.embedding_multiplier``; ``weights.embedding_leaf_factor``)."""
@@ -490,6 +497,7 @@ _GEMMA3 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, norm_keeps_inp
 #: ``qwen2_moe`` conversion (transformers ``conversion_mapping._MODEL_TO_CONVERSION_PATTERN``), so its
 #: ``_MOE_TARGET_MODULE_MAPPING`` entry applies: ``gate`` -> the router, gate/up/down -> the fused experts.
 _DEEPSEEK = dict(mixer="mla", moe=MOE_DEEPSEEK, shared_experts_key="n_shared_experts", router_fp32=True,
+                 moe_output_moment=True,
                  score_bias="fp32", router=ROUTER_SIGMOID_GROUPED, shared_expert_module="shared_experts",
                  shared_expert_gated=False, head_dim_key="qk_rope_head_dim",
                  expert_lora_targets={"gate": "router", "gate_proj": "gate_up", "up_proj": "gate_up",
