@@ -80,3 +80,21 @@ def test_shrunk_moe_within_1_percent_of_trace(gc):
     assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
     err_t = _tensors(ours) / _tensors(theirs) - 1
     assert abs(err_t) < 0.01, f"tensors {err_t:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_full_size_moe_entry_within_1_percent():
+    """gemma-4-26B-A4B-it at r16 all-linear 1×2048 (the harness's full-size scenario), both engines; the trace
+    runs all 30 layers (not extrapolated: about 70 s on a shared CPU)."""
+    pytest.importorskip("torch")
+    from vramplan.analytic import estimate
+    from vramplan.arch import resolve
+    from vramplan.scenario import Scenario
+    from vramplan.trace import trace
+
+    arch, sc = resolve("gemma-4-26B-A4B-it"), Scenario(seq=2048, rank=16)
+    theirs = trace(arch, sc, device="cuda")
+    ours = estimate(arch, sc, device="cuda")
+    err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
+    assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
