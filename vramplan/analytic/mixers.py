@@ -565,10 +565,10 @@ def _gemma4_walk(kind: str) -> "Walk":
            saves the gelu output (the per-layer input itself is ``gemma4_model_saved``'s),
            ``per_layer_projection``, ``post_per_layer_input_norm``, the residual add;
         7. ``hidden_states *= self.layer_scalar`` (a buffer): nothing.
-        ``marks["down"]``: the bytes per token saved up to the down projection (``_gemma4_working``)."""
+        ``marks["down"]``: the bytes per token saved up to the down projection (``_gemma4_working``); with
+        the MoE block ``marks["moe"]`` and ``marks["moe_held"]`` (``gemma4_moe_saved``)."""
         from vramplan.analytic.activations import _promote
-        from vramplan.arch.mixers import _g4, gemma4_dims
-        from vramplan.errors import VramplanError
+        from vramplan.arch.mixers import gemma4_dims
         d, targets = w.d, w.targets
         g, H = gemma4_dims(arch.config, kind), arch.hidden_size
         nh, hd, nkv = g["heads"], g["head_dim"], g["kv_heads"]
