@@ -5,13 +5,16 @@ figures are worked out by hand below (no engine output is copied).
 """
 
 from vramplan.analytic.activations import Dtypes, _Walk
-from vramplan.analytic.mixers import gemma4_model_saved, gemma4_norm
+from vramplan.analytic.mixers import (gemma4_experts_backward, gemma4_experts_pair_saved, gemma4_model_saved,
+                                      gemma4_moe_held,
+                                      gemma4_moe_saved, gemma4_norm, gemma4_router_saved, gemma4_working_moments)
 from vramplan.analytic.weights import model_buffer_bytes
 from vramplan.arch import resolve
 from vramplan.arch.layouts import LAYOUTS
-from vramplan.arch.mixers import gemma4_kinds
+from vramplan.arch.mixers import gemma4_dims, gemma4_kinds
 
 E2B = "gemma-4-E2B-it"
+A4B = "gemma-4-26B-A4B-it"
 
 
 def _d(resid: int = 4, norm_w: int = 4) -> Dtypes:
@@ -87,3 +90,93 @@ def test_e2b_model_saved_without_lora_on_the_projection():
     # 2 x 1 x 512, fp32) and the boolean sliding-window mask (1 B per token x s)
     tok, pos, quad = gemma4_model_saved(a, _d(), 16, frozenset(), True, "sdpa")
     assert (tok, quad) == (35_840 + 35_840 + 280 + 4 * (2 * 256 + 2 * 512), 1)
+
+
+# ------------------------------------------------------------------ the MoE block (gemma-4-26B-A4B-it)
+# H 2816, E 128 experts, top-k 8, expert width M 704; hf-peft on NF4: fp32 residual stream, norms, router
+# and experts (peft's k-bit upcast; bitsandbytes leaves the 3-D experts unquantized), bf16 autocast.
+
+def test_a4b_moe_dims():
+    g = gemma4_dims(resolve(A4B).config, "gemma4_full")
+    assert (g["experts"], g["top_k"], g["moe_inter"]) == (128, 8, 704)
+    assert (gemma4_dims(resolve(E2B).config, "gemma4_sliding")["experts"]) == 0
+
+
+def test_a4b_router_saved():
+    # softmax's fp32 output 4 x 128 = 512; topk's int64 indices 8 x 8 = 64; the in-place renormalisation's
+    # result 4 x 8 = 32 and its fp32 sum 4; the gathered fp32 per_expert_scale 4 x 8 = 32: 644
+    assert gemma4_router_saved(_d(), 128, 8) == 512 + 64 + 32 + 4 + 32 == 644
+    # a bf16 router (other_w 2): the gathered scale is bf16, 2 x 8
+    d2 = Dtypes(c=2, autocast=True, resid=2, resid0=2, norm_w=2, base_w=2, other_w=2, lora=2, quantized=True,
+                dropout=False, full=False)
+    assert gemma4_router_saved(d2, 128, 8) == 512 + 64 + 32 + 4 + 16 == 628
+
+
+def test_a4b_experts_pair_saved():
+    # per (token, expert) pair, fp32 experts: the gather index 8; the (2M) gate_up output (gelu's gate and the
+    # product's up are views of it) and the act output, 4 x 3 x 704 = 8448; the fp32 routing weight the
+    # product saves 4; sample_weights[perm]'s index 8; the down output 4 x 2816 = 11264; inv_perm 8
+    assert gemma4_experts_pair_saved(_d(), 2816, 704, True, True) == 8 + 8448 + 4 + 8 + 11264 + 8 == 19_740
+    # the routing weights frozen (no LoRA on a frozen router input): no weight index, no down output
+    assert gemma4_experts_pair_saved(_d(), 2816, 704, True, False) == 8 + 8448 + 4 + 8 == 8468
+    # the experts' input frozen, the router live: the weight index, the down output, inv_perm
+    assert gemma4_experts_pair_saved(_d(), 2816, 704, False, True) == 8 + 11264 + 8 == 11_280
+
+
+def test_a4b_moe_held():
+    # fp32 residual and MLP output (both saved by their norms as they are): hidden_states_1 and
+    # pre_feedforward_layernorm_2's output 2 x 4 x 2816 = 22528; per pair the gathered input 4 x 2816 = 11264,
+    # expert_ids_g 8, histc_input 4, the routing weights 4, weighted_out before and after the permutation
+    # 2 x 4 x 2816 = 22528: 8 x 33808 = 270464
+    assert gemma4_moe_held(_d(), 2816, 8, 4, 4) == 22_528 + 8 * (11_264 + 16 + 22_528) == 292_992
+    # a bf16 residual and MLP output: residual and MLP output alive beside their norms' fp32 copies, the two
+    # norm outputs, all 2 x 2816 (4 x 5632 = 22528); per pair the bf16 gather 5632 + 16 + the fp32 22528
+    assert gemma4_moe_held(_d(resid=2), 2816, 8, 2, 2) == 22_528 + 8 * (5632 + 16 + 22_528) == 247_936
+
+
+def test_a4b_moe_saved():
+    a = resolve(A4B)
+    lins = {lin.name: lin for lin in a.layer_linears(29)}
+    # no LoRA target: the router's weightless norm on the fp32 residual (its two per-row tensors) 8, the
+    # router's saved tensors 644, pre_feedforward_layernorm_2's per-row tensors 8 (its fp32 weight: nothing),
+    # 8 pairs x 19740 = 157920, post_feedforward_layernorm_2 on the fresh fp32 experts' output 4 x 2816 + 8 =
+    # 11272; fixed: the int32 offsets of 128 experts, 512
+    w = _Walk(_d(), 16, frozenset())
+    assert gemma4_moe_saved(w, a, lins, 4, True, 4) == (4, True)
+    assert (w.tok, w.const) == (8 + 644 + 8 + 157_920 + 11_272, 512) == (169_852, 512)
+    # LoRA r16 on router.proj (no dropout; the bitsandbytes wrapper under CUDA autocast keeps the fp32 input,
+    # so lora_A saves its bf16 copy 2 x 2816 = 5632 and lora_B its input 2 x 16 = 32; autocast's bf16 copies of
+    # A and B, 2 x 16 x (2816 + 128) = 94208 fixed)
+    w = _Walk(_d(), 16, frozenset({"router.proj"}))
+    gemma4_moe_saved(w, a, lins, 4, True, 4)
+    assert (w.tok, w.const) == (169_852 + 5632 + 32, 512 + 94_208)
+
+
+def test_a4b_moe_moment():
+    # the busiest MoE moment (the output permutation in the experts' forward) over the last layer's whole
+    # saved set: gemma4_moe_held (292992) less what the layer saves after it (post_feedforward_layernorm_2
+    # and post_feedforward_layernorm on the sum, 11272 each), with checkpointing inside the backward beside
+    # the layer output's fp32 gradient 4 x 2816 = 11264
+    a = resolve(A4B)
+    targets = frozenset(lin.name for lin in a.layer_linears(29))
+    m = gemma4_working_moments("gemma4_full", a, _d(), targets, 16, 29, gc=True)
+    assert m["moe"] == 292_992 - 2 * 11_272 + 11_264 == 281_712
+    m = gemma4_working_moments("gemma4_full", a, _d(), targets, 16, 29, gc=False)
+    assert m["moe"] == 292_992 - 2 * 11_272 == 270_448
+
+
+def test_a4b_experts_backward():
+    # at the routing-weight product's backward, per pair: the index backward's fp32 zeros-with-gradient, the
+    # fp32 experts' output gradient and the fp32 grad * proj_out before its sum, 3 x 4 x 2816, 8 pairs
+    assert gemma4_experts_backward(_d(), 2816, 8) == 8 * 3 * 4 * 2816 == 270_336
+    # bf16 experts: the output gradient cast to bf16, the two others fp32 (the product with the fp32 weights)
+    d2 = Dtypes(c=2, autocast=True, resid=2, resid0=2, norm_w=2, base_w=2, other_w=2, lora=2, quantized=True,
+                dropout=False, full=False)
+    assert gemma4_experts_backward(d2, 2816, 8) == 8 * (4 + 2 + 4) * 2816 == 225_280
+    # over the last layer's saved set: those, the layer output's and the sum's fp32 gradients 2 x 4 x 2816,
+    # less what the backward freed before (both last norms, 2 x 11272, and inv_perm, 8 x 8): 270256 either way
+    a = resolve(A4B)
+    targets = frozenset(lin.name for lin in a.layer_linears(29))
+    for gc in (True, False):
+        m = gemma4_working_moments("gemma4_full", a, _d(), targets, 16, 29, gc=gc)
+        assert m["experts"] == 270_336 + 22_528 - 2 * 11_272 - 64 == 270_256

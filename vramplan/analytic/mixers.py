@@ -535,6 +535,131 @@ def gemma4_kv_hold(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset[str]
     return tuple(out)
 
 
+def gemma4_router_saved(d: "Dtypes", E: int, k: int) -> int:
+    """Bytes per token ``Gemma4TextRouter.forward`` (L1307-1328) saves after its projection while the
+    projection's output needs a gradient (E experts, top-k k; the router's parameters ``scale`` and
+    ``per_expert_scale`` in ``Dtypes.other_w``, the group of routers and fused experts):
+    1. ``softmax(expert_scores, dtype=float32)`` saves its fp32 output: 4·E;
+    2. ``torch.topk`` saves its int64 indices: 8·k;
+    3. ``top_k_weights /= top_k_weights.sum(-1, keepdim=True)`` (in place: ``div_``'s formula reads its
+       result and the divisor) saves the renormalised fp32 weights and the fp32 sum: 4·k + 4;
+    4. ``top_k_weights * self.per_expert_scale[top_k_index]`` saves the gathered frozen scale (other_w·k;
+       the weights themselves only for a trainable scale, ``Dtypes.full``: 4·k more); the product is fp32
+       (``promote`` of fp32 weights with the scale).
+    4·E + 12·k + 4 + other_w·k (+ 4·k). Checked tensor by tensor against the saved-tensor hooks of the
+    trace's program (shrunk gemma-4-26B-A4B-it, docs/families.md)."""
+    return 4 * E + 12 * k + 4 + d.other_w * k + (4 * k if d.full else 0)
+
+
+def gemma4_experts_pair_saved(d: "Dtypes", H: int, M: int, le: bool, lr: bool) -> int:
+    """Bytes per (token, expert) pair ``Gemma4TextExperts`` saves under transformers' default experts
+    implementation, ``grouped_mm`` (``@use_experts_implementation``; ``modeling_utils.
+    get_correct_experts_implementation``; ``integrations/moe.py::grouped_mm_experts_forward`` L424-533,
+    ``_default_apply_gate`` L568-579), the experts in ed = ``Dtypes.other_w`` (``_grouped_mm`` casts its
+    input to the weights' dtype, autocast or not: the trace runs it through
+    ``vramplan.hf.interventions.non_bf16_grouped_mm`` with grouped_mm's saving rule). ``le``: the experts'
+    input needs a gradient (or the experts are trained); ``lr``: the routing weights do.
+    1. ``hidden_states[perm // num_top_k]`` saves its int64 index (le): 8;
+    2. ``sample_weights[perm]`` saves its int64 index (lr): 8;
+    3. the frozen up ``grouped_mm`` saves only its weight (a parameter) and the int32 offsets (fixed,
+       ``gemma4_moe_saved``); ``gelu_pytorch_tanh(gate)`` saves gate and ``act * up`` saves up (views of
+       the one (S, 2M) output) and the act output (le): ed·3M;
+    4. ``proj_out * sample_weights_g`` saves the down output while the weights need a gradient (lr: ed·H)
+       and the fp32 routing weight while the output does (le: 4);
+    5. ``weighted_out[inv_perm]`` saves its int64 index (le or lr): 8;
+    6. trained experts (``Dtypes.full``): each ``grouped_mm`` also saves its input for the weight's
+       gradient, the gathered x and the act product: ed·(H + M).
+    The sum over the k pairs is fp32 (``promote`` with the fp32 weights), cast back to the input's dtype."""
+    ed = d.other_w
+    out = 0
+    if le:
+        out += 8 + 3 * M * ed + 4
+    if lr:
+        out += 8 + ed * H
+    if le or lr:
+        out += 8
+    if d.full:
+        out += ed * (H + M)
+    return out
+
+
+def gemma4_moe_held(d: "Dtypes", H: int, k: int, h1: int, md: int) -> int:
+    """Bytes per token a ``Gemma4TextDecoderLayer``'s MoE forward holds beyond what the layer has saved
+    so far at its busiest moment, ``weighted_out = weighted_out[inv_perm]`` in
+    ``integrations/moe.py::grouped_mm_experts_forward`` (L527-529; the trace's peak under checkpointing,
+    in the recomputed forward: the tracker's live tensors at that op on a shrunk gemma-4-26B-A4B-it), with
+    frozen experts (h1 the pre-MLP residual's bytes, md the MLP output's, k pairs per token):
+    1. the decoder layer's locals (L1387-1398): ``residual`` (h1·H, unless fp32: then it is the tensor
+       ``pre_feedforward_layernorm`` saves), the MLP output ``hidden_states`` (md·H, unless fp32: the tensor
+       ``post_feedforward_layernorm_1`` saves), ``hidden_states_1`` (md·H) and ``pre_feedforward_layernorm_2``'s
+       output (h1·H: the gather saves its index only);
+    2. the experts' locals: ``selected_hidden_states_g`` (k·h1·H), ``expert_ids_g`` (int64) and
+       ``histc_input`` (4 B: ``.float()`` on CPU, ``.int()`` on CUDA) per pair, the router's product
+       ``top_k_weights`` (fp32, k), and ``weighted_out`` twice (before and after the permutation: the
+       experts' output times the fp32 routing weight, 2·k·4·H when the experts are at most fp32).
+    The ``tokens_per_expert`` histogram (E fp32) is left out (one allocator block)."""
+    from vramplan.analytic.activations import _promote
+    wd = _promote(d.other_w, 4)
+    own = (h1 * H if h1 != 4 else 0) + (md * H if md != 4 else 0) + md * H + h1 * H
+    return own + k * (h1 * H + 8 + 4 + 4 + 2 * wd * H)
+
+
+def gemma4_experts_backward(d: "Dtypes", H: int, k: int) -> int:
+    """Bytes per token of the (token, expert)-pair gradients alive at the busiest moment of the experts'
+    backward (frozen experts; ``integrations/moe.py::grouped_mm_experts_forward`` L524-535 run backwards,
+    torch ``derivatives.yaml``), ``proj_out * sample_weights_g``'s ``MulBackward0``: the gradient it
+    received, ``IndexBackward0``'s ``zeros_like(weighted_out).index_put_(inv_perm, grad)`` (k·wd·H, wd the
+    fp32 product's dtype: the view-then-``sum`` backward had made a contiguous copy of the expanded
+    gradient, freed by now), the output's gradient (``grad * weights`` cast to the experts' dtype: k·ed·H)
+    and, for the routing weights' gradient, the product ``grad * proj_out`` before its ``sum_to_size``
+    (k·wd·H). The trace's peak of the layers' backward without checkpointing (full-width 2-layer
+    gemma-4-26B-A4B-it: 24 b·s·H fp32 tensors of the pairs and two b·s·H gradients); the H-sized gradients
+    waiting (the layer output's, held for the residual; the sum's, for the MLP branch) are the caller's."""
+    from vramplan.analytic.activations import _promote
+    wd = _promote(d.other_w, 4)
+    return k * H * (2 * wd + d.other_w)
+
+
+def gemma4_moe_saved(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", h1: int, live: bool, md: int,
+                     marks: dict[str, int] | None = None) -> tuple[int, bool]:
+    """The MoE branch of a ``Gemma4TextDecoderLayer`` with ``enable_moe_block`` (L1391-1403), on the
+    pre-MLP residual h1 (``h1`` bytes; ``live``: it needs a gradient), beside the dense MLP:
+    1. ``Gemma4TextRouter``: the weightless ``norm`` (``gemma4_norm`` without a weight: the per-row
+       tensors, and h1's fp32 copy when h1 is 16-bit; an fp32 h1 is the tensor ``pre_feedforward_layernorm``
+       already saves), ``* self.scale * scalar_root_size`` (the frozen scale is saved: a parameter),
+       ``proj`` (an ``nn.Linear`` bitsandbytes quantizes and ``all-linear`` adapts: ``_Walk.linears``,
+       its input the product, promoted to the scale's dtype), then ``gemma4_router_saved``;
+    2. ``pre_feedforward_layernorm_2`` on h1 (as the router's norm, with its weight's fp32 copy);
+    3. the experts (``gemma4_experts_pair_saved``, k pairs per token) and the int32 ``offsets`` both grouped
+       matmuls save (4·E, fixed);
+    4. ``post_feedforward_layernorm_2`` on the experts' output (``.to(hidden_states.dtype)``: h1's dtype; a
+       fresh tensor).
+    Returns (the branch output's dtype, whether it needs a gradient). ``marks["moe"]``: the bytes per
+    token saved up to the experts' output permutation, ``marks["moe_held"]`` what the forward holds
+    beyond them there (``gemma4_moe_held``; both read by ``gemma4_working_moments``)."""
+    from vramplan.analytic.activations import _promote
+    from vramplan.arch.mixers import gemma4_dims
+    d, H = w.d, arch.hidden_size
+    g = gemma4_dims(arch.config, "gemma4_sliding")
+    E, k, M = g["experts"], g["top_k"], g["moe_inter"]
+    gemma4_norm(w, H, 1, live, h1, fresh=False, scale=False)
+    if d.full and live:
+        w.tok += h1 * H  # ``* self.scale`` saves the normed input for a trainable scale
+    _, lr = w.linears((lins["router.proj"],), _promote(h1, d.other_w), False, live)
+    if lr:
+        w.tok += gemma4_router_saved(d, E, k)
+    gemma4_norm(w, H, 1, live, h1, fresh=False)
+    le = live or d.full
+    w.tok += k * gemma4_experts_pair_saved(d, H, M, le, lr)
+    if le:
+        w.const += 4 * E
+    if marks is not None:
+        marks["moe"], marks["moe_held"] = w.tok, gemma4_moe_held(d, H, k, h1, md)
+    lo = le or lr
+    gemma4_norm(w, H, 1, lo, h1)
+    return h1, lo
+
+
 def _gemma4_walk(kind: str) -> "Walk":
     def walk(w: "_Walk", arch: "Arch", lins: "dict[str, Linear]", attn: str, live: bool,
              marks: dict[str, int] | None = None) -> tuple[int, bool]:
@@ -549,19 +674,17 @@ def _gemma4_walk(kind: str) -> "Walk":
            (``integrations/sdpa_attention.py::use_gqa_in_sdpa``), saved as such;
         4. o_proj, ``post_attention_layernorm``, the residual add, ``pre_feedforward_layernorm``;
         5. the MLP: gate, up, ``gelu_pytorch_tanh(gate)`` saves gate, the product saves both factors, down;
-           ``post_feedforward_layernorm``, the residual add;
+           ``post_feedforward_layernorm``, the residual add; with ``enable_moe_block`` the MLP's norm is
+           ``post_feedforward_layernorm_1``, the router and experts run beside it (``gemma4_moe_saved``) and
+           ``post_feedforward_layernorm`` normalises the sum of both branches (a fresh tensor);
         6. per-layer input (P > 0): ``per_layer_input_gate``, gelu saves its input, ``* per_layer_input``
            saves the gelu output (the per-layer input itself is ``gemma4_model_saved``'s),
            ``per_layer_projection``, ``post_per_layer_input_norm``, the residual add;
         7. ``hidden_states *= self.layer_scalar`` (a buffer): nothing.
-        ``marks["down"]``: the bytes per token saved up to the down projection (``_gemma4_working``)."""
+        ``marks["down"]``: the bytes per token saved up to the down projection (``_gemma4_working``); with
+        the MoE block ``marks["moe"]`` and ``marks["moe_held"]`` (``gemma4_moe_saved``)."""
         from vramplan.analytic.activations import _promote
-        from vramplan.arch.mixers import _g4, gemma4_dims
-        from vramplan.errors import VramplanError
-        if _g4(arch.config, "enable_moe_block"):
-            raise VramplanError(f"{arch.name}: Gemma 4's MoE block (enable_moe_block: a router and 3-D experts beside "
-                                "each layer's MLP) is not priced by the analytic engine yet; --method trace prices it "
-                                "exactly (its parameters are counted)")
+        from vramplan.arch.mixers import gemma4_dims
         d, targets = w.d, w.targets
         g, H = gemma4_dims(arch.config, kind), arch.hidden_size
         nh, hd, nkv = g["heads"], g["head_dim"], g["kv_heads"]
@@ -607,9 +730,15 @@ def _gemma4_walk(kind: str) -> "Walk":
         md, lm = w.linears((lins["down_proj"],), gd, False, lg or lu)
         if marks is not None:
             marks["down"] = w.tok
-        gemma4_norm(w, H, 1, lm, md)
+        gemma4_norm(w, H, 1, lm, md)  # post_feedforward_layernorm (_1 with the MoE block)
         live2 = live1 or lm
         h2 = _promote(h1, md)
+        if g["experts"]:
+            ed, le = gemma4_moe_saved(w, arch, lins, h1, live1, md, marks)
+            sd = _promote(md, ed)  # hidden_states_1 + hidden_states_2
+            gemma4_norm(w, H, 1, lm or le, sd)  # post_feedforward_layernorm on the sum
+            live2 = live2 or le
+            h2 = _promote(h1, sd)
         if g["ple"]:
             P = g["ple"]
             pg, lp = w.linears((lins["per_layer_input_gate"],), h2, False, live2)
@@ -641,7 +770,16 @@ def gemma4_working_moments(kind: str, arch: "Arch", d: "Dtypes", targets: frozen
     - ``recompute`` (checkpointing, a LoRA-targeted down projection): the recomputed forward at the down
       projection's LoRA (peft ``lora/bnb.py`` L549; the trace's peak on a shrunk kv-shared model): what the
       layer saved up to there with ``act(gate) * up`` (gd·I) and its dropout output (I in the LoRA input's
-      dtype) alive, less the layer's whole saved set (negative unless it saves little after).
+      dtype) alive, less the layer's whole saved set (negative unless it saves little after);
+    - ``moe`` (``enable_moe_block``): the MoE forward's busiest moment, the experts' output permutation
+      (``gemma4_moe_held`` beyond what the layer saved up to there, less the layer's whole saved set); under
+      checkpointing it happens in the recomputed forward with the layer output's gradient waiting (the
+      trace's peak on the shrunk MoE model and at full width), without it in the last layer's forward
+      (priced as this layer's moment, as gpt-oss's ``activations.gpt_oss_moe_forward_transient``);
+    - ``experts`` (``enable_moe_block``): the experts' backward at the routing-weight product
+      (``gemma4_experts_backward``) beside the layer output's and the MoE/MLP sum's gradients (2·resid·H),
+      the layer's tensors saved after that product freed (the trace's layers-backward peak without
+      checkpointing at full width).
     ``deq``: the dequantized down weight (bytes, fixed) of the base branch moment ``base``."""
     from vramplan.analytic.activations import NORM_BACKWARD_FP32, _promote, _Walk
     from vramplan.arch.mixers import gemma4_dims
@@ -670,6 +808,15 @@ def gemma4_working_moments(kind: str, arch: "Arch", d: "Dtypes", targets: frozen
                base=b + hpart - after + pli, deq=c * I * H if d.quantized else 0)
     if gc and targeted:
         out["recompute"] = marks["down"] + gd * I + (xin * I if d.dropout else 0) - w.tok
+    if g["experts"]:
+        o, later = _promote(d.resid, c) * H, (pli if layer < L - 1 else 0)
+        # the MoE forward's busiest moment; under checkpointing inside the backward, the layer output's
+        # gradient waiting (the first unpack, ``hidden_states *= self.layer_scalar``, starts the recompute)
+        out["moe"] = marks["moe"] + marks["moe_held"] - w.tok + ((o + later) if gc else 0)
+        # the experts' backward, once the saved tensors after their routing-weight product (the layers'
+        # last norms and ``inv_perm``, 8 B per pair) are freed, beside two H-sized gradients
+        out["experts"] = marks["moe"] - 8 * g["top_k"] - w.tok + gemma4_experts_backward(d, H, g["top_k"]) + \
+            2 * o + later
     return out
 
 

@@ -284,7 +284,9 @@ def gemma4_dims(cfg: Mapping[str, Any], kind: str) -> dict[str, Any]:
     """The sizes of one layer of ``kind`` (``Gemma4TextAttention.__init__`` with ``per_layer_config``,
     ``Gemma4TextMLP.__init__``): head_dim and kv heads (full layers: ``global_head_dim``, and
     ``num_global_key_value_heads`` when ``attention_k_eq_v``), whether it has k/v projections and a
-    v_proj, the MLP width, the per-layer-input width P (0: none)."""
+    v_proj, the MLP width, the per-layer-input width P (0: none) and, with ``enable_moe_block``
+    (``Gemma4TextRouter.__init__``, ``Gemma4TextExperts.__init__``), the experts E (``num_experts``), the
+    top-k (``top_k_experts``) and the expert width M (``moe_intermediate_size``); 0 each without it."""
     full, shared = kind.startswith("gemma4_full"), kind.endswith("_kv_shared")
     k_eq_v = bool(_g4(cfg, "attention_k_eq_v"))
     hd = int(_g4(cfg, "global_head_dim") if full else _g4(cfg, "head_dim"))
@@ -292,9 +294,12 @@ def gemma4_dims(cfg: Mapping[str, Any], kind: str) -> dict[str, Any]:
     if full and k_eq_v and cfg.get("num_global_key_value_heads") is not None:
         nkv = int(cfg["num_global_key_value_heads"])
     inter = int(_g4(cfg, "intermediate_size")) * (2 if (shared and _g4(cfg, "use_double_wide_mlp")) else 1)
+    moe = bool(_g4(cfg, "enable_moe_block"))
     return dict(full=full, shared=shared, head_dim=hd, kv_heads=nkv, heads=int(_g4(cfg, "num_attention_heads")),
                 kv_proj=not shared, v_proj=not shared and not (full and k_eq_v), inter=inter,
-                ple=int(_g4(cfg, "hidden_size_per_layer_input") or 0), bias=bool(cfg.get("attention_bias") or False))
+                ple=int(_g4(cfg, "hidden_size_per_layer_input") or 0), bias=bool(cfg.get("attention_bias") or False),
+                experts=int(cfg["num_experts"]) if moe else 0, top_k=int(cfg["top_k_experts"]) if moe else 0,
+                moe_inter=int(cfg["moe_intermediate_size"]) if moe else 0)
 
 
 def _gemma4_linears(kind: str) -> Callable[["Arch", int], list["Linear"]]:
