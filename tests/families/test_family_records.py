@@ -81,7 +81,7 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
     "gemma4_text": ("gemma-4-E2B-it", dict(_GEMMA4, _top=_TEXT_ONLY)),
     # Gemma 4 multimodal: the decoder above, 2-layer vision and audio towers of width 256 (one head of 256: the
     # engines price the towers' parameters unrounded, so the row keeps its norms and scales a whole number of
-    # 512 B blocks; at full size the rounding is under 20 KB)
+    # 512 B blocks; at full size the rounding is 16-48 KB)
     "gemma4": ("gemma-4-E2B-it", dict(_GEMMA4, _vision=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2,
                                                            num_attention_heads=1, num_key_value_heads=1, head_dim=256,
                                                            position_embedding_size=64),
