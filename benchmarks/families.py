@@ -62,7 +62,7 @@ def main() -> None:
     for mt, name in sorted(representatives().items()):
         if only and mt not in only:
             continue
-        arch, sc = resolve(name), scenario(mt)
+        arch, sc = HARNESS.full_arch(mt), scenario(mt)
         a = estimate(arch, sc, device="h200")
         row = f"{mt:<14} {name:<34} {arch.total_params / 1e9:>8.2f}B {a.allocated_peak_bytes / GiB:>9.3f}"
         if args.analytic_only:

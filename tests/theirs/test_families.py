@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vramplan.arch import Arch
 from vramplan.arch.families import ALIASES, FAMILIES, UNSUPPORTED
 from vramplan.arch.lookup import registry
 
@@ -21,10 +22,15 @@ ANALYTIC = Path(__file__).resolve().parents[2] / "vramplan" / "analytic"
 
 
 def _one_per_family():
+    """model_type -> one registry model of it; a multimodal checkpoint whose config type is also read as a
+    text family (``ALIASES``: Gemma 4) counts for that family too, read text-only (its towers dropped)."""
     seen = {}
     for e in registry():
         a = e.arch()
         seen.setdefault(a.model_type, a)
+        if a.vision is not None and e.config.get("model_type") in ALIASES:
+            text = Arch.from_config({**e.config, "vision_config": None, "audio_config": None}, name=f"{e.name} (text)")
+            seen.setdefault(text.model_type, text)
     return seen
 
 

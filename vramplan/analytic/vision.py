@@ -27,7 +27,7 @@ def quantizes_tower(arch: "Arch", s: Scenario) -> bool:
 
 def tower_quantized_linears(arch: "Arch", s: Scenario) -> tuple["Linear", ...]:
     """The tower linears bitsandbytes replaces (joined to the decoder's 4-bit / int8 rows)."""
-    return arch.vision.linears() if quantizes_tower(arch, s) else ()
+    return arch.vision.quantizable_linears() if quantizes_tower(arch, s) else ()
 
 
 def tower_float_params(v: "Vision", quantized: bool) -> int:

@@ -520,6 +520,9 @@ _GEMMA4_DEFAULTS = dict(vocab_size=262_144, hidden_size=2304, intermediate_size=
                         sliding_window=512, vocab_size_per_layer_input=262_144, hidden_size_per_layer_input=256,
                         attention_k_eq_v=False, num_kv_shared_layers=0, enable_moe_block=False,
                         use_double_wide_mlp=False)
+_GEMMA4 = dict(qk_norm=True, norms_per_layer=4, tie_default=True, final_softcapping=True, norm_keeps_input_dtype=True,
+               rotary_per_layer_type=True, scaled_embedding=True, sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4",
+               ffn_rule="in_mixer", layout="per_layer_inputs", class_defaults=_GEMMA4_DEFAULTS)
 
 #: Every supported family (the one place a per-model_type fact is written).
 FAMILIES: dict[str, Family] = {f.model_type: f for f in (
@@ -603,10 +606,12 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (
     Family("glm_moe_dsa", "models/glm_moe_dsa/modeling_glm_moe_dsa.py", **dict(_DEEPSEEK, mixer="dsa"),
            mixer_rule="indexer_types", dsa_mask=True,
            class_defaults=dict(first_k_dense_replace=3, n_shared_experts=1)),
-    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", qk_norm=True, norms_per_layer=4, tie_default=True,
-           final_softcapping=True, norm_keeps_input_dtype=True, rotary_per_layer_type=True, scaled_embedding=True,
-           sliding_rule=SLIDE_PATTERN, mixer_rule="gemma4", ffn_rule="in_mixer", layout="per_layer_inputs",
-           class_defaults=_GEMMA4_DEFAULTS),
+    Family("gemma4_text", "models/gemma4/modeling_gemma4.py", **_GEMMA4),
+    # the multimodal checkpoints (Gemma4ForConditionalGeneration, which AutoModelForCausalLM builds for a gemma4
+    # config: vision tower, and audio tower where the config has one, beside the decoder in text_config); a
+    # gemma4 config without a vision_config reads as gemma4_text (ALIASES)
+    Family("gemma4", "models/gemma4/modeling_gemma4.py (Gemma4Model: Gemma4TextModel under text_config)",
+           multimodal=True, **_GEMMA4),
     # multimodal checkpoints: the text decoder's record (the tower is vramplan.arch.vision's)
     Family("qwen2_5_vl", "models/qwen2_5_vl/modeling_qwen2_5_vl.py (Qwen2_5_VLTextModel: Qwen2 layers)",
            qkv_bias=True, sliding_rule=SLIDE_FROM_MAX_WINDOW, multimodal=True, tie_reads_text=True),
@@ -647,7 +652,7 @@ ALIASES: dict[str, str] = {
     # Kimi-K2's config.json names a remote-code ``kimi_k2`` type that transformers 5.24 does not know; its
     # ``architectures`` is DeepseekV3ForCausalLM, whose shapes it has: priced (and traced) as deepseek_v3
     "kimi_k2": "deepseek_v3",
-    "gemma4": "gemma4_text",  # Gemma 4 multimodal configs: the text part (``text_config``)
+    "gemma4": "gemma4_text",  # a Gemma 4 config with no vision_config: the text part (``text_config``)
     "qwen3_5": "qwen3_5_text",  # Qwen3.5 multimodal configs: the text part
     "qwen3_5_moe": "qwen3_5_moe_text",
 }

@@ -40,6 +40,8 @@ class RegistryEntry:
     """URL of the config.json the numbers came from."""
     config: dict[str, Any]
     aliases: tuple[str, ...] = ()
+    note: str = ""
+    """Where a value of ``config`` did not come from ``source``, and where it came from instead."""
 
     def arch(self) -> Arch:
         # a copy: the registry is cached for the process, and an Arch's config (or a caller's edit of
@@ -63,7 +65,7 @@ def registry() -> tuple[RegistryEntry, ...]:
         for m in data["models"]:
             entries.append(RegistryEntry(
                 name=m["name"], hub_id=m["hub_id"], family=data["family"], source=m["source"],
-                config=m["config"], aliases=tuple(m.get("aliases", ())),
+                config=m["config"], aliases=tuple(m.get("aliases", ())), note=m.get("note", ""),
             ))
     return tuple(entries)
 

@@ -72,6 +72,14 @@ class Tower:
     deepstack: bool = False
     """Reads ``deepstack_visual_indexes`` (Qwen3-VL: one extra merger per index, whose outputs are
     added to the first decoder layers' hidden states)."""
+    attn_default: tuple[str, ...] = ()
+    """Sub-configs whose model supports only transformers' default attention, which the build leaves
+    to it (Gemma 4's ``audio_config``: ``Gemma4AudioModel`` runs eager only, and
+    ``attn_implementation="sdpa"`` for the whole model raises; unset, transformers picks eager there)."""
+    last_unconverted: bool = False
+    """Its last linear holds the model's last parameter (the lm_head being tied), which transformers
+    5.24's ``get_keys_to_not_convert`` (``quantizers/base.py``: "remove last module") keeps out of the
+    bitsandbytes conversion: an ``nn.Linear`` in the load dtype (Gemma 4's last embedder projection)."""
 
 
 @dataclass(frozen=True)
@@ -105,18 +113,30 @@ class Vision:
     def total_params(self) -> int:
         return sum(self.param_counts().values())
 
+    def quantizable_linears(self) -> tuple["Linear", ...]:
+        """The linears bitsandbytes replaces when the tower is quantized (all but ``last_unconverted``'s)."""
+        lins = self.linears()
+        return lins[:-1] if self.tower.last_unconverted else lins
+
     @property
     def linear_weight_params(self) -> int:
         return sum(lin.count * lin.weight_params for lin in self.linears())
 
     @property
+    def quantizable_weight_params(self) -> int:
+        return sum(lin.count * lin.weight_params for lin in self.quantizable_linears())
+
+    @property
     def bias_params(self) -> int:
-        return sum(lin.count * lin.out_features for lin in self.linears() if lin.bias)
+        """Biases of the linears bitsandbytes replaces."""
+        return sum(lin.count * lin.out_features for lin in self.quantizable_linears() if lin.bias)
 
     @property
     def other_params(self) -> int:
-        """Parameters that are neither linear weights nor their biases (never quantized)."""
-        return sum(self.tower.params(self).values())
+        """Parameters bitsandbytes leaves as they are: neither a replaced linear's weight nor its bias
+        (norms, embeddings, convolutions; a ``last_unconverted`` linear whole)."""
+        kept = self.linears()[len(self.quantizable_linears()):]
+        return sum(self.tower.params(self).values()) + sum(lin.params for lin in kept)
 
     def image(self, width: int, height: int) -> tuple[int, int, int]:
         """(patches, features, placeholder tokens) of one W × H image."""
@@ -354,6 +374,101 @@ def _llama4_buffers(v: Vision) -> tuple[int, ...]:
     return (n * (v.get("hidden_size") // v.get("num_attention_heads")),)
 
 
+# ------------------------------------------------------------------------------- gemma4_vision
+# transformers 5.24 ``models/gemma4/modeling_gemma4.py``: ``Gemma4Model`` holds ``vision_tower``
+# (``Gemma4VisionModel``), ``embed_vision`` (``Gemma4MultimodalEmbedder``) and, when the config has an
+# ``audio_config`` (the E2B / E4B checkpoints), ``audio_tower`` (``Gemma4AudioModel``) and ``embed_audio``.
+# Both towers load with the decoder (``AutoModelForCausalLM`` maps ``gemma4`` to
+# ``Gemma4ForConditionalGeneration``), so the record prices the two together: ``Scenario.vision`` applies to
+# both, and ``--images`` is not modelled for this tower yet (weights only).
+_GEMMA4_AUDIO_DEFAULTS = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
+                              subsampling_conv_channels=[128, 32], conv_kernel_size=5, use_clipped_linears=True,
+                              output_proj_dims=1536)
+"""``Gemma4AudioConfig``'s class defaults (``configuration_gemma4.py``) for the fields the audio tower's shapes read."""
+
+
+def _gemma4_audio(v: Vision) -> dict[str, Any] | None:
+    """The outer config's ``audio_config`` with the class defaults filled in; None without one."""
+    a = v.outer.get("audio_config")
+    return {**_GEMMA4_AUDIO_DEFAULTS, **a} if isinstance(a, Mapping) else None
+
+
+def _gemma4_clipped(v: Vision) -> int:
+    """``Gemma4ClippableLinear`` modules of both towers that carry the four clipping scalars
+    (``use_clipped_linears``): the vision layer's seven, the audio layer's ten."""
+    n = 7 * v.get("num_hidden_layers") if v.get("use_clipped_linears") else 0
+    a = _gemma4_audio(v)
+    return n + (10 * a["num_hidden_layers"] if a and a["use_clipped_linears"] else 0)
+
+
+def _gemma4_linears(v: Vision) -> list["Linear"]:
+    """Every ``nn.Linear`` of the two towers (none has a bias but the audio ``output_proj``):
+
+    - vision: ``patch_embedder.input_proj`` (3·p² -> H); per layer the ``Gemma4ClippableLinear``s'
+      inner ``linear`` of ``self_attn.q/k/v/o_proj`` (H -> heads·head_dim, kv_heads·head_dim) and
+      ``mlp.gate/up/down_proj`` (H <-> I); ``embed_vision.embedding_projection`` (H -> text width);
+    - audio: ``subsample_conv_projection.input_proj_linear`` ((c0 // 4)·c1 -> A); per layer
+      ``feed_forward1`` / ``feed_forward2`` ``ffw_layer_1`` (A -> 4A) and ``ffw_layer_2`` (4A -> A),
+      ``self_attn.q/k/v_proj`` (A -> A), ``self_attn.post`` (A -> A), ``self_attn.relative_k_proj``
+      (A -> A), ``lconv1d.linear_start`` (A -> 2A) and ``linear_end`` (A -> A); ``output_proj``
+      (A -> output_proj_dims, bias); ``embed_audio.embedding_projection`` (output_proj_dims -> text width)."""
+    H, I, L, p = v.get("hidden_size"), v.get("intermediate_size"), v.get("num_hidden_layers"), v.get("patch_size")
+    hd, nh, nkv = v.get("head_dim"), v.get("num_attention_heads"), v.get("num_key_value_heads")
+    out = [_lin("patch_embedder.input_proj", VISION, 3 * p * p, H, False, 1),
+           _lin("self_attn.q_proj", VISION, H, nh * hd, False, L), _lin("self_attn.k_proj", VISION, H, nkv * hd, False, L),
+           _lin("self_attn.v_proj", VISION, H, nkv * hd, False, L), _lin("self_attn.o_proj", VISION, nh * hd, H, False, L),
+           _lin("mlp.gate_proj", VISION, H, I, False, L), _lin("mlp.up_proj", VISION, H, I, False, L),
+           _lin("mlp.down_proj", VISION, I, H, False, L),
+           _lin("embed_vision.embedding_projection", PROJECTOR, H, v.text_hidden, False, 1)]
+    a = _gemma4_audio(v)
+    if a is not None:
+        A, La, (c0, c1), o = a["hidden_size"], a["num_hidden_layers"], a["subsampling_conv_channels"], a["output_proj_dims"]
+        out += [_lin("audio.input_proj_linear", VISION, (c0 // 4) * c1, A, False, 1),
+                _lin("audio.ffw_layer_1", VISION, A, 4 * A, False, 2 * La),
+                _lin("audio.ffw_layer_2", VISION, 4 * A, A, False, 2 * La),
+                *(_lin(f"audio.self_attn.{n}", VISION, A, A, False, La)
+                  for n in ("q_proj", "k_proj", "v_proj", "post", "relative_k_proj")),
+                _lin("audio.lconv1d.linear_start", VISION, A, 2 * A, False, La),
+                _lin("audio.lconv1d.linear_end", VISION, A, A, False, La),
+                _lin("audio.output_proj", VISION, A, o, True, 1),
+                _lin("embed_audio.embedding_projection", PROJECTOR, o, v.text_hidden, False, 1)]
+    return out
+
+
+def _gemma4_params(v: Vision) -> dict[str, int]:
+    """The parameters that are not linear weights: the vision ``position_embedding_table`` (2 ×
+    position_embedding_size × H); per vision layer ``q_norm`` / ``k_norm`` (head_dim; ``v_norm`` has no
+    weight) and four H-wide norms; the audio tower's two sub-sampling ``Conv2d`` (1 -> c0 and c0 -> c1,
+    3 × 3, no bias) and their bias-less LayerNorms (c0, c1), and per audio layer: the depthwise
+    ``Conv1d`` (A × kernel), ``per_dim_scale`` (A / heads), nine A-wide norms (two per feed-forward, two
+    in ``lconv1d``, ``norm_pre_attn``, ``norm_post_attn``, ``norm_out``). The embedders' norms have no
+    weight."""
+    H, L, hd = v.get("hidden_size"), v.get("num_hidden_layers"), v.get("head_dim")
+    out = {"pos_embed": 2 * v.get("position_embedding_size") * H, "norms": L * (2 * hd + 4 * H)}
+    a = _gemma4_audio(v)
+    if a is not None:
+        A, La, (c0, c1), k = (a["hidden_size"], a["num_hidden_layers"], a["subsampling_conv_channels"],
+                              a["conv_kernel_size"])
+        out["audio.subsample"] = 9 * c0 + 9 * c1 * c0 + c0 + c1
+        out["audio.conv1d"] = La * A * k
+        out["audio.norms"] = La * (9 * A + A // a["num_attention_heads"])
+    return out
+
+
+def _gemma4_buffers(v: Vision) -> tuple[int, ...]:
+    """Buffers, one element count each: the vision rotary ``inv_freq`` / ``original_inv_freq`` (one per
+    other position of head_dim / 2: ``compute_axial_rope_parameters``); ``std_bias`` / ``std_scale`` (H,
+    under ``standardize``); four clipping scalars per ``Gemma4ClippableLinear`` (``_gemma4_clipped``); the
+    audio ``rel_pos_enc.inv_timescales`` (A / 2) and one ``softcap`` scalar per audio layer."""
+    half = v.get("head_dim") // 2
+    out = [(half + 1) // 2] * 2 + ([v.get("hidden_size")] * 2 if v.get("standardize") else [])
+    out += [1] * (4 * _gemma4_clipped(v))
+    a = _gemma4_audio(v)
+    if a is not None:
+        out += [a["hidden_size"] // 2] + [1] * a["num_hidden_layers"]
+    return tuple(out)
+
+
 def _no_images(v: Vision, width: int, height: int) -> tuple[int, int, int]:
     from vramplan.arch.spec import ArchError
 
@@ -402,6 +517,13 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
                image_size=1024, patch_size=16, head_dim=None),
           _pixtral_linears, _pixtral_params, _pixtral_buffers, _pixtral_grid, inputs="image_sizes", walk="pixtral"),
+    Tower("gemma4_vision", "models/gemma4/modeling_gemma4.py (Gemma4VisionModel, Gemma4AudioModel, "
+          "Gemma4MultimodalEmbedder)", ("model.vision_tower", "model.embed_vision", "model.audio_tower", "model.embed_audio"),
+          dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
+               num_key_value_heads=12, head_dim=64, patch_size=16, position_embedding_size=10240,
+               use_clipped_linears=False, standardize=False),
+          _gemma4_linears, _gemma4_params, _gemma4_buffers, _no_images, attn_default=("audio_config",),
+          last_unconverted=True),
 )}
 
 #: Outer model_type -> the ``vision_config`` model_type its config class fills in when the config.json
@@ -410,7 +532,7 @@ DEFAULT_TOWER: dict[str, str] = {"qwen2_5_vl": "qwen2_5_vl_vision", "qwen3_vl": 
                                  "qwen3_vl_moe": "qwen3_vl_moe_vision", "mistral3": "pixtral",
                                  "qwen3_5": "qwen3_5_vision", "qwen3_5_moe": "qwen3_5_moe_vision",
                                  "llama4": "llama4_vision_model",
-                                 "gemma3": "siglip_vision_model"}
+                                 "gemma3": "siglip_vision_model", "gemma4": "gemma4_vision"}
 
 
 def vision_of(outer: Mapping[str, Any], text_hidden: int) -> Vision | None:

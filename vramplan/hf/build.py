@@ -219,10 +219,12 @@ def meta_model(arch: Arch, scenario: Scenario, layers: int | None = None) -> Any
     auto = AutoModelForCausalLM
     if arch.vision is not None:  # the multimodal model itself (tower, projector, decoder, lm_head)
         from transformers import AutoModelForImageTextToText as auto
+    impl: Any = attn_implementation(scenario)
+    if arch.vision is not None and arch.vision.tower.attn_default:  # one per sub-config, those left to transformers
+        impl = {k: impl for k in ("text_config", "vision_config", "audio_config")
+                if isinstance(arch.vision.outer.get(k), dict) and k not in arch.vision.tower.attn_default}
     with torch.device("meta"), transformers_rejects(arch):
-        model = auto.from_config(
-            config, dtype=dtype, attn_implementation=attn_implementation(scenario)
-        )
+        model = auto.from_config(config, dtype=dtype, attn_implementation=impl)
     qcfg = bnb_config(scenario)
     if qcfg is not None:
         from transformers.integrations.bitsandbytes import replace_with_bnb_linear
