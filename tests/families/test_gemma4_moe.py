@@ -1,7 +1,7 @@
 """Gemma 4's MoE layers (``enable_moe_block``: gemma-4-26B-A4B-it), held to transformers and the trace.
 
-The family harness (``test_family_records.py``) has one row per ``model_type``; its ``gemma4_text`` row
-is the dense E2B. This file is the MoE row: gemma-4-26B-A4B-it's published config shrunk as the
+The family harness (``test_family_records.py``) has one row per ``model_type``; its ``gemma4_text`` and
+``gemma4`` rows are the dense E2B (text-only, and with its towers). This file is the MoE row: gemma-4-26B-A4B-it's published config shrunk as the
 harness shrinks a row (``_SMALL`` widths, 2 layers, one sliding and one full), with 8 experts of width
 128 and top-2 routing, priced by both engines at seq 256 with checkpointing on and off (within 1 % of
 the allocated peak, as the harness asks, and within 1 % of the tensors alone: the cuBLAS workspace is
@@ -26,9 +26,11 @@ _MOE = dict(_SMALL, global_head_dim=128, num_global_key_value_heads=1, num_exper
 
 
 def shrunk_moe_config(**over: Any) -> dict[str, Any]:
-    """gemma-4-26B-A4B-it's config.json (the registry entry, a deep copy) with its text part shrunk."""
+    """gemma-4-26B-A4B-it's config.json (the registry entry, a deep copy) with its text part shrunk, read
+    text-only (its vision tower dropped, as the harness's gemma4_text row; the full-size test keeps it)."""
     raw = copy.deepcopy(dict(find_entry("gemma-4-26B-A4B-it").config))
     raw["text_config"].update(_MOE, **over)
+    raw.update(vision_config=None, audio_config=None)
     return raw
 
 
@@ -85,8 +87,8 @@ def test_shrunk_moe_within_1_percent_of_trace(gc):
 @pytest.mark.torch
 @pytest.mark.slow
 def test_full_size_moe_entry_within_1_percent():
-    """gemma-4-26B-A4B-it at r16 all-linear 1×2048 (the harness's full-size scenario), both engines; the trace
-    runs all 30 layers (not extrapolated: about 70 s on a shared CPU)."""
+    """gemma-4-26B-A4B-it (with its vision tower) at r16 all-linear 1×2048 (the harness's full-size scenario),
+    both engines; the trace runs all 30 layers (not extrapolated: about 70 s on a shared CPU)."""
     pytest.importorskip("torch")
     from vramplan.analytic import estimate
     from vramplan.arch import resolve
