@@ -1,5 +1,6 @@
 """Shared test setup: never touch the network, and keep matplotlib headless."""
 
+import contextlib
 import os
 
 import pytest
@@ -17,6 +18,19 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+@contextlib.contextmanager
+def _columns(width: str):
+    saved = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = width
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("COLUMNS", None)
+        else:
+            os.environ["COLUMNS"] = saved
+
+
 @pytest.fixture
 def cli_run():
     """Run the real console entry point in-process; returns (exit_code, stdout, stderr)."""
@@ -29,7 +43,9 @@ def cli_run():
     def run(*args: str) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
         code = 0
-        with redirect_stdout(out), redirect_stderr(err):
+        # rich sizes its tables to COLUMNS when the output is not a terminal (else 80): a fixed width, so the
+        # tables read the same under plain pytest and its xdist workers
+        with redirect_stdout(out), redirect_stderr(err), _columns("160"):
             try:
                 main(list(args))
             except SystemExit as e:
