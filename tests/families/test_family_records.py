@@ -227,6 +227,24 @@ def test_every_family_has_a_row():
     assert set(SHRUNK) == set(FAMILIES) == set(FULL)
 
 
+@pytest.mark.torch
+def test_frozen_tower_lora_regex_reaches_the_whole_decoder():
+    """With the tower frozen the trace's LoRA targets are a regex over the language model, as ms-swift builds it
+    (``{module}(?=\\.).*\\.(targets)``): a linear directly under it (Gemma 4's per_layer_model_projection) is
+    a target, as in the analytic engine; the towers' linears are not."""
+    import re
+
+    pytest.importorskip("peft")
+    from vramplan.hf.build import lora_config
+    from vramplan.scenario import Scenario
+
+    pattern = lora_config(Scenario(seq=256), shrunk_arch("gemma4")).target_modules
+    assert re.fullmatch(pattern, "model.language_model.per_layer_model_projection")
+    assert re.fullmatch(pattern, "model.language_model.layers.1.mlp.down_proj")
+    assert not re.fullmatch(pattern, "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear")
+    assert not re.fullmatch(pattern, "model.embed_audio.embedding_projection")
+
+
 def test_weights_only_towers_refuse_images():
     """A tower that prices its weights only says so for --images, in one line."""
     from vramplan.analytic import estimate

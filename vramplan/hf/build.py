@@ -367,12 +367,13 @@ def lora_config(scenario: Scenario, arch: Arch | None = None) -> Any:
 
     targets: Any = "all-linear" if scenario.targets == ("all-linear",) else list(scenario.targets)
     if arch is not None and arch.vision is not None and scenario.vision.value != "trained":
-        # the decoder's linears only (ms-swift's regex over the language model; LLaMA-Factory's
-        # freeze_vision_tower drops the tower's modules from the targets)
+        # the decoder's linears only (ms-swift's regex over the language model, ``get_multimodal_target_regex``:
+        # ``{module}(?=\.).*\.({targets})``, which also reaches a linear directly under it, such as Gemma 4's
+        # per_layer_model_projection; LLaMA-Factory's freeze_vision_tower drops the tower's modules from the targets)
         names = arch.linear_names() if targets == "all-linear" else list(scenario.targets)
         heads = [n for n in names if n == "lm_head"]
         body = "|".join(sorted({re.escape(n) for n in names if n != "lm_head"}))
-        targets = rf"^{re.escape(arch.vision.tower.text_prefix)}\..*\.({body})$" + ("|^lm_head$" if heads else "")
+        targets = rf"^{re.escape(arch.vision.tower.text_prefix)}(?=\.).*\.({body})$" + ("|^lm_head$" if heads else "")
     return LoraConfig(r=scenario.rank, lora_alpha=2 * scenario.rank, lora_dropout=scenario.lora_dropout,
                       target_modules=targets, bias="none", task_type="CAUSAL_LM", use_dora=scenario.dora,
                       modules_to_save=list(scenario.modules_to_save) or None)
