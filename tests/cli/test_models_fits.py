@@ -63,3 +63,30 @@ def test_fits_table_and_empty(cli_run):
     assert code == 0 and "fits RTX 4090" in out and "headroom" in out
     code, out, err = cli_run("models", "Llama-3.1-70B", "--memory", "8GiB")
     assert code == 0 and "no model fits" in err
+
+
+def test_narrow_terminal_keeps_whole_names(cli_run, monkeypatch):
+    """At 60 columns the table leaves columns out (and says which on stderr) rather than cut a name,
+    which is what ``--model`` takes; at 160 every column shows. The ``(MoE)`` mark follows the fused
+    expert parameters, Gemma 4's in-mixer experts too."""
+    import contextlib
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from vramplan.cli import main
+
+    def run(width):
+        out, err = io.StringIO(), io.StringIO()
+        monkeypatch.setenv("COLUMNS", str(width))
+        with redirect_stdout(out), redirect_stderr(err), contextlib.suppress(SystemExit):
+            main(["models", "--family", "gemma4"])
+        return out.getvalue(), err.getvalue()
+
+    names = [e.name for e in registry() if e.arch().model_type == "gemma4"]
+    narrow, note = run(60)
+    assert all(n in narrow for n in names) and max(map(len, narrow.splitlines())) <= 60
+    assert "hub id" not in narrow and "left out" in note and "hub id" in note
+    wide, note = run(160)
+    assert "hub id" in wide and not note
+    moe = [r for r in _rows(cli_run, "--family", "gemma4") if r["moe"]]
+    assert [r["name"] for r in moe] == ["gemma-4-26B-A4B-it"]

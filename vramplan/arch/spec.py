@@ -369,7 +369,14 @@ class Arch:
 
     @property
     def is_moe(self) -> bool:
+        """A sparse MoE priced by the shared expert terms (``num_experts`` from the config's MoE fields)."""
         return self.num_experts > 0
+
+    @property
+    def has_experts(self) -> bool:
+        """Holds fused 3-D expert parameters at all: ``is_moe``, or experts inside a whole-layer mixer
+        record (Gemma 4's MoE layers, ``layout_params("experts")``)."""
+        return self.is_moe or self.expert_params > 0
 
     @property
     def q_out(self) -> int:

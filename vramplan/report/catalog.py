@@ -50,7 +50,7 @@ def model_row(e: Any) -> dict[str, Any]:
     return dict(name=e.name, hub_id=e.hub_id, family=e.family, model_type=a.model_type,
                 params=a.all_params, quantized_params=a.quantized_params,
                 layers=a.num_layers, hidden=a.hidden_size, vocab=a.vocab_size,
-                moe=a.is_moe, source=e.source)
+                moe=a.has_experts, source=e.source)
 
 
 def by_family(entries: list[Any], family: str, everything: Iterable[Any]) -> list[Any]:
@@ -89,6 +89,19 @@ def fitting(entries: list[Any], rows: list[dict[str, Any]], gpu: Any, scenario: 
     return sorted(out, key=lambda r: -r["params"])
 
 
+def _columns_that_fit(cols: tuple[tuple[str, str], ...], table: list[list[str]], width: int) -> list[int]:
+    """The indices of the columns to show in ``width`` characters: all of them when their widest cells
+    fit (rich's borders: 3 characters per column + 1), else without the hub id, then without the
+    trailing columns, so that a model's name (what ``--model`` takes) is never cut short."""
+    widest = [max([max(len(w) for w in cols[i][0].split())] + [len(row[i]) for row in table])
+              for i in range(len(cols))]
+    keep = list(range(len(cols)))
+    order = [1] + list(range(len(cols) - 1, 2, -1))  # hub id first, then from the right; name and type stay
+    while sum(widest[i] + 3 for i in keep) + 1 > width and order:
+        keep.remove(order.pop(0))
+    return keep
+
+
 def render_models(rows: list[dict[str, Any]], filter: str, gpu: str | None = None, scenario: Any = None) -> None:
     """The registry table (rows of ``model_row``), or a line on stderr when nothing matched; with
     ``gpu`` (``vramplan models --fits``) the rows that fit, with need and headroom."""
@@ -100,7 +113,7 @@ def render_models(rows: list[dict[str, Any]], filter: str, gpu: str | None = Non
         title = (f"fits {gpu} ({len(rows)} models): {scenario.quant.value} r{scenario.rank} "
                  f"{scenario.batch}×{scenario.seq}")
         cols = cols[:5] + (("needs", "right"), ("headroom", "right"))
-    t = _table(title, cols)
+    table = []
     for r in rows:
         cells = [r["name"], r["hub_id"], r["model_type"] + (" (MoE)" if r["moe"] else ""),
                  f"{r['params'] / 1e9:.2f} B", f"{r['quantized_params'] / 1e9:.2f} B"]
@@ -108,8 +121,20 @@ def render_models(rows: list[dict[str, Any]], filter: str, gpu: str | None = Non
             cells += [fmt_bytes(r["need_bytes"]), fmt_bytes(r["headroom_bytes"])]
         else:
             cells += [str(r["layers"]), str(r["hidden"]), f"{r['vocab']:,}"]
-        t.add_row(*cells)
-    Console().print(t)
+        table.append(cells)
+    console = Console()
+    keep = _columns_that_fit(cols, table, console.width)
+    t = Table(title=title)
+    for i in keep:
+        # the name never wraps nor is cut; a hub id folds onto a second line rather than losing its end
+        t.add_column(cols[i][0], justify=cols[i][1], no_wrap=i == 0,  # type: ignore[arg-type]
+                     overflow="fold" if i == 1 else "ellipsis")
+    for cells in table:
+        t.add_row(*(cells[i] for i in keep))
+    console.print(t)
+    if len(keep) < len(cols):
+        click.echo(f"(narrow terminal: {', '.join(cols[i][0] for i in range(len(cols)) if i not in keep)} left out; "
+                   "`--json` has every field)", err=True)
     if not rows:
         what = f"fits {gpu}" if gpu is not None else f"matches '{filter}'"
         click.echo(f"no model {what}", err=True)
