@@ -47,9 +47,11 @@ def test_qwen3_14b_default_golden(q14):
     assert b.get("activations/final_norm") == 2048 * (4 * 5120 + 4)
     assert b.get("temporary/lm_head_autocast_copy") == 2 * 151_936 * 5120
     assert b.get("logits/loss") == 12 * 151_936 * 2048  # 3 fp32 b·s·V tensors
+    # RoPE's shared row: cos and sin, (1, 2048, 128) in the fp32 embedding output's dtype
+    assert b.get("activations/rope") == 2 * 4 * 128 * 2048
     assert b.allocated_peak_bytes == (
         6_606_028_800 + 209_969_760 + 2 * 3_111_649_280 + 1_699_840 + 1_024 + 128_450_560 + 256_901_120
-        + 1_677_721_600 + 41_951_232 + 1_555_824_640 + 3_733_979_136 + 32 * 2**20)
+        + 1_677_721_600 + 41_951_232 + 1_555_824_640 + 3_733_979_136 + 32 * 2**20 + 2 * 4 * 128 * 2048)
     assert b.reserved_peak_bytes == b.allocated_peak_bytes + int(b.allocated_peak_bytes * 0.1)
     assert b.total_bytes == b.reserved_peak_bytes + 512 * 2**20
 

@@ -579,7 +579,9 @@ def eager_mask_bytes(d: Dtypes) -> int:
     """Eager attention's additive causal mask per token·s: b × 1 × s × s in the embedding output's
     dtype (transformers 5.24 ``masking_utils.eager_mask``, ``dtype=inputs_embeds.dtype``), built once
     per forward and passed to every layer. Gradient checkpointing keeps it (an argument of every
-    checkpointed layer) until layer 0's backward; without checkpointing no op saves it. A collator's
+    checkpointed layer) until layer 0's backward; without checkpointing no op saves it. One per mask
+    kind the model builds: a model mixing full and sliding-window layers builds both
+    (``create_causal_mask`` and ``create_sliding_window_causal_mask``; the caller multiplies). A collator's
     own 4D mask (``BatchLayout.PACKED_MASK``) replaces it (``masking_utils`` passes a 4D mask through)."""
     return d.resid0
 
@@ -1329,8 +1331,9 @@ def rope_table_bytes(d: Dtypes, rotary_dim: int, sets: int = 1) -> int:
     (b × s or 1 × b·s). Each layer's RoPE ``mul`` saves them (the same two tensors for every layer), and
     checkpointing keeps them as layer arguments, so they live until the backward ends:
     2 · resid0 · rotary_dim per token and rotary module (resid0 = the embedding output's dtype, x here;
-    ``sets``: Gemma 3 runs one rotary module per layer type, ``Family.rotary_sets``). The unpacked run's
-    one shared row (2 · resid0 · rotary_dim · s per set) is left unpriced, as before."""
+    ``sets``: Gemma 3 runs one rotary module per layer type, ``Family.rotary_sets``). An unpacked run has
+    the one shared row (2 · resid0 · rotary_dim · s per set: ``StaticTerms.rope_row``), a packed one a row
+    per token (``layout_tok``)."""
     return sets * 2 * d.resid0 * rotary_dim
 
 

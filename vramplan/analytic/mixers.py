@@ -713,7 +713,10 @@ def _gemma4_walk(kind: str) -> "Walk":
                 kvs = 0
             if attn == "eager":
                 w.tok += ad * (q + 2 * q)
-                w.quad += 4 * nh + (ad * nh if (ad != 4 or rd != 4) else 0)
+                probs = ad * nh if (ad != 4 or rd != 4) else 0
+                w.quad += 4 * nh + probs
+                # the softmax backward's view (``gemma4_eager_softmax``): V and the probabilities' copy freed
+                w.core = (w.tok - ad * q, w.quad - probs, w.const, rd * q, ad)
             else:
                 w.tok += ad * (q + kvs) + ad * q + 4 * nh
         x_o_saved = la and attn != "eager"
@@ -753,6 +756,33 @@ def _gemma4_walk(kind: str) -> "Walk":
             h2 = _promote(h2, pd)
         return h2, True
     return walk
+
+
+def gemma4_eager_softmax(kind: str) -> Callable[..., Any]:
+    """A ``gemma4_*`` layer at eager attention's softmax backward, in ``activations.eager_softmax_backward``'s
+    form ((held tok, quad, const), (gradients tok, quad, 0), CUDA temporary per token·s): Gemma 4's
+    ``eager_attention_forward`` (``modeling_gemma4.py`` L802-831) is the softmax-in-fp32 attention that
+    function walks (scores, ``softmax(dtype=float32).to(query.dtype)``, ``matmul`` with V), so its moment
+    is the same: the layer's saved tensors up to the scores but V and the probabilities' copy
+    (``_gemma4_walk``'s ``w.core``), the fp32 score gradient and the softmax output's (CUDA's
+    ``grad * output`` temporary besides), V's gradient repeated to every head, the layer output's
+    gradient, and the accumulated gradient of the per-layer inputs (``gemma4_working_moments``' ``pli``)."""
+    def moment(arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int, layer: int,
+               live_in: bool = True) -> tuple[tuple[int, int, int], tuple[int, int, int], int]:
+        from vramplan.analytic.activations import _promote, _Walk
+        from vramplan.arch.mixers import gemma4_dims
+        g = gemma4_dims(arch.config, kind)
+        w = _Walk(d, rank, targets)
+        _gemma4_walk(kind)(w, arch, {x.name: x for x in arch.layer_linears(layer)}, "eager", live_in)
+        if w.core is None:
+            return (0, 0, 0), (0, 0, 0), 0
+        tok, quad, const, v_grad, ad = w.core
+        nh = g["heads"]
+        grad_in = 2 if (d.cuda and d.fp16 and not d.autocast and ad == 2) else 4
+        pli = arch.num_layers * g["ple"] * _promote(d.resid, d.resid0) if g["ple"] else 0
+        grads = (_promote(d.resid, d.c) * arch.hidden_size + v_grad + pli, (4 + grad_in) * nh, 0)
+        return (tok, quad, const), grads, (4 * nh if d.cuda else 0)
+    return moment
 
 
 def gemma4_working_moments(kind: str, arch: "Arch", d: "Dtypes", targets: frozenset[str], rank: int, layer: int,
@@ -1124,6 +1154,13 @@ WALKS: dict[str, Walk] = {
 MOMENTS: dict[str, Callable[..., Any]] = {
     DSA: dsa_recompute_moment,
 }
+
+#: kind -> its layer at eager attention's softmax backward, for a whole-layer kind whose attention is
+#: eager's softmax-in-fp32 (``activations.eager_softmax_backward``'s form; ``terms`` reads it as
+#: softmax attention's ``ClassTerms.sm``).
+EAGER_MOMENTS: dict[str, Callable[..., Any]] = {
+    k: gemma4_eager_softmax(k) for k in ("gemma4_sliding", "gemma4_full", "gemma4_sliding_kv_shared",
+                                         "gemma4_full_kv_shared")}
 
 #: kind -> the backward working set of its layers (``backward_working_of``).
 WORKING: dict[str, Working] = {

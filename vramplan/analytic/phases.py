@@ -91,6 +91,9 @@ class Batch(NamedTuple):
     layout: int = 0
     """A packed layout's tensors alive from the forward to the end of backward (RoPE rows, a mask
     kept by checkpointing)."""
+    rope: int = 0
+    """The share of ``layout`` that is the one shared row of RoPE cos/sin (``StaticTerms.rope_row``),
+    which every batch has, packed or not (its own breakdown row)."""
     layout_batch: int = 0
     """What the packed collator adds to the batch, alive in every phase (position ids, a 4D mask)."""
     images: int = 0
@@ -178,7 +181,7 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         plain_last=plain_last, plain_first=plain_first,
         eval=_evaluation(st, seq),
         # per-token layout tensors over the unpacked run's one shared row of seq positions (T − s more)
-        layout=(T - seq) * st.layout_tok + T * seq * st.layout_quad,
+        layout=(T - seq) * st.layout_tok + seq * st.rope_row + T * seq * st.layout_quad, rope=seq * st.rope_row,
         layout_batch=(T - seq) * st.batch_tok + T * seq * st.batch_quad, seq=seq,
         images=size * st.image_batch, images_live=size * st.image_saved + st.image_step + T * st.image_tok
         + (-(-size * size * st.image_quad // 512) * 512 if st.image_quad else 0))
@@ -480,10 +483,15 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
         rows = [("temporary/optimizer_step", "temporary", st.opt_temp, "optimizer step buffers"), _NO_DEQUANT]
     else:
         grads, rows = _layer_rows(phase == LAST_LAYER, st, x)
-    layout = x.layout_batch + (x.layout if phase in _LAYOUT_PHASES else 0)
+    rope = x.rope if phase in _LAYOUT_PHASES else 0
+    layout = x.layout_batch + (x.layout if phase in _LAYOUT_PHASES else 0) - rope
     if layout:
         rows.append(("activations/packing", "activations", layout,
                      "packed / padding-free batch: position ids, per-token RoPE cos/sin, block-diagonal mask"))
+    if rope:
+        rows.append(("activations/rope", "activations", rope,
+                     "RoPE cos/sin of the shared row of positions, (1, s, rotary dim) per rotary module in the "
+                     "embedding output's dtype, which every layer's RoPE saves (and checkpointing holds)"))
     images = x.images + (x.images_live if phase in _LAYOUT_PHASES else 0)
     if images:
         rows.append(("activations/images", "activations", images,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from vramplan.analytic import activations as act
 from vramplan.analytic import adapters as ad
@@ -282,6 +282,10 @@ class StaticTerms:
     layout_tok: int = 0
     """A packed or padding-free batch (``Scenario.packing``): bytes per token alive from the forward to
     the end of backward (the per-row RoPE cos/sin, ``activations.rope_table_bytes``)."""
+    rope_row: int = 0
+    """Bytes per sequence position of the one shared row of RoPE cos/sin tables an unpacked batch's
+    rotary module returns (``activations.rope_table_bytes``), alive from the forward to the end of
+    backward; a packed batch's rows beyond it are ``layout_tok``'s."""
     layout_quad: int = 0
     """Bytes per token·s alive from the forward to the end of backward (transformers' packed sdpa
     mask kept by checkpointing, ``activations.packed_mask_bytes``)."""
@@ -726,8 +730,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     classes, layer_class = [], [0] * L
     for n, c in enumerate(arch.layer_classes()):
         moe, rep = c.ffn == "moe", c.layers[0]
-        sm = (act.eager_softmax_backward(arch, d, s.rank, tset, moe, layer=rep, **kw)
-              if attn == "eager" and c.mixer == ATTENTION else _kind_moment(arch, d, s, tset, c.mixer, rep, attn))
+        sm = _softmax_of(arch, d, s, tset, c.mixer, moe, rep, attn, kw)
         classes.append(ClassTerms(
             c.count, act.layer_saved(arch, d, s.rank, tset, attn, moe, layer=rep, **kw),
             act.backward_working(arch, d, moe, tset, s.rank, gc=s.grad_checkpointing, reentrant=s.reentrant,
@@ -743,7 +746,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     if not s.grad_checkpointing and not s.full and "embed_tokens" not in s.modules_to_save:
         first_sv = act.layer_saved(arch, d, s.rank, tset, attn, first_moe, live_in=False, layer=0, **kw)
     if sm_first is not None and not s.grad_checkpointing and not s.full:
-        sm_first = act.eager_softmax_backward(arch, d, s.rank, tset, first_moe, live_in=False, layer=0, **kw)
+        sm_first = _softmax_of(arch, d, s, tset, arch.signature(0)[0], first_moe, 0, attn, kw, live_in=False)
     sw_layers = arch.family.sliding_layers(arch.config, L)
     sw_tok, sw_quad = act.sliding_sdpa_saved(arch, d, attn) if sw_layers else (0, 0)
     window = arch.family.window(arch.config)
@@ -762,6 +765,10 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     return _LayerTerms(dict(
         layout_tok=0 if unpacked else act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config),
                                                            arch.family.rotary_sets(arch.config, L)),
+        # the shared row; TRL's activation offload prices it as resident (``trl_rope_resident``), a family
+        # layout's rule with the model's other tensors (``mixers.MODEL_SAVED``: Gemma 4's per-type tables)
+        rope_row=0 if ((s.offload is Offload.ACTIVATIONS and not s.grad_checkpointing) or arch.family.layout) else
+        act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config), arch.family.rotary_sets(arch.config, L)),
         layout_quad=m_step,
         batch_tok=0 if unpacked else act.POSITION_ID_BYTES, batch_quad=m_batch,
         classes=tuple(classes), layer_class=tuple(layer_class), first_sv=first_sv,
@@ -770,11 +777,24 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         ckpt0=wt.embedding_leaf_factor(arch.family, s.grad_checkpointing, s.full or "embed_tokens" in s.modules_to_save)
         * d.resid0 * arch.hidden_size, ckpt=d.resid * arch.hidden_size,
         reentrant_out=d.resid * arch.hidden_size if (s.reentrant and s.grad_checkpointing) else 0,
-        eager_mask=act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
+        eager_mask=kinds * act.eager_mask_bytes(d) if (attn == "eager" and s.grad_checkpointing
                                                and s.packing is not BatchLayout.PACKED_MASK)
         else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first, pre=_model_saved(arch, d, s, tset, attn), kv_hold=_model_hold(arch, d, s, tset, attn),
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
+
+
+def _softmax_of(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], kind: str, moe: bool, layer: int,
+                attn: str, kw: dict[str, Any], live_in: bool = True) -> tuple | None:
+    """``ClassTerms.sm`` of a layer class: eager attention's softmax backward (softmax attention's, or a
+    whole-layer kind's own walk of it, ``mixers.EAGER_MOMENTS``), else the kind's own moment
+    (``_kind_moment``)."""
+    from vramplan.analytic.mixers import EAGER_MOMENTS
+    if attn == "eager" and kind == ATTENTION:
+        return act.eager_softmax_backward(arch, d, s.rank, tset, moe, live_in=live_in, layer=layer, **kw)
+    if attn == "eager" and kind in EAGER_MOMENTS and s.lora_kernels.value == "none":
+        return EAGER_MOMENTS[kind](arch, d, tset, s.rank, layer, live_in=live_in)
+    return _kind_moment(arch, d, s, tset, kind, layer, attn) if live_in else None
 
 
 def _kind_moment(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], kind: str, layer: int,
