@@ -535,6 +535,44 @@ def gemma4_kv_hold(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset[str]
     return tuple(out)
 
 
+def gemma4_kv_grad_hold(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset[str], gc: bool,
+                        attn: str) -> tuple[tuple[int, int, int], ...]:
+    """(consumer, producer, bytes per token) of the key and value gradients the kv-shared layers make for
+    the layer whose keys and values they read (``Gemma4TextAttention.forward`` L1220-1227: a kv-shared
+    layer takes ``shared_kv_states[layer_type]``, the last unshared layer of its type's tensors): the
+    first kv-shared layer to run its backward (the highest of the type) hands autograd the gradient of
+    that producer's k and v (after ``k_norm`` / ``v_norm``, in their dtype, ``_g4_kv_dtype``; eager's
+    ``repeat_kv`` backward sums it back to the kv heads, sdpa's cast backward brings it to that dtype),
+    the later ones accumulate into it, and it waits until the producer's own backward consumes it:
+    2·kv_heads·head_dim·dtype per token, alive from the consumer's backward to the producer's, with or
+    without checkpointing (the trace's peak on a shrunk 4-layer kv-shared model under eager at 1 × 1024:
+    the producer's softmax backward with both types' gradients waiting). Empty with no kv sharing."""
+    from vramplan.arch.mixers import gemma4_dims, gemma4_kinds
+    cfg, L = arch.config, arch.num_layers
+    kinds = gemma4_kinds(cfg, L)
+    store: dict[str, int] = {}
+    last: dict[str, int] = {}
+    for i, k in enumerate(kinds):
+        if k.endswith("_kv_shared"):
+            last[k.removesuffix("_kv_shared")] = i
+        else:
+            store[k] = i
+    out = []
+    for k, c in sorted(last.items(), key=lambda kv: kv[1]):
+        p = store.get(k)
+        if p is None or p >= c:
+            continue
+        g = gemma4_dims(cfg, k)
+        lins = {x.name: x for x in arch.layer_linears(p)}
+        out.append((c, p, 2 * g["kv_heads"] * g["head_dim"] * _g4_kv_dtype(_Walk_of(d, rank, targets), arch, lins)))
+    return tuple(out)
+
+
+def _Walk_of(d: "Dtypes", rank: int, targets: frozenset[str]) -> "_Walk":
+    from vramplan.analytic.activations import _Walk
+    return _Walk(d, rank, targets)
+
+
 def gemma4_router_saved(d: "Dtypes", E: int, k: int) -> int:
     """Bytes per token ``Gemma4TextRouter.forward`` (L1307-1328) saves after its projection while the
     projection's output needs a gradient (E experts, top-k k; the router's parameters ``scale`` and
@@ -1174,6 +1212,12 @@ WORKING: dict[str, Working] = {
 #: ``Family.layout`` -> bytes per token the model saves outside its decoder layers (``terms``' ``pre_tok``).
 MODEL_SAVED: dict[str, Callable[..., tuple[int, int, int]]] = {
     "per_layer_inputs": gemma4_model_saved,
+}
+
+#: ``Family.layout`` -> (consumer, producer, bytes per token) of gradients held from the consumer layer's backward
+#: to the producer's (``terms``' ``grad_hold``).
+MODEL_GRAD_HOLD: dict[str, Callable[..., tuple[tuple[int, int, int], ...]]] = {
+    "per_layer_inputs": gemma4_kv_grad_hold,
 }
 
 #: ``Family.layout`` -> (layer, bytes per token) held from that layer's backward on (``terms``' ``kv_hold``).

@@ -155,7 +155,10 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
     saved_all, saved_first = saved_all + pre, saved_first + pre
 
     def held_after(j: int) -> int:  # ``StaticTerms.kv_hold``: held once a later layer's backward ran
-        return T * sum(b for i, b in st.kv_hold if i > j)
+        return T * sum(b for i, b in st.kv_hold if i > j) + grads_held(j)
+
+    def grads_held(j: int) -> int:  # ``StaticTerms.grad_hold``: from a later consumer's backward to j's
+        return T * sum(b for c, p, b in st.grad_hold if p <= j < c)
     saved_first += held_after(0)
     saved_last, host = saved_all, 0
     plain_last, plain_first = (0, 0) if gc else (last_b, _layer(st.first_sv, T, seq))
@@ -207,7 +210,8 @@ def batch(st: StaticTerms, seq: int, size: int, gc: bool, full: bool, dequant_fa
         if gc:
             kept = T * (st.ckpt0 + j * st.ckpt) + pre + held_after(j)
         else:
-            kept = saved_all - sum(per[st.layer_class[i]] + inp + (sw_b if i in st.sw_layers else 0) for i in after)
+            kept = saved_all - sum(per[st.layer_class[i]] + inp + (sw_b if i in st.sw_layers else 0)
+                                   for i in after) + grads_held(j)
         cand = x._replace(
             saved_last=kept, last_b=per[n] + (sw_b if j in st.sw_layers else 0) + reent,
             work_last=_working(c.work, T, dequant_factor), sm_last=softmax(c.sm),

@@ -327,6 +327,10 @@ class StaticTerms:
     """(layer, bytes per token) the model holds from that layer's backward to the end of the backward
     (``vramplan.analytic.mixers.MODEL_HOLD``: Gemma 4's recomputed shared keys and values under
     checkpointing); empty for the other families."""
+    grad_hold: tuple[tuple[int, int, int], ...] = ()
+    """(consumer, producer, bytes per token) of a gradient a later layer's backward makes for an earlier
+    layer's tensor, alive from the consumer's backward to the producer's (``mixers.MODEL_GRAD_HOLD``:
+    Gemma 4's kv-shared layers' key/value gradients); empty for the other families."""
     image_batch: int = 0
     """A multimodal batch's image inputs per sample, alive all step (``vision.pixel_bytes``)."""
     image_saved: int = 0
@@ -781,6 +785,7 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
                                                and s.packing is not BatchLayout.PACKED_MASK)
         else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first, pre=_model_saved(arch, d, s, tset, attn), kv_hold=_model_hold(arch, d, s, tset, attn),
+        grad_hold=_model_grad_hold(arch, d, s, tset, attn),
         norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
 
 
@@ -819,6 +824,15 @@ def _model_hold(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], at
     """``StaticTerms.kv_hold``: what the family layout holds from a layer's backward on (empty without one)."""
     from vramplan.analytic.mixers import MODEL_HOLD
     rule = MODEL_HOLD.get(arch.family.layout or "")
+    return rule(arch, d, s.rank, tset, s.grad_checkpointing, attn) if rule else ()
+
+
+def _model_grad_hold(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str],
+                     attn: str) -> tuple[tuple[int, int, int], ...]:
+    """``StaticTerms.grad_hold``: gradients the family layout holds between two layers' backwards (empty
+    without one; none under full fine-tuning's own rules either way)."""
+    from vramplan.analytic.mixers import MODEL_GRAD_HOLD
+    rule = MODEL_GRAD_HOLD.get(arch.family.layout or "")
     return rule(arch, d, s.rank, tset, s.grad_checkpointing, attn) if rule else ()
 
 
