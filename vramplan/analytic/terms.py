@@ -755,9 +755,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     slid = arch.family.sliding_layers(arch.config, L)
     kinds = 2 if 0 < len(slid) < L else 1  # full and sliding-window masks both built
     m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing, kinds)
-    img_mask, img_quad = av.sliding_image_mask(arch, s, attn)
-    if img_mask and not (pk_tok or pk_quad):  # images: the sliding layers' mask exists from the first token
-        window, m_step = 0, m_step + img_quad
+    if av.sliding_image_mask(arch, s, attn) and not (pk_tok or pk_quad):
+        window = 0  # images: the sliding layers' sdpa mask exists from the first token
     if pk_quad:
         notes += ("packed rows under sdpa: transformers builds a b×1×s×s block-diagonal mask from the position ids "
                   "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "

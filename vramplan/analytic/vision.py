@@ -206,23 +206,19 @@ def _gemma4_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
     return 0, 0
 
 
-def sliding_image_mask(arch: "Arch", s: Scenario, attn: str) -> tuple[bool, int]:
-    """(the sliding-window layers pay sdpa's mask from the first token, bytes per token·s of the boolean
-    mask checkpointing keeps) for a batch with images whose tower record says its decoder builds a
-    sliding mask for them (``Tower.sliding_image_mask``: Gemma 4's bidirectional image blocks).
-
-    Under sdpa every sliding layer then saves what it saves once seq reaches the window
-    (``activations.sliding_sdpa_saved``: K/V repeated per query head, the kernel's additive copy of
-    the mask), whatever the length; and under checkpointing the one boolean (b, 1, s, s) mask
-    (``masking_utils.sdpa_mask``, 1 B per element) stays alive as every layer's argument until the
-    backward ends (``GradientCheckpointingLayer``), as ``activations.packed_mask_bytes`` prices a
-    packed row's. Measured on the trace (shrunk gemma-4-E2B-it, one 224×224 image, seq 256): the
-    sliding layer's sdpa saves 2·(q − kv)·2 B per token + 2 B per token·s more; checkpointing keeps
-    the 64 KiB mask. (False, 0) for other towers, no images, or eager / flash attention."""
+def sliding_image_mask(arch: "Arch", s: Scenario, attn: str) -> bool:
+    """Whether a batch with images gives the decoder's sliding-window layers sdpa's mask from the first
+    token on, as if seq had reached the window: the tower record says its decoder builds a sliding mask
+    for images (``Tower.sliding_image_mask``: Gemma 4's bidirectional image blocks). Every sliding layer
+    then saves what it saves past the window (``activations.sliding_sdpa_saved``: K/V repeated per query
+    head, the kernel's additive copy of the mask), and what the family prices per token·s past the
+    window (Gemma 4's ``mixers.gemma4_model_saved``: the boolean (b, 1, s, s) mask checkpointing keeps)
+    applies at any length: ``terms`` sets the window to 0. Measured on the trace (shrunk
+    gemma-4-E2B-it, one 224×224 image, seq 256 < window 512): the sliding layer's sdpa saves
+    2·(q − kv)·2 B per token + 2 B per token·s more, and checkpointing keeps the 64 KiB mask. False for
+    other towers, no images, or eager / flash attention."""
     v = arch.vision
-    if v is None or not s.images or attn != "sdpa" or not v.tower.sliding_image_mask(v):
-        return False, 0
-    return True, (1 if s.grad_checkpointing else 0)
+    return v is not None and bool(s.images) and attn == "sdpa" and v.tower.sliding_image_mask(v)
 
 
 def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
