@@ -59,6 +59,9 @@ _DELTANET = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_he
 # double-wide MLP need a third layer of a kind (tests/exact/test_gemma4_terms.py holds those variants)
 _GEMMA4 = dict(_SMALL, global_head_dim=128, vocab_size_per_layer_input=1024, hidden_size_per_layer_input=32,
                num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"])
+#: Gemma 4's image, begin- and end-of-image ids moved into the shrunk vocabulary, and the processor's smallest
+#: soft-token budget (70: 630 patches per image; a 224 x 224 image is 24 x 24 patches pooled to 64 soft tokens)
+_GEMMA4_IDS = dict(image_token_id=1000, boi_token_id=1001, eoi_token_id=1002, vision_soft_tokens_per_image=70)
 #: A multimodal checkpoint read text-only (its towers dropped: transformers' Gemma4ForCausalLM on its text_config).
 _TEXT_ONLY = dict(vision_config=None, audio_config=None)
 
@@ -88,7 +91,8 @@ SHRUNK: dict[str, tuple[str, dict[str, Any]]] = {
                                       _top=dict(audio_config=dict(model_type="gemma4_audio", hidden_size=256,
                                                                   num_hidden_layers=2, num_attention_heads=1,
                                                                   subsampling_conv_channels=[256, 32],
-                                                                  output_proj_dims=256)))),
+                                                                  output_proj_dims=256),
+                                                **_GEMMA4_IDS))),
     "phi3": ("Phi-3-mini-4k-instruct", dict(_SMALL, pad_token_id=0)),
     # one layer of each block (Mamba-2, attention, relu2 MLP, MoE); peft refuses LoRA on Mamba's out_proj
     "nemotron_h": ("NVIDIA-Nemotron-3-Nano-30B-A3B", dict(
@@ -251,9 +255,15 @@ def test_weights_only_towers_refuse_images():
     from vramplan.errors import VramplanError
     from vramplan.scenario import Scenario
 
+    from vramplan.arch.vision import TOWERS, Vision, _no_images
+
     for t in _WEIGHTS_ONLY:
         with pytest.raises(VramplanError, match="images are not modelled"):
             estimate(shrunk_arch(t), Scenario(seq=1024, images=1, image_size="224x224"))
+    # the towers whose decoders other families price (Llama 4's): the record itself refuses
+    for tower in (t for t in TOWERS.values() if t.grid is _no_images):
+        with pytest.raises(VramplanError, match="images are not modelled"):
+            Vision(tower, {}, {}).image(224, 224)
 
 
 @pytest.mark.parametrize("model_type", sorted(SHRUNK))
@@ -371,8 +381,7 @@ def test_full_size_entry_within_1_percent(model_type):
 #: The multimodal families (a vision tower kind each) and the scenarios of their image rows.
 _MULTIMODAL = sorted(t for t in SHRUNK if FAMILIES[t].multimodal)
 #: Multimodal families whose tower prices its weights only (``vramplan.arch.vision._no_images``: --images refused).
-_WEIGHTS_ONLY = {"gemma4": "Gemma 4's image (and audio) inputs are not modelled yet: its towers' weights are priced, "
-                           "--images is refused"}
+_WEIGHTS_ONLY: dict[str, str] = {}
 
 
 @pytest.mark.torch
@@ -381,9 +390,11 @@ _WEIGHTS_ONLY = {"gemma4": "Gemma 4's image (and audio) inputs are not modelled 
                                         if t in _WEIGHTS_ONLY else t for t in _MULTIMODAL])
 def test_images_within_1_percent_of_trace(model_type, gc):
     """One 224×224 image per sample (Qwen2.5-VL / Qwen3-VL: 256 patches, 64 tokens; Pixtral: 256
-    patches, 64 features, 72 tokens) on the shrunk model and tower, both engines (the trace on real
-    CPU tensors: the vision path reads tensor values)."""
-    if not gc and model_type != "qwen2_5_vl":
+    patches, 64 features, 72 tokens; Gemma 4 at the shrunk row's 70 soft-token budget: 630 patches padded,
+    576 real, pooled to 64 soft tokens, 66 tokens) on the shrunk model and tower, both engines (the trace
+    on real CPU tensors: the vision path reads tensor values)."""
+    if not gc and model_type not in ("qwen2_5_vl", "gemma4"):
+        # gemma4 too: its images give the sliding layers sdpa's mask, checkpointing or not
         pytest.skip("without checkpointing a frozen tower saves nothing: one row (qwen2_5_vl) checks it")
     arch, ours, theirs = _both(model_type, grad_checkpointing=gc, images=1, image_size="224x224")
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1

@@ -47,3 +47,70 @@ def test_tower_counts_match_transformers(kind):
     assert (v.total_params - outside, v.linear_weight_params - outside) == (total, linear)
     fp32 = sum(b.numel() * b.element_size() // 4 for b in model.buffers())
     assert sum(v.tower.buffers(v)) == fp32
+
+
+def _gemma4_processor(**kw):
+    """transformers' own Gemma 4 image processor with its class defaults (the torchvision backend, or the PIL
+    one, whose resize rule is the same ``get_aspect_ratio_preserving_size``, when torchvision is absent)."""
+    try:
+        from transformers.models.gemma4.image_processing_gemma4 import Gemma4ImageProcessor as P
+    except ImportError:
+        from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil as P
+    return P(**kw)
+
+
+_GEMMA4_SIZES = [(896, 672), (224, 224), (1024, 512), (640, 480), (100, 3000), (3000, 100), (1, 2048), (50, 50)]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("budget", [280, 70])
+@pytest.mark.parametrize("wh", _GEMMA4_SIZES, ids=[f"{w}x{h}" for w, h in _GEMMA4_SIZES])
+def test_gemma4_image_grid_matches_the_processor(wh, budget):
+    """Ours vs theirs: ``Vision.image`` (the Gemma 4 tower's grid) and the trace's inputs
+    (``build.vision_inputs``) against ``Gemma4ImageProcessor`` run on a synthetic W × H image: the padded
+    patch count, the soft tokens, the (x, y) patch positions, and the placeholder text
+    (``Gemma4Processor.replace_image_token``)."""
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from transformers.models.gemma4.processing_gemma4 import Gemma4Processor
+
+    from vramplan.arch import resolve
+    from vramplan.errors import VramplanError
+    from vramplan.hf.build import _gemma4_inputs
+
+    base = resolve("gemma-4-E2B-it").vision
+    v = Vision(base.tower, base.config, {**base.outer, "vision_soft_tokens_per_image": budget}, base.text_hidden)
+    w, h = wh
+    processor = _gemma4_processor(max_soft_tokens=budget)
+    try:
+        theirs = processor(images=np.zeros((h, w, 3), dtype=np.uint8), return_tensors="pt")
+    except ValueError:  # the processor refuses an image that resizes to 0 x 0: so do we, in one line
+        with pytest.raises(VramplanError, match="resizes to 0 x 0"):
+            v.image(w, h)
+        return
+    patches, soft, tokens = v.image(w, h)
+    assert (patches, soft) == (theirs["pixel_values"].shape[1], int(theirs["num_soft_tokens_per_image"][0]))
+    ph = SimpleNamespace(boi_token="<B>", eoi_token="<E>", image_token="<I>")
+    text = Gemma4Processor.replace_image_token(ph, {"num_soft_tokens_per_image": [soft]}, 0)
+    assert tokens == text.count("<") and text.count("<I>") == soft
+    ids = torch.zeros(1, tokens + 2, dtype=torch.long)
+    ours = _gemma4_inputs(v, 1, w, h, patches, ids, 0)
+    assert ours["pixel_values"].shape == theirs["pixel_values"].shape
+    assert ours["pixel_values"].dtype == theirs["pixel_values"].dtype
+    assert torch.equal(ours["image_position_ids"], theirs["image_position_ids"].long())
+
+
+def test_gemma4_registry_soft_tokens_are_the_processor_default():
+    """The published Gemma 4 entries carry the processor's default soft-token budget (280), so the grid
+    reads the processor's own value."""
+    pytest.importorskip("transformers")
+    from vramplan.arch import resolve
+
+    default = _gemma4_processor().max_soft_tokens
+    for name in ("gemma-4-E2B-it", "gemma-4-E4B-it", "gemma-4-26B-A4B-it", "gemma-4-31B-it"):
+        v = resolve(name).vision
+        assert v.outer.get("vision_soft_tokens_per_image", default) == default
+        assert v.get("pooling_kernel_size") == _gemma4_processor().pooling_kernel_size
+        assert v.get("patch_size") == _gemma4_processor().patch_size

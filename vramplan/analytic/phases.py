@@ -500,7 +500,8 @@ def components(phase: str, st: StaticTerms, x: Batch) -> tuple[int, list[_Row]]:
     if images:
         rows.append(("activations/images", "activations", images,
                      "images: the batch's pixel values, and under checkpointing what the frozen tower saves "
-                     "(enable_input_require_grads hooks its patch embedding too)"))
+                     "(where enable_input_require_grads hooks its patch embedding) and the placeholder scatter's "
+                     "copy"))
     if x.held and holds_logits(st, phase):
         rows.append(("logits/held_output", "logits", x.held, "model output kept by the training loop: "
                      + ("fp32 " if st.legacy else "") + "logits, b·s·V"))

@@ -614,8 +614,9 @@ def _trainable(arch: Arch, s: Scenario, d: act.Dtypes, unq: list[tuple[str, int,
         # image the tower never runs, its adapters get no gradient and AdamW makes no state for them
         tower = ad.lora_tensor_sizes(av.tower_lora_targets(arch, s), s.rank)
         tower_n = sum(n * k for n, k in tower)
-        sizes += tower if s.images else []
-        vision_grad = tower_n * s.adapter_dtype.nbytes if s.images else 0
+        ran = ad.lora_tensor_sizes(av.tower_image_targets(arch, s), s.rank)  # those the images run
+        sizes += ran if s.images else []
+        vision_grad = sum(n * k for n, k in ran) * s.adapter_dtype.nbytes if s.images else 0
         n_lora += tower_n
         pbytes = s.adapter_dtype.nbytes
         if s.lora_fa:  # only B is trained: no A gradient, no A state; A is a frozen weight
@@ -761,6 +762,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
     slid = arch.family.sliding_layers(arch.config, L)
     kinds = 2 if 0 < len(slid) < L else 1  # full and sliding-window masks both built
     m_step, m_batch = act.packed_mask_bytes(d, attn, layout, s.grad_checkpointing, kinds)
+    if av.sliding_image_mask(arch, s, attn) and not (pk_tok or pk_quad):
+        window = 0  # images: the sliding layers' sdpa mask exists from the first token
     if pk_quad:
         notes += ("packed rows under sdpa: transformers builds a b×1×s×s block-diagonal mask from the position ids "
                   "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "

@@ -65,6 +65,14 @@ def tower_lora_targets(arch: "Arch", s: Scenario) -> tuple["Linear", ...]:
     return tuple(lin for lin in lins if lin.name.split(".")[-1] in s.targets)
 
 
+def tower_image_targets(arch: "Arch", s: Scenario) -> tuple["Linear", ...]:
+    """The trained tower's LoRA targets an image batch runs (``tower_lora_targets`` but the record's
+    ``Tower.image_idle`` ones: Gemma 4's audio tower gets no ``input_features``, so its adapters get no
+    gradient and torch's AdamW makes no state for them, ``_init_group`` skipping ``p.grad is None``)."""
+    idle = arch.vision.tower.image_idle if arch.vision is not None else ()
+    return tuple(lin for lin in tower_lora_targets(arch, s) if not (idle and lin.name.startswith(idle)))
+
+
 # ------------------------------------------------------------------------------ images
 def _blk(n: int) -> int:
     """``n`` bytes in the caching allocator's 512 B blocks."""
@@ -83,12 +91,25 @@ def pixel_bytes(v: "Vision", s: Scenario) -> int:
     if v.tower.inputs == "pixel_values":  # Gemma 3: (images, C, S, S) at the tower's image_size, nothing else
         S = v.get("image_size")
         return _blk(4 * s.images * v.get("num_channels") * S * S)
+    if v.tower.inputs == "position_ids":
+        return gemma4_pixel_bytes(v, s, patches)
     if v.tower.inputs == "grid_thw":
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
         # + the processor's int64 ``mm_token_type_ids`` (one per token)
         return _blk(4 * s.images * patches * C * tp * p * p) + _blk(8 * 3 * s.images) + _blk(8 * s.seq)
     P = v.get("patch_size")
     return _blk(4 * s.images * patches * v.get("num_channels") * P * P) + _blk(8 * 2 * s.images)
+
+
+def gemma4_pixel_bytes(v: "Vision", s: Scenario, patches: int) -> int:
+    """Gemma 4's image inputs per sample (transformers 5.24 ``image_processing_gemma4.py``
+    ``_preprocess``, ``processing_gemma4.py``): ``pixel_values`` (images, max_patches, 3·p²) in fp32,
+    every image padded to max_patches (``patches``, ``Vision.image``) whatever its size;
+    ``image_position_ids`` (images, max_patches, 2) int64; and the processor's int64
+    ``mm_token_type_ids`` (``return_mm_token_type_ids = True``: one per token, which the bidirectional
+    image mask reads)."""
+    p = v.get("patch_size")
+    return _blk(4 * s.images * patches * 3 * p * p) + _blk(8 * 2 * s.images * patches) + _blk(8 * s.seq)
 
 
 def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: int, resid0: int) -> tuple[int, int]:
@@ -174,6 +195,32 @@ def _pixtral_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
     return per, step
 
 
+def _gemma4_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
+    """Gemma 4 (``modeling_gemma4.py``): ``Gemma4VisionModel`` exposes no input embeddings (no
+    ``embed_tokens`` / ``embeddings`` / ``model`` / ``language_model``, and its ``base_model`` is itself:
+    ``get_input_embeddings`` raises ``NotImplementedError``, which ``enable_input_require_grads``
+    skips), so no hook makes the patch embedder's output require grad; the frozen tower, the pooler and
+    ``embed_vision`` run without a graph and ``masked_scatter`` takes their features as a constant
+    source. The images leave nothing saved in the tower (their placeholders' scatter copy is
+    ``keeps_embedding_copy``'s)."""
+    return 0, 0
+
+
+def sliding_image_mask(arch: "Arch", s: Scenario, attn: str) -> bool:
+    """Whether a batch with images gives the decoder's sliding-window layers sdpa's mask from the first
+    token on, as if seq had reached the window: the tower record says its decoder builds a sliding mask
+    for images (``Tower.sliding_image_mask``: Gemma 4's bidirectional image blocks). Every sliding layer
+    then saves what it saves past the window (``activations.sliding_sdpa_saved``: K/V repeated per query
+    head, the kernel's additive copy of the mask), and what the family prices per token·s past the
+    window (Gemma 4's ``mixers.gemma4_model_saved``: the boolean (b, 1, s, s) mask checkpointing keeps)
+    applies at any length: ``terms`` sets the window to 0. Measured on the trace (shrunk
+    gemma-4-E2B-it, one 224×224 image, seq 256 < window 512): the sliding layer's sdpa saves
+    2·(q − kv)·2 B per token + 2 B per token·s more, and checkpointing keeps the 64 KiB mask. False for
+    other towers, no images, or eager / flash attention."""
+    v = arch.vision
+    return v is not None and bool(s.images) and attn == "sdpa" and v.tower.sliding_image_mask(v)
+
+
 def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
     """Pixtral's block-diagonal attention mask over every image of the micro-batch
     (``modeling_pixtral.py::generate_block_attention_mask``: (1, 1, P_batch, P_batch) filled in the
@@ -188,6 +235,7 @@ def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
 
 #: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
 SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved}
+SAVED["gemma4"] = _gemma4_saved
 
 
 def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
@@ -195,7 +243,7 @@ def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
     v = arch.vision
     if v is None:
         return (f"--images {s.images}: {arch.name} has no vision tower here, images ignored",) if s.images else ()
-    out: tuple[str, ...] = ()
+    out: tuple[str, ...] = v.tower.notes(v)
     if s.images:
         patches, features, tokens = v.image(*s.image_wh)
         out += (f"{s.images} image(s) of {s.image_size} per sample: {patches} patches, {tokens} placeholder tokens "

@@ -39,6 +39,14 @@ PROJECTOR = "projector"
 """``Linear.group`` of the projector / patch merger's linears."""
 
 
+def _no_notes(v: "Vision") -> tuple[str, ...]:
+    return ()
+
+
+def _never(v: "Vision") -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Tower:
     """What vramplan knows about one vision tower kind (a ``vision_config`` ``model_type``)."""
@@ -61,7 +69,8 @@ class Tower:
     """How the processor hands images to the model: ``grid_thw`` (Qwen: ``pixel_values`` of shape
     (patches, C·tp·p·p) and ``image_grid_thw``), ``image_sizes`` (Pixtral: ``pixel_values`` of
     shape (images, C, h, w) and ``image_sizes``) or ``pixel_values`` (Gemma 3: (images, C, S, S) alone,
-    S = ``image_size``)."""
+    S = ``image_size``) or ``position_ids`` (Gemma 4: ``pixel_values`` of shape (images, max_patches,
+    3·p²), padded, and ``image_position_ids`` (images, max_patches, 2), plus ``mm_token_type_ids``)."""
     pixels: tuple[int, int] = (0, 0)
     """Qwen: the processor's (min_pixels, max_pixels) of ``smart_resize``."""
     walk: str = ""
@@ -80,6 +89,14 @@ class Tower:
     """Its last linear holds the model's last parameter (the lm_head being tied), which transformers
     5.24's ``get_keys_to_not_convert`` (``quantizers/base.py``: "remove last module") keeps out of the
     bitsandbytes conversion: an ``nn.Linear`` in the load dtype (Gemma 4's last embedder projection)."""
+    notes: Callable[["Vision"], tuple[str, ...]] = _no_notes
+    """Breakdown notes of what the record leaves out (Gemma 4: its audio inputs)."""
+    image_idle: tuple[str, ...] = ()
+    """Name prefixes of its linears that images do not run (Gemma 4's audio tower and embedder): trained,
+    their adapters get no gradient from an image batch."""
+    sliding_image_mask: Callable[["Vision"], bool] = _never
+    """Whether a batch with images makes the decoder's sliding-window layers take a materialized
+    (b, 1, s, s) mask from the first token on (Gemma 4: ``create_masks_for_vision_model``)."""
 
 
 @dataclass(frozen=True)
@@ -380,7 +397,7 @@ def _llama4_buffers(v: Vision) -> tuple[int, ...]:
 # ``audio_config`` (the E2B / E4B checkpoints), ``audio_tower`` (``Gemma4AudioModel``) and ``embed_audio``.
 # Both towers load with the decoder (``AutoModelForCausalLM`` maps ``gemma4`` to
 # ``Gemma4ForConditionalGeneration``), so the record prices the two together: ``Scenario.vision`` applies to
-# both, and ``--images`` is not modelled for this tower yet (weights only).
+# both. ``--images`` runs the vision tower (``_gemma4_grid``); audio inputs are not modelled (``_gemma4_notes``).
 _GEMMA4_AUDIO_DEFAULTS = dict(hidden_size=1024, num_hidden_layers=12, num_attention_heads=8,
                               subsampling_conv_channels=[128, 32], conv_kernel_size=5, use_clipped_linears=True,
                               output_proj_dims=1536)
@@ -469,6 +486,81 @@ def _gemma4_buffers(v: Vision) -> tuple[int, ...]:
     return tuple(out)
 
 
+#: ``Gemma4ImageProcessor``'s supported ``max_soft_tokens`` (``image_processing_gemma4.py``
+#: ``_SUPPORTED_SOFT_TOKENS``) and its default (the class attribute, 280).
+GEMMA4_SOFT_TOKENS = (70, 140, 280, 560, 1120)
+GEMMA4_DEFAULT_SOFT_TOKENS = 280
+
+
+def gemma4_soft_budget(v: Vision) -> int:
+    """The processor's ``max_soft_tokens``: the outer config's ``vision_soft_tokens_per_image`` (which
+    transformers' ``convert_gemma4_weights.py`` writes beside the processor's value: 280 for every
+    published size), else ``Gemma4ImageProcessor``'s default 280; one of ``GEMMA4_SOFT_TOKENS``."""
+    from vramplan.arch.spec import ArchError
+
+    n = v.outer.get("vision_soft_tokens_per_image") or GEMMA4_DEFAULT_SOFT_TOKENS
+    if n not in GEMMA4_SOFT_TOKENS:
+        raise ArchError(f"gemma4: vision_soft_tokens_per_image {n} is not one the processor supports "
+                        f"{GEMMA4_SOFT_TOKENS}")
+    return n
+
+
+def gemma4_resize(v: Vision, width: int, height: int) -> tuple[int, int]:
+    """(height, width) in pixels of a W × H image after ``Gemma4ImageProcessor``'s
+    ``aspect_ratio_preserving_resize`` (transformers 5.24 ``image_processing_gemma4.py``
+    ``get_aspect_ratio_preserving_size``): scaled to the area of max_patches = max_soft_tokens · k²
+    patches of p² pixels (k = ``pooling_kernel_size``), each side rounded down to a multiple of k·p; a
+    side that rounds to 0 becomes k·p and the other floor(its ratio)·k·p, at most (max_patches / k²)·k·p."""
+    from vramplan.arch.spec import ArchError
+
+    p, k = v.get("patch_size"), v.get("pooling_kernel_size")
+    max_patches = gemma4_soft_budget(v) * k * k
+    factor = math.sqrt(max_patches * p * p / (height * width))
+    side = k * p
+    th, tw = int(math.floor(factor * height / side)) * side, int(math.floor(factor * width / side)) * side
+    if th == 0 and tw == 0:
+        raise ArchError(f"gemma4: a {width}x{height} image resizes to 0 x 0 (the processor refuses it)")
+    longest = (max_patches // (k * k)) * side
+    if th == 0:
+        th, tw = side, min(int(math.floor(width / height)) * side, longest)
+    elif tw == 0:
+        tw, th = side, min(int(math.floor(height / width)) * side, longest)
+    return th, tw
+
+
+def _gemma4_grid(v: Vision, width: int, height: int) -> tuple[int, int, int]:
+    """``Gemma4ImageProcessor._preprocess`` (``image_processing_gemma4.py``): the resized image
+    (``gemma4_resize``) is cut into (h/p)·(w/p) patches and padded to max_patches = max_soft_tokens · k²
+    (``pad_along_first_dim``, position (-1, -1)): the tower attends over all max_patches (the padding
+    masked), ``Gemma4VisionPooler`` averages k × k patches into (h/p)·(w/p) / k² soft tokens
+    (``num_soft_tokens_per_image``) and strips the padding; ``processing_gemma4.py``
+    ``replace_image_token`` writes ``<boi>`` + one image token per soft token + ``<eoi>``:
+    (max_patches, soft tokens, soft tokens + 2)."""
+    p, k = v.get("patch_size"), v.get("pooling_kernel_size")
+    h, w = gemma4_resize(v, width, height)
+    soft = (h // p) * (w // p) // (k * k)
+    return gemma4_soft_budget(v) * k * k, soft, soft + 2
+
+
+def _gemma4_notes(v: Vision) -> tuple[str, ...]:
+    """The audio tower (E2B / E4B): its weights are priced, its inputs (``input_features``) are not."""
+    if _gemma4_audio(v) is None:
+        return ()
+    return ("gemma4: audio inputs are not modelled (the audio tower's weights are priced; --images prices the "
+            "image inputs only)",)
+
+
+def _gemma4_sliding_image_mask(v: Vision) -> bool:
+    """``Gemma4Model.forward`` (``modeling_gemma4.py``): with ``use_bidirectional_attention == "vision"``
+    (every published Gemma 4's ``text_config``) and the processor's ``mm_token_type_ids``, the masks come
+    from ``create_masks_for_vision_model``: the sliding-window mask with a ``blockwise_overlay``
+    ``or_mask_function`` (each image's tokens attend to each other), which makes ``create_causal_mask``
+    drop its skip (``allow_is_causal_skip = False``, ``masking_utils.py``): sdpa gets a boolean
+    (b, 1, s, s) mask at any length; the full-attention mask stays causal (skipped under sdpa)."""
+    text = v.outer.get("text_config")
+    return isinstance(text, Mapping) and text.get("use_bidirectional_attention") == "vision"
+
+
 def _no_images(v: Vision, width: int, height: int) -> tuple[int, int, int]:
     from vramplan.arch.spec import ArchError
 
@@ -521,9 +613,10 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           "Gemma4MultimodalEmbedder)", ("model.vision_tower", "model.embed_vision", "model.audio_tower", "model.embed_audio"),
           dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
                num_key_value_heads=12, head_dim=64, patch_size=16, position_embedding_size=10240,
-               use_clipped_linears=False, standardize=False),
-          _gemma4_linears, _gemma4_params, _gemma4_buffers, _no_images, attn_default=("audio_config",),
-          last_unconverted=True),
+               use_clipped_linears=False, standardize=False, pooling_kernel_size=3),
+          _gemma4_linears, _gemma4_params, _gemma4_buffers, _gemma4_grid, inputs="position_ids", walk="gemma4",
+          attn_default=("audio_config",), last_unconverted=True, notes=_gemma4_notes,
+          sliding_image_mask=_gemma4_sliding_image_mask, image_idle=("audio.", "embed_audio.")),
 )}
 
 #: Outer model_type -> the ``vision_config`` model_type its config class fills in when the config.json

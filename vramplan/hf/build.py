@@ -593,7 +593,7 @@ def synthetic_batch(arch: Arch, scenario: Scenario, device: str = "cpu", *, seed
     if arch.vision is not None:  # no stray image placeholder among the random text ids
         image_id = arch.vision.outer.get("image_token_id", arch.vision.outer.get("image_token_index"))
         ids[ids == image_id] = 0
-        for key in ("video_token_id", "vision_start_token_id"):
+        for key in ("video_token_id", "vision_start_token_id", "audio_token_id"):
             if arch.vision.outer.get(key) is not None:
                 ids[ids == arch.vision.outer[key]] = 0
     images = {k: t.to(device) for k, t in vision_inputs(arch, scenario, ids).items()}
@@ -613,7 +613,10 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
       and ``mm_token_type_ids`` (int64, as ``ids``: 1 at image tokens; ``processing_utils.py``
       ``create_mm_token_type_ids``, which M-RoPE reads);
     - Pixtral: ``pixel_values`` (images, C, h, w) and ``image_sizes`` (images, 2) = (h, w) after the
-      resize (``image_processing_pixtral.py``).
+      resize (``image_processing_pixtral.py``);
+    - Gemma 4 (``position_ids``): ``<boi>`` + one image token per soft token + ``<eoi>`` in the text,
+      ``pixel_values`` padded to max_patches, ``image_position_ids`` and ``mm_token_type_ids``
+      (``_gemma4_inputs``).
     Empty for a text-only model or no images."""
     import torch
 
@@ -631,7 +634,9 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
     for _ in range(scenario.images):
         if v.tower.inputs == "pixel_values":  # Gemma 3: <start_of_image>, the soft tokens, <end_of_image>
             start, end = v.outer.get("boi_token_index"), v.outer.get("eoi_token_index")
-        if v.tower.inputs in ("grid_thw", "pixel_values"):
+        if v.tower.inputs == "position_ids":  # Gemma 4: <boi>, one image token per soft token, <eoi>
+            start, end = v.outer.get("boi_token_id"), v.outer.get("eoi_token_id")
+        if v.tower.inputs in ("grid_thw", "pixel_values", "position_ids"):
             for tok, width in ((start, 1), (image_id, features), (end, 1)):
                 if tok is not None:
                     ids[:, pos:pos + width] = tok
@@ -644,6 +649,8 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
     if v.tower.inputs == "pixel_values":  # every image resized to the tower's square (Gemma 3's processor)
         S = v.get("image_size")
         return {"pixel_values": torch.zeros(n, v.get("num_channels"), S, S, dtype=torch.float32)}
+    if v.tower.inputs == "position_ids":
+        return _gemma4_inputs(v, n, W, H, patches, ids, image_id)
     if v.tower.inputs == "grid_thw":
         p, tp, C = v.get("patch_size"), v.get("temporal_patch_size"), v.get("in_channels")
         gh, gw = _qwen_grid_sides(v, W, H)
@@ -658,6 +665,29 @@ def vision_inputs(arch: Arch, scenario: Scenario, ids: Any) -> dict[str, Any]:
             "image_sizes": torch.tensor([[h, w]] * n, dtype=torch.long)}
 
 
+def _gemma4_inputs(v: Any, n: int, width: int, height: int, max_patches: int, ids: Any, image_id: int) -> dict[str, Any]:
+    """Gemma 4's processor outputs for ``n`` W × H images (transformers 5.24 ``image_processing_gemma4.py``
+    ``_preprocess``): ``pixel_values`` (n, max_patches, 3·p²) fp32, the (h/p)·(w/p) patches of the
+    resized image (``vision.gemma4_resize``) then zero padding; ``image_position_ids`` (n, max_patches, 2)
+    int64, each patch's (x, y) in x-fastest order (``torch.meshgrid(..., indexing="xy")``), padding
+    (-1, -1); and ``mm_token_type_ids`` (1 at image tokens; ``processing_utils.py``
+    ``create_mm_token_type_ids``), which ``Gemma4Model`` reads for the bidirectional image mask."""
+    import torch
+
+    from vramplan.arch import vision as vis
+
+    p = v.get("patch_size")
+    h, w = vis.gemma4_resize(v, width, height)
+    ph, pw = h // p, w // p
+    gx, gy = torch.meshgrid(torch.arange(pw), torch.arange(ph), indexing="xy")
+    real = torch.stack((gx, gy), dim=-1).reshape(ph * pw, 2)
+    pos = torch.full((max_patches, 2), -1, dtype=torch.long)
+    pos[: ph * pw] = real
+    return {"pixel_values": torch.zeros(n, max_patches, 3 * p * p, dtype=torch.float32),
+            "image_position_ids": pos.unsqueeze(0).repeat(n, 1, 1),
+            "mm_token_type_ids": (ids == image_id).long()}
+
+
 def _qwen_grid_sides(v: Any, width: int, height: int) -> tuple[int, int]:
     """(h/p, w/p) of a Qwen image after the processor's resize (``Vision.image``'s grid)."""
     from vramplan.arch import vision as vis
@@ -668,7 +698,7 @@ def _qwen_grid_sides(v: Any, width: int, height: int) -> tuple[int, int]:
 
 
 #: The image inputs a multimodal batch carries (``vision_inputs``), passed to the model's forward.
-IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids")
+IMAGE_KEYS = ("pixel_values", "image_grid_thw", "image_sizes", "mm_token_type_ids", "image_position_ids")
 
 
 def batch_shape(scenario: Scenario) -> tuple[int, int]:
