@@ -511,7 +511,7 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           "modeling_gemma3.py (Gemma3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
                image_size=224, patch_size=16, vision_use_head=True),
-          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values"),
+          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values", walk="siglip"),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
           "(Mistral3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
