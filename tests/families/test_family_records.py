@@ -401,13 +401,13 @@ _GEMMA3_TOWER = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers
 
 @pytest.mark.torch
 @pytest.mark.slow
-@pytest.mark.parametrize("kw", [{}, {"vision": "quantized"}, {"hold_logits": "step"}],
-                         ids=["frozen", "quantized-tower", "held-output"])
+@pytest.mark.parametrize("kw", [{}, {"vision": "quantized"}], ids=["frozen", "quantized-tower"])
 def test_gemma3_full_width_tower_images_within_1_percent_of_trace(kw):
     """One 896×896 image per sample through the full-width SigLIP (``_GEMMA3_TOWER``) under checkpointing
-    (the trace on real CPU tensors, ~25-35 s): the peak within 1 %, and what the images add (the analytic
-    ``activations/images`` row: pixel values, the tower's saved tensors, the embedding copy) within 1 % of
-    what they add to the trace's saved activations at its peak (the same run without the image)."""
+    (the trace on real CPU tensors, ~25-35 s a row alone on 2 cores), the tower frozen or quantized (its
+    encoder linears 4-bit, the projector's bare weight not): the peak within 1 %, and what the images add
+    (the analytic ``activations/images`` row: pixel values, the tower's saved tensors, the embedding copy)
+    within 1 % of what they add to the trace's saved activations at its peak (the run without the image)."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("peft")

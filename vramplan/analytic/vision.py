@@ -3,7 +3,8 @@
 Symbols: the tower's linears (``Vision.linears``: blocks and projector), n_img = images per sample ×
 batch, per image (patches P, merged features F, placeholder tokens T) from ``Vision.image``.
 Sources: transformers 5.24 ``modeling_qwen2_5_vl.py`` / ``modeling_qwen3_vl.py`` /
-``modeling_mistral3.py`` (``get_image_features``, ``get_placeholder_mask``, ``masked_scatter``);
+``modeling_mistral3.py`` / ``modeling_gemma3.py`` (``get_image_features``, ``get_placeholder_mask``,
+``masked_scatter``), ``modeling_siglip.py``;
 bitsandbytes 0.50.2 for the quantized linears (``weights.py``).
 """
 
@@ -136,9 +137,11 @@ def keeps_embedding_copy(arch: "Arch", s: Scenario) -> bool:
 
 
 def _qwen3_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
-    """Qwen3-VL (``modeling_qwen3_vl.py``): ``Qwen3VLVisionModel`` exposes no input embeddings
-    (no ``_input_embed_layer``), so ``enable_input_require_grads`` leaves the tower alone and the
-    frozen tower saves nothing. Its deepstack features are added to the first decoder layers'
+    """Qwen3-VL (``modeling_qwen3_vl.py``) and Qwen3.5 (``modeling_qwen3_5.py``,
+    ``modeling_qwen3_5_moe.py``): ``Qwen3VLVisionModel`` / ``Qwen3_5VisionModel`` /
+    ``Qwen3_5MoeVisionModel`` expose no input embeddings (no ``_input_embed_layer``:
+    ``get_input_embeddings`` raises ``NotImplementedError``), so ``enable_input_require_grads`` leaves
+    the tower alone and the frozen tower saves nothing. Its deepstack features are added to the first decoder layers'
     hidden states through a clone (``_deepstack_process``), which replaces the layer output it copies
     (the same size): nothing more."""
     return 0, 0
@@ -213,7 +216,8 @@ def _siglip_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
            + _blk(4 * F * D) + _blk(4 * F))
     if s.hold_logits is not Hold.NONE:
         per += _blk(P * D * n) + _blk(F * T * n)
-    step = _blk(4 * D) + (_blk(a * D * T) if autocast and w != a else 0) + (2 * _blk(4 * D) if autocast and w != 4 else 0)
+    step = (_blk(4 * D) + (_blk(a * D * T) if autocast and w != a else 0)
+            + (2 * _blk(4 * D) if autocast and w != 4 else 0))
     return per, step
 
 
@@ -252,4 +256,20 @@ def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
         elif not v.tower.walk:
             out += (f"{v.tower.source.split(' ')[0]}: what its images leave saved under checkpointing is not derived yet "
                     "(the pixel values are priced; the trace counts the rest)",)
+        out += tower_working_note(arch, s)
     return out
+
+
+def tower_working_note(arch: "Arch", s: Scenario) -> tuple[str, ...]:
+    """What the images' estimate leaves out under eager attention: the tower's own working memory (a
+    block's forward, and under checkpointing its recomputation and backward, which run after the
+    decoder's backward, ``torch.utils.checkpoint``). Eager attention materialises heads·P² scores per
+    image there (``eager_attention_forward``: fp32 softmax, then its copy in the query's dtype), which
+    can pass the decoder's peak: measured on Gemma 3's full-width SigLIP (4096 patches, 16 heads) under
+    a small decoder, the trace's peak was the tower's backward, 6× the analytic figure. Under sdpa its
+    kernels keep O(P) state and the decoder's loss is the peak for every registry checkpoint measured."""
+    if not s.images or s.attn.value != "eager":
+        return ()
+    return ("--attn eager with images: the tower's own working memory (its blocks' eager attention scores, "
+            "heads x patches² per image, in its forward and, under checkpointing, its recomputed backward) is "
+            "not priced and can be the step's peak (the trace counts it)",)
