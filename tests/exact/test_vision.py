@@ -96,3 +96,37 @@ def test_image_fields_default_and_checks():
 def test_text_model_has_no_tower():
     a = resolve("Qwen3-8B")
     assert a.vision is None and a.all_params == a.total_params
+
+
+def test_siglip_saved_by_hand():
+    """Gemma 3's SigLIP under checkpointing (``vision._siglip_saved``): gemma-3-4b-it, one 896×896 image,
+    bf16 autocast (a = 2) over fp32 tower weights (w = 4, the k-bit preparation's upcast)."""
+    a = resolve("gemma-3-4b-it")
+    s = Scenario(images=1, image_size="896x896", seq=2048, grad_checkpointing=True)
+    assert a.vision.image(896, 896) == (4096, 256, 260)
+    # P·D = 4096·1152 = 4,718,592 elements. Per image: the patch output in bf16 (9,437,184); 27 encoder
+    # layer inputs, post_layernorm's input and the avg-pool's contiguous input in fp32 (29 · 18,874,368
+    # = 547,356,672); post_layernorm's mean and rstd (2 · 4·4096 = 32,768); the RMSNorm's pooled input
+    # 4·256·1152 = 1,179,648 and its rsqrt 4·256 = 1024 (two 512 B blocks)
+    per = 9_437_184 + 547_356_672 + 32_768 + 1_179_648 + 1024
+    assert per == 558_007_296
+    # per step: 1 + weight (4·1152 = 4608) and the bf16 copy of mm_input_projection_weight
+    # (2·1152·2560 = 5,898,240)
+    step = 4608 + 5_898_240
+    assert av.tower_saved_bytes(a, s, 2, 4, 4) == (per, step)
+    # a quantized tower: its encoder linears are bitsandbytes layers, the projector's bare weight is not
+    assert av.tower_saved_bytes(a, s.replace(vision="quantized"), 2, 4, 4) == (per, step)
+    # a loop holding the output keeps image_outputs: last_hidden_state (fp32 18,874,368) and the
+    # projector's fp32 output (4·256·2560 = 2,621,440)
+    assert av.tower_saved_bytes(a, s.replace(hold_logits="step"), 2, 4, 4) == (per + 18_874_368 + 2_621_440, step)
+    assert av.tower_saved_bytes(a, s.replace(grad_checkpointing=False), 2, 4, 4) == (0, 0)
+
+
+def test_eager_tower_working_memory_is_noted():
+    """Under eager attention the images' estimate says what it leaves out (the tower's own working
+    memory, its heads·P² scores); under sdpa, or without images, it says nothing of it."""
+    a = resolve("gemma-3-4b-it")
+    s = Scenario(images=1, image_size="896x896", seq=2048, grad_checkpointing=True, attn="eager")
+    assert av.tower_working_note(a, s) and av.tower_working_note(a, s)[0] in av.vision_notes(a, s)
+    assert av.tower_working_note(a, s.replace(attn="sdpa")) == ()
+    assert av.tower_working_note(a, s.replace(images=0)) == ()

@@ -114,3 +114,35 @@ def test_gemma4_registry_soft_tokens_are_the_processor_default():
         assert v.outer.get("vision_soft_tokens_per_image", default) == default
         assert v.get("pooling_kernel_size") == _gemma4_processor().pooling_kernel_size
         assert v.get("patch_size") == _gemma4_processor().patch_size
+
+
+def _hooked_tower(kind):
+    """The tower built alone (meta device) with ``enable_input_require_grads`` applied: whether transformers
+    hooked an input embedding on it (``PreTrainedModel.get_input_embeddings``; the hook is what makes a frozen
+    tower record its graph under checkpointing)."""
+    torch = pytest.importorskip("torch")
+    with torch.device("meta"):
+        if kind == "siglip_vision_model":
+            from transformers import SiglipVisionConfig, SiglipVisionModel
+
+            model = SiglipVisionModel(SiglipVisionConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                                         num_attention_heads=2, image_size=56, patch_size=14))
+        else:
+            model = _case(kind)[0]
+    model.enable_input_require_grads()
+    return bool(model._require_grads_hooks)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("kind", ["qwen3_5_vision", "qwen3_5_moe_vision", "siglip_vision_model"])
+def test_tower_walk_matches_the_input_embedding_hook(kind):
+    """A tower's walk saves under checkpointing exactly when transformers 5.24 hooks its input embeddings:
+    SigLIP's ``_input_embed_layer = "patch_embedding"`` (under ``embeddings``) is hooked; Qwen3.5's
+    ``Qwen3_5VisionModel`` / ``Qwen3_5MoeVisionModel`` name none (``get_input_embeddings`` raises
+    ``NotImplementedError``, skipped), so they take Qwen3-VL's walk, which saves nothing."""
+    from vramplan.analytic.vision import SAVED
+
+    pytest.importorskip("transformers")
+    walk = TOWERS[kind].walk
+    assert walk in SAVED
+    assert _hooked_tower(kind) == (walk != "qwen3_vit")

@@ -3,7 +3,8 @@
 Symbols: the tower's linears (``Vision.linears``: blocks and projector), n_img = images per sample ×
 batch, per image (patches P, merged features F, placeholder tokens T) from ``Vision.image``.
 Sources: transformers 5.24 ``modeling_qwen2_5_vl.py`` / ``modeling_qwen3_vl.py`` /
-``modeling_mistral3.py`` (``get_image_features``, ``get_placeholder_mask``, ``masked_scatter``);
+``modeling_mistral3.py`` / ``modeling_gemma3.py`` (``get_image_features``, ``get_placeholder_mask``,
+``masked_scatter``), ``modeling_siglip.py``;
 bitsandbytes 0.50.2 for the quantized linears (``weights.py``).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from vramplan.analytic import weights as wt
+from vramplan.arch.vision import PROJECTOR
 from vramplan.scenario import Scenario, VisionMode
 
 if TYPE_CHECKING:
@@ -141,7 +143,9 @@ def tower_saved_bytes(arch: "Arch", s: Scenario, act_bytes: int, weight_bytes: i
         return 0, 0
     per, step = walk(v, s, act_bytes, weight_bytes)
     # a quantized tower's projector linears are bitsandbytes layers: no autocast weight copies to keep
-    return per, (0 if quantizes_tower(arch, s) else step)
+    # (a projector with no linear, Gemma 3's bare ``mm_input_projection_weight``, keeps its copy)
+    quantized_projector = quantizes_tower(arch, s) and any(lin.group == PROJECTOR for lin in v.linears())
+    return per, (0 if quantized_projector else step)
 
 
 def keeps_embedding_copy(arch: "Arch", s: Scenario) -> bool:
@@ -154,9 +158,11 @@ def keeps_embedding_copy(arch: "Arch", s: Scenario) -> bool:
 
 
 def _qwen3_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
-    """Qwen3-VL (``modeling_qwen3_vl.py``): ``Qwen3VLVisionModel`` exposes no input embeddings
-    (no ``_input_embed_layer``), so ``enable_input_require_grads`` leaves the tower alone and the
-    frozen tower saves nothing. Its deepstack features are added to the first decoder layers'
+    """Qwen3-VL (``modeling_qwen3_vl.py``) and Qwen3.5 (``modeling_qwen3_5.py``,
+    ``modeling_qwen3_5_moe.py``): ``Qwen3VLVisionModel`` / ``Qwen3_5VisionModel`` /
+    ``Qwen3_5MoeVisionModel`` expose no input embeddings (no ``_input_embed_layer``:
+    ``get_input_embeddings`` raises ``NotImplementedError``), so ``enable_input_require_grads`` leaves
+    the tower alone and the frozen tower saves nothing. Its deepstack features are added to the first decoder layers'
     hidden states through a clone (``_deepstack_process``), which replaces the layer output it copies
     (the same size): nothing more."""
     return 0, 0
@@ -221,6 +227,47 @@ def sliding_image_mask(arch: "Arch", s: Scenario, attn: str) -> bool:
     return v is not None and bool(s.images) and attn == "sdpa" and v.tower.sliding_image_mask(v)
 
 
+def _siglip_saved(v: "Vision", s: Scenario, a: int, w: int) -> tuple[int, int]:
+    """SigLIP + Gemma 3's projector (transformers 5.24 ``models/siglip/modeling_siglip.py``
+    ``SiglipVisionModel``, ``models/gemma3/modeling_gemma3.py`` ``Gemma3MultiModalProjector``).
+    ``SiglipVisionModel._input_embed_layer = "patch_embedding"`` (found under ``embeddings`` by
+    ``PreTrainedModel.get_input_embeddings``): the hook makes the Conv2d's output a leaf that requires
+    grad, and ``_set_gradient_checkpointing`` checkpoints every ``SiglipEncoderLayer`` (a
+    ``GradientCheckpointingLayer``) with the decoder's. Per image (P patches, F = ``mm_tokens_per_image``
+    features, D tower width, T text width; a = the tower's activation dtype, w = its weights', r = the
+    residual stream's: the patch output plus the position table in w, max(a, w) under autocast; n = the
+    LayerNorm's dtype, fp32 under autocast, else r):
+
+    - the patch convolution's output (the leaf, kept by its ``AccumulateGrad`` node): P·D·a;
+    - each checkpointed encoder layer's input (layer 0's: the embeddings): layers·P·D·r;
+    - ``post_layernorm`` (``native_layer_norm``): its input in n, mean and rstd (fp32, P each);
+    - the projector: ``avg_pool`` (``AvgPool2d``) keeps its input, the ``.contiguous()`` copy of the
+      transposed output (P·D·n); ``mm_soft_emb_norm`` (``Gemma3RMSNorm``, fp32: ``x.float()``) keeps
+      the pooled x (F·D·4) and the rsqrt (F·4);
+    - per step: the RMSNorm's ``1 + weight.float()`` (D·4) that its last multiply keeps; under
+      autocast with wider weights, the ``mm_input_projection_weight`` copy the bare ``torch.matmul``
+      keeps (D·T·a); under autocast with 16-bit weights, the ``post_layernorm`` weight and bias fp32
+      copies;
+    - a loop that holds the model output (``--hold-logits``) keeps ``image_outputs`` too:
+      ``last_hidden_state`` (P·D·n) and the projector's ``type_as`` output (F·T·n).
+    The encoder layers' attention and MLP are recomputed in backward (checkpointed): nothing saved."""
+    from vramplan.scenario import Hold
+
+    patches, features, _ = v.image(*s.image_wh)
+    P, F = s.images * patches, s.images * features
+    D, L, T = v.get("hidden_size"), v.get("num_hidden_layers"), v.text_hidden
+    autocast = s.autocast and a == 2
+    r = max(a, w) if autocast else w
+    n = 4 if autocast else r
+    per = (_blk(P * D * a) + L * _blk(P * D * r) + _blk(P * D * n) + 2 * _blk(4 * P) + _blk(P * D * n)
+           + _blk(4 * F * D) + _blk(4 * F))
+    if s.hold_logits is not Hold.NONE:
+        per += _blk(P * D * n) + _blk(F * T * n)
+    step = (_blk(4 * D) + (_blk(a * D * T) if autocast and w != a else 0)
+            + (2 * _blk(4 * D) if autocast and w != 4 else 0))
+    return per, step
+
+
 def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
     """Pixtral's block-diagonal attention mask over every image of the micro-batch
     (``modeling_pixtral.py::generate_block_attention_mask``: (1, 1, P_batch, P_batch) filled in the
@@ -234,8 +281,8 @@ def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
 
 
 #: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
-SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved}
-SAVED["gemma4"] = _gemma4_saved
+SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved, "siglip": _siglip_saved,
+         "gemma4": _gemma4_saved}
 
 
 def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
@@ -257,4 +304,20 @@ def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:
         elif not v.tower.walk:
             out += (f"{v.tower.source.split(' ')[0]}: what its images leave saved under checkpointing is not derived yet "
                     "(the pixel values are priced; the trace counts the rest)",)
+        out += tower_working_note(arch, s)
     return out
+
+
+def tower_working_note(arch: "Arch", s: Scenario) -> tuple[str, ...]:
+    """What the images' estimate leaves out under eager attention: the tower's own working memory (a
+    block's forward, and under checkpointing its recomputation and backward, which run after the
+    decoder's backward, ``torch.utils.checkpoint``). Eager attention materialises heads·P² scores per
+    image there (``eager_attention_forward``: fp32 softmax, then its copy in the query's dtype), which
+    can pass the decoder's peak: measured on Gemma 3's full-width SigLIP (4096 patches, 16 heads) under
+    a small decoder, the trace's peak was the tower's backward, 6× the analytic figure. Under sdpa its
+    kernels keep O(P) state and the decoder's loss is the peak for every registry checkpoint measured."""
+    if not s.images or s.attn.value != "eager":
+        return ()
+    return ("--attn eager with images: the tower's own working memory (its blocks' eager attention scores, "
+            "heads x patches² per image, in its forward and, under checkpointing, its recomputed backward) is "
+            "not priced and can be the step's peak (the trace counts it)",)

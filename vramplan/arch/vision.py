@@ -588,11 +588,15 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           ("model.visual",), _QWEN3_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
           deepstack=True, walk="qwen3_vit"),
     # Qwen3.5: Qwen3-VL's tower without deepstack mergers (Qwen3_5VisionModel); its processor is assumed
-    # to keep Qwen3-VL's pixel bounds
+    # to keep Qwen3-VL's pixel bounds. Like Qwen3-VL's, the model names no input embedding (no
+    # ``_input_embed_layer``: ``get_input_embeddings`` raises), so ``enable_input_require_grads`` leaves it
+    # alone and a frozen tower saves nothing (walk ``qwen3_vit``)
     Tower("qwen3_5_vision", "models/qwen3_5/modeling_qwen3_5.py (Qwen3_5VisionModel)",
-          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          walk="qwen3_vit"),
     Tower("qwen3_5_moe_vision", "models/qwen3_5_moe/modeling_qwen3_5_moe.py (Qwen3_5MoeVisionModel)",
-          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS),
+          ("model.visual",), _QWEN35_DEFAULTS, _qwen3_linears, _qwen3_params, _qwen_buffers, _qwen_grid, pixels=QWEN3_PIXELS,
+          walk="qwen3_vit"),
     Tower("llama4_vision_model", "models/llama4/modeling_llama4.py (Llama4VisionModel, Llama4MultiModalProjector)",
           ("vision_model", "multi_modal_projector"),
           dict(hidden_size=768, num_hidden_layers=34, num_attention_heads=16, num_channels=3, intermediate_size=5632,
@@ -603,7 +607,7 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           "modeling_gemma3.py (Gemma3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, num_channels=3,
                image_size=224, patch_size=16, vision_use_head=True),
-          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values"),
+          _siglip_linears, _siglip_params, _siglip_buffers, _siglip_grid, inputs="pixel_values", walk="siglip"),
     Tower("pixtral", "models/pixtral/modeling_pixtral.py (PixtralVisionModel) + models/mistral3/modeling_mistral3.py "
           "(Mistral3MultiModalProjector)", ("model.vision_tower", "model.multi_modal_projector"),
           dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, num_channels=3,
