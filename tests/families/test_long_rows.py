@@ -20,15 +20,6 @@ LONG_ROWS = {
 }
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("gc", [True, False], ids=["gc", "no-gc"])
-@pytest.mark.parametrize("model_type", sorted(LONG_ROWS))
-def test_1x1024_within_1_percent_of_trace(model_type, gc):
-    arch, ours, theirs = _both(model_type, seq=1024, grad_checkpointing=gc)
-    err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
-    assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
-
-
 #: model_type -> why it has an eager-attention row at 1 × 1024 (eager's b·heads·s·s scores and its
 #: b·s·s masks are the peak there; Gemma 2 runs eager by default, Gemma 3 and 4 on request).
 EAGER_ROWS = {
@@ -36,13 +27,15 @@ EAGER_ROWS = {
     "gemma3_text": "two eager masks, and the two rotary modules' cos/sin rows (StaticTerms.rope_row)",
     "gemma4_text": "the whole-layer kinds' softmax backward (mixers.EAGER_MOMENTS)",
 }
+#: (model_type, attention) of every 1 × 1024 row.
+ROWS = [(t, "sdpa") for t in sorted(LONG_ROWS)] + [(t, "eager") for t in sorted(EAGER_ROWS)]
 
 
 @pytest.mark.torch
 @pytest.mark.parametrize("gc", [True, False], ids=["gc", "no-gc"])
-@pytest.mark.parametrize("model_type", sorted(EAGER_ROWS))
-def test_eager_1x1024_within_1_percent_of_trace(model_type, gc):
-    arch, ours, theirs = _both(model_type, seq=1024, attn="eager", grad_checkpointing=gc)
+@pytest.mark.parametrize("model_type,attn", ROWS, ids=[f"{t}-{a}" for t, a in ROWS])
+def test_1x1024_within_1_percent_of_trace(model_type, attn, gc):
+    arch, ours, theirs = _both(model_type, seq=1024, attn=attn, grad_checkpointing=gc)
     err = ours.allocated_peak_bytes / theirs.allocated_peak_bytes - 1
     assert abs(err) < 0.01, f"{err:+.3%} (ours {ours.peak_phase}, trace {theirs.peak_phase})"
 
