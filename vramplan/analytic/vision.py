@@ -282,7 +282,7 @@ def tower_mask_bytes(arch: "Arch", s: Scenario, w: int) -> int:
 
 #: ``Tower.walk`` -> the saved bytes of its images under checkpointing (``tower_saved_bytes``).
 SAVED = {"qwen2_5": _qwen25_saved, "qwen3_vit": _qwen3_saved, "pixtral": _pixtral_saved, "siglip": _siglip_saved,
-         "gemma4": _gemma4_saved}
+         "gemma4_vit": _gemma4_saved}
 
 
 def vision_notes(arch: "Arch", s: Scenario) -> tuple[str, ...]:

@@ -618,7 +618,7 @@ TOWERS: dict[str, Tower] = {t.model_type: t for t in (
           dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=16, num_attention_heads=12,
                num_key_value_heads=12, head_dim=64, patch_size=16, position_embedding_size=10240,
                use_clipped_linears=False, standardize=False, pooling_kernel_size=3),
-          _gemma4_linears, _gemma4_params, _gemma4_buffers, _gemma4_grid, inputs="position_ids", walk="gemma4",
+          _gemma4_linears, _gemma4_params, _gemma4_buffers, _gemma4_grid, inputs="position_ids", walk="gemma4_vit",
           attn_default=("audio_config",), last_unconverted=True, notes=_gemma4_notes,
           sliding_image_mask=_gemma4_sliding_image_mask, image_idle=("audio.", "embed_audio.")),
 )}
