@@ -564,11 +564,11 @@ def gemma4_kv_grad_hold(arch: "Arch", d: "Dtypes", rank: int, targets: frozenset
             continue
         g = gemma4_dims(cfg, k)
         lins = {x.name: x for x in arch.layer_linears(p)}
-        out.append((c, p, 2 * g["kv_heads"] * g["head_dim"] * _g4_kv_dtype(_Walk_of(d, rank, targets), arch, lins)))
+        out.append((c, p, 2 * g["kv_heads"] * g["head_dim"] * _g4_kv_dtype(_new_walk(d, rank, targets), arch, lins)))
     return tuple(out)
 
 
-def _Walk_of(d: "Dtypes", rank: int, targets: frozenset[str]) -> "_Walk":
+def _new_walk(d: "Dtypes", rank: int, targets: frozenset[str]) -> "_Walk":
     from vramplan.analytic.activations import _Walk
     return _Walk(d, rank, targets)
 
