@@ -261,6 +261,51 @@ class VisionMode(_Choice):
     trained in full with ``--full``; quantized with a quantized base."""
 
 
+class Strategy(_Choice):
+    """How the training step is spread over ``Scenario.world_size`` processes, one GPU each
+    (``vramplan.parallel`` prices one rank of each; docs/multigpu.md derives every term)."""
+
+    SINGLE = "single"
+    """One process, no process group: the whole model on one GPU."""
+    DDP = "ddp"
+    """``torch.nn.parallel.DistributedDataParallel``: every rank holds the whole model, gradients are
+    all-reduced through ``bucket_cap_mb`` buckets (the HF Trainer's mode under torchrun when no FSDP or
+    DeepSpeed config is given)."""
+    FSDP = "fsdp"
+    """FSDP2 ``fully_shard`` per decoder layer and on the root: parameters, gradients and optimizer state
+    sharded over the ranks on dim 0, one layer unsharded at a time (two with prefetch)."""
+    ZERO2 = "zero2"
+    """DeepSpeed ZeRO stage 2: gradients and optimizer state partitioned, parameters replicated."""
+    ZERO3 = "zero3"
+    """DeepSpeed ZeRO stage 3: parameters partitioned too, gathered per module as the step reaches it."""
+
+
+class StateOffload(_Choice):
+    """Which sharded training state lives in host memory (FSDP2 ``CPUOffloadPolicy``, DeepSpeed
+    ``offload_optimizer`` / ``offload_param`` with ``device: cpu``); reported as host memory."""
+
+    NONE = "none"
+    """Everything on the GPU."""
+    OPTIMIZER = "optimizer"
+    """The optimizer state (and ZeRO's fp32 master partition and gradient partition) on the host; the
+    optimizer step runs on the CPU (DeepSpeed ``offload_optimizer``: ZeRO-2 or ZeRO-3)."""
+    PARAMS = "params"
+    """The parameter shards too (DeepSpeed ZeRO-3 ``offload_param`` with ``offload_optimizer``; FSDP2
+    ``CPUOffloadPolicy``, which keeps sharded parameters, their gradients and the optimizer state on the
+    host and copies each shard to the GPU before its all-gather)."""
+
+
+class QuantStorage(_Choice):
+    """``bnb_4bit_quant_storage``: the dtype the packed 4-bit weight is stored as. The bytes are the
+    same; FSDP-QLoRA (Answer.AI fsdp_qlora, the PEFT FSDP-QLoRA guide) stores it in the compute dtype
+    so that FSDP can flatten and shard it with the other parameters."""
+
+    UINT8 = "uint8"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
 #: The modules ``Scenario.modules_to_save`` may name (peft ``ModulesToSaveWrapper``): the input embedding
 #: and the output projection, by their transformers names.
 MODULES_TO_SAVE = ("embed_tokens", "lm_head")
@@ -481,6 +526,65 @@ class Scenario:
                                "linears, or full with --full).", optional=True)
     """What the vision tower does (``VisionMode``); ignored for a text-only model."""
 
+    gpus: int = _field(
+        1, 47, "GPUs (training processes) per node; with more than one process and --strategy single, "
+               "the run is DDP, as the HF Trainer runs under torchrun.", optional=True)
+    """Processes per node, one GPU each (``torchrun --nproc_per_node``, ``accelerate --num_processes``)."""
+    nodes: int = _field(1, 48, "Nodes, each with --gpus GPUs.", optional=True)
+    """Nodes (``torchrun --nnodes``); the world size is ``gpus × nodes``."""
+    strategy: Strategy = _field(
+        Strategy.SINGLE, 49, "How the step is spread over the GPUs: single, ddp, fsdp (FSDP2 fully_shard), "
+                             "zero2 or zero3 (DeepSpeed). Every figure is one rank's.", optional=True)
+    """Data-parallel strategy (``Strategy``); the engines price one rank (``process_rank``)."""
+    state_offload: StateOffload = _field(
+        StateOffload.NONE, 50, "Sharded training state in host memory: none, optimizer (DeepSpeed "
+                               "offload_optimizer) or params (DeepSpeed ZeRO-3 offload_param + optimizer; FSDP "
+                               "CPU offload). Not --offload, which moves activations.", optional=True)
+    """``StateOffload``; activation offloading is ``offload``."""
+    reshard_after_forward: bool = _field(
+        True, 51, "FSDP: free each layer's gathered parameters after its forward (FSDP2's default; off = "
+                  "ZeRO-2-like, the gathered layers stay until backward).", optional=True)
+    """FSDP2 ``fully_shard(reshard_after_forward=...)`` of the decoder layers (the root is never resharded
+    after forward, as the HF/accelerate FSDP2 wrapping leaves it)."""
+    quant_storage: QuantStorage = _field(
+        QuantStorage.UINT8, 52, "bnb_4bit_quant_storage: uint8 (default) or the compute dtype (FSDP-QLoRA).",
+        optional=True)
+    """``BitsAndBytesConfig(bnb_4bit_quant_storage=...)`` (``QuantStorage``)."""
+    process_rank: int = _field(
+        0, 53, "The rank priced (0 .. world size - 1): uneven shards make ranks differ (not --rank, which is "
+               "the LoRA rank).", optional=True)
+    """Global rank of the process priced."""
+    bucket_cap_mb: int = _field(25, 54, "DDP gradient bucket size in MiB (DistributedDataParallel bucket_cap_mb).",
+                                optional=True)
+    """``DistributedDataParallel(bucket_cap_mb=...)`` (torch default 25; the first bucket is 1 MiB)."""
+    gradient_as_bucket_view: bool = _field(
+        False, 55, "DDP: gradients are views into the buckets (no separate .grad copy).", optional=True)
+    """``DistributedDataParallel(gradient_as_bucket_view=...)``."""
+    reduce_bucket_size: int = _field(
+        0, 56, "ZeRO reduce_bucket_size in elements; 0 = auto (the HF integration's hidden_size²).", optional=True)
+    """DeepSpeed ``zero_optimization.reduce_bucket_size`` (elements); 0 means ``"auto"``, which
+    transformers' DeepSpeed integration fills with hidden_size²."""
+    allgather_bucket_size: int = _field(
+        500_000_000, 57, "ZeRO-2 allgather_bucket_size in elements (DeepSpeed default 5e8).", optional=True)
+    """DeepSpeed ``zero_optimization.allgather_bucket_size`` (ZeRO-1/2)."""
+    stage3_prefetch_bucket_size: int = _field(
+        0, 58, "ZeRO-3 stage3_prefetch_bucket_size in elements; 0 = auto (0.9 × hidden_size²).", optional=True)
+    """DeepSpeed ``stage3_prefetch_bucket_size``; 0 means ``"auto"`` (transformers: 0.9 · hidden_size²)."""
+    stage3_max_live_parameters: int = _field(
+        1_000_000_000, 59, "ZeRO-3 stage3_max_live_parameters (DeepSpeed default 1e9).", optional=True)
+    """DeepSpeed ``stage3_max_live_parameters``: gathered parameters kept before releasing."""
+    stage3_param_persistence_threshold: int = _field(
+        0, 60, "ZeRO-3: parameters smaller than this stay unpartitioned; 0 = auto (10 × hidden_size).",
+        optional=True)
+    """DeepSpeed ``stage3_param_persistence_threshold``; 0 means ``"auto"`` (transformers: 10 · hidden_size)."""
+    overlap_comm: bool = _field(
+        True, 61, "ZeRO overlap_comm (on in the HF/ms-swift/LLaMA-Factory DeepSpeed configs).", optional=True)
+    """DeepSpeed ``zero_optimization.overlap_comm``: reduction buckets double-buffered."""
+    contiguous_gradients: bool = _field(
+        True, 62, "ZeRO contiguous_gradients: gradients copied into one contiguous partition buffer.",
+        optional=True)
+    """DeepSpeed ``zero_optimization.contiguous_gradients``."""
+
     def __post_init__(self) -> None:
         for name, enum in _ENUM_FIELDS.items():
             object.__setattr__(self, name, enum.parse(getattr(self, name)))
@@ -568,6 +672,7 @@ class Scenario:
             raise ScenarioError("lora_fa and dora: peft's LoRA-FA optimizer pairs every lora_A with its lora_B "
                                 "and has no rule for DoRA's magnitude vectors; choose one")
         self._check_kernels()
+        self._check_parallel()
         if self.offload in (Offload.CHECKPOINTS, Offload.UNSLOTH) and not self.grad_checkpointing:
             raise ScenarioError(f"offload {self.offload.value} moves gradient checkpoints to host memory and needs "
                                 "--grad-checkpointing")
@@ -575,6 +680,57 @@ class Scenario:
             raise ScenarioError("targets must name at least one module or 'all-linear'")
         if "all-linear" in self.targets and len(self.targets) > 1:
             raise ScenarioError("targets: 'all-linear' cannot be combined with module names")
+
+    @property
+    def world_size(self) -> int:
+        """Processes in the run (``gpus × nodes``), one GPU each."""
+        return self.gpus * self.nodes
+
+    @property
+    def distributed(self) -> bool:
+        """Whether a process group exists (any strategy but ``single``)."""
+        return self.strategy is not Strategy.SINGLE
+
+    def _check_parallel(self) -> None:
+        """The multi-GPU fields: sizes, the strategy a world of several processes implies, and the knobs
+        that belong to one strategy only."""
+        for name in ("gpus", "nodes", "process_rank", "bucket_cap_mb", "reduce_bucket_size", "allgather_bucket_size",
+                     "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
+                     "stage3_param_persistence_threshold"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ScenarioError(f"{name} must be a non-negative integer, got {value!r}")
+        for name in ("gpus", "nodes", "bucket_cap_mb"):
+            if getattr(self, name) < 1:
+                raise ScenarioError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.world_size > MAX_WORLD:
+            raise ScenarioError(f"gpus × nodes = {self.world_size} exceeds the supported {MAX_WORLD} processes")
+        if self.strategy is Strategy.SINGLE and self.world_size > 1:  # torchrun without FSDP/DeepSpeed: DDP
+            object.__setattr__(self, "strategy", Strategy.DDP)
+        if self.process_rank >= self.world_size:
+            raise ScenarioError(f"process_rank {self.process_rank} is not a rank of a world of {self.world_size} "
+                                "(ranks 0 .. gpus × nodes - 1)")
+        s = self.strategy
+        allowed = _OFFLOADS[s]
+        if self.state_offload not in allowed:
+            raise ScenarioError(
+                f"state_offload {self.state_offload.value} is not a mode of {s.value} (it allows: "
+                f"{', '.join(o.value for o in allowed)}){_OFFLOAD_WHY.get(s, '')}")
+        for names, owner in ((("bucket_cap_mb", "gradient_as_bucket_view"), (Strategy.DDP,)),
+                             (("reshard_after_forward",), (Strategy.FSDP,)),
+                             (("reduce_bucket_size", "allgather_bucket_size", "overlap_comm",
+                               "contiguous_gradients"), (Strategy.ZERO2, Strategy.ZERO3)),
+                             (("stage3_prefetch_bucket_size", "stage3_max_live_parameters",
+                               "stage3_param_persistence_threshold"), (Strategy.ZERO3,))):
+            if s in owner:
+                continue
+            set_ = [n for n in names if getattr(self, n) != _DEFAULTS[n]]
+            if set_:
+                raise ScenarioError(f"{', '.join(set_)} configure{'s' if len(set_) == 1 else ''} "
+                                    f"{' or '.join(o.value for o in owner)}, not strategy {s.value}")
+        if self.quant_storage is not QuantStorage.UINT8 and not self.quantized_4bit:
+            raise ScenarioError(f"quant_storage is bnb_4bit_quant_storage and needs quant nf4 or fp4, not "
+                                f"{self.quant.value}")
 
     @property
     def image_wh(self) -> tuple[int, int]:
@@ -698,6 +854,20 @@ def kept_positions(seq: int, fraction: float) -> int:
     """Positions of a ``seq``-token sequence whose logits are computed when ``fraction`` of them carry
     labels: ceil(fraction · seq), at least 1; every position at 1.0."""
     return seq if fraction >= 1.0 else max(1, math.ceil(fraction * seq))
+
+#: Largest world size accepted (gpus × nodes).
+MAX_WORLD = 4096
+#: The state-offload modes each strategy has.
+_OFFLOADS = {Strategy.SINGLE: (StateOffload.NONE,), Strategy.DDP: (StateOffload.NONE,),
+             Strategy.FSDP: (StateOffload.NONE, StateOffload.PARAMS),
+             Strategy.ZERO2: (StateOffload.NONE, StateOffload.OPTIMIZER),
+             Strategy.ZERO3: (StateOffload.NONE, StateOffload.OPTIMIZER, StateOffload.PARAMS)}
+_OFFLOAD_WHY = {
+    Strategy.FSDP: ": FSDP2's CPUOffloadPolicy moves parameter shards, their gradients and the optimizer state "
+                   "together (params)",
+    Strategy.ZERO2: ": ZeRO-2 keeps parameters on every GPU; only offload_optimizer exists",
+    Strategy.DDP: ": DDP keeps the whole training state on every GPU",
+    Strategy.SINGLE: ": sharded-state offload needs a sharding strategy (fsdp, zero2, zero3)"}
 
 
 #: Scenario field -> its enum type (read from the field annotations: the one list of mode fields).

@@ -24,6 +24,7 @@ from vramplan.breakdown import RUNTIME_CATEGORIES, Breakdown, Component, Totals
 from vramplan.calibration import Calibration
 from vramplan.device import Device
 from vramplan.engine import runtime_calibration
+from vramplan.parallel import require as require_strategy
 from vramplan.scenario import Scenario
 
 __all__ = ["estimate", "runtime_components", "static_terms", "effective_attention",
@@ -62,6 +63,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     """
     if not arch.family.record:  # no family record: only the trace can price it
         raise ArchError(no_record_reason(arch))
+    require_strategy(scenario, "analytic")
     dev = Device.parse(device)
     cal = runtime_calibration(calibration, device)
     st = static_terms(arch, scenario, dev.semantics)

@@ -13,6 +13,7 @@ from vramplan.breakdown import Breakdown, Component
 from vramplan.device import Device
 from vramplan.engine import runtime_calibration
 from vramplan.errors import VramplanError
+from vramplan.parallel import require as require_strategy
 from vramplan.hf import interventions
 from vramplan.analytic.offload import TRL_FWD_STASH
 from vramplan.scenario import Offload, Scenario
@@ -40,6 +41,7 @@ def trace(arch: Arch, scenario: Scenario, *, layers: int | None = None, steps: i
     not the user's run); what matters is reported in ``Breakdown.notes``."""
     if not isinstance(steps, int) or steps < 1:
         raise VramplanError(f"steps must be a positive integer, got {steps!r}")
+    require_strategy(scenario, "trace")
     dev = Device.parse(device)
     calibration = runtime_calibration(calibration, dev)
     attn, attn_note = effective_attention(arch, scenario)  # Gemma 2: sdpa -> eager, as transformers
