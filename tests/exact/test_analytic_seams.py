@@ -27,7 +27,12 @@ OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp1
              modules_to_save=("lm_head",), lora_fa=True,
              lora_kernels="axolotl", kernel_groups=("mlp",), eval_batch=4, eval_keep="logits", eval_samples=8, eval_new_tokens=16,
              offload="checkpoints", liger_rms_norm=True, liger_swiglu=True, liger_rope=True,
-             images=1, image_size="512x512", vision="trained")
+             images=1, image_size="512x512", vision="trained",
+             gpus=2, nodes=2, strategy="fsdp", state_offload="params", reshard_after_forward=False,
+             quant_storage="bf16", process_rank=1, bucket_cap_mb=50, gradient_as_bucket_view=True,
+             reduce_bucket_size=10 ** 6, allgather_bucket_size=10 ** 6, stage3_prefetch_bucket_size=10 ** 6,
+             stage3_max_live_parameters=10 ** 6, stage3_param_persistence_threshold=10 ** 4, overlap_comm=False,
+             contiguous_gradients=False)
 
 
 def test_full_fine_tuning_holds_the_logits_once():
@@ -68,6 +73,14 @@ def test_static_terms_are_typed_and_documented():
         assert head[1].strip().startswith('"""'), f.name
 
 
+#: The multi-GPU knobs, each with the strategy it configures (``Scenario._check_parallel``).
+PARALLEL_OWNER = dict(process_rank="ddp", bucket_cap_mb="ddp", gradient_as_bucket_view="ddp",
+                      state_offload="fsdp", reshard_after_forward="fsdp", reduce_bucket_size="zero2",
+                      allgather_bucket_size="zero2", overlap_comm="zero2", contiguous_gradients="zero2",
+                      stage3_prefetch_bucket_size="zero3", stage3_max_live_parameters="zero3",
+                      stage3_param_persistence_threshold="zero3")
+
+
 @pytest.mark.parametrize("name", [f.name for f in fields(Scenario) if f.name not in SHAPE_FIELDS])
 def test_cache_key_covers_every_scenario_field(name):
     """Changing any field but the batch shape yields other terms, never a stale cache hit."""
@@ -87,6 +100,10 @@ def test_cache_key_covers_every_scenario_field(name):
     if name == "eval_new_tokens":  # a generating evaluation, from one that generates fewer tokens
         base = Scenario(eval_batch=4, eval_new_tokens=8)
         changed.update(eval_batch=4)
+    if name in PARALLEL_OWNER:  # a multi-GPU knob: from a run of the strategy it configures
+        own = dict(gpus=2, strategy=PARALLEL_OWNER[name])
+        base = Scenario(**own)
+        changed.update({k: v for k, v in own.items() if k not in changed})
     other = Scenario(**changed)
     assert static_terms(a, base) is static_terms(a, base)
     assert static_terms(a, other) is not static_terms(a, base)
