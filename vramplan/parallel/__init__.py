@@ -27,8 +27,8 @@ class StrategyUnsupported(VramplanError):
 #: Strategy -> (analytic support, trace support): filled in as each module lands.
 STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
-    Strategy.DDP: (False, False),
-    Strategy.FSDP: (False, False),
+    Strategy.DDP: (False, True),
+    Strategy.FSDP: (False, True),
     Strategy.ZERO2: (False, False),
     Strategy.ZERO3: (False, False),
 }

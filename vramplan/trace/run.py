@@ -53,6 +53,8 @@ class TraceRun:
     steps: list[StepFigures] = field(default_factory=list)
     managed_bytes: int = 0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+    """What the strategy's wrapping assumed (``vramplan.parallel.torch_wrap.Wrapped.notes``)."""
 
 
 def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: int = 2, *,
@@ -79,15 +81,25 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     t0 = time.perf_counter()
     run = TraceRun(layers=arch.num_layers if layers is None else layers)
     interventions.warm_bitsandbytes()
-    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), interventions.dora_standins(scenario.dora), \
-            _lora_kernels(scenario) as kernels:
+    group: Any = contextlib.nullcontext()
+    if scenario.distributed:
+        from vramplan.parallel.trace_rank import check_traceable
+        from vramplan.parallel.torch_wrap import process_group
+
+        check_traceable(arch, scenario)
+        group = process_group(scenario, fake=True)
+    with group, interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), \
+            interventions.dora_standins(scenario.dora), _lora_kernels(scenario) as kernels:
         model = B.build_model(arch, scenario, layers=run.layers)
         kernels(model)
         with _cpu_program(fake, cuda):
             B.materialize(model, scenario, fake=fake, seed=seed)
-            with unset_fake_temporarily() if fake else contextlib.nullcontext():
-                optimizer = B.make_optimizer(model, scenario)
-            _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
+            if scenario.distributed:  # the strategy wraps inside the tracker and builds the optimizer
+                _trace_steps(run, arch, model, None, scenario, steps, fake=fake, seed=seed, cuda=cuda)
+            else:
+                with unset_fake_temporarily() if fake else contextlib.nullcontext():
+                    optimizer = B.make_optimizer(model, scenario)
+                _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -131,9 +143,19 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
     from vramplan.hf import build as B
     from vramplan.hf.tracker import LiveTensorTracker
 
-    with LiveTensorTracker(label="activations/saved") as tr:
+    with LiveTensorTracker(label="activations/saved") as tr, contextlib.ExitStack() as wrapped_run:
         tr.transient = interventions.cuda_transients if cuda else None
-        _register_model(tr, model)
+        step_model, step_kw = model, {}
+        if scenario.distributed:  # one rank: the strategy's wrapper (vramplan.parallel.torch_wrap)
+            from vramplan.parallel.trace_rank import wrap_rank
+
+            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m))
+            wrapped_run.callback(wrapped.close)
+            run.notes = wrapped.notes
+            model, optimizer, step_model = wrapped.inner, wrapped.optimizer, wrapped.module
+            step_kw = dict(backward=wrapped.backward, step=wrapped.step)
+        else:
+            _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
         offload: Any = contextlib.nullcontext()
@@ -147,9 +169,12 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
+                if scenario.distributed:  # FSDP2's lazy init re-pads shards into new storages
+                    _retag_model(tr, model)
                 try:
                     with offload_step():
-                        B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
+                        B.train_step(step_model, optimizer, batch, scenario, on_phase=labeller.end_phase,
+                                     carry=carry, **step_kw)
                 except _data_dependent_errors() as e:
                     raise B.TraceUnsupported(
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
@@ -190,6 +215,20 @@ def _data_dependent_errors() -> tuple[type, ...]:
 
     names = ("DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedOperatorException")
     return tuple(getattr(ft, n) for n in names if hasattr(ft, n))
+
+
+def _retag_model(tr: Any, model: Any) -> None:
+    """``_register_model``'s categories given again to the model's tensors (new storages included)."""
+    import bitsandbytes as bnb
+
+    four = set()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            four.add(id(module.weight))
+            tr.retag(module.weight, "weights/4bit")
+    for p in model.parameters():
+        if id(p) not in four:
+            tr.retag(p, "adapter/lora" if p.requires_grad else "weights/float")
 
 
 def _register_model(tr: Any, model: Any) -> None:
