@@ -131,6 +131,10 @@ def process_group(scenario: Scenario, fake: bool = True, device: str = "cpu") ->
             if key not in os.environ:
                 raise StrategyUnsupported(f"a real {scenario.strategy.value} run needs torchrun's environment "
                                           f"({key} is not set)")
+        env = (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+        if env != (scenario.process_rank, scenario.world_size):
+            raise StrategyUnsupported(f"torchrun runs rank {env[0]} of {env[1]}, the scenario describes rank "
+                                      f"{scenario.process_rank} of {scenario.world_size}")
         dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
     try:
         from torch.distributed.device_mesh import init_device_mesh
