@@ -60,7 +60,7 @@ def test_every_ddp_torchrun_rank_equals_its_fake_rank(tmp_path):
 #: last one of the backward (one decoder layer's unsharded LoRA gradients) is, in some runs (gloo's
 #: worker thread releases it asynchronously), still alive in the second step's optimizer phase. That
 #: phase is not the step's peak, which must match exactly; the phase is exact when the buffer is gone.
-GLOO_HELD = ("fsdp/reduce_scatter", 1, "optimizer")
+GLOO_HELD = ("gradients/fsdp_reduce_scatter", 1, "optimizer")
 
 
 def test_every_fsdp_torchrun_rank_equals_its_fake_rank(tmp_path):
