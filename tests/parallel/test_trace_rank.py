@@ -76,3 +76,20 @@ def test_fsdp_shards_and_ddp_replicates():
     assert ddp2["adapter/lora"] == ddp4["adapter/lora"]
     assert fsdp4["adapter/lora"] < fsdp2["adapter/lora"] < ddp2["adapter/lora"]
     assert fsdp4["optimizer/state"] < fsdp2["optimizer/state"] < ddp2["optimizer/state"]
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(strategy="fsdp", state_offload="params"), "state_offload params .* is not traced"),
+    (dict(strategy="zero3"), "not priced by the trace engine yet"),
+    (dict(strategy="ddp", eval_batch=2), "does not run an evaluation loop"),
+    (dict(strategy="fsdp", optimizer="adamw8bit"), "does not run optimizer adamw8bit"),
+], ids=["fsdp-offload", "zero3", "ddp-eval", "fsdp-8bit-optimizer"])
+def test_what_the_rank_trace_does_not_run_is_one_line_error(fields, match):
+    from vramplan.errors import VramplanError
+    from vramplan.trace import trace
+
+    sc = Scenario(seq=64, batch=2, gpus=2, **fields)
+    with pytest.raises(VramplanError, match=match) as e:
+        with interventions.quiet_frameworks():
+            trace(resolve(ARCH), sc, device="cpu")
+    assert "\n" not in str(e.value)

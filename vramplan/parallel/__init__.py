@@ -12,6 +12,11 @@ strategy allocates. The strategies are the growth axis of this package, one modu
 Adding a strategy: a ``Strategy`` member (``vramplan.scenario``), its state-offload modes
 (``scenario._OFFLOADS``), a module here with the analytic terms and the trace's wrapping, an entry in
 ``STRATEGIES``, its framework keys (``vramplan.frameworks``), and its derivation in docs/multigpu.md.
+
+The torch side (the trace of one rank, the multi-process profiler) is ``torch_wrap``: its ``WRAPS``
+table names, per strategy, the module whose ``wrap(ctx) -> Wrapped`` wraps the model (``ddp_torch``,
+``fsdp_torch``); ``Wrapped.backward`` / ``Wrapped.step`` let an engine such as DeepSpeed's replace the
+backward and the optimizer step. Those modules import torch; this one does not.
 """
 
 from __future__ import annotations
