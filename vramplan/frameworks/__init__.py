@@ -72,6 +72,9 @@ class Source:
     """The YAML/JSON config file the run reads (what ``--write`` patches for YAML frameworks)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Command-line values given on top of a config file (``trl sft --config x.yaml --max_length 1``)."""
+    launch: dict[str, Any] = field(default_factory=dict)
+    """What the launch command says before the framework's words: ``VAR=value`` prefixes, torchrun /
+    accelerate / deepspeed options, accelerate's config file (``vramplan.frameworks.parallel.launch_side``)."""
 
 
 def read_sources(paths: list[str], argv: list[str] | None = None) -> Source:
@@ -207,6 +210,9 @@ _WRAPPERS = {"env", "nohup", "time", "exec", "sudo"}
 _PYTHONS = {"python", "python3", "accelerate", "torchrun", "deepspeed"}
 #: Python modules that are a framework's launcher (``-m MODULE``).
 _MODULES = {"axolotl.cli.train": "axolotl", "swift.cli.sft": "ms-swift", "trl.scripts.sft": "trl"}
+#: Scripts that are a framework's launcher (``accelerate launch ... trl/scripts/sft.py``), by path ending.
+_SCRIPTS = {"trl/scripts/sft.py": "trl", "src/train.py": "llamafactory"}
+"""(LLaMA-Factory's README launches FSDP as ``accelerate launch --config_file ... src/train.py cfg.yaml``.)"""
 
 
 def _launcher(tokens: list[str]) -> tuple[str, int] | None:
@@ -228,6 +234,11 @@ def _launcher(tokens: list[str]) -> tuple[str, int] | None:
         module = rest[j + 1] if j + 1 < len(rest) else ""
         if module in _MODULES:
             return _MODULES[module], i + j + 2
+    if Path(rest[0]).name.split(".")[0] in _PYTHONS:
+        for j, t in enumerate(rest[1:], 1):
+            for tail, name in _SCRIPTS.items():
+                if t.replace("\\", "/").endswith(tail):
+                    return name, i + j + 1
     return None
 
 
@@ -239,6 +250,9 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     if src.framework and src.framework != name:
         raise ConfigError(f"two frameworks given: {src.framework} and {name}")
     src.framework, src.script = name, script
+    from vramplan.frameworks.parallel import launch_side
+
+    src.launch = launch_side(tokens[:start], base)
     args = tokens[start:]
     if name == "torchtune":
         args = args[1:] if args and not args[0].startswith("-") else args  # the recipe name
@@ -429,6 +443,9 @@ def resolve(loaded: Loaded, arch: Any) -> Resolved:
     fw = loaded.framework
     era = fw.era(loaded.version)
     reader = Reader(fw, era, loaded.source.data)
+    src = loaded.source
+    reader.side = dict(src.launch)
+    reader.bases = list(dict.fromkeys(p.parent for p in (src.yaml_file, src.script) if p is not None)) + [Path.cwd()]
     notes: list[str] = []
     if fw.model_key in ("model", "base_model", "model_name_or_path"):
         reader.seen.add(fw.model_key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key
 
 KEYS = (
@@ -52,8 +53,10 @@ KEYS = (
     Key("num_beams", 1, "beam search in generation"),
     Key("freeze_vit", True, "multimodal: the vision tower frozen (skipped by bitsandbytes, no adapter)"),
     Key("freeze_aligner", True, "multimodal: the projector (aligner) frozen"),
-    Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
-    Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
+    Key("deepspeed", None, "DeepSpeed: zero2, zero3, zero2_offload, zero3_offload (shipped), a JSON path or JSON"),
+    Key("fsdp", None, "FSDP2: fsdp2 (shipped) or a JSON path / JSON with fsdp and fsdp_config"),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
 )
 
 _SOURCE = "ms-swift 4.6.0: swift/arguments/*, swift/trainers/mixin.py, swift/tuners/peft.py (research §1)"
@@ -144,8 +147,49 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             notes.append("ms-swift: Liger's loss is skipped (labels popped) when a loss_scale, custom loss, DFT or "
                          "channel loss is set (seq2seq_trainer.py L134-140); priced with it")
     _layout(r, out, notes)
-    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    _parallel(r, out, notes, reent)
     return out
+
+
+def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str], reent: Any) -> None:
+    """ms-swift's multi-GPU keys: ``--deepspeed`` (a shipped name, a path or JSON; ``sft_args.py``
+    ``_init_deepspeed`` L252-283), ``--fsdp`` (``fsdp2`` -> its shipped ``swift/config/fsdp2.json``, or a
+    path/JSON holding ``fsdp`` and ``fsdp_config``; ``fsdp_version`` defaults to 2; ``_init_fsdp`` L285-334),
+    the world from ``NPROC_PER_NODE`` / ``NNODES``; under DDP without DeepSpeed or FSDP its checkpoint patch
+    is non-reentrant unless ``use_reentrant`` is given (``trainers/mixin.py`` ``_fix_gradient_checkpointing``)."""
+    fsdp = None
+    value = r.get("fsdp")
+    if value not in (None, "", False):
+        text = str(value).strip()
+        if text == "fsdp2":
+            cfg, where = dict(SWIFT_FSDP2), "ms-swift 4.6.0 swift/config/fsdp2.json (the --fsdp name)"
+        elif text.startswith("{"):
+            cfg, where = b.mapping(text, "fsdp"), "--fsdp (inline JSON)"
+        else:
+            path = par._find(text, r.bases)
+            if path is None:
+                raise b.ConfigError(f"ms-swift: --fsdp {text}: not fsdp2 and no such file")
+            cfg, where = par.read_mapping(path, "--fsdp"), str(path)
+        notes.append(f"FSDP config read from {where}")
+        fc = b.mapping(cfg.get("fsdp_config"), "fsdp_config")
+        fsdp = par.hf_fsdp(cfg.get("fsdp", "full_shard auto_wrap"), {"version": 2, **fc}, r, "ms-swift", notes)
+    ds = par.framework_deepspeed(r, "deepspeed", "ms-swift")
+    if ds is not None and fsdp is not None:
+        raise b.ConfigError("ms-swift: FSDP2 is not compatible with DeepSpeed (ms-swift refuses both)")
+    par.resolve(r, notes, out, "ms-swift", "ms-swift", deepspeed=ds, fsdp=fsdp,
+                bucket_cap_mb=r.get("ddp_bucket_cap_mb"), env_rule="ms-swift")
+    par.ddp_keys(r, out, notes, "ddp_find_unused_parameters")
+    if out.get("strategy") == "ddp" and reent is None and out.get("grad_checkpointing"):
+        out["reentrant"] = False
+        notes.append("ms-swift under DDP (no DeepSpeed, no FSDP): its checkpoint patch is non-reentrant when "
+                     "use_reentrant is not given (trainers/mixin.py _fix_gradient_checkpointing)")
+
+
+#: ms-swift 4.6.0 ``swift/config/fsdp2.json`` (its memory keys).
+SWIFT_FSDP2 = {"fsdp": "full_shard auto_wrap",
+               "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                               "cpu_ram_efficient_loading": True, "state_dict_type": "SHARDED_STATE_DICT",
+                               "activation_checkpointing": True}}
 
 
 def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:

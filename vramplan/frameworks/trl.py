@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key, parse_version
 
 KEYS = (
@@ -52,8 +53,11 @@ KEYS = (
     Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
     *b.hf_eval_keys(),
-    Key("deepspeed", None, "DeepSpeed (issue 16)"),
-    Key("fsdp", None, "FSDP (issue 16)"),
+    Key("deepspeed", None, "DeepSpeed config (a JSON path or mapping): ZeRO-2/3"),
+    Key("fsdp", None, "FSDP on (true) or legacy options (full_shard, shard_grad_op, offload)"),
+    Key("fsdp_config", None, "FSDP settings (version 2 by default, reshard_after_forward, cpu_offload)"),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
 )
 
 
@@ -157,7 +161,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                          "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     if b.boolean(r.get("activation_offloading"), "activation_offloading"):
         out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
-    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    par.hf_trainer_parallel(r, notes, out, who, "trl")
     return out
 
 
