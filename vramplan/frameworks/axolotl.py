@@ -238,7 +238,7 @@ def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
     when ``offload_params``, and ``FSDP_RESHARD_AFTER_FORWARD=true`` only when ``reshard_after_forward`` is
     true, so false leaves accelerate's default (true, accelerate 1.16 ``utils/dataclasses.py`` L1731-1737)."""
     fsdp = None
-    if r.get("fsdp_config") is not None or r.get("fsdp"):
+    if (r.has("fsdp_config") and r.data.get("fsdp_config") is not None) or r.get("fsdp"):
         version = r.get("fsdp_version")
         if version is None:
             version = r.get("fsdp_config.fsdp_version")
