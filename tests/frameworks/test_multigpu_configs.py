@@ -331,3 +331,39 @@ def test_plan_write_keeps_the_multi_gpu_keys(tmp_path):
     new.write_text(text)
     again = _res([new])
     assert again.fields["batch"] == 2 and _multi(again) == _multi(res)
+
+
+# ------------------------------------------------------------------------------------------ torchtune
+def test_torchtune_distributed_recipe_fsdp2(tmp_path):
+    cfg = tmp_path / "tt.yaml"
+    cfg.write_text((DATA / "torchtune_qlora.yaml").read_text() + "\nfsdp_cpu_offload: true\n"
+                   "fsdp_reshard_after_forward: false\n")
+    sh = _script(tmp_path, f"tune run --nproc_per_node 4 lora_finetune_distributed --config {cfg.name}")
+    res = _res([sh])
+    assert _multi(res) == {**BASE, "gpus": 4, "strategy": "fsdp", "state_offload": "params",
+                           "reshard_after_forward": False}
+    assert res.used["tune:recipe"] == "lora_finetune_distributed" and res.used["fsdp_cpu_offload"] is True
+
+
+def test_torchtune_single_device_recipe_is_one_gpu(tmp_path):
+    res = _res([_script(tmp_path, f"tune run lora_finetune_single_device --config {DATA / 'torchtune_qlora.yaml'}")])
+    assert _multi(res) == BASE
+    with pytest.raises(ConfigError, match="single-device recipe"):
+        _res([_script(tmp_path, f"tune run --nproc_per_node 2 lora_finetune_single_device --config "
+                                f"{DATA / 'torchtune_qlora.yaml'}", "b.sh")])
+
+
+# ------------------------------------------------------------------------------------------ bnb_4bit_quant_storage
+def test_quant_storage_per_framework(tmp_path):
+    # LLaMA-Factory: the compute dtype; axolotl: bfloat16 (fixed in its bnb config); ms-swift / TRL: their key
+    assert _res([DATA / "llamafactory_qlora.yaml"]).fields["quant_storage"] == "bf16"
+    assert _res([DATA / "axolotl_qlora.yml"]).fields["quant_storage"] == "bf16"
+    swift = SWIFT + ["--quant_method", "bnb", "--quant_bits", "4", "--bnb_4bit_quant_storage", "bfloat16"]
+    assert Scenario(**_res(argv=swift).fields).quant_storage.value == "bf16"
+    assert "quant_storage" not in _res(argv=swift[:-2]).fields  # unset: bitsandbytes' uint8
+    trl = tmp_path / "trl.yaml"
+    trl.write_text((DATA / "trl_qlora.yaml").read_text() + "bnb_4bit_quant_storage: float16\n")
+    assert _res([trl]).fields["quant_storage"] == "fp16"
+    trl.write_text((DATA / "trl_qlora.yaml").read_text() + "bnb_4bit_quant_storage: int4\n")
+    with pytest.raises(ConfigError, match="not a storage dtype"):
+        _res([trl])

@@ -254,8 +254,8 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
 
     src.launch = launch_side(tokens[:start], base)
     args = tokens[start:]
-    if name == "torchtune":
-        args = args[1:] if args and not args[0].startswith("-") else args  # the recipe name
+    if name == "torchtune":  # tune run [torchrun options] RECIPE [--config f] [key=value ...]
+        args = _tune_recipe(src, args)
     values, positional = _parse_args(args)
     config = values.pop("config", None) or (positional[0] if positional and name in ("axolotl", "llamafactory")
                                             else None)
@@ -276,6 +276,26 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     src.data = data
     if script is not None:
         src.files.append(script)
+
+
+def _tune_recipe(src: Source, args: list[str]) -> list[str]:
+    """torchtune 0.6.1 ``tune run``: options before the recipe go to torchrun (``_cli/run.py``
+    ``_is_distributed_args``, ``_run_distributed``), recorded as ``torchrun:`` launch values, the recipe as
+    ``tune:recipe``; returns the recipe's own arguments."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        key, eq, val = args[i].lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            src.launch[f"torchrun:--{key}"] = val
+            i += 1
+        else:
+            src.launch[f"torchrun:--{key}"] = args[i + 1] if i + 1 < len(args) else True
+            i += 2
+    if i < len(args):
+        src.launch["tune:recipe"] = args[i]
+        i += 1
+    return args[i:]
 
 
 def _parse_args(args: list[str]) -> tuple[dict[str, Any], list[Any]]:

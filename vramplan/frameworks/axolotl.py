@@ -226,6 +226,16 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             out["loss"] = loss
     out.update(_evaluation(r, notes, out["batch"]))
     _parallel(r, out, notes)
+    if out.get("quant") in ("nf4", "fp4"):
+        # loaders/model.py L795-827: bnb_4bit_quant_storage=torch.bfloat16, fp32 for jamba / qwen2_moe /
+        # nemotron_h without DeepSpeed or FSDP (bnb_config_kwargs may override it)
+        sharded = out.get("strategy") in ("fsdp", "zero2", "zero3")
+        storage = "fp32" if getattr(arch, "model_type", None) in ("jamba", "qwen2_moe", "nemotron_h") and \
+            not sharded else "bf16"
+        kw = r.data.get("bnb_config_kwargs") or {}
+        given = b.quant_storage(kw.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage") if isinstance(kw, dict) \
+            else None
+        out["quant_storage"] = given or storage
     return out
 
 

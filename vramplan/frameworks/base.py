@@ -375,6 +375,18 @@ def unpriced(r: Reader, notes: list[str], features: tuple[tuple[str, str], ...])
             notes.append(f"{key}: {what} not yet priced; priced without it")
 
 
+def quant_storage(value: Any, key: str) -> str | None:
+    """``bnb_4bit_quant_storage`` -> ``Scenario.quant_storage`` (uint8, bf16, fp16, fp32); None when unset."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().removeprefix("torch.")
+    if text == "uint8":
+        return "uint8"
+    if text not in DTYPES:
+        raise ConfigError(f"{key}: {value!r} is not a storage dtype (uint8, bfloat16, float16, float32)")
+    return DTYPES[text]
+
+
 def hf_eval_keys(prefix: str = "", batch: int = 8) -> tuple[Key, ...]:
     """The HF ``TrainingArguments`` keys that size what evaluation keeps (``hf_evaluation`` reads them),
     as the framework spells them (``prefix``: ``training_args.`` for the HF pair), with its default eval

@@ -104,6 +104,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                 raise b.ConfigError(f"{who}: quantization_type '{qt}' must be nf4 or fp4")
             out["quant"] = qt
             out["double_quant"] = b.boolean(r.get("double_quantization"), "double_quantization")
+            # model/model_utils/quantization.py: bnb_4bit_quant_storage=compute_dtype (the FSDP-QLoRA layout)
+            out["quant_storage"] = out["dtype"]
         elif nbits == 8:
             out["quant"] = "int8"
         else:

@@ -23,6 +23,7 @@ KEYS = (
     Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
     Key("bnb_4bit_use_double_quant", True, "double quantization"),
     Key("bnb_4bit_compute_dtype", None, "None = torch_dtype when bf16, else fp32"),
+    Key("bnb_4bit_quant_storage", None, "storage dtype of the packed 4-bit weights (None = uint8)"),
     Key("torch_dtype", None, "None = config.json's dtype (bf16 when it names none)"),
     Key("lora_rank", 8, "LoRA rank"),
     Key("lora_dropout", 0.05, "LoRA dropout"),
@@ -90,6 +91,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                 raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
             out["quant"] = qt
             out["double_quant"] = b.boolean(r.get("bnb_4bit_use_double_quant"), "bnb_4bit_use_double_quant")
+            storage = b.quant_storage(r.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage")
+            if storage:
+                out["quant_storage"] = storage
             compute = r.get("bnb_4bit_compute_dtype")
             resolved = b.dtype(compute, "bnb_4bit_compute_dtype") if compute is not None else (
                 torch_dtype if torch_dtype == "bf16" else "fp32")

@@ -28,6 +28,7 @@ KEYS = (
     Key("load_in_4bit", False, "4-bit base"),
     Key("load_in_8bit", False, "8-bit base"),
     Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
+    Key("bnb_4bit_quant_storage", None, "storage dtype of the packed 4-bit weights (FSDP-QLoRA: the compute dtype)"),
     Key("use_bnb_nested_quant", False, "double quantization"),
     Key("lora_r", 16, "LoRA rank"),
     Key("lora_dropout", 0.05, "LoRA dropout"),
@@ -98,6 +99,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
         out["quant"] = qt
         out["double_quant"] = b.boolean(r.get("use_bnb_nested_quant"), "use_bnb_nested_quant")
+        storage = b.quant_storage(r.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage")
+        if storage:
+            out["quant_storage"] = storage
     else:
         out["quant"] = "int8" if eight else "none"
     if peft:
