@@ -367,3 +367,31 @@ def test_quant_storage_per_framework(tmp_path):
     trl.write_text((DATA / "trl_qlora.yaml").read_text() + "bnb_4bit_quant_storage: int4\n")
     with pytest.raises(ConfigError, match="not a storage dtype"):
         _res([trl])
+
+
+def test_trl_cli_accelerate_config_name_and_num_processes():
+    argv = ["trl", "sft", "--config", str(DATA / "trl_qlora.yaml"), "--accelerate_config", "zero3",
+            "--num_processes", "4"]
+    res = _res(argv=argv)
+    # trl 1.16 accelerate_configs/zero3.yaml: DEEPSPEED zero_stage 3, no offload; --num_processes 4 wins over its 8
+    assert _multi(res) == {**BASE, "gpus": 4, "strategy": "zero3", "reduce_bucket_size": 500_000_000,
+                           "stage3_prefetch_bucket_size": 50_000_000, "stage3_param_persistence_threshold": 100_000}
+    with pytest.raises(ConfigError, match="FSDP1"):
+        _res(argv=argv[:5] + ["fsdp1"])
+
+
+def test_trl_shipped_accelerate_table_matches_the_installed_files():
+    import yaml
+
+    trl = pytest.importorskip("trl")
+    from vramplan.frameworks.shipped import TRL_ACCELERATE
+
+    folder = Path(trl.__file__).parent / "accelerate_configs"
+    assert sorted(p.stem for p in folder.glob("*.yaml")) == sorted(TRL_ACCELERATE)
+    for name, ours in TRL_ACCELERATE.items():
+        theirs = yaml.safe_load((folder / f"{name}.yaml").read_text())
+        for key, value in ours.items():
+            if isinstance(value, dict):
+                assert {k: theirs[key][k] for k in value} == value, (name, key)
+            else:
+                assert theirs[key] == value, (name, key)

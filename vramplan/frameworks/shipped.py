@@ -85,3 +85,22 @@ def shipped_deepspeed(framework: str, name: str) -> tuple[dict[str, Any], str] |
     if key not in table:
         return None
     return {"zero_optimization": dict(table[key])}, where.format(key)
+
+
+#: trl 1.16.0 ``trl/accelerate_configs/<name>.yaml`` (``trl sft --accelerate_config NAME``,
+#: ``trl/cli/accelerate_config.py`` L19-48): the keys that size the run.
+_TRL_FSDP = {"fsdp_activation_checkpointing": False, "fsdp_cpu_ram_efficient_loading": True,
+             "fsdp_offload_params": False}
+TRL_ACCELERATE = {
+    "single_gpu": dict(distributed_type="NO", num_machines=1, num_processes=8),
+    "multi_gpu": dict(distributed_type="MULTI_GPU", num_machines=1, num_processes=8),
+    "zero1": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8, deepspeed_config={"zero_stage": 1}),
+    "zero2": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8,
+                  deepspeed_config={"offload_optimizer_device": "none", "offload_param_device": "none", "zero_stage": 2}),
+    "zero3": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8,
+                  deepspeed_config={"offload_optimizer_device": "none", "offload_param_device": "none", "zero_stage": 3}),
+    "fsdp1": dict(distributed_type="FSDP", num_machines=1, num_processes=8,
+                  fsdp_config={**_TRL_FSDP, "fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_version": 1}),
+    "fsdp2": dict(distributed_type="FSDP", num_machines=1, num_processes=8,
+                  fsdp_config={**_TRL_FSDP, "fsdp_reshard_after_forward": True, "fsdp_version": 2}),
+}

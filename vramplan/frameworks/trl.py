@@ -59,6 +59,9 @@ KEYS = (
     Key("fsdp_config", None, "FSDP settings (version 2 by default, reshard_after_forward, cpu_offload)"),
     Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
     Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
+    Key("accelerate_config", None, "trl sft: accelerate config (a file or a name shipped in trl/accelerate_configs)"),
+    Key("num_processes", None, "trl sft: accelerate launch --num_processes (the total)"),
+    Key("num_machines", None, "trl sft: accelerate launch --num_machines"),
 )
 
 
@@ -165,6 +168,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                          "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     if b.boolean(r.get("activation_offloading"), "activation_offloading"):
         out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
+    _launch(r, notes)
     par.hf_trainer_parallel(r, notes, out, who, "trl")
     return out
 
@@ -203,6 +207,32 @@ def _layout(r: b.Reader, out: dict[str, Any], notes: list[str], who: str) -> Non
 
 
 _S = "trl {}: trainer/sft_trainer.py, trainer/model_config.py, models/utils.py (research §4)"
+def _launch(r: b.Reader, notes: list[str]) -> None:
+    """``trl sft`` hands the arguments its parser does not know to ``accelerate launch`` (trl 1.16
+    ``cli/commands/training.py`` L52-70), ``--accelerate_config NAME`` becoming ``--config_file`` of a file or of
+    ``trl/accelerate_configs/NAME.yaml`` (``cli/accelerate_config.py`` L19-48): read here as that launch."""
+    name = r.get("accelerate_config")
+    for key in ("num_processes", "num_machines"):
+        if r.get(key) is not None:
+            r.side[f"accelerate:--{key}"] = r.get(key)
+    if name is None:
+        return
+    from vramplan.frameworks.shipped import TRL_ACCELERATE
+
+    path = par._find(str(name), r.bases)
+    if path is not None:
+        data, where = par.read_mapping(path, "accelerate_config"), str(path)
+    elif str(name) in TRL_ACCELERATE:
+        data, where = TRL_ACCELERATE[str(name)], f"trl 1.16.0 trl/accelerate_configs/{name}.yaml"
+    else:
+        raise b.ConfigError(f"trl: accelerate_config {name} is neither a file nor a config shipped with trl "
+                            f"({', '.join(TRL_ACCELERATE)})")
+    flat: dict[str, Any] = {}
+    par._flatten(data, "accelerate_config:", flat)
+    r.side.update({"accelerate:--config_file": str(name), **flat})
+    notes.append(f"accelerate config read from {where}")
+
+
 FRAMEWORK = Framework(
     name="trl", title="TRL", package="trl",
     eras=(
