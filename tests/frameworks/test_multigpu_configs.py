@@ -395,3 +395,14 @@ def test_trl_shipped_accelerate_table_matches_the_installed_files():
                 assert {k: theirs[key][k] for k in value} == value, (name, key)
             else:
                 assert theirs[key] == value, (name, key)
+
+
+def test_swift_args_file_env_block_and_command_line_env_wins(tmp_path):
+    args = json.loads((DATA / "swift_args.json").read_text())
+    args.update(ENV={"NPROC_PER_NODE": 4, "NNODES": 2}, deepspeed="zero2")
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    res = _res([_script(tmp_path, "swift sft args.json")])
+    assert (_multi(res)["gpus"], _multi(res)["nodes"], _multi(res)["strategy"]) == (4, 2, "zero2")
+    assert res.used["env:NPROC_PER_NODE"] == "4"
+    res = _res([_script(tmp_path, "NPROC_PER_NODE=8 swift sft args.json", "b.sh")])
+    assert (_multi(res)["gpus"], _multi(res)["nodes"]) == (8, 2)

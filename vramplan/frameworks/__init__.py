@@ -259,6 +259,8 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     values, positional = _parse_args(args)
     config = values.pop("config", None) or (positional[0] if positional and name in ("axolotl", "llamafactory")
                                             else None)
+    if config is None and name == "ms-swift" and positional and str(positional[0]).endswith((".json", ".yaml", ".yml")):
+        config = positional[0]  # swift sft args.yaml (ms-swift 4.6 swift/cli/main.py parse_yaml_args L38-46)
     data: dict[str, Any] = {}
     if config is not None:
         path = Path(str(config)).expanduser()

@@ -57,6 +57,7 @@ KEYS = (
     Key("deepspeed", None, "DeepSpeed: zero2, zero3, zero2_offload, zero3_offload (shipped), a JSON path or JSON"),
     Key("fsdp", None, "FSDP2: fsdp2 (shipped) or a JSON path / JSON with fsdp and fsdp_config"),
     Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ENV", None, "a YAML/JSON args file's environment (NPROC_PER_NODE, NNODES ...): set unless already set"),
     Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
 )
 
@@ -161,6 +162,12 @@ def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str], reent: Any) ->
     path/JSON holding ``fsdp`` and ``fsdp_config``; ``fsdp_version`` defaults to 2; ``_init_fsdp`` L285-334),
     the world from ``NPROC_PER_NODE`` / ``NNODES``; under DDP without DeepSpeed or FSDP its checkpoint patch
     is non-reentrant unless ``use_reentrant`` is given (``trainers/mixin.py`` ``_fix_gradient_checkpointing``)."""
+    env = r.get("ENV")
+    if env is not None:
+        # swift/cli/main.py parse_yaml_args L51-58: the file's ENV entries are set when the environment has
+        # none of that name, so a VAR=value on the command line wins
+        for k, v in b.mapping(env, "ENV").items():
+            r.side.setdefault(f"env:{k}", str(v))
     fsdp = None
     value = r.get("fsdp")
     if value not in (None, "", False):
