@@ -406,3 +406,11 @@ def test_swift_args_file_env_block_and_command_line_env_wins(tmp_path):
     assert res.used["env:NPROC_PER_NODE"] == "4"
     res = _res([_script(tmp_path, "NPROC_PER_NODE=8 swift sft args.json", "b.sh")])
     assert (_multi(res)["gpus"], _multi(res)["nodes"]) == (8, 2)
+
+
+def test_axolotl_cli_launcher_options_after_double_dash(tmp_path):
+    cfg = _axolotl(tmp_path, "deepspeed: deepspeed_configs/zero2.json")
+    res = _res([_script(tmp_path, f"axolotl train {cfg.name} --launcher torchrun -- --nproc_per_node 4 --nnodes 2")])
+    assert (_multi(res)["gpus"], _multi(res)["nodes"], _multi(res)["strategy"]) == (4, 2, "zero2")
+    res = _res([_script(tmp_path, f"axolotl train {cfg.name} -- --num_processes 2", "b.sh")])
+    assert _multi(res)["gpus"] == 2 and res.used["accelerate:--num_processes"] == "2"

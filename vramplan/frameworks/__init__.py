@@ -256,6 +256,8 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     args = tokens[start:]
     if name == "torchtune":  # tune run [torchrun options] RECIPE [--config f] [key=value ...]
         args = _tune_recipe(src, args)
+    if name == "axolotl":  # axolotl train cfg.yml [--launcher accelerate|torchrun|python] [-- launcher options]
+        args = _axolotl_launcher(src, args, base)
     values, positional = _parse_args(args)
     config = values.pop("config", None) or (positional[0] if positional and name in ("axolotl", "llamafactory")
                                             else None)
@@ -278,6 +280,31 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     src.data = data
     if script is not None:
         src.files.append(script)
+
+
+def _axolotl_launcher(src: Source, args: list[str], base: Path) -> list[str]:
+    """axolotl 0.19 ``axolotl train``: ``--launcher`` (accelerate by default, torchrun, python) starts the
+    training with the options after ``--`` (``cli/main.py`` L80-129); recorded as that launcher's values."""
+    from vramplan.frameworks.parallel import launch_side
+
+    cut = args.index("--") if "--" in args else len(args)
+    own, extra = args[:cut], args[cut + 1:]
+    launcher = "accelerate"
+    for i, a in enumerate(own):
+        if a == "--launcher" and i + 1 < len(own):
+            launcher = own[i + 1]
+            own = own[:i] + own[i + 2:]
+            break
+        if a.startswith("--launcher="):
+            launcher = a.partition("=")[2]
+            own = own[:i] + own[i + 1:]
+            break
+    if launcher in ("accelerate", "torchrun"):
+        words = ["accelerate", "launch"] if launcher == "accelerate" else ["torchrun"]
+        src.launch.update(launch_side(words + extra + ["-m", "axolotl.cli.train"], base))
+    if launcher != "python" and not extra:
+        src.launch.setdefault("axolotl:--launcher", launcher)
+    return own
 
 
 def _tune_recipe(src: Source, args: list[str]) -> list[str]:

@@ -268,6 +268,11 @@ def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
         if b.boolean(r.get("fsdp_config.cpu_ram_efficient_loading") or False, "cpu_ram_efficient_loading"):
             notes.append("fsdp_config.cpu_ram_efficient_loading: rank 0 alone loads the weights (load time); the step "
                          "is priced as usual")
+    launcher = r.side_get("axolotl:--launcher", None)
+    if launcher is not None:
+        notes.append(f"axolotl train starts {launcher} with no launcher options (none after --): one process per "
+                     "visible GPU, or the machine's accelerate config, which vramplan cannot see; priced as one "
+                     "process (give --gpus)")
     par.resolve(r, notes, out, "axolotl", "axolotl", deepspeed=par.framework_deepspeed(r, "deepspeed", "axolotl"),
                 fsdp=fsdp, bucket_cap_mb=r.get("ddp_bucket_cap_mb"))
     par.ddp_keys(r, out, notes, "ddp_find_unused_parameters")
