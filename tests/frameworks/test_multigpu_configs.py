@@ -49,8 +49,8 @@ BASE = dict(gpus=1, nodes=1, strategy="single", state_offload="none", reshard_af
             stage3_max_live_parameters=1_000_000_000, stage3_param_persistence_threshold=0, overlap_comm=True,
             contiguous_gradients=True)
 
-ZERO3_AUTO = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"}, "offload_param": {"device": "cpu"},
-                                    "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+ZERO3_AUTO = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
+                                    "offload_param": {"device": "cpu"}, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
                                     "stage3_param_persistence_threshold": "auto"},
               "train_micro_batch_size_per_gpu": "auto", "bf16": {"enabled": "auto"}}
 
@@ -138,7 +138,8 @@ def test_trl_accelerate_shipped_fsdp2_yaml_with_a_flag_overriding_num_processes(
 def test_trl_accelerate_fsdp_without_version_is_fsdp1_refused(tmp_path):
     (tmp_path / "f.yaml").write_text("distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n"
                                      "  fsdp_sharding_strategy: FULL_SHARD\n")
-    sh = _script(tmp_path, f"accelerate launch --config_file f.yaml trl/scripts/sft.py --config {DATA / 'trl_qlora.yaml'}")
+    sh = _script(tmp_path, "accelerate launch --config_file f.yaml trl/scripts/sft.py --config "
+                           f"{DATA / 'trl_qlora.yaml'}")
     with pytest.raises(ConfigError, match="FSDP1"):
         _res([sh])
 

@@ -255,8 +255,8 @@ def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
         version = 1 if version is None else version
         reshard = r.get("fsdp_config.reshard_after_forward")
         if reshard is not None and not b.boolean(reshard, "reshard_after_forward"):
-            notes.append("fsdp_config.reshard_after_forward: false is not passed on by axolotl 0.19 (setup_fsdp_envs sets "
-                         "the variable only when true): accelerate's default, true, applies; priced so")
+            notes.append("fsdp_config.reshard_after_forward: false is not passed on by axolotl 0.19 (setup_fsdp_envs "
+                         "sets the variable only when true): accelerate's default, true, applies; priced so")
         offload = r.get("fsdp_config.offload_params")
         items = r.get("fsdp") or []
         offload = (offload is not None and b.boolean(offload, "offload_params")) or "offload" in items

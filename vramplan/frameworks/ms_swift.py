@@ -198,9 +198,9 @@ def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str], reent: Any) ->
 
 #: ms-swift 4.6.0 ``swift/config/fsdp2.json`` (its memory keys).
 SWIFT_FSDP2 = {"fsdp": "full_shard auto_wrap",
-               "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                               "cpu_ram_efficient_loading": True, "state_dict_type": "SHARDED_STATE_DICT",
-                               "activation_checkpointing": True}}
+               "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True,
+                               "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": True,
+                               "state_dict_type": "SHARDED_STATE_DICT", "activation_checkpointing": True}}
 
 
 def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:

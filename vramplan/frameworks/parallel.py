@@ -201,7 +201,8 @@ def world(r: Reader, notes: list[str], env_rule: str | None = None) -> tuple[int
         if nproc is None and nnodes is None:
             n = _devices(r)
             if n and n > 1:
-                notes.append(f"CUDA_VISIBLE_DEVICES lists {n} GPUs but NPROC_PER_NODE is unset: ms-swift 4.6 starts one "
+                notes.append(f"CUDA_VISIBLE_DEVICES lists {n} GPUs but NPROC_PER_NODE is unset: ms-swift 4.6 starts "
+                             "one "
                              "process (swift/cli/main.py use_torchrun) and spreads the model over the GPUs with "
                              "device_map (model parallel, not priced): priced as one GPU holding the whole model; set "
                              "NPROC_PER_NODE for data parallel")
@@ -324,8 +325,9 @@ def zero_fields(r: Reader, ds: dict[str, Any], where: str, notes: list[str], rec
     if stage not in (0, 1, 2, 3) or isinstance(stage, bool):
         raise ConfigError(f"DeepSpeed zero_optimization.stage {stage!r} is not a ZeRO stage (0, 1, 2, 3)")
     if stage in (0, 1):
+        kept = "every gradient" if stage == 1 else "the whole training state"
         raise ConfigError(f"DeepSpeed ZeRO stage {stage} is not priced (vramplan prices stages 2 and 3): stage "
-                          f"{stage} keeps {'every gradient' if stage == 1 else 'the whole training state'} on every GPU")
+                          f"{stage} keeps {kept} on every GPU")
     out: dict[str, Any] = {"strategy": f"zero{stage}"}
     dev = {}
     for part, legacy in (("offload_optimizer", "cpu_offload"), ("offload_param", "cpu_offload_param")):

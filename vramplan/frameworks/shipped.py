@@ -89,6 +89,7 @@ def shipped_deepspeed(framework: str, name: str) -> tuple[dict[str, Any], str] |
 
 #: trl 1.16.0 ``trl/accelerate_configs/<name>.yaml`` (``trl sft --accelerate_config NAME``,
 #: ``trl/cli/accelerate_config.py`` L19-48): the keys that size the run.
+_TRL_NONE = {"offload_optimizer_device": "none", "offload_param_device": "none"}
 _TRL_FSDP = {"fsdp_activation_checkpointing": False, "fsdp_cpu_ram_efficient_loading": True,
              "fsdp_offload_params": False}
 TRL_ACCELERATE = {
@@ -96,9 +97,9 @@ TRL_ACCELERATE = {
     "multi_gpu": dict(distributed_type="MULTI_GPU", num_machines=1, num_processes=8),
     "zero1": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8, deepspeed_config={"zero_stage": 1}),
     "zero2": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8,
-                  deepspeed_config={"offload_optimizer_device": "none", "offload_param_device": "none", "zero_stage": 2}),
+                  deepspeed_config={**_TRL_NONE, "zero_stage": 2}),
     "zero3": dict(distributed_type="DEEPSPEED", num_machines=1, num_processes=8,
-                  deepspeed_config={"offload_optimizer_device": "none", "offload_param_device": "none", "zero_stage": 3}),
+                  deepspeed_config={**_TRL_NONE, "zero_stage": 3}),
     "fsdp1": dict(distributed_type="FSDP", num_machines=1, num_processes=8,
                   fsdp_config={**_TRL_FSDP, "fsdp_reshard_after_forward": "FULL_SHARD", "fsdp_version": 1}),
     "fsdp2": dict(distributed_type="FSDP", num_machines=1, num_processes=8,
