@@ -415,3 +415,12 @@ def test_axolotl_cli_launcher_options_after_double_dash(tmp_path):
     assert (_multi(res)["gpus"], _multi(res)["nodes"], _multi(res)["strategy"]) == (4, 2, "zero2")
     res = _res([_script(tmp_path, f"axolotl train {cfg.name} -- --num_processes 2", "b.sh")])
     assert _multi(res)["gpus"] == 2 and res.used["accelerate:--num_processes"] == "2"
+
+
+def test_trl_accelerate_single_gpu_config_is_one_process_whatever_num_processes():
+    # trl's single_gpu.yaml: distributed_type "NO" with num_processes 8: accelerate's simple_launcher, one process
+    res = _res(argv=["trl", "sft", "--config", str(DATA / "trl_qlora.yaml"), "--accelerate_config", "single_gpu"])
+    assert _multi(res) == BASE
+    assert any("distributed_type NO" in n for n in res.notes)
+    multi = _res(argv=["trl", "sft", "--config", str(DATA / "trl_qlora.yaml"), "--accelerate_config", "multi_gpu"])
+    assert _multi(multi) == {**BASE, "gpus": 8, "strategy": "ddp"}

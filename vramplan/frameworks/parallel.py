@@ -180,6 +180,13 @@ def world(r: Reader, notes: list[str], env_rule: str | None = None) -> tuple[int
             return n or 1, nodes
         return _count(given, "deepspeed --num_gpus"), nodes
     if any(k.startswith("accelerate:") for k in side):
+        if "accelerate:--config_file" in side and accelerate_mode(r) == "NO":
+            # distributed_type NO and no --multi_gpu/--use_* flag: launch_command runs simple_launcher, one
+            # process, whatever num_processes says (commands/launch.py L1266-1296, L1417-1440)
+            if r.side.get("accelerate_config:num_processes") not in (None, 1, -1):
+                notes.append("accelerate config distributed_type NO: one process (simple_launcher); its "
+                             "num_processes is not used")
+            return 1, 1
         total = r.side_get("accelerate:--num_processes", None)
         if total is None:
             total = r.side_get("accelerate_config:num_processes", None)
