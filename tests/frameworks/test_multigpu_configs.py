@@ -254,6 +254,10 @@ def test_llamafactory_accelerate_src_train_fsdp2(tmp_path):
     res = _res([_script(tmp_path, f"accelerate launch --config_file fsdp.yaml src/train.py {cfg.name}")])
     assert _multi(res) == {**BASE, "gpus": 2, "strategy": "fsdp", "state_offload": "params"}
     assert res.fields["reentrant"] is False and res.fields["grad_checkpointing"] is True
+    (tmp_path / "fsdp.yaml").write_text("distributed_type: FSDP\nnum_processes: 2\nfsdp_config:\n  fsdp_version: 2\n")
+    plain = _res([_script(tmp_path, f"accelerate launch --config_file fsdp.yaml src/train.py {cfg.name}", "b.sh")])
+    # LLaMA-Factory's own checkpointing (reentrant by default) is made non-reentrant under FSDP2
+    assert plain.fields["reentrant"] is False and plain.fields["grad_checkpointing"] is True
 
 
 # ------------------------------------------------------------------------------------------ ms-swift

@@ -171,6 +171,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     # ddp_find_unused_parameters False for LoRA (no memory priced); FSDP only through accelerate launch
     par.resolve(r, notes, out, who, "llamafactory", deepspeed=par.framework_deepspeed(r, "deepspeed", "llamafactory"),
                 bucket_cap_mb=r.get("ddp_bucket_cap_mb"), env_rule="llamafactory")
+    if out.get("strategy") == "fsdp" and out.get("reentrant"):
+        # model/model_utils/checkpointing.py L157-162: under FSDP2 use_reentrant_gc is set to False
+        out["reentrant"] = False
+        notes.append("LLaMA-Factory under FSDP2 sets use_reentrant_gc to False (checkpointing.py): non-reentrant")
     return out
 
 
