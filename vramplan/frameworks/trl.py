@@ -170,6 +170,10 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
     _launch(r, notes)
     par.hf_trainer_parallel(r, notes, out, who, "trl")
+    if peft and out.get("strategy") == "zero3" and out.get("grad_checkpointing") and not out.get("reentrant"):
+        # trl 1.16 trainer/sft_trainer.py L873-895: PEFT + ZeRO-3 + checkpointing forces use_reentrant True
+        out["reentrant"] = True
+        notes.append("PEFT with DeepSpeed ZeRO-3: TRL forces reentrant checkpointing (sft_trainer.py L873-895)")
     return out
 
 
