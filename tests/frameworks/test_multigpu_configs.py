@@ -382,7 +382,7 @@ def test_trl_cli_accelerate_config_name_and_num_processes():
     assert _multi(res) == {**BASE, "gpus": 4, "strategy": "zero3", "reduce_bucket_size": 500_000_000,
                            "stage3_prefetch_bucket_size": 50_000_000, "stage3_param_persistence_threshold": 100_000}
     # PEFT + ZeRO-3 + checkpointing: TRL forces reentrant checkpointing (non-reentrant on one GPU)
-    assert res.fields["reentrant"] is True and _res(argv=argv[:3]).fields["reentrant"] is False
+    assert res.fields["reentrant"] is True and _res(argv=argv[:4]).fields["reentrant"] is False
     with pytest.raises(ConfigError, match="FSDP1"):
         _res(argv=argv[:5] + ["fsdp1"])
 
