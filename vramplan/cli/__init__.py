@@ -6,6 +6,7 @@ never pays for (or imports) torch. Every user error becomes one line on stderr a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -117,8 +118,17 @@ def main(argv: list[str] | None = None) -> None:
         # rich wraps tables at 80 columns when piped; logs and CI read better unwrapped.
         os.environ["COLUMNS"] = str(WIDE_COLUMNS)
     _tolerant_encoding()
+    from vramplan.cli.common import JSON_OUT
+
+    real_stdout = sys.stdout
     try:
-        rv = cli.main(args=args, prog_name="vramplan", standalone_mode=False)
+        # --json: stdout carries the JSON document only; what libraries print goes to stderr
+        with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+            JSON_OUT.append(real_stdout)
+            try:
+                rv = cli.main(args=args, prog_name="vramplan", standalone_mode=False)
+            finally:
+                JSON_OUT.pop()
         if sys.stdout is not None:  # None: the descriptor was closed (``>&-``); nothing to flush
             sys.stdout.flush()
     except VramplanError as e:

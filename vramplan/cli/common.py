@@ -30,7 +30,13 @@ def base_calibration(path: str | None) -> Any:
     return load_calibration(path) or default_calibration()
 
 
+#: Where ``--json`` output goes: the process's standard output as ``vramplan.cli.main`` found it, while
+#: everything else printed to standard output during the command (a library's log lines: DeepSpeed's
+#: accelerator notice, a framework's banner) goes to standard error, so stdout stays one JSON document.
+JSON_OUT: list[Any] = []
+
+
 def emit_json(obj: Any) -> None:
     """Print ``--json`` output: always standard JSON (a NaN or infinity is a bug, raised, never
-    printed as the non-standard ``NaN``)."""
-    click.echo(json.dumps(obj, indent=2, allow_nan=False))
+    printed as the non-standard ``NaN``), on the real standard output (``JSON_OUT``)."""
+    click.echo(json.dumps(obj, indent=2, allow_nan=False), file=JSON_OUT[-1] if JSON_OUT else None)

@@ -28,6 +28,9 @@ from vramplan.cli.options import pop_run, scenario_options
 @click.option("--host-ram", "host_ram", default=None, metavar="SIZE",
               help="Host memory available for offloaded activations, e.g. 64GiB: a run whose host memory "
                    "exceeds it does not fit.")
+@click.option("--max-gpus", type=int, default=None, metavar="N",
+              help="Find the fewest of these GPUs (1..N, one node) and the strategy that fit: every GPU count "
+                   "under single, ddp, fsdp, zero2, zero3 and their state offloads, per GPU; then plan that run.")
 @click.option("--point", is_flag=True, help="Use the point estimate instead of the conservative bound.")
 @click.option("--calibration", "calibration_file", type=click.Path(dir_okay=False), default=None,
               help="Calibration JSON (default: the one shipped).")
@@ -59,6 +62,13 @@ def plan(**kwargs: Any) -> int:
         step = run.resolved.framework.seq_multiple(run.resolved.source.data)  # the lengths it runs at
     fw = run.resolved.framework if run.resolved is not None else None
     pad = bool(fw and fw.pads_to_seq and fw.pads_to_seq(run.resolved.source.data))  # type: ignore[union-attr]
+    gpu_plan = None
+    if kwargs["max_gpus"] is not None:
+        from vramplan.plan_gpus import plan_gpus
+
+        gpu_plan = plan_gpus(run.arch, gpu, scenario, max_gpus=kwargs["max_gpus"], calibration=cal,
+                             bound="point" if kwargs["point"] else "upper", host_ram=_host_ram(kwargs["host_ram"]))
+        scenario = gpu_plan.best_scenario or scenario
     result = make_plan(run.arch, gpu, scenario, calibration=cal, bound="point" if kwargs["point"] else "upper",
                        lengths=_lengths(kwargs, scenario.seq), percentile=kwargs["percentile"],
                        seq_step=step, pad_to_seq=pad, host_ram=_host_ram(kwargs["host_ram"]))
@@ -74,6 +84,8 @@ def plan(**kwargs: Any) -> int:
             for sug, d in zip(result.suggestions, out["suggestions"]):
                 d["framework_changes"] = [describe_change(fw, *c) for c in framework_changes(fw, sug.changes)]
             out["written"] = written
+        if gpu_plan is not None:
+            out["gpus"] = gpu_plan.to_dict()
         emit_json(out)
     else:
         from rich.console import Console
@@ -85,6 +97,10 @@ def plan(**kwargs: Any) -> int:
             from vramplan.report.config import render_config
 
             render_config(run.resolved, scenario, run.command_line, console)
+        if gpu_plan is not None:
+            from vramplan.report.plan_gpus import render_gpu_plan
+
+            render_gpu_plan(gpu_plan, console)
         render_plan(result, console, run.resolved.framework if run.resolved is not None else None)
         if written:
             console.print(f"wrote {written['path']}" + (f" with {'; '.join(written['changes'])}"
@@ -92,7 +108,7 @@ def plan(**kwargs: Any) -> int:
                           markup=False)
             if written["not_written"]:
                 console.print(f"not written (set them by hand): {'; '.join(written['not_written'])}", markup=False)
-    return 0 if result.fits else 1
+    return 0 if result.fits and (gpu_plan is None or gpu_plan.fits) else 1
 
 
 def _host_ram(text: str | None) -> int | None:

@@ -72,6 +72,9 @@ class Source:
     """The YAML/JSON config file the run reads (what ``--write`` patches for YAML frameworks)."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Command-line values given on top of a config file (``trl sft --config x.yaml --max_length 1``)."""
+    launch: dict[str, Any] = field(default_factory=dict)
+    """What the launch command says before the framework's words: ``VAR=value`` prefixes, torchrun /
+    accelerate / deepspeed options, accelerate's config file (``vramplan.frameworks.parallel.launch_side``)."""
 
 
 def read_sources(paths: list[str], argv: list[str] | None = None) -> Source:
@@ -207,6 +210,9 @@ _WRAPPERS = {"env", "nohup", "time", "exec", "sudo"}
 _PYTHONS = {"python", "python3", "accelerate", "torchrun", "deepspeed"}
 #: Python modules that are a framework's launcher (``-m MODULE``).
 _MODULES = {"axolotl.cli.train": "axolotl", "swift.cli.sft": "ms-swift", "trl.scripts.sft": "trl"}
+#: Scripts that are a framework's launcher (``accelerate launch ... trl/scripts/sft.py``), by path ending.
+_SCRIPTS = {"trl/scripts/sft.py": "trl", "src/train.py": "llamafactory"}
+"""(LLaMA-Factory's README launches FSDP as ``accelerate launch --config_file ... src/train.py cfg.yaml``.)"""
 
 
 def _launcher(tokens: list[str]) -> tuple[str, int] | None:
@@ -228,6 +234,11 @@ def _launcher(tokens: list[str]) -> tuple[str, int] | None:
         module = rest[j + 1] if j + 1 < len(rest) else ""
         if module in _MODULES:
             return _MODULES[module], i + j + 2
+    if Path(rest[0]).name.split(".")[0] in _PYTHONS:
+        for j, t in enumerate(rest[1:], 1):
+            for tail, name in _SCRIPTS.items():
+                if t.replace("\\", "/").endswith(tail):
+                    return name, i + j + 1
     return None
 
 
@@ -239,12 +250,19 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     if src.framework and src.framework != name:
         raise ConfigError(f"two frameworks given: {src.framework} and {name}")
     src.framework, src.script = name, script
+    from vramplan.frameworks.parallel import launch_side
+
+    src.launch = launch_side(tokens[:start], base)
     args = tokens[start:]
-    if name == "torchtune":
-        args = args[1:] if args and not args[0].startswith("-") else args  # the recipe name
+    if name == "torchtune":  # tune run [torchrun options] RECIPE [--config f] [key=value ...]
+        args = _tune_recipe(src, args)
+    if name == "axolotl":  # axolotl train cfg.yml [--launcher accelerate|torchrun|python] [-- launcher options]
+        args = _axolotl_launcher(src, args, base)
     values, positional = _parse_args(args)
     config = values.pop("config", None) or (positional[0] if positional and name in ("axolotl", "llamafactory")
                                             else None)
+    if config is None and name == "ms-swift" and positional and str(positional[0]).endswith((".json", ".yaml", ".yml")):
+        config = positional[0]  # swift sft args.yaml (ms-swift 4.6 swift/cli/main.py parse_yaml_args L38-46)
     data: dict[str, Any] = {}
     if config is not None:
         path = Path(str(config)).expanduser()
@@ -262,6 +280,51 @@ def _from_command(src: Source, tokens: list[str], base: Path, script: Path | Non
     src.data = data
     if script is not None:
         src.files.append(script)
+
+
+def _axolotl_launcher(src: Source, args: list[str], base: Path) -> list[str]:
+    """axolotl 0.19 ``axolotl train``: ``--launcher`` (accelerate by default, torchrun, python) starts the
+    training with the options after ``--`` (``cli/main.py`` L80-129); recorded as that launcher's values."""
+    from vramplan.frameworks.parallel import launch_side
+
+    cut = args.index("--") if "--" in args else len(args)
+    own, extra = args[:cut], args[cut + 1:]
+    launcher = "accelerate"
+    for i, a in enumerate(own):
+        if a == "--launcher" and i + 1 < len(own):
+            launcher = own[i + 1]
+            own = own[:i] + own[i + 2:]
+            break
+        if a.startswith("--launcher="):
+            launcher = a.partition("=")[2]
+            own = own[:i] + own[i + 1:]
+            break
+    if launcher in ("accelerate", "torchrun"):
+        words = ["accelerate", "launch"] if launcher == "accelerate" else ["torchrun"]
+        src.launch.update(launch_side(words + extra + ["-m", "axolotl.cli.train"], base))
+    if launcher != "python" and not extra:
+        src.launch.setdefault("axolotl:--launcher", launcher)
+    return own
+
+
+def _tune_recipe(src: Source, args: list[str]) -> list[str]:
+    """torchtune 0.6.1 ``tune run``: options before the recipe go to torchrun (``_cli/run.py``
+    ``_is_distributed_args``, ``_run_distributed``), recorded as ``torchrun:`` launch values, the recipe as
+    ``tune:recipe``; returns the recipe's own arguments."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):
+        key, eq, val = args[i].lstrip("-").partition("=")
+        key = key.replace("-", "_")
+        if eq:
+            src.launch[f"torchrun:--{key}"] = val
+            i += 1
+        else:
+            src.launch[f"torchrun:--{key}"] = args[i + 1] if i + 1 < len(args) else True
+            i += 2
+    if i < len(args):
+        src.launch["tune:recipe"] = args[i]
+        i += 1
+    return args[i:]
 
 
 def _parse_args(args: list[str]) -> tuple[dict[str, Any], list[Any]]:
@@ -429,6 +492,9 @@ def resolve(loaded: Loaded, arch: Any) -> Resolved:
     fw = loaded.framework
     era = fw.era(loaded.version)
     reader = Reader(fw, era, loaded.source.data)
+    src = loaded.source
+    reader.side = dict(src.launch)
+    reader.bases = list(dict.fromkeys(p.parent for p in (src.yaml_file, src.script) if p is not None)) + [Path.cwd()]
     notes: list[str] = []
     if fw.model_key in ("model", "base_model", "model_name_or_path"):
         reader.seen.add(fw.model_key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key
 
 KEYS = (
@@ -62,9 +63,21 @@ KEYS = (
     Key("lora_embedding_kernel", None, "fused LoRA embedding kernel (an explicit value stops the auto rule)"),
     Key("trust_remote_code", None, "remote model code (no fused LoRA kernels by default)"),
     Key("fp32_norms", None, "norms kept fp32"),
-    Key("deepspeed", None, "DeepSpeed (issue 16)"),
-    Key("fsdp", None, "FSDP (issue 16)"),
-    Key("fsdp_config", None, "FSDP (issue 16)"),
+    Key("deepspeed", None, "DeepSpeed config path (deepspeed_configs/zero*.json known when absent) or mapping"),
+    Key("fsdp", None, "legacy FSDP option list (full_shard, offload ...)"),
+    Key("fsdp_config", None, "FSDP settings: presence turns FSDP on"),
+    Key("fsdp_version", None, "FSDP version (None = fsdp_config's, else 1: FSDP1)"),
+    Key("fsdp_config.fsdp_version", None, "FSDP version (fsdp_config spelling)", aliases=("fsdp_config.version",)),
+    Key("fsdp_config.offload_params", None, "FSDP CPU offload of parameters, gradients and optimizer state",
+        aliases=("fsdp_config.fsdp_offload_params",)),
+    Key("fsdp_config.reshard_after_forward", None, "only true is passed on (FSDP_RESHARD_AFTER_FORWARD)",
+        aliases=("fsdp_config.fsdp_reshard_after_forward",)),
+    Key("fsdp_config.activation_checkpointing", None, "FSDP's non-reentrant layer checkpointing",
+        aliases=("fsdp_config.fsdp_activation_checkpointing",)),
+    Key("fsdp_config.cpu_ram_efficient_loading", None, "rank 0 loads the weights (load time only)",
+        aliases=("fsdp_config.fsdp_cpu_ram_efficient_loading",)),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
     Key("rl", None, "preference training (issue 17)"),
     Key("val_set_size", 0.0, "validation split: a fraction, or a count when >= 1"),
     Key("test_datasets", None, "validation datasets"),
@@ -212,8 +225,57 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         if loss:
             out["loss"] = loss
     out.update(_evaluation(r, notes, out["batch"]))
-    b.multi_gpu(r, notes, ("deepspeed", "fsdp", "fsdp_config"))
+    _parallel(r, out, notes)
+    if out.get("quant") in ("nf4", "fp4"):
+        # loaders/model.py L795-827: bnb_4bit_quant_storage=torch.bfloat16, fp32 for jamba / qwen2_moe /
+        # nemotron_h without DeepSpeed or FSDP (bnb_config_kwargs may override it)
+        sharded = out.get("strategy") in ("fsdp", "zero2", "zero3")
+        storage = "fp32" if getattr(arch, "model_type", None) in ("jamba", "qwen2_moe", "nemotron_h") and \
+            not sharded else "bf16"
+        kw = r.data.get("bnb_config_kwargs") or {}
+        given = b.quant_storage(kw.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage") if isinstance(kw, dict) \
+            else None
+        out["quant_storage"] = given or storage
     return out
+
+
+def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
+    """axolotl 0.19's multi-GPU keys. ``deepspeed``: a JSON path (its ``deepspeed_configs/`` files known
+    when absent) or mapping. FSDP is on when ``fsdp_config`` (or the legacy ``fsdp`` list) is set
+    (``utils/config/__init__.py`` L231); ``utils/trainer.py::setup_fsdp_envs`` (L597-628) passes it to
+    accelerate as environment: ``FSDP_VERSION=2`` only for ``fsdp_version: 2`` (top level, else
+    ``fsdp_config.fsdp_version``, else 1: ``utils/schemas/validation.py`` L922-927), ``FSDP_OFFLOAD_PARAMS``
+    when ``offload_params``, and ``FSDP_RESHARD_AFTER_FORWARD=true`` only when ``reshard_after_forward`` is
+    true, so false leaves accelerate's default (true, accelerate 1.16 ``utils/dataclasses.py`` L1731-1737)."""
+    fsdp = None
+    if (r.has("fsdp_config") and r.data.get("fsdp_config") is not None) or r.get("fsdp"):
+        version = r.get("fsdp_version")
+        if version is None:
+            version = r.get("fsdp_config.fsdp_version")
+        version = 1 if version is None else version
+        reshard = r.get("fsdp_config.reshard_after_forward")
+        if reshard is not None and not b.boolean(reshard, "reshard_after_forward"):
+            notes.append("fsdp_config.reshard_after_forward: false is not passed on by axolotl 0.19 (setup_fsdp_envs "
+                         "sets the variable only when true): accelerate's default, true, applies; priced so")
+        offload = r.get("fsdp_config.offload_params")
+        items = r.get("fsdp") or []
+        offload = (offload is not None and b.boolean(offload, "offload_params")) or "offload" in items
+        fsdp = par.fsdp_fields(version, True, offload, "axolotl")
+        if b.boolean(r.get("fsdp_config.activation_checkpointing") or False, "activation_checkpointing"):
+            fsdp.update(grad_checkpointing=True, reentrant=False)
+            notes.append("fsdp_config.activation_checkpointing: FSDP_ACTIVATION_CHECKPOINTING, each decoder layer in "
+                         "torch's non-reentrant checkpoint_wrapper (accelerate fsdp2_apply_ac)")
+        if b.boolean(r.get("fsdp_config.cpu_ram_efficient_loading") or False, "cpu_ram_efficient_loading"):
+            notes.append("fsdp_config.cpu_ram_efficient_loading: rank 0 alone loads the weights (load time); the step "
+                         "is priced as usual")
+    launcher = r.side_get("axolotl:--launcher", None)
+    if launcher is not None:
+        notes.append(f"axolotl train starts {launcher} with no launcher options (none after --): one process per "
+                     "visible GPU, or the machine's accelerate config, which vramplan cannot see; priced as one "
+                     "process (give --gpus)")
+    par.resolve(r, notes, out, "axolotl", "axolotl", deepspeed=par.framework_deepspeed(r, "deepspeed", "axolotl"),
+                fsdp=fsdp, bucket_cap_mb=r.get("ddp_bucket_cap_mb"))
+    par.ddp_keys(r, out, notes, "ddp_find_unused_parameters")
 
 
 def _evaluation(r: b.Reader, notes: list[str], micro_batch: int) -> dict[str, Any]:

@@ -135,6 +135,13 @@ class Reader:
         self.used: dict[str, Any] = {}
         self.defaults: dict[str, Any] = {}
         self.seen: set[str] = set()
+        self.side: dict[str, Any] = {}
+        """Values read from beside the config, flat: the launch command (``torchrun:--nproc_per_node``,
+        ``env:NPROC_PER_NODE``), accelerate's config file (``accelerate_config:<key>``), a DeepSpeed
+        JSON (``ds_config:<key>``); recorded as the config's keys are (``side_get``)."""
+        self.side_seen: set[str] = set()
+        self.bases: list[Any] = []
+        """Folders a file the config names (a DeepSpeed JSON) is looked up in, in order."""
 
     def _lookup(self, dotted: str) -> tuple[bool, Any, str]:
         """(present, value, the spelling found) for a dotted key, or one of its aliases."""
@@ -177,9 +184,21 @@ class Reader:
         self.defaults[name] = default
         return default
 
+    def side_get(self, name: str, default: Any) -> Any:
+        """A side value (``side``) by its flat name, recorded as used; else ``default``, recorded as a
+        default unless it is None (nothing assumed)."""
+        self.side_seen.add(name)
+        if name in self.side:
+            self.used[name] = self.side[name]
+            return self.side[name]
+        if default is not None:
+            self.defaults[name] = default
+        return default
+
     def ignored(self) -> list[str]:
-        """Keys of the config no ``get`` read (dotted for nested mappings)."""
-        out: list[str] = []
+        """Keys of the config no ``get`` read (dotted for nested mappings), then the side values no
+        ``side_get`` read."""
+        out: list[str] = [k for k in self.side if k not in self.side_seen]
 
         def walk(node: Any, prefix: str) -> None:
             for k, v in node.items():
@@ -356,13 +375,16 @@ def unpriced(r: Reader, notes: list[str], features: tuple[tuple[str, str], ...])
             notes.append(f"{key}: {what} not yet priced; priced without it")
 
 
-def multi_gpu(r: Reader, notes: list[str], keys: tuple[str, ...]) -> None:
-    """One note when any of ``keys`` configures multi-GPU sharding (issue 16)."""
-    for key in keys:
-        if r.get(key):
-            notes.append(f"{key.rsplit('.', 1)[-1]}: multi-GPU sharding is not yet priced (issue 16); priced as one "
-                         "GPU holding the whole model")
-            return
+def quant_storage(value: Any, key: str) -> str | None:
+    """``bnb_4bit_quant_storage`` -> ``Scenario.quant_storage`` (uint8, bf16, fp16, fp32); None when unset."""
+    if value is None:
+        return None
+    text = str(value).strip().lower().removeprefix("torch.")
+    if text == "uint8":
+        return "uint8"
+    if text not in DTYPES:
+        raise ConfigError(f"{key}: {value!r} is not a storage dtype (uint8, bfloat16, float16, float32)")
+    return DTYPES[text]
 
 
 def hf_eval_keys(prefix: str = "", batch: int = 8) -> tuple[Key, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import Era, Framework, Key
 
 KEYS = (
@@ -38,8 +39,11 @@ KEYS = (
     *b.hf_eval_keys("training_args."),
     Key("training_args.use_cache", False, "KV cache in every forward (the Trainer sets model.config.use_cache)"),
     Key("training_args.predict_with_generate", False, "Seq2SeqTrainer generation in evaluation (script's metrics)"),
-    Key("training_args.deepspeed", None, "DeepSpeed (issue 16)"),
-    Key("training_args.fsdp", None, "FSDP (issue 16)"),
+    Key("training_args.deepspeed", None, "DeepSpeed config (a JSON path or mapping): ZeRO-2/3"),
+    Key("training_args.fsdp", None, "FSDP on (true) or legacy options (full_shard, shard_grad_op, offload)"),
+    Key("training_args.fsdp_config", None, "FSDP settings (version 2 by default, reshard_after_forward, cpu_offload)"),
+    Key("training_args.ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("training_args.ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
 )
 
 
@@ -95,7 +99,7 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
         loss = b.liger(arch, config, notes, who, out=out)
         if loss:
             out["loss"] = loss
-    b.multi_gpu(r, notes, ("training_args.deepspeed", "training_args.fsdp"))
+    par.hf_trainer_parallel(r, notes, out, who, "hf", "training_args.")
     return out
 
 

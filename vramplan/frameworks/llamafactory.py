@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key
 
 KEYS = (
@@ -55,7 +56,8 @@ KEYS = (
     Key("use_rslora", False, "rsLoRA (scaling only: memory-neutral)"),
     Key("additional_target", None, "modules_to_save (embed_tokens, lm_head)"),
     Key("resize_vocab", False, "true (no additional_target): embed_tokens and lm_head trained in full"),
-    Key("deepspeed", None, "DeepSpeed (issue 16)"),
+    Key("deepspeed", None, "DeepSpeed config path (examples/deepspeed/ds_z*_config.json known when absent)"),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
 )
 
 #: llamafactory 0.9.5 ``model/model_utils/liger_kernel.py`` L39-93: the model_types it applies Liger to.
@@ -102,6 +104,8 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                 raise b.ConfigError(f"{who}: quantization_type '{qt}' must be nf4 or fp4")
             out["quant"] = qt
             out["double_quant"] = b.boolean(r.get("double_quantization"), "double_quantization")
+            # model/model_utils/quantization.py: bnb_4bit_quant_storage=compute_dtype (the FSDP-QLoRA layout)
+            out["quant_storage"] = out["dtype"]
         elif nbits == 8:
             out["quant"] = "int8"
         else:
@@ -163,7 +167,14 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     elif (b.boolean(packing, "packing") if packing is not None else stage == "pt"):
         notes.append("packing: rows of cutoff_len tokens filled with several samples that attend across each other "
                      "(no per-sample positions without neat_packing), priced as full unpacked rows")
-    b.multi_gpu(r, notes, ("deepspeed",))
+    # launcher.py L58-66: torchrun when FORCE_TORCHRUN or several GPUs; parser.py L466-474 sets
+    # ddp_find_unused_parameters False for LoRA (no memory priced); FSDP only through accelerate launch
+    par.resolve(r, notes, out, who, "llamafactory", deepspeed=par.framework_deepspeed(r, "deepspeed", "llamafactory"),
+                bucket_cap_mb=r.get("ddp_bucket_cap_mb"), env_rule="llamafactory")
+    if out.get("strategy") == "fsdp" and out.get("reentrant"):
+        # model/model_utils/checkpointing.py L157-162: under FSDP2 use_reentrant_gc is set to False
+        out["reentrant"] = False
+        notes.append("LLaMA-Factory under FSDP2 sets use_reentrant_gc to False (checkpointing.py): non-reentrant")
     return out
 
 

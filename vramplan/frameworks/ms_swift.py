@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key
 
 KEYS = (
@@ -22,6 +23,7 @@ KEYS = (
     Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
     Key("bnb_4bit_use_double_quant", True, "double quantization"),
     Key("bnb_4bit_compute_dtype", None, "None = torch_dtype when bf16, else fp32"),
+    Key("bnb_4bit_quant_storage", None, "storage dtype of the packed 4-bit weights (None = uint8)"),
     Key("torch_dtype", None, "None = config.json's dtype (bf16 when it names none)"),
     Key("lora_rank", 8, "LoRA rank"),
     Key("lora_dropout", 0.05, "LoRA dropout"),
@@ -52,8 +54,11 @@ KEYS = (
     Key("num_beams", 1, "beam search in generation"),
     Key("freeze_vit", True, "multimodal: the vision tower frozen (skipped by bitsandbytes, no adapter)"),
     Key("freeze_aligner", True, "multimodal: the projector (aligner) frozen"),
-    Key("deepspeed", None, "DeepSpeed config (multi-GPU, issue 16)"),
-    Key("fsdp", None, "FSDP (multi-GPU, issue 16)"),
+    Key("deepspeed", None, "DeepSpeed: zero2, zero3, zero2_offload, zero3_offload (shipped), a JSON path or JSON"),
+    Key("fsdp", None, "FSDP2: fsdp2 (shipped) or a JSON path / JSON with fsdp and fsdp_config"),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ENV", None, "a YAML/JSON args file's environment (NPROC_PER_NODE, NNODES ...): set unless already set"),
+    Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
 )
 
 _SOURCE = "ms-swift 4.6.0: swift/arguments/*, swift/trainers/mixin.py, swift/tuners/peft.py (research §1)"
@@ -87,6 +92,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                 raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
             out["quant"] = qt
             out["double_quant"] = b.boolean(r.get("bnb_4bit_use_double_quant"), "bnb_4bit_use_double_quant")
+            storage = b.quant_storage(r.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage")
+            if storage:
+                out["quant_storage"] = storage
             compute = r.get("bnb_4bit_compute_dtype")
             resolved = b.dtype(compute, "bnb_4bit_compute_dtype") if compute is not None else (
                 torch_dtype if torch_dtype == "bf16" else "fp32")
@@ -144,8 +152,55 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             notes.append("ms-swift: Liger's loss is skipped (labels popped) when a loss_scale, custom loss, DFT or "
                          "channel loss is set (seq2seq_trainer.py L134-140); priced with it")
     _layout(r, out, notes)
-    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    _parallel(r, out, notes, reent)
     return out
+
+
+def _parallel(r: b.Reader, out: dict[str, Any], notes: list[str], reent: Any) -> None:
+    """ms-swift's multi-GPU keys: ``--deepspeed`` (a shipped name, a path or JSON; ``sft_args.py``
+    ``_init_deepspeed`` L252-283), ``--fsdp`` (``fsdp2`` -> its shipped ``swift/config/fsdp2.json``, or a
+    path/JSON holding ``fsdp`` and ``fsdp_config``; ``fsdp_version`` defaults to 2; ``_init_fsdp`` L285-334),
+    the world from ``NPROC_PER_NODE`` / ``NNODES``; under DDP without DeepSpeed or FSDP its checkpoint patch
+    is non-reentrant unless ``use_reentrant`` is given (``trainers/mixin.py`` ``_fix_gradient_checkpointing``)."""
+    env = r.get("ENV")
+    if env is not None:
+        # swift/cli/main.py parse_yaml_args L51-58: the file's ENV entries are set when the environment has
+        # none of that name, so a VAR=value on the command line wins
+        for k, v in b.mapping(env, "ENV").items():
+            r.side.setdefault(f"env:{k}", str(v))
+    fsdp = None
+    value = r.get("fsdp")
+    if value not in (None, "", False):
+        text = str(value).strip()
+        if text == "fsdp2":
+            cfg, where = dict(SWIFT_FSDP2), "ms-swift 4.6.0 swift/config/fsdp2.json (the --fsdp name)"
+        elif text.startswith("{"):
+            cfg, where = b.mapping(text, "fsdp"), "--fsdp (inline JSON)"
+        else:
+            path = par._find(text, r.bases)
+            if path is None:
+                raise b.ConfigError(f"ms-swift: --fsdp {text}: not fsdp2 and no such file")
+            cfg, where = par.read_mapping(path, "--fsdp"), str(path)
+        notes.append(f"FSDP config read from {where}")
+        fc = b.mapping(cfg.get("fsdp_config"), "fsdp_config")
+        fsdp = par.hf_fsdp(cfg.get("fsdp", "full_shard auto_wrap"), {"version": 2, **fc}, r, "ms-swift", notes)
+    ds = par.framework_deepspeed(r, "deepspeed", "ms-swift")
+    if ds is not None and fsdp is not None:
+        raise b.ConfigError("ms-swift: FSDP2 is not compatible with DeepSpeed (ms-swift refuses both)")
+    par.resolve(r, notes, out, "ms-swift", "ms-swift", deepspeed=ds, fsdp=fsdp,
+                bucket_cap_mb=r.get("ddp_bucket_cap_mb"), env_rule="ms-swift")
+    par.ddp_keys(r, out, notes, "ddp_find_unused_parameters")
+    if out.get("strategy") == "ddp" and reent is None and out.get("grad_checkpointing"):
+        out["reentrant"] = False
+        notes.append("ms-swift under DDP (no DeepSpeed, no FSDP): its checkpoint patch is non-reentrant when "
+                     "use_reentrant is not given (trainers/mixin.py _fix_gradient_checkpointing)")
+
+
+#: ms-swift 4.6.0 ``swift/config/fsdp2.json`` (its memory keys).
+SWIFT_FSDP2 = {"fsdp": "full_shard auto_wrap",
+               "fsdp_config": {"fsdp_version": 2, "reshard_after_forward": True,
+                               "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": True,
+                               "state_dict_type": "SHARDED_STATE_DICT", "activation_checkpointing": True}}
 
 
 def _evaluation(r: b.Reader, notes: list[str]) -> dict[str, Any]:

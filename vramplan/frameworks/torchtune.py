@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import Era, Framework, Key, parse_version
 
 KEYS = (
@@ -35,6 +36,8 @@ KEYS = (
     Key("dataset_val", None, "validation data: no validation loop in 0.6.1's recipe"),
     Key("run_val_every_n_steps", None, "validation cadence: no validation loop in 0.6.1's recipe"),
     Key("compile", False, "torch.compile (not priced)"),
+    Key("fsdp_cpu_offload", False, "distributed recipes: FSDP2 CPUOffloadPolicy"),
+    Key("fsdp_reshard_after_forward", True, "distributed recipes: fully_shard(reshard_after_forward=...)"),
 )
 
 #: torchtune builder (after lora_/qlora_) -> registry model.
@@ -185,7 +188,25 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
     if r.get("dataset_val") is not None or r.get("run_val_every_n_steps") is not None:
         notes.append("dataset_val / run_val_every_n_steps: torchtune 0.6.1's lora_finetune_single_device has no "
                      "validation loop (grep of the recipe), so nothing is evaluated; priced as training alone")
+    _distributed(r, out, notes)
     return out
+
+
+def _distributed(r: b.Reader, out: dict[str, Any], notes: list[str]) -> None:
+    """torchtune 0.6.1's distributed recipes (``recipes/lora_finetune_distributed.py`` L276-281, L430-482)
+    shard with FSDP2 ``fully_shard`` per layer: ``fsdp_cpu_offload`` -> ``CPUOffloadPolicy``,
+    ``fsdp_reshard_after_forward`` (default true); the world is ``tune run``'s torchrun options."""
+    recipe = r.side_get("tune:recipe", None)
+    if recipe is not None and "distributed" in str(recipe):
+        fsdp = par.fsdp_fields(2, r.get("fsdp_reshard_after_forward"),
+                               b.boolean(r.get("fsdp_cpu_offload"), "fsdp_cpu_offload"), "torchtune")
+        par.resolve(r, notes, out, "torchtune", "torchtune", fsdp=fsdp)
+        notes.append(f"torchtune recipe {recipe}: its activations are priced as the single-device recipe's")
+    else:
+        gpus, nodes = par.world(r, notes)
+        if (gpus or 1) * (nodes or 1) > 1:
+            raise b.ConfigError(f"torchtune: recipe {recipe} is a single-device recipe; tune run refuses torchrun "
+                                "options for it (_cli/run.py)")
 
 
 FRAMEWORK = Framework(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from vramplan.frameworks import base as b
+from vramplan.frameworks import parallel as par
 from vramplan.frameworks.base import MISSING, Era, Framework, Key, parse_version
 
 KEYS = (
@@ -27,6 +28,7 @@ KEYS = (
     Key("load_in_4bit", False, "4-bit base"),
     Key("load_in_8bit", False, "8-bit base"),
     Key("bnb_4bit_quant_type", "nf4", "4-bit data type"),
+    Key("bnb_4bit_quant_storage", None, "storage dtype of the packed 4-bit weights (FSDP-QLoRA: the compute dtype)"),
     Key("use_bnb_nested_quant", False, "double quantization"),
     Key("lora_r", 16, "LoRA rank"),
     Key("lora_dropout", 0.05, "LoRA dropout"),
@@ -52,8 +54,14 @@ KEYS = (
     Key("liger_kernel_config", None, "keyword arguments of Liger's apply function"),
     Key("eval_strategy", "no", "evaluation during training (steps, epoch)", aliases=("evaluation_strategy",)),
     *b.hf_eval_keys(),
-    Key("deepspeed", None, "DeepSpeed (issue 16)"),
-    Key("fsdp", None, "FSDP (issue 16)"),
+    Key("deepspeed", None, "DeepSpeed config (a JSON path or mapping): ZeRO-2/3"),
+    Key("fsdp", None, "FSDP on (true) or legacy options (full_shard, shard_grad_op, offload)"),
+    Key("fsdp_config", None, "FSDP settings (version 2 by default, reshard_after_forward, cpu_offload)"),
+    Key("ddp_bucket_cap_mb", None, "DDP bucket size in MiB (None = torch's 25)"),
+    Key("ddp_find_unused_parameters", None, "DDP unused-parameter search (no memory priced)"),
+    Key("accelerate_config", None, "trl sft: accelerate config (a file or a name shipped in trl/accelerate_configs)"),
+    Key("num_processes", None, "trl sft: accelerate launch --num_processes (the total)"),
+    Key("num_machines", None, "trl sft: accelerate launch --num_machines"),
 )
 
 
@@ -94,6 +102,9 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
             raise b.ConfigError(f"{who}: bnb_4bit_quant_type '{qt}' must be nf4 or fp4")
         out["quant"] = qt
         out["double_quant"] = b.boolean(r.get("use_bnb_nested_quant"), "use_bnb_nested_quant")
+        storage = b.quant_storage(r.get("bnb_4bit_quant_storage"), "bnb_4bit_quant_storage")
+        if storage:
+            out["quant_storage"] = storage
     else:
         out["quant"] = "int8" if eight else "none"
     if peft:
@@ -157,7 +168,12 @@ def scenario(r: b.Reader, era: Era, arch: Any, notes: list[str]) -> dict[str, An
                          "cross-entropy on); read from trl 1.16 and transformers 5.24, not from that TRL's source")
     if b.boolean(r.get("activation_offloading"), "activation_offloading"):
         out["offload"] = "activations"  # sft_trainer.py L1189-1193: OffloadActivations around training_step
-    b.multi_gpu(r, notes, ("deepspeed", "fsdp"))
+    _launch(r, notes)
+    par.hf_trainer_parallel(r, notes, out, who, "trl")
+    if peft and out.get("strategy") == "zero3" and out.get("grad_checkpointing") and not out.get("reentrant"):
+        # trl 1.16 trainer/sft_trainer.py L873-895: PEFT + ZeRO-3 + checkpointing forces use_reentrant True
+        out["reentrant"] = True
+        notes.append("PEFT with DeepSpeed ZeRO-3: TRL forces reentrant checkpointing (sft_trainer.py L873-895)")
     return out
 
 
@@ -195,6 +211,32 @@ def _layout(r: b.Reader, out: dict[str, Any], notes: list[str], who: str) -> Non
 
 
 _S = "trl {}: trainer/sft_trainer.py, trainer/model_config.py, models/utils.py (research §4)"
+def _launch(r: b.Reader, notes: list[str]) -> None:
+    """``trl sft`` hands the arguments its parser does not know to ``accelerate launch`` (trl 1.16
+    ``cli/commands/training.py`` L52-70), ``--accelerate_config NAME`` becoming ``--config_file`` of a file or of
+    ``trl/accelerate_configs/NAME.yaml`` (``cli/accelerate_config.py`` L19-48): read here as that launch."""
+    name = r.get("accelerate_config")
+    for key in ("num_processes", "num_machines"):
+        if r.get(key) is not None:
+            r.side[f"accelerate:--{key}"] = r.get(key)
+    if name is None:
+        return
+    from vramplan.frameworks.shipped import TRL_ACCELERATE
+
+    path = par._find(str(name), r.bases)
+    if path is not None:
+        data, where = par.read_mapping(path, "accelerate_config"), str(path)
+    elif str(name) in TRL_ACCELERATE:
+        data, where = TRL_ACCELERATE[str(name)], f"trl 1.16.0 trl/accelerate_configs/{name}.yaml"
+    else:
+        raise b.ConfigError(f"trl: accelerate_config {name} is neither a file nor a config shipped with trl "
+                            f"({', '.join(TRL_ACCELERATE)})")
+    flat: dict[str, Any] = {}
+    par._flatten(data, "accelerate_config:", flat)
+    r.side.update({"accelerate:--config_file": str(name), **flat})
+    notes.append(f"accelerate config read from {where}")
+
+
 FRAMEWORK = Framework(
     name="trl", title="TRL", package="trl",
     eras=(

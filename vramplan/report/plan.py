@@ -78,7 +78,10 @@ def _head(p: Any) -> Table:
     head.add_row("run", f"seq {s.seq:,} · micro-batch {s.batch} · "
                         + ("full fine-tuning" if s.full else f"rank {s.rank} · {','.join(s.targets)}")
                         + f" · {s.quant.value} · {s.optimizer.value} · attn {s.attn.value}"
-                        + (" · grad ckpt" if s.grad_checkpointing else " · no grad ckpt"))
+                        + (" · grad ckpt" if s.grad_checkpointing else " · no grad ckpt")
+                        + (f" · {s.world_size} GPUs, {s.strategy.value}"
+                           + ("" if s.state_offload.value == "none" else f" + {s.state_offload.value} offload")
+                           + f" (per GPU, rank {s.process_rank})" if s.distributed else ""))
     head.add_row("largest seq", _limit(p.max_seq, p.seq_cap, f"at micro-batch {s.batch}"
                                        + ("" if s.full else f", rank {s.rank}")))
     head.add_row("largest micro-batch", _limit(p.max_batch, p.batch_cap, f"at seq {s.seq:,}"))

@@ -27,7 +27,15 @@ def estimate_title(arch: Any, s: Any, engine: str) -> str:
     what = "full fine-tuning" if s.full else f"LoRA r={s.rank} on {','.join(s.targets)}"
     return (f"{arch.name} ({arch.all_params / 1e9:.2f} B params) · {s.quant.value} · {what} · "
             f"{s.batch}×{s.seq} · {s.recipe.value} · {s.optimizer.value} · "
-            f"GC {'on' if s.grad_checkpointing else 'off'} · {s.attn.value} · {engine}")
+            f"GC {'on' if s.grad_checkpointing else 'off'} · {s.attn.value} · {engine}" + parallel_title(s))
+
+
+def parallel_title(s: Any) -> str:
+    """' · rank 0 of 8 GPUs, fsdp + params offload (per GPU)' for a distributed run, else ''."""
+    if not getattr(s, "distributed", False):
+        return ""
+    off = "" if s.state_offload.value == "none" else f" + {s.state_offload.value} offload"
+    return f" · rank {s.process_rank} of {s.world_size} GPUs, {s.strategy.value}{off} (per GPU)"
 
 
 def chart_title(model: str, sc: Any, skip: str | None = None) -> str:
@@ -41,4 +49,4 @@ def chart_title(model: str, sc: Any, skip: str | None = None) -> str:
     }
     if skip == "double_quant":
         skip = "quant"
-    return f"{model}: " + ", ".join(v for k, v in parts.items() if k != skip)
+    return f"{model}: " + ", ".join(v for k, v in parts.items() if k != skip) + parallel_title(sc)
