@@ -25,9 +25,9 @@ parameters, ``FSDPParamGroup.unshard`` / ``wait_for_unshard``), ``gradients/fsdp
 reduce-scatter inputs, ``post_backward``); the new sharded gradient is moved to ``gradients/trainable``
 as ``post_backward`` returns. DTensor's sharding propagation (``ShardingPropagator.
 _propagate_tensor_meta_non_cached``) runs each new op once on fake tensors of the global shapes and
-caches the result: those tensors are not counted. FSDP2's lazy init (the first forward) re-pads uneven
-shards into new storages: the model's categories are given again after it (``ctx.retag_model``) (the first run in a process read 276,480 B high at
-the first optimizer step without this).
+caches the result: those tensors are not counted (without this the first run in a process read
+276,480 B high at the first optimizer step). FSDP2's lazy init (the first forward) re-pads uneven shards
+into new storages: the model's categories are given again after it (``ctx.retag_model``).
 
 Under fake tensors bitsandbytes' ``fix_4bit_weight_quant_state_from_module`` would re-wrap FSDP's
 unsharded parameter as a ``Params4bit``, which cannot wrap a fake tensor: it only hands the module's
@@ -47,7 +47,6 @@ from vramplan.scenario import StateOffload
 
 def wrap(ctx: WrapContext) -> Wrapped:
     import bitsandbytes as bnb
-    import torch
     from accelerate.utils.fsdp_utils import _find_final_norm
     from accelerate.utils.other import get_module_children_bottom_up
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -83,7 +82,6 @@ def wrap(ctx: WrapContext) -> Wrapped:
         fully_shard(tail, **{**kwargs, "reshard_after_forward": False})
     if not isinstance(model, FSDPModule):
         fully_shard(model, **{k: v for k, v in kwargs.items() if k != "reshard_after_forward"})
-    del torch
     ctx.register(model)
     optimizer = ctx.make_optimizer(model) if ctx.make_optimizer else None
     note = (f"FSDP2: decoder layers sharded over {ctx.world_size} ranks (reshard_after_forward "

@@ -14,12 +14,12 @@ from vramplan.arch.spec import Arch
 from vramplan.scenario import Loss, Offload, Optim, Scenario, Strategy
 
 
-def check_traceable(arch: Arch, scenario: Scenario) -> None:
+def check_traceable(arch: Arch | None, scenario: Scenario) -> None:
     """Refuse, in one line, what the distributed trace has not been made to run (never priced as one GPU)."""
     from vramplan.hf.build import TraceUnsupported
 
     why = None
-    if arch.vision is not None and scenario.images:
+    if arch is not None and arch.vision is not None and scenario.images:
         why = "images (the vision path runs on real tensors)"
     elif scenario.eval_batch:
         why = "an evaluation loop"
@@ -29,6 +29,9 @@ def check_traceable(arch: Arch, scenario: Scenario) -> None:
         why = f"loss {scenario.loss.value} (it calls the decoder past the wrapper's forward)"
     elif scenario.strategy is Strategy.FSDP and scenario.optimizer not in (Optim.ADAMW, Optim.SGD):
         why = f"optimizer {scenario.optimizer.value} on sharded (DTensor) parameters"
+    elif scenario.strategy is Strategy.FSDP and scenario.state_offload.value != "none":
+        why = (f"state_offload {scenario.state_offload.value} (CPUOffloadPolicy: on the CPU the host and device "
+               "copies are one memory)")
     if why:
         raise TraceUnsupported(f"the {scenario.strategy.value} trace does not run {why} yet: use --method analytic "
                                "or strategy single")

@@ -42,6 +42,11 @@ def launch(model: str, arch_config: dict[str, Any] | None, scenario: Scenario, o
         raise RanksError(f"profile runs on one node: --nodes {scenario.nodes} needs a launcher per node")
     if opts.weights:
         raise RanksError("a multi-process profile runs random-init weights (no --weights yet)")
+    from vramplan.arch import Arch
+    from vramplan.parallel.trace_rank import check_traceable
+
+    # the ranks run the trace's program (vramplan.parallel.torch_wrap): what it does not run is refused here
+    check_traceable(Arch.from_config(arch_config, name=model) if arch_config else None, scenario)
     with tempfile.TemporaryDirectory(prefix="vramplan-ranks-") as tmp:
         job = Path(tmp) / "job.json"
         manifest = Path(tmp) / "manifest.txt"
@@ -59,10 +64,31 @@ def launch(model: str, arch_config: dict[str, Any] | None, scenario: Scenario, o
             raise RanksError(f"torchrun did not finish within {TIMEOUT_S} s") from None
         paths = [Path(line) for line in manifest.read_text().splitlines()] if manifest.exists() else []
         if done.returncode != 0 or len(paths) != scenario.world_size:
-            tail = [ln for ln in (done.stderr or "").strip().splitlines() if ln.strip()][-1:] or ["no output"]
+            lines = [ln.strip() for ln in (done.stderr or "").splitlines() if ln.strip().strip("=-")]
+            tail = ([ln for ln in lines if ln.startswith("[rank") and "Error" in ln][-1:]
+                    or [ln for ln in lines if "Error" in ln][-1:] or lines[-1:] or ["no output"])
             raise RanksError(f"torchrun exited {done.returncode} with {len(paths)} of {scenario.world_size} "
                              f"profiles written: {tail[0][:300]}")
     return sorted(paths, key=lambda p: _rank_of(p))
+
+
+def wrap_rank(reader: Any, model: Any, scenario: Scenario, device: str) -> Any:
+    """The strategy's wrapper of this rank in the real process group (``vramplan.parallel.torch_wrap``),
+    its buffers counted by the reader where it can tell them (the CPU tracker)."""
+    from contextlib import nullcontext
+
+    from vramplan.hf import build
+    from vramplan.parallel.torch_wrap import WrapContext, wrap
+    from vramplan.profile.runner import register_model
+
+    ctx = WrapContext(model=model, scenario=scenario, fake=False, device=device, fake_group=False,
+                      register=lambda m: register_model(reader, m),
+                      labelled=getattr(reader, "labelled", lambda category: nullcontext()),
+                      retag=getattr(reader, "retag", lambda tensors, category: None),
+                      uncounted=getattr(reader, "paused", nullcontext),
+                      retag_model=lambda m: register_model(reader, m),
+                      make_optimizer=lambda m: build.make_optimizer(m, scenario))
+    return wrap(ctx)
 
 
 def _rank_of(path: Path) -> int:

@@ -361,7 +361,9 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
     st.sample()
     step_kw: dict[str, Any] = {}
     if scenario.distributed:  # this rank's wrapper (inside the torchrun process group: profile_one)
-        wrapped = _wrap_rank(reader, model, scenario, device)
+        from vramplan.profile.ranks import wrap_rank
+
+        wrapped = wrap_rank(reader, model, scenario, device)
         model, optimizer = wrapped.module, wrapped.optimizer
         step_kw = dict(backward=wrapped.backward, step=wrapped.step)
     else:
@@ -393,24 +395,6 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
             t0 = time.perf_counter()
             build.train_step(model, optimizer, batch, scenario, on_phase=st.advance, carry=carry, **step_kw)
             st.times.append(time.perf_counter() - t0)
-
-
-def _wrap_rank(reader: MemoryReader, model: Any, scenario: Scenario, device: str) -> Any:
-    """The strategy's wrapper of this rank in the real process group (``vramplan.parallel.torch_wrap``),
-    its buffers counted by the reader where it can tell them (the CPU tracker)."""
-    from contextlib import nullcontext
-
-    from vramplan.hf import build
-    from vramplan.parallel.torch_wrap import WrapContext, wrap
-
-    ctx = WrapContext(model=model, scenario=scenario, fake=False, device=device, fake_group=False,
-                      register=lambda m: register_model(reader, m),
-                      labelled=getattr(reader, "labelled", lambda category: nullcontext()),
-                      retag=getattr(reader, "retag", lambda tensors, category: None),
-                      uncounted=getattr(reader, "paused", nullcontext),
-                      retag_model=lambda m: register_model(reader, m),
-                      make_optimizer=lambda m: build.make_optimizer(m, scenario))
-    return wrap(ctx)
 
 
 def _measured(st: _State, scenario: Scenario, oom: dict[str, Any] | None) -> dict[str, Any]:
