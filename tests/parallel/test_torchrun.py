@@ -55,12 +55,15 @@ def test_every_ddp_torchrun_rank_equals_its_fake_rank(tmp_path):
         assert _fake(fields, rank) == real[rank], rank
 
 
-#: Gloo's artefact (shared/research/multigpu-simulation.md section 5): ``reduce_scatter_tensor`` on
-#: gloo holds an input-sized buffer past the collective, which NCCL and the fake group do not. Here the
-#: last one of the backward (one decoder layer's unsharded LoRA gradients) is, in some runs (gloo's
-#: worker thread releases it asynchronously), still alive in the second step's optimizer phase. That
-#: phase is not the step's peak, which must match exactly; the phase is exact when the buffer is gone.
-GLOO_HELD = ("gradients/fsdp_reduce_scatter", 1, "optimizer")
+#: Gloo's artefacts (shared/research/multigpu-simulation.md section 5): gloo's worker thread holds
+#: the tensors of an asynchronous collective until it drops the work, which can be after FSDP2 has let
+#: them go; the fake group (and NCCL's in-place collectives on the caching allocator) hold nothing.
+#: Seen here, in some runs only: the last reduce-scatter input of the backward (one decoder layer's
+#: unsharded LoRA gradients) still alive in the second step's optimizer phase, and a second copy of the
+#: fp32 lm_head group's all-gather buffer at the second step's loss backward (that one is the step's
+#: peak). Such a phase may read higher on gloo by FSDP2 communication buffers only, each at most one
+#: FSDP unit's unsharded bytes; every other phase, and every phase of most runs, is exact.
+GLOO_ASYNC = ("weights/fsdp_unsharded", "gradients/fsdp_reduce_scatter")
 
 
 def test_every_fsdp_torchrun_rank_equals_its_fake_rank(tmp_path):
@@ -69,24 +72,23 @@ def test_every_fsdp_torchrun_rank_equals_its_fake_rank(tmp_path):
     import vramplan.arch as A
 
     cfg = A.find_entry("vramplan-debug").config
-    category, step, phase = GLOO_HELD
+    # the largest FSDP unit: the lm_head group, upcast to fp32 by the hf-peft recipe (vocab x hidden x 4 B);
+    # one decoder layer's LoRA gradients (r 8 on all 7 linears of a 64-wide layer: A is r x in, B out x r)
+    h, m = cfg["hidden_size"], cfg["intermediate_size"]
+    kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, m), (h, m), (m, h)]
+    buffers = {cfg["vocab_size"] * h * 4, sum(8 * (i + o) for i, o in shapes) * 4}
+    inexact = 0
     for rank in range(2):
         fake = _fake(fields, rank)
-        assert [max(p[0] for p in s.values()) for s in fake] == [max(p[0] for p in s.values()) for s in real[rank]]
         for i, (f, r) in enumerate(zip(fake, real[rank])):
+            assert f.keys() == r.keys()
             for ph in f:
-                if (i, ph) != (step, phase):
-                    assert f[ph] == r[ph], (rank, i, ph)
-        # the held buffer: one layer's LoRA gradients in fp32 (r 8 on all 7 linears of a 64-wide layer,
-        # hand-derived: A is r x in, B is out x r), rounded to 512-B blocks, absent from the fake rank
-        h, m = cfg["hidden_size"], cfg["intermediate_size"]
-        kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
-        shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, m), (h, m), (m, h)]
-        layer = sum(8 * (i + o) for i, o in shapes) * 4
-        held = real[rank][step][phase][1].get(category, 0)
-        assert fake[step][phase][1].get(category, 0) == 0
-        assert held in (0, -(-layer // 512) * 512), (held, layer)
-        if not held:  # gloo's worker thread released it before the optimizer step: exact
-            assert fake[step][phase] == real[rank][step][phase]
-        f_total, r_total = fake[step][phase][0], real[rank][step][phase][0]
-        assert f_total <= r_total <= f_total + held
+                if f[ph] == r[ph]:
+                    continue
+                inexact += 1
+                (ft, fc), (rt, rc) = f[ph], r[ph]
+                excess = {c: rc.get(c, 0) - fc.get(c, 0) for c in GLOO_ASYNC if rc.get(c, 0) > fc.get(c, 0)}
+                assert excess and all(v in buffers for v in excess.values()), (rank, i, ph, f[ph], r[ph])
+                assert ft <= rt <= ft + sum(excess.values()), (rank, i, ph, f[ph], r[ph])
+    assert inexact <= 2  # one held buffer per rank at most, in the runs seen
