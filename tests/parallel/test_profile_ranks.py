@@ -29,20 +29,33 @@ def test_two_rank_profile_writes_one_profile_per_rank(tmp_path, cli_run, strateg
         assert p.run["parallel"] == {"strategy": strategy, "world_size": 2, "rank": p.scenario.process_rank,
                                      "backend": "gloo", "launcher": "torchrun"}
         assert f"_{strategy}-w2r{p.scenario.process_rank}_" in p.path.name
-        # the rank's measured peak and the trace's prediction for that rank: the same program, read by
-        # the same tracker (the loader differs: random weights through the materialize or pretrained path)
+        # the rank's measured peak and the trace's prediction for that rank: the same program, read by the
+        # same tracker. Equal, except that under FSDP2 gloo's worker thread may still hold one collective
+        # buffer at the peak (test_torchrun.GLOO_ASYNC: at most one FSDP unit, hand-derived there)
         assert p.predictions["trace"] is not None, p.run["prediction_notes"]
         assert p.measured["oom"] is None
-        assert abs(p.error("trace")) <= 0.02, p.error("trace")
+        gap = p.measured["allocated_peak_bytes"] - p.predictions["trace"]["allocated_peak_bytes"]
+        assert gap in ((0,) if strategy == "ddp" else (0, *_gloo_buffers())), gap
     # validate prices every rank with its own scenario (trace engine here; the analytic engine says in
     # one line that it does not price the strategy yet, and the row is out, never priced as one GPU)
     from vramplan.trace import trace
     from vramplan.validate import profile_points, validate_points
 
     rows = validate_points(profile_points(stored), estimator=trace)
-    assert [r.status for r in rows] == ["in", "in"] and all(abs(r.error) <= 0.02 for r in rows)
+    assert [r.status for r in rows] == ["in", "in"]
+    assert all(r.measured_bytes - r.predicted_bytes in (0, *_gloo_buffers()) for r in rows)
     rows = validate_points(profile_points(stored))
     assert [r.status for r in rows] == ["out", "out"] and all("not priced" in r.reason for r in rows)
+
+
+def _gloo_buffers() -> set[int]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_torchrun import fsdp_unit_buffers
+
+    return fsdp_unit_buffers()
 
 
 def test_parallel_record_must_agree_with_the_scenario():

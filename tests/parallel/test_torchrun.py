@@ -66,18 +66,23 @@ def test_every_ddp_torchrun_rank_equals_its_fake_rank(tmp_path):
 GLOO_ASYNC = ("weights/fsdp_unsharded", "gradients/fsdp_reduce_scatter")
 
 
-def test_every_fsdp_torchrun_rank_equals_its_fake_rank(tmp_path):
-    fields = dict(strategy="fsdp", quant="nf4", seq=64, batch=2)
-    real = torchrun(tmp_path, 2, fields)
+def fsdp_unit_buffers() -> set[int]:
+    """The FSDP2 buffers gloo was seen holding, by hand: the lm_head group, upcast to fp32 by the hf-peft
+    recipe (vocab x hidden x 4 B), and one decoder layer's LoRA gradients (r 8 on all 7 linears of a
+    64-wide layer: A is r x in, B is out x r; fp32), both multiples of 512 B."""
     import vramplan.arch as A
 
     cfg = A.find_entry("vramplan-debug").config
-    # the largest FSDP unit: the lm_head group, upcast to fp32 by the hf-peft recipe (vocab x hidden x 4 B);
-    # one decoder layer's LoRA gradients (r 8 on all 7 linears of a 64-wide layer: A is r x in, B out x r)
     h, m = cfg["hidden_size"], cfg["intermediate_size"]
     kv = cfg["num_key_value_heads"] * h // cfg["num_attention_heads"]
     shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, m), (h, m), (m, h)]
-    buffers = {cfg["vocab_size"] * h * 4, sum(8 * (i + o) for i, o in shapes) * 4}
+    return {cfg["vocab_size"] * h * 4, sum(8 * (i + o) for i, o in shapes) * 4}
+
+
+def test_every_fsdp_torchrun_rank_equals_its_fake_rank(tmp_path):
+    fields = dict(strategy="fsdp", quant="nf4", seq=64, batch=2)
+    real = torchrun(tmp_path, 2, fields)
+    buffers = fsdp_unit_buffers()
     inexact = 0
     for rank in range(2):
         fake = _fake(fields, rank)
