@@ -103,3 +103,20 @@ def test_quant_storage_keeps_the_bytes_on_one_gpu():
         sc = Scenario(seq=64, batch=2, quant="nf4", quant_storage=storage)
         peaks[storage] = _phases(sc, True)
     assert peaks["uint8"] == peaks["bf16"]
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_layer_extrapolation_holds_for_one_rank(strategy):
+    """The fast mode's exact extrapolation from a few layers equals the trace of every layer (8 layers of
+    the debug shape, world 4): the per-rank peak grows by equal steps per layer under DDP and FSDP2."""
+    import vramplan.arch as A
+    from vramplan.trace import trace
+
+    arch = A.Arch.from_config(dict(A.find_entry(ARCH).config, num_hidden_layers=8), name="debug-L8")
+    sc = Scenario(seq=64, batch=2, gpus=4, process_rank=1, strategy=strategy, quant="nf4")
+    with interventions.quiet_frameworks():
+        fast = trace(arch, sc, device="cpu")
+        full = trace(arch, sc, device="cpu", extrapolate=False)
+    assert fast.extra["extrapolated"] and not full.extra["extrapolated"]
+    assert fast.allocated_peak_bytes == full.allocated_peak_bytes
+    assert {c.name: c.bytes for c in fast.components} == {c.name: c.bytes for c in full.components}
