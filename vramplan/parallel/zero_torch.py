@@ -27,10 +27,15 @@ QLoRA: the packed 4-bit weight is a parameter and is partitioned and all-gathere
 or the ``bnb_4bit_quant_storage`` dtype, same bytes); its quant state is a module attribute, kept whole
 on every rank.
 
-Categories: ``zero/partitions`` (what ``deepspeed.initialize`` allocates: the flat 16-bit parameter
-partition, the fp32 master partition, ZeRO-3's gradient partition and reduce buffers),
-``zero/gathered`` (ZeRO-3's all-gathered parameters, allocated in
-``PartitionedParameterCoordinator.fetch_sub_module``). Everything else keeps the trace's labels.
+Components (names in the breakdown's categories): ``weights/zero_partition`` (what
+``deepspeed.initialize`` allocates: frozen parameters' ZeRO-3 partitions and anything not named below),
+``adapter/zero_partition`` (ZeRO-3: this rank's flat 16-bit partition of the trainable parameters; under
+ZeRO-2 the flat 16-bit copy is the parameters themselves, ``adapter/lora``), ``optimizer/fp32_master``
+(the fp32 master partition), ``gradients/zero_partition`` (the gradient partition),
+``gradients/zero_buckets`` (the reduce buckets), ``weights/zero_gathered`` (ZeRO-3's all-gathered
+parameters, allocated in ``PartitionedParameterCoordinator.fetch_sub_module``). The buffers are found by
+the optimizer's attribute names (``_BUFFERS``) and retagged after ``initialize`` and around every
+backward and step. Everything else keeps the trace's labels.
 
 Under fake tensors the data-dependent checks are stood in for (none allocates):
 
@@ -49,6 +54,7 @@ Under fake tensors the data-dependent checks are stood in for (none allocates):
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -169,12 +175,49 @@ def wrap(ctx: WrapContext) -> Wrapped:
         patches.enter_context(_gathered_labelled(ctx.labelled))
     optimizer = ctx.make_optimizer(ctx.model) if ctx.make_optimizer else None
     config = ds_config(sc, hidden_size(ctx.model.config))
-    with ctx.labelled("zero/partitions"), \
+    with ctx.labelled("weights/zero_partition"), \
             (_attr(torch.nn.Module, "to", _same_module) if ctx.fake else contextlib.nullcontext()):
         engine, *_ = deepspeed.initialize(model=ctx.model, optimizer=optimizer, config=config)
     patches.callback(engine.destroy)
-    return Wrapped(module=engine, inner=ctx.model, optimizer=None, backward=engine.backward, step=engine.step,
+    retag = functools.partial(_retag_buffers, ctx.retag, engine.optimizer)
+    retag()
+
+    def backward(loss: Any) -> None:
+        retag()
+        engine.backward(loss)
+        retag()
+
+    def step() -> None:
+        engine.step()
+        retag()
+
+    return Wrapped(module=engine, inner=ctx.model, optimizer=None, backward=backward, step=step,
                    patches=patches, notes=NOTES)
+
+
+#: ZeRO optimizer attribute -> component (deepspeed 0.19.8 ``zero/stage3.py``
+#: ``DeepSpeedZeroOptimizer_Stage3``, ``zero/stage_1_and_2.py`` ``DeepSpeedZeroOptimizer``); a list
+#: attribute holds one tensor per parameter group.
+_BUFFERS: dict[str, str] = {
+    "fp16_partitioned_groups_flat": "adapter/zero_partition",
+    "fp32_partitioned_groups_flat": "optimizer/fp32_master",
+    "grad_partitions_flat_buffer": "gradients/zero_partition",
+    "_DeepSpeedZeroOptimizer_Stage3__ipg_bucket_flat_buffer": "gradients/zero_buckets",
+    "bit16_groups_flat": "adapter/lora",
+    "single_partition_of_fp32_groups": "optimizer/fp32_master",
+    "ipg_buffer": "gradients/zero_buckets",
+    "grads_in_partition": "gradients/zero_partition",
+}
+
+
+def _retag_buffers(retag: Any, optimizer: Any) -> None:
+    """Give the ZeRO optimizer's live buffers their ``_BUFFERS`` component."""
+    import torch
+
+    for attr, component in _BUFFERS.items():
+        value = getattr(optimizer, attr, None)
+        tensors = value if isinstance(value, (list, tuple)) else [value]
+        retag([t for t in tensors if isinstance(t, torch.Tensor)], component)
 
 
 @contextlib.contextmanager
@@ -233,7 +276,7 @@ def _gathered_labelled(labelled: Any) -> Any:
     fetch = C.fetch_sub_module
 
     def fetch_labelled(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with labelled("zero/gathered"):
+        with labelled("weights/zero_gathered"):
             return fetch(self, *args, **kwargs)
 
     with _attr(C, "fetch_sub_module", fetch_labelled):
