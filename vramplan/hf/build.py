@@ -172,8 +172,17 @@ def bnb_config(scenario: Scenario) -> Any:
         bnb_4bit_compute_dtype=torch_dtype(scenario),
         bnb_4bit_quant_type=scenario.quant.value if four else "nf4",
         bnb_4bit_use_double_quant=scenario.double_quant,
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=quant_storage_dtype(scenario),
     )
+
+
+def quant_storage_dtype(scenario: Scenario) -> Any:
+    """``bnb_4bit_quant_storage`` (``Scenario.quant_storage``): the dtype the packed 4-bit bytes are stored
+    as (uint8 by default; a floating dtype lets FSDP shard them, as FSDP-QLoRA does)."""
+    import torch
+
+    return {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "fp32": torch.float32}[scenario.quant_storage.value]
 
 
 def attn_implementation(scenario: Scenario) -> str:
@@ -536,17 +545,17 @@ def _packed_weight(module: Any, scenario: Scenario, dense: Any, fake: bool) -> A
 
     packed, qs = F.quantize_4bit(
         dense, blocksize=scenario.blocksize, compress_statistics=scenario.double_quant,
-        quant_type=scenario.quant.value, quant_storage=torch.uint8,
+        quant_type=scenario.quant.value, quant_storage=quant_storage_dtype(scenario),
     )
     if not fake:
         return bnb.nn.Params4bit(
             packed, requires_grad=False, quant_state=qs, blocksize=scenario.blocksize,
             compress_statistics=scenario.double_quant, quant_type=scenario.quant.value,
-            quant_storage=torch.uint8, module=module, bnb_quantized=True,
+            quant_storage=packed.dtype, module=module, bnb_quantized=True,
         )
     p = torch.nn.Parameter(packed, requires_grad=False)
     p.quant_state, p.blocksize, p.quant_type = qs, scenario.blocksize, scenario.quant.value
-    p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, torch.uint8, True
+    p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, packed.dtype, True
     p.module = module
     return p
 

@@ -34,7 +34,8 @@ def check_traceable(arch: Arch, scenario: Scenario) -> None:
                                "or strategy single")
 
 
-def wrap_rank(tracker: Any, model: Any, scenario: Scenario, fake: bool, register: Callable[[Any], None]) -> Any:
+def wrap_rank(tracker: Any, model: Any, scenario: Scenario, fake: bool, register: Callable[[Any], None],
+              fake_group: bool = True, retag_model: Callable[[Any], None] = lambda m: None) -> Any:
     """The strategy's ``Wrapped`` for this rank, its buffers counted by ``tracker``; the optimizer is
     built outside fake mode, as the single-GPU trace builds it."""
     import contextlib
@@ -48,6 +49,7 @@ def wrap_rank(tracker: Any, model: Any, scenario: Scenario, fake: bool, register
         with unset_fake_temporarily() if fake else contextlib.nullcontext():
             return B.make_optimizer(m, scenario)
 
-    ctx = WrapContext(model=model, scenario=scenario, fake=fake, device="cpu", register=register,
-                      labelled=tracker.allocating, retag=tracker.retag, make_optimizer=make_optimizer)
+    ctx = WrapContext(model=model, scenario=scenario, fake=fake, device="cpu", fake_group=fake_group, register=register,
+                      labelled=tracker.allocating, retag=tracker.retag, uncounted=tracker.paused,
+                      retag_model=retag_model, make_optimizer=make_optimizer)
     return wrap(ctx)

@@ -58,7 +58,7 @@ class TraceRun:
 
 
 def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: int = 2, *,
-              fake: bool = True, seed: int = 0, device: Any = None) -> TraceRun:
+              fake: bool = True, seed: int = 0, device: Any = None, group: str = "fake") -> TraceRun:
     """Build ``layers`` decoder layers (all by default) and trace ``steps`` training steps.
 
     ``fake=False`` runs the very same code on real CPU tensors (real bitsandbytes quantization, real
@@ -66,7 +66,11 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     ``device`` (anything ``vramplan.device.Device.parse`` takes; None = CUDA) picks the program: on a
     CUDA device the CUDA-only behaviours of ``vramplan.hf.interventions.cuda_semantics`` are
     emulated (bool dropout masks, no peft CPU-only fp32 cast of LoRA inputs); on the CPU the CPU
-    program runs as is."""
+    program runs as is.
+
+    A distributed scenario (``Scenario.strategy``) runs rank ``process_rank`` of ``world_size``:
+    ``group="fake"`` in torch's fake process group (the trace), ``group="torchrun"`` in the real group
+    torchrun's environment describes (the reference the fake rank is tested against, on real tensors)."""
     cuda = Device.parse(device).semantics == "cuda"
     from vramplan.hf import build as B
 
@@ -81,21 +85,27 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     t0 = time.perf_counter()
     run = TraceRun(layers=arch.num_layers if layers is None else layers)
     interventions.warm_bitsandbytes()
-    group: Any = contextlib.nullcontext()
+    fake_group = True
     if scenario.distributed:
         from vramplan.parallel.trace_rank import check_traceable
         from vramplan.parallel.torch_wrap import process_group
 
         check_traceable(arch, scenario)
-        group = process_group(scenario, fake=True)
-    with group, interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), \
+        if group not in ("fake", "torchrun"):
+            raise ValueError(f"group must be 'fake' or 'torchrun', got {group!r}")
+        fake_group = group == "fake"
+        pg: Any = process_group(scenario, fake=fake_group)
+    else:
+        pg = contextlib.nullcontext()
+    with pg, interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), \
             interventions.dora_standins(scenario.dora), _lora_kernels(scenario) as kernels:
         model = B.build_model(arch, scenario, layers=run.layers)
         kernels(model)
         with _cpu_program(fake, cuda):
             B.materialize(model, scenario, fake=fake, seed=seed)
             if scenario.distributed:  # the strategy wraps inside the tracker and builds the optimizer
-                _trace_steps(run, arch, model, None, scenario, steps, fake=fake, seed=seed, cuda=cuda)
+                _trace_steps(run, arch, model, None, scenario, steps, fake=fake, seed=seed, cuda=cuda,
+                             fake_group=fake_group)
             else:
                 with unset_fake_temporarily() if fake else contextlib.nullcontext():
                     optimizer = B.make_optimizer(model, scenario)
@@ -136,7 +146,7 @@ def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
 
 
 def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario: Scenario, steps: int, *,
-                 fake: bool, seed: int, cuda: bool) -> None:
+                 fake: bool, seed: int, cuda: bool, fake_group: bool = True) -> None:
     """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes).
     Only the CUDA program counts the bytes CUDA kernels allocate inside an op (``cuda_transients``:
     bitsandbytes' in-kernel dequantization, the softmax backward's temporary): the CPU kernels have none."""
@@ -149,7 +159,8 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         if scenario.distributed:  # one rank: the strategy's wrapper (vramplan.parallel.torch_wrap)
             from vramplan.parallel.trace_rank import wrap_rank
 
-            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m))
+            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m), fake_group,
+                                lambda m: _retag_model(tr, m))
             wrapped_run.callback(wrapped.close)
             run.notes = wrapped.notes
             model, optimizer, step_model = wrapped.inner, wrapped.optimizer, wrapped.module
@@ -169,8 +180,6 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
-                if scenario.distributed:  # FSDP2's lazy init re-pads shards into new storages
-                    _retag_model(tr, model)
                 try:
                     with offload_step():
                         B.train_step(step_model, optimizer, batch, scenario, on_phase=labeller.end_phase,
