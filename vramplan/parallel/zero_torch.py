@@ -42,7 +42,8 @@ Under fake tensors the data-dependent checks are stood in for (none allocates):
 1. ``is_invalid_grad_norm`` (``runtime/utils.py`` L231; used in ``zero/stage3.py`` L2888,
    ``zero/stage_1_and_2.py`` L3043, L3203) -> False;
 2. ``assert_ints_same_as_other_ranks`` (``zero/utils.py`` L114; ``partitioned_param_coordinator.py``
-   L260-267 and ``stage3.py`` L1671, the ``.item()`` of the second forward) -> no-op;
+   L260-267 and ``stage3.py`` L1671, the ``.item()`` of the second forward) -> no-op, also on real
+   tensors in the fake group (its all-reduce leaves every rank's own list);
 3. ``DeepSpeedZeroOptimizer.has_overflow`` (``stage_1_and_2.py`` L3237; a 16-bit ZeRO-2 step) -> False;
 4. ``nn.Module.to`` -> identity during ``deepspeed.initialize`` (``engine.py`` L2093-2094 moves the model
    to its device, which is where it is already on the CPU; under fake tensors ``Module.to`` cannot swap
@@ -170,6 +171,8 @@ def wrap(ctx: WrapContext) -> Wrapped:
     ctx.register(ctx.model)
     if ctx.fake:
         patches.enter_context(_fake_stand_ins())
+    if ctx.fake or ctx.fake_group:
+        patches.enter_context(_same_as_other_ranks())
     patches.enter_context(_no_autocast())
     if sc.strategy is Strategy.ZERO3:
         patches.enter_context(_gathered_labelled(ctx.labelled))
@@ -253,9 +256,19 @@ def _fake_stand_ins() -> Any:
     with contextlib.ExitStack() as stack:
         for mod in (ds_utils, stage3, stage_1_and_2):
             stack.enter_context(_attr(mod, "is_invalid_grad_norm", lambda *a, **k: False))
-        stack.enter_context(_attr(coordinator, "assert_ints_same_as_other_ranks", lambda *a, **k: None))
-        stack.enter_context(_attr(stage3, "assert_ints_same_as_other_ranks", lambda *a, **k: None))
         stack.enter_context(_attr(stage_1_and_2.DeepSpeedZeroOptimizer, "has_overflow", lambda self, *a, **k: False))
+        yield
+
+
+@contextlib.contextmanager
+def _same_as_other_ranks() -> Any:
+    """Item 2 of the module docstring: also with real tensors in the fake group, whose all-reduce leaves
+    each rank's own value (rank 1 would see its -1 markers disagree with rank 0's)."""
+    from deepspeed.runtime.zero import partitioned_param_coordinator as coordinator
+    from deepspeed.runtime.zero import stage3
+
+    with _attr(coordinator, "assert_ints_same_as_other_ranks", lambda *a, **k: None), \
+            _attr(stage3, "assert_ints_same_as_other_ranks", lambda *a, **k: None):
         yield
 
 
