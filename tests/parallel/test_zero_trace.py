@@ -110,3 +110,21 @@ def test_state_offload_is_refused_in_one_line():
 
     with pytest.raises(TraceUnsupported, match="state_offload optimizer is not traced"):
         _traced(Scenario(seq=64, batch=2, gpus=2, strategy="zero3", state_offload="optimizer"), True)
+
+
+@pytest.mark.torch
+def test_breakdown_rows_sum_to_the_peak():
+    """``trace()`` on ZeRO-3: every traced component is a named one (``labels.NOTES``), they sum to the
+    steady step's peak, and the ZeRO buffers are among them."""
+    pytest.importorskip("deepspeed")
+    from vramplan.arch import resolve
+    from vramplan.trace import trace
+    from vramplan.trace.labels import NOTES
+
+    b = trace(resolve(ARCH), Scenario(seq=64, batch=2, gpus=2, strategy="zero3", quant="none"), device="cpu")
+    names = {c.name for c in b.allocated}
+    assert {"weights/zero_gathered", "optimizer/fp32_master", "adapter/zero_partition"} <= names
+    traced = [c for c in b.allocated if c.name in NOTES]
+    assert sum(c.bytes for c in traced) == b.extra["steady_step_peak_bytes"]
+    assert not [c.name for c in b.allocated if c.bytes and c.name not in NOTES and not c.name.startswith(
+        ("temporary/cublas", "runtime/"))]

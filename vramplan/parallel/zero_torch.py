@@ -37,6 +37,12 @@ parameters, allocated in ``PartitionedParameterCoordinator.fetch_sub_module``). 
 the optimizer's attribute names (``_BUFFERS``) and retagged after ``initialize`` and around every
 backward and step. Everything else keeps the trace's labels.
 
+Known limit of the layer extrapolation: ZeRO-3 keeps a gathered parameter while the parameters
+gathered stay under ``stage3_max_live_parameters`` and its next use is within ``stage3_max_reuse_distance``
+(DeepSpeed default 1e9 elements; not a Scenario field): on a model whose traced layers fall under those
+thresholds and whose whole depth does not, the extrapolated ``weights/zero_gathered`` is too high (a
+small model keeps every parameter gathered through the step, as the real run does).
+
 Under fake tensors the data-dependent checks are stood in for (none allocates):
 
 1. ``is_invalid_grad_norm`` (``runtime/utils.py`` L231; used in ``zero/stage3.py`` L2888,
@@ -134,7 +140,7 @@ def check(scenario: Scenario) -> None:
     if scenario.state_offload is not StateOffload.NONE:
         raise TraceUnsupported(
             f"ZeRO state_offload {scenario.state_offload.value} is not traced: on the CPU the simulation cannot "
-            "tell DeepSpeed's host buffers from device ones (and DeepSpeedCPUAdam is a compiled op); use "
+            "tell DeepSpeed's host buffers (offloaded fp32 partition, optimizer state, pinned copies) from device ones; use "
             "--state-offload none or --method analytic")
     if scenario.optimizer not in (Optim.ADAMW, Optim.SGD) or scenario.lora_fa:
         raise TraceUnsupported(f"optimizer {scenario.optimizer.value}{' (LoRA-FA)' if scenario.lora_fa else ''} "
