@@ -93,8 +93,11 @@ def profile(**kw: Any) -> None:
     require_torch()
     device = preflight(model, arch, scenarios, opts)
     _warn_if_slow(arch, scenarios, opts, device, as_json)
-    with stoppable() as stop:
-        saved = _run(model, arch, scenarios, opts, folder, device, as_json, stop)
+    if any(sc.distributed for sc in scenarios):  # every rank a torchrun process (vramplan.profile.ranks)
+        saved = _run_ranks(model, arch, scenarios, opts, folder, device)
+    else:
+        with stoppable() as stop:
+            saved = _run(model, arch, scenarios, opts, folder, device, as_json, stop)
     if as_json:
         emit_json([dict(p.to_dict(), path=str(p.path)) for p in saved])
         return
@@ -104,6 +107,19 @@ def profile(**kw: Any) -> None:
 
     title = f"{model} on {device['name']}: {len(saved)} profile(s) in {folder}"
     Console().print(profiles_table([profile_row(p) for p in saved], title, files=False))
+
+
+def _run_ranks(model: str, arch: Any, scenarios: list[Any], opts: Any, folder: Any,
+               device: dict[str, Any]) -> list[Any]:
+    """Each point on ``world_size`` local processes under torchrun: one profile per rank."""
+    from vramplan.profile.ranks import launch
+    from vramplan.profile.store import read_profile
+
+    opts = dataclasses.replace(opts, device=opts.device or ("cuda" if device["kind"] == "cuda" else "cpu"))
+    saved: list[Any] = []
+    for sc in scenarios:
+        saved.extend(read_profile(p) for p in launch(model, dict(arch.config), sc, opts, folder))
+    return saved
 
 
 def _profile_config(kw: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@
 find_unused_parameters=...)`` as the HF Trainer builds it (transformers 5.24 ``trainer.py`` L749-760:
 ``find_unused_parameters`` is ``not gradient checkpointing`` for a ``PreTrainedModel``, True for any
 other model, e.g. a peft ``PeftModel``). The Reducer allocates its gradient buckets in C++ through the
-dispatcher while the wrapper is built, so the wrapper is built inside ``ctx.labelled("ddp/buckets")``
+dispatcher while the wrapper is built, so the wrapper is built inside ``ctx.labelled("gradients/ddp_buckets")``
 after the model's own tensors are registered.
 
 Under fake tensors three data-dependent steps of DDP cannot run and are stood in for (none allocates):
@@ -49,7 +49,7 @@ def wrap(ctx: WrapContext) -> Wrapped:
                                   find_unused_parameters=find_unused and not ctx.fake)
     if str(ctx.device).startswith("cuda"):
         kwargs["device_ids"] = [torch.device(ctx.device).index or 0]
-    with ctx.labelled("ddp/buckets"):
+    with ctx.labelled("gradients/ddp_buckets"):
         module = DDP(model, **kwargs)
         if find_unused and ctx.fake:  # what the search allocates, made here (see _used_maps)
             module._vramplan_used_maps = _used_maps(model)
@@ -59,7 +59,7 @@ def wrap(ctx: WrapContext) -> Wrapped:
     optimizer = ctx.make_optimizer(model) if ctx.make_optimizer else None
     return Wrapped(module=module, inner=model, optimizer=optimizer, patches=patches,
                    notes=(f"DDP: every rank holds the whole model and a {sc.bucket_cap_mb} MiB-bucketed copy of "
-                          "the gradients (ddp/buckets); find_unused_parameters "
+                          "the gradients (gradients/ddp_buckets); find_unused_parameters "
                           f"{find_unused} as the HF Trainer sets it",))
 
 
@@ -95,7 +95,7 @@ def _used_maps(model: Any) -> list[Any]:
 
 
 class _Rebuild:
-    """The Reducer, with ``_rebuild_buckets`` (after the first step) allocating under ``ddp/buckets``;
+    """The Reducer, with ``_rebuild_buckets`` (after the first step) allocating under ``gradients/ddp_buckets``;
     under fake tensors it is skipped (returns False: nothing rebuilt)."""
 
     def __init__(self, reducer: Any, fake: bool, labelled: Any) -> None:
@@ -106,7 +106,7 @@ class _Rebuild:
     def _rebuild_buckets(self) -> bool:
         if self._fake:
             return False
-        with self._labelled("ddp/buckets"):
+        with self._labelled("gradients/ddp_buckets"):
             return self._reducer._rebuild_buckets()
 
     def __getattr__(self, name: str) -> Any:

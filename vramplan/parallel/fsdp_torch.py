@@ -20,8 +20,8 @@ The mixed-precision policy is torch's default (no cast; the step's autocast cast
 accelerate's upcast of 16-bit trainable parameters to fp32 under mixed precision (L790-800) is not
 made: the scenario's dtypes are kept.
 
-Buffers are tagged while FSDP makes them: ``fsdp/unsharded`` (all-gather outputs and unsharded
-parameters, ``FSDPParamGroup.unshard`` / ``wait_for_unshard``), ``fsdp/reduce_scatter`` (the pending
+Buffers are tagged while FSDP makes them: ``weights/fsdp_unsharded`` (all-gather outputs and unsharded
+parameters, ``FSDPParamGroup.unshard`` / ``wait_for_unshard``), ``gradients/fsdp_reduce_scatter`` (the pending
 reduce-scatter inputs, ``post_backward``); the new sharded gradient is moved to ``gradients/trainable``
 as ``post_backward`` returns. DTensor's sharding propagation (``ShardingPropagator.
 _propagate_tensor_meta_non_cached``) runs each new op once on fake tensors of the global shapes and
@@ -135,9 +135,9 @@ def _tagged(ctx: WrapContext) -> Any:
         ctx.retag_model(ctx.model)
 
     FSDPState._lazy_init = lazy_init_retag
-    FSDPParamGroup.unshard = labelled("unshard", "fsdp/unsharded")
-    FSDPParamGroup.wait_for_unshard = labelled("wait_for_unshard", "fsdp/unsharded")
-    FSDPParamGroup.post_backward = labelled("post_backward", "fsdp/reduce_scatter")
+    FSDPParamGroup.unshard = labelled("unshard", "weights/fsdp_unsharded")
+    FSDPParamGroup.wait_for_unshard = labelled("wait_for_unshard", "weights/fsdp_unsharded")
+    FSDPParamGroup.post_backward = labelled("post_backward", "gradients/fsdp_reduce_scatter")
     try:
         yield
     finally:

@@ -13,7 +13,7 @@ scenario, whether tensors are fake, the torch device, and two callbacks: ``ctx.r
 the model's existing tensors in the memory reader (call it where the reader should first see them: DDP
 before the wrapper exists, so that the Reducer's buckets are new storages; FSDP2 after ``fully_shard``,
 so that only the local shards count), and ``ctx.labelled(category)`` is a context in which new storages
-get ``category`` (``ddp/buckets``; a no-op without a CPU tracker, e.g. on CUDA), ``ctx.retag(tensors,
+get ``category`` (``gradients/ddp_buckets``; a no-op without a CPU tracker, e.g. on CUDA), ``ctx.retag(tensors,
 category)`` moves live tensors to a category (FSDP2's sharded gradients), ``ctx.uncounted()`` is a
 context whose new tensors are not counted (DTensor's shape propagation), ``ctx.retag_model(model)``
 gives the model's tensors their categories again (new storages included: FSDP2's lazy init re-pads

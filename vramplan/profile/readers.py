@@ -117,6 +117,17 @@ class CpuReader(MemoryReader):
     def peak_by_category(self) -> dict[str, int]:
         return dict(self._tracker.peak_by_category)
 
+    def labelled(self, category: str) -> Any:
+        """New storages inside the block get ``category`` (a strategy's buffers: ``gradients/ddp_buckets``)."""
+        return self._tracker.allocating(category)
+
+    def retag(self, tensors: Any, category: str) -> None:
+        self._tracker.retag(tensors, category)
+
+    def paused(self) -> Any:
+        """Nothing allocated inside the block is counted (DTensor's shape propagation)."""
+        return self._tracker.paused()
+
     def device_info(self) -> dict[str, Any]:
         return cpu_info()
 

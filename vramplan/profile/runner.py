@@ -359,13 +359,19 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
     register_model(reader, model)
     st.phases["adapters"] = reader.current()
     st.sample()
-    optimizer = build.make_optimizer(model, scenario)
+    step_kw: dict[str, Any] = {}
+    if scenario.distributed:  # this rank's wrapper (inside the torchrun process group: profile_one)
+        wrapped = _wrap_rank(reader, model, scenario, device)
+        model, optimizer = wrapped.module, wrapped.optimizer
+        step_kw = dict(backward=wrapped.backward, step=wrapped.step)
+    else:
+        optimizer = build.make_optimizer(model, scenario)
     batch = build.synthetic_batch(arch, scenario, device)
 
     st.phase = "warmup"
     carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
     reader.reset_peak()
-    build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry)
+    build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry, **step_kw)
     st.first_peak = reader.peak().allocated
     st.managed = paged_state_bytes(optimizer.state.values())
     st.sample()
@@ -373,7 +379,7 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
         st.phase = "forward"
         reader.reset_peak()
         t0 = time.perf_counter()
-        build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry)
+        build.train_step(model, optimizer, batch, scenario, on_phase=st.on_phase, carry=carry, **step_kw)
         reader.sync()
         st.times.append(time.perf_counter() - t0)
         st.sample()
@@ -385,8 +391,26 @@ def _load_and_train(st: _State, arch: Arch, scenario: Scenario, load: Callable[[
         for _ in range(steps - 1):
             st.phase = "forward"
             t0 = time.perf_counter()
-            build.train_step(model, optimizer, batch, scenario, on_phase=st.advance, carry=carry)
+            build.train_step(model, optimizer, batch, scenario, on_phase=st.advance, carry=carry, **step_kw)
             st.times.append(time.perf_counter() - t0)
+
+
+def _wrap_rank(reader: MemoryReader, model: Any, scenario: Scenario, device: str) -> Any:
+    """The strategy's wrapper of this rank in the real process group (``vramplan.parallel.torch_wrap``),
+    its buffers counted by the reader where it can tell them (the CPU tracker)."""
+    from contextlib import nullcontext
+
+    from vramplan.hf import build
+    from vramplan.parallel.torch_wrap import WrapContext, wrap
+
+    ctx = WrapContext(model=model, scenario=scenario, fake=False, device=device, fake_group=False,
+                      register=lambda m: register_model(reader, m),
+                      labelled=getattr(reader, "labelled", lambda category: nullcontext()),
+                      retag=getattr(reader, "retag", lambda tensors, category: None),
+                      uncounted=getattr(reader, "paused", nullcontext),
+                      retag_model=lambda m: register_model(reader, m),
+                      make_optimizer=lambda m: build.make_optimizer(m, scenario))
+    return wrap(ctx)
 
 
 def _measured(st: _State, scenario: Scenario, oom: dict[str, Any] | None) -> dict[str, Any]:
@@ -539,13 +563,24 @@ def profile_one(model_name: str, arch: Arch, scenario: Scenario, opts: RunOption
         if tmp is not None:
             checkpoint = save_random_checkpoint(arch, scenario, tmp, opts.seed)
         load, how = _loader(arch, scenario, opts, _torch_device(reader), checkpoint)
-        measured = measure(arch, scenario, load, reader, opts.steps, _torch_device(reader))
+        group: Any = nullcontext()
+        if scenario.distributed:  # every rank is a process of torchrun (vramplan.profile.ranks)
+            from vramplan.parallel.torch_wrap import process_group
+
+            group = process_group(scenario, fake=False, device=_torch_device(reader))
+        with group:
+            measured = measure(arch, scenario, load, reader, opts.steps, _torch_device(reader))
     device_info.pop("available_memory_bytes", None)
     run: dict[str, Any] = {
         "steps": opts.steps, "warmup_steps": 1, "weights": opts.weights or "random-init", "loader": how,
         "seed": opts.seed, "prediction_notes": notes,
         "prediction_calibration": prediction_calibration(device_info["kind"], device_info["name"]).fitted_on,
     }
+    if scenario.distributed:
+        run["parallel"] = {"strategy": scenario.strategy.value, "world_size": scenario.world_size,
+                           "rank": scenario.process_rank,
+                           "backend": "nccl" if device_info["kind"] == "cuda" else "gloo",
+                           "launcher": "torchrun"}
     if device_info["kind"] == "cuda":
         run["process_source"] = getattr(reader, "process_source", None)
     if device_info["kind"] == "cpu":

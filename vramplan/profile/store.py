@@ -235,6 +235,25 @@ def validate(d: Any) -> None:
     run = d.get("run", {})
     if not isinstance(run, dict):
         raise ProfileError("field 'run' must be an object")
+    par = run.get("parallel")
+    if par is not None:
+        _parallel(par, d["scenario"])
+
+
+def _parallel(par: Any, scenario: dict[str, Any]) -> None:
+    """``run.parallel`` of one rank of a multi-process run (absent from older and single-process
+    profiles): strategy, world size and rank, which must be the scenario's."""
+    if not isinstance(par, dict):
+        raise ProfileError("field 'run.parallel' must be an object")
+    world = _need(par, "world_size", int, "run.parallel.")
+    rank = _need(par, "rank", int, "run.parallel.")
+    strategy = _need(par, "strategy", str, "run.parallel.")
+    if not 0 <= rank < world:
+        raise ProfileError(f"field 'run.parallel.rank' {rank} is not a rank of world size {world}")
+    want = (scenario.get("strategy"), scenario.get("gpus", 1) * scenario.get("nodes", 1), scenario.get("process_rank"))
+    if (strategy, world, rank) != want:
+        raise ProfileError(f"field 'run.parallel' ({strategy}, world {world}, rank {rank}) disagrees with the "
+                           f"scenario ({want[0]}, world {want[1]}, rank {want[2]})")
 
 
 # ------------------------------------------------------------------------------------ IO
@@ -250,12 +269,15 @@ def _slug(text: str) -> str:
 def file_name(p: Profile) -> str:
     """``<model>_<device>_s<seq>_b<batch>_r<rank>_<UTC stamp>.json``; the device is ``cpu`` or the
     GPU's name (``H100-80GB-HBM3``); a framework's trainer run (``run.framework``) puts the framework
-    and its version after the model (``Qwen3-0.6B_trl-1.16.0_cpu_...``)."""
+    and its version after the model (``Qwen3-0.6B_trl-1.16.0_cpu_...``); one rank of a multi-process run
+    its strategy, world size and rank (``vramplan-debug_ddp-w2r0_cpu_...``)."""
     s = p.scenario
     stamp = re.sub(r"[^0-9T]", "", p.timestamp)[:15]
     dev = "cpu" if p.device["kind"] == "cpu" else _slug(strip_vendor(p.device["name"]))[:24]
     fw = p.run.get("framework") if isinstance(p.run, dict) else None
     tag = f"_{_slug(str(fw.get('name')))}-{_slug(str(fw.get('version')))}" if isinstance(fw, dict) else ""
+    if s.distributed:  # one profile per rank: ``_fsdp-w2r1``
+        tag += f"_{s.strategy.value}-w{s.world_size}r{s.process_rank}"
     return f"{_slug(p.model)}{tag}_{dev}_s{s.seq}_b{s.batch}_r{s.rank}_{stamp}.json"
 
 

@@ -46,6 +46,12 @@ NOTES: dict[str, str] = {
                                "(CUDA path, see vramplan.hf.interventions)",
     "temporary/softmax_backward": "CUDA softmax backward's grad * output temporary, score-sized, inside eager "
                                   "attention's backward (see vramplan.hf.interventions)",
+    "gradients/ddp_buckets": "DDP's gradient buckets (bucket_cap_mb; a second copy of the trainable gradients "
+                             "unless gradient_as_bucket_view): vramplan.parallel.ddp_torch",
+    "weights/fsdp_unsharded": "FSDP2's all-gather outputs and unsharded parameters (the root's, plus the "
+                              "layers being run or prefetched): vramplan.parallel.fsdp_torch",
+    "gradients/fsdp_reduce_scatter": "FSDP2's reduce-scatter inputs (unsharded gradients of a layer, held until "
+                                     "the next one): vramplan.parallel.fsdp_torch",
     "weights/zero_partition": "DeepSpeed ZeRO: this rank's partitions of the frozen parameters (ZeRO-3) and "
                               "what deepspeed.initialize allocates besides the named buffers",
     "weights/zero_gathered": "DeepSpeed ZeRO-3: parameters all-gathered for the module being run (and prefetched)",
