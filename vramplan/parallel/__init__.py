@@ -34,8 +34,8 @@ STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
     Strategy.DDP: (False, True),
     Strategy.FSDP: (False, True),
-    Strategy.ZERO2: (False, False),
-    Strategy.ZERO3: (False, False),
+    Strategy.ZERO2: (False, True),
+    Strategy.ZERO3: (False, True),
 }
 
 

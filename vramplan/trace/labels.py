@@ -52,6 +52,13 @@ NOTES: dict[str, str] = {
                               "layers being run or prefetched): vramplan.parallel.fsdp_torch",
     "gradients/fsdp_reduce_scatter": "FSDP2's reduce-scatter inputs (unsharded gradients of a layer, held until "
                                      "the next one): vramplan.parallel.fsdp_torch",
+    "weights/zero_partition": "DeepSpeed ZeRO: this rank's partitions of the frozen parameters (ZeRO-3) and "
+                              "what deepspeed.initialize allocates besides the named buffers",
+    "weights/zero_gathered": "DeepSpeed ZeRO-3: parameters all-gathered for the module being run (and prefetched)",
+    "adapter/zero_partition": "DeepSpeed ZeRO-3: this rank's flat 16-bit partition of the trainable parameters",
+    "optimizer/fp32_master": "DeepSpeed ZeRO: this rank's fp32 master partition of the trainable parameters",
+    "gradients/zero_partition": "DeepSpeed ZeRO: this rank's gradient partition",
+    "gradients/zero_buckets": "DeepSpeed ZeRO: gradient reduce buckets (reduce_bucket_size)",
 }
 #: Breakdown order of the traced components.
 ORDER = tuple(NOTES)
