@@ -27,10 +27,10 @@ class StrategyUnsupported(VramplanError):
 #: Strategy -> (analytic support, trace support): filled in as each module lands.
 STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
-    Strategy.DDP: (False, False),
-    Strategy.FSDP: (False, False),
-    Strategy.ZERO2: (False, False),
-    Strategy.ZERO3: (False, False),
+    Strategy.DDP: (True, False),
+    Strategy.FSDP: (True, False),
+    Strategy.ZERO2: (True, False),
+    Strategy.ZERO3: (True, False),
 }
 
 

@@ -1,0 +1,177 @@
+"""DeepSpeed ZeRO stage 2 and 3 (the HF Trainer's DeepSpeed integration): one rank's partitions,
+buckets and gathered parameters.
+
+Symbols: N = world size, P_t = trainable elements, c = the compute dtype's bytes, n = one parameter's
+elements, B_r = ``reduce_bucket_size``, B_p = ``stage3_prefetch_bucket_size``, T_p =
+``stage3_param_persistence_threshold`` (elements). Sources (deepspeed 0.19.8, transformers 5.24):
+- ``"auto"`` (0 in the Scenario) as transformers fills it: ``integrations/deepspeed.py`` L202-241:
+  B_r = H², B_p = int(0.9·H²), T_p = 10·H (H = ``config.hidden_size``);
+- ``runtime/engine.py`` L2079-2090 (``_configure_distributed_model``): with bf16/fp16 enabled every
+  floating parameter is cast to that dtype (buffers keep theirs): LoRA adapters and the recipe's fp32
+  norms become c bytes; bitsandbytes' packed storage is not floating and stays;
+- ``runtime/zero/stage_1_and_2.py`` (ZeRO-2): the trainable parameters are flattened into one c-byte
+  buffer (the model's own tensors become views of it), each rank keeps an fp32 copy of its 1/N partition
+  (``single_partition_of_fp32_groups``) and the optimizer state on it, a c-byte gradient partition
+  (``grads_in_partition``, contiguous_gradients) and the reduction bucket ``ipg_buffer`` of B_r
+  elements, two with ``overlap_comm``; the step casts the gradient partition to fp32;
+- ``runtime/zero/partition_parameters.py`` L1292 (persistence: n ≤ T_p stays whole on every rank),
+  L1690-1697 and L1816-1817 (ZeRO-3: each parameter padded to a multiple of N and split, ⌈n/N⌉ elements
+  per rank, one ``ds_tensor`` each); ``stage3.py``: fp32 partitions and their optimizer state, a c-byte
+  gradient partition buffer, the same reduction bucket; a module's parameters are gathered for its
+  forward and backward, with up to B_p elements prefetched ahead;
+- DeepSpeed's own model-state estimators (``estimate_zero2_model_states_mem_needs`` = 2·P + 18·P/N,
+  ``estimate_zero3_model_states_mem_needs`` = 4·largest layer + 18·P/N, fp16 params, fp32 master and
+  Adam): tests/parallel compares the rows they correspond to.
+Not priced: ``stage3_max_reuse_distance`` (parameters kept gathered when reused soon: DeepSpeed's own
+trace after the first step), DeepSpeed's CUDA-only fused kernels' workspaces.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+from vramplan.analytic import phases as ph
+from vramplan.breakdown import Component
+from vramplan.parallel.common import blocks, nccl_runtime, rank_inventory, state_bytes
+from vramplan.parallel.inventory import Tensor, shardable
+from vramplan.parallel.rank import OTHER_PHASES, RankTerms
+from vramplan.scenario import Dtype, StateOffload, Strategy
+
+
+def auto_buckets(hidden: int, reduce_bucket_size: int, prefetch: int, persistence: int) -> tuple[int, int, int]:
+    """(B_r, B_p, T_p) with ``"auto"`` (0) filled as transformers 5.24 does (deepspeed.py L232-241):
+    H², int(0.9·H²), 10·H."""
+    return (reduce_bucket_size or hidden * hidden, prefetch or int(0.9 * hidden * hidden),
+            persistence or 10 * hidden)
+
+
+def partition_numel(n: int, world: int) -> int:
+    """ZeRO-3's per-rank partition of an n-element parameter: ⌈n/N⌉ (padded to a multiple of N,
+    ``_aligned_size`` / ``_padding_size``, then divided)."""
+    return -(-n // world)
+
+
+def flat_partition(p_t: int, world: int) -> int:
+    """ZeRO-2's per-rank partition of the flat trainable buffer: ⌈P_t/N⌉ elements."""
+    return -(-p_t // world)
+
+
+def ipg_bucket_bytes(reduce_bucket_size: int, c: int, overlap_comm: bool) -> int:
+    """The reduction bucket(s): B_r elements of c bytes, two with ``overlap_comm`` (double buffer)."""
+    return (2 if overlap_comm else 1) * blocks(reduce_bucket_size * c)
+
+
+def _cast(t: Tensor, c: int) -> Tensor:
+    """A floating parameter in DeepSpeed's mixed-precision dtype (engine.py L2085)."""
+    return t if not t.floating else Tensor(t.row, t.dim0, t.inner, c, t.count, t.layer, t.trainable, True)
+
+
+def rank_terms(arch, s, st) -> RankTerms:
+    """One ZeRO-2 or ZeRO-3 rank."""
+    N, H = s.world_size, arch.hidden_size
+    three = s.strategy is Strategy.ZERO3
+    c = s.dtype.nbytes
+    mixed = s.dtype is not Dtype.FP32
+    B_r, B_p, T_p = auto_buckets(H, s.reduce_bucket_size, s.stage3_prefetch_bucket_size,
+                                 s.stage3_param_persistence_threshold)
+    inv = [(_cast(t, c) if mixed else t) for t in rank_inventory(arch, s, st)]
+
+    def persist(t: Tensor) -> bool:
+        return three and t.numel <= T_p
+
+    def part(t: Tensor) -> int:  # elements of one tensor on this rank
+        return t.numel if (persist(t) or not three) else partition_numel(t.numel, N)
+
+    rows: dict[str, int] = {}
+    for t in inv:
+        rows[t.row] = rows.get(t.row, 0) + t.count * (blocks(part(t) * t.nbytes) if three else t.numel * t.nbytes)
+    trainable = [t for t in inv if t.trainable]
+    p_t = sum(t.count * t.numel for t in trainable)
+    local = sum(t.count * part(t) for t in trainable) if three else flat_partition(p_t, N)
+    opt_offload = s.state_offload in (StateOffload.OPTIMIZER, StateOffload.PARAMS)
+    par_offload = s.state_offload is StateOffload.PARAMS
+    master = blocks(4 * local)
+    state = state_bytes(s.optimizer, local, 4)
+    gpart = blocks(local * c)
+    comps: list[Component] = []
+    host: list[Component] = []
+    tag = "ZeRO-3 partition" if three else "ZeRO-2: replicated"
+    for comp in st.comps:
+        if shardable(comp.name):
+            b = rows.get(comp.name, 0)
+            note = (f"{tag} 1/{N} per parameter (⌈n/N⌉; n ≤ {T_p} kept whole)" if three else
+                    f"{tag} on every rank") + (f", {c} B floating (DeepSpeed's cast)" if mixed else "")
+            if par_offload:
+                host.append(Component("host/" + comp.name.replace("/", "_"), "host", b, note + ", offload_param"))
+                b = 0
+            comps.append(Component(comp.name, comp.category, b, note))
+        elif comp.category == "optimizer":
+            comps.append(Component(comp.name, "optimizer", 0 if opt_offload else state,
+                                   f"optimizer state on the fp32 partition ({local:,} elements)"))
+        else:
+            comps.append(comp)
+    if opt_offload:
+        host += [Component("host/fp32_master", "host", master, "fp32 master partition, offload_optimizer"),
+                 Component("host/optimizer", "host", state, "optimizer state, offload_optimizer"),
+                 Component("host/fp32_gradients", "host", blocks(4 * local), "fp32 gradient partition for the CPU "
+                           "step, offload_optimizer")]
+    else:
+        comps.append(Component("optimizer/fp32_master", "optimizer", master,
+                               f"fp32 copy of the rank's trainable partition ({local:,} elements)"))
+    grad_static = three and not opt_offload  # ZeRO-3 allocates its gradient partition buffer at init
+    if grad_static:
+        comps.append(Component("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
+    ipg = ipg_bucket_bytes(B_r, c, s.overlap_comm)
+    step_tmp = 0 if opt_offload else blocks(4 * local)
+    back_rows = [("gradients/zero_ipg_bucket", "gradients", ipg,
+                  f"reduction bucket(s) of {B_r:,} elements" + (" ×2 (overlap_comm)" if s.overlap_comm else ""))]
+    if not three and not opt_offload:
+        back_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
+    step_rows = [("temporary/zero_fp32_gradients", "temporary", step_tmp, "the gradient partition cast to fp32")]
+    if not three and not opt_offload:
+        step_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
+    rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows)
+    notes = (f"{s.strategy.value}: rank {s.process_rank} of {N}; reduce_bucket_size {B_r:,}"
+             + (f", stage3_prefetch_bucket_size {B_p:,}, param persistence threshold {T_p:,}" if three else "")
+             + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H); "
+             "stage3_max_reuse_distance is not priced",)
+    return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0), phase_rows=rows_at, host=tuple(host),
+                     runtime=nccl_runtime(s), notes=notes)
+
+
+def gathered_module_bytes(inv: list[Tensor], which: str, arch) -> int:
+    """ZeRO-3: the largest module's parameters gathered whole (bytes): ``lm_head`` / ``embeddings`` for
+    the root's, else the largest single tensor of a decoder layer (one linear with its adapters)."""
+    if which in ("lm_head", "embeddings"):
+        ts = [t for t in inv if t.row.endswith(which)] or [t for t in inv if t.row.endswith("embeddings")]
+        return max((t.numel * t.nbytes for t in ts), default=0)
+    return max((t.numel * t.nbytes for t in inv if t.layer), default=0)
+
+
+def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back: list, step: list) -> dict:
+    """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction to the
+    step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
+    module's whole gradient (trainable modules only: full fine-tuning)."""
+    def z3(which: str, backward: bool) -> list:
+        if not three:
+            return []
+        g = gathered_module_bytes(inv, which, arch)
+        pre = min(B_p, s.stage3_max_live_parameters) * c
+        out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre),
+                f"ZeRO-3: the {which} module gathered whole + the {B_p:,}-element prefetch bucket")]
+        if backward and s.full:
+            out.append(("gradients/zero3_module_grad", "gradients", blocks(g), "the gathered module's whole gradient"))
+        return out
+
+    def pad(rows: list, z: list) -> tuple:
+        have = {r[0] for r in rows}
+        return tuple(rows + [(n, cat, 0, "not allocated at this phase") for n, cat in
+                             dict.fromkeys((r[0], r[1]) for r in back + step) if n not in have] + z)
+    layer_b = pad(back, z3("layer", True))
+    loss_b = pad(back if s.full else [], z3("lm_head", True))
+    fwd = pad([], z3("lm_head", False))
+    emb = pad(back, z3("embeddings", True))
+    opt = pad(step, [])
+    return {ph.LAST_LAYER: layer_b, ph.FIRST_LAYER: layer_b, ph.DORA_FORWARD: layer_b, ph.EMBEDDING: emb,
+            ph.LOSS_BACKWARD: loss_b, ph.LM_HEAD: loss_b, ph.FINAL_NORM: loss_b, ph.OPTIMIZER: opt,
+            ph.LOSS_FORWARD: fwd, ph.EVALUATION: fwd, OTHER_PHASES: fwd}
