@@ -172,8 +172,17 @@ def bnb_config(scenario: Scenario) -> Any:
         bnb_4bit_compute_dtype=torch_dtype(scenario),
         bnb_4bit_quant_type=scenario.quant.value if four else "nf4",
         bnb_4bit_use_double_quant=scenario.double_quant,
-        bnb_4bit_quant_storage=torch.uint8,
+        bnb_4bit_quant_storage=quant_storage_dtype(scenario),
     )
+
+
+def quant_storage_dtype(scenario: Scenario) -> Any:
+    """``bnb_4bit_quant_storage`` (``Scenario.quant_storage``): the dtype the packed 4-bit bytes are stored
+    as (uint8 by default; a floating dtype lets FSDP shard them, as FSDP-QLoRA does)."""
+    import torch
+
+    return {"uint8": torch.uint8, "bf16": torch.bfloat16, "fp16": torch.float16,
+            "fp32": torch.float32}[scenario.quant_storage.value]
 
 
 def attn_implementation(scenario: Scenario) -> str:
@@ -536,17 +545,17 @@ def _packed_weight(module: Any, scenario: Scenario, dense: Any, fake: bool) -> A
 
     packed, qs = F.quantize_4bit(
         dense, blocksize=scenario.blocksize, compress_statistics=scenario.double_quant,
-        quant_type=scenario.quant.value, quant_storage=torch.uint8,
+        quant_type=scenario.quant.value, quant_storage=quant_storage_dtype(scenario),
     )
     if not fake:
         return bnb.nn.Params4bit(
             packed, requires_grad=False, quant_state=qs, blocksize=scenario.blocksize,
             compress_statistics=scenario.double_quant, quant_type=scenario.quant.value,
-            quant_storage=torch.uint8, module=module, bnb_quantized=True,
+            quant_storage=packed.dtype, module=module, bnb_quantized=True,
         )
     p = torch.nn.Parameter(packed, requires_grad=False)
     p.quant_state, p.blocksize, p.quant_type = qs, scenario.blocksize, scenario.quant.value
-    p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, torch.uint8, True
+    p.compress_statistics, p.quant_storage, p.bnb_quantized = scenario.double_quant, packed.dtype, True
     p.module = module
     return p
 
@@ -843,7 +852,8 @@ def _chunked_ce_loss(model: Any, ids: Any, labels: Any, extra: dict[str, Any] | 
 
 def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
                on_phase: Callable[[str], None] | None = None, max_grad_norm: float | None = 1.0,
-               carry: dict[str, Any] | None = None) -> None:
+               carry: dict[str, Any] | None = None, backward: Callable[[Any], None] | None = None,
+               step: Callable[[], None] | None = None) -> None:
     """One training step: forward and loss (under autocast when asked), backward, gradient
     clipping to ``max_grad_norm`` (``TrainingArguments`` default 1.0; ``None`` skips it),
     ``optimizer.step()``, ``zero_grad(set_to_none=True)``.
@@ -864,16 +874,20 @@ def train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scen
     - ``scenario.hold_logits``: ``none`` drops the output before backward (``Trainer.compute_loss``
       returns only the loss); ``step`` keeps it to the end of this step; ``loop`` also keeps it in
       ``carry["outputs"]`` until the next step's forward has returned and rebinds it.
+    - ``backward(loss)`` / ``step()``: a strategy's engine that replaces ``loss.backward()`` and the
+      clip + ``optimizer.step()`` + ``zero_grad`` (DeepSpeed's ``engine.backward`` / ``engine.step``;
+      ``vramplan.parallel.torch_wrap.Wrapped``); None runs them as above.
     """
     from vramplan.hf.liger_layers import rope_patched
 
     with rope_patched(model, scenario.liger_rope):  # backward too: checkpointing recomputes there
-        _train_step(model, optimizer, batch, scenario, on_phase, max_grad_norm, carry)
+        _train_step(model, optimizer, batch, scenario, on_phase, max_grad_norm, carry, backward, step)
 
 
 def _train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Scenario,
                 on_phase: Callable[[str], None] | None, max_grad_norm: float | None,
-                carry: dict[str, Any] | None) -> None:
+                carry: dict[str, Any] | None, backward: Callable[[Any], None] | None = None,
+                step: Callable[[], None] | None = None) -> None:
     import torch
 
     device_type = batch["input_ids"].device.type
@@ -886,10 +900,18 @@ def _train_step(model: Any, optimizer: Any, batch: dict[str, Any], scenario: Sce
     del outputs
     if on_phase:
         on_phase("forward")
-    loss.backward()
+    if backward is not None:
+        backward(loss)
+    else:
+        loss.backward()
     del loss
     if on_phase:
         on_phase("backward")
+    if step is not None:
+        step()
+        if on_phase:
+            on_phase("optimizer")
+        return
     if max_grad_norm is not None:
         params = [p for p in model.parameters() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -20,6 +20,15 @@ like every other) carries a ``host/`` category: it leaves ``current_bytes`` (the
 ``host_peak_by_category``). Pinned storages are rounded as PyTorch's pinned-memory allocator rounds
 them (``pinned_block``).
 
+Distributed runs (``vramplan.parallel``): an operator on a ``DTensor`` is left to DTensor
+(``NotImplemented``), which runs it as operators on the local shards that come back through the mode,
+so only the local storages are counted (the trick of torch's ``FSDPMemTracker``,
+``torch/distributed/_tools/fsdp2_mem_tracker.py``). FSDP2 frees and re-allocates its unsharded
+parameters with ``UntypedStorage.resize_(0)`` / ``resize_(n)`` (``_fsdp_param.py`` ``free_storage`` /
+``alloc_storage``), which no dispatch mode sees: while a tracker is open that method is followed, and a
+tracked storage's bytes follow its new size (``resize_label``, when set, names what a storage grown
+from nothing holds). Neither path is taken by a single-process run.
+
 Torch is imported lazily: importing this module costs nothing.
 """
 
@@ -27,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 import weakref
 from typing import Any, Iterable, Iterator
 
@@ -89,6 +99,9 @@ class LiveTensorTracker:
         self.host_peak_bytes = 0
         self.host_peak_by_category: dict[str, int] = {}
         self._mode: Any = None
+        self.resize_label: str | None = None
+        """Category of a storage that ``UntypedStorage.resize_`` grows from zero bytes (FSDP2's
+        unsharded parameters); None keeps the current ``label``."""
         self.transient: Any = None
         """Optional ``f(func, args, kwargs) -> (category, bytes)`` for memory an operator allocates and
         frees inside itself (invisible at the op boundary), e.g. a CUDA kernel's scratch buffers. It
@@ -103,6 +116,21 @@ class LiveTensorTracker:
         self._live[storage] = entry
         self._count(category, nbytes)
         weakref.finalize(storage, self._free, entry)
+
+    def _resized(self, storage: Any) -> None:
+        """``storage`` was resized in place (``UntypedStorage.resize_``): its bytes follow its new size."""
+        entry = self._live.get(storage)
+        nbytes = int(storage.nbytes())
+        if entry is None:
+            if nbytes:
+                self._add(storage, self.resize_label or self.label)
+            return
+        category = self.resize_label if (self.resize_label and nbytes and not entry[0]) else entry[1]
+        new = self._rounded(nbytes, category)
+        if new != entry[0] or category != entry[1]:
+            self._free(entry)
+            entry[0], entry[1] = new, category
+            self._count(category, new)
 
     def _rounded(self, nbytes: int, category: str) -> int:
         return pinned_block(nbytes) if category == HOST_PINNED else round_up(nbytes, self.granule)
@@ -221,6 +249,9 @@ class LiveTensorTracker:
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+                dtensor = _dtensor_type()
+                if dtensor is not None and any(issubclass(t, dtensor) for t in types):
+                    return NotImplemented  # DTensor runs it on the local shards, which come back here
                 kwargs = kwargs or {}
                 extra = tracker.transient(func, args, kwargs) if tracker.transient else None
                 if extra:
@@ -237,12 +268,51 @@ class LiveTensorTracker:
 
         self._mode = _Mode()
         self._mode.__enter__()
+        _follow_resize(self, True)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         mode, self._mode = self._mode, None
         if mode is not None:
+            _follow_resize(self, False)
             mode.__exit__(*exc)
+
+
+#: The open trackers that ``UntypedStorage.resize_`` reports to, and the original method.
+_RESIZE_WATCHERS: list[LiveTensorTracker] = []
+_RESIZE_ORIGINAL: list[Any] = []
+
+
+def _follow_resize(tracker: LiveTensorTracker, on: bool) -> None:
+    """Report ``torch.UntypedStorage.resize_`` calls to ``tracker`` while it is open: the method is
+    wrapped while any tracker is open and restored when the last one closes."""
+    import torch
+
+    if on:
+        _RESIZE_WATCHERS.append(tracker)
+        if len(_RESIZE_WATCHERS) == 1:
+            original = torch.UntypedStorage.resize_
+            _RESIZE_ORIGINAL[:] = [original]
+
+            def resize_(storage: Any, size: int) -> Any:
+                out = original(storage, size)
+                for t in list(_RESIZE_WATCHERS):
+                    t._resized(storage)
+                return out
+
+            torch.UntypedStorage.resize_ = resize_  # type: ignore[method-assign]
+        return
+    if tracker in _RESIZE_WATCHERS:
+        _RESIZE_WATCHERS.remove(tracker)
+    if not _RESIZE_WATCHERS and _RESIZE_ORIGINAL:
+        torch.UntypedStorage.resize_ = _RESIZE_ORIGINAL.pop()  # type: ignore[method-assign]
+
+
+def _dtensor_type() -> Any:
+    """``torch.distributed.tensor.DTensor`` once something has imported it (never imported here, so
+    a single-process run pays nothing)."""
+    mod = sys.modules.get("torch.distributed.tensor")
+    return getattr(mod, "DTensor", None) if mod is not None else None
 
 
 def _is_host(category: str) -> bool:

@@ -27,8 +27,8 @@ class StrategyUnsupported(VramplanError):
 #: Strategy -> (analytic support, trace support): filled in as each module lands.
 STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
-    Strategy.DDP: (True, False),
-    Strategy.FSDP: (True, False),
+    Strategy.DDP: (True, True),
+    Strategy.FSDP: (True, True),
     Strategy.ZERO2: (True, False),
     Strategy.ZERO3: (True, False),
 }

@@ -53,10 +53,12 @@ class TraceRun:
     steps: list[StepFigures] = field(default_factory=list)
     managed_bytes: int = 0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
+    """What the strategy's wrapping assumed (``vramplan.parallel.torch_wrap.Wrapped.notes``)."""
 
 
 def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: int = 2, *,
-              fake: bool = True, seed: int = 0, device: Any = None) -> TraceRun:
+              fake: bool = True, seed: int = 0, device: Any = None, group: str = "fake") -> TraceRun:
     """Build ``layers`` decoder layers (all by default) and trace ``steps`` training steps.
 
     ``fake=False`` runs the very same code on real CPU tensors (real bitsandbytes quantization, real
@@ -64,7 +66,11 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     ``device`` (anything ``vramplan.device.Device.parse`` takes; None = CUDA) picks the program: on a
     CUDA device the CUDA-only behaviours of ``vramplan.hf.interventions.cuda_semantics`` are
     emulated (bool dropout masks, no peft CPU-only fp32 cast of LoRA inputs); on the CPU the CPU
-    program runs as is."""
+    program runs as is.
+
+    A distributed scenario (``Scenario.strategy``) runs rank ``process_rank`` of ``world_size``:
+    ``group="fake"`` in torch's fake process group (the trace), ``group="torchrun"`` in the real group
+    torchrun's environment describes (the reference the fake rank is tested against, on real tensors)."""
     cuda = Device.parse(device).semantics == "cuda"
     from vramplan.hf import build as B
 
@@ -79,15 +85,31 @@ def trace_run(arch: Arch, scenario: Scenario, layers: int | None = None, steps: 
     t0 = time.perf_counter()
     run = TraceRun(layers=arch.num_layers if layers is None else layers)
     interventions.warm_bitsandbytes()
-    with interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), interventions.dora_standins(scenario.dora), \
-            _lora_kernels(scenario) as kernels:
+    fake_group = True
+    if scenario.distributed:
+        from vramplan.parallel.trace_rank import check_traceable
+        from vramplan.parallel.torch_wrap import process_group
+
+        check_traceable(arch, scenario)
+        if group not in ("fake", "torchrun"):
+            raise ValueError(f"group must be 'fake' or 'torchrun', got {group!r}")
+        fake_group = group == "fake"
+        pg: Any = process_group(scenario, fake=fake_group)
+    else:
+        pg = contextlib.nullcontext()
+    with pg, interventions.flash2_on_sdpa(scenario.attn is Attn.FLASH2), \
+            interventions.dora_standins(scenario.dora), _lora_kernels(scenario) as kernels:
         model = B.build_model(arch, scenario, layers=run.layers)
         kernels(model)
         with _cpu_program(fake, cuda):
             B.materialize(model, scenario, fake=fake, seed=seed)
-            with unset_fake_temporarily() if fake else contextlib.nullcontext():
-                optimizer = B.make_optimizer(model, scenario)
-            _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
+            if scenario.distributed:  # the strategy wraps inside the tracker and builds the optimizer
+                _trace_steps(run, arch, model, None, scenario, steps, fake=fake, seed=seed, cuda=cuda,
+                             fake_group=fake_group)
+            else:
+                with unset_fake_temporarily() if fake else contextlib.nullcontext():
+                    optimizer = B.make_optimizer(model, scenario)
+                _trace_steps(run, arch, model, optimizer, scenario, steps, fake=fake, seed=seed, cuda=cuda)
     run.seconds = time.perf_counter() - t0
     return run
 
@@ -124,16 +146,26 @@ def _cpu_program(fake: bool, cuda: bool) -> Iterator[None]:
 
 
 def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario: Scenario, steps: int, *,
-                 fake: bool, seed: int, cuda: bool) -> None:
+                 fake: bool, seed: int, cuda: bool, fake_group: bool = True) -> None:
     """Count ``steps`` training steps into ``run`` (one ``StepFigures`` each, then the managed bytes).
     Only the CUDA program counts the bytes CUDA kernels allocate inside an op (``cuda_transients``:
     bitsandbytes' in-kernel dequantization, the softmax backward's temporary): the CPU kernels have none."""
     from vramplan.hf import build as B
     from vramplan.hf.tracker import LiveTensorTracker
 
-    with LiveTensorTracker(label="activations/saved") as tr:
+    with LiveTensorTracker(label="activations/saved") as tr, contextlib.ExitStack() as wrapped_run:
         tr.transient = interventions.cuda_transients if cuda else None
-        _register_model(tr, model)
+        step_model, step_kw = model, {}
+        if scenario.distributed:  # one rank: the strategy's wrapper (vramplan.parallel.torch_wrap)
+            from vramplan.parallel.trace_rank import wrap_rank
+
+            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m), fake_group)
+            wrapped_run.callback(wrapped.close)
+            run.notes = wrapped.notes
+            model, optimizer, step_model = wrapped.inner, wrapped.optimizer, wrapped.module
+            step_kw = dict(backward=wrapped.backward, step=wrapped.step)
+        else:
+            _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
             else contextlib.nullcontext()
         offload: Any = contextlib.nullcontext()
@@ -147,9 +179,12 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
+                if scenario.distributed:  # FSDP2's lazy init re-pads shards into new storages
+                    _retag_model(tr, model)
                 try:
                     with offload_step():
-                        B.train_step(model, optimizer, batch, scenario, on_phase=labeller.end_phase, carry=carry)
+                        B.train_step(step_model, optimizer, batch, scenario, on_phase=labeller.end_phase,
+                                     carry=carry, **step_kw)
                 except _data_dependent_errors() as e:
                     raise B.TraceUnsupported(
                         f"{arch.name}: the step reads tensor values ({type(e).__name__}: "
@@ -190,6 +225,20 @@ def _data_dependent_errors() -> tuple[type, ...]:
 
     names = ("DataDependentOutputException", "DynamicOutputShapeException", "UnsupportedOperatorException")
     return tuple(getattr(ft, n) for n in names if hasattr(ft, n))
+
+
+def _retag_model(tr: Any, model: Any) -> None:
+    """``_register_model``'s categories given again to the model's tensors (new storages included)."""
+    import bitsandbytes as bnb
+
+    four = set()
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            four.add(id(module.weight))
+            tr.retag(module.weight, "weights/4bit")
+    for p in model.parameters():
+        if id(p) not in four:
+            tr.retag(p, "adapter/lora" if p.requires_grad else "weights/float")
 
 
 def _register_model(tr: Any, model: Any) -> None:
