@@ -68,17 +68,29 @@ def gathered_bytes(ts: list[Tensor], world: int, layers: int = 1, trainable: boo
     return blocks(-(-n // layers))
 
 
+def ignored(t: Tensor) -> bool:
+    """A frozen non-floating parameter (bitsandbytes' uint8-stored 4-bit weight, LLM.int8's int8):
+    accelerate passes it to ``fully_shard(ignored_params=...)`` (``accelerate/utils/fsdp_utils.py``
+    L773-782, L833-846), so every rank keeps it whole and it is never all-gathered."""
+    return not t.floating and not t.trainable
+
+
 def rank_terms(arch, s, st) -> RankTerms:
-    """One FSDP2 rank (``process_rank`` of ``world_size``)."""
+    """One FSDP2 rank (``process_rank`` of ``world_size``), wrapped as accelerate 1.16 does: each decoder
+    layer, the input embedding on its own when untied, the tail (final norm + lm_head, the tied embedding)
+    with ``reshard_after_forward=False``, the root."""
     N, r, L = s.world_size, s.process_rank, arch.num_layers
     inv = rank_inventory(arch, s, st)
-    layer = [t for t in inv if t.layer]
-    root = [t for t in inv if not t.layer]
+    sharded = [t for t in inv if not ignored(t)]
+    layer = [t for t in sharded if t.layer]
+    untied_embed = not arch.tie_embeddings
+    embed = [t for t in sharded if not t.layer and untied_embed and t.row.endswith("/embeddings")]
+    root = [t for t in sharded if not t.layer and t not in embed]  # tail + root: unsharded until backward's end
     offload = s.state_offload is StateOffload.PARAMS
-    # 1. static: each parameter's padded shard; replicated rows (quant state, buffers) as they are
+    # 1. static: each parameter's padded shard (ignored ones whole); replicated rows (quant state, buffers)
     rows: dict[str, int] = {}
     for t in inv:
-        rows[t.row] = rows.get(t.row, 0) + t.count * shard_bytes(t, N)
+        rows[t.row] = rows.get(t.row, 0) + (t.total if ignored(t) else t.count * shard_bytes(t, N))
     trainable = [t for t in inv if t.trainable]
     state = sum(t.count * state_bytes(s.optimizer, local_rows(t.dim0, N, r) * t.inner, t.nbytes) for t in trainable)
     comps: list[Component] = []
@@ -86,8 +98,10 @@ def rank_terms(arch, s, st) -> RankTerms:
     for c in st.comps:
         if shardable(c.name):
             b = rows.get(c.name, 0)
-            note = f"FSDP2 dim-0 shard 1/{N} (padded to ceil(dim0/N) rows)"
-            if offload:
+            whole = any(ignored(t) for t in inv if t.row == c.name)
+            note = ("ignored by FSDP2 (frozen, not floating): whole on every rank" if whole else
+                    f"FSDP2 dim-0 shard 1/{N} (padded to ceil(dim0/N) rows)")
+            if offload and not whole:
                 host.append(Component("host/" + c.name.replace("/", "_"), "host", b, note + ", CPUOffloadPolicy"))
                 b = 0
             comps.append(Component(c.name, c.category, b, note))
@@ -105,49 +119,50 @@ def rank_terms(arch, s, st) -> RankTerms:
         host.append(Component("host/gradients", "host", grad_rank, "sharded gradients, CPUOffloadPolicy"))
     # 3. the working set, per phase
     R = sum(t.count * unsharded_bytes(t, N) for t in root)
+    E = sum(t.count * unsharded_bytes(t, N) for t in embed)
     U = -(-sum(t.count * unsharded_bytes(t, N) for t in layer) // L) if layer else 0
-    AG = gathered_bytes(layer, N, L) if N > 1 else 0
+    AG = gathered_bytes(layer, N, L) if (N > 1 and layer) else 0
     RS = gathered_bytes(layer, N, L, trainable=True)
-    shard_in = -(-sum(t.count * shard_bytes(t, N) for t in layer) // L) if offload else 0
-    AG += shard_in if N > 1 else 0  # with CPU offload the shard is copied to the GPU before its all-gather
-    rows_at = phase_rows(R, U, AG, RS, L, s.reshard_after_forward)
-    notes = (f"fsdp: rank {r} of {N}; FSDP2 per decoder layer + root (root not resharded after forward, layers "
-             f"reshard_after_forward={s.reshard_after_forward}); bitsandbytes quant state and buffers replicated",)
+    if offload and N > 1:  # the shard is copied to the GPU before its all-gather
+        AG += -(-sum(t.count * shard_bytes(t, N) for t in layer) // L)
+    rows_at = phase_rows(R, E, U, AG, RS, L, s.reshard_after_forward)
+    whole = any(ignored(t) for t in inv)
+    notes = (f"fsdp: rank {r} of {N}; FSDP2 per decoder layer, the untied input embedding, the tail (final norm + "
+             f"lm_head, not resharded after forward) and the root (accelerate 1.16's groups; layers "
+             f"reshard_after_forward={s.reshard_after_forward}); bitsandbytes quant state and buffers replicated"
+             + ("; uint8-stored 4-bit weights kept whole (ignored_params: --quant-storage bf16 shards them)"
+                if whole else ""),)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0) if offload else ratio, keep_head=True,
                      phase_rows=rows_at, host=tuple(host), runtime=nccl_runtime(s), notes=notes)
 
 
-def phase_rows(R: int, U: int, AG: int, RS: int, L: int, reshard: bool) -> dict[str, tuple]:
-    """The unsharded working set at each phase (bytes: R the root group unsharded, U one layer
-    unsharded, AG one layer's all-gather output, RS one layer's reduce-scatter input):
+def phase_rows(R: int, E: int, U: int, AG: int, RS: int, L: int, reshard: bool) -> dict[str, tuple]:
+    """The unsharded working set at each phase (bytes: R the tail and root groups unsharded, E the untied
+    input embedding's group, U one layer unsharded, AG one layer's all-gather output, RS one layer's
+    reduce-scatter input):
 
     1. forward end / loss (loss forward and backward, lm_head or final norm backward, DoRA's re-run):
-       R + the last layer's all-gather result kept by ``AllGatherState`` (+ every layer unsharded when
-       the layers are not resharded after forward);
+       R (+ E and every layer unsharded when the layers are not resharded after forward);
     2. last layer backward: R + that layer unsharded + the previous layer's prefetched all-gather output
-       (+ the other L − 1 layers without resharding);
-    3. first layer backward: R + layer 0 unsharded + layer 1's pending reduce-scatter input;
-    4. embedding backward: R + layer 0's pending reduce-scatter input;
-    5. optimizer step: nothing unsharded (the root resharded at the end of backward);
+       (+ E and the other L − 1 layers without resharding);
+    3. first layer backward: R + layer 0 unsharded + the embedding's prefetched all-gather (untied) +
+       layer 1's reduce-scatter input, held until the next one (+ E without resharding);
+    4. embedding backward: R + E + layer 0's pending reduce-scatter input;
+    5. optimizer step: nothing unsharded (every group resharded at the end of backward);
     6. evaluation: R + one all-gather output."""
     keep = 0 if reshard else U
-    un = "weights/fsdp_unsharded"
-    ag = "temporary/fsdp_all_gather"
-    rs = "gradients/fsdp_reduce_scatter"
-    loss = ((un, "weights", R + L * keep, "FSDP2 root group unsharded" + ("" if reshard else " + every layer")),
-            (ag, "temporary", AG, "the last layer's all-gather output, kept until the next all-gather"),
-            (rs, "gradients", 0, "no reduce-scatter pending"))
-    last = ((un, "weights", R + U + (L - 1) * keep, "root + the layer in backward unsharded"),
-            (ag, "temporary", AG if L > 1 else 0, "the previous layer's prefetched all-gather output"),
-            (rs, "gradients", 0, "no reduce-scatter pending"))
-    first = ((un, "weights", R + U, "root + layer 0 unsharded"),
-             (ag, "temporary", 0, "nothing left to prefetch"),
-             (rs, "gradients", RS if L > 1 else 0, "layer 1's reduce-scatter input, held until the next one"))
-    emb = ((un, "weights", R, "root unsharded"), (ag, "temporary", 0, "no all-gather"),
-           (rs, "gradients", RS, "layer 0's reduce-scatter input, held until the root's"))
-    none = ((un, "weights", 0, "every group resharded"), (ag, "temporary", 0, "no all-gather"),
-            (rs, "gradients", 0, "no reduce-scatter pending"))
-    ev = ((un, "weights", R, "root unsharded"), (ag, "temporary", AG, "one layer's all-gather output"),
-          (rs, "gradients", 0, "no backward"))
-    return {ph.LAST_LAYER: last, ph.FIRST_LAYER: first, ph.EMBEDDING: emb, ph.OPTIMIZER: none,
-            ph.EVALUATION: ev, OTHER_PHASES: loss}
+    e_kept = 0 if reshard else E
+    un, ag, rs = "weights/fsdp_unsharded", "temporary/fsdp_all_gather", "gradients/fsdp_reduce_scatter"
+
+    def at(u: int, a: int, g: int, what: str) -> tuple:
+        return ((un, "weights", u, what), (ag, "temporary", a, "an all-gather output not yet copied out"),
+                (rs, "gradients", g, "a reduce-scatter input held until the next one"))
+    return {ph.LAST_LAYER: at(R + e_kept + U + (L - 1) * keep, AG if L > 1 else 0, 0,
+                              "tail/root + the layer in backward unsharded"),
+            ph.FIRST_LAYER: at(R + e_kept + U, E if reshard else 0, RS if L > 1 else 0,
+                               "tail/root + layer 0 unsharded"),
+            ph.EMBEDDING: at(R + E, 0, RS, "tail/root + the input embedding unsharded"),
+            ph.OPTIMIZER: at(0, 0, 0, "every group resharded"),
+            ph.EVALUATION: at(R, AG, 0, "tail/root unsharded"),
+            OTHER_PHASES: at(R + e_kept + L * keep, 0, 0, "tail/root unsharded" + ("" if reshard else
+                                                                                  " + every layer"))}
