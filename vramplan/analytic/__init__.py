@@ -73,7 +73,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     rk = rank_terms(arch, scenario, st)  # the strategy's seam (vramplan.parallel.rank); identity for single
     totals = rk.totals(st, x, ph.totals(st, x, scenario.full))
     phase = max(totals, key=totals.__getitem__)
-    grads, rows = rk.at(phase, *ph.components(phase, st, x), st)
+    grads, rows = rk.components(phase, st, x)
     comps = [*rk.static_comps(st), Component(st.grad_name, "gradients", grads,
                                              "gradients alive at the peak (set to None after each step)")]
     comps += [Component(*r) for r in rows]

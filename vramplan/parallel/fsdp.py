@@ -36,6 +36,9 @@ from vramplan.parallel.inventory import Tensor, shardable
 from vramplan.parallel.rank import OTHER_PHASES, RankTerms
 from vramplan.scenario import StateOffload
 
+#: FSDP2's own moment: the forward's first groups gathered, before any activation is saved.
+FORWARD_START = "forward start"
+
 
 def padded_rows(dim0: int, world: int) -> int:
     """c = ceil(d0 / N): the rows of every rank's (padded) shard storage."""
@@ -126,6 +129,20 @@ def rank_terms(arch, s, st) -> RankTerms:
     if offload and N > 1:  # the shard is copied to the GPU before its all-gather
         AG += -(-sum(t.count * shard_bytes(t, N) for t in layer) // L)
     rows_at = phase_rows(R, E, U, AG, RS, L, s.reshard_after_forward)
+    AG_R = gathered_bytes(root, N) if N > 1 else 0
+    AG_E = gathered_bytes(embed, N) if N > 1 else 0
+    if untied_embed and AG_R:  # the tail's all-gather result, held until the root's post-forward (the loss runs
+        rows_at[ph.LOSS_FORWARD] = tuple(  # inside the model's forward)
+            (n, c, b + (AG_R if n.endswith("all_gather") else 0),
+             w + ("; the tail's all-gather result held until the root's post-forward" if n.endswith("all_gather")
+                  else "")) for n, c, b, w in rows_at[OTHER_PHASES])
+    first = (R if not untied_embed else E) + U
+    own = {FORWARD_START: (
+        ("weights/fsdp_unsharded", "weights", first, "the first group (" + ("tail with the tied embedding" if not
+         untied_embed else "the input embedding") + ") and layer 0 unsharded"),
+        ("temporary/fsdp_all_gather", "temporary", (AG_E if untied_embed else AG_R) + (AG if L > 1 else 0),
+         "the first group's all-gather result (kept until the next copy-out) + layer 1's, prefetched"),
+        ("gradients/fsdp_reduce_scatter", "gradients", 0, "no backward yet"))} if N > 1 else {}
     whole = any(ignored(t) for t in inv)
     notes = (f"fsdp: rank {r} of {N}; FSDP2 per decoder layer, the untied input embedding, the tail (final norm + "
              f"lm_head, not resharded after forward) and the root (accelerate 1.16's groups; layers "
@@ -133,7 +150,7 @@ def rank_terms(arch, s, st) -> RankTerms:
              + ("; uint8-stored 4-bit weights kept whole (ignored_params: --quant-storage bf16 shards them)"
                 if whole else ""),)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0) if offload else ratio, keep_head=True,
-                     phase_rows=rows_at, host=tuple(host), runtime=nccl_runtime(s), notes=notes)
+                     phase_rows=rows_at, own_phases=own, host=tuple(host), runtime=nccl_runtime(s), notes=notes)
 
 
 def phase_rows(R: int, E: int, U: int, AG: int, RS: int, L: int, reshard: bool) -> dict[str, tuple]:

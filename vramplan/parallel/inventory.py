@@ -51,8 +51,8 @@ class Tensor:
     trainable: bool
     """Has a gradient and optimizer state."""
     floating: bool = True
-    """A floating-point tensor (DeepSpeed casts these to the mixed-precision dtype; packed 4-bit and int8
-    storage stay as they are)."""
+    """A floating-point tensor: FSDP2 shards it (accelerate ignores a frozen non-floating one) and DeepSpeed
+    casts it to the mixed-precision dtype; uint8 packed 4-bit and int8 storage are not floating."""
 
     @property
     def numel(self) -> int:
@@ -75,7 +75,8 @@ def _linear_tensors(lin: Linear, s: Scenario, base_w: int, layer: bool) -> list[
     if s.quantized_4bit and lin.quantized:
         sb = {"uint8": 1, "bf16": 2, "fp16": 2, "fp32": 4}[s.quant_storage.value]
         packed = (lin.weight_params + 1) // 2
-        out.append(Tensor("weights/" + q.value, -(-packed // sb), 1, sb, lin.count, layer, False, False))
+        # a floating storage (bnb_4bit_quant_storage bf16/fp16/fp32) is a floating parameter to FSDP2
+        out.append(Tensor("weights/" + q.value, -(-packed // sb), 1, sb, lin.count, layer, False, sb != 1))
     elif q is Quant.INT8 and lin.quantized:
         out.append(Tensor("weights/int8", lin.out_features, lin.in_features, 1, lin.count, layer, False, False))
     else:

@@ -49,6 +49,9 @@ class RankTerms:
     root's reduce-scatter at the end of backward (FSDP2): not scaled, but at the optimizer step."""
     phase_rows: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
     """Allocated rows alive only at some phases: phase name -> rows (``OTHER_PHASES``: the rest)."""
+    own_phases: Mapping[str, tuple[Row, ...]] = field(default_factory=dict)
+    """Moments only this strategy has (FSDP2's forward start: the first groups gathered before any
+    activation exists): phase name -> its rows, no gradients, over the static rows."""
     host: tuple[Component, ...] = ()
     """Host-memory rows (category ``host``)."""
     runtime: tuple[Component, ...] = ()
@@ -88,10 +91,16 @@ class RankTerms:
         for k, v in totals.items():
             g = components(k, st, x)[0]
             out[k] = v - g + self.grads(k, g, st.head_grad) + sum(r[2] for r in self.rows(k)) + delta
+        for k, rows in self.own_phases.items():
+            out[k] = sum(r[2] for r in rows) + delta
         return out
 
-    def at(self, phase: str, grads: int, rows: list, st: "StaticTerms") -> tuple[int, list]:
-        """(gradient bytes, rows) of ``phase`` for this rank, from the single-GPU ones."""
+    def components(self, phase: str, st: "StaticTerms", x: "Batch") -> tuple[int, list]:
+        """(gradient bytes, rows) of ``phase`` for this rank (``phases.components`` for one GPU)."""
+        from vramplan.analytic.phases import components
+        if phase in self.own_phases:
+            return 0, list(self.own_phases[phase])
+        grads, rows = components(phase, st, x)
         if self.identity:
             return grads, rows
         return self.grads(phase, grads, st.head_grad), rows + list(self.rows(phase))

@@ -63,7 +63,9 @@ def ipg_bucket_bytes(reduce_bucket_size: int, c: int, overlap_comm: bool) -> int
 
 def _cast(t: Tensor, c: int) -> Tensor:
     """A floating parameter in DeepSpeed's mixed-precision dtype (engine.py L2085)."""
-    return t if not t.floating else Tensor(t.row, t.dim0, t.inner, c, t.count, t.layer, t.trainable, True)
+    if not t.floating or t.row in ("weights/nf4", "weights/fp4"):  # packed 4-bit storage keeps its bytes
+        return t
+    return Tensor(t.row, t.dim0, t.inner, c, t.count, t.layer, t.trainable, True)
 
 
 def rank_terms(arch, s, st) -> RankTerms:
