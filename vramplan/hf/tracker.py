@@ -99,6 +99,7 @@ class LiveTensorTracker:
         self.host_peak_bytes = 0
         self.host_peak_by_category: dict[str, int] = {}
         self._mode: Any = None
+        self._paused = 0
         self.resize_label: str | None = None
         """Category of a storage that ``UntypedStorage.resize_`` grows from zero bytes (FSDP2's
         unsharded parameters); None keeps the current ``label``."""
@@ -165,10 +166,24 @@ class LiveTensorTracker:
         self.peak_bytes = self.current_bytes
         self.peak_by_category = {k: v for k, v in self.by_category.items() if v and self._counted(k)}
 
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Count nothing the operators inside the block return: tensors that hold no memory of the
+        program (DTensor's sharding propagation runs the op on fake tensors of the global shapes, once
+        per op and shapes, then caches it; ``vramplan.parallel.fsdp_torch``)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
     def track_output(self, out: Any) -> None:
         """Record every tensor storage in ``out`` (a tensor or a pytree of them)."""
         import torch
         from torch.utils._pytree import tree_leaves
+
+        if self._paused:
+            return
 
         for leaf in tree_leaves(out):
             for t in _plain(leaf):

@@ -23,7 +23,11 @@ made: the scenario's dtypes are kept.
 Buffers are tagged while FSDP makes them: ``fsdp/unsharded`` (all-gather outputs and unsharded
 parameters, ``FSDPParamGroup.unshard`` / ``wait_for_unshard``), ``fsdp/reduce_scatter`` (the pending
 reduce-scatter inputs, ``post_backward``); the new sharded gradient is moved to ``gradients/trainable``
-as ``post_backward`` returns.
+as ``post_backward`` returns. DTensor's sharding propagation (``ShardingPropagator.
+_propagate_tensor_meta_non_cached``) runs each new op once on fake tensors of the global shapes and
+caches the result: those tensors are not counted. FSDP2's lazy init (the first forward) re-pads uneven
+shards into new storages: the model's categories are given again after it (``ctx.retag_model``) (the first run in a process read 276,480 B high at
+the first optimizer step without this).
 
 Under fake tensors bitsandbytes' ``fix_4bit_weight_quant_state_from_module`` would re-wrap FSDP's
 unsharded parameter as a ``Params4bit``, which cannot wrap a fake tensor: it only hands the module's
@@ -111,12 +115,34 @@ def _tagged(ctx: WrapContext) -> Any:
 
         return run
 
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    propagate = ShardingPropagator._propagate_tensor_meta_non_cached
+
+    @functools.wraps(propagate)
+    def uncounted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with ctx.uncounted():
+            return propagate(self, *args, **kwargs)
+
+    ShardingPropagator._propagate_tensor_meta_non_cached = uncounted
+    from torch.distributed.fsdp._fully_shard._fsdp_state import FSDPState
+
+    lazy_init = FSDPState._lazy_init
+
+    @functools.wraps(lazy_init)
+    def lazy_init_retag(self: Any) -> None:
+        lazy_init(self)
+        ctx.retag_model(ctx.model)
+
+    FSDPState._lazy_init = lazy_init_retag
     FSDPParamGroup.unshard = labelled("unshard", "fsdp/unsharded")
     FSDPParamGroup.wait_for_unshard = labelled("wait_for_unshard", "fsdp/unsharded")
     FSDPParamGroup.post_backward = labelled("post_backward", "fsdp/reduce_scatter")
     try:
         yield
     finally:
+        ShardingPropagator._propagate_tensor_meta_non_cached = propagate
+        FSDPState._lazy_init = lazy_init
         for n, m in saved.items():
             setattr(FSDPParamGroup, n, m)
 

@@ -14,7 +14,10 @@ the model's existing tensors in the memory reader (call it where the reader shou
 before the wrapper exists, so that the Reducer's buckets are new storages; FSDP2 after ``fully_shard``,
 so that only the local shards count), and ``ctx.labelled(category)`` is a context in which new storages
 get ``category`` (``ddp/buckets``; a no-op without a CPU tracker, e.g. on CUDA), ``ctx.retag(tensors,
-category)`` moves live tensors to a category (FSDP2's sharded gradients). ``ctx.make_optimizer``
+category)`` moves live tensors to a category (FSDP2's sharded gradients), ``ctx.uncounted()`` is a
+context whose new tensors are not counted (DTensor's shape propagation), ``ctx.retag_model(model)``
+gives the model's tensors their categories again (new storages included: FSDP2's lazy init re-pads
+uneven shards). ``ctx.make_optimizer``
 builds the scenario's optimizer (``vramplan.hf.build.make_optimizer``) over a module's trainable
 parameters. The wrap returns ``Wrapped``:
 
@@ -71,6 +74,8 @@ class WrapContext:
     register: Callable[[Any], None] = lambda model: None
     labelled: Callable[[str], Any] = lambda category: contextlib.nullcontext()
     retag: Callable[[Any, str], None] = lambda tensors, category: None
+    uncounted: Callable[[], Any] = contextlib.nullcontext
+    retag_model: Callable[[Any], None] = lambda model: None
     make_optimizer: Callable[[Any], Any] | None = None
 
     @property

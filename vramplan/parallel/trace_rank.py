@@ -35,7 +35,7 @@ def check_traceable(arch: Arch, scenario: Scenario) -> None:
 
 
 def wrap_rank(tracker: Any, model: Any, scenario: Scenario, fake: bool, register: Callable[[Any], None],
-              fake_group: bool = True) -> Any:
+              fake_group: bool = True, retag_model: Callable[[Any], None] = lambda m: None) -> Any:
     """The strategy's ``Wrapped`` for this rank, its buffers counted by ``tracker``; the optimizer is
     built outside fake mode, as the single-GPU trace builds it."""
     import contextlib
@@ -50,5 +50,6 @@ def wrap_rank(tracker: Any, model: Any, scenario: Scenario, fake: bool, register
             return B.make_optimizer(m, scenario)
 
     ctx = WrapContext(model=model, scenario=scenario, fake=fake, device="cpu", fake_group=fake_group, register=register,
-                      labelled=tracker.allocating, retag=tracker.retag, make_optimizer=make_optimizer)
+                      labelled=tracker.allocating, retag=tracker.retag, uncounted=tracker.paused,
+                      retag_model=retag_model, make_optimizer=make_optimizer)
     return wrap(ctx)

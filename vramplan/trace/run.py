@@ -159,7 +159,8 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
         if scenario.distributed:  # one rank: the strategy's wrapper (vramplan.parallel.torch_wrap)
             from vramplan.parallel.trace_rank import wrap_rank
 
-            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m), fake_group)
+            wrapped = wrap_rank(tr, model, scenario, fake, lambda m: _register_model(tr, m), fake_group,
+                                lambda m: _retag_model(tr, m))
             wrapped_run.callback(wrapped.close)
             run.notes = wrapped.notes
             model, optimizer, step_model = wrapped.inner, wrapped.optimizer, wrapped.module
@@ -179,8 +180,6 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             carry: dict[str, Any] = {}  # the loop's ``outputs`` binding (Scenario.hold_logits)
             for _ in range(steps):
                 labeller.start_step()
-                if scenario.distributed:  # FSDP2's lazy init re-pads shards into new storages
-                    _retag_model(tr, model)
                 try:
                     with offload_step():
                         B.train_step(step_model, optimizer, batch, scenario, on_phase=labeller.end_phase,
