@@ -338,10 +338,12 @@ def _plain(t: Any) -> list[Any]:
     """The tensors holding ``t``'s memory: ``t`` itself, or for a wrapper subclass (torchao's
     ``NF4Tensor``, a ``DTensor``) its inner tensors, recursively. A wrapper's own storage is a
     placeholder whose ``nbytes()`` is the logical size (the bf16 size of an NF4 weight) though it
-    holds nothing; counting it would add memory that does not exist."""
+    holds nothing; counting it would add memory that does not exist. A tensor on the ``meta`` device
+    holds nothing either (DeepSpeed ZeRO-2 keeps meta copies of its parameters as layout records,
+    ``zero/stage_1_and_2.py`` L482-488): none (a fake tensor reports the device it stands for)."""
     import torch
 
-    if not isinstance(t, torch.Tensor):
+    if not isinstance(t, torch.Tensor) or t.device.type == "meta":
         return []
     if not _is_wrapper(t):
         return [t]

@@ -29,8 +29,8 @@ STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
     Strategy.DDP: (True, True),
     Strategy.FSDP: (True, True),
-    Strategy.ZERO2: (True, False),
-    Strategy.ZERO3: (True, False),
+    Strategy.ZERO2: (True, True),
+    Strategy.ZERO3: (True, True),
 }
 
 

@@ -58,6 +58,8 @@ from vramplan.scenario import Scenario, Strategy
 WRAPS: dict[Strategy, str] = {
     Strategy.DDP: "vramplan.parallel.ddp_torch",
     Strategy.FSDP: "vramplan.parallel.fsdp_torch",
+    Strategy.ZERO2: "vramplan.parallel.zero_torch",
+    Strategy.ZERO3: "vramplan.parallel.zero_torch",
 }
 
 
