@@ -22,7 +22,7 @@ from vramplan.analytic import phases as ph
 from vramplan.analytic import static_terms
 from vramplan.arch.lookup import resolve
 from vramplan.parallel.common import rank_inventory
-from vramplan.parallel.rank import rank_terms
+from vramplan.parallel.rank import priced_scenario, rank_terms
 from vramplan.parallel.zero import gathered_module_bytes
 from vramplan.scenario import Scenario
 
@@ -36,7 +36,7 @@ def _rows(model: str, strategy: str, n: int) -> tuple[dict[str, int], int, int]:
     a = resolve(model)
     z3 = dict(stage3_param_persistence_threshold=1, stage3_prefetch_bucket_size=1) if strategy == "zero3" else {}
     s = Scenario(gpus=n, strategy=strategy, **z3, **BASE)
-    st = static_terms(a, s)
+    st = static_terms(a, priced_scenario(s))
     rk = rank_terms(a, s, st)
     rows = {c.name: c.bytes for c in rk.comps}
     for phase in (ph.OPTIMIZER, ph.LAST_LAYER):

@@ -25,7 +25,7 @@ from vramplan.calibration import Calibration
 from vramplan.device import Device
 from vramplan.engine import runtime_calibration
 from vramplan.parallel import require as require_strategy
-from vramplan.parallel.rank import rank_terms
+from vramplan.parallel.rank import priced_scenario, rank_terms
 from vramplan.scenario import Scenario
 
 __all__ = ["estimate", "runtime_components", "static_terms", "effective_attention",
@@ -67,7 +67,7 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     require_strategy(scenario, "analytic")
     dev = Device.parse(device)
     cal = runtime_calibration(calibration, device)
-    st = static_terms(arch, scenario, dev.semantics)
+    st = static_terms(arch, priced_scenario(scenario), dev.semantics)  # the step the strategy runs
     x = ph.batch(st, scenario.seq, scenario.batch, scenario.grad_checkpointing, scenario.full,
                  cal.fused_dequant_factor)
     rk = rank_terms(arch, scenario, st)  # the strategy's seam (vramplan.parallel.rank); identity for single

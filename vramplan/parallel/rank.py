@@ -115,8 +115,18 @@ def _modules() -> dict[Strategy, Callable[["Arch", Scenario, "StaticTerms"], Ran
             Strategy.ZERO3: zero.rank_terms}
 
 
+def priced_scenario(scenario: Scenario) -> Scenario:
+    """The single-GPU scenario whose terms a strategy starts from: the same one, but where the strategy's
+    framework changes the step itself (DeepSpeed casts the parameters and runs no autocast:
+    ``zero.priced_scenario``)."""
+    if scenario.strategy in (Strategy.ZERO2, Strategy.ZERO3):
+        from vramplan.parallel.zero import priced_scenario as zero_priced
+        return zero_priced(scenario)
+    return scenario
+
+
 def rank_terms(arch: "Arch", scenario: Scenario, st: "StaticTerms") -> RankTerms:
     """The ``RankTerms`` of ``scenario.process_rank`` under ``scenario.strategy`` (``IDENTITY`` for single)."""
     if not scenario.distributed:
         return IDENTITY
-    return _modules()[scenario.strategy](arch, scenario, st)
+    return _modules()[scenario.strategy](arch, priced_scenario(scenario), st)

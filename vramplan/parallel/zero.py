@@ -68,6 +68,16 @@ def _cast(t: Tensor, c: int) -> Tensor:
     return Tensor(t.row, t.dim0, t.inner, c, t.count, t.layer, t.trainable, True)
 
 
+def priced_scenario(s):
+    """The single-GPU step DeepSpeed actually runs: with bf16/fp16 every floating parameter cast to that
+    dtype (engine.py L2079-2090: the recipe's fp32 upcast undone, peft's fp32 adapters in the compute
+    dtype) and no ``torch.autocast`` (accelerate 1.15 ``accelerator.py`` L536-566 turns native AMP off
+    under DeepSpeed). fp32 runs are left as they are."""
+    if s.dtype is Dtype.FP32:
+        return s
+    return s.replace(autocast=False, recipe="plain", **({} if s.full else {"adapter_dtype": s.dtype.value}))
+
+
 def rank_terms(arch, s, st) -> RankTerms:
     """One ZeRO-2 or ZeRO-3 rank."""
     N, H = s.world_size, arch.hidden_size
