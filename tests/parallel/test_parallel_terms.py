@@ -186,11 +186,23 @@ def test_every_strategy_priced_analytically():
     assert set(STRATEGIES) == set(Strategy)
 
 
-def test_zero3_persistence_keeps_small_parameters_whole():
+def test_zero3_persistence_keeps_small_frozen_parameters_whole():
     a = resolve("Qwen3-0.6B")
-    s = dict(quant="none", full=True, gpus=8, strategy="zero3")
-    # the norms (1024 elements <= 10·H) stay whole; with a threshold of 1 they are partitioned too
-    whole = estimate(a, Scenario(**s)).get("adapter/norms")
-    split = estimate(a, Scenario(stage3_param_persistence_threshold=1, **s)).get("adapter/norms")
+    s = dict(quant="none", gpus=8, strategy="zero3")
+    # LoRA: the frozen norms (1024 elements <= 10·H) stay whole; with a threshold of 1 they are partitioned
+    whole = estimate(a, Scenario(**s)).get("weights/norms")
+    split = estimate(a, Scenario(stage3_param_persistence_threshold=1, **s)).get("weights/norms")
     assert whole > split
+    # the trainable 16-bit partition is one flat buffer: ⌈bytes/N⌉ whatever the persistence
+    lora = [estimate(a, Scenario(stage3_param_persistence_threshold=t, **s)).get("adapter/lora") for t in (1, 0)]
+    assert lora[0] == lora[1]
 
+
+def test_zero3_keeps_layers_within_the_reuse_distance():
+    from vramplan.parallel.zero import reuse_kept_layers
+    # layers of 0.1e9 elements, head 0.2e9: distances 0.2, 0.4, ..., 1.0e9 for the last 5 layers: 4 kept
+    assert reuse_kept_layers(100_000_000, 28, 200_000_000) == 4
+    # a whole small model: every layer (28 × 1e7 elements, max distance 0.74e9)
+    assert reuse_kept_layers(10_000_000, 28, 200_000_000) == 28
+    # max_live caps the kept elements
+    assert reuse_kept_layers(10_000_000, 28, 200_000_000, max_live=50_000_000) == 5

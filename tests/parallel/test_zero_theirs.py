@@ -11,8 +11,9 @@ Which rows correspond (per GPU, P = trainable elements, N = GPUs):
   cast (4) + master (4) + Adam (8) = 18·P/N, and ``weights/zero3_gathered`` + ``gradients/zero3_module_grad``
   (the largest module gathered whole, its 16-bit gradient) = 4·largest; our ``gradients/zero_partition``
   (the 16-bit gradient partition buffer stage3 keeps, 2·P/N) is beyond DeepSpeed's estimate.
-Persistence is switched off (threshold 1) and the prefetch bucket set to one element, so that every
-parameter is partitioned and nothing is prefetched, as the estimator assumes."""
+Persistence is switched off (threshold 1), the prefetch bucket set to one element and
+``stage3_max_live_parameters`` to 1 (no layer kept gathered past its module), so that every parameter is
+partitioned and only the module being run is gathered, as the estimator assumes."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ BASE = dict(quant="none", full=True, dtype="fp16", recipe="plain", autocast=Fals
 
 def _rows(model: str, strategy: str, n: int) -> tuple[dict[str, int], int, int]:
     a = resolve(model)
-    z3 = dict(stage3_param_persistence_threshold=1, stage3_prefetch_bucket_size=1) if strategy == "zero3" else {}
+    z3 = dict(stage3_param_persistence_threshold=1, stage3_prefetch_bucket_size=1,
+              stage3_max_live_parameters=1) if strategy == "zero3" else {}
     s = Scenario(gpus=n, strategy=strategy, **z3, **BASE)
     st = static_terms(a, priced_scenario(s))
     rk = rank_terms(a, s, st)

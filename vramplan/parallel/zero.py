@@ -61,6 +61,27 @@ def ipg_bucket_bytes(reduce_bucket_size: int, c: int, overlap_comm: bool) -> int
     return (2 if overlap_comm else 1) * blocks(reduce_bucket_size * c)
 
 
+#: DeepSpeed's ``stage3_max_reuse_distance`` default (``zero/config.py``; the HF templates set the same
+#: 1e9): a parameter reused within this many fetched elements is not released after its module.
+MAX_REUSE_DISTANCE = 1_000_000_000
+
+
+def reuse_kept_layers(layer_numel: int, layers: int, head_numel: int, max_reuse: int = MAX_REUSE_DISTANCE,
+                      max_live: int = 1_000_000_000) -> int:
+    """ZeRO-3 after the first step (the parameter coordinator has traced the module order): how many
+    decoder layers stay gathered from their forward to their backward. Layer i's parameters are fetched
+    again after every later layer's forward and backward and the head: reuse distance
+    2·(L − 1 − i)·n_layer + n_head elements; kept while it is under ``max_reuse``, and while the kept
+    elements stay within ``max_live`` (``stage3_max_live_parameters``)
+    (``partitioned_param_coordinator.py`` ``release_sub_module``: ``__max_reuse_dist_in_numel``)."""
+    k = 0
+    for j in range(layers):  # j = L − 1 − i: the last layer first
+        if 2 * j * layer_numel + head_numel >= max_reuse or (k + 1) * layer_numel > max_live:
+            break
+        k += 1
+    return k
+
+
 def _cast(t: Tensor, c: int) -> Tensor:
     """A floating parameter in DeepSpeed's mixed-precision dtype (engine.py L2085)."""
     if not t.floating or t.row in ("weights/nf4", "weights/fp4"):  # packed 4-bit storage keeps its bytes
@@ -96,10 +117,16 @@ def rank_terms(arch, s, st) -> RankTerms:
 
     rows: dict[str, int] = {}
     for t in inv:
-        rows[t.row] = rows.get(t.row, 0) + t.count * (blocks(part(t) * t.nbytes) if three else t.numel * t.nbytes)
+        if not three:
+            b = t.count * t.numel * t.nbytes
+        elif t.trainable:  # the trainable 16-bit partition is one flat buffer (fp16_partitioned_groups_flat)
+            b = -(-t.count * t.numel * t.nbytes // N)
+        else:
+            b = t.count * blocks(part(t) * t.nbytes)
+        rows[t.row] = rows.get(t.row, 0) + b
     trainable = [t for t in inv if t.trainable]
     p_t = sum(t.count * t.numel for t in trainable)
-    local = sum(t.count * part(t) for t in trainable) if three else flat_partition(p_t, N)
+    local = flat_partition(p_t, N)  # the fp32 master, optimizer state and gradient partition: ⌈P_t/N⌉
     opt_offload = s.state_offload in (StateOffload.OPTIMIZER, StateOffload.PARAMS)
     par_offload = s.state_offload is StateOffload.PARAMS
     master = blocks(4 * local)
@@ -164,13 +191,22 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
     """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction to the
     step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
     module's whole gradient (trainable modules only: full fine-tuning)."""
+    L = arch.num_layers
+    layer_ts = [t for t in inv if t.layer]
+    n_layer = -(-sum(t.count * t.numel for t in layer_ts) // L)
+    b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in layer_ts) // L)
+    head = max((t.numel for t in inv if t.row.endswith(("lm_head", "embeddings"))), default=0)
+    kept = reuse_kept_layers(n_layer, L, head, max_live=s.stage3_max_live_parameters) if three else 0
+
     def z3(which: str, backward: bool) -> list:
         if not three:
             return []
         g = gathered_module_bytes(inv, which, arch)
         pre = min(B_p, s.stage3_max_live_parameters) * c
-        out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre),
-                f"ZeRO-3: the {which} module gathered whole + the {B_p:,}-element prefetch bucket")]
+        held = kept * b_layer if which != "embeddings" else 0
+        out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre) + held,
+                f"ZeRO-3: the {which} module gathered whole + the {B_p:,}-element prefetch bucket"
+                + (f" + {kept} decoder layer(s) kept gathered (reuse distance under 1e9 elements)" if kept else ""))]
         if backward and s.full:
             out.append(("gradients/zero3_module_grad", "gradients", blocks(g), "the gathered module's whole gradient"))
         return out
