@@ -200,9 +200,11 @@ def test_zero3_persistence_keeps_small_frozen_parameters_whole():
 
 def test_zero3_keeps_layers_within_the_reuse_distance():
     from vramplan.parallel.zero import reuse_kept_layers
-    # layers of 0.1e9 elements, head 0.2e9: distances 0.2, 0.4, ..., 1.0e9 for the last 5 layers: 4 kept
-    assert reuse_kept_layers(100_000_000, 28, 200_000_000) == 4
-    # a whole small model: every layer (28 × 1e7 elements, max distance 0.74e9)
+    # layers of 0.1e9 elements, head 0.2e9: distances 0.2, 0.3, ..., 1.0e9 from the last layer: 8 kept
+    assert reuse_kept_layers(100_000_000, 28, 200_000_000) == 8
+    # a whole small model: every layer (28 × 1e7 elements, largest distance 0.47e9)
     assert reuse_kept_layers(10_000_000, 28, 200_000_000) == 28
+    # a head of 1e9 elements or more (a 70B's 128256 × 8192 lm_head): none
+    assert reuse_kept_layers(10_000_000, 80, 1_050_673_152) == 0
     # max_live caps the kept elements
     assert reuse_kept_layers(10_000_000, 28, 200_000_000, max_live=50_000_000) == 5

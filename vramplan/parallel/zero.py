@@ -69,14 +69,16 @@ MAX_REUSE_DISTANCE = 1_000_000_000
 def reuse_kept_layers(layer_numel: int, layers: int, head_numel: int, max_reuse: int = MAX_REUSE_DISTANCE,
                       max_live: int = 1_000_000_000) -> int:
     """ZeRO-3 after the first step (the parameter coordinator has traced the module order): how many
-    decoder layers stay gathered from their forward to their backward. Layer i's parameters are fetched
-    again after every later layer's forward and backward and the head: reuse distance
-    2·(L − 1 − i)·n_layer + n_head elements; kept while it is under ``max_reuse``, and while the kept
-    elements stay within ``max_live`` (``stage3_max_live_parameters``)
-    (``partitioned_param_coordinator.py`` ``release_sub_module``: ``__max_reuse_dist_in_numel``)."""
+    decoder layers stay gathered from their forward to their backward. ``release_sub_module`` keeps a
+    module's parameters when they reoccur within ``max_reuse`` elements of the modules ahead in the
+    trace (``partitioned_param_coordinator.py`` L634-664, ``__params_to_release``). Priced as: the last
+    layer first, layer L − 1 − j kept while j·n_layer + n_head < ``max_reuse`` and the kept elements stay
+    within ``max_live`` (``stage3_max_live_parameters``). One pass of the layers ahead, not DeepSpeed's
+    walk of the whole trace: an approximation, fitted to the trace (Qwen3-0.6B keeps every layer; a
+    70B's 1e9-element head alone exceeds the distance: none)."""
     k = 0
     for j in range(layers):  # j = L − 1 − i: the last layer first
-        if 2 * j * layer_numel + head_numel >= max_reuse or (k + 1) * layer_numel > max_live:
+        if j * layer_numel + head_numel >= max_reuse or (k + 1) * layer_numel > max_live:
             break
         k += 1
     return k
