@@ -190,8 +190,8 @@ def gathered_module_bytes(inv: list[Tensor], which: str, arch) -> int:
 
 
 def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back: list, step: list) -> dict:
-    """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction to the
-    step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
+    """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction (the
+    lm_head's or a layer's backward; the loss backward, before any weight gradient, has none) to the step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
     module's whole gradient (trainable modules only: full fine-tuning)."""
     L = arch.num_layers
     layer_ts = [t for t in inv if t.layer]
@@ -218,10 +218,10 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
         return tuple(rows + [(n, cat, 0, "not allocated at this phase") for n, cat in
                              dict.fromkeys((r[0], r[1]) for r in back + step) if n not in have] + z)
     layer_b = pad(back, z3("layer", True))
-    loss_b = pad(back if s.full else [], z3("lm_head", True))
+    loss_b = pad(back, z3("lm_head", True))  # the lm_head backward: its weight gradient, the first reduction
     fwd = pad([], z3("lm_head", False))
     emb = pad(back, z3("embeddings", True))
     opt = pad(step, [])
     return {ph.LAST_LAYER: layer_b, ph.FIRST_LAYER: layer_b, ph.DORA_FORWARD: layer_b, ph.EMBEDDING: emb,
-            ph.LOSS_BACKWARD: loss_b, ph.LM_HEAD: loss_b, ph.FINAL_NORM: loss_b, ph.OPTIMIZER: opt,
+            ph.LOSS_BACKWARD: fwd, ph.LM_HEAD: loss_b, ph.FINAL_NORM: fwd, ph.OPTIMIZER: opt,
             ph.LOSS_FORWARD: fwd, ph.EVALUATION: fwd, OTHER_PHASES: fwd}
