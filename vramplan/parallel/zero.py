@@ -168,7 +168,18 @@ def rank_terms(arch, s, st) -> RankTerms:
                   f"reduction bucket(s) of {B_r:,} elements" + (" ×2 (overlap_comm)" if s.overlap_comm else ""))]
     if not three and not opt_offload:
         back_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
+    if not three and arch.tie_embeddings and s.full:  # made by the lm_head's backward, held to the step
+        back_rows.append(("gradients/tied_embedding", "gradients", blocks(arch.vocab_size * H * c),
+                          "the tied embedding's whole 16-bit gradient, held from the lm_head backward (trace)"))
     step_rows = [("temporary/zero_fp32_gradients", "temporary", step_tmp, "the gradient partition cast to fp32")]
+    if not three and not opt_offload:
+        # stage_1_and_2.py ``step``: ``self.flatten(self.averaged_gradients[i]).to(fp32)``: a flat 16-bit copy
+        # of the partition's gradients exists beside its fp32 cast
+        step_rows.append(("temporary/zero_flat_gradients", "temporary", gpart,
+                          "the flattened 16-bit gradient partition, cast from"))
+    if not three and arch.tie_embeddings and s.full:
+        step_rows.append(("gradients/tied_embedding", "gradients", blocks(arch.vocab_size * H * c),
+                          "the tied embedding's whole 16-bit gradient, still held at the step (trace)"))
     if not three and not opt_offload:
         step_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
     rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows)
@@ -220,7 +231,8 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
     layer_b = pad(back, z3("layer", True))
     loss_b = pad(back, z3("lm_head", True))  # the lm_head backward: its weight gradient, the first reduction
     fwd = pad([], z3("lm_head", False))
-    emb = pad(back, z3("embeddings", True))
+    # the embedding backward: the single-GPU phase already holds the tied embedding's gradients
+    emb = pad([r for r in back if r[0] != "gradients/tied_embedding"], z3("embeddings", True))
     opt = pad(step, [])
     return {ph.LAST_LAYER: layer_b, ph.FIRST_LAYER: layer_b, ph.DORA_FORWARD: layer_b, ph.EMBEDDING: emb,
             ph.LOSS_BACKWARD: fwd, ph.LM_HEAD: loss_b, ph.FINAL_NORM: fwd, ph.OPTIMIZER: opt,
