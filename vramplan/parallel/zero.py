@@ -22,8 +22,9 @@ elements, B_r = ``reduce_bucket_size``, B_p = ``stage3_prefetch_bucket_size``, T
 - DeepSpeed's own model-state estimators (``estimate_zero2_model_states_mem_needs`` = 2·P + 18·P/N,
   ``estimate_zero3_model_states_mem_needs`` = 4·largest layer + 18·P/N, fp16 params, fp32 master and
   Adam): tests/parallel compares the rows they correspond to.
-Not priced: ``stage3_max_reuse_distance`` (parameters kept gathered when reused soon: DeepSpeed's own
-trace after the first step), DeepSpeed's CUDA-only fused kernels' workspaces.
+``stage3_max_reuse_distance`` (parameters kept gathered when reused soon, DeepSpeed's own trace after the
+first step) is priced by a one-pass rule fitted to the trace (``reuse_kept_layers``). Not priced:
+DeepSpeed's CUDA-only fused kernels' workspaces.
 """
 
 from __future__ import annotations
@@ -140,7 +141,9 @@ def rank_terms(arch, s, st) -> RankTerms:
     for comp in st.comps:
         if shardable(comp.name):
             b = rows.get(comp.name, 0)
-            note = (f"{tag} 1/{N} per parameter (⌈n/N⌉; n ≤ {T_p} kept whole)" if three else
+            flat = any(t.trainable for t in inv if t.row == comp.name)
+            note = ((f"{tag} 1/{N}: the flat trainable 16-bit partition" if flat else
+                     f"{tag} 1/{N} per parameter (⌈n/N⌉; n ≤ {T_p:,} kept whole)") if three else
                     f"{tag} on every rank") + (f", {c} B floating (DeepSpeed's cast)" if mixed else "")
             if par_offload:
                 host.append(Component("host/" + comp.name.replace("/", "_"), "host", b, note + ", offload_param"))
@@ -185,10 +188,26 @@ def rank_terms(arch, s, st) -> RankTerms:
     rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows)
     notes = (f"{s.strategy.value}: rank {s.process_rank} of {N}; reduce_bucket_size {B_r:,}"
              + (f", stage3_prefetch_bucket_size {B_p:,}, param persistence threshold {T_p:,}" if three else "")
-             + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H); "
-             "stage3_max_reuse_distance is not priced",)
+             + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H)"
+             + (f"; {kept_note(arch, s, inv)}" if three else "") + "; priced as DeepSpeed runs the step: parameters "
+             "cast to the compute dtype, no autocast",)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0), phase_rows=rows_at, host=tuple(host),
                      runtime=nccl_runtime(s), notes=notes)
+
+
+def _layer_numel(inv: list[Tensor], layers: int) -> int:
+    return -(-sum(t.count * t.numel for t in inv if t.layer) // layers)
+
+
+def _head_numel(inv: list[Tensor]) -> int:
+    return max((t.numel for t in inv if t.row.endswith(("lm_head", "embeddings"))), default=0)
+
+
+def kept_note(arch, s, inv: list[Tensor]) -> str:
+    """The note on the layers ZeRO-3 keeps gathered (``reuse_kept_layers``)."""
+    k = reuse_kept_layers(_layer_numel(inv, arch.num_layers), arch.num_layers, _head_numel(inv),
+                          max_live=s.stage3_max_live_parameters)
+    return f"{k} of {arch.num_layers} decoder layers kept gathered after their forward (reuse distance 1e9, one-pass rule)"
 
 
 def gathered_module_bytes(inv: list[Tensor], which: str, arch) -> int:
@@ -206,9 +225,9 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
     module's whole gradient (trainable modules only: full fine-tuning)."""
     L = arch.num_layers
     layer_ts = [t for t in inv if t.layer]
-    n_layer = -(-sum(t.count * t.numel for t in layer_ts) // L)
+    n_layer = _layer_numel(inv, L)
     b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in layer_ts) // L)
-    head = max((t.numel for t in inv if t.row.endswith(("lm_head", "embeddings"))), default=0)
+    head = _head_numel(inv)
     kept = reuse_kept_layers(n_layer, L, head, max_live=s.stage3_max_live_parameters) if three else 0
 
     def z3(which: str, backward: bool) -> list:
