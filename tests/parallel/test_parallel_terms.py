@@ -200,11 +200,12 @@ def test_zero3_persistence_keeps_small_frozen_parameters_whole():
 
 def test_zero3_keeps_layers_within_the_reuse_distance():
     from vramplan.parallel.zero import reuse_kept_layers
-    # layers of 0.1e9 elements, head 0.2e9: distances 0.2, 0.3, ..., 1.0e9 from the last layer: 8 kept
-    assert reuse_kept_layers(100_000_000, 28, 200_000_000) == 8
-    # a whole small model: every layer (28 × 1e7 elements, largest distance 0.47e9)
+    # layers of 0.1e9 elements: distances 0, 0.1e9, ..., 1.0e9 from the last layer: 10 kept
+    assert reuse_kept_layers(100_000_000, 28, 200_000_000) == 10
+    # a whole small model: every layer (28 × 1e7 elements, largest distance 0.27e9)
     assert reuse_kept_layers(10_000_000, 28, 200_000_000) == 28
-    # a head of 1e9 elements or more (a 70B's 128256 × 8192 lm_head): none
-    assert reuse_kept_layers(10_000_000, 80, 1_050_673_152) == 0
+    # 70B-sized layers of 0.43e9 elements: distances 0, 0.43e9, 0.86e9 are under 1e9, but a third layer
+    # would take the kept elements past stage3_max_live_parameters (1e9): 2
+    assert reuse_kept_layers(430_000_000, 80, 1_050_673_152) == 2
     # max_live caps the kept elements
     assert reuse_kept_layers(10_000_000, 28, 200_000_000, max_live=50_000_000) == 5

@@ -73,13 +73,13 @@ def reuse_kept_layers(layer_numel: int, layers: int, head_numel: int, max_reuse:
     decoder layers stay gathered from their forward to their backward. ``release_sub_module`` keeps a
     module's parameters when they reoccur within ``max_reuse`` elements of the modules ahead in the
     trace (``partitioned_param_coordinator.py`` L634-664, ``__params_to_release``). Priced as: the last
-    layer first, layer L − 1 − j kept while j·n_layer + n_head < ``max_reuse`` and the kept elements stay
-    within ``max_live`` (``stage3_max_live_parameters``). One pass of the layers ahead, not DeepSpeed's
-    walk of the whole trace: an approximation, fitted to the trace (Qwen3-0.6B keeps every layer; a
-    70B's 1e9-element head alone exceeds the distance: none)."""
+    layer first, layer L − 1 − j kept while j·n_layer < ``max_reuse`` and the kept elements stay within
+    ``max_live`` (``stage3_max_live_parameters``); ``head_numel`` is not counted. One pass of the layers
+    ahead, not DeepSpeed's walk of the whole trace: an approximation fitted to the trace on two models
+    (Qwen3-0.6B and Llama-3.2-1B keep every layer gathered); unchecked on larger ones."""
     k = 0
     for j in range(layers):  # j = L − 1 − i: the last layer first
-        if j * layer_numel + head_numel >= max_reuse or (k + 1) * layer_numel > max_live:
+        if j * layer_numel >= max_reuse or (k + 1) * layer_numel > max_live:
             break
         k += 1
     return k
