@@ -25,6 +25,7 @@ from vramplan.calibration import Calibration
 from vramplan.device import Device
 from vramplan.engine import runtime_calibration
 from vramplan.parallel import require as require_strategy
+from vramplan.parallel.rank import priced_scenario, rank_terms
 from vramplan.scenario import Scenario
 
 __all__ = ["estimate", "runtime_components", "static_terms", "effective_attention",
@@ -66,31 +67,33 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     require_strategy(scenario, "analytic")
     dev = Device.parse(device)
     cal = runtime_calibration(calibration, device)
-    st = static_terms(arch, scenario, dev.semantics)
+    st = static_terms(arch, priced_scenario(scenario), dev.semantics)  # the step the strategy runs
     x = ph.batch(st, scenario.seq, scenario.batch, scenario.grad_checkpointing, scenario.full,
                  cal.fused_dequant_factor)
-    totals = ph.totals(st, x, scenario.full)
+    rk = rank_terms(arch, scenario, st)  # the strategy's seam (vramplan.parallel.rank); identity for single
+    totals = rk.totals(st, x, ph.totals(st, x, scenario.full))
     phase = max(totals, key=totals.__getitem__)
-    grads, rows = ph.components(phase, st, x)
-    comps = [*st.comps, Component(st.grad_name, "gradients", grads,
-                                  "gradients alive at the peak (set to None after each step)")]
+    grads, rows = rk.components(phase, st, x)
+    comps = [*rk.static_comps(st), Component(st.grad_name, "gradients", grads,
+                                             "gradients alive at the peak (set to None after each step)")]
     comps += [Component(*r) for r in rows]
-    allocated = st.static + grads + sum(r[2] for r in rows)
+    allocated = rk.static(st) + grads + sum(r[2] for r in rows)
     loss_ws = loss_workspace(x.loss_b, x.loss_f, x.held)
     if phase == ph.EVALUATION:  # the evaluation is the peak: its own loss blocks are cached too
         loss_ws = max(loss_ws, _eval_workspace(st, scenario))
     runtime = runtime_components(arch, scenario, allocated, cal, loss_workspace=loss_ws)
+    runtime += rk.runtime if dev.semantics == "cuda" else ()  # NCCL: CUDA only (a CPU run talks gloo)
     comps.extend(runtime)
     upper = _upper(allocated, runtime, 1.0 + cal.upper_bound_fraction)
     extra = dict(phases={k: v + st.static for k, v in totals.items()}, trainable_params=st.n_train,
                  calibration=cal.fitted_on)
-    notes = st.notes
+    notes = st.notes + rk.notes
     if x.eval is not None:
         train = max(v for k, v in totals.items() if k != ph.EVALUATION) + st.static
         extra.update(training_peak_bytes=train, eval_peak_bytes=x.eval.total + st.static, eval_moment=x.eval.moment)
         notes += (eval_note(scenario, train, x.eval.total + st.static, x.eval.moment),)
     return Breakdown(tuple(comps), engine="analytic", notes=notes, peak_phase=phase, upper=upper,
-                     host=host_components(scenario, x.host), extra=extra)
+                     host=host_components(scenario, x.host) + rk.host, extra=extra)
 
 
 def eval_note(scenario: Scenario, train: int, evaluation: int, moment: str) -> str:

@@ -32,10 +32,10 @@ class StrategyUnsupported(VramplanError):
 #: Strategy -> (analytic support, trace support): filled in as each module lands.
 STRATEGIES: dict[Strategy, tuple[bool, bool]] = {
     Strategy.SINGLE: (True, True),
-    Strategy.DDP: (False, True),
-    Strategy.FSDP: (False, True),
-    Strategy.ZERO2: (False, True),
-    Strategy.ZERO3: (False, True),
+    Strategy.DDP: (True, True),
+    Strategy.FSDP: (True, True),
+    Strategy.ZERO2: (True, True),
+    Strategy.ZERO3: (True, True),
 }
 
 
