@@ -9,7 +9,9 @@ picks the answer; ``vramplan.report.plan_gpus`` renders it.
 **Candidates.** For each world size N from 1 to ``max_gpus`` (one node): ``single`` at N = 1; ``ddp``,
 ``fsdp``, ``zero2`` and ``zero3`` at N ≥ 2 (at N = 1 they only add their buffers), and at every N the
 state-offload modes each sharding strategy has (FSDP CPU offload; ZeRO-2 optimizer offload; ZeRO-3
-optimizer or parameter offload), which can make a model fit even one card.
+optimizer or parameter offload), which can make a model fit even one card. A 4-bit base under FSDP is
+priced as FSDP-QLoRA runs it: packed weights stored in the compute dtype (``bnb_4bit_quant_storage``),
+since FSDP (accelerate) leaves uint8 parameters unsharded.
 
 **The answer.** The fewest GPUs at which any candidate fits; among those, the first by
 ``PREFERENCE``: no state offload before offload (an offloaded optimizer step runs on the CPU), then
@@ -29,7 +31,7 @@ from vramplan.calibration import Calibration
 from vramplan.errors import VramplanError
 from vramplan.gpus import Gpu, find_gpu
 from vramplan.plan import Check, Estimator, Planner
-from vramplan.scenario import Scenario, StateOffload, Strategy, _OFFLOADS
+from vramplan.scenario import QuantStorage, Scenario, StateOffload, Strategy, _OFFLOADS
 
 #: Largest ``--max-gpus`` searched (one node of a catalog card; more is a cluster question).
 MAX_GPUS = 64
@@ -62,7 +64,11 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return self.strategy.value + ("" if self.offload is StateOffload.NONE else f" + {self.offload.value} offload")
+        storage = ""
+        if self.check is not None and self.check.scenario.quant_storage is not QuantStorage.UINT8:
+            storage = f" ({self.check.scenario.quant_storage.value} storage)"
+        return self.strategy.value + storage + ("" if self.offload is StateOffload.NONE
+                                                else f" + {self.offload.value} offload")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(gpus=self.gpus, strategy=self.strategy.value, state_offload=self.offload.value,
@@ -87,6 +93,9 @@ class GpuPlan:
     candidates: tuple[Candidate, ...]
     best: Candidate | None
     """The fewest GPUs that fit, by ``PREFERENCE``; None when nothing up to ``max_gpus`` fits."""
+    best_on_gpu: Candidate | None = None
+    """The fewest GPUs that fit with every state on the GPUs (no state offload: no CPU optimizer step, no
+    host RAM), when that differs from ``best``."""
 
     @property
     def fits(self) -> bool:
@@ -99,6 +108,7 @@ class GpuPlan:
     def to_dict(self) -> dict[str, Any]:
         return dict(model=self.model, gpu=self.gpu.to_dict(), max_gpus=self.max_gpus, fits=self.fits,
                     best=None if self.best is None else self.best.to_dict(),
+                    best_on_gpu=None if self.best_on_gpu is None else self.best_on_gpu.to_dict(),
                     best_scenario=None if self.best_scenario is None else self.best_scenario.to_dict(),
                     candidates=[c.to_dict() for c in self.candidates])
 
@@ -130,7 +140,12 @@ def _on(s: Scenario, n: int, strategy: Strategy, offload: StateOffload) -> Scena
     owned = _KNOBS.get(strategy, ())
     reset = {f.name: _DEFAULTS[f.name] for f in fields(Scenario)
              if f.name in _ALL_KNOBS and f.name not in owned}
-    return s.replace(**reset, gpus=n, nodes=1, strategy=strategy, state_offload=offload, process_rank=0)
+    out = s.replace(**reset, gpus=n, nodes=1, strategy=strategy, state_offload=offload, process_rank=0)
+    if strategy is Strategy.FSDP and s.quantized_4bit and s.quant_storage is QuantStorage.UINT8:
+        # FSDP-QLoRA stores the packed weights in the compute dtype so that FSDP shards them (accelerate
+        # ignores uint8 parameters: every rank would hold the whole 4-bit model); the bytes are the same
+        out = out.replace(quant_storage=QuantStorage(s.dtype.value))
+    return out
 
 
 #: The knobs each strategy owns (``Scenario._check_parallel``): kept from the user's run for that strategy.
@@ -176,4 +191,5 @@ def plan_gpus(model: "str | Arch", gpu: "Gpu | str", scenario: Scenario | None =
                 continue
             cands.append(Candidate(n, strategy, offload, worst, rank=worst.scenario.process_rank))
     best = next((c for c in cands if c.fits), None)  # in order: fewest GPUs, then PREFERENCE
-    return GpuPlan(arch.name, card, s, max_gpus, tuple(cands), best)
+    on_gpu = next((c for c in cands if c.fits and c.offload is StateOffload.NONE), None)
+    return GpuPlan(arch.name, card, s, max_gpus, tuple(cands), best, None if on_gpu is best else on_gpu)

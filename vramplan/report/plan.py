@@ -74,7 +74,7 @@ def _head(p: Any) -> Table:
     if c.host_bytes or c.host_budget_bytes is not None:
         avail = "not checked (--host-ram)" if c.host_budget_bytes is None else \
             f"of {fmt_bytes(c.host_budget_bytes)} available ({'fits' if c.host_fits else 'does NOT fit'})"
-        head.add_row("host memory", f"{fmt_bytes(c.host_bytes)} pinned (offloaded activations) {avail}")
+        head.add_row("host memory", f"{fmt_bytes(c.host_bytes)} (offloaded activations or training state) {avail}")
     head.add_row("run", f"seq {s.seq:,} · micro-batch {s.batch} · "
                         + ("full fine-tuning" if s.full else f"rank {s.rank} · {','.join(s.targets)}")
                         + f" · {s.quant.value} · {s.optimizer.value} · attn {s.attn.value}"

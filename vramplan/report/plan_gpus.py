@@ -16,7 +16,7 @@ from vramplan.breakdown import fmt_bytes
 def render_gpu_plan(g: Any, console: Console) -> None:
     """The table of candidates (fewest GPUs first, up to the pick's count; the JSON has every count) and
     the verdict line; candidates the engine does not price are named once, with the reason, below it."""
-    last = g.best.gpus if g.best is not None else g.max_gpus
+    last = max(c.gpus for c in (g.best, g.best_on_gpu) if c is not None) if g.best is not None else g.max_gpus
     shown = [c for c in g.candidates if c.gpus <= last]
     t = Table(title=f"{g.model} on up to {g.max_gpus} × {g.gpu.name} (per GPU, most demanding rank)",
               title_justify="left")
@@ -29,7 +29,7 @@ def render_gpu_plan(g: Any, console: Console) -> None:
             unpriced.setdefault(re.sub(r" \(world size \d+\)", "", c.reason), []).append(f"{c.gpus} × {c.label}")
             continue
         k = c.check
-        pick = " ←" if c is g.best else ""
+        pick = " ←" if c is g.best else " ◦" if c is g.best_on_gpu else ""
         t.add_row(str(c.gpus), c.label + pick, fmt_bytes(k.need_bytes), fmt_bytes(k.headroom_bytes),
                   fmt_bytes(k.host_bytes) if k.host_bytes else "",
                   "[green]yes[/]" if c.fits else ("no (host)" if not k.host_fits else "no"))
@@ -45,4 +45,11 @@ def render_gpu_plan(g: Any, console: Console) -> None:
         host = f", {fmt_bytes(b.check.host_bytes)} host RAM per GPU's process" if b.check.host_bytes else ""
         console.print(f"[bold green]Fewest GPUs: {b.gpus} × {escape(g.gpu.name)} with {escape(b.label)}[/] "
                       f"({fmt_bytes(b.check.headroom_bytes)} headroom per GPU{host}); the plan below is that run's.")
+        if g.best_on_gpu is not None:
+            o = g.best_on_gpu
+            console.print(f"Without state offload (no CPU optimizer step, no host RAM): {o.gpus} × "
+                          f"{escape(g.gpu.name)} with {escape(o.label)} ◦ ({fmt_bytes(o.check.headroom_bytes)} "
+                          "headroom per GPU).")
+        elif g.best.offload.value != "none":
+            console.print(f"Nothing up to {g.max_gpus} GPUs fits without state offload.")
 
