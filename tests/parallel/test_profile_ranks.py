@@ -35,17 +35,32 @@ def test_two_rank_profile_writes_one_profile_per_rank(tmp_path, cli_run, strateg
         assert p.predictions["trace"] is not None, p.run["prediction_notes"]
         assert p.measured["oom"] is None
         gap = p.measured["allocated_peak_bytes"] - p.predictions["trace"]["allocated_peak_bytes"]
-        assert gap in ((0,) if strategy == "ddp" else (0, *_gloo_buffers())), gap
-    # validate prices every rank with its own scenario (trace engine here; the analytic engine says in
-    # one line that it does not price the strategy yet, and the row is out, never priced as one GPU)
+        # (the held buffer may be only partly alive at the measured peak: never below the trace, never above
+        # the largest unit; test_torchrun checks it per component)
+        assert gap == 0 if strategy == "ddp" else 0 <= gap <= max(_gloo_buffers()), gap
+    # validate prices every rank with its own scenario (the trace engine, then the analytic one)
     from vramplan.trace import trace
     from vramplan.validate import profile_points, validate_points
 
     rows = validate_points(profile_points(stored), estimator=trace)
     assert [r.status for r in rows] == ["in", "in"]
-    assert all(r.measured_bytes - r.predicted_bytes in (0, *_gloo_buffers()) for r in rows)
+    assert all(0 <= r.measured_bytes - r.predicted_bytes <= max(_gloo_buffers()) for r in rows)
+    # the analytic engine prices each rank too, in scope. Its error on this 2-layer debug model is the
+    # single-GPU one of its tiny tensors (-5.9 % at 2 × 64 tokens); what DDP adds (the gradient buckets) is
+    # exact but for the Reducer's two used-parameter maps (find_unused_parameters, two 512-B blocks) that the
+    # analytic engine does not price: analytic(rank) - analytic(one GPU) == measured(rank) - trace(one GPU) - 1 KiB
     rows = validate_points(profile_points(stored))
-    assert [r.status for r in rows] == ["out", "out"] and all("not priced" in r.reason for r in rows)
+    assert [r.status for r in rows] == ["in", "in"]
+    if strategy == "ddp":
+        from vramplan.analytic import estimate
+
+        one = stored[0].scenario.replace(gpus=1, strategy="single", process_rank=0)
+        from vramplan.arch import resolve
+
+        a = resolve("vramplan-debug")
+        t1 = trace(a, one, device="cpu").allocated_peak_bytes
+        e1 = estimate(a, one, device="cpu").allocated_peak_bytes
+        assert all(r.predicted_bytes - e1 == r.measured_bytes - t1 - 1024 for r in rows), (e1, t1)
 
 
 def _gloo_buffers() -> set[int]:

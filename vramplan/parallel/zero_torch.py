@@ -173,6 +173,10 @@ def wrap(ctx: WrapContext) -> Wrapped:
     deepspeed = require_deepspeed()
 
     patches = contextlib.ExitStack()
+    # ZeRO-3's engine swaps torch.nn.functional.linear for its memory-efficient autograd function and leaves
+    # it so ("This will persist unless manually reset": deepspeed 0.19.8 zero/partition_parameters.py
+    # L412-419): the ZeRO-3 step runs with it, as a real one does, and it is put back for what runs next
+    patches.callback(setattr, torch.nn.functional, "linear", torch.nn.functional.linear)
     patches.enter_context(_fresh_groups())
     if str(ctx.device) == "cpu":
         patches.enter_context(_cpu_accelerator())

@@ -26,34 +26,26 @@ MODES = {"qlora": {}, "lora": dict(quant="none"), "full": dict(quant="none", ful
 SEQ = 256
 
 
+#: Cells where the analytic engine is known to be off by more than 1 % (docs/multigpu.md, "Open gaps"):
+#: ZeRO-3 full fine-tuning of Llama-3.2-1B (the trace's optimizer step holds a flat 16-bit gradient copy
+#: and, at N = 8, more loss-time memory than priced) and ZeRO-2 full of Qwen3-0.6B at N = 8 (layer backward).
+KNOWN_GAPS = {"zero3-Llama-3.2-1B-full-2": "-6.0 %", "zero3-Llama-3.2-1B-full-8": "-3.6 %",
+              "zero2-Qwen3-0.6B-full-8": "-1.0 %"}
+
+
 def _cells():
     for strategy in (Strategy.DDP, Strategy.FSDP, Strategy.ZERO2, Strategy.ZERO3):
         for model in MODELS:
             for mode in MODES:
                 for n in (2, 4, 8):
-                    yield pytest.param(strategy, model, mode, n, id=f"{strategy.value}-{model}-{mode}-{n}")
-
-
-#: The trace's strategy tags whose prefix is not a breakdown category yet (f16-trace at aa3df5e names
-#: ``fsdp/unsharded``, ``ddp/buckets``): the category they are counted in here.
-_TAG_CATEGORY = {"fsdp": "weights", "ddp": "gradients", "zero": "gradients"}
-
-
-@pytest.fixture
-def tagged_categories(monkeypatch):
-    """Let the trace build its breakdown where a strategy tag's prefix is not a category (a stop-gap
-    until the trace names them in the shared categories)."""
-    import vramplan.trace.engine as engine
-    from vramplan.breakdown import CATEGORIES, Component
-
-    def component(name, category, nbytes, note=""):
-        return Component(name, category if category in CATEGORIES else _TAG_CATEGORY.get(category, "temporary"),
-                         nbytes, note)
-    monkeypatch.setattr(engine, "Component", component)
+                    name = f"{strategy.value}-{model}-{mode}-{n}"
+                    marks = [pytest.mark.xfail(strict=True, reason=f"known gap {KNOWN_GAPS[name]}")] \
+                        if name in KNOWN_GAPS else []
+                    yield pytest.param(strategy, model, mode, n, id=name, marks=marks)
 
 
 @pytest.mark.parametrize("strategy,model,mode,n", list(_cells()))
-def test_rank_peak_within_1_percent(strategy, model, mode, n, tagged_categories):
+def test_rank_peak_within_1_percent(strategy, model, mode, n):
     if not STRATEGIES[strategy][1]:
         pytest.skip(f"the trace does not price {strategy.value} yet")
     if model == "Llama-2-7b" and (mode == "full" or strategy not in (Strategy.DDP, Strategy.FSDP)):
