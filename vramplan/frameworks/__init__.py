@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vramplan.frameworks import axolotl, hf, llamafactory, ms_swift, torchtune, trl, unsloth
-from vramplan.frameworks.base import ConfigError, Framework, Reader, parse_version
+from vramplan.frameworks.base import ConfigError, Framework, Reader, parse_mapping, parse_version
 
 FRAMEWORKS: dict[str, Framework] = {m.FRAMEWORK.name: m.FRAMEWORK for m in (
     ms_swift, axolotl, llamafactory, trl, hf, torchtune, unsloth)}
@@ -115,24 +115,8 @@ def _read_text(path: Path) -> str:
 
 
 def _mapping(path: Path, text: str) -> dict[str, Any]:
-    """A YAML (``safe_load``) or JSON file that must hold one mapping."""
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"{path}: malformed JSON ({e})") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
-    return data
+    """A YAML (``safe_load``) or JSON file that must hold one mapping (``base.parse_mapping``)."""
+    return parse_mapping(path, text, "", "a mapping of config keys")
 
 
 def _merge_mappings(src: Source, mappings: list[tuple[Path, dict[str, Any]]]) -> None:

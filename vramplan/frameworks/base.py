@@ -544,3 +544,29 @@ def adapter_variant(r: Reader, out: dict[str, Any], dora: str | None = None, mts
             out["modules_to_save"] = names
     if rslora and r.get(rslora) is not None:
         boolean(r.get(rslora), rslora)
+
+
+def parse_mapping(path: Any, text: str, what: str = "", expected: str = "a mapping") -> dict[str, Any]:
+    """The one mapping a config file holds: JSON (``json.loads``) when it is named .json or starts with
+    ``{``, else YAML (``yaml.safe_load``: data, never code); ConfigError in one line naming ``what`` and
+    ``path`` otherwise."""
+    import json
+
+    head = f"{what} {path}" if what else f"{path}"
+    if str(path).lower().endswith(".json") or text.lstrip().startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise ConfigError(f"{head}: malformed JSON ({e})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{head}: malformed YAML{where}: {getattr(e, 'problem', None) or e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{head}: expected {expected}, got {type(data).__name__}")
+    return data

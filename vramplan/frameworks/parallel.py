@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from vramplan.frameworks.base import ConfigError, Reader, boolean, integer
+from vramplan.frameworks.base import ConfigError, Reader, boolean, integer, parse_mapping
 from vramplan.frameworks.shipped import shipped_deepspeed
 
 #: Launcher flags that take no value (torchrun, accelerate launch, deepspeed).
@@ -118,26 +118,12 @@ def _find(name: str, bases: list[Path]) -> Path | None:
 
 
 def read_mapping(path: Path, what: str) -> dict[str, Any]:
-    """A JSON (``json.load``) or YAML (``yaml.safe_load``) file holding one mapping; ConfigError in one line."""
+    """A JSON or YAML file holding one mapping (``base.parse_mapping``); ConfigError in one line."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what} {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
-        try:
-            data = json.loads(text)
-        except ValueError as e:
-            raise ConfigError(f"{what} {path}: malformed JSON ({e})") from None
-    else:
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{what} {path}: malformed YAML ({getattr(e, 'problem', None) or e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {path}: expected a mapping, got {type(data).__name__}")
-    return data
+    return parse_mapping(path, text, what)
 
 
 # ------------------------------------------------------------------------------------ world size
