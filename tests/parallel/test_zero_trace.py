@@ -27,15 +27,21 @@ def test_auto_values_match_transformers_hf_config():
     """Ours vs theirs: transformers' own ``HfTrainerDeepSpeedConfig.trainer_config_finalize`` on a config
     whose buckets are "auto" fills the same numbers as ``ds_config``."""
     pytest.importorskip("transformers")
+    pytest.importorskip("deepspeed")  # without it the constructor raises after registering itself globally
     from types import SimpleNamespace
 
-    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
 
-    hf = HfTrainerDeepSpeedConfig({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto",
-                                                         "stage3_prefetch_bucket_size": "auto",
-                                                         "stage3_param_persistence_threshold": "auto"}})
-    model = SimpleNamespace(config=SimpleNamespace(hidden_size=96))
-    hf.trainer_config_finalize(SimpleNamespace(get_warmup_steps=lambda n: 0), model, num_training_steps=10)
+    try:
+        # the object registers itself as the process's DeepSpeed config (is_deepspeed_zero3_enabled reads
+        # it): unset it afterwards, or every later from_pretrained in this process thinks ZeRO-3 is on
+        hf = HfTrainerDeepSpeedConfig({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto",
+                                                             "stage3_prefetch_bucket_size": "auto",
+                                                             "stage3_param_persistence_threshold": "auto"}})
+        model = SimpleNamespace(config=SimpleNamespace(hidden_size=96))
+        hf.trainer_config_finalize(SimpleNamespace(get_warmup_steps=lambda n: 0), model, num_training_steps=10)
+    finally:
+        unset_hf_deepspeed_config()
     ours = zero_torch.ds_config(Scenario(strategy="zero3", gpus=2), zero_torch.hidden_size(model.config))
     for key in ("reduce_bucket_size", "stage3_prefetch_bucket_size", "stage3_param_persistence_threshold"):
         assert ours["zero_optimization"][key] == hf.config["zero_optimization"][key]
