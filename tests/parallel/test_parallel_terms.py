@@ -14,7 +14,7 @@ from vramplan.arch.lookup import resolve
 from vramplan.arch.spec import Arch
 from vramplan.breakdown import RUNTIME_CATEGORIES
 from vramplan.parallel import STRATEGIES
-from vramplan.parallel.ddp import bucket_bytes, bucket_sizes, first_bucket_cap
+from vramplan.parallel.ddp import bucket_bytes, bucket_sizes, first_bucket_cap, used_map_bytes
 from vramplan.parallel.fsdp import gathered_bytes, local_rows, padded_rows, shard_bytes, unsharded_bytes
 from vramplan.parallel.inventory import Tensor
 from vramplan.parallel.nccl import nccl_buffer_bytes
@@ -87,6 +87,20 @@ def test_ddp_buckets_are_one_copy_of_the_gradients():
     assert n == 2  # lm_head alone (4 MiB >= 1 MiB) closes the first bucket; the rest (9.25 MiB) stays under 25 MiB
 
 
+def test_ddp_used_parameter_maps():
+    # 4 B per trainable tensor, 512-B blocks; one map on the GPU, both (host + device) when the run is on CPU.
+    # LoRA all-linear on a 2-layer model: 2 · 7 · 2 = 28 tensors, 112 B: one block each
+    assert used_map_bytes(28, cuda=True) == 512 and used_map_bytes(28, cuda=False) == 1024
+    # 32 layers: 448 tensors, 1,792 B: four blocks
+    assert used_map_bytes(448, cuda=True) == 2048
+    assert used_map_bytes(0, cuda=True) == 0
+    a = tiny()
+    s = Scenario(gpus=2, strategy="ddp", **FULL)
+    row = {c.name: c.bytes for c in estimate(a, s, device="cpu").components}["gradients/ddp_buckets"]
+    # the full fine-tune: 4 · 9 + 3 = 39 trainable tensors (156 B, one block, twice on CPU) over its buckets
+    assert row == 13_636_096 + 1024
+
+
 # ------------------------------------------------------------------ ZeRO
 def test_zero_auto_values_and_partitions():
     # transformers 5.24 deepspeed.py L232-241 at H = 4096
@@ -138,7 +152,8 @@ def test_ddp_adds_its_buckets_and_view_removes_grads():
     a = tiny()
     one = estimate(a, Scenario(**FULL), device="cpu")
     ddp = estimate(a, Scenario(gpus=2, strategy="ddp", **FULL), device="cpu")
-    assert ddp.allocated_peak_bytes - one.allocated_peak_bytes == 13_636_096
+    # the buckets (13,636,096 B) and the Reducer's two used-parameter maps (test_ddp_used_parameter_maps)
+    assert ddp.allocated_peak_bytes - one.allocated_peak_bytes == 13_636_096 + 1024
     view = estimate(a, Scenario(gpus=8, strategy="ddp", gradient_as_bucket_view=True, **FULL), device="cpu")
     # the optimizer step: probe 81,841,664 -> 68,205,568 (one gradient copy fewer)
     assert ddp.extra["phases"]["optimizer step"] - view.extra["phases"]["optimizer step"] == 13_636_096

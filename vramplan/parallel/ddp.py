@@ -12,7 +12,11 @@ first bucket's cap. Sources (torch 2.13):
   one bucket per dtype until its size reaches the current limit, then moves to the next limit (F, then
   C); each bucket is one flat tensor of its gradients' dtype, alive from construction on;
 - ``gradient_as_bucket_view=True`` makes each ``.grad`` a view into its bucket (no separate gradient
-  tensor); without it autograd's gradient and the bucket both exist.
+  tensor); without it autograd's gradient and the bucket both exist;
+- ``reducer.cpp`` ``initialize_local_used_map`` (called from the Reducer's constructor): two int32 maps
+  with one entry per trainable tensor, ``local_used_map_`` on the host (deliberately not pinned) and
+  ``local_used_map_dev_`` on the parameters' device. On CUDA only the second is device memory; a CPU
+  run holds both in the same memory.
 Checked by the multi-GPU probe (../shared/research/multigpu-simulation.md §3): the buckets are one copy
 of the trainable gradients (13,636,096 B for its 6.8M-parameter bf16 model).
 """
@@ -81,16 +85,23 @@ def bucket_bytes(tensors: tuple[Tensor, ...], layers: int, bucket_cap_mb: int) -
     return sum(_round(b) for b in sizes), len(sizes)
 
 
+def used_map_bytes(trainable_tensors: int, cuda: bool) -> int:
+    """The Reducer's used-parameter maps: 4 B per trainable tensor, one 512-B-rounded map on the GPU
+    (``local_used_map_dev_``), plus the host one (``local_used_map_``) when the run is on CPU."""
+    return _round(4 * trainable_tensors) * (1 if cuda else 2) if trainable_tensors else 0
+
+
 def rank_terms(arch, s, st) -> RankTerms:
     """One DDP rank: the single-GPU rows, the buckets alive all step, the gradients as views into them
     with ``gradient_as_bucket_view``."""
     inv = rank_inventory(arch, s, st)
     buckets, n = bucket_bytes(inv, arch.num_layers, s.bucket_cap_mb)
+    maps = used_map_bytes(sum(t.count for t in inv if t.trainable), st.d.cuda)
     view = s.gradient_as_bucket_view
-    row = Component("gradients/ddp_buckets", "gradients", buckets,
+    row = Component("gradients/ddp_buckets", "gradients", buckets + maps,
                     f"DDP Reducer: {n} gradient bucket(s) (first {first_bucket_cap(s.bucket_cap_mb) >> 10} KiB, then "
                     f"{s.bucket_cap_mb} MiB), one copy of the trainable gradients"
-                    + ("; .grad are views into them" if view else ""))
+                    + ("; .grad are views into them" if view else "") + f"; used-parameter map(s) {maps} B")
     return RankTerms(comps=(*st.comps, row), grad_ratio=Fraction(0) if view else Fraction(1),
                      runtime=nccl_runtime(s), notes=(f"ddp: rank {s.process_rank} of {s.world_size}; every rank holds "
                                                      "the whole model and optimizer state",))

@@ -25,6 +25,7 @@ def profile_row(p: Any) -> dict[str, Any]:
         "model": p.model, "device": p.device["name"], "kind": p.device["kind"],
         "seq": s.seq, "batch": s.batch, "rank": s.rank, "quant": s.quant.value,
         "optimizer": s.optimizer.value,
+        "strategy": s.strategy.value, "world_size": s.world_size, "process_rank": s.process_rank,
         "allocated_peak_bytes": m.get("allocated_peak_bytes"),
         "reserved_peak_bytes": m.get("reserved_peak_bytes"),
         "trace_error": p.error("trace"), "analytic_error": p.error("analytic"),
@@ -43,10 +44,14 @@ def point_line(r: dict[str, Any], path: Any) -> str:
 
 def profiles_table(rows: list[dict[str, Any]], title: str, files: bool = True) -> Table:
     """Compact enough for 80 columns: with ``files`` the file name (model, device, point, time)
-    leads; without it the title names model and device."""
+    leads; without it the title names model and device. When any row is one rank of a multi-process
+    run, a ``process`` column says which (``ddp 0/2``: strategy, rank, world size)."""
     t = Table(title=title)
     if files:
         t.add_column("file", overflow="fold", min_width=16)
+    ranks = any(r.get("world_size", 1) > 1 for r in rows)
+    if ranks:
+        t.add_column("process", no_wrap=True)
     for col in ("seq", "batch", "rank", "peak", "trace", "analytic", "step"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in rows:
@@ -55,7 +60,9 @@ def profiles_table(rows: list[dict[str, Any]], title: str, files: bool = True) -
         step = "—" if r["step_seconds"] is None else f"{r['step_seconds'] * 1000:.0f} ms"
         cells = [str(r["seq"]), str(r["batch"]), str(r["rank"]), peak,
                  pct(r["trace_error"]), pct(r["analytic_error"]), step]
-        t.add_row(*([r["file"] or ""] if files else []), *cells)
+        where = ([f"{r['strategy']} {r['process_rank']}/{r['world_size']}" if r["world_size"] > 1 else "single"]
+                 if ranks else [])
+        t.add_row(*([r["file"] or ""] if files else []), *where, *cells)
     if rows:
         t.caption = "trace / analytic: estimate error vs the measured allocated peak"
     return t
