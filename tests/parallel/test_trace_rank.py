@@ -81,9 +81,8 @@ def test_fsdp_shards_and_ddp_replicates():
 @pytest.mark.parametrize("fields, match", [
     (dict(strategy="fsdp", state_offload="params"), "does not run state_offload params"),
     (dict(strategy="zero3", state_offload="optimizer"), "ZeRO state_offload optimizer is not traced"),
-    (dict(strategy="ddp", eval_batch=2), "does not run an evaluation loop"),
     (dict(strategy="fsdp", optimizer="adamw8bit"), "does not run optimizer adamw8bit"),
-], ids=["fsdp-offload", "zero3-offload", "ddp-eval", "fsdp-8bit-optimizer"])
+], ids=["fsdp-offload", "zero3-offload", "fsdp-8bit-optimizer"])
 def test_what_the_rank_trace_does_not_run_is_one_line_error(fields, match):
     from vramplan.errors import VramplanError
     from vramplan.trace import trace

@@ -90,8 +90,9 @@ def estimate(arch: Arch, scenario: Scenario, calibration: Calibration | None = N
     notes = st.notes + rk.notes
     if x.eval is not None:
         train = max(v for k, v in totals.items() if k != ph.EVALUATION) + st.static
-        extra.update(training_peak_bytes=train, eval_peak_bytes=x.eval.total + st.static, eval_moment=x.eval.moment)
-        notes += (eval_note(scenario, train, x.eval.total + st.static, x.eval.moment),)
+        evaluation = totals[ph.EVALUATION] + st.static  # the strategy's (the rank's) evaluation phase
+        extra.update(training_peak_bytes=train, eval_peak_bytes=evaluation, eval_moment=x.eval.moment)
+        notes += (eval_note(scenario, train, evaluation, x.eval.moment),)
     return Breakdown(tuple(comps), engine="analytic", notes=notes, peak_phase=phase, upper=upper,
                      host=host_components(scenario, x.host) + rk.host, extra=extra)
 

@@ -21,8 +21,6 @@ def check_traceable(arch: Arch | None, scenario: Scenario) -> None:
     why = None
     if arch is not None and arch.vision is not None and scenario.images:
         why = "images (the vision path runs on real tensors)"
-    elif scenario.eval_batch:
-        why = "an evaluation loop"
     elif scenario.offload is not Offload.NONE:
         why = f"offload {scenario.offload.value}"
     elif scenario.loss not in (Loss.HF, Loss.LEGACY):

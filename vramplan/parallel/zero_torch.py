@@ -208,7 +208,7 @@ def wrap(ctx: WrapContext) -> Wrapped:
         retag()
 
     return Wrapped(module=engine, inner=ctx.model, optimizer=None, backward=backward, step=step,
-                   patches=patches, notes=NOTES)
+                   patches=patches, notes=NOTES, native_amp=False)
 
 
 #: ZeRO optimizer attribute -> component (deepspeed 0.19.8 ``zero/stage3.py``
