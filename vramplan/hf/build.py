@@ -25,7 +25,7 @@ from vramplan.arch.spec import Arch
 from vramplan.errors import VramplanError
 from vramplan.hf import interventions
 from vramplan.recipes import spec as recipe_spec
-from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Offload, Optim, Quant, Recipe, RopeCache, Scenario
+from vramplan.scenario import Attn, BatchLayout, Dtype, Hold, Loss, Offload, Optim, Quant, Recipe, RopeCache, Scenario, Strategy
 
 INSTALL_HINT = "the trace needs the torch extra: pip install 'vramplan[torch]'"
 
@@ -755,10 +755,18 @@ def layout_inputs(scenario: Scenario, device: str = "cpu") -> dict[str, Any]:
     return {"position_ids": pos, "attention_mask": mask.expand(scenario.batch, 1, -1, -1).contiguous()}
 
 
+def native_amp(scenario: Scenario) -> bool:
+    """Whether accelerate wraps the model's forward in ``torch.autocast`` and its outputs in
+    ``convert_to_fp32`` (its ``native_amp``): under 16-bit mixed precision, except under DeepSpeed,
+    whose engine casts the parameters itself (accelerate 1.16 ``accelerator.py`` L535-566)."""
+    return (scenario.autocast and scenario.dtype is not Dtype.FP32
+            and scenario.strategy not in (Strategy.ZERO2, Strategy.ZERO3))
+
+
 def autocast_context(scenario: Scenario, device_type: str) -> Any:
     import torch
 
-    if scenario.autocast and scenario.dtype.value != "fp32":
+    if native_amp(scenario):
         return torch.autocast(device_type=device_type, dtype=torch_dtype(scenario))
     return contextlib.nullcontext()
 
@@ -936,7 +944,7 @@ def eval_forward(model: Any, batch: dict[str, Any], scenario: Scenario) -> tuple
     with torch.no_grad(), rope_patched(model, scenario.liger_rope):
         with interventions.sequence_layout(False), autocast_context(scenario, device_type):
             outputs, loss = _forward_loss(model, batch, scenario)
-        if scenario.autocast and scenario.dtype is not Dtype.FP32:
+        if native_amp(scenario):
             from accelerate.utils import convert_to_fp32
 
             outputs = convert_to_fp32(outputs)

@@ -30,10 +30,7 @@ parameters. The wrap returns ``Wrapped``:
   None runs the plain step (``vramplan.hf.build.train_step`` takes both);
 - ``patches``: an ``ExitStack`` the wrap entered its patches in (fake-tensor no-ops of data-dependent
   checks...), closed when the run ends;
-- ``notes``: lines for the breakdown (what was assumed);
-- ``native_amp``: whether accelerate wraps the model's forward in autocast + ``convert_to_fp32`` (its
-  ``native_amp``: off under DeepSpeed, accelerate 1.16 ``accelerator.py`` L535-566), which the evaluation
-  loop then runs under (``vramplan.trace.evaluation``).
+- ``notes``: lines for the breakdown (what was assumed).
 
 ``process_group(scenario, fake=True)`` makes the group the wrap runs in: torch's fake process group
 (``torch.testing._internal.distributed.fake_pg``: every collective returns at once, its outputs
@@ -107,7 +104,6 @@ class Wrapped:
     step: Callable[[], None] | None = None
     patches: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     notes: tuple[str, ...] = ()
-    native_amp: bool = True
 
     def close(self) -> None:
         self.patches.close()

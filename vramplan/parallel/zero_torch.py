@@ -12,7 +12,8 @@ optimizer, config)`` with
 
 The step is the engine's: ``engine(**batch)``, ``engine.backward(loss)``, ``engine.step()`` (clip to
 ``gradient_clipping``, the optimizer step on the fp32 partition, zero_grad). No ``torch.autocast``:
-accelerate 1.15 ``accelerator.py`` L536-566 never turns native AMP on for DeepSpeed; the engine
+accelerate 1.15 ``accelerator.py`` L536-566 never turns native AMP on for DeepSpeed
+(``vramplan.hf.build.native_amp``); the engine
 itself casts every floating parameter to bf16/fp16 (deepspeed 0.19.8 ``runtime/engine.py`` L1859-1862,
 ``_cast_module_mixed_precision``: peft's fp32 LoRA weights and fp32 norms included) and keeps the fp32
 master copy in the ZeRO optimizer.
@@ -186,7 +187,6 @@ def wrap(ctx: WrapContext) -> Wrapped:
         patches.enter_context(_fake_stand_ins())
     if ctx.fake or ctx.fake_group:
         patches.enter_context(_same_as_other_ranks())
-    patches.enter_context(_no_autocast())
     if sc.strategy is Strategy.ZERO3:
         patches.enter_context(_gathered_labelled(ctx.labelled))
     optimizer = ctx.make_optimizer(ctx.model) if ctx.make_optimizer else None
@@ -208,7 +208,7 @@ def wrap(ctx: WrapContext) -> Wrapped:
         retag()
 
     return Wrapped(module=engine, inner=ctx.model, optimizer=None, backward=backward, step=step,
-                   patches=patches, notes=NOTES, native_amp=False)
+                   patches=patches, notes=NOTES)
 
 
 #: ZeRO optimizer attribute -> component (deepspeed 0.19.8 ``zero/stage3.py``
@@ -302,15 +302,6 @@ def _same_as_other_ranks() -> Any:
 
     with _attr(coordinator, "assert_ints_same_as_other_ranks", lambda *a, **k: None), \
             _attr(stage3, "assert_ints_same_as_other_ranks", lambda *a, **k: None):
-        yield
-
-
-@contextlib.contextmanager
-def _no_autocast() -> Any:
-    """The step without ``torch.autocast`` (accelerate runs none under DeepSpeed; module docstring)."""
-    from vramplan.hf import build as B
-
-    with _attr(B, "autocast_context", lambda scenario, device_type: contextlib.nullcontext()):
         yield
 
 

@@ -89,7 +89,7 @@ def _prefill(tr: Any, containers: dict[str, Any], arch: Any, scenario: Scenario,
     batch of its own after more (None when nothing is kept)."""
     import torch
 
-    from vramplan.hf.build import torch_dtype
+    from vramplan.hf.build import native_amp, torch_dtype
 
     tr.label = "logits/eval_predictions"
     k = scenario.kept_positions
@@ -104,7 +104,7 @@ def _prefill(tr: Any, containers: dict[str, Any], arch: Any, scenario: Scenario,
         shape = (k,)
         dtype = torch.long
     else:
-        mixed = scenario.autocast and scenario.dtype.value != "fp32"
+        mixed = native_amp(scenario)
         dtype = torch.float32 if (mixed or scenario.loss.value == "legacy") else _head_dtype(arch, scenario)
         dtype = dtype if dtype is not None else torch_dtype(scenario)
         shape = (k, arch.vocab_size)
@@ -143,7 +143,7 @@ def generate(tr: Any, model: Any, input_ids: Any, scenario: Scenario) -> Any:
     peft = hasattr(model, "get_base_model")
     lm = model.get_base_model() if peft else model
     ctx = (lambda: B.autocast_context(scenario, input_ids.device.type)) if not peft else contextlib.nullcontext
-    convert = not peft and scenario.autocast and scenario.dtype.value != "fp32"
+    convert = not peft and B.native_amp(scenario)
     kwargs: dict[str, Any] = {"attention_mask": torch.ones_like(input_ids)}
     kwargs["position_ids"] = lm._prepare_position_ids_for_generation(input_ids, kwargs)
     kwargs["attention_mask"] = None  # all ones: dropped (``generate`` step 4)

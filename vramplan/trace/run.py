@@ -155,7 +155,7 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
 
     with LiveTensorTracker(label="activations/saved") as tr, contextlib.ExitStack() as wrapped_run:
         tr.transient = interventions.cuda_transients if cuda else None
-        step_model, step_kw, eval_scenario = model, {}, scenario
+        step_model, step_kw = model, {}
         if scenario.distributed:  # one rank: the strategy's wrapper (vramplan.parallel.torch_wrap)
             from vramplan.parallel.trace_rank import wrap_rank
 
@@ -165,8 +165,6 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             run.notes = wrapped.notes
             model, optimizer, step_model = wrapped.inner, wrapped.optimizer, wrapped.module
             step_kw = dict(backward=wrapped.backward, step=wrapped.step)
-            if not wrapped.native_amp:  # the evaluation loop's forward without autocast or convert_to_fp32
-                eval_scenario = scenario.replace(autocast=False)
         else:
             _register_model(tr, model)
         paged = interventions.paged_as_managed(optimizer, tr.retag) if scenario.optimizer.paged \
@@ -195,7 +193,7 @@ def _trace_steps(run: TraceRun, arch: Arch, model: Any, optimizer: Any, scenario
             if scenario.eval_batch:  # the evaluation loop between steps: a phase of the last step
                 from vramplan.trace.evaluation import PHASE, trace_evaluation
 
-                run.steps[-1].phases[PHASE] = trace_evaluation(tr, model, arch, eval_scenario, fake, seed)
+                run.steps[-1].phases[PHASE] = trace_evaluation(tr, model, arch, scenario, fake, seed)
             run.managed_bytes = tr.live_by_category().get("managed/paged_optimizer", 0)
             carry.clear()
 
