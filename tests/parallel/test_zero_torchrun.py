@@ -1,11 +1,13 @@
 """DeepSpeed ZeRO under a real ``torchrun --nproc_per_node 2`` on gloo (real tensors, real collectives,
 every rank its own process, ``tests/parallel/_torchrun_rank.py``) against the fake-tensor trace of each
-rank in torch's fake process group: every step's peak to the byte, and every phase's peak and bytes per
-component to the byte except, now and then, one allocator block (512 B) in a phase off the peak: gloo's
-collectives complete asynchronously, so a small buffer's lifetime depends on timing (seen in the optimizer
-step, on either rank, in some runs and not others), and in ZeRO-2 full fine-tuning one weight's gradient
-(32 KiB, seen once in CI in the layers' backward of rank 1: ``_in_flight_gradient``) can outlive its reduce
-on gloo's worker thread; the fake group completes every collective at once."""
+rank in torch's fake process group: every step's peak and every phase's peak and bytes per component, to
+the byte except for one collective's buffer. Gloo runs a collective on its worker thread, which still holds
+the work's tensors for a moment after ``wait()`` has returned; when the rank frees its own reference in
+that window the bytes stay live until the thread lets go, so under load a real rank can read one buffer
+above the fake group, which completes every collective at once (``_in_flight``). Seen: one allocator
+block (512 B) in the optimizer step, on either rank, in some runs and not others; in ZeRO-2 full
+fine-tuning one weight's fp32 gradient (32 KiB, once in CI, layers' backward of rank 1); in ZeRO-3 one
+coalesced all-gather (66,048 B, once in CI, the step peak of rank 1 of 3 in the first step)."""
 
 import json
 import os
@@ -53,13 +55,22 @@ def _fake(fields: dict, world: int, rank: int) -> list:
     return json.loads(json.dumps([s.phases for s in run.steps]))
 
 
-def _in_flight_gradient(fields: dict) -> int:
-    """The most an off-peak phase may read above the fake trace on gloo: 512 B (one allocator block),
-    or under full fine-tuning one gradient of the largest weight matrix in fp32 (hidden x intermediate x
-    4 B = 64 x 128 x 4 = 32,768 B on vramplan-debug), which a real rank may still hold while gloo
-    completes its reduce asynchronously."""
+def _in_flight(fields: dict) -> int:
+    """The most a real rank may read above its fake trace: one collective's buffer still held by gloo's
+    worker thread (module docstring). Under ZeRO-3 the largest all-gather output: the largest gathered
+    weight in 16 bit (the embedding, vocab x hidden x 2 = 512 x 64 x 2 = 65,536 B on vramplan-debug), one
+    small parameter coalesced with it and the allocator's rounding (one 512 B block): 66,048 B. Under ZeRO-2
+    full fine-tuning one gradient of the largest layer weight in fp32 (hidden x intermediate x 4 =
+    64 x 128 x 4 = 32,768 B). Otherwise one allocator block, 512 B."""
     arch = resolve("vramplan-debug")
+    if fields.get("strategy") == "zero3":
+        return arch.vocab_size * arch.hidden_size * 2 + 512
     return arch.hidden_size * arch.intermediate_size * 4 if fields.get("full") else 512
+
+
+def _within(fake: int, real: int, allowed: int) -> bool:
+    """The real rank equals its fake trace, or reads above it by at most one in-flight buffer."""
+    return 0 <= real - fake <= allowed
 
 
 def _peaks(phases: list) -> list:
@@ -67,14 +78,17 @@ def _peaks(phases: list) -> list:
 
 
 def test_uneven_world_3_step_peaks_on_every_rank(tmp_path):
-    """ZeRO-3 QLoRA over 3 ranks (partitions padded unevenly): every rank's step peaks, to the byte. Off
-    the peak rank 2's optimizer step differs by a few KiB on gloo. Real tensors in the fake group are no
+    """ZeRO-3 QLoRA over 3 ranks (partitions padded unevenly): every rank's step peaks, to the byte or one
+    in-flight all-gather above (``_in_flight``; locally exact in 7 of 7 runs). Off the peak rank 2's
+    optimizer step differs by a few KiB on gloo. Real tensors in the fake group are no
     reference here: their collectives leave uninitialized data, which DeepSpeed's overflow check reads
     (the fake trace stands the check in for: ``zero_torch`` item 1)."""
     fields = dict(seq=64, batch=2, strategy="zero3", quant="nf4")
     real = _torchrun(tmp_path, fields, 3)
+    allowed = _in_flight(fields)
     for rank in range(3):
-        assert _peaks(_fake(fields, 3, rank)) == _peaks(real[rank]), rank
+        fake, got = _peaks(_fake(fields, 3, rank)), _peaks(real[rank])
+        assert all(_within(f, r, allowed) for f, r in zip(fake, got)), (rank, fake, got)
 
 
 @pytest.mark.parametrize("fields", [dict(strategy="zero3", quant="none"), dict(strategy="zero2", quant="none",
@@ -83,11 +97,11 @@ def test_uneven_world_3_step_peaks_on_every_rank(tmp_path):
 def test_each_torchrun_rank_equals_its_fake_trace(tmp_path, fields):
     fields = dict(seq=64, batch=2, **fields)
     runs = _torchrun(tmp_path, fields, WORLD)
-    allowed = _in_flight_gradient(fields)
+    allowed = _in_flight(fields)
     for rank in range(WORLD):
         real, fake = runs[rank], _fake(fields, WORLD, rank)
         for got, want in zip(fake, real):
-            assert max(p[0] for p in got.values()) == max(p[0] for p in want.values()), rank
+            assert _within(max(p[0] for p in got.values()), max(p[0] for p in want.values()), allowed), rank
             assert got.keys() == want.keys()
             for phase in got:
                 if got[phase] != want[phase]:
