@@ -155,7 +155,7 @@ _KNOBS: dict[Strategy, tuple[str, ...]] = {
     Strategy.ZERO2: ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients"),
     Strategy.ZERO3: ("reduce_bucket_size", "allgather_bucket_size", "overlap_comm", "contiguous_gradients",
                      "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
-                     "stage3_param_persistence_threshold"),
+                     "stage3_param_persistence_threshold", "stage3_max_reuse_distance"),
 }
 _ALL_KNOBS = {k for v in _KNOBS.values() for k in v}
 

@@ -577,6 +577,10 @@ class Scenario:
         0, 60, "ZeRO-3: parameters smaller than this stay unpartitioned; 0 = auto (10 × hidden_size).",
         optional=True)
     """DeepSpeed ``stage3_param_persistence_threshold``; 0 means ``"auto"`` (transformers: 10 · hidden_size)."""
+    stage3_max_reuse_distance: int = _field(
+        1_000_000_000, 63, "ZeRO-3 stage3_max_reuse_distance in elements (DeepSpeed default 1e9).", optional=True)
+    """DeepSpeed ``stage3_max_reuse_distance``: a module's parameters stay gathered when they are used again
+    within this many elements of modules ahead (``vramplan.parallel.zero3_schedule``)."""
     overlap_comm: bool = _field(
         True, 61, "ZeRO overlap_comm (on in the HF/ms-swift/LLaMA-Factory DeepSpeed configs).", optional=True)
     """DeepSpeed ``zero_optimization.overlap_comm``: reduction buckets double-buffered."""
@@ -696,7 +700,7 @@ class Scenario:
         that belong to one strategy only."""
         for name in ("gpus", "nodes", "process_rank", "bucket_cap_mb", "reduce_bucket_size", "allgather_bucket_size",
                      "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
-                     "stage3_param_persistence_threshold"):
+                     "stage3_param_persistence_threshold", "stage3_max_reuse_distance"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ScenarioError(f"{name} must be a non-negative integer, got {value!r}")
@@ -721,7 +725,8 @@ class Scenario:
                              (("reduce_bucket_size", "allgather_bucket_size", "overlap_comm",
                                "contiguous_gradients"), (Strategy.ZERO2, Strategy.ZERO3)),
                              (("stage3_prefetch_bucket_size", "stage3_max_live_parameters",
-                               "stage3_param_persistence_threshold"), (Strategy.ZERO3,))):
+                               "stage3_param_persistence_threshold", "stage3_max_reuse_distance"),
+                              (Strategy.ZERO3,))):
             if s in owner:
                 continue
             set_ = [n for n in names if getattr(self, n) != _DEFAULTS[n]]

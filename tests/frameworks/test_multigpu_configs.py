@@ -23,7 +23,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "frameworks"
 QWEN = resolve("Qwen3-14B")
 MULTI = ("gpus", "nodes", "strategy", "state_offload", "reshard_after_forward", "bucket_cap_mb",
          "reduce_bucket_size", "allgather_bucket_size", "stage3_prefetch_bucket_size", "stage3_max_live_parameters",
-         "stage3_param_persistence_threshold", "overlap_comm", "contiguous_gradients")
+         "stage3_param_persistence_threshold", "stage3_max_reuse_distance", "overlap_comm", "contiguous_gradients")
 
 
 def _res(paths=(), argv=None, framework=None):
@@ -46,8 +46,8 @@ def _script(tmp_path: Path, text: str, name: str = "run.sh") -> Path:
 #: Scenario defaults of the multi-GPU fields (a field not listed in an expectation keeps these).
 BASE = dict(gpus=1, nodes=1, strategy="single", state_offload="none", reshard_after_forward=True, bucket_cap_mb=25,
             reduce_bucket_size=0, allgather_bucket_size=500_000_000, stage3_prefetch_bucket_size=0,
-            stage3_max_live_parameters=1_000_000_000, stage3_param_persistence_threshold=0, overlap_comm=True,
-            contiguous_gradients=True)
+            stage3_max_live_parameters=1_000_000_000, stage3_param_persistence_threshold=0,
+            stage3_max_reuse_distance=1_000_000_000, overlap_comm=True, contiguous_gradients=True)
 
 ZERO3_AUTO = {"zero_optimization": {"stage": 3, "offload_optimizer": {"device": "cpu"},
                                     "offload_param": {"device": "cpu"}, "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
@@ -169,9 +169,10 @@ def test_axolotl_shipped_zero3_bf16_when_absent_launched_by_accelerate(tmp_path)
     cfg = _axolotl(tmp_path, "deepspeed: deepspeed_configs/zero3_bf16.json")
     sh = _script(tmp_path, f"accelerate launch --num_processes 2 -m axolotl.cli.train {cfg.name}")
     res = _res([sh])
-    # axolotl@067b021c zero3_bf16.json: auto buckets/prefetch/persistence -> 0, max_live_parameters 0 (spelled
-    # without stage3_), overlap_comm true, no offload
-    assert _multi(res) == {**BASE, "gpus": 2, "strategy": "zero3", "stage3_max_live_parameters": 0}
+    # axolotl@067b021c zero3_bf16.json: auto buckets/prefetch/persistence -> 0, max_live_parameters and
+    # max_reuse_distance 0 (spelled without stage3_), overlap_comm true, no offload
+    assert _multi(res) == {**BASE, "gpus": 2, "strategy": "zero3", "stage3_max_live_parameters": 0,
+                           "stage3_max_reuse_distance": 0}
     assert any("axolotl's shipped deepspeed_configs/zero3_bf16.json" in n for n in res.notes)
     assert res.used["ds_config:zero_optimization.max_live_parameters"] == 0
     assert "ds_config:zero_optimization.sub_group_size" in res.ignored

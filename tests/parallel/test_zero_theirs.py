@@ -11,9 +11,10 @@ Which rows correspond (per GPU, P = trainable elements, N = GPUs):
   cast (4) + master (4) + Adam (8) = 18·P/N, and ``weights/zero3_gathered`` + ``gradients/zero3_module_grad``
   (the largest module gathered whole, its 16-bit gradient) = 4·largest; our ``gradients/zero_partition``
   (the 16-bit gradient partition buffer stage3 keeps, 2·P/N) is beyond DeepSpeed's estimate.
-Persistence is switched off (threshold 1), the prefetch bucket set to one element and
-``stage3_max_live_parameters`` to 1 (no layer kept gathered past its module), so that every parameter is
-partitioned and only the module being run is gathered, as the estimator assumes."""
+Persistence is switched off (threshold 1), the prefetch bucket set to one element,
+``stage3_max_live_parameters`` to 1 (nothing prefetched) and ``stage3_max_reuse_distance`` to 0 (nothing
+kept gathered past its module), so that every parameter is partitioned and only the modules being run are
+gathered, as the estimator assumes."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ BASE = dict(quant="none", full=True, dtype="fp16", recipe="plain", autocast=Fals
 def _rows(model: str, strategy: str, n: int) -> tuple[dict[str, int], int, int]:
     a = resolve(model)
     z3 = dict(stage3_param_persistence_threshold=1, stage3_prefetch_bucket_size=1,
-              stage3_max_live_parameters=1) if strategy == "zero3" else {}
+              stage3_max_live_parameters=1, stage3_max_reuse_distance=0) if strategy == "zero3" else {}
     s = Scenario(gpus=n, strategy=strategy, **z3, **BASE)
     st = static_terms(a, priced_scenario(s))
     rk = rank_terms(a, s, st)
@@ -81,7 +82,11 @@ def test_zero3_model_states_match_deepspeed(model, n):
     assert 4 * largest == largest_mem
     a = resolve(model)
     biggest_linear = max(lin.weight_params for lin in a.layer_linears(0))
-    # 2 B params + 2 B gradient of the largest decoder linear, + the one-element prefetch bucket's 512-B block
-    assert working == 4 * biggest_linear + 512
+    # DeepSpeed's 4·largest: 2 B params + 2 B gradient of the largest module. Its coordinator holds one more
+    # (the estimate's assumption is looser than its own schedule): the layer's last linear, fetched by its
+    # pre-backward hook, stays gathered while the checkpoint recomputes an equally large one
+    # (test_zero3_schedule holds the replay to DeepSpeed's coordinator event by event). No prefetch: the
+    # live limit is 1
+    assert working == 4 * biggest_linear + 2 * biggest_linear
     # the 16-bit gradient partition DeepSpeed's estimate leaves out: 2·P/N
     assert abs(rows["gradients/zero_partition"] - 2 * P / n) < 512 + 2

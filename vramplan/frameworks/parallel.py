@@ -291,7 +291,7 @@ def zero_fields(r: Reader, ds: dict[str, Any], where: str, notes: list[str], rec
     DeepSpeed 0.19.8's (``runtime/zero/config.py``): stage 0 (L95), contiguous_gradients true (L102),
     reduce_bucket_size and allgather_bucket_size 5e8 (L113, L132), overlap_comm = (stage == 3) when unset
     (L138, L384-386), stage3_prefetch_bucket_size 5e7 (L222), stage3_param_persistence_threshold 1e5 (L228),
-    stage3_max_live_parameters 1e9 (L245); offload devices none / cpu / nvme (``offload_config.py`` L14-18).
+    stage3_max_live_parameters 1e9 (L245), stage3_max_reuse_distance 1e9 (L251); offload devices none / cpu / nvme (``offload_config.py`` L14-18).
     A ZeRO-3 field may be spelled by its name or its ``stage3_`` alias (``populate_by_name``,
     ``runtime/config_utils.py`` L109). ``record``: the config's keys are recorded as ``ds_config:`` keys
     (False: ``ds`` was built from another file's keys, recorded there)."""
@@ -351,7 +351,8 @@ def zero_fields(r: Reader, ds: dict[str, Any], where: str, notes: list[str], rec
         for short, fieldname, default, auto in (
                 ("prefetch_bucket_size", "stage3_prefetch_bucket_size", 50_000_000, True),
                 ("param_persistence_threshold", "stage3_param_persistence_threshold", 100_000, True),
-                ("max_live_parameters", "stage3_max_live_parameters", 1_000_000_000, False)):
+                ("max_live_parameters", "stage3_max_live_parameters", 1_000_000_000, False),
+                ("max_reuse_distance", "stage3_max_reuse_distance", 1_000_000_000, False)):
             out[fieldname] = _ds_int(get, short if has(short) else fieldname, default, auto)
     return out
 

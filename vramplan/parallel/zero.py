@@ -22,9 +22,11 @@ elements, B_r = ``reduce_bucket_size``, B_p = ``stage3_prefetch_bucket_size``, T
 - DeepSpeed's own model-state estimators (``estimate_zero2_model_states_mem_needs`` = 2·P + 18·P/N,
   ``estimate_zero3_model_states_mem_needs`` = 4·largest layer + 18·P/N, fp16 params, fp32 master and
   Adam): tests/parallel compares the rows they correspond to.
-``stage3_max_reuse_distance`` (parameters kept gathered when reused soon, DeepSpeed's own trace after the
-first step) is priced by a one-pass rule fitted to the trace (``reuse_kept_layers``). Not priced:
-DeepSpeed's CUDA-only fused kernels' workspaces.
+ZeRO-3's gathered parameters at each phase come from DeepSpeed's parameter coordinator replayed on the
+step's module order (``vramplan.parallel.zero3_schedule``: prefetch, ``stage3_max_live_parameters``,
+``stage3_max_reuse_distance``, the layers kept from their forward to their backward); a layout other than
+a dense decoder falls back to a one-pass rule (``reuse_kept_layers``, unverified). Not priced: DeepSpeed's
+CUDA-only fused kernels' workspaces.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from fractions import Fraction
 from vramplan.analytic import phases as ph
 from vramplan.breakdown import Component
 from vramplan.parallel.common import blocks, nccl_runtime, rank_inventory, state_bytes
+from vramplan.parallel import zero3_schedule as zs
+from vramplan.parallel.zero3_schedule import MAX_REUSE_DISTANCE
 from vramplan.parallel.inventory import Tensor, shardable
 from vramplan.parallel.rank import OTHER_PHASES, RankTerms
 from vramplan.scenario import Dtype, StateOffload, Strategy
@@ -62,21 +66,13 @@ def ipg_bucket_bytes(reduce_bucket_size: int, c: int, overlap_comm: bool) -> int
     return (2 if overlap_comm else 1) * blocks(reduce_bucket_size * c)
 
 
-#: DeepSpeed's ``stage3_max_reuse_distance`` default (``zero/config.py``; the HF templates set the same
-#: 1e9): a parameter reused within this many fetched elements is not released after its module.
-MAX_REUSE_DISTANCE = 1_000_000_000
-
-
 def reuse_kept_layers(layer_numel: int, layers: int, head_numel: int, max_reuse: int = MAX_REUSE_DISTANCE,
                       max_live: int = 1_000_000_000) -> int:
-    """ZeRO-3 after the first step (the parameter coordinator has traced the module order): how many
-    decoder layers stay gathered from their forward to their backward. ``release_sub_module`` keeps a
-    module's parameters when they reoccur within ``max_reuse`` elements of the modules ahead in the
-    trace (``partitioned_param_coordinator.py`` L634-664, ``__params_to_release``). Priced as: the last
-    layer first, layer L − 1 − j kept while j·n_layer < ``max_reuse`` and the kept elements stay within
-    ``max_live`` (``stage3_max_live_parameters``); ``head_numel`` is not counted. One pass of the layers
-    ahead, not DeepSpeed's walk of the whole trace: an approximation fitted to the trace on two models
-    (Qwen3-0.6B and Llama-3.2-1B keep every layer gathered); unchecked on larger ones."""
+    """ZeRO-3, a layout ``zero3_schedule`` does not derive (MoE, non-attention mixers, vision towers,
+    DoRA): how many decoder layers stay gathered from their forward to their backward, by a one-pass rule:
+    the last layer first, layer L − 1 − j kept while j·n_layer < ``max_reuse`` and the kept elements stay
+    within ``max_live``; ``head_numel`` is not counted. Unverified: on the dense decoders the replay
+    replaces it for, it keeps every layer where DeepSpeed keeps 12 of 16 (Llama-3.2-1B LoRA, 2 GPUs)."""
     k = 0
     for j in range(layers):  # j = L − 1 − i: the last layer first
         if j * layer_numel >= max_reuse or (k + 1) * layer_numel > max_live:
@@ -167,17 +163,26 @@ def rank_terms(arch, s, st) -> RankTerms:
         comps.append(Component("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
     ipg = ipg_bucket_bytes(B_r, c, s.overlap_comm)
     step_tmp = 0 if opt_offload else blocks(4 * local)
-    back_rows = [("gradients/zero_ipg_bucket", "gradients", ipg,
-                  f"reduction bucket(s) of {B_r:,} elements" + (" ×2 (overlap_comm)" if s.overlap_comm else ""))]
+    if three and s.contiguous_gradients:
+        # stage3.py L779-783: one bucket buffer of B_r elements per communication dtype, allocated when the
+        # optimizer state is (the first step) and kept: every phase of a steady step
+        comps.append(Component("gradients/zero_ipg_bucket", "gradients", blocks(B_r * c),
+                               f"ZeRO-3 reduction bucket of {B_r:,} elements, kept from the first step"))
+        back_rows = []
+    else:
+        back_rows = [("gradients/zero_ipg_bucket", "gradients", ipg,
+                      f"reduction bucket(s) of {B_r:,} elements" + (" ×2 (overlap_comm)" if s.overlap_comm else ""))]
     if not three and not opt_offload:
         back_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
-    if not three and arch.tie_embeddings and s.full:  # made by the lm_head's backward, held to the step
+    if arch.tie_embeddings and s.full:  # made by the lm_head's backward, held to the embedding's (ZeRO-2: the step)
         back_rows.append(("gradients/tied_embedding", "gradients", blocks(arch.vocab_size * H * c),
                           "the tied embedding's whole 16-bit gradient, held from the lm_head backward (trace)"))
     step_rows = [("temporary/zero_fp32_gradients", "temporary", step_tmp, "the gradient partition cast to fp32")]
-    if not three and not opt_offload:
-        # stage_1_and_2.py ``step``: ``self.flatten(self.averaged_gradients[i]).to(fp32)``: a flat 16-bit copy
-        # of the partition's gradients exists beside its fp32 cast
+    if not opt_offload:
+        # stage_1_and_2.py ``step``: ``self.flatten(self.averaged_gradients[i]).to(fp32)``; stage3.py
+        # ``_prepare_fp32_grad_for_sub_group`` L2683-2693 the same per sub group (one sub group up to
+        # sub_group_size = 1e9 partition elements): a flat 16-bit copy of the partition's gradients exists
+        # beside its fp32 cast
         step_rows.append(("temporary/zero_flat_gradients", "temporary", gpart,
                           "the flattened 16-bit gradient partition, cast from"))
     if not three and arch.tie_embeddings and s.full:
@@ -189,7 +194,7 @@ def rank_terms(arch, s, st) -> RankTerms:
     notes = (f"{s.strategy.value}: rank {s.process_rank} of {N}; reduce_bucket_size {B_r:,}"
              + (f", stage3_prefetch_bucket_size {B_p:,}, param persistence threshold {T_p:,}" if three else "")
              + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H)"
-             + (f"; {kept_note(arch, s, inv)}" if three else "") + "; priced as DeepSpeed runs the step: parameters "
+             + (f"; {kept_note(arch, s, inv, B_p)}" if three else "") + "; priced as DeepSpeed runs the step: parameters "
              "cast to the compute dtype, no autocast",)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0), phase_rows=rows_at, host=tuple(host),
                      runtime=nccl_runtime(s), notes=notes)
@@ -203,11 +208,40 @@ def _head_numel(inv: list[Tensor]) -> int:
     return max((t.numel for t in inv if t.row.endswith(("lm_head", "embeddings"))), default=0)
 
 
-def kept_note(arch, s, inv: list[Tensor]) -> str:
-    """The note on the layers ZeRO-3 keeps gathered (``reuse_kept_layers``)."""
+def _widths(inv: list[Tensor], c: int) -> dict[str, int]:
+    """Bytes per element of each kind of parameter as the rank holds it (after DeepSpeed's cast)."""
+    def w(*rows: str) -> int:
+        return next((t.nbytes for t in inv if t.row.split("/", 1)[1] in rows), c)
+    return {"linear": w("linears", "full_weights"), "embeddings": w("embeddings", "lm_head"), "norms": w("norms"),
+            "lora": w("lora"), "bias": w("biases")}
+
+
+def _simulated(arch, s, inv: list[Tensor], B_p: int, ckpt: int = 0) -> dict[str, int] | None:
+    """``zero3_schedule.gathered`` for a dense decoder (None for another layout), with ``layers``: the most
+    gathered in any decoder layer's forward or backward less ``ckpt`` bytes (one layer's checkpoint) for
+    each checkpoint that moment does not hold against the last layer's backward (the layer phase's
+    activations): layer i's forward holds i of the L, its backward i + 1."""
+    m = zs.model_spec(arch, s, _widths(inv, s.dtype.nbytes))
+    if m is None:
+        return None
+    g = dict(zs.gathered(m, s.world_size, s.stage3_max_live_parameters, B_p, s.stage3_max_reuse_distance))
+    L = arch.num_layers
+    g["layers"] = max(max(g[f"forward {i}"] - (L - i) * ckpt, g[f"backward {i}"] - (L - 1 - i) * ckpt)
+                      for i in range(L))
+    return g
+
+
+def kept_note(arch, s, inv: list[Tensor], B_p: int) -> str:
+    """The note on the layers ZeRO-3 keeps gathered from their forward to their backward."""
+    sim = _simulated(arch, s, inv, B_p)
+    if sim is not None:
+        return (f"{sim['kept']} of {arch.num_layers} decoder layers kept gathered from their forward to their backward "
+                "(DeepSpeed's parameter coordinator replayed on the step's module order: zero3_schedule)")
     k = reuse_kept_layers(_layer_numel(inv, arch.num_layers), arch.num_layers, _head_numel(inv),
-                          max_live=s.stage3_max_live_parameters)
-    return f"{k} of {arch.num_layers} decoder layers kept gathered after their forward (reuse distance 1e9, one-pass rule)"
+                          max_live=s.stage3_max_live_parameters,
+                                max_reuse=s.stage3_max_reuse_distance)
+    return (f"{k} of {arch.num_layers} decoder layers kept gathered after their forward (one-pass rule: this "
+            "architecture's module order is not derived, unverified)")
 
 
 def gathered_module_bytes(inv: list[Tensor], which: str, arch) -> int:
@@ -223,22 +257,31 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
     """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction (the
     lm_head's or a layer's backward; the loss backward, before any weight gradient, has none) to the step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
     module's whole gradient (trainable modules only: full fine-tuning)."""
-    L = arch.num_layers
-    layer_ts = [t for t in inv if t.layer]
-    n_layer = _layer_numel(inv, L)
-    b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in layer_ts) // L)
-    head = _head_numel(inv)
-    kept = reuse_kept_layers(n_layer, L, head, max_live=s.stage3_max_live_parameters) if three else 0
+    # one layer's checkpoint: its input, b·s·H in the compute dtype (none subtracted without checkpointing)
+    ckpt = s.batch * s.seq * arch.hidden_size * c if s.grad_checkpointing else 0
+    sim = _simulated(arch, s, inv, B_p, ckpt) if three else None
+    kept = 0
+    if three and sim is None:
+        L = arch.num_layers
+        b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in inv if t.layer) // L)
+        kept = reuse_kept_layers(_layer_numel(inv, L), L, _head_numel(inv), max_live=s.stage3_max_live_parameters,
+                                max_reuse=s.stage3_max_reuse_distance)
 
-    def z3(which: str, backward: bool) -> list:
+    def z3(which: str, backward: bool, at: str) -> list:
         if not three:
             return []
         g = gathered_module_bytes(inv, which, arch)
-        pre = min(B_p, s.stage3_max_live_parameters) * c
-        held = kept * b_layer if which != "embeddings" else 0
-        out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre) + held,
-                f"ZeRO-3: the {which} module gathered whole + the {B_p:,}-element prefetch bucket"
-                + (f" + {kept} decoder layer(s) kept gathered (reuse distance under 1e9 elements)" if kept else ""))]
+        if sim is not None:
+            out = [("weights/zero3_gathered", "weights", sim[at],
+                    f"ZeRO-3: the parameters gathered here as DeepSpeed's coordinator runs the step "
+                    f"({sim['kept']} of {arch.num_layers} decoder layers kept from their forward to their backward; "
+                    "zero3_schedule)")]
+        else:
+            pre = min(B_p, s.stage3_max_live_parameters) * c
+            held = kept * b_layer if which != "embeddings" else 0
+            out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre) + held,
+                    f"ZeRO-3: the {which} module gathered whole + the {B_p:,}-element prefetch bucket"
+                    + (f" + {kept} decoder layer(s) kept gathered (one-pass rule, unverified)" if kept else ""))]
         if backward and s.full:
             out.append(("gradients/zero3_module_grad", "gradients", blocks(g), "the gathered module's whole gradient"))
         return out
@@ -247,12 +290,14 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
         have = {r[0] for r in rows}
         return tuple(rows + [(n, cat, 0, "not allocated at this phase") for n, cat in
                              dict.fromkeys((r[0], r[1]) for r in back + step) if n not in have] + z)
-    layer_b = pad(back, z3("layer", True))
-    loss_b = pad(back, z3("lm_head", True))  # the lm_head backward: its weight gradient, the first reduction
-    fwd = pad([], z3("lm_head", False))
+    last_b = pad(back, z3("layer", True, "layers"))
+    first_b = pad(back, z3("layer", True, "first_layer"))
+    loss_b = pad(back, z3("lm_head", True, "lm_head"))  # the lm_head backward: its weight gradient, the first reduction
+    fwd = pad([], z3("lm_head", False, "forward"))
+    loss_back = pad([], z3("lm_head", False, "loss_backward"))
     # the embedding backward: the single-GPU phase already holds the tied embedding's gradients
-    emb = pad([r for r in back if r[0] != "gradients/tied_embedding"], z3("embeddings", True))
+    emb = pad([r for r in back if r[0] != "gradients/tied_embedding"], z3("embeddings", True, "embeddings"))
     opt = pad(step, [])
-    return {ph.LAST_LAYER: layer_b, ph.FIRST_LAYER: layer_b, ph.DORA_FORWARD: layer_b, ph.EMBEDDING: emb,
-            ph.LOSS_BACKWARD: fwd, ph.LM_HEAD: loss_b, ph.FINAL_NORM: fwd, ph.OPTIMIZER: opt,
+    return {ph.LAST_LAYER: last_b, ph.FIRST_LAYER: first_b, ph.DORA_FORWARD: last_b, ph.EMBEDDING: emb,
+            ph.LOSS_BACKWARD: loss_back, ph.LM_HEAD: loss_b, ph.FINAL_NORM: fwd, ph.OPTIMIZER: opt,
             ph.LOSS_FORWARD: fwd, ph.EVALUATION: fwd, OTHER_PHASES: fwd}

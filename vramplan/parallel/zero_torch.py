@@ -116,6 +116,7 @@ def ds_config(scenario: Scenario, hidden: int, max_grad_norm: float = 1.0) -> di
     else:
         zero["stage3_prefetch_bucket_size"] = scenario.stage3_prefetch_bucket_size or int(0.9 * hidden * hidden)
         zero["stage3_max_live_parameters"] = scenario.stage3_max_live_parameters
+        zero["stage3_max_reuse_distance"] = scenario.stage3_max_reuse_distance
         zero["stage3_param_persistence_threshold"] = (scenario.stage3_param_persistence_threshold or 10 * hidden)
     if scenario.state_offload is not StateOffload.NONE:
         zero["offload_optimizer"] = {"device": "cpu"}
