@@ -31,8 +31,8 @@ OTHER = dict(rank=16, quant="fp4", double_quant=False, blocksize=128, dtype="fp1
              gpus=2, nodes=2, strategy="fsdp", state_offload="params", reshard_after_forward=False,
              quant_storage="bf16", process_rank=1, bucket_cap_mb=50, gradient_as_bucket_view=True,
              reduce_bucket_size=10 ** 6, allgather_bucket_size=10 ** 6, stage3_prefetch_bucket_size=10 ** 6,
-             stage3_max_live_parameters=10 ** 6, stage3_param_persistence_threshold=10 ** 4, overlap_comm=False,
-             contiguous_gradients=False)
+             stage3_max_live_parameters=10 ** 6, stage3_param_persistence_threshold=10 ** 4,
+             stage3_max_reuse_distance=10 ** 6, overlap_comm=False, contiguous_gradients=False)
 
 
 def test_full_fine_tuning_holds_the_logits_once():
@@ -78,7 +78,7 @@ PARALLEL_OWNER = dict(process_rank="ddp", bucket_cap_mb="ddp", gradient_as_bucke
                       state_offload="fsdp", reshard_after_forward="fsdp", reduce_bucket_size="zero2",
                       allgather_bucket_size="zero2", overlap_comm="zero2", contiguous_gradients="zero2",
                       stage3_prefetch_bucket_size="zero3", stage3_max_live_parameters="zero3",
-                      stage3_param_persistence_threshold="zero3")
+                      stage3_param_persistence_threshold="zero3", stage3_max_reuse_distance="zero3")
 
 
 @pytest.mark.parametrize("name", [f.name for f in fields(Scenario) if f.name not in SHAPE_FIELDS])
