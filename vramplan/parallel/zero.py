@@ -190,11 +190,15 @@ def rank_terms(arch, s, st) -> RankTerms:
                           "the tied embedding's whole 16-bit gradient, still held at the step (trace)"))
     if not three and not opt_offload:
         step_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
-    rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows)
+    # one layer's checkpoint: its input, b·s·H in the compute dtype (none subtracted without checkpointing)
+    ckpt = s.batch * s.seq * arch.hidden_size * c if s.grad_checkpointing else 0
+    sim = _simulated(arch, s, inv, B_p, ckpt) if three else None
+    kept = _fallback_kept(arch, s, inv) if three and sim is None else 0
+    rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows, sim, kept)
     notes = (f"{s.strategy.value}: rank {s.process_rank} of {N}; reduce_bucket_size {B_r:,}"
              + (f", stage3_prefetch_bucket_size {B_p:,}, param persistence threshold {T_p:,}" if three else "")
              + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H)"
-             + (f"; {kept_note(arch, s, inv, B_p)}" if three else "") + "; priced as DeepSpeed runs the step: parameters "
+             + (f"; {kept_note(arch, sim, kept)}" if three else "") + "; priced as DeepSpeed runs the step: parameters "
              "cast to the compute dtype, no autocast",)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0), phase_rows=rows_at, host=tuple(host),
                      runtime=nccl_runtime(s), notes=notes)
@@ -231,16 +235,19 @@ def _simulated(arch, s, inv: list[Tensor], B_p: int, ckpt: int = 0) -> dict[str,
     return g
 
 
-def kept_note(arch, s, inv: list[Tensor], B_p: int) -> str:
-    """The note on the layers ZeRO-3 keeps gathered from their forward to their backward."""
-    sim = _simulated(arch, s, inv, B_p)
+def _fallback_kept(arch, s, inv: list[Tensor]) -> int:
+    """``reuse_kept_layers`` for a layout ``zero3_schedule`` does not derive."""
+    return reuse_kept_layers(_layer_numel(inv, arch.num_layers), arch.num_layers, _head_numel(inv),
+                             max_live=s.stage3_max_live_parameters, max_reuse=s.stage3_max_reuse_distance)
+
+
+def kept_note(arch, sim: dict[str, int] | None, kept: int) -> str:
+    """The note on the layers ZeRO-3 keeps gathered from their forward to their backward: the replay's
+    count (``sim``), else the one-pass rule's (``kept``)."""
     if sim is not None:
         return (f"{sim['kept']} of {arch.num_layers} decoder layers kept gathered from their forward to their backward "
                 "(DeepSpeed's parameter coordinator replayed on the step's module order: zero3_schedule)")
-    k = reuse_kept_layers(_layer_numel(inv, arch.num_layers), arch.num_layers, _head_numel(inv),
-                          max_live=s.stage3_max_live_parameters,
-                                max_reuse=s.stage3_max_reuse_distance)
-    return (f"{k} of {arch.num_layers} decoder layers kept gathered after their forward (one-pass rule: this "
+    return (f"{kept} of {arch.num_layers} decoder layers kept gathered after their forward (one-pass rule: this "
             "architecture's module order is not derived, unverified)")
 
 
@@ -253,19 +260,12 @@ def gathered_module_bytes(inv: list[Tensor], which: str, arch) -> int:
     return max((t.numel * t.nbytes for t in inv if t.layer), default=0)
 
 
-def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back: list, step: list) -> dict:
+def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back: list, step: list,
+                sim: dict[str, int] | None, kept: int) -> dict:
     """Per phase: the reduction buckets (and ZeRO-2's gradient partition) from the first reduction (the
-    lm_head's or a layer's backward; the loss backward, before any weight gradient, has none) to the step; ZeRO-3 also the module being run gathered whole + the prefetch bucket, and in backward that
-    module's whole gradient (trainable modules only: full fine-tuning)."""
-    # one layer's checkpoint: its input, b·s·H in the compute dtype (none subtracted without checkpointing)
-    ckpt = s.batch * s.seq * arch.hidden_size * c if s.grad_checkpointing else 0
-    sim = _simulated(arch, s, inv, B_p, ckpt) if three else None
-    kept = 0
-    if three and sim is None:
-        L = arch.num_layers
-        b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in inv if t.layer) // L)
-        kept = reuse_kept_layers(_layer_numel(inv, L), L, _head_numel(inv), max_live=s.stage3_max_live_parameters,
-                                max_reuse=s.stage3_max_reuse_distance)
+    lm_head's or a layer's backward; the loss backward, before any weight gradient, has none) to the step;
+    ZeRO-3 also the parameters gathered there (``sim``, the replay; else the module being run + the prefetch
+    bucket + ``kept`` layers), and in backward the module's whole gradient (full fine-tuning)."""
 
     def z3(which: str, backward: bool, at: str) -> list:
         if not three:
@@ -277,6 +277,7 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
                     f"({sim['kept']} of {arch.num_layers} decoder layers kept from their forward to their backward; "
                     "zero3_schedule)")]
         else:
+            b_layer = -(-sum(t.count * blocks(t.numel * t.nbytes) for t in inv if t.layer) // arch.num_layers)
             pre = min(B_p, s.stage3_max_live_parameters) * c
             held = kept * b_layer if which != "embeddings" else 0
             out = [("weights/zero3_gathered", "weights", blocks(g) + blocks(pre) + held,

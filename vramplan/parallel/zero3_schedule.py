@@ -52,13 +52,13 @@ import collections
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from vramplan.parallel.common import blocks
+
 #: DeepSpeed's ``stage3_max_reuse_distance`` default (``zero/config.py``; the HF templates set the same 1e9).
 MAX_REUSE_DISTANCE = 1_000_000_000
 
 SAVED, GRAPH = "saved", "graph"
 
-#: The caching allocator's block (``vramplan.parallel.common.blocks``).
-BLOCK = 512
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ def schedule(m: ModelSpec) -> tuple[list[Param], list[Event], dict[str, tuple[in
     _forward(head, ev)
     for t in reversed(top[:-1]):
         ev.append(Event("R", t.id, True, ()))
-    marks["forward"] = (0, len(ev) - 1)
+    marks["forward"] = (len(ev) - 1, len(ev) - 1)
     for t in top[:-1]:  # their outputs include the loss: fetched as its backward starts
         ev.append(Event("F", t.id, False, ()))
     marks["loss_backward"] = (len(ev) - 1, len(ev) - 1)
@@ -332,7 +332,7 @@ def simulate(params: list[Param], events: list[Event], *, world: int, max_live: 
     and which parameters are gathered after event ``probe``. A parameter gathered alone lives in its padded
     buffer, ⌈n/N⌉·N elements (``_all_gather_sequential``, ``partition_parameters.py`` L1376-1402); one of a
     coalesced gather is copied out to its own n elements (``AllGatherCoalescedHandle.wait`` L795); each in
-    whole ``BLOCK``s (the CUDA caching allocator's 512 B)."""
+    the caching allocator's 512 B blocks (``vramplan.parallel.common.blocks``)."""
     order = [e for e in events if e.kind == "F"]
     queue = collections.deque((p, s) for s, e in enumerate(order) for p in sorted(set(e.params)))
     # the reuse walk (``__params_to_release``): the modules ahead, until max_reuse elements are passed
@@ -371,7 +371,7 @@ def simulate(params: list[Param], events: list[Event], *, world: int, max_live: 
             avail[p] = True
             n += q.numel
             raw = q.nbytes * (-(-q.numel // world) * world if len(todo) == 1 else q.numel)
-            held[p] = -(-raw // BLOCK) * BLOCK
+            held[p] = blocks(raw)
             nbytes += held[p]
             if not in_backward and params[p].pinned:
                 forward_storage.add(p)
@@ -446,7 +446,6 @@ def gathered(m: ModelSpec, world: int, max_live: int, bucket: int,
     _, b, at_loss = simulate(params, events, world=world, max_live=max_live, bucket=bucket, max_reuse=max_reuse,
                              probe=marks["forward"][1])
     out = {name: max(b[i:j + 1]) for name, (i, j) in marks.items()}
-    out["forward"] = b[marks["forward"][1]]
     out["kept"] = sum(all(at_loss[p] for p in ps) for ps in layers if ps)
     return out
 
