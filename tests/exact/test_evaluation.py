@@ -54,9 +54,12 @@ def test_accumulated_logits_golden():
 def test_loss_only_eval_at_the_hf_default_batch_golden():
     """Nothing kept (no compute_metrics), eval batch 8 × 2048 = 16,384 tokens: inputs 16·T = 262,144,
     fp32 final hidden states 4·1024·T = 67,108,864, logits bf16 + fp32 upcast + log-softmax 10·V·T =
-    24,893,194,240, padded + shifted labels 16·T = 262,144: 24,960,827,392, about 5 × the training step."""
+    24,893,194,240, padded + shifted labels 16·T = 262,144, and autocast's cached bf16 copies of the fp32
+    LoRA weights (r = 8, every projection: 8·(3072 + 2048 + 2048 + 3072 + 4096 + 4096 + 4096) = 180,224
+    elements a layer, 2 B each, 28 layers: 10,092,544): 24,970,919,936, about 5 × the training step."""
     bd = estimate(QWEN06, Scenario(eval_batch=8))
-    assert _eval_rows(bd) == 24_960_827_392
+    assert _eval_rows(bd) == 24_960_827_392 + 10_092_544
+    assert bd.get("activations/eval_autocast_cache") == 28 * 2 * 180_224
     assert bd.extra["eval_peak_bytes"] > 4 * bd.extra["training_peak_bytes"]
     small = estimate(QWEN06, Scenario(eval_batch=1))
     assert small.peak_phase == "loss backward" and small.allocated_peak_bytes == estimate(QWEN06, Scenario()).allocated_peak_bytes

@@ -40,9 +40,10 @@ Z3_LAYERS = 6
 Z3_MAX_LIVE = {"Qwen3-0.6B": 195_000_000, "Llama-3.2-1B": 415_000_000, "Llama-2-7b": 640_000_000}
 
 
-#: Cells where the analytic engine is known to be off by more than 1 % (docs/multigpu.md, "Open gaps"):
-#: ZeRO-2 full of Qwen3-0.6B at N = 8 (layer backward).
-KNOWN_GAPS = {"zero2-Qwen3-0.6B-full-8": "-1.0 %"}
+#: Cells where the analytic engine is known to be off by more than 1 % (docs/multigpu.md): none. ZeRO-2 full of
+#: Qwen3-0.6B at N = 8 read −1.0 % until the tied gradient and the partition's first copy were priced per rank
+#: (``zero._partition_ready``).
+KNOWN_GAPS: dict[str, str] = {}
 
 
 def _cells():

@@ -141,7 +141,7 @@ class _Walk:
     """Accumulates saved bytes per token (``tok``), per token·s (``quad``) and fixed (``const``)."""
 
     __slots__ = ("d", "r", "targets", "tok", "quad", "const", "core", "dora", "dora_in", "kernels", "fused",
-                 "mlp_node", "shared")
+                 "mlp_node", "shared", "cache")
 
     def __init__(self, d: Dtypes, rank: int, targets: frozenset[str], kernels: str = "none",
                  fused: frozenset[str] = frozenset()):
@@ -157,6 +157,10 @@ class _Walk:
         self.dora_in = 0  # the last DoRA target's ``dora_backward_incoming``
         self.shared = False
         """The last ``linears`` group saved its input x itself (a parallel block's MLP reads the same x)."""
+        self.cache = 0
+        """Bytes of autocast's cached 16-bit copies of the layer's fp32 LoRA weights (also in ``const``):
+        the cache outlives the layer, so under checkpointing every layer's copies are alive until the
+        forward returns (``autocast_cache_bytes``)."""
         self.mlp_node = 0
         """Dense MLP: bytes per token ``act(gate) * up`` saves plus what the autograd node run before it in
         the backward (down_proj's dropout, else its lora_A) saves (``_mlp_saved``)."""
@@ -173,8 +177,8 @@ class _Walk:
             return
         if live:
             self.tok += 4 * width * rows + 4 * rows
-        if self.d.full:  # trainable weight: the product also saves the normalised input
-            self.tok += 4 * width * rows
+        if self.d.full:  # trainable weight: the product also saves the normalised input, cast back to x's dtype
+            self.tok += (4 if self.d.norm_keeps_dtype else xd) * width * rows
 
     def linears(self, group: tuple[Linear, ...], xd: int, x_saved: bool, live: bool) -> tuple[int, bool]:
         """Linears reading one input x of dtype ``xd`` (q/k/v, or gate/up).
@@ -231,8 +235,9 @@ class _Walk:
             else:
                 self.tok += lb * i
             self.tok += lb * self.r
-            if d.autocast:  # autocast's cached bf16 copies of the fp32 A and B
+            if d.autocast and d.adapter > d.c:  # autocast's cached 16-bit copies of the fp32 A and B
                 self.const += d.c * self.r * (i + lin.out_features)
+                self.cache += d.c * self.r * (i + lin.out_features)
             if d.dora:
                 # the forward transient of this target, with what the layer has saved before it
                 # the target's input is alive through its forward (counted here unless something saves
@@ -462,6 +467,24 @@ def layer_saved(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn:
     return w.tok, w.quad, w.const
 
 
+def autocast_cache_bytes(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, moe: bool,
+                         kernels: str = "none", fused: frozenset[str] = frozenset(), layer: int | None = None) -> int:
+    """Bytes of the 16-bit copies autocast caches of one decoder layer's fp32 LoRA weights.
+
+    torch 2.13 ``aten/src/ATen/autocast_mode.cpp`` ``cached_cast``: a cast to the autocast dtype of an
+    fp32 leaf that requires a gradient is kept in a thread-local cache, cleared only when the outermost
+    autocast region exits (``torch.autocast.__exit__``, ``clear_cache``). accelerate wraps the model's
+    forward in that region and the HF models compute the loss inside their forward, so the copies of
+    every layer's A and B, c·r·(in + out) each, stay alive until the loss is computed. Without
+    checkpointing the layer's graph saves the same copies (``layer_saved``'s fixed bytes); with it, the
+    checkpointed forward saves nothing, and the cache is what holds them. None when the adapters are
+    already in the compute dtype (nothing is cast) or there is no autocast."""
+    w = _Walk(d, rank, targets, kernels, fused if not moe else fused - {"mlp"})
+    lins, sig = _layer_lins(arch, moe, layer)
+    _layer_walk(w, arch, lins, attn, True, sig)
+    return w.cache
+
+
 def trl_mlp_node(arch: Arch, d: Dtypes, rank: int, targets: frozenset[str], attn: str, live_in: bool = True,
                  kernels: str = "none", fused: frozenset[str] = frozenset(), layer: int | None = None) -> int:
     """Bytes per token TRL 1.16's ``OffloadActivations`` holds restored on the device at a dense layer's
@@ -617,6 +640,8 @@ def _attention_saved(w: _Walk, arch: Arch, lins: dict[str, Linear], attn: str, l
         w.tok += layer_norm_saved(H)
     elif live and not post:  # Liger: the input itself (counted by the caller) + the fp32 rstd
         w.tok += 4 + (4 * H if (d.resid != 4 and not d.liger_norm) else 0)
+        if d.full and not d.liger_norm:  # the trainable weight's product saves x normalised, in x's dtype
+            w.tok += (4 if d.norm_keeps_dtype else d.resid) * H
     n1 = d.resid if post else norm_out(d, d.resid)
     # post-norm layers (OLMo 2) project the layer input itself: a LoRA input that is x is the checkpoint
     # (gradient checkpointing) or the fp32 residual the phases count without it (``phases.batch``: inp)

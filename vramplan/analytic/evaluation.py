@@ -223,14 +223,17 @@ class EvalPeak(NamedTuple):
 
 def eval_peak(*, seq: int, k: int, batch: int, samples: int, keep: str, V: int, H: int, I: int, ld: int,
               hb: int, head_copy: int, legacy: bool, resid: int, c: int, dequant: int,
-              logit_bytes: int, gen: GenTerms | None = None) -> EvalPeak:
+              logit_bytes: int, gen: GenTerms | None = None, autocast_cache: int = 0) -> EvalPeak:
     """The largest moment of the evaluation loop: over the last two eval batches (earlier ones hold
     fewer predictions), the forward with the predictions kept before it, and the concatenation.
 
     Batches: ``samples`` kept samples in ceil(samples / batch) batches, the last one of the remainder
     (one batch of ``batch`` when nothing is kept). ``gen``: the evaluation generates
     (``generation_peak`` replaces the loss forward; the kept predictions are the generated sequences,
-    seq + n int64 ids, and the labels)."""
+    seq + n int64 ids, and the labels). ``autocast_cache``: autocast's cached 16-bit copies of every
+    layer's fp32 LoRA weights (``activations.autocast_cache_bytes``), filled by each forward (no_grad
+    does not stop the cache) and cleared when it returns: alive at the loss forward's moments (not the
+    concatenation). Generation's forwards hold none in the trace (``tests/engines/test_loss_forward_engines.py``)."""
     if gen is not None:
         P, L = (ID_BYTES * (seq + gen.new_tokens), ID_BYTES * seq) if keep == "ids" else (0, 0)
     else:
@@ -257,10 +260,16 @@ def eval_peak(*, seq: int, k: int, batch: int, samples: int, keep: str, V: int, 
         if j and (P or L):
             cands.append(("concatenation", concat_bytes(n_prev, b, P, L), 0, 0))
         for moment, kb, fb, lb in cands:
-            total = inp + kb + fb + lb
+            ac = autocast_cache if (gen is None and moment != "concatenation") else 0
+            total = inp + kb + fb + lb + ac
             if best is None or total > best.total:
                 cache = kv if moment not in ("forward", "layer", "concatenation") else 0
-                best = EvalPeak(total, _rows(keep, inp, kb, fb, lb - cache, n_prev, b, moment, cache), moment)
+                rows = _rows(keep, inp, kb, fb, lb - cache, n_prev, b, moment, cache)
+                if autocast_cache:
+                    rows += (("activations/eval_autocast_cache", "activations", ac,
+                              "autocast's cached 16-bit copies of every layer's fp32 LoRA weights, until the "
+                              "forward returns"),)
+                best = EvalPeak(total, rows, moment)
     assert best is not None
     return best
 

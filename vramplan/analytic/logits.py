@@ -122,16 +122,24 @@ def fused_head_bytes(N: int, H: int, fc: int, hb: int, weight_copy: int, cuda: b
     hb as the function returns, the tile buffer again and the weight cast.
     On CUDA the Triton folds allocate nothing; the CPU fallback's torch folds hold
     ``CPU_FOLD_FORWARD`` / ``CPU_FOLD_BACKWARD`` bytes per element of the used tile (min(V, 32768)
-    columns: the buffer is 32768 wide whatever V)."""
+    columns: the buffer is 32768 wide whatever V).
+    On CUDA, both loops also bind ``hidden_chunk = hidden[a:b].to(fc)``, a copy of min(N, 4096) rows
+    when hb is not fc; the backward binds its weight cast too (``w_chunk = weight[a:b].to(fc)``), so
+    while the next chunk's cast is made the previous one is still alive: two casts at once, or at the
+    return one cast beside ``grad_hidden``'s hb copy, whichever is larger."""
     rows = min(N, FUSED_TILE_ROWS)
     tile = rows * FUSED_TILE_COLS
     used = rows * min(V, FUSED_TILE_COLS)
     small = 7 * 4 * N + 8 * N
     fwd = fc * tile + N * H * hb + small + weight_copy
-    bwd = fc * tile + N * H * (hb + 4 + hb) + 4 * 4 * N + weight_copy
     if not cuda:
+        bwd = fc * tile + N * H * (hb + 4 + hb) + 4 * 4 * N + weight_copy
         fwd += CPU_FOLD_FORWARD * used
         bwd += CPU_FOLD_BACKWARD * used - 2 * N * H
+        return fwd, bwd
+    chunk = rows * H * fc if hb != fc else 0
+    fwd += chunk
+    bwd = fc * tile + N * H * (hb + 4) + 4 * 4 * N + chunk + max(2 * weight_copy, weight_copy + N * H * hb)
     return fwd, bwd
 
 

@@ -236,7 +236,7 @@ def _evaluation(st: StaticTerms, seq: int) -> EvalPeak | None:
                      samples=st.eval_samples, keep=st.eval_keep, V=st.vocab, H=st.hidden, I=st.eval_inter,
                      ld=st.logits_bytes, hb=st.hidden_bytes, head_copy=st.head_copy, legacy=st.legacy,
                      resid=st.d.resid, c=st.d.c, dequant=st.eval_dequant, logit_bytes=st.eval_logit_bytes,
-                     gen=st.eval_gen)
+                     gen=st.eval_gen, autocast_cache=st.lora_cache)
 
 
 def _offloaded(st: StaticTerms, T: int, gc: bool, full: bool, saved_all: int, last_b: int,
@@ -294,7 +294,7 @@ def loss_backward(st: StaticTerms, x: Batch) -> int:
 
 
 def loss_forward(st: StaticTerms, x: Batch) -> int:
-    return x.saved_all + x.mask + x.fin + st.head_copy + x.loss_f
+    return x.saved_all + x.mask + x.fin + st.head_copy + x.loss_f + x.tokens * st.out_held + st.fwd_cache
 
 
 def _softmax_moment(st: StaticTerms, x: Batch, last: bool) -> int | None:
@@ -544,8 +544,13 @@ def _mask_rows(x: Batch) -> list[_Row]:
 def _loss_rows(phase: str, st: StaticTerms, x: Batch) -> list[_Row]:
     back = phase == LOSS_BACKWARD
     what = _LOSS_WHAT[st.loss][back]
+    fwd = [] if back else [
+        ("activations/model_output", "activations", x.tokens * st.out_held,
+         "the final hidden state, held by the base model's output while the loss is computed"),
+        ("activations/autocast_cache", "activations", st.fwd_cache,
+         "autocast's cached 16-bit copies of every layer's fp32 LoRA weights, until the forward returns")]
     return [_activation_row(st, x, x.saved_all), *_mask_rows(x),
-            ("activations/final_norm", "activations", x.fin, "final RMSNorm input (fp32) + rsqrt"),
+            ("activations/final_norm", "activations", x.fin, "final RMSNorm input (fp32) + rsqrt"), *fwd,
             ("temporary/lm_head_autocast_copy", "temporary", st.head_copy,
              "bf16 copy of the fp32 lm_head weight saved under autocast"),
             ("logits/loss", "logits", x.loss_b if back else x.loss_f,

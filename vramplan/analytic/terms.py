@@ -239,6 +239,18 @@ class StaticTerms:
     full fine-tuning's saved norm output)."""
     head_copy: int
     """Autocast's bf16 copy of an fp32 lm_head weight, saved until the lm_head backward."""
+    out_held: int
+    """Bytes per token of the decoder's final hidden state (the final norm's output) that the base model's
+    output object holds while the causal-LM forward computes the logits and the loss, where nothing saves
+    that tensor for the backward (``_head_terms``); alive in the loss forward only."""
+    lora_cache: int
+    """Autocast's cached 16-bit copies of every layer's fp32 LoRA weights, as one forward leaves them
+    (``activations.autocast_cache_bytes``): alive at the end of any forward under autocast, the
+    evaluation's included."""
+    fwd_cache: int
+    """Under checkpointing: autocast's cached 16-bit copies of every layer's fp32 LoRA weights, alive from
+    the forward to the loss (``activations.autocast_cache_bytes``); 0 without checkpointing, where the
+    layers' saved bytes hold them."""
     vocab: int
     """Vocabulary V."""
     logits_bytes: int
@@ -769,6 +781,9 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
                   "and every layer's sdpa saves its additive copy with K/V repeated per query head; flash2 (or "
                   "axolotl's sdpa_varlen) attends per sample without it",)
     unpacked = s.packing is BatchLayout.NONE
+    cache = 0 if s.full else sum(c.count * act.autocast_cache_bytes(arch, d, s.rank, tset, attn, c.ffn == "moe",
+                                                                     layer=c.layers[0], **kw)
+                                 for c in arch.layer_classes())
     return _LayerTerms(dict(
         layout_tok=0 if unpacked else act.rope_table_bytes(d, wt.rotary_dim(arch.head_dim, arch.config),
                                                            arch.family.rotary_sets(arch.config, L)),
@@ -789,7 +804,8 @@ def _layer_terms(arch: Arch, s: Scenario, d: act.Dtypes, attn: str, targets: tup
         else act.DSA_CAUSAL_MASK_BYTES if (arch.family.dsa_mask and attn == "sdpa" and s.grad_checkpointing) else 0,
         sm_first=sm_first, pre=_model_saved(arch, d, s, tset, attn), kv_hold=_model_hold(arch, d, s, tset, attn),
         grad_hold=_model_grad_hold(arch, d, s, tset, attn),
-        norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0), notes, fused)
+        norm_back=act.final_norm_backward_bytes(arch, d) if fused else 0,
+        lora_cache=cache, fwd_cache=cache if (s.grad_checkpointing and not s.full) else 0), notes, fused)
 
 
 def _softmax_of(arch: Arch, d: act.Dtypes, s: Scenario, tset: frozenset[str], kind: str, moe: bool, layer: int,
@@ -892,11 +908,28 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
     fused = s.loss is Loss.CHUNKED_HEAD
     holds = s.hold_logits is not Hold.NONE and not fused and s.loss not in NO_LOGITS
     no_head_call = fused or s.loss in NO_LOGITS  # the lm_head module never runs: no autocast copy saved
+    # the final hidden state, held by the base model's output (``outputs.last_hidden_state``) while the
+    # causal-LM forward runs the lm_head and the loss (transformers 5.24 ``LlamaForCausalLM.forward``); a new
+    # tensor unless the lm_head's own weight gradient saves that very tensor (full fine-tuning, or a trainable
+    # lm_head copy reading it without a cast). The fused losses price the hidden states they keep themselves;
+    # torchtune's chunked loss drops its reference once the chunks are projected (``del`` in its loss step).
+    out_dt = act.norm_out(d, d.resid)
+    # TRL's fused head binds the backbone's output through the head too (``_fused_forward``), and on CUDA
+    # scores a copy of the label rows (``hidden_states[mask]``); the CPU path scores a view of it.
+    saves_it = (s.full or ("lm_head" in s.modules_to_save and (not d.autocast or c == out_dt))
+                or s.loss is Loss.CHUNKED_CE)
+    held_out = (fused and d.cuda and not s.full) or not (no_head_call or saves_it)
     return dict(
+        out_held=out_dt * H if held_out else 0,
         fin=(act.liger_norm_saved(d.resid, H) if d.liger_norm else
-             (act.layer_norm_saved(H) if arch.family.layer_norm else 4 * H + 4) + (c * H if s.full else 0))
+             (act.layer_norm_saved(H) if arch.family.layer_norm else 4 * H + 4) + (c * H if s.full else 0)
+             # full fine-tuning: the final norm's trainable weight saves its normalised input (x's dtype)
+             + ((4 if d.norm_keeps_dtype else d.resid) * H if (s.full and not arch.family.layer_norm) else 0))
         + head_lora,
-        head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w), vocab=V, logits_bytes=ld,
+        # torchtune's chunked loss projects each of its chunks with the frozen weight itself: under autocast, one
+        # uncached copy per chunk, each saved by its chunk's linear
+        head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w)
+        * (lg.TORCHTUNE_CHUNKS if s.loss is Loss.CHUNKED_CE else 1), vocab=V, logits_bytes=ld,
         softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,
         hidden_bytes=act.norm_out(d, d.resid),
         head_chunk_copy=min(V, lg.FUSED_TILE_COLS) * H * ld if (fused and head_w != ld) else 0,

@@ -131,10 +131,15 @@ def rank_terms(arch, s, st) -> RankTerms:
     rows_at = phase_rows(R, E, U, AG, RS, L, s.reshard_after_forward)
     AG_R = gathered_bytes(root, N) if N > 1 else 0
     AG_E = gathered_bytes(embed, N) if N > 1 else 0
-    if untied_embed and AG_R:  # the tail's all-gather result, held until the root's post-forward (the loss runs
-        rows_at[ph.LOSS_FORWARD] = tuple(  # inside the model's forward)
-            (n, c, b + (AG_R if n.endswith("all_gather") else 0),
-             w + ("; the tail's all-gather result held until the root's post-forward" if n.endswith("all_gather")
+    # The forward's last all-gather result stays referenced (torch 2.13 ``_fsdp_param_group.py``
+    # ``wait_for_unshard``: ``comm_ctx.all_gather_state``, dropped by the next all-gather or the root's
+    # post-forward), and the loss runs inside the model's forward: the tail's when the embedding is untied
+    # (the tail runs last), else the last decoder layer's (the tied tail was gathered first).
+    last_ag, whose = (AG_R, "the tail's") if untied_embed else (AG, "the last layer's")
+    if last_ag:
+        rows_at[ph.LOSS_FORWARD] = tuple(
+            (n, c, b + (last_ag if n.endswith("all_gather") else 0),
+             w + (f"; {whose} all-gather result held until the root's post-forward" if n.endswith("all_gather")
                   else "")) for n, c, b, w in rows_at[OTHER_PHASES])
     first = (R if not untied_embed else E) + U
     own = {FORWARD_START: (

@@ -172,8 +172,8 @@ def rank_terms(arch, s, st) -> RankTerms:
     else:
         back_rows = [("gradients/zero_ipg_bucket", "gradients", ipg,
                       f"reduction bucket(s) of {B_r:,} elements" + (" ×2 (overlap_comm)" if s.overlap_comm else ""))]
-    if not three and not opt_offload:
-        back_rows.append(("gradients/zero_partition", "gradients", gpart, f"gradient partition, {c} B"))
+    part_ready = _partition_ready(inv, arch.num_layers, local, s.process_rank) if not three and not opt_offload \
+        else None
     if arch.tie_embeddings and s.full:  # made by the lm_head's backward, held to the embedding's (ZeRO-2: the step)
         back_rows.append(("gradients/tied_embedding", "gradients", blocks(arch.vocab_size * H * c),
                           "the tied embedding's whole 16-bit gradient, held from the lm_head backward (trace)"))
@@ -195,6 +195,12 @@ def rank_terms(arch, s, st) -> RankTerms:
     sim = _simulated(arch, s, inv, B_p, ckpt) if three else None
     kept = _fallback_kept(arch, s, inv) if three and sim is None else 0
     rows_at = _phase_rows(arch, s, inv, three, B_p, c, back_rows, step_rows, sim, kept)
+    if part_ready is not None:  # ZeRO-2's gradient partition, from its first copy on (``_partition_ready``)
+        for phase in (ph.LM_HEAD, ph.LAST_LAYER, ph.DORA_FORWARD, ph.FIRST_LAYER, ph.EMBEDDING):
+            on = _BACKWARD_ORDER[phase] >= _BACKWARD_ORDER[part_ready]
+            row = ("gradients/zero_partition", "gradients", gpart if on else 0, f"gradient partition, {c} B" if on
+                   else "gradient partition: not allocated yet (no gradient of this rank's range reduced)")
+            rows_at[phase] = tuple(r for r in rows_at[phase] if r[0] != row[0]) + (row,)
     notes = (f"{s.strategy.value}: rank {s.process_rank} of {N}; reduce_bucket_size {B_r:,}"
              + (f", stage3_prefetch_bucket_size {B_p:,}, param persistence threshold {T_p:,}" if three else "")
              + " ('auto' filled as transformers' DeepSpeed integration: H², 0.9·H², 10·H)"
@@ -202,6 +208,34 @@ def rank_terms(arch, s, st) -> RankTerms:
              "cast to the compute dtype, no autocast",)
     return RankTerms(comps=tuple(comps), grad_ratio=Fraction(0), phase_rows=rows_at, host=tuple(host),
                      runtime=nccl_runtime(s), notes=notes)
+
+
+#: Backward phases in the order they run (``_partition_ready``); the step comes after every one.
+_BACKWARD_ORDER = {ph.LM_HEAD: 0, ph.LAST_LAYER: 1, ph.DORA_FORWARD: 1, ph.FIRST_LAYER: 2, ph.EMBEDDING: 3,
+                   ph.OPTIMIZER: 4}
+
+
+def _partition_ready(inv: list[Tensor], layers: int, local: int, rank: int) -> str:
+    """The first backward phase at which ZeRO-2's gradient partition exists on ``rank``.
+
+    deepspeed 0.19.8 ``stage_1_and_2.py`` ``copy_grads_in_partition`` L2184-2194 allocates
+    ``grads_in_partition`` (⌈P_t/N⌉ elements) when the first gradient of a parameter in the rank's range of
+    the flat buffer is copied out of a reduced bucket, and ``_release_ipg_buffers`` drops it at the end of
+    the step. The flat buffer follows ``model.parameters()``: a trainable embedding, the decoder layers, then
+    the final norm and an untied lm_head; gradients arrive in the reverse order. So the rank's highest flat
+    index decides: in the tail, the partition exists from the last layer's backward on; in layer j ≥ 1, from
+    the first layer's; in layer 0, from the embedding's; inside the embedding (a rank whose ⌈P_t/N⌉ elements
+    are all embedding rows), only at the step."""
+    trainable = [t for t in inv if t.trainable]
+    embed = sum(t.count * t.numel for t in trainable if not t.layer and t.row.endswith("/embeddings"))
+    in_layers = sum(t.count * t.numel for t in trainable if t.layer)
+    total = sum(t.count * t.numel for t in trainable)
+    hi = min((rank + 1) * local, total) - 1
+    if hi < embed:
+        return ph.OPTIMIZER
+    if hi < embed + in_layers:
+        return ph.FIRST_LAYER if (hi - embed) * layers // in_layers >= 1 else ph.EMBEDDING
+    return ph.LAST_LAYER
 
 
 def _layer_numel(inv: list[Tensor], layers: int) -> int:
@@ -296,8 +330,16 @@ def _phase_rows(arch, s, inv: list[Tensor], three: bool, B_p: int, c: int, back:
     loss_b = pad(back, z3("lm_head", True, "lm_head"))  # the lm_head backward: its weight gradient, the first reduction
     fwd = pad([], z3("lm_head", False, "forward"))
     loss_back = pad([], z3("lm_head", False, "loss_backward"))
-    # the embedding backward: the single-GPU phase already holds the tied embedding's gradients
-    emb = pad([r for r in back if r[0] != "gradients/tied_embedding"], z3("embeddings", True, "embeddings"))
+    if three and not s.full and "lm_head" not in s.modules_to_save:
+        # the frozen lm_head's input: ZeRO-3's pre-forward hook passes it through PostBackwardFunctionModule
+        # (deepspeed 0.19.8 ``parameter_offload.py`` L497-523, ``output.detach()``), and that alias keeps the
+        # final hidden state alive into the loss backward (the trace, equal to a gloo rank's to the byte)
+        loss_back += (("activations/zero3_head_input", "activations", s.batch * s.seq * arch.hidden_size * c,
+                       "the final hidden state, held by ZeRO-3's hook on the lm_head input"),)
+    # the embedding backward: the single-GPU phase prices the tied embedding's second gradient and its sum; the
+    # lm_head's (the first) is held by ZeRO-2 until the parameter's last gradient hook (the trace), under ZeRO-3
+    # the single-GPU phase's own rows hold it
+    emb = pad([r for r in back if r[0] != "gradients/tied_embedding" or not three], z3("embeddings", True, "embeddings"))
     opt = pad(step, [])
     return {ph.LAST_LAYER: last_b, ph.FIRST_LAYER: first_b, ph.DORA_FORWARD: last_b, ph.EMBEDDING: emb,
             ph.LOSS_BACKWARD: loss_back, ph.LM_HEAD: loss_b, ph.FINAL_NORM: fwd, ph.OPTIMIZER: opt,
