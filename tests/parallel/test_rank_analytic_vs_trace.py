@@ -5,8 +5,9 @@ N = 8 under FSDP2 the last rank, whose uneven shards are the smallest) within 1 
 trace does not price, or without torch.
 
 ZeRO-3 is not affine in the depth (its coordinator keeps the layers its prefetch front passes while
-``stage3_max_live_parameters`` allows: ``vramplan.parallel.zero3_schedule``), so the trace runs every
-layer there. Its cells use the models' first ``Z3_LAYERS`` layers (the whole-model trace of a 1B model
+``stage3_max_live_parameters`` allows: ``vramplan.parallel.zero3_schedule``), nor is ZeRO-2 (a rank's
+gradient partition appears with the first gradient of its range: ``zero._partition_ready``), so the trace
+runs every layer there. Its cells use the models' first ``Z3_LAYERS`` layers (the whole-model trace of a 1B model
 takes about ten minutes here) with ``stage3_max_live_parameters`` set to keep some layers and release
 others (``Z3_MAX_LIVE``: the embedding plus about two and a half bf16 layers); the whole-depth figures
 at the default 1e9 are in ``benchmarks/zero3_whole_model.py``."""
