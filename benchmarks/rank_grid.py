@@ -4,7 +4,8 @@ Prints (analytic − trace) / trace tensors (the allocated peak less the shared 
 N = 8 under FSDP2 also the last rank) for every strategy × model × LoRA/QLoRA/full × N cell the test runs,
 and the reentrant ZeRO-3 cells; asserts nothing (the test holds the 1 % bound).
 
-    python benchmarks/rank_grid.py [--strategies ddp,fsdp,zero2,zero3] [--models Qwen3-0.6B,...] [--reentrant]
+    python benchmarks/rank_grid.py [--strategies ddp,fsdp,zero2,zero3] [--models Qwen3-0.6B,...] [--modes full]
+                                   [--reentrant]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strategies", default="ddp,fsdp,zero2,zero3")
     ap.add_argument("--models", default=None)
+    ap.add_argument("--modes", default="qlora,lora,full")
     ap.add_argument("--reentrant", action="store_true", help="the reentrant ZeRO-3 cells only")
     args = ap.parse_args()
 
@@ -49,7 +51,7 @@ def main() -> None:
         return
     for strategy in (Strategy(x) for x in args.strategies.split(",")):
         for model in models:
-            for mode in grid.MODES:
+            for mode in args.modes.split(","):
                 if model == "Llama-2-7b" and (mode == "full" or strategy not in (Strategy.DDP, Strategy.FSDP,
                                                                                  Strategy.ZERO3)):
                     continue
