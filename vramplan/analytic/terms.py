@@ -931,7 +931,7 @@ def _head_terms(arch: Arch, s: Scenario, d: act.Dtypes, targets: tuple[Linear, .
         head_copy=0 if no_head_call else lg.head_weight_copy_bytes(V, H, c, d.autocast, head_w)
         * (lg.TORCHTUNE_CHUNKS if s.loss is Loss.CHUNKED_CE else 1), vocab=V, logits_bytes=ld,
         softcap=bool(arch.final_logit_softcapping), legacy=legacy, loss=s.loss, label_fraction=s.label_fraction,
-        hidden_bytes=act.norm_out(d, d.resid),
+        hidden_bytes=out_dt,
         head_chunk_copy=min(V, lg.FUSED_TILE_COLS) * H * ld if (fused and head_w != ld) else 0,
         held=lg.held_logits_bytes(V, ld, 1, legacy, holds),
         held_forward=s.hold_logits is Hold.LOOP and holds)
